@@ -1,0 +1,165 @@
+"""The seed's Python API: ``NexusFS`` with dict-returning ``sandbox_*`` methods, and
+``LocalBackend``, a small file store rooted in one directory (``nx.read/write/ls``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import InvalidArgumentError
+from .manager import EventCallback, SandboxManager, describe
+
+
+class LocalBackend:
+    """Files under one root directory; no path can escape it."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        base = Path(root) if root is not None else Settings.load().home / "files"
+        self.root = base.expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def resolve(self, path: str) -> Path:
+        """Map a store path (``/workspace/data.csv``) to a real path inside the root."""
+        if not isinstance(path, str) or "\0" in path:
+            raise InvalidArgumentError("path must be a string without NUL bytes")
+        target = (self.root / path.lstrip("/")).resolve()
+        if target != self.root and self.root not in target.parents:
+            raise InvalidArgumentError(f"path {path!r} escapes the backend root")
+        return target
+
+    def read(self, path: str) -> bytes:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise FileNotFoundError(f"no file {path!r} in {self.root}")
+        return target.read_bytes()
+
+    def write(self, path: str, data: bytes | str) -> int:
+        target = self.resolve(path)
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload)
+        return len(payload)
+
+    def ls(self, path: str = "/") -> list[str]:
+        target = self.resolve(path)
+        if not target.is_dir():
+            raise FileNotFoundError(f"no directory {path!r} in {self.root}")
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir())
+
+    def delete(self, path: str) -> None:
+        self.resolve(path).unlink()
+
+    def exists(self, path: str) -> bool:
+        return self.resolve(path).exists()
+
+
+class NexusFS:
+    """Files plus sandboxes, as in the seed document.
+
+    ``sandbox_provider`` picks the provider (default ``local``); ``user`` and ``is_admin``
+    scope what ``sandbox_list`` shows; provider credentials (``e2b_api_key=``) and other
+    settings (``ttl_minutes``, ``memory_mb``, ``home`` …) may be passed as keywords.
+    """
+
+    def __init__(
+        self,
+        backend: LocalBackend | None = None,
+        sandbox_provider: str | None = None,
+        is_admin: bool = False,
+        user: str | None = None,
+        **settings: Any,
+    ):
+        self.backend = backend or LocalBackend()
+        self.settings = Settings.load(provider=sandbox_provider, user=user, **settings)
+        self.manager = SandboxManager(self.settings, is_admin=is_admin)
+
+    @property
+    def current_user(self) -> str:
+        return self.manager.user
+
+    # files
+    def read(self, path: str) -> bytes:
+        return self.backend.read(path)
+
+    def write(self, path: str, data: bytes | str) -> int:
+        return self.backend.write(path, data)
+
+    def ls(self, path: str = "/") -> list[str]:
+        return self.backend.ls(path)
+
+    def delete(self, path: str) -> None:
+        self.backend.delete(path)
+
+    def exists(self, path: str) -> bool:
+        return self.backend.exists(path)
+
+    # sandboxes
+    def sandbox_create(
+        self,
+        name: str,
+        ttl_minutes: int = 10,
+        template_id: str | None = None,
+        provider: str | None = None,
+        network: bool | None = None,
+    ) -> dict[str, Any]:
+        """Create a sandbox; returns its description (``sandbox_id``, ``status`` …)."""
+        return describe(self.manager.create(name, ttl_minutes, template_id, provider=provider,
+                                            network=network))
+
+    def sandbox_run(
+        self,
+        sandbox_id: str,
+        language: str,
+        code: str,
+        timeout: int = 30,
+        session: str | None = None,
+        on_event: EventCallback | None = None,
+    ) -> dict[str, Any]:
+        """Run code. ``session=None`` runs a fresh process (files persist, variables do
+        not); a session name keeps variables between runs. Returns ``stdout``, ``stderr``,
+        ``exit_code``, ``execution_time`` (and ``display``, ``truncated`` …)."""
+        result = self.manager.run(sandbox_id, language, code, timeout, session=session,
+                                  on_event=on_event)
+        data = result.to_dict()
+        data["sandbox_id"] = sandbox_id
+        return data
+
+    def sandbox_pause(self, sandbox_id: str) -> dict[str, Any]:
+        return describe(self.manager.pause(sandbox_id))
+
+    def sandbox_resume(self, sandbox_id: str) -> dict[str, Any]:
+        return describe(self.manager.resume(sandbox_id))
+
+    def sandbox_stop(self, sandbox_id: str) -> dict[str, Any]:
+        return describe(self.manager.stop(sandbox_id))
+
+    def sandbox_list(self, all_users: bool = False) -> dict[str, Any]:
+        now = time.time()
+        records = self.manager.list(all_users=all_users)
+        return {"sandboxes": [describe(r, now) for r in records], "count": len(records)}
+
+    def sandbox_status(self, sandbox_id: str) -> dict[str, Any]:
+        return describe(self.manager.status(sandbox_id))
+
+    def sandbox_interrupt(self, sandbox_id: str, session: str | None = None) -> dict[str, Any]:
+        return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt(sandbox_id, session)}
+
+    def sandbox_upload(self, sandbox_id: str, path: str, data: bytes | str) -> dict[str, Any]:
+        payload = data.encode() if isinstance(data, str) else data
+        size = self.manager.put_file(sandbox_id, path, payload)
+        return {"sandbox_id": sandbox_id, "path": path, "size": size}
+
+    def sandbox_download(self, sandbox_id: str, path: str) -> bytes:
+        return self.manager.get_file(sandbox_id, path)
+
+    def sandbox_reap(self) -> dict[str, Any]:
+        return self.manager.reap()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+__all__ = ["LocalBackend", "NexusFS"]

@@ -1,0 +1,124 @@
+"""Settings: explicit argument > NEXUS_* environment variable > default."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidArgumentError
+from .models import Limits
+
+DEFAULT_PROVIDER = "local"
+DEFAULT_TTL_MINUTES = 10.0
+DEFAULT_TIMEOUT = 30.0
+MAX_TTL_MINUTES = 7 * 24 * 60.0
+MAX_TIMEOUT = 24 * 3600.0
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): fall back to the uid
+        return f"uid{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of nexus-kernel. Build with ``Settings.load(**overrides)``."""
+
+    home: Path = field(default_factory=lambda: Path.home() / ".nexus")
+    user: str = field(default_factory=_default_user)
+    provider: str = DEFAULT_PROVIDER
+    ttl_minutes: float = DEFAULT_TTL_MINUTES
+    timeout: float = DEFAULT_TIMEOUT
+    network: bool = False
+    memory_mb: int = 512
+    pids: int = 256
+    cpus: float = 1.0
+    disk_mb: int = 1024
+    output_bytes: int = 10 * 1024 * 1024
+    #: How long a paused sandbox is kept before the reaper stops it.
+    paused_retention_minutes: float = 24 * 60.0
+    #: Seconds between reaps in long-lived processes (kernel timer); CLI/API reap lazily.
+    reap_interval: float = 30.0
+    #: Python used for the agent and python code inside local sandboxes.
+    local_python: str = ""
+    docker_image: str = "nexus-sandbox:latest"
+    docker_host: str = ""
+    e2b_api_key: str = ""
+    e2b_template_id: str = ""
+    modal_image: str = ""
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            memory_mb=self.memory_mb,
+            pids=self.pids,
+            cpus=self.cpus,
+            disk_mb=self.disk_mb,
+            output_bytes=self.output_bytes,
+        )
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.home / "sandboxes"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.home / "templates"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then NEXUS_* variables (and E2B_*), then non-None ``overrides``."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env_name = _ENV_NAMES.get(f.name, "NEXUS_" + f.name.upper())
+            raw = os.environ.get(env_name)
+            if raw not in (None, ""):
+                values[f.name] = _coerce(f.name, raw, env_name)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in {f.name for f in fields(cls)}:
+                raise InvalidArgumentError(f"unknown setting {key!r}")
+            values[key] = _coerce(key, value, key) if isinstance(value, str) else value
+        settings = replace(cls(), **values)
+        if isinstance(settings.home, str):
+            settings = replace(settings, home=Path(settings.home))
+        return settings
+
+
+_ENV_NAMES = {
+    "e2b_api_key": "E2B_API_KEY",
+    "e2b_template_id": "E2B_TEMPLATE_ID",
+    "docker_host": "DOCKER_HOST",
+}
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, raw: str, source: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if name == "home":
+            return Path(raw).expanduser()
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in _BOOL_TRUE | _BOOL_FALSE:
+                return low in _BOOL_TRUE
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise InvalidArgumentError(f"{source}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,535 @@
+"""SandboxManager: lifecycle, TTL arithmetic, user scoping, reconcile and reaping.
+
+Every surface (API, CLI, magics, kernel) goes through this class. It keeps the store and
+the providers consistent: records are written in short transactions, provider calls happen
+outside them under a per-sandbox lock, and every call lazily reaps what has expired.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .agent.client import AgentClient
+from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, Settings
+from .errors import (
+    AgentError,
+    ExecutionTimeoutError,
+    InvalidArgumentError,
+    SandboxNotFoundError,
+    SandboxStateError,
+)
+from .models import (
+    LANGUAGE_ALIASES,
+    LANGUAGES,
+    ExecResult,
+    OutputEvent,
+    SandboxRecord,
+    SandboxSpec,
+    Status,
+    iso,
+)
+from .providers import Provider, provider_class
+from .store import Store
+
+#: A creating record older than this belongs to a creator that died.
+STALE_CREATING_SECONDS = 300.0
+#: Stopped records are kept this long for `list`/`status`, then pruned by the reaper.
+STOPPED_RETENTION_SECONDS = 24 * 3600.0
+#: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
+WATCHDOG_SLACK_SECONDS = 5.0
+MAX_NAME_LENGTH = 128
+MAX_CODE_BYTES = 16 * 1024 * 1024
+
+EventCallback = Callable[[OutputEvent], None]
+
+
+def normalize_language(language: Any) -> str:
+    if not isinstance(language, str):
+        raise InvalidArgumentError("language must be a string: python, javascript or bash")
+    name = LANGUAGE_ALIASES.get(language.strip().lower(), language.strip().lower())
+    if name not in LANGUAGES:
+        raise InvalidArgumentError(
+            f"unknown language {language!r}; use one of: {', '.join(LANGUAGES)}"
+        )
+    return name
+
+
+def check_ttl(ttl_minutes: Any) -> float:
+    if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
+        raise InvalidArgumentError("ttl_minutes must be a number of minutes, e.g. 10")
+    if not math.isfinite(ttl_minutes) or ttl_minutes <= 0 or ttl_minutes > MAX_TTL_MINUTES:
+        raise InvalidArgumentError(
+            f"ttl_minutes must be > 0 and <= {int(MAX_TTL_MINUTES)} (7 days), got {ttl_minutes}"
+        )
+    return float(ttl_minutes)
+
+
+def check_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidArgumentError("timeout must be a number of seconds, e.g. 30")
+    if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT:
+        raise InvalidArgumentError(
+            f"timeout must be > 0 and <= {int(MAX_TIMEOUT)} seconds, got {timeout}"
+        )
+    return float(timeout)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError("sandbox name must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(f"sandbox name is longer than {MAX_NAME_LENGTH} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidArgumentError("sandbox name must not contain control characters or NUL")
+    return name
+
+
+def check_code(code: Any) -> str:
+    if not isinstance(code, str):
+        raise InvalidArgumentError(
+            f"code must be text (str), got {type(code).__name__}; decode bytes first"
+        )
+    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+        raise InvalidArgumentError(
+            f"code is larger than {MAX_CODE_BYTES // (1024 * 1024)} MB; upload it as a file"
+        )
+    return code
+
+
+class SandboxManager:
+    """Creates, runs, pauses, resumes, stops, lists and reaps sandboxes of one user."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        user: str | None = None,
+        is_admin: bool = False,
+        store: Store | None = None,
+        provider_options: dict[str, dict[str, Any]] | None = None,
+    ):
+        self.settings = settings or Settings.load()
+        self.user = user or self.settings.user
+        self.is_admin = is_admin
+        self.store = store or Store(self.settings.store_dir)
+        self._provider_options = provider_options or {}
+        self._providers: dict[str, Provider] = {}
+        self._clients: dict[str, AgentClient] = {}
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def provider(self, name: str) -> Provider:
+        """The (cached) provider instance called ``name``."""
+        with self._lock:
+            if name not in self._providers:
+                cls = provider_class(name)
+                options = self._provider_options.get(name, {})
+                cls.check_available(self.settings, **options)
+                self._providers[name] = cls(self.settings, **options)
+            return self._providers[name]
+
+    def _client(self, record: SandboxRecord) -> AgentClient:
+        with self._lock:
+            client = self._clients.get(record.sandbox_id)
+            if client is None:
+                provider = self._providers.get(record.provider)
+            else:
+                return client
+        provider = provider or self.provider(record.provider)
+        handle = record.handle
+        client = AgentClient(lambda: provider.connect(handle), handle["token"])
+        with self._lock:
+            return self._clients.setdefault(record.sandbox_id, client)
+
+    def _forget_client(self, sandbox_id: str) -> None:
+        with self._lock:
+            client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            client.close()
+
+    def _load(self, sandbox_id: Any) -> SandboxRecord:
+        if not isinstance(sandbox_id, str) or not sandbox_id:
+            raise InvalidArgumentError("sandbox_id must be a non-empty string")
+        data = self.store.get(sandbox_id)
+        if data is None:
+            raise SandboxNotFoundError(sandbox_id)
+        record = SandboxRecord.from_dict(data)
+        if not self._visible(record):
+            raise SandboxNotFoundError(sandbox_id)
+        return record
+
+    def _visible(self, record: SandboxRecord) -> bool:
+        return self.is_admin or record.owner == self.user
+
+    def _save(self, sandbox_id: str, **changes: Any) -> SandboxRecord:
+        def apply(data: dict[str, Any]) -> dict[str, Any]:
+            data.update({k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()})
+            return data
+
+        data = self.store.update(sandbox_id, apply)
+        if data is None:
+            raise SandboxNotFoundError(sandbox_id)
+        return SandboxRecord.from_dict(data)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def create(
+        self,
+        name: str,
+        ttl_minutes: float | None = None,
+        template_id: str | None = None,
+        *,
+        provider: str | None = None,
+        network: bool | None = None,
+    ) -> SandboxRecord:
+        """Start a sandbox and return its record (status active)."""
+        name = check_name(name)
+        ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
+        if template_id is not None and (not isinstance(template_id, str) or not template_id):
+            raise InvalidArgumentError("template_id must be a non-empty string")
+        network = self.settings.network if network is None else bool(network)
+        provider_name = provider or self.settings.provider
+        backend = self.provider(provider_name)  # fails here, before anything is stored
+        if network and not backend.capabilities.network:
+            raise InvalidArgumentError(f"the {provider_name} provider cannot enable network")
+        self.reap_expired()
+
+        now = time.time()
+        sandbox_id = "sb_" + secrets.token_hex(8)
+        record = SandboxRecord(
+            sandbox_id=sandbox_id,
+            name=name,
+            owner=self.user,
+            provider=provider_name,
+            status=Status.CREATING,
+            ttl_minutes=ttl,
+            created_at=now,
+            last_active_at=now,
+            expires_at=now + ttl * 60,
+            template_id=template_id,
+            network=network,
+        )
+        self.store.insert(record.to_dict())
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            owner=self.user,
+            template_id=template_id,
+            network=network,
+            limits=self.settings.limits,
+            deadline=record.expires_at + WATCHDOG_SLACK_SECONDS,
+            store_id=self.store.store_id,
+        )
+        try:
+            handle = backend.create(spec)
+        except BaseException:
+            self.store.delete(sandbox_id)  # no resource exists: leave no trace
+            raise
+        now = time.time()
+        return self._save(
+            sandbox_id,
+            status=Status.ACTIVE,
+            handle=handle,
+            last_active_at=now,
+            expires_at=now + ttl * 60,
+        )
+
+    def run(
+        self,
+        sandbox_id: str,
+        language: str,
+        code: str,
+        timeout: float | None = None,
+        *,
+        session: str | None = None,
+        on_event: EventCallback | None = None,
+    ) -> ExecResult:
+        """Run code; stream events to ``on_event``; extend the TTL. Raises
+        ExecutionTimeoutError (carrying the partial result) when the timeout passes."""
+        language = normalize_language(language)
+        code = check_code(code)
+        timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
+        if session is not None and (not isinstance(session, str) or not session.strip()):
+            raise InvalidArgumentError("session must be a non-empty string or None")
+        record = self._require_active(sandbox_id)
+        record = self._touch(record, extra=timeout)
+        client = self._client(record)
+
+        def forward(event: dict[str, Any]) -> None:
+            if on_event is not None:
+                on_event(OutputEvent(event["ev"], _event_payload(event)))
+
+        try:
+            client.set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+            raw = client.run(
+                language,
+                code,
+                timeout=timeout,
+                session=session,
+                output_limit=self.settings.output_bytes,
+                on_event=forward,
+            )
+        except AgentError as exc:
+            self._forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        self._touch(record)
+        result = ExecResult(
+            stdout=raw["stdout"],
+            stderr=raw["stderr"],
+            exit_code=raw["exit_code"],
+            execution_time=raw["execution_time"],
+            timed_out=raw["timed_out"],
+            interrupted=raw["interrupted"],
+            truncated=raw["truncated"],
+            display=tuple(raw.get("display") or ()),
+            error=raw.get("error"),
+        )
+        if result.timed_out:
+            raise ExecutionTimeoutError(timeout, result)
+        return result
+
+    def interrupt(self, sandbox_id: str, session: str | None = None) -> int:
+        """Interrupt running code (KeyboardInterrupt in a Python session; state kept)."""
+        record = self._require_active(sandbox_id)
+        return self._client(record).interrupt(session)
+
+    def pause(self, sandbox_id: str) -> SandboxRecord:
+        """Freeze every process of the sandbox; the TTL clock stops while paused."""
+        with self.store.lock(sandbox_id):
+            record = self._require_active(sandbox_id)
+            backend = self.provider(record.provider)
+            if not backend.capabilities.pause:
+                backend.pause(record.handle)  # raises UnsupportedOperationError
+            self._client(record).set_deadline(None)
+            backend.pause(record.handle)
+            self._forget_client(sandbox_id)
+            now = time.time()
+            return self._save(
+                sandbox_id,
+                status=Status.PAUSED,
+                paused_at=now,
+                expires_at=now + self.settings.paused_retention_minutes * 60,
+            )
+
+    def resume(self, sandbox_id: str) -> SandboxRecord:
+        """Thaw a paused sandbox; its TTL restarts from now."""
+        with self.store.lock(sandbox_id):
+            record = self._check_expiry(self._load(sandbox_id))
+            if record.status is Status.ACTIVE:
+                return record
+            if record.status is not Status.PAUSED:
+                raise SandboxStateError(
+                    f"sandbox {sandbox_id} is {record.status.value}; only a paused sandbox "
+                    "can be resumed (create a new one)"
+                )
+            backend = self.provider(record.provider)
+            backend.resume(record.handle)
+            now = time.time()
+            record = self._save(
+                sandbox_id,
+                status=Status.ACTIVE,
+                paused_at=None,
+                last_active_at=now,
+                expires_at=now + record.ttl_minutes * 60,
+            )
+            self._client(record).set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+            return record
+
+    def stop(self, sandbox_id: str) -> SandboxRecord:
+        """Destroy the sandbox (every process, every file). Idempotent."""
+        record = self._load(sandbox_id)
+        if record.status is Status.STOPPED:
+            return record
+        with self.store.lock(sandbox_id):
+            return self._destroy(self._load(sandbox_id), reason=None)
+
+    def status(self, sandbox_id: str) -> SandboxRecord:
+        """The record, after checking expiry and that the resource still exists."""
+        record = self._check_expiry(self._load(sandbox_id))
+        return self._reconcile_one(record)
+
+    def list(self, *, all_users: bool = False) -> list[SandboxRecord]:
+        """Sandboxes of this user (every user's for an admin asking ``all_users``)."""
+        self.reap_expired()
+        records = [SandboxRecord.from_dict(d) for d in self.store.records()]
+        if not (all_users and self.is_admin):
+            records = [r for r in records if r.owner == self.user]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def put_file(self, sandbox_id: str, path: str, data: bytes) -> int:
+        """Write ``data`` to ``path`` inside the sandbox (relative to its home)."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidArgumentError("file data must be bytes")
+        return self._client(self._require_active(sandbox_id)).write_file(path, bytes(data))
+
+    def get_file(self, sandbox_id: str, path: str) -> bytes:
+        """Read ``path`` from inside the sandbox."""
+        return self._client(self._require_active(sandbox_id)).read_file(path)
+
+    # ---------------------------------------------------------------- reaping
+
+    def reap_expired(self, *, force: bool = False) -> list[str]:
+        """Stop every expired sandbox of this store (throttled unless ``force``)."""
+        if not force and not self.store.claim("last_reap", self.settings.reap_interval):
+            return []
+        reaped = []
+        now = time.time()
+        for data in self.store.records():
+            record = SandboxRecord.from_dict(data)
+            if record.status is Status.STOPPED:
+                if record.stopped_at and now - record.stopped_at > STOPPED_RETENTION_SECONDS:
+                    self.store.delete(record.sandbox_id)
+                continue
+            if self._is_expired(record, now) and self._reap(record):
+                reaped.append(record.sandbox_id)
+        return reaped
+
+    def reap(self) -> dict[str, list[str]]:
+        """Full reap: expired sandboxes, records whose resource is gone, unknown resources."""
+        expired = self.reap_expired(force=True)
+        gone = []
+        for data in self.store.records():
+            record = SandboxRecord.from_dict(data)
+            live = record.status in (Status.ACTIVE, Status.PAUSED)
+            if live and self._reconcile_one(record).status is Status.STOPPED:
+                gone.append(record.sandbox_id)
+        orphans = self._reap_orphans()
+        return {"expired": expired, "gone": gone, "orphans": orphans}
+
+    def _reap_orphans(self) -> list[str]:
+        orphans = []
+        for name in self._providers_in_use():
+            try:
+                backend = self.provider(name)
+                resources = backend.list_resources(self.store.store_id)
+            except Exception:
+                continue  # provider not reachable here: its agents end its sandboxes at TTL
+            for resource in resources:
+                data = self.store.get(resource["sandbox_id"])
+                record = SandboxRecord.from_dict(data) if data else None
+                if (
+                    record is None
+                    or record.status is Status.STOPPED
+                    or self._is_expired(record, time.time())
+                ):
+                    backend.destroy(resource["handle"])
+                    orphans.append(resource["sandbox_id"])
+                    if record is not None and record.status is not Status.STOPPED:
+                        self._save(record.sandbox_id, status=Status.STOPPED, stopped_at=time.time())
+        return orphans
+
+    def _providers_in_use(self) -> list[str]:
+        names = {self.settings.provider, "local"} | set(self._providers)
+        names |= {d.get("provider", "") for d in self.store.records()}
+        return sorted(n for n in names if n)
+
+    def _reap(self, record: SandboxRecord) -> bool:
+        try:
+            with self.store.lock(record.sandbox_id):
+                fresh = SandboxRecord.from_dict(self.store.get(record.sandbox_id) or record.to_dict())
+                if fresh.status is Status.STOPPED or not self._is_expired(fresh, time.time()):
+                    return False
+                self._destroy(fresh, reason="expired")
+                return True
+        except Exception:
+            return False  # provider unreachable: retried on the next reap
+
+    def _is_expired(self, record: SandboxRecord, now: float) -> bool:
+        if record.status is Status.CREATING:
+            return now - record.created_at > STALE_CREATING_SECONDS
+        return record.expires_at is not None and now >= record.expires_at
+
+    # ---------------------------------------------------------------- helpers
+
+    def _destroy(self, record: SandboxRecord, reason: str | None) -> SandboxRecord:
+        self._forget_client(record.sandbox_id)
+        if record.handle:
+            self.provider(record.provider).destroy(record.handle)
+        return self._save(
+            record.sandbox_id,
+            status=Status.STOPPED,
+            stopped_at=time.time(),
+            error=reason,
+        )
+
+    def _check_expiry(self, record: SandboxRecord) -> SandboxRecord:
+        if record.status is not Status.STOPPED and self._is_expired(record, time.time()):
+            self._reap(record)
+            return self._load(record.sandbox_id)
+        return record
+
+    def _reconcile_one(self, record: SandboxRecord) -> SandboxRecord:
+        if record.status not in (Status.ACTIVE, Status.PAUSED) or not record.handle:
+            return record
+        try:
+            alive = self.provider(record.provider).alive(record.handle)
+        except Exception:
+            return record  # cannot tell right now; keep the record as it is
+        if alive:
+            return record
+        self._forget_client(record.sandbox_id)
+        return self._save(
+            record.sandbox_id,
+            status=Status.STOPPED,
+            stopped_at=time.time(),
+            error="the sandbox ended outside nexus (TTL watchdog, killed, or host restart)",
+        )
+
+    def _require_active(self, sandbox_id: str) -> SandboxRecord:
+        record = self._check_expiry(self._load(sandbox_id))
+        if record.status is Status.ACTIVE:
+            return record
+        hint = {
+            Status.PAUSED: f"resume it first: nexus sandbox resume {sandbox_id}",
+            Status.STOPPED: "it cannot be used again; create a new one",
+            Status.CREATING: "wait until it is active",
+            Status.ERROR: "stop it and create a new one",
+        }[record.status]
+        why = f" ({record.error})" if record.error else ""
+        raise SandboxStateError(f"sandbox {sandbox_id} is {record.status.value}{why}; {hint}")
+
+    def _touch(self, record: SandboxRecord, extra: float = 0.0) -> SandboxRecord:
+        """Extend the TTL from now (plus ``extra`` seconds of run time)."""
+        now = time.time()
+
+        def apply(data: dict[str, Any]) -> dict[str, Any] | None:
+            if data["status"] != Status.ACTIVE.value:
+                return None
+            data["last_active_at"] = now
+            data["expires_at"] = now + data["ttl_minutes"] * 60 + extra
+            return data
+
+        data = self.store.update(record.sandbox_id, apply)
+        return SandboxRecord.from_dict(data) if data else record
+
+    def _raise_if_gone(self, sandbox_id: str, exc: Exception) -> None:
+        record = self.status(sandbox_id)
+        if record.status is not Status.ACTIVE:
+            raise SandboxStateError(
+                f"sandbox {sandbox_id} is {record.status.value}: it ended during the run"
+            ) from exc
+
+    def close(self) -> None:
+        """Close agent connections held by this manager."""
+        for sandbox_id in list(self._clients):
+            self._forget_client(sandbox_id)
+
+
+def _event_payload(event: dict[str, Any]) -> Any:
+    if event["ev"] in ("stdout", "stderr"):
+        return event.get("data", "")
+    return {k: v for k, v in event.items() if k not in ("id", "ev")}
+
+
+def describe(record: SandboxRecord, now: float | None = None) -> dict[str, Any]:
+    """The seed's dict for one sandbox."""
+    return record.public(time.time() if now is None else now)
+
+
+__all__ = ["SandboxManager", "describe", "iso"]

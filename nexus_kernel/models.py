@@ -1,0 +1,150 @@
+"""Plain data: sandbox records (versioned dicts in the store), specs, results, events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+#: Version of the stored record layout; bump and migrate in ``SandboxRecord.from_dict``.
+RECORD_VERSION = 1
+
+LANGUAGES = ("python", "javascript", "bash")
+LANGUAGE_ALIASES = {
+    "py": "python",
+    "python3": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "sh": "bash",
+    "shell": "bash",
+}
+
+
+class Status(str, enum.Enum):
+    CREATING = "creating"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC string (offset-aware, so clients never mix naive/aware)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource caps applied to one sandbox."""
+
+    memory_mb: int = 512
+    pids: int = 256
+    cpus: float = 1.0
+    disk_mb: int = 1024
+    output_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a provider needs to create one sandbox."""
+
+    sandbox_id: str
+    owner: str
+    template_id: str | None = None
+    network: bool = False
+    limits: Limits = field(default_factory=Limits)
+    #: Epoch seconds after which the agent ends the sandbox on its own (None = no watchdog).
+    deadline: float | None = None
+    #: Identifies the state store; providers label resources with it for reconcile.
+    store_id: str = ""
+
+
+@dataclass
+class SandboxRecord:
+    """One sandbox as stored: the provider's handle plus lifecycle and TTL bookkeeping."""
+
+    sandbox_id: str
+    name: str
+    owner: str
+    provider: str
+    status: Status
+    ttl_minutes: float
+    created_at: float
+    last_active_at: float
+    expires_at: float | None
+    template_id: str | None = None
+    network: bool = False
+    handle: dict[str, Any] = field(default_factory=dict)
+    paused_at: float | None = None
+    stopped_at: float | None = None
+    error: str | None = None
+    version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SandboxRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = Status(values["status"])
+        values["version"] = RECORD_VERSION
+        return cls(**values)
+
+    def public(self, now: float) -> dict[str, Any]:
+        """The seed's dict shape: ids, name, status, ISO times, uptime."""
+        end = self.stopped_at if self.stopped_at is not None else now
+        return {
+            "sandbox_id": self.sandbox_id,
+            "name": self.name,
+            "status": self.status.value,
+            "provider": self.provider,
+            "owner": self.owner,
+            "template_id": self.template_id,
+            "ttl_minutes": self.ttl_minutes,
+            "network": self.network,
+            "created_at": iso(self.created_at),
+            "last_active_at": iso(self.last_active_at),
+            "expires_at": iso(self.expires_at),
+            "paused_at": iso(self.paused_at),
+            "stopped_at": iso(self.stopped_at),
+            "uptime_seconds": round(max(0.0, end - self.created_at), 3),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """One streamed event from a run: kind is stdout, stderr, display, result or error."""
+
+    kind: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Outcome of one run: what the seed's ``sandbox_run`` returns, plus rich output."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    execution_time: float
+    timed_out: bool = False
+    interrupted: bool = False
+    truncated: bool = False
+    display: tuple[dict[str, Any], ...] = ()
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["display"] = list(self.display)
+        return data

@@ -1,0 +1,90 @@
+"""The provider contract: start a sandbox with the agent in it, give a byte stream to it,
+pause/resume/destroy it. Everything else (sessions, runs, files) goes through the agent."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from ..config import Settings
+from ..errors import UnsupportedOperationError
+from ..models import SandboxSpec
+
+#: A provider's handle: a JSON-serialisable dict stored in the record; any process can
+#: re-attach to the sandbox from it. Always holds "token" (the agent's auth token).
+Handle = dict[str, Any]
+
+
+class Channel(Protocol):
+    """A connected, bidirectional byte stream to the sandbox's agent."""
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at end of stream."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pause: bool = True
+    resume: bool = True
+    network: bool = True
+    gpu: bool = False
+    languages: tuple[str, ...] = ("python", "javascript", "bash")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["languages"] = list(self.languages)
+        return data
+
+
+class Provider(ABC):
+    """Base class of every provider. Subclasses set ``name`` and ``capabilities``."""
+
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, settings: Settings, **options: Any):
+        self.settings = settings
+        self.options = options
+
+    @classmethod
+    def check_available(cls, settings: Settings, **options: Any) -> None:
+        """Raise ProviderUnavailableError / MissingDependencyError / MissingCredentialsError
+        with a one-line fix when this provider cannot work here. Cheap; no side effects."""
+        return None
+
+    @abstractmethod
+    def create(self, spec: SandboxSpec) -> Handle:
+        """Start the sandbox with the agent running and ready to accept a connection."""
+
+    @abstractmethod
+    def connect(self, handle: Handle) -> Channel:
+        """Open a new byte stream to the agent of this sandbox."""
+
+    def pause(self, handle: Handle) -> None:
+        raise UnsupportedOperationError(
+            f"the {self.name} provider cannot pause sandboxes; stop it instead and create a new one"
+        )
+
+    def resume(self, handle: Handle) -> None:
+        raise UnsupportedOperationError(
+            f"the {self.name} provider cannot resume sandboxes; create a new one instead"
+        )
+
+    @abstractmethod
+    def destroy(self, handle: Handle) -> None:
+        """Kill every process of the sandbox and delete its files. Idempotent."""
+
+    @abstractmethod
+    def alive(self, handle: Handle) -> bool:
+        """True while the sandbox's resource exists (running or paused)."""
+
+    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
+        """Resources this provider runs for ``store_id``: [{"sandbox_id", "handle"}].
+        Used by reconcile to find orphans; providers without labels return []."""
+        return []

@@ -1,0 +1,496 @@
+"""The docker provider: one hardened container per sandbox, on docker-py.
+
+The container's long-lived process is the agent (under Docker's init, which reaps zombies),
+so the container ends when the agent ends: the agent's deadline watchdog enforces the TTL
+inside the container even when no client is alive, and ``auto_remove`` deletes it then.
+
+Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
+no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
+(swap equal) / CPU limits, a read-only root with tmpfs ``/tmp``, ``/home/user`` (the working
+directory) and ``/run/nexus`` (the agent's socket), user 1000:1000, an init, no host mounts
+and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
+``nexus.expires_at`` for reconcile.
+
+The agent's token never touches the image, the container config or a disk: the container
+starts with ``sh`` reading one line from its stdin, writing it to the tmpfs
+``/run/nexus/token`` (mode 0600) and exec-ing the agent, which reads and deletes that file
+before it accepts anything and before any user code runs. The host writes the token over a
+``docker attach`` stream opened before start, and reads the agent's ``READY`` line on the
+same stream.
+
+The stream to the agent is a ``docker exec -i`` of ``sandbox_agent.py relay`` (it works
+against remote engines too); :class:`DockerStreamChannel` removes Docker's stream framing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import socket
+import struct
+import time
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from ..config import Settings
+from ..errors import (
+    AgentError,
+    MissingDependencyError,
+    ProviderError,
+    ProviderUnavailableError,
+    SandboxStateError,
+)
+from ..models import Limits, SandboxSpec
+from .base import Capabilities, Handle, Provider
+
+AGENT_PATH = "/opt/nexus-agent/sandbox_agent.py"
+RUN_DIR = "/run/nexus"
+SOCKET_PATH = f"{RUN_DIR}/agent.sock"
+TOKEN_PATH = f"{RUN_DIR}/token"
+HOME = "/home/user"
+USER = "1000:1000"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+
+#: Seconds to wait for the agent's READY line after the container starts.
+READY_TIMEOUT = 60.0
+#: Seconds the docker-py client waits on one API call.
+API_TIMEOUT = 60
+#: Container states in which the sandbox still exists and can come back.
+ALIVE_STATES = frozenset({"created", "running", "paused", "restarting"})
+
+_STDOUT, _STDERR = 1, 2
+_HEADER = struct.Struct(">BxxxL")
+
+
+def _import_docker() -> Any:
+    try:
+        import docker
+    except ImportError:
+        raise MissingDependencyError("docker", "docker") from None
+    return docker
+
+
+def _where(host: str) -> str:
+    return host or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+
+def _unreachable(host: str) -> ProviderUnavailableError:
+    return ProviderUnavailableError(
+        f"the Docker daemon is not reachable at {_where(host)}: "
+        "start it (sudo systemctl start docker / dockerd)"
+    )
+
+
+def _image_missing(image: str) -> ProviderUnavailableError:
+    return ProviderUnavailableError(
+        f"the Docker image {image!r} does not exist: build it with 'bash scripts/build-image.sh' "
+        f"(offline) or 'docker build -t {image} docker/'"
+    )
+
+
+def open_client(host: str, timeout: float = API_TIMEOUT) -> Any:
+    """A docker-py ``DockerClient`` for ``host`` ("" = the environment's DOCKER_HOST / default
+    socket). Raises ProviderUnavailableError when the daemon does not answer."""
+    docker = _import_docker()
+    environment = dict(os.environ)
+    if host:
+        environment["DOCKER_HOST"] = host
+    try:
+        return docker.from_env(environment=environment, timeout=timeout)
+    except docker.errors.DockerException:
+        raise _unreachable(host) from None
+
+
+@contextmanager
+def _api_errors(host: str, what: str):
+    """Map docker-py / transport failures to nexus errors with a one-line message."""
+    docker = _import_docker()
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise ProviderError(f"docker failed to {what}: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, OSError) as exc:
+        # requests' ConnectionError is an OSError: the daemon went away mid-call.
+        raise _unreachable(host) from exc
+
+
+class DockerStreamChannel:
+    """A :class:`~nexus_kernel.providers.base.Channel` over a hijacked Docker exec/attach
+    stream without a TTY.
+
+    Docker frames the output as ``[kind, 0, 0, 0, size (4 bytes, big-endian)] payload``;
+    ``recv`` returns stdout payload bytes only (stderr frames are kept, up to 64 KiB, in
+    ``stderr`` for diagnostics) and ``sendall`` writes the process's stdin.
+    """
+
+    STDERR_KEEP = 64 * 1024
+
+    def __init__(self, raw: Any, keepalive: Any = None):
+        self._sock = _underlying_socket(raw)
+        self._sock.settimeout(None)  # docker-py leaves its API timeout on hijacked sockets
+        self._raw = raw
+        self._keepalive = keepalive  # the HTTP response owning the socket (TLS needs it alive)
+        self._kind = _STDOUT
+        self._left = 0
+        self.stderr = bytearray()
+        self._closed = False
+
+    def sendall(self, data: bytes) -> None:
+        """Write ``data`` to the process's stdin."""
+        self._sock.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the process's stdout; b"" at end of stream."""
+        while True:
+            if self._left == 0 and not self._next_header():
+                return b""
+            if self._kind == _STDOUT:
+                chunk = self._sock.recv(min(size, self._left))
+                self._left -= len(chunk)
+                return chunk
+            self._drain_other()
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Socket timeout for ``recv`` (None = block)."""
+        self._sock.settimeout(timeout)
+
+    def shutdown_write(self) -> None:
+        """Half-close: the process sees end of input, its output can still be read."""
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """End of input for the process, then close (wakes a thread blocked in ``recv``)."""
+        if self._closed:
+            return
+        self._closed = True
+        for how in (socket.SHUT_WR, socket.SHUT_RD):
+            with suppress(OSError):
+                self._sock.shutdown(how)
+        for obj in (self._sock, self._raw):
+            with suppress(OSError):
+                obj.close()
+        self._keepalive = None
+
+    def _next_header(self) -> bool:
+        header = self._recv_exactly(_HEADER.size)
+        if header is None:
+            return False
+        self._kind, self._left = _HEADER.unpack(header)
+        return True
+
+    def _drain_other(self) -> None:
+        chunk = self._sock.recv(min(65536, self._left))
+        if not chunk:
+            self._left = 0
+            return
+        self._left -= len(chunk)
+        if self._kind == _STDERR:
+            self.stderr.extend(chunk)
+            del self.stderr[: max(0, len(self.stderr) - self.STDERR_KEEP)]
+
+    def _recv_exactly(self, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = self._sock.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+
+def _underlying_socket(raw: Any) -> Any:
+    """The object with sendall/recv/shutdown behind what docker-py returns for a hijacked
+    stream (a ``socket.SocketIO`` over a unix/TCP socket, an SSL socket, an SSH channel)."""
+    inner = getattr(raw, "_sock", None)
+    if inner is not None and hasattr(inner, "sendall"):
+        return inner
+    return raw
+
+
+def agent_command(deadline: float | None) -> list[str]:
+    """The container's command: read the token from stdin into the tmpfs token file, then
+    become the agent (so the container lives exactly as long as the agent)."""
+    serve = [
+        "python3", AGENT_PATH, "serve",
+        "--socket", SOCKET_PATH,
+        "--token-file", TOKEN_PATH,
+        "--home", HOME,
+    ]  # fmt: skip
+    if deadline is not None:
+        serve += ["--deadline", f"{deadline:.3f}"]
+    script = (
+        "umask 077; IFS= read -r t || exit 70; "
+        f"printf '%s' \"$t\" > {TOKEN_PATH} || exit 71; t=; "
+        f"exec {shlex.join(serve)}"
+    )
+    return ["/bin/sh", "-c", script]
+
+
+def hardening(limits: Limits, network: bool) -> dict[str, Any]:
+    """docker-py ``containers.create`` keyword arguments that confine one sandbox."""
+    memory = f"{limits.memory_mb}m"
+    disk = max(1, limits.disk_mb)
+    options: dict[str, Any] = {
+        "network_mode": "bridge" if network else "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": limits.pids,
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,exec,size={disk}m,mode=1777",
+            HOME: f"rw,nosuid,nodev,exec,size={disk}m,uid=1000,gid=1000,mode=0755",
+            RUN_DIR: "rw,nosuid,nodev,noexec,size=1m,uid=1000,gid=1000,mode=0700",
+        },
+        "user": USER,
+        "working_dir": HOME,
+        "init": True,
+        "privileged": False,
+        "ipc_mode": "private",
+    }
+    if limits.cpus and limits.cpus > 0:
+        options["nano_cpus"] = int(limits.cpus * 1e9)
+    return options
+
+
+def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
+    """The labels reconcile finds sandboxes by."""
+    return {
+        "nexus.sandbox_id": spec.sandbox_id,
+        "nexus.owner": spec.owner,
+        "nexus.store": spec.store_id,
+        "nexus.expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
+    }
+
+
+class DockerProvider(Provider):
+    """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
+
+    name = "docker"
+    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+
+    def __init__(self, settings: Settings, **options: Any):
+        super().__init__(settings, **options)
+        self._clients: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ availability
+
+    @classmethod
+    def check_available(cls, settings: Settings, **options: Any) -> None:
+        """The SDK is installed, the daemon answers and the default image exists."""
+        docker = _import_docker()
+        client = open_client(settings.docker_host, timeout=10)
+        try:
+            client.ping()
+            client.images.get(settings.docker_image)
+        except docker.errors.ImageNotFound:
+            raise _image_missing(settings.docker_image) from None
+        except (docker.errors.DockerException, OSError):
+            raise _unreachable(settings.docker_host) from None
+        finally:
+            client.close()
+
+    def _client(self, host: str) -> Any:
+        client = self._clients.get(host)
+        if client is None:
+            client = self._clients[host] = open_client(host)
+        return client
+
+    def _host(self, handle: Handle | None = None) -> str:
+        if handle and handle.get("docker_host"):
+            return handle["docker_host"]
+        return self.settings.docker_host
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """Start a hardened container running the agent; return once the agent is READY."""
+        docker = _import_docker()
+        host = self._host()
+        client = self._client(host)
+        image = spec.template_id or self.settings.docker_image
+        token = secrets.token_urlsafe(32)
+        with _api_errors(host, "create the sandbox container"):
+            try:
+                container = client.containers.create(
+                    image,
+                    command=agent_command(spec.deadline),
+                    labels=sandbox_labels(spec),
+                    hostname="sandbox",
+                    stdin_open=True,
+                    stdin_once=True,
+                    tty=False,
+                    detach=True,
+                    auto_remove=True,
+                    log_config=docker.types.LogConfig(
+                        type="json-file", config={"max-size": "1m", "max-file": "1"}
+                    ),
+                    **hardening(spec.limits, spec.network),
+                )
+            except docker.errors.ImageNotFound:
+                raise _image_missing(image) from None
+        handle = {
+            "token": token,
+            "container_id": container.id,
+            "image": image,
+            "docker_host": host,
+        }
+        try:
+            self._start_agent(client, container.id, token)
+        except BaseException:
+            self.destroy(handle)
+            raise
+        return handle
+
+    def _start_agent(self, client: Any, container_id: str, token: str) -> None:
+        """Start the container, hand the agent its token on stdin, wait for READY."""
+        host = self._host()
+        with _api_errors(host, "start the sandbox container"):
+            raw = client.api.attach_socket(
+                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            stream = DockerStreamChannel(raw)
+            try:
+                client.api.start(container_id)
+                stream.sendall(token.encode() + b"\n")
+                stream.shutdown_write()
+                _wait_ready(stream, READY_TIMEOUT)
+            finally:
+                stream.close()
+
+    def connect(self, handle: Handle) -> DockerStreamChannel:
+        """A new stream to the agent: ``docker exec -i`` of the agent's relay."""
+        docker = _import_docker()
+        host = self._host(handle)
+        client = self._client(host)
+        container_id = handle["container_id"]
+        relay = ["python3", AGENT_PATH, "relay", "--socket", SOCKET_PATH]
+        with _api_errors(host, "open a stream to the sandbox"):
+            try:
+                exec_id = client.api.exec_create(
+                    container_id, relay, stdin=True, stdout=True, stderr=True, tty=False,
+                    user=USER,
+                )["Id"]  # fmt: skip
+                raw = client.api.exec_start(exec_id, socket=True)
+            except docker.errors.NotFound:
+                raise AgentError(
+                    f"the sandbox container {container_id[:12]} is gone (stopped or expired)"
+                ) from None
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise SandboxStateError(
+                        f"the sandbox container {container_id[:12]} is not running "
+                        f"({_explain(exc)}); resume it or create a new one"
+                    ) from None
+                raise
+        return DockerStreamChannel(raw)
+
+    def pause(self, handle: Handle) -> None:
+        """Freeze every process of the container (``docker pause``). Idempotent."""
+        self._pause_op(handle, "pause", "already paused")
+
+    def resume(self, handle: Handle) -> None:
+        """Thaw the container (``docker unpause``). Idempotent."""
+        self._pause_op(handle, "unpause", "not paused")
+
+    def _pause_op(self, handle: Handle, op: str, harmless: str) -> None:
+        docker = _import_docker()
+        host = self._host(handle)
+        container_id = handle["container_id"]
+        with _api_errors(host, f"{op} the sandbox"):
+            try:
+                getattr(self._client(host).api, op)(container_id)
+            except docker.errors.NotFound:
+                raise SandboxStateError(
+                    f"the sandbox container {container_id[:12]} is gone; create a new one"
+                ) from None
+            except docker.errors.APIError as exc:
+                if harmless not in _explain(exc):
+                    raise
+
+    def destroy(self, handle: Handle) -> None:
+        """Kill and remove the container at once (SIGKILL, no stop grace). Idempotent."""
+        docker = _import_docker()
+        container_id = handle.get("container_id")
+        if not container_id:
+            return
+        host = self._host(handle)
+        with _api_errors(host, "remove the sandbox container"):
+            try:
+                self._client(host).api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "in progress" in _explain(exc):
+                    return  # auto-remove (agent deadline) got there first
+                raise
+
+    def state(self, handle: Handle) -> str | None:
+        """Docker's state of the container ("running", "paused", "exited", …), None if gone."""
+        docker = _import_docker()
+        host = self._host(handle)
+        with _api_errors(host, "inspect the sandbox container"):
+            try:
+                info = self._client(host).api.inspect_container(handle["container_id"])
+            except docker.errors.NotFound:
+                return None
+        return info["State"]["Status"]
+
+    def alive(self, handle: Handle) -> bool:
+        """True while the container exists and has not exited (running or paused).
+        Raises ProviderUnavailableError when the daemon cannot be asked."""
+        return self.state(handle) in ALIVE_STATES
+
+    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
+        """Containers labelled with ``nexus.store=store_id``, in any state."""
+        host = self._host()
+        with _api_errors(host, "list sandbox containers"):
+            rows = self._client(host).api.containers(
+                all=True, filters={"label": [f"nexus.store={store_id}"]}
+            )
+        return [
+            {
+                "sandbox_id": (row.get("Labels") or {}).get("nexus.sandbox_id", ""),
+                "handle": {
+                    "token": "",
+                    "container_id": row["Id"],
+                    "image": row.get("Image", ""),
+                    "docker_host": host,
+                },
+            }
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        """Close the docker-py clients this provider opened."""
+        for client in self._clients.values():
+            with suppress(Exception):
+                client.close()
+        self._clients.clear()
+
+
+def _explain(exc: Any) -> str:
+    return str(getattr(exc, "explanation", "") or exc)
+
+
+def _wait_ready(stream: DockerStreamChannel, timeout: float) -> None:
+    """Read the agent's stdout until its READY line; fail with its stderr if it dies."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while b"READY\n" not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AgentError(f"the sandbox agent did not start within {timeout:.0f}s")
+        stream.settimeout(remaining)
+        try:
+            chunk = stream.recv(4096)
+        except TimeoutError:
+            continue
+        if not chunk:
+            detail = bytes(stream.stderr).decode("utf-8", "replace").strip().splitlines()
+            last = detail[-1] if detail else "no output"
+            raise AgentError(f"the sandbox agent exited during startup: {last}")
+        seen = (seen + chunk)[-4096:]

@@ -1,0 +1,113 @@
+"""Local templates: prepared Python package sets mounted read-only into local sandboxes.
+
+A template is a directory ``NEXUS_HOME/templates/<name>/`` holding ``lib/`` (packages
+installed with ``pip install --target`` by the same python3 the sandboxes use, so binary
+wheels match) and ``template.json``. The network is used only here, at build time; the
+sandbox that mounts the template still has none. Docker, E2B and Modal map ``template_id``
+onto their own images instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import InvalidArgumentError, ProviderError
+
+#: Recipes shipped with the project: ``nexus template create datascience``.
+RECIPES = {
+    "datascience": ["numpy", "pandas", "matplotlib"],
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def sandbox_python(settings: Settings) -> str:
+    """The python3 that local sandboxes run (a system one, never a home-dir install)."""
+    for candidate in (settings.local_python, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise ProviderError("no system python3 found for sandboxes: apt-get install python3")
+
+
+def template_dir(settings: Settings, name: str) -> Path:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgumentError(
+            f"template name {name!r} must be lowercase letters, digits, '.', '_' or '-'"
+        )
+    return settings.templates_dir / name
+
+
+def list_templates(settings: Settings) -> list[dict[str, Any]]:
+    """Every built template with its packages and size."""
+    found = []
+    if settings.templates_dir.is_dir():
+        for meta in sorted(settings.templates_dir.glob("*/template.json")):
+            found.append(json.loads(meta.read_text()))
+    return found
+
+
+def create_template(
+    settings: Settings, name: str, packages: list[str], *, quiet: bool = False
+) -> dict[str, Any]:
+    """Build template ``name`` with ``packages`` (or the recipe of that name when empty)."""
+    target = template_dir(settings, name)
+    packages = list(packages) or RECIPES.get(name, [])
+    if not packages:
+        raise InvalidArgumentError(
+            f"give packages to install (--pip PKG ...) or use a recipe: {', '.join(RECIPES)}"
+        )
+    if target.exists():
+        raise InvalidArgumentError(
+            f"template {name!r} exists; remove it first: nexus template remove {name}"
+        )
+    python = sandbox_python(settings)
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    command = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+               "--target", str(building / "lib"), *packages]
+    if quiet:
+        command.insert(4, "--quiet")
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise ProviderError(f"cannot run {python} -m pip: {exc}") from None
+    if done.returncode != 0:
+        shutil.rmtree(building, ignore_errors=True)
+        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise ProviderError(f"building template {name!r} failed: {last}")
+    meta = {
+        "name": name,
+        "packages": packages,
+        "python": python,
+        "created_at": time.time(),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "size_mb": round(_size(building) / 2**20, 1),
+    }
+    (building / "template.json").write_text(json.dumps(meta, indent=1))
+    for path in [building, *building.rglob("*")]:  # readable by the sandbox's uid
+        path.chmod(0o755 if path.is_dir() else (path.stat().st_mode | 0o444))
+    building.rename(target)
+    return meta
+
+
+def remove_template(settings: Settings, name: str) -> None:
+    target = template_dir(settings, name)
+    if not target.exists():
+        raise InvalidArgumentError(f"no template {name!r}; see nexus template list")
+    shutil.rmtree(target)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
