@@ -71,7 +71,7 @@ nexus sandbox stop $SANDBOX_ID --json | jq -r '.status'
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == '42\n"active"\nstopped\n'
+    assert out.stdout == '42\n\n"active"\nstopped\n'  # jq -r adds its own newline
 
 
 def test_run_exits_with_the_codes_exit_code_and_streams_stderr(nexus_home):

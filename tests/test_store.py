@@ -1,0 +1,75 @@
+"""The diskcache store: atomic updates across processes, locks that expire, no eviction."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from nexus_kernel.errors import SandboxError
+from nexus_kernel.models import SandboxRecord, Status
+from nexus_kernel.store import Store
+
+
+def _record(sandbox_id: str, **extra) -> dict:
+    now = time.time()
+    return SandboxRecord(
+        sandbox_id=sandbox_id, name="n", owner="u", provider="local", status=Status.ACTIVE,
+        ttl_minutes=10, created_at=now, last_active_at=now, expires_at=now + 600, **extra,
+    ).to_dict()
+
+
+def _increment(directory: str, times: int) -> None:
+    store = Store(directory)
+    for _ in range(times):
+        store.update("sb_1", lambda d: {**d, "handle": {"n": d["handle"].get("n", 0) + 1}})
+
+
+def test_updates_from_many_processes_are_not_lost(tmp_path):
+    store = Store(tmp_path)
+    store.insert(_record("sb_1"))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_increment, args=(str(tmp_path), 25)) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert store.get("sb_1")["handle"]["n"] == 200
+
+
+def test_insert_refuses_duplicates_and_update_of_missing_is_none(tmp_path):
+    store = Store(tmp_path)
+    store.insert(_record("sb_1"))
+    with pytest.raises(SandboxError, match="already exists"):
+        store.insert(_record("sb_1"))
+    assert store.update("sb_missing", lambda d: d) is None
+
+
+def test_records_round_trip_and_are_versioned(tmp_path):
+    store = Store(tmp_path)
+    store.insert(_record("sb_1", handle={"token": "t"}))
+    data = store.get("sb_1")
+    assert data["version"] == 1 and data["status"] == "active"
+    record = SandboxRecord.from_dict({**data, "unknown_future_field": 1})
+    assert record.handle == {"token": "t"}
+    assert Store(tmp_path).store_id == store.store_id  # stable across opens
+
+
+def test_lock_held_by_a_dead_holder_expires(tmp_path):
+    store = Store(tmp_path)
+    import diskcache
+
+    stale = diskcache.Lock(store._cache, "lock:sb_1", expire=0.5)
+    stale.acquire()  # never released, as if its process was SIGKILLed
+    started = time.monotonic()
+    with store.lock("sb_1"):
+        waited = time.monotonic() - started
+    assert 0.3 < waited < 5
+
+
+def test_claim_throttles(tmp_path):
+    store = Store(tmp_path)
+    assert store.claim("reap", 60) is True
+    assert store.claim("reap", 60) is False
