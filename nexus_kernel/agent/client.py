@@ -1,0 +1,323 @@
+"""Host-side client of the sandbox agent (protocol: ``docs/agent-protocol.md``).
+
+One :class:`AgentClient` talks to one sandbox over one byte stream (a unix socket, an exec
+stdio pipe, ...). Several threads may use it at once: requests carry ids, and one reader
+thread routes every event to the queue of the request it belongs to.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import AgentError, InvalidArgumentError
+from .sandbox_agent import LineBuffer, decode, encode
+
+__all__ = ["AgentClient", "Channel", "unix_connector"]
+
+#: Default per-run output cap (bytes of stdout + stderr), as in the protocol.
+DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
+#: Extra seconds the client waits past a run's own timeout before giving up on the agent.
+RUN_GRACE = 30.0
+
+_CLOSED = object()  # queued to pending requests when their channel ends
+
+
+class Channel(Protocol):
+    """A connected, bidirectional byte stream to the agent."""
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def recv(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def unix_connector(path: str) -> Callable[[], Channel]:
+    """A ``connect`` function for :class:`AgentClient` that opens a unix socket to ``path``."""
+
+    def connect() -> Channel:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return connect
+
+
+def _close_channel(channel: Channel) -> None:
+    shutdown = getattr(channel, "shutdown", None)
+    if shutdown is not None:
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        channel.close()
+
+
+class AgentClient:
+    """Talks to one sandbox agent.
+
+    ``connect()`` returns a new :class:`Channel`; it is called lazily on the first request
+    and again (once per request) when the channel has died. ``token`` authenticates every
+    request.
+    """
+
+    def __init__(self, connect: Callable[[], Channel], token: str):
+        self._connect = connect
+        self._token = token
+        self._lock = threading.Lock()  # guards _channel and _pending
+        self._send_lock = threading.Lock()
+        self._channel: Channel | None = None
+        self._pending: dict[str, tuple[queue.SimpleQueue, Channel]] = {}
+        self._ids = itertools.count(1)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _ensure_channel(self) -> Channel:
+        with self._lock:
+            if self._channel is not None:
+                return self._channel
+            try:
+                channel = self._connect()
+            except Exception as exc:
+                raise AgentError(f"sandbox agent unreachable: {exc}") from exc
+            self._channel = channel
+        threading.Thread(
+            target=self._read_loop, args=(channel,), name="nexus-agent-reader", daemon=True
+        ).start()
+        return channel
+
+    def _drop(self, channel: Channel) -> None:
+        """Forget a dead channel and fail every request still waiting on it."""
+        with self._lock:
+            if self._channel is channel:
+                self._channel = None
+            waiting = [q for q, ch in self._pending.values() if ch is channel]
+        for q in waiting:
+            q.put(_CLOSED)
+        _close_channel(channel)
+
+    def _read_loop(self, channel: Channel) -> None:
+        lines = LineBuffer()
+        try:
+            while True:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                for line in lines.feed(data):
+                    self._route(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._drop(channel)
+
+    def _route(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            msg = decode(line)
+        except ValueError:
+            return
+        with self._lock:
+            entry = self._pending.get(msg.get("id"))
+        if entry is not None:
+            entry[0].put(msg)
+
+    def _send(self, rid: str, data: bytes, q: queue.SimpleQueue) -> None:
+        """Send one request, reconnecting once if the channel turns out to be dead."""
+        for attempt in (1, 2):
+            channel = self._ensure_channel()
+            with self._lock:
+                self._pending[rid] = (q, channel)
+            try:
+                with self._send_lock:
+                    channel.sendall(data)
+                return
+            except OSError as exc:
+                with self._lock:
+                    self._pending.pop(rid, None)
+                self._drop(channel)
+                if attempt == 2:
+                    raise AgentError(f"sandbox agent unreachable: {exc}") from exc
+
+    def _call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        on_event: Callable[[dict], None] | None,
+        wait: float | None,
+    ) -> dict:
+        rid = f"c{next(self._ids)}"
+        msg = {"id": rid, "token": self._token, "op": op}
+        msg.update(args)
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        self._send(rid, encode(msg), q)
+        deadline = None if wait is None else time.monotonic() + wait
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    event = q.get(timeout=left)
+                except queue.Empty:
+                    raise AgentError(
+                        f"sandbox agent did not answer the {op!r} request within {wait:g} s"
+                    ) from None
+                if event is _CLOSED:
+                    raise AgentError(
+                        f"sandbox agent unreachable: the connection closed before the "
+                        f"{op!r} request finished"
+                    )
+                kind = event.get("ev")
+                if kind == "done":
+                    return {k: v for k, v in event.items() if k not in ("id", "ev")}
+                if kind == "fail":
+                    error = str(event.get("error") or f"the agent refused {op!r}")
+                    if event.get("kind") == "invalid":
+                        raise InvalidArgumentError(error)
+                    raise AgentError(error)
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            with self._lock:
+                self._pending.pop(rid, None)
+
+    # -- public API -------------------------------------------------------------------
+
+    def request(
+        self,
+        op: str,
+        on_event: Callable[[dict], None] | None = None,
+        timeout: float | None = None,
+        **args: Any,
+    ) -> dict:
+        """Send one request and return its ``done`` message (without ``id``/``ev``).
+
+        Non-terminal events go to ``on_event`` (in the calling thread). ``timeout`` is how
+        long the client waits for the answer (None = forever), not a field of the request;
+        use :meth:`run` for runs, whose ``timeout`` field would clash with it.
+
+        Raises :class:`InvalidArgumentError` when the agent rejects the request as invalid,
+        :class:`AgentError` on any other ``fail`` or when the agent is unreachable."""
+        return self._call(op, args, on_event, timeout)
+
+    def run(
+        self,
+        language: str,
+        code: str,
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Run code and return the aggregated result.
+
+        Returns ``{"stdout", "stderr", "exit_code", "execution_time", "timed_out",
+        "interrupted", "truncated", "display", "result", "error"}``: ``display`` is the list of
+        display bundles, ``result`` the last expression's bundle (or None), ``error``
+        ``{"ename", "evalue", "traceback"}`` (or None). Every event also goes to ``on_event``
+        as it arrives (live streaming)."""
+        stdout: list[str] = []
+        stderr: list[str] = []
+        display: list[dict] = []
+        found: dict[str, Any] = {"result": None, "error": None}
+
+        def collect(event: dict) -> None:
+            kind = event.get("ev")
+            if kind == "stdout":
+                stdout.append(event.get("data", ""))
+            elif kind == "stderr":
+                stderr.append(event.get("data", ""))
+            elif kind == "display":
+                display.append(event.get("data") or {})
+            elif kind == "result":
+                found["result"] = event.get("data")
+            elif kind == "error":
+                found["error"] = {
+                    "ename": event.get("ename", ""),
+                    "evalue": event.get("evalue", ""),
+                    "traceback": event.get("traceback", []),
+                }
+            if on_event is not None:
+                on_event(event)
+
+        args = {
+            "language": language,
+            "code": code,
+            "timeout": timeout,
+            "session": session,
+            "output_limit": output_limit,
+        }
+        wait = None if timeout is None else float(timeout) + RUN_GRACE
+        done = self._call("run", args, collect, wait)
+        return {
+            "stdout": "".join(stdout),
+            "stderr": "".join(stderr),
+            "exit_code": done.get("exit_code"),
+            "execution_time": done.get("execution_time"),
+            "timed_out": bool(done.get("timed_out")),
+            "interrupted": bool(done.get("interrupted")),
+            "truncated": bool(done.get("truncated")),
+            "display": display,
+            "result": found["result"],
+            "error": found["error"],
+        }
+
+    def hello(self) -> dict:
+        """The agent's version, pid and available languages."""
+        return self._call("hello", {}, None, 30.0)
+
+    def interrupt(self, session: str | None = None) -> int:
+        """Interrupt the running code of ``session`` (None = every running run); returns
+        how many runs were signalled."""
+        return int(self._call("interrupt", {"session": session}, None, 30.0)["interrupted"])
+
+    def set_deadline(self, at: float | None) -> None:
+        """Make the agent end the sandbox at epoch time ``at`` (None = no deadline)."""
+        self._call("deadline", {"at": at}, None, 30.0)
+
+    def sessions(self) -> list[dict]:
+        """The live sessions: ``[{"session", "language", "pid", "busy"}]``."""
+        return list(self._call("sessions", {}, None, 30.0)["sessions"])
+
+    def close_session(self, session: str, language: str | None = None) -> int:
+        """End a session (every language of it when ``language`` is None)."""
+        done = self._call("close_session", {"session": session, "language": language}, None, 60.0)
+        return int(done.get("closed", 0))
+
+    def write_file(self, path: str, data: bytes, mode: int | None = None) -> int:
+        """Write ``data`` to ``path`` (relative to the sandbox home); returns the size."""
+        args = {"path": path, "data": base64.b64encode(data).decode("ascii"), "mode": mode}
+        return int(self._call("write_file", args, None, None)["size"])
+
+    def read_file(self, path: str) -> bytes:
+        """The content of ``path`` (relative to the sandbox home)."""
+        return base64.b64decode(self._call("read_file", {"path": path}, None, None)["data"])
+
+    def shutdown(self) -> None:
+        """Make the agent kill everything in the sandbox and exit."""
+        self._call("shutdown", {}, None, 30.0)
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (sessions in the sandbox live on)."""
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            self._drop(channel)
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

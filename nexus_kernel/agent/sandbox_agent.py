@@ -1,0 +1,1657 @@
+#!/usr/bin/env python3
+"""The nexus sandbox agent: the long-lived process inside every sandbox.
+
+One stdlib-only file (python3 >= 3.8). It is copied into sandboxes and run as::
+
+    python3 sandbox_agent.py serve --socket PATH --token-file PATH [--home DIR] [--deadline EPOCH]
+    python3 sandbox_agent.py relay --socket PATH
+
+The protocol is described in ``docs/agent-protocol.md``. The host-side client imports the
+framing helpers (:func:`encode`, :func:`decode`, :class:`LineBuffer`) from this module, so the
+wire format lives in one place. Importing this module does no work beyond defining things.
+
+How a run is tracked
+--------------------
+* Every process the agent starts gets ``NEXUS_RUN_TAG=<random>`` in its environment. The
+  agent is a child subreaper, so processes that double-fork or ``setsid`` reparent to it and
+  stay findable: "the processes of a run" are the descendants of its root process plus every
+  descendant of the agent whose ``/proc/PID/environ`` carries the run's tag. A process that
+  execs with a cleared environment *and* detaches escapes the tag (not the deadline).
+* A stateless run (``session: null``) is one fresh process; its end is its exit plus EOF on
+  its output pipes. Tagged leftovers are killed as soon as the main process exits.
+* A session is one persistent interpreter (a worker) per (session, language) with three
+  pipes: stdout, stderr and a control pipe. After each run the worker writes a per-run end
+  marker (``\\0nexus-end:<id>:``) to stdout and stderr and an ``end`` report (exit code) on the
+  control pipe; the agent sends ``done`` once it has seen all three, so every byte the run
+  printed is forwarded first. Markers are never forwarded.
+
+Exit codes: timeout -> 124 (``timed_out: true``); interrupt -> 130 (``interrupted: true``);
+a process killed by signal N -> 128 + N.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+AGENT_VERSION = "1.0"
+PROTOCOL_VERSION = 1
+
+#: exit_code reported when a run passes its timeout (like coreutils ``timeout``).
+TIMEOUT_EXIT_CODE = 124
+#: exit_code reported when user code is stopped by an interrupt (128 + SIGINT).
+INTERRUPT_EXIT_CODE = 130
+#: output_limit used when a request gives none (bytes of stdout + stderr per run).
+DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
+#: code larger than this is passed to stateless interpreters through a file, not argv.
+MAX_ARGV_CODE = 100 * 1024
+
+#: language -> interpreter program looked up on PATH.
+INTERPRETERS = {"python": "python3", "javascript": "node", "bash": "bash"}
+TAG_VAR = "NEXUS_RUN_TAG"
+MARKER_PREFIX = b"\x00nexus-end:"
+CHUNK = 65536
+
+_THIS_FILE = os.path.abspath(__file__)
+
+
+# --------------------------------------------------------------------------------------
+# Framing: one JSON object per line (shared with the host client)
+# --------------------------------------------------------------------------------------
+
+
+def encode(msg: dict) -> bytes:
+    """One message as a UTF-8 JSON line (lone surrogates fall back to ``\\u`` escapes)."""
+    try:
+        return (json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(msg, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def decode(line: bytes | str) -> dict:
+    """Parse one line into a message; ``ValueError`` unless it is a JSON object."""
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("a message must be a JSON object")
+    return msg
+
+
+class LineBuffer:
+    """Splits a byte stream into lines (without the ``\\n``); keeps the unfinished tail."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the complete lines it finished (may be empty)."""
+        if b"\n" not in data:
+            if data:
+                self._parts.append(data)
+            return []
+        lines = data.split(b"\n")
+        if self._parts:
+            self._parts.append(lines[0])
+            lines[0] = b"".join(self._parts)
+            self._parts = []
+        tail = lines.pop()
+        if tail:
+            self._parts.append(tail)
+        return lines
+
+
+def _utf8_decoder():
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------
+
+
+class Invalid(Exception):
+    """A bad request: answered with ``fail`` and ``kind: "invalid"``."""
+
+
+class Failure(Exception):
+    """The agent could not do a valid request: ``fail`` with ``kind: "error"``."""
+
+
+def _exit_code(status: int) -> int:
+    """Wait status -> exit code; death by signal N -> 128 + N (shell convention)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 1
+
+
+def _random_id() -> str:
+    return os.urandom(8).hex()
+
+
+def _which(program: str) -> str | None:
+    for folder in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
+        path = os.path.join(folder or ".", program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class MarkerScanner:
+    """Finds a run's end marker in one output stream.
+
+    ``feed`` returns the bytes before the marker that may be forwarded now, and whether the
+    marker was seen. Only a trailing partial marker (which starts with the rare ``\\0``) is held
+    back, so ordinary output is never delayed. Bytes after the marker are dropped."""
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self.found = False
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self.found:
+            return b""
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        at = data.find(self.marker)
+        if at >= 0:
+            self.found = True
+            return data[:at]
+        start = data.rfind(b"\x00", max(0, len(data) - len(self.marker) + 1))
+        if start >= 0 and self.marker.startswith(data[start:]):
+            self._held = data[start:]
+            return data[:start]
+        return data
+
+
+class RunOutput:
+    """Forwards one run's output: incremental UTF-8 decoding per stream and the byte cap.
+
+    Past ``limit`` raw bytes (stdout + stderr) nothing more is forwarded and ``truncated`` is
+    set; the caller keeps draining the pipes so the process never blocks."""
+
+    def __init__(self, emit, limit: int) -> None:
+        self._emit = emit
+        self._left = limit
+        self._decoders = {"stdout": _utf8_decoder(), "stderr": _utf8_decoder()}
+        self.truncated = False
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if not data or self.truncated:
+            return
+        if len(data) > self._left:
+            data = data[: self._left]
+            self.truncated = True
+        self._left -= len(data)
+        text = self._decoders[stream].decode(data)
+        if text:
+            self._emit(stream, text)
+
+    def finish(self) -> None:
+        """Flush the decoders (a cut multi-byte character becomes U+FFFD)."""
+        if self.truncated:
+            return
+        for stream, decoder in self._decoders.items():
+            text = decoder.decode(b"", True)
+            if text:
+                self._emit(stream, text)
+
+
+# --------------------------------------------------------------------------------------
+# Processes: /proc walking, killing, spawning and reaping
+# --------------------------------------------------------------------------------------
+
+
+def _read_proc(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while True:
+            data = os.read(fd, CHUNK)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, or None when it is gone."""
+    data = _read_proc(f"/proc/{pid}/stat")
+    if not data:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode(), int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _has_children_files() -> bool:
+    """True when /proc/PID/task/TID/children exists and is readable here."""
+    try:
+        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        os.read(fd, CHUNK)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tasks:
+        kids.extend(int(x) for x in _read_proc(f"/proc/{pid}/task/{tid}/children").split())
+    return kids
+
+
+def process_tree(root: int, use_children_files: bool = True) -> dict[int, list[int]]:
+    """pid -> child pids for ``root`` and all its descendants."""
+    tree: dict[int, list[int]] = {}
+    if use_children_files:
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            if pid in tree:
+                continue
+            tree[pid] = kids = _child_pids(pid)
+            stack.extend(kids)
+        return tree
+    parents: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None:
+                parents.setdefault(stat[1], []).append(int(name))
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        if pid not in tree:
+            tree[pid] = kids = parents.get(pid, [])
+            stack.extend(kids)
+    return tree
+
+
+def _has_tag(pid: int, tag: str) -> bool:
+    needle = f"\0{TAG_VAR}={tag}\0".encode()
+    return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
+
+
+class ProcessTable:
+    """Finds and kills processes below the agent (by ancestry and by run tag)."""
+
+    def __init__(self) -> None:
+        self.me = os.getpid()
+        self._children_files = _has_children_files()
+
+    def select(self, roots=(), tag: str | None = None, everything: bool = False) -> set[int]:
+        """Live descendants of the agent that are in ``roots``' subtrees or carry ``tag``."""
+        tree = process_tree(self.me, self._children_files)
+        chosen: set[int] = set()
+        stack = [pid for pid in tree if pid != self.me] if everything else list(roots)
+        if tag and not everything:
+            stack.extend(pid for pid in tree if pid != self.me and _has_tag(pid, tag))
+        while stack:
+            pid = stack.pop()
+            if pid in chosen or pid == self.me or pid not in tree:
+                continue
+            chosen.add(pid)
+            stack.extend(tree[pid])
+        return {pid for pid in chosen if _alive(pid)}
+
+    def kill(self, roots=(), tag: str | None = None, everything: bool = False, limit=5.0) -> None:
+        """SIGKILL the selection again and again until nothing of it is left alive."""
+        end = time.monotonic() + limit
+        pause = 0.001
+        while True:
+            pids = self.select(roots, tag, everything)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > end:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+
+class Reaper:
+    """Spawns every child of the agent and reaps every child (including adopted orphans).
+
+    One thread blocks in ``waitpid(-1)``; the exit code of a process we spawned goes to the
+    ``on_exit`` callback given at spawn time (called in the reaper thread: keep it short)."""
+
+    _RESET_SIGNALS = (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGPIPE,
+        signal.SIGQUIT,
+        signal.SIGXFSZ,
+        signal.SIGCHLD,
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict = {}
+        self._have_children = threading.Event()
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        threading.Thread(target=self._loop, name="reaper", daemon=True).start()
+
+    def spawn(self, argv: list[str], env: dict, stdout: int, stderr: int, extra=(), on_exit=None):
+        """Start ``argv`` in its own process group with stdin = /dev/null, the given
+        stdout/stderr and ``extra`` fds as 3, 4, ...; returns the pid."""
+        sources = [self._devnull, stdout, stderr] + list(extra)
+        high = max(sources) + 1
+        actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(sources)]
+        actions += [(os.POSIX_SPAWN_DUP2, high + i, i) for i in range(len(sources))]
+        actions += [(os.POSIX_SPAWN_CLOSE, high + i) for i in range(len(sources))]
+        with self._lock:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=actions,
+                setpgroup=0,
+                setsigmask=(),
+                setsigdef=self._RESET_SIGNALS,
+            )
+            self._waiters[pid] = on_exit
+        self._have_children.set()
+        return pid
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                self._have_children.wait()
+                self._have_children.clear()
+                continue
+            except InterruptedError:
+                continue
+            with self._lock:
+                on_exit = self._waiters.pop(pid, None)
+            if on_exit is not None:
+                with contextlib.suppress(Exception):
+                    on_exit(_exit_code(status))
+
+
+# --------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------
+
+
+class Reply:
+    """Sends the events of one request on its connection."""
+
+    def __init__(self, conn, rid) -> None:
+        self.conn = conn
+        self.rid = rid
+
+    def event(self, ev: str, **fields) -> None:
+        msg = {"id": self.rid, "ev": ev}
+        msg.update(fields)
+        self.conn.send(msg)
+
+    def output(self, stream: str, text: str) -> None:
+        self.conn.send({"id": self.rid, "ev": stream, "data": text})
+
+
+def _run_result(exit_code, started, timed_out, interrupted, truncated) -> dict:
+    return {
+        "exit_code": TIMEOUT_EXIT_CODE if timed_out else exit_code,
+        "execution_time": round(time.monotonic() - started, 6),
+        "timed_out": timed_out,
+        "interrupted": interrupted,
+        "truncated": truncated,
+    }
+
+
+class StatelessRun:
+    """One fresh interpreter process; nothing of it outlives it."""
+
+    def __init__(self, agent, reply: Reply, argv, timeout, limit) -> None:
+        self.agent = agent
+        self.reply = reply
+        self.argv = argv
+        self.timeout = timeout
+        self.output = RunOutput(reply.output, limit)
+        self.tag = _random_id()
+        self.pid = 0
+        self.interrupted = False
+        self._status: list[int] = []
+
+    def interrupt(self) -> bool:
+        """SIGINT to the run's process group."""
+        if not self.pid or self._status:
+            return False
+        self.interrupted = True
+        try:
+            os.killpg(self.pid, signal.SIGINT)
+        except OSError:
+            return False
+        return True
+
+    def execute(self) -> dict:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        wake_r, wake_w = os.pipe()
+
+        def on_exit(code: int) -> None:
+            self._status.append(code)
+            os.write(wake_w, b"x")
+
+        started = time.monotonic()
+        try:
+            self.pid = self.agent.reaper.spawn(
+                self.argv, self.agent.child_env(self.tag), out_w, err_w, on_exit=on_exit
+            )
+        except OSError as exc:
+            _close(out_r, out_w, err_r, err_w, wake_r, wake_w)
+            raise Failure(f"cannot start {self.argv[0]}: {exc.strerror}") from None
+        _close(out_w, err_w)
+        try:
+            timed_out = self._pump({out_r: "stdout", err_r: "stderr"}, wake_r, started)
+        finally:
+            _close(out_r, err_r, wake_r, wake_w)
+        self.output.finish()
+        code = self._status[0] if self._status else 1
+        return _run_result(code, started, timed_out, self.interrupted, self.output.truncated)
+
+    def _pump(self, streams: dict, wake_r: int, started: float) -> bool:
+        """Forward output until the process exited and its pipes closed; True if timed out."""
+        poller = select.poll()
+        for fd in list(streams) + [wake_r]:
+            poller.register(fd, select.POLLIN)
+        deadline = started + self.timeout if self.timeout is not None else None
+        timed_out = exited = False
+        drain_until = None
+        while streams or not exited:
+            now = time.monotonic()
+            if drain_until is not None:
+                wait = drain_until - now
+            elif deadline is not None and not timed_out:
+                wait = deadline - now
+            else:
+                wait = None
+            events = poller.poll(None if wait is None else max(0, wait) * 1000)
+            for fd, _ in events:
+                if fd == wake_r:
+                    exited = True
+                    poller.unregister(wake_r)
+                    continue
+                try:
+                    data = os.read(fd, CHUNK)
+                except OSError:
+                    data = b""
+                if data:
+                    self.output.feed(streams[fd], data)
+                else:
+                    poller.unregister(fd)
+                    del streams[fd]
+            now = time.monotonic()
+            if deadline is not None and not timed_out and now >= deadline and not exited:
+                timed_out = True
+                self.agent.procs.kill(roots=(self.pid,), tag=self.tag)
+            if exited and drain_until is None:
+                # The main process is gone: nothing of a stateless run outlives it.
+                self.agent.procs.kill(tag=self.tag)
+                drain_until = time.monotonic() + 1.0
+            elif drain_until is not None and now >= drain_until:
+                break
+        return timed_out
+
+
+class SessionRun:
+    """The state of the run a session is executing."""
+
+    def __init__(self, reply: Reply, limit: int) -> None:
+        self.reply = reply
+        self.id = _random_id()
+        self.output = RunOutput(reply.output, limit)
+        marker = MARKER_PREFIX + self.id.encode() + b":"
+        self.scanners = {"stdout": MarkerScanner(marker), "stderr": MarkerScanner(marker)}
+        self.exit_code: int | None = None
+        self.timed_out = False
+        self.interrupted = False
+        self.cleanup: str | None = None  # a file to delete when the run ends
+        self.done = threading.Event()
+
+    def complete(self) -> bool:
+        """True when the end report and both markers have arrived."""
+        return self.exit_code is not None and all(s.found for s in self.scanners.values())
+
+
+_BASH_DRIVER = r"""
+exec 5>&1 6>&2
+__nx_unwind() { [[ " ${FUNCNAME[*]} " != *" source "* ]] || return 2; }
+__nx_traps() {
+  builtin set -T
+  builtin trap '__nx_intr=1; builtin shopt -s extdebug; builtin trap __nx_unwind DEBUG' INT
+}
+__nx_traps
+while :; do
+  IFS= builtin read -r -u 3 __nx_line || { (( $? > 128 )) && continue; builtin exit 0; }
+  __nx_id=${__nx_line%% *}
+  builtin trap - DEBUG; builtin shopt -u extdebug; __nx_intr=
+  builtin source "${__nx_line#* }" </dev/null 3<&- 4>&- 5>&- 6>&-
+  __nx_status=$?
+  builtin trap - DEBUG; builtin shopt -u extdebug; __nx_traps
+  [[ -n $__nx_intr ]] && __nx_status=130
+  __nx_intr=
+  builtin printf '\0nexus-end:%s:' "$__nx_id" >&5
+  builtin printf '\0nexus-end:%s:' "$__nx_id" >&6
+  builtin printf '{"ev":"end","id":"%s","exit_code":%d}\n' "$__nx_id" "$__nx_status" >&4
+done
+"""
+
+_JS_DRIVER = r"""
+(function () {
+  'use strict';
+  const vm = require('vm');
+  const fs = require('fs');
+  const net = require('net');
+  const util = require('util');
+  const CTL_FD = 4;
+  const outWrite = process.stdout.write.bind(process.stdout);
+  const errWrite = process.stderr.write.bind(process.stderr);
+  const INTERRUPTED = {};
+  const queue = [];
+  let running = false;
+  let cellNo = 0;
+  let onSigint = null;
+
+  function emit(msg) {
+    const buf = Buffer.from(JSON.stringify(msg) + '\n');
+    let off = 0;
+    while (off < buf.length) off += fs.writeSync(CTL_FD, buf, off);
+  }
+  function cleanStack(stack) {
+    // Drop the driver's frames: everything below the last frame of a cell.
+    const lines = stack.split('\n');
+    let last = -1;
+    lines.forEach((l, i) => { if (/^\s+at .*cell-\d+:\d+/.test(l)) last = i; });
+    if (last >= 0) return lines.slice(0, last + 1).join('\n');
+    return lines.filter((l) => !/^\s+at /.test(l)).join('\n');  // e.g. a SyntaxError
+  }
+  function describe(e) {
+    return e && e.stack ? cleanStack(String(e.stack)) : 'Uncaught ' + util.inspect(e);
+  }
+  function isInterrupt(e) {
+    return e === INTERRUPTED ||
+      (e instanceof Error && /Script execution was interrupted/.test(e.message));
+  }
+  function report(e) {
+    if (isInterrupt(e)) {
+      errWrite('Interrupted: execution was interrupted\n');
+      emit({ ev: 'error', ename: 'Interrupted', evalue: 'execution was interrupted', traceback: [] });
+      return 130;
+    }
+    const text = describe(e);
+    errWrite(text + '\n');
+    const isErr = e !== null && typeof e === 'object' && 'message' in e;
+    emit({
+      ev: 'error',
+      ename: isErr && e.name ? String(e.name) : 'Error',
+      evalue: isErr ? String(e.message) : util.inspect(e),
+      traceback: text.split('\n'),
+    });
+    return 1;
+  }
+  function compile(code, filename) {
+    try {
+      return { script: new vm.Script(code, { filename }), wrapped: false };
+    } catch (e) {
+      if (e instanceof SyntaxError && /await/.test(e.message) && /\bawait\b/.test(code)) {
+        const body = '(async () => {\n' + code + '\n})()';
+        return { script: new vm.Script(body, { filename, lineOffset: -1 }), wrapped: true };
+      }
+      throw e;
+    }
+  }
+  function untilSigint(promise) {
+    return new Promise((resolve, reject) => {
+      onSigint = () => reject(INTERRUPTED);
+      Promise.resolve(promise).then(resolve, reject);
+    }).finally(() => { onSigint = null; });
+  }
+  function finish(id, exitCode) {
+    const marker = '\u0000nexus-end:' + id + ':';
+    let pending = 2;
+    const written = () => {
+      if (--pending === 0) {
+        emit({ ev: 'end', id, exit_code: exitCode });
+        running = false;
+        next();
+      }
+    };
+    outWrite(marker, written);
+    errWrite(marker, written);
+  }
+  async function execute(cmd) {
+    let exitCode = 0;
+    try {
+      const { script, wrapped } = compile(cmd.code, 'cell-' + (++cellNo));
+      let value = script.runInThisContext({ breakOnSigint: true, displayErrors: false });
+      if (wrapped) {
+        value = await untilSigint(value);
+      } else if (value !== undefined) {
+        emit({ ev: 'result', data: { 'text/plain': util.inspect(value) } });
+      }
+    } catch (e) {
+      exitCode = report(e);
+    }
+    finish(cmd.id, exitCode);
+  }
+  function next() {
+    if (running || queue.length === 0) return;
+    running = true;
+    execute(queue.shift());
+  }
+  process.on('SIGINT', () => { if (onSigint) onSigint(); });
+  process.on('uncaughtException', (e) => { errWrite('Uncaught ' + describe(e) + '\n'); });
+  process.on('unhandledRejection', (e) => { errWrite('Unhandled rejection: ' + describe(e) + '\n'); });
+  const input = new net.Socket({ fd: 3, readable: true, writable: false });
+  let pendingText = '';
+  input.setEncoding('utf8');
+  input.on('data', (chunk) => {
+    pendingText += chunk;
+    let i;
+    while ((i = pendingText.indexOf('\n')) >= 0) {
+      queue.push(JSON.parse(pendingText.slice(0, i)));
+      pendingText = pendingText.slice(i + 1);
+    }
+    next();
+  });
+  input.on('end', () => process.exit(0));
+  input.on('error', () => process.exit(0));
+})();
+"""
+
+
+class SessionGone(Exception):
+    """The session's worker died before the run could start: start a fresh one."""
+
+
+class Session:
+    """A persistent interpreter for one (session, language)."""
+
+    def __init__(self, agent, name: str, language: str) -> None:
+        self.agent = agent
+        self.name = name
+        self.language = language
+        self.tag = _random_id()
+        self.run_lock = threading.Lock()  # one run at a time; later runs queue
+        self.dead = False
+        self.current: SessionRun | None = None
+        self.pid = 0
+        self.status: int | None = None
+        self._lock = threading.Lock()
+        self._cmd_lock = threading.Lock()  # the command pipe is closed only under it
+        self._startup_err = b""
+        self._ran = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the worker and its reader thread."""
+        exe = self.agent.interpreter(self.language)
+        if self.language == "python":
+            argv = [exe, "-u", _THIS_FILE, "worker-python"]
+        elif self.language == "javascript":
+            argv = [exe, "-e", _JS_DRIVER]
+        else:
+            argv = [exe, "--noprofile", "--norc", "-c", _BASH_DRIVER]
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        cmd_r, self._cmd_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        self._wake_r, self._wake_w = os.pipe()
+        self._fds = {out_r: "stdout", err_r: "stderr", ctl_r: "ctl"}
+        try:
+            self.pid = self.agent.reaper.spawn(
+                argv,
+                self.agent.child_env(self.tag),
+                out_w,
+                err_w,
+                extra=(cmd_r, ctl_w),
+                on_exit=self._on_exit,
+            )
+        except OSError as exc:
+            _close(out_r, err_r, ctl_r, self._cmd_w, self._wake_r, self._wake_w)
+            raise Failure(f"cannot start {exe}: {exc.strerror}") from None
+        finally:
+            _close(out_w, err_w, cmd_r, ctl_w)
+        threading.Thread(target=self._read_loop, name="session-" + self.name, daemon=True).start()
+
+    def _on_exit(self, code: int) -> None:
+        self.status = code
+        os.write(self._wake_w, b"x")
+
+    def kill(self) -> None:
+        """Kill the worker and everything the session started."""
+        self.agent.procs.kill(roots=(self.pid,), tag=self.tag)
+
+    def info(self) -> dict:
+        return {
+            "session": self.name,
+            "language": self.language,
+            "pid": self.pid,
+            "busy": self.current is not None,
+        }
+
+    # -- runs -------------------------------------------------------------------------
+
+    def run(self, reply: Reply, code: str, timeout, limit: int) -> dict:
+        """Execute ``code`` in the session (the caller holds ``run_lock``)."""
+        cur = SessionRun(reply, limit)
+        with self._lock:
+            if self.dead:
+                raise SessionGone(self._startup_err)
+            self.current = cur
+            self._ran = True
+        started = time.monotonic()
+        # If the worker died, the reader completes the run with its exit status.
+        with self._cmd_lock, contextlib.suppress(OSError):
+            if self._cmd_w >= 0:
+                _write_all(self._cmd_w, self._command(cur, code))
+        if not cur.done.wait(timeout):
+            cur.timed_out = True
+            self.kill()
+            if not cur.done.wait(10):
+                self._finish(cur)
+        exit_code = cur.exit_code if cur.exit_code is not None else 1
+        return _run_result(exit_code, started, cur.timed_out, cur.interrupted, cur.output.truncated)
+
+    def _command(self, cur: SessionRun, code: str) -> bytes:
+        if self.language != "bash":
+            return encode({"id": cur.id, "code": code})
+        path = self.agent.temp_path(f"cell-{cur.id}.sh")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, code.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(fd)
+        cur.cleanup = path
+        return f"{cur.id} {path}\n".encode("utf-8", "surrogateescape")
+
+    def interrupt(self) -> bool:
+        """SIGINT to the session's process group if it is running something."""
+        with self._lock:
+            cur = self.current
+            if cur is None or self.dead:
+                return False
+            cur.interrupted = True
+        try:
+            os.killpg(self.pid, signal.SIGINT)
+        except OSError:
+            return False
+        return True
+
+    def _finish(self, cur: SessionRun) -> None:
+        with self._lock:
+            if self.current is not cur:
+                return
+            self.current = None
+        path = cur.cleanup
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        cur.output.finish()
+        cur.done.set()
+
+    # -- the reader thread ------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        poller = select.poll()
+        for fd in list(self._fds) + [self._wake_r]:
+            poller.register(fd, select.POLLIN)
+        control = LineBuffer()
+        try:
+            while True:
+                events = poller.poll()
+                if any(fd == self._wake_r for fd, _ in events):
+                    break
+                for fd, _ in events:
+                    self._read(fd, poller, control)
+            self._on_death(poller, control)
+        except Exception:
+            self.dead = True
+            self.kill()
+            cur = self.current
+            if cur is not None:
+                self._finish(cur)
+
+    def _read(self, fd: int, poller, control: LineBuffer) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except OSError:
+            data = b""
+        if not data:
+            poller.unregister(fd)
+            del self._fds[fd]
+            _close(fd)
+            return
+        kind = self._fds[fd]
+        if kind == "ctl":
+            for line in control.feed(data):
+                self._on_control(line)
+            return
+        cur = self.current
+        if cur is None:
+            if kind == "stderr" and not self._ran:
+                self._startup_err = (self._startup_err + data)[-4096:]
+            return
+        cur.output.feed(kind, cur.scanners[kind].feed(data))
+        if cur.complete():
+            self._finish(cur)
+
+    def _on_control(self, line: bytes) -> None:
+        try:
+            msg = decode(line)
+        except ValueError:
+            return
+        cur = self.current
+        if cur is None:
+            return
+        ev = msg.pop("ev", None)
+        if ev == "end":
+            if msg.get("id") == cur.id:
+                code = msg.get("exit_code")
+                cur.exit_code = code if isinstance(code, int) else 1
+                if cur.complete():
+                    self._finish(cur)
+        elif ev in ("result", "display", "error"):
+            msg.pop("id", None)
+            cur.reply.event(ev, **msg)
+
+    def _on_death(self, poller, control: LineBuffer) -> None:
+        """The worker exited: kill what is left, forward the rest, complete the run."""
+        with self._lock:
+            self.dead = True
+        poller.unregister(self._wake_r)
+        self.agent.forget_session(self)
+        self.kill()
+        until = time.monotonic() + 1.0
+        while self._fds:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in poller.poll(left * 1000):
+                self._read(fd, poller, control)
+        cur = self.current
+        if cur is not None:
+            if cur.exit_code is None or not cur.complete():
+                cur.exit_code = self.status if self.status is not None else 1
+            self._finish(cur)
+        _close(*list(self._fds), self._wake_r, self._wake_w)
+        self._fds.clear()
+        with self._cmd_lock:
+            _close(self._cmd_w)
+            self._cmd_w = -1
+
+
+# --------------------------------------------------------------------------------------
+# Connections and the agent
+# --------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One client connection: a reader thread, a writer lock, closes when idle after EOF."""
+
+    def __init__(self, agent, sock) -> None:
+        self.agent = agent
+        self.sock = sock
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._inflight = 0
+        self._eof = False
+        self.closed = False
+
+    def send(self, msg: dict) -> None:
+        data = encode(msg)
+        with self._write_lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.closed = True
+
+    def serve(self) -> None:
+        lines = LineBuffer()
+        while True:
+            try:
+                data = self.sock.recv(CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            for line in lines.feed(data):
+                if line.strip():
+                    self.agent.dispatch(self, line)
+        with self._state_lock:
+            self._eof = True
+            idle = self._inflight == 0
+        if idle:
+            self.close()
+
+    def begin(self) -> None:
+        with self._state_lock:
+            self._inflight += 1
+
+    def end(self) -> None:
+        with self._state_lock:
+            self._inflight -= 1
+            idle = self._eof and self._inflight == 0
+        if idle:
+            self.close()
+
+    def close(self) -> None:
+        with self._write_lock:
+            self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Agent:
+    """The server: sessions, runs, files, the deadline watchdog."""
+
+    #: ops answered on the connection's reader thread (they never block).
+    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt")
+
+    def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
+        self.token = token.encode()
+        self.home = home
+        self.socket_path = socket_path
+        self.procs = ProcessTable()
+        self.reaper = Reaper()
+        self._lock = threading.Lock()
+        self._sessions: dict = {}
+        self._runs: set = set()
+        self._interpreters: dict = {}
+        self._env = dict(os.environ)
+        self._env["PWD"] = home
+        self._tmpdir: str | None = None
+        self._deadline: float | None = None
+        self._deadline_cond = threading.Condition()
+        self._terminating = threading.Lock()
+        self._ops = {
+            "hello": self.op_hello,
+            "run": self.op_run,
+            "interrupt": self.op_interrupt,
+            "deadline": self.op_deadline,
+            "write_file": self.op_write_file,
+            "read_file": self.op_read_file,
+            "sessions": self.op_sessions,
+            "close_session": self.op_close_session,
+            "shutdown": self.op_shutdown,
+        }
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def child_env(self, tag: str) -> dict:
+        env = dict(self._env)
+        env[TAG_VAR] = tag
+        return env
+
+    def interpreter(self, language: str) -> str:
+        path = self._interpreters.get(language)
+        if path is None:
+            path = _which(INTERPRETERS[language])
+            if path is None:
+                raise Invalid(
+                    f"{language} is not available in this sandbox (no {INTERPRETERS[language]!r} on PATH)"
+                )
+            self._interpreters[language] = path
+        return path
+
+    def temp_path(self, name: str) -> str:
+        if self._tmpdir is None:
+            base = os.environ.get("TMPDIR") or "/tmp"
+            path = os.path.join(base, f"nexus-agent-{os.getpid()}-{_random_id()}")
+            os.mkdir(path, 0o700)
+            self._tmpdir = path
+        return os.path.join(self._tmpdir, name)
+
+    def _resolve(self, path) -> str:
+        if not isinstance(path, str) or not path:
+            raise Invalid("path must be a non-empty string")
+        if "\0" in path:
+            raise Invalid("path must not contain NUL characters")
+        return os.path.join(self.home, path)
+
+    def forget_session(self, session: Session) -> None:
+        with self._lock:
+            key = (session.name, session.language)
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+
+    # -- requests ---------------------------------------------------------------------
+
+    def dispatch(self, conn: Connection, line: bytes) -> None:
+        """Handle one request line (never raises)."""
+        try:
+            msg = decode(line)
+        except ValueError as exc:
+            conn.send({"id": None, "ev": "fail", "error": f"bad request: {exc}", "kind": "invalid"})
+            return
+        reply = Reply(conn, msg.get("id"))
+        token = msg.get("token")
+        if not isinstance(token, str) or not _compare(token.encode(), self.token):
+            reply.event("fail", error="authentication failed: wrong or missing token", kind="auth")
+            return
+        op = msg.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            reply.event(
+                "fail",
+                error="unknown op {!r}; use one of {}".format(op, ", ".join(sorted(self._ops))),
+                kind="invalid",
+            )
+            return
+        conn.begin()
+        if op in self.INLINE_OPS:
+            self._handle(reply, handler, msg)
+            return
+        try:
+            threading.Thread(target=self._handle, args=(reply, handler, msg), daemon=True).start()
+        except RuntimeError as exc:  # e.g. the sandbox's pids limit
+            reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
+            conn.end()
+
+    def _handle(self, reply: Reply, handler, msg: dict) -> None:
+        try:
+            result = handler(reply, msg) or {}
+            reply.event("done", **result)
+        except Invalid as exc:
+            reply.event("fail", error=str(exc), kind="invalid")
+        except Failure as exc:
+            reply.event("fail", error=str(exc), kind="error")
+        except Exception as exc:
+            reply.event("fail", error=f"{type(exc).__name__}: {exc}", kind="error")
+        finally:
+            reply.conn.end()
+
+    # -- ops --------------------------------------------------------------------------
+
+    def op_hello(self, reply, msg) -> dict:
+        languages = [lang for lang, prog in INTERPRETERS.items() if _which(prog)]
+        return {
+            "version": AGENT_VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "languages": languages,
+        }
+
+    def op_run(self, reply, msg) -> dict:
+        language = msg.get("language")
+        code = msg.get("code")
+        timeout = msg.get("timeout")
+        session = msg.get("session")
+        limit = msg.get("output_limit")
+        if language not in INTERPRETERS:
+            raise Invalid(
+                "unknown language {!r}; use one of {}".format(language, ", ".join(INTERPRETERS))
+            )
+        if not isinstance(code, str):
+            raise Invalid("code must be a string")
+        if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+            raise Invalid("timeout must be a positive number of seconds or null")
+        if session is not None and (not isinstance(session, str) or not session):
+            raise Invalid("session must be a non-empty string or null")
+        if limit is None:
+            limit = DEFAULT_OUTPUT_LIMIT
+        elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise Invalid("output_limit must be a non-negative integer (bytes)")
+        self.interpreter(language)
+        if session is None:
+            return self._run_stateless(reply, language, code, timeout, limit)
+        return self._run_session(reply, session, language, code, timeout, limit)
+
+    def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
+        exe = self.interpreter(language)
+        script = None
+        if (
+            len(code) > MAX_ARGV_CODE // 4
+            and len(code.encode("utf-8", "surrogateescape")) > MAX_ARGV_CODE
+        ):
+            script = self.temp_path(f"run-{_random_id()}")
+            with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(code)
+        if language == "python":
+            return [exe, "-u", script] if script else [exe, "-u", "-c", code], script
+        if language == "javascript":
+            return [exe, script] if script else [exe, "-e", code], script
+        return [exe, script] if script else [exe, "-c", code], script
+
+    def _run_stateless(self, reply, language, code, timeout, limit) -> dict:
+        argv, script = self._stateless_argv(language, code)
+        run = StatelessRun(self, reply, argv, timeout, limit)
+        with self._lock:
+            self._runs.add(run)
+        try:
+            return run.execute()
+        finally:
+            with self._lock:
+                self._runs.discard(run)
+            if script:
+                with contextlib.suppress(OSError):
+                    os.unlink(script)
+
+    def _run_session(self, reply, name, language, code, timeout, limit) -> dict:
+        gone = None
+        for _attempt in range(3):
+            session = self._session(name, language)
+            with session.run_lock:
+                try:
+                    return session.run(reply, code, timeout, limit)
+                except SessionGone as exc:
+                    gone = exc
+        detail = bytes(gone.args[0] if gone else b"").decode("utf-8", "replace").strip()
+        raise Failure(
+            "the {} session could not start (exit status {}){}".format(
+                language, session.status, ": " + detail if detail else ""
+            )
+        )
+
+    def _session(self, name: str, language: str) -> Session:
+        """The live session for (name, language), started on first use."""
+        with self._lock:
+            session = self._sessions.get((name, language))
+            if session is None or session.dead:
+                session = Session(self, name, language)
+                session.start()
+                self._sessions[(name, language)] = session
+            return session
+
+    def op_interrupt(self, reply, msg) -> dict:
+        name = msg.get("session")
+        if name is not None and not isinstance(name, str):
+            raise Invalid("session must be a string or null")
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if name is None or s.name == name]
+            runs = list(self._runs) if name is None else []
+        count = sum(1 for s in sessions if s.interrupt())
+        count += sum(1 for r in runs if r.interrupt())
+        return {"interrupted": count}
+
+    def op_deadline(self, reply, msg) -> dict:
+        at = msg.get("at")
+        if at is not None and not _is_number(at):
+            raise Invalid("at must be an epoch time in seconds or null")
+        self.set_deadline(at)
+        return {}
+
+    def op_write_file(self, reply, msg) -> dict:
+        import base64
+        import binascii
+
+        path = self._resolve(msg.get("path"))
+        mode = msg.get("mode")
+        if mode is not None and (
+            not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777
+        ):
+            raise Invalid("mode must be an integer permission mode such as 420 (0o644)")
+        try:
+            data = base64.b64decode(msg.get("data") or "", validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise Invalid("data must be base64-encoded") from None
+        try:
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            if mode is not None:
+                os.chmod(path, mode)
+        except OSError as exc:
+            raise Invalid("cannot write {!r}: {}".format(msg.get("path"), exc.strerror)) from None
+        return {"size": len(data)}
+
+    def op_read_file(self, reply, msg) -> dict:
+        import base64
+
+        path = self._resolve(msg.get("path"))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise Invalid("no such file in the sandbox: {!r}".format(msg.get("path"))) from None
+        except OSError as exc:
+            raise Invalid("cannot read {!r}: {}".format(msg.get("path"), exc.strerror)) from None
+        return {"data": base64.b64encode(data).decode("ascii"), "size": len(data)}
+
+    def op_sessions(self, reply, msg) -> dict:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return {"sessions": [s.info() for s in sessions if not s.dead]}
+
+    def op_close_session(self, reply, msg) -> dict:
+        name = msg.get("session")
+        language = msg.get("language")
+        if not isinstance(name, str):
+            raise Invalid("session must be a string")
+        if language is not None and language not in INTERPRETERS:
+            raise Invalid(f"unknown language {language!r}")
+        with self._lock:
+            doomed = [
+                s
+                for s in self._sessions.values()
+                if s.name == name and (language is None or s.language == language)
+            ]
+            for s in doomed:
+                del self._sessions[(s.name, s.language)]
+        for s in doomed:
+            s.dead = True
+            s.kill()
+        return {"closed": len(doomed)}
+
+    def op_shutdown(self, reply, msg) -> dict:
+        reply.event("done")
+        self.terminate()
+        return {}  # not reached
+
+    # -- deadline and termination -----------------------------------------------------
+
+    def set_deadline(self, at: float | None) -> None:
+        with self._deadline_cond:
+            self._deadline = at
+            self._deadline_cond.notify_all()
+
+    def watchdog(self) -> None:
+        """End the sandbox when the deadline passes."""
+        with self._deadline_cond:
+            while True:
+                at = self._deadline
+                if at is None:
+                    self._deadline_cond.wait()
+                    continue
+                left = at - time.time()
+                if left <= 0:
+                    break
+                self._deadline_cond.wait(min(left, 3600))
+        self.terminate()
+
+    def terminate(self) -> None:
+        """Kill every process of the sandbox and exit with status 0."""
+        if not self._terminating.acquire(blocking=False):
+            return
+        try:
+            if self.socket_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
+            self.procs.kill(everything=True)
+            if self._tmpdir:
+                for name in os.listdir(self._tmpdir):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self._tmpdir, name))
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._tmpdir)
+        finally:
+            os._exit(0)
+
+
+def _compare(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+# --------------------------------------------------------------------------------------
+# The python session worker (runs in its own interpreter: ``worker-python``)
+# --------------------------------------------------------------------------------------
+
+
+def result_bundle(value) -> dict:
+    """The MIME bundle shown for a cell's last expression value."""
+    return {"text/plain": repr(value)}
+
+
+class PythonWorker:
+    """Executes cells in one persistent namespace, Jupyter-style.
+
+    fd 3 carries commands (JSON lines ``{"id", "code"}``), fd 4 carries events back. User code
+    gets stdin = /dev/null and the real fds 1/2; the end markers go through private dups."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.cmd_fd = os.dup(3)
+        self.ctl_fd = os.dup(4)
+        _close(3, 4)
+        self.out_fd = os.dup(1)
+        self.err_fd = os.dup(2)
+        self._emit_lock = threading.Lock()
+        self.executing = False
+        self.cell = 0
+        self._loop = None
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        self.namespace = main.__dict__
+        sys.argv = [""]
+        sys.path[0] = ""
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def emit(self, msg: dict) -> None:
+        """Send one event (result, display, error, end) to the agent."""
+        data = encode(msg)
+        with self._emit_lock:
+            _write_all(self.ctl_fd, data)
+
+    def serve(self) -> None:
+        lines = LineBuffer()
+        while True:
+            try:
+                data = os.read(self.cmd_fd, CHUNK)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            for line in lines.feed(data):
+                if line.strip():
+                    cmd = decode(line)
+                    code = self.execute(cmd.get("code", ""))
+                    self.finish(cmd.get("id", ""), code)
+
+    def finish(self, run_id: str, exit_code: int) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        marker = MARKER_PREFIX + run_id.encode() + b":"
+        _write_all(self.out_fd, marker)
+        _write_all(self.err_fd, marker)
+        self.emit({"ev": "end", "id": run_id, "exit_code": exit_code})
+
+    def execute(self, code: str) -> int:
+        """Run one cell; returns its exit code."""
+        import ast
+        import linecache
+
+        self.cell += 1
+        filename = f"<cell-{self.cell}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        flags = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+        try:
+            tree = ast.parse(code, filename, "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            self._eval(compile(tree, filename, "exec", flags))
+            if last is not None:
+                value = self._eval(compile(last, filename, "eval", flags))
+                if value is not None:
+                    self.namespace["_"] = value
+                    self.emit({"ev": "result", "data": result_bundle(value)})
+            return 0
+        except SystemExit as exc:
+            return self._exit_status(exc)
+        except BaseException as exc:
+            self.report(exc)
+            return INTERRUPT_EXIT_CODE if isinstance(exc, KeyboardInterrupt) else 1
+
+    def _eval(self, code):
+        self.executing = True
+        try:
+            value = eval(code, self.namespace)
+            if code.co_flags & 0x80:  # CO_COROUTINE: the cell used top-level await
+                value = self._event_loop().run_until_complete(value)
+            return value
+        finally:
+            self.executing = False
+
+    def _event_loop(self):
+        import asyncio
+
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _exit_status(self, exc: SystemExit) -> int:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        self._write_stderr(f"{exc.code}\n")
+        return 1
+
+    def report(self, exc: BaseException) -> None:
+        """Traceback (without this file's frames) on stderr and as an ``error`` event."""
+        import traceback
+
+        tb = exc.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+            tb = tb.tb_next
+        if tb is None and not isinstance(exc, SyntaxError):
+            tb = exc.__traceback__
+        lines = list(traceback.TracebackException(type(exc), exc, tb).format())
+        text = "".join(lines)
+        self._write_stderr(text)
+        self.emit(
+            {
+                "ev": "error",
+                "ename": type(exc).__name__,
+                "evalue": str(exc),
+                "traceback": text.rstrip("\n").split("\n"),
+            }
+        )
+
+    def _write_stderr(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except Exception:
+            _write_all(2, text.encode("utf-8", "replace"))
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+
+
+def _prctl_harden() -> None:
+    """Become a child subreaper and non-dumpable (best effort)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except Exception:
+        pass
+
+
+def serve(socket_path: str, token_file: str, home: str | None, deadline: float | None) -> int:
+    """Run the agent server (see the module docstring)."""
+    import socket
+
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        os.unlink(token_file)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot read the token file: {exc}\n")
+        return 2
+    if not token:
+        sys.stderr.write("sandbox_agent: the token file is empty\n")
+        return 2
+    home = os.path.abspath(home or os.getcwd())
+    try:
+        os.chdir(home)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot use {home!r} as home: {exc.strerror}\n")
+        return 2
+    _prctl_harden()
+    agent = Agent(token, home, socket_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(socket_path)
+        os.chmod(socket_path, 0o600)
+        listener.listen(64)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot listen on {socket_path!r}: {exc}\n")
+        return 2
+    finally:
+        os.umask(old_umask)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: agent.terminate())
+    agent.set_deadline(deadline)
+    threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):
+            continue
+        conn = Connection(agent, sock)
+        threading.Thread(target=conn.serve, name="conn", daemon=True).start()
+
+
+def relay(socket_path: str) -> int:
+    """Pump stdin to the agent's socket and the socket to stdout until the socket ends."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent relay: cannot connect to {socket_path}: {exc}\n")
+        return 1
+
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(0, CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        while True:
+            data = sock.recv(CHUNK)
+            if not data:
+                break
+            _write_all(1, data)
+    except OSError:
+        return 1
+    return 0
+
+
+_USAGE = """usage:
+  sandbox_agent.py serve --socket PATH --token-file PATH [--home DIR] [--deadline EPOCH]
+  sandbox_agent.py relay --socket PATH"""
+
+
+def _parse_options(args: list[str], known: dict) -> dict:
+    options: dict = {}
+    i = 0
+    while i < len(args):
+        name = args[i]
+        if name not in known or i + 1 >= len(args):
+            raise SystemExit(f"sandbox_agent: bad argument {name!r}\n{_USAGE}")
+        options[known[name]] = args[i + 1]
+        i += 2
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args else ""
+    if command == "worker-python":
+        PythonWorker().serve()
+        return 0
+    if command == "relay":
+        options = _parse_options(args, {"--socket": "socket"})
+        if "socket" not in options:
+            raise SystemExit(_USAGE)
+        return relay(options["socket"])
+    if command == "serve":
+        options = _parse_options(
+            args,
+            {
+                "--socket": "socket",
+                "--token-file": "token_file",
+                "--home": "home",
+                "--deadline": "deadline",
+            },
+        )
+        if "socket" not in options or "token_file" not in options:
+            raise SystemExit(_USAGE)
+        deadline = options.get("deadline")
+        try:
+            at = float(deadline) if deadline is not None else None
+        except ValueError:
+            raise SystemExit("sandbox_agent: --deadline must be epoch seconds") from None
+        return serve(options["socket"], options["token_file"], options.get("home"), at)
+    raise SystemExit(_USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The sandbox agent, run for real as a host subprocess (no jail) and driven by AgentClient."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_kernel.agent import AGENT_PATH, AgentClient, unix_connector
+from nexus_kernel.errors import AgentError, InvalidArgumentError
+
+TOKEN = "test-token-123"
+#: The interpreter that runs the agent (and is python3 on its PATH); the agent must work on
+#: any python3 >= 3.8, so CI may point this at an old one.
+AGENT_PYTHON = os.environ.get("NEXUS_TEST_AGENT_PYTHON") or sys.executable
+HAVE_NODE = shutil.which("node") is not None
+needs_node = pytest.mark.skipif(not HAVE_NODE, reason="node is not installed")
+
+
+class AgentProcess:
+    """A running agent: its process, socket, home and a connected client."""
+
+    def __init__(self, home: Path, deadline: float | None = None):
+        self.home = home
+        self.rundir = Path(tempfile.mkdtemp(prefix="nxa-", dir="/tmp"))  # short socket path
+        self.socket = str(self.rundir / "agent.sock")
+        self.token_file = self.rundir / "token"
+        self.token_file.write_text(TOKEN + "\n")
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([os.path.dirname(AGENT_PYTHON), "/usr/bin", "/bin"])
+        argv = [AGENT_PYTHON, str(AGENT_PATH), "serve", "--socket", self.socket]
+        argv += ["--token-file", str(self.token_file), "--home", str(home)]
+        if deadline is not None:
+            argv += ["--deadline", str(deadline)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        assert self.proc.stdout.readline() == b"READY\n"
+        self.client = AgentClient(unix_connector(self.socket), TOKEN)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(AgentError):
+                AgentClient(unix_connector(self.socket), TOKEN).shutdown()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def agent(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = AgentProcess(home)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(agent):
+    return agent.client
+
+
+def gone(pid: int) -> bool:
+    """True when the process no longer exists (or is a zombie about to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] in "ZX"
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def run_in_thread(fn, *args, **kwargs):
+    """Start fn in a thread; returns a function giving its result (or raising its error)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def result(timeout: float = 30.0):
+        thread.join(timeout)
+        assert not thread.is_alive(), "the request did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result
+
+
+def start_and_wait_for_output(client, language: str, code: str, **kwargs):
+    """Start a run in a thread; return once it printed something (it is really running)."""
+    printed = threading.Event()
+    pending = run_in_thread(client.run, language, code, on_event=lambda ev: printed.set(), **kwargs)
+    assert printed.wait(20), "the run never printed"
+    return pending
+
+
+def raw_exchange(path: str, *lines: bytes) -> list[dict]:
+    """Send raw request lines on a fresh socket and read one reply per line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(b"".join(lines))
+        data = b""
+        while data.count(b"\n") < len(lines):
+            chunk = sock.recv(65536)
+            assert chunk, "agent closed the connection"
+            data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+# -- startup, auth, validation -----------------------------------------------------------
+
+
+def test_hello_startup_and_socket(agent, client):
+    info = client.hello()
+    assert info["pid"] == agent.proc.pid
+    assert {"python", "bash"} <= set(info["languages"])
+    assert ("javascript" in info["languages"]) == HAVE_NODE
+    assert not agent.token_file.exists(), "the token file must be deleted"
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o600
+
+
+def test_wrong_or_missing_token_fails_with_auth(agent):
+    with pytest.raises(AgentError, match="authentication"):
+        AgentClient(unix_connector(agent.socket), "wrong").hello()
+    [reply] = raw_exchange(agent.socket, b'{"id": "x", "op": "hello"}\n')
+    assert reply == {"id": "x", "ev": "fail", "error": reply["error"], "kind": "auth"}
+
+
+def test_invalid_requests_fail_without_crashing(agent, client):
+    with pytest.raises(InvalidArgumentError, match="unknown op 'frobnicate'"):
+        client.request("frobnicate")
+    with pytest.raises(InvalidArgumentError, match="unknown language 'ruby'"):
+        client.run("ruby", "puts 1")
+    with pytest.raises(InvalidArgumentError, match="code must be a string"):
+        client.run("python", 42)
+    with pytest.raises(InvalidArgumentError, match="timeout"):
+        client.run("python", "1", timeout=-1)
+    replies = raw_exchange(
+        agent.socket, b"this is not json\n", b"[1, 2]\n", b'{"id": 1, "token": 5}\n'
+    )
+    assert [r["kind"] for r in replies] == ["invalid", "invalid", "auth"]
+    assert replies[0]["id"] is None and "\n" not in replies[0]["error"]
+    assert client.hello()["pid"] == agent.proc.pid
+
+
+# -- stateless runs ----------------------------------------------------------------------
+
+
+def test_stateless_runs_share_files_but_not_variables(client, agent):
+    first = client.run("python", "x = 1\nopen('note.txt', 'w').write('kept')\nprint('ok')")
+    assert (first["stdout"], first["exit_code"], first["stderr"]) == ("ok\n", 0, "")
+    assert (agent.home / "note.txt").read_text() == "kept"
+    second = client.run("python", "print(open('note.txt').read())\nprint(x)")
+    assert second["stdout"] == "kept\n"
+    assert second["exit_code"] == 1 and "NameError" in second["stderr"]
+    bash = client.run("bash", "cat note.txt; echo; echo $PWD; exit 3")
+    assert bash["stdout"] == f"kept\n{agent.home}\n" and bash["exit_code"] == 3
+    assert bash["execution_time"] >= 0 and bash["timed_out"] is False
+
+
+@needs_node
+def test_stateless_javascript(client):
+    result = client.run("javascript", "console.log(6 * 7); process.exitCode = 2")
+    assert result["stdout"] == "42\n" and result["exit_code"] == 2
+
+
+def test_stateless_leftovers_are_killed_when_the_run_ends(client, agent):
+    code = "setsid sleep 1000 > /dev/null 2>&1 & echo $! > bg.pid\nsleep 1000 &\necho started"
+    started = time.monotonic()
+    result = client.run("bash", code)
+    assert result["stdout"] == "started\n" and result["exit_code"] == 0
+    assert time.monotonic() - started < 3, "the run waited for its background children"
+    pid = int((agent.home / "bg.pid").read_text())
+    assert wait_until(lambda: gone(pid), 2)
+
+
+def test_timeout_kills_a_setsid_double_forked_grandchild(client, agent):
+    code = (
+        "import os, subprocess, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        "    open('grandchild.pid', 'w').write(str(p.pid))\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "print('before the timeout', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    started = time.monotonic()
+    result = client.run("python", code, timeout=1.5)
+    assert 1.4 < time.monotonic() - started < 6
+    assert result["timed_out"] is True and result["exit_code"] == 124
+    assert result["stdout"] == "before the timeout\n"
+    pid = int((agent.home / "grandchild.pid").read_text())
+    assert wait_until(lambda: gone(pid), 2)
+
+
+def test_interrupt_stateless_run(client):
+    code = "import time\nprint('go', flush=True)\ntime.sleep(30)"
+    pending = start_and_wait_for_output(client, "python", code)
+    assert client.interrupt() == 1
+    result = pending()
+    assert result["interrupted"] is True and result["exit_code"] == 130
+    assert "KeyboardInterrupt" in result["stderr"]
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def test_live_streaming_arrives_before_the_code_finishes(client):
+    code = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')"
+    for session in (None, "live"):
+        started = time.monotonic()
+        arrivals: list[tuple[float, str]] = []
+
+        def record(event, arrivals=arrivals, started=started):
+            arrivals.append((time.monotonic() - started, event.get("data")))
+
+        result = client.run("python", code, session=session, on_event=record)
+        assert result["stdout"] == "first\nsecond\n"
+        first_at = next(t for t, data in arrivals if data and "first" in data)
+        assert first_at < 1.5, f"first chunk arrived after {first_at:.2f}s (session={session})"
+        assert time.monotonic() - started >= 2
+
+
+def test_output_cap_truncates_and_agent_memory_stays_small(client, agent):
+    flood = (
+        "import sys\nchunk = b'x' * (1 << 20)\n"
+        "for _ in range(300):\n    sys.stdout.buffer.write(chunk)\n"
+        "sys.stderr.write('tail')\n"
+    )
+    rss_before = agent.rss_kib()
+    for session in (None, "flood"):
+        result = client.run("python", flood, session=session, output_limit=1 << 20)
+        assert result["truncated"] is True and result["exit_code"] == 0
+        assert len(result["stdout"]) + len(result["stderr"]) == 1 << 20
+    assert agent.rss_kib() - rss_before < 64 * 1024, "300 MB of output grew the agent"
+    small = client.run("python", "print('fits')", session="flood", output_limit=100)
+    assert small["truncated"] is False and small["stdout"] == "fits\n"
+
+
+def test_invalid_utf8_and_nul_bytes_never_break_anything(client):
+    code = (
+        "import sys\nsys.stdout.buffer.write(b'\\xff\\xfeok\\x00end\\xe2\\x82')\nsys.stdout.flush()"
+    )
+    for session in (None, "bytes"):
+        result = client.run("python", code, session=session)
+        assert result["stdout"] == "\ufffd\ufffdok\x00end\ufffd" and result["exit_code"] == 0
+    result = client.run(
+        "bash", r"printf '\xc3\x28 \x00nexus-end:'; printf 'caf\xc3\xa9\n' >&2", session="b"
+    )
+    assert result["stdout"] == "\ufffd( \x00nexus-end:" and result["stderr"] == "café\n"
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+def test_python_session_keeps_state_and_reports_results(client):
+    first = client.run("python", "x = 41\ndef inc(v):\n    return v + 1\ninc(x)", session="s")
+    assert first["result"] == {"text/plain": "42"} and first["stdout"] == ""
+    assert client.run("python", "print(inc(x) * 2)", session="s")["stdout"] == "84\n"
+    assert client.run("python", "x = None\nx", session="s")["result"] is None
+
+    failed = client.run("python", "def boom():\n    1 / 0\nboom()", session="s")
+    assert failed["exit_code"] == 1
+    assert failed["error"]["ename"] == "ZeroDivisionError"
+    assert "sandbox_agent" not in failed["stderr"] and "<cell-" in failed["stderr"]
+    assert failed["stderr"].startswith("Traceback") and "line 2, in boom" in failed["stderr"]
+
+    assert client.run("python", "raise SystemExit(3)", session="s")["exit_code"] == 3
+    assert client.run("python", "import __main__\n__main__.inc(1)", session="s")["result"] == {
+        "text/plain": "2"
+    }
+    awaited = client.run("python", "import asyncio\nawait asyncio.sleep(0.01)\n'ok'", session="s")
+    assert awaited["result"] == {"text/plain": "'ok'"}
+    syntax = client.run("python", "def (:", session="s")
+    assert syntax["exit_code"] == 1 and syntax["error"]["ename"] == "SyntaxError"
+    assert client.run("python", "x", session="s")["stdout"] == ""
+    [info] = client.sessions()
+    assert info["session"] == "s" and info["language"] == "python" and info["busy"] is False
+
+
+def test_bash_session_keeps_state_and_exit_ends_it(client, agent):
+    (agent.home / "sub").mkdir()
+    client.run("bash", 'cd sub; greeting=hello; shout() { echo "$1!"; }', session="b")
+    result = client.run("bash", 'pwd; shout "$greeting"; false', session="b")
+    assert result["stdout"] == f"{agent.home}/sub\nhello!\n" and result["exit_code"] == 1
+    assert client.run("bash", 'read line; echo "[$line]"', session="b")["stdout"] == "[]\n"
+    ended = client.run("bash", "echo bye; exit 7", session="b")
+    assert ended["stdout"] == "bye\n" and ended["exit_code"] == 7
+    fresh = client.run("bash", 'echo "[$greeting]"; pwd', session="b")
+    assert fresh["stdout"] == f"[]\n{agent.home}\n" and fresh["exit_code"] == 0
+
+
+@needs_node
+def test_javascript_session_keeps_state(client):
+    first = client.run(
+        "javascript",
+        "var n = 20; function twice(v) { return 2 * v; } let kept = 1; console.log('hi'); twice(n) + 2",
+        session="j",
+    )
+    assert first["stdout"] == "hi\n" and first["result"] == {"text/plain": "42"}
+    assert client.run("javascript", "twice(n) + kept", session="j")["result"] == {
+        "text/plain": "41"
+    }
+    failed = client.run("javascript", "null.x", session="j")
+    assert failed["exit_code"] == 1 and failed["error"]["ename"] == "TypeError"
+    assert "TypeError" in failed["stderr"]
+    awaited = client.run(
+        "javascript", "await new Promise((r) => setTimeout(r, 10)); console.log(n)", session="j"
+    )
+    assert awaited["stdout"] == "20\n" and awaited["exit_code"] == 0
+
+
+def test_concurrent_runs_in_two_sessions(client):
+    code = "import time\ntime.sleep(1)\nprint({name!r})"
+    client.run("python", "1", session="one")
+    client.run("python", "1", session="two")
+    started = time.monotonic()
+    one = run_in_thread(client.run, "python", code.format(name="one"), session="one")
+    two = run_in_thread(client.run, "python", code.format(name="two"), session="two")
+    assert one()["stdout"] == "one\n" and two()["stdout"] == "two\n"
+    assert time.monotonic() - started < 1.8, "the two sessions did not run in parallel"
+
+
+def test_session_timeout_kills_the_session_and_its_children(client, agent):
+    client.run("python", "state = 'old'", session="t")
+    code = (
+        "import subprocess, time\n"
+        "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        "open('child.pid', 'w').write(str(p.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    result = client.run("python", code, session="t", timeout=1)
+    assert result["timed_out"] is True and result["exit_code"] == 124
+    assert result["stdout"] == "started\n"
+    assert wait_until(lambda: gone(int((agent.home / "child.pid").read_text())), 2)
+    after = client.run("python", "print(state)", session="t")
+    assert after["exit_code"] == 1 and "NameError" in after["stderr"]
+
+
+def test_interrupt_python_session_keeps_state(client):
+    client.run("python", "counter = 5", session="i")
+    code = "import time\nprint('busy', flush=True)\ntime.sleep(30)"
+    pending = start_and_wait_for_output(client, "python", code, session="i")
+    assert client.interrupt("i") == 1
+    result = pending()
+    assert result["interrupted"] is True and result["exit_code"] == 130
+    assert result["error"]["ename"] == "KeyboardInterrupt"
+    assert client.run("python", "counter + 1", session="i")["result"] == {"text/plain": "6"}
+    assert client.interrupt("i") == 0, "an idle session has nothing to interrupt"
+
+
+def test_interrupt_bash_session_aborts_the_cell_and_keeps_state(client):
+    client.run("bash", "kept=yes", session="bi")
+    code = "spin() { while true; do sleep 0.05; done; }\necho go\nfor i in 1 2 3; do spin; done\necho after"
+    pending = start_and_wait_for_output(client, "bash", code, session="bi")
+    time.sleep(0.2)
+    assert client.interrupt("bi") == 1
+    result = pending()
+    assert result["interrupted"] is True and result["exit_code"] == 130
+    assert "after" not in result["stdout"]
+    assert client.run("bash", "echo $kept", session="bi")["stdout"] == "yes\n"
+
+
+@needs_node
+def test_interrupt_javascript_session_keeps_state(client):
+    client.run("javascript", "var kept = 'yes'", session="ji")
+    code = "console.log('go'); while (true) {}"
+    pending = start_and_wait_for_output(client, "javascript", code, session="ji")
+    assert client.interrupt("ji") == 1
+    result = pending()
+    assert result["interrupted"] is True and result["exit_code"] == 130
+    assert client.run("javascript", "kept", session="ji")["result"] == {"text/plain": "'yes'"}
+
+
+def test_close_session(client):
+    client.run("python", "v = 1", session="c")
+    assert [s["session"] for s in client.sessions()] == ["c"]
+    assert client.close_session("c", "python") == 1
+    assert client.sessions() == []
+    assert "NameError" in client.run("python", "v", session="c")["stderr"]
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def test_write_and_read_files(client, agent, tmp_path):
+    payload = bytes(range(256)) * 10
+    assert client.write_file("data/blob.bin", payload) == len(payload)
+    assert (agent.home / "data" / "blob.bin").read_bytes() == payload
+    assert client.read_file("data/blob.bin") == payload
+    outside = tmp_path / "abs.txt"
+    client.write_file(str(outside), b"absolute", mode=0o600)
+    assert outside.read_bytes() == b"absolute" and outside.stat().st_mode & 0o777 == 0o600
+    assert client.run("bash", "wc -c < data/blob.bin")["stdout"].strip() == "2560"
+    with pytest.raises(InvalidArgumentError, match="no such file"):
+        client.read_file("missing.txt")
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        client.read_file("bad\0name")
+    with pytest.raises(InvalidArgumentError, match="cannot read"):
+        client.read_file("data")
+
+
+# -- deadline, shutdown, relay, reconnect ------------------------------------------------
+
+
+def test_deadline_ends_the_agent_and_kills_its_processes(client, agent):
+    client.run("bash", "sleep 1000 > /dev/null & echo $! > bg.pid", session="d")
+    worker = client.sessions()[0]["pid"]
+    bg = int((agent.home / "bg.pid").read_text())
+    client.set_deadline(time.time() + 0.3)
+    client.set_deadline(None)
+    time.sleep(0.6)
+    assert agent.proc.poll() is None, "deadline null must disable the watchdog"
+    client.set_deadline(time.time() + 0.3)
+    assert agent.proc.wait(10) == 0
+    assert wait_until(lambda: gone(bg) and gone(worker), 2)
+    with pytest.raises(AgentError, match="unreachable"):
+        client.hello()
+
+
+def test_deadline_flag_at_start(tmp_path):
+    proc = AgentProcess(tmp_path, deadline=time.time() + 0.5)
+    try:
+        assert proc.client.hello()["pid"] == proc.proc.pid
+        assert proc.proc.wait(10) == 0
+    finally:
+        proc.stop()
+
+
+def test_shutdown_kills_everything(client, agent):
+    client.run("bash", "sleep 1000 > /dev/null & echo $! > bg.pid", session="x")
+    bg = int((agent.home / "bg.pid").read_text())
+    client.shutdown()
+    assert agent.proc.wait(10) == 0
+    assert wait_until(lambda: gone(bg), 2)
+
+
+def test_relay_pumps_stdio_to_the_socket(agent):
+    relay = subprocess.Popen(
+        [AGENT_PYTHON, str(AGENT_PATH), "relay", "--socket", agent.socket],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    request = {"id": "r", "token": TOKEN, "op": "run", "language": "bash", "code": "echo via relay"}
+    out, _ = relay.communicate(json.dumps(request).encode() + b"\n", timeout=20)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0] == {"id": "r", "ev": "stdout", "data": "via relay\n"}
+    assert events[-1]["ev"] == "done" and events[-1]["exit_code"] == 0
+    assert relay.returncode == 0
+
+
+def test_client_reconnects_and_reports_an_unreachable_agent(client, agent):
+    assert client.hello()["pid"] == agent.proc.pid
+    client.close()
+    assert client.hello()["pid"] == agent.proc.pid  # lazily reconnected
+    os.kill(agent.proc.pid, signal.SIGKILL)
+    agent.proc.wait(5)
+    with pytest.raises(AgentError, match="unreachable"):
+        client.hello()
