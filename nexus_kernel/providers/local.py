@@ -1,0 +1,684 @@
+"""The local provider: one bubblewrap jail per sandbox, with the agent as its long-lived process.
+
+Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
+
+    home/   bound read-write at /home/user (the working dir; persists between runs)
+    tmp/    bound read-write at /tmp (private, on disk: does not eat the memory cap)
+    run/    bound read-write at /run/nexus (agent socket + one-shot token file)
+    etc/    synthesised passwd, group, hosts ... (copied into the jail, never bound)
+    agent.log   the agent's (and bubblewrap's) stderr
+    handle.json the handle plus store_id, for reconcile
+
+Isolation: new user/pid/ipc/uts/cgroup (and net unless asked) namespaces, read-only /usr,
+a hand-picked /etc, cleared environment, uid 1000 inside, no capabilities, no_new_privs, no
+nested user namespaces. When the caller is root the jail runs as an unprivileged host uid
+(65534 by default), never as host root. Limits: a cgroup (v2 or v1) where writable, else
+rlimits (``handle["limits"]`` says which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import AgentError, ProviderError, ProviderUnavailableError
+from ..models import Limits, SandboxSpec
+from .base import Capabilities, Channel, Handle, Provider
+from .cgroups import Cgroup, create_cgroup, poll_until
+
+BWRAP_HINT = "bubblewrap is not installed: apt-get install bubblewrap (or dnf install bubblewrap)"
+USERNS_HINT = (
+    "bubblewrap cannot create user namespaces on this host ({detail}); enable them "
+    "(sysctl user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1, or on "
+    "Ubuntu >= 23.10 kernel.apparmor_restrict_unprivileged_userns=0)"
+)
+#: Host uid the jail runs as when the caller is root (nobody).
+DEFAULT_SANDBOX_UID = 65534
+INNER_UID = 1000
+HOME = "/home/user"
+RUN_DIR = "/run/nexus"
+AGENT_DIR = "/opt/nexus-agent"
+AGENT_FILE = "sandbox_agent.py"
+#: Root-owned empty mount points for staging (see ``_WRAPPER_SCRIPT``).
+STAGE_DIR = "/run/nexus-kernel/stage"
+READY_TIMEOUT = 30.0
+SHM_BYTES = 64 * 1024 * 1024
+
+SANDBOX_ENV = {
+    "HOME": HOME,
+    "USER": "user",
+    "LOGNAME": "user",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+#: Host /etc entries bound read-only: what the loader, Python, Node and bash need. No
+#: secrets (shadow, ssh, pip.conf / npmrc tokens, ...): the jail's uid is a real host uid.
+ETC_ALWAYS = (
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone",
+    "mime.types", "protocols", "services", "gai.conf", "host.conf", "os-release",
+    "debian_version", "fonts", "bash.bashrc", "profile", "inputrc", "matplotlibrc",
+    "magic", "magic.mime", "terminfo", "python3",
+)  # fmt: skip
+ETC_NETWORK = ("ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies")
+ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+# Runs (only when needed) in the wrapper process before it execs bubblewrap: joins the
+# cgroups first, so every later process is capped; then, root only, in a private mount
+# namespace, binds dirs the unprivileged jail uid cannot reach (e.g. under /root, or a 0700
+# pytest tmp) onto empty root-owned dirs under STAGE_DIR. Args: "cg FILE" and
+# "bind SRC MOUNTPOINT" items, then "--" and the command.
+_WRAPPER_SCRIPT = r"""
+while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+  case $1 in
+    cg) echo $$ > "$2" || exit 125; shift 2 ;;
+    bind) mount --bind "$2" "$3" || exit 125; shift 3 ;;
+    *) echo "nexus wrapper: bad argument $1" >&2; exit 125 ;;
+  esac
+done
+shift
+exec "$@"
+"""
+
+
+class LocalProvider(Provider):
+    """Sandboxes as bubblewrap jails on this machine. Options: ``uid`` (host uid when run as
+    root), ``agent_dir``, ``ready_timeout``, ``cgroups`` (False forces the rlimit fallback)."""
+
+    name = "local"
+    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+
+    _probe_cache: dict[tuple[str, int | None], str | None] = {}
+
+    # ---------------------------------------------------------------- availability
+
+    @classmethod
+    def check_available(cls, settings: Settings, **options: Any) -> None:
+        """bubblewrap present and able to build a user namespace (probed once per process)."""
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise ProviderUnavailableError(BWRAP_HINT)
+        root = os.geteuid() == 0
+        needed = ["setpriv", "unshare", "mount"] if root else []
+        for tool in needed:
+            if shutil.which(tool) is None:
+                raise ProviderUnavailableError(
+                    f"the local provider needs {tool!r} (util-linux) when run as root: "
+                    "apt-get install util-linux"
+                )
+        python = _sandbox_python(settings)
+        if not os.path.exists(python):
+            raise ProviderUnavailableError(
+                f"no Python for sandboxes at {python}: install python3 or set NEXUS_LOCAL_PYTHON"
+            )
+        uid = int(options.get("uid", DEFAULT_SANDBOX_UID)) if root else None
+        key = (bwrap, uid)
+        if key not in cls._probe_cache:
+            cls._probe_cache[key] = _probe_userns(bwrap, uid)
+        error = cls._probe_cache[key]
+        if error is not None:
+            raise ProviderUnavailableError(USERNS_HINT.format(detail=error))
+
+    # ---------------------------------------------------------------- create
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """Start the jail with the agent as its main process; return once the agent listens."""
+        self.check_available(self.settings, **self.options)
+        root = os.geteuid() == 0
+        uid = int(self.options.get("uid", DEFAULT_SANDBOX_UID)) if root else os.getuid()
+        gid = uid if root else os.getgid()
+        if root and uid == 0:
+            raise ProviderError("refusing to run sandboxes as host root: pick another 'uid' option")
+        agent_dir = Path(self.options.get("agent_dir") or Path(__file__).resolve().parent.parent / "agent")
+        if not (agent_dir / AGENT_FILE).is_file():
+            raise ProviderUnavailableError(f"the sandbox agent is missing: {agent_dir / AGENT_FILE}")
+
+        sandboxes = self.settings.sandboxes_dir
+        sandboxes.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sandbox_dir = sandboxes / spec.sandbox_id
+        try:
+            sandbox_dir.mkdir(mode=0o711)
+        except FileExistsError:
+            raise ProviderError(
+                f"sandbox dir {sandbox_dir} already exists; destroy that sandbox first"
+            ) from None
+        os.chmod(sandbox_dir, 0o711)  # traversable by the jail uid, not listable
+        token = secrets.token_hex(32)
+        cgroup: Cgroup | None = None
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            _make_dirs(sandbox_dir, uid, gid, token)
+            etc_files = _write_etc(sandbox_dir / "etc", spec.network)
+            if self.options.get("cgroups", True):
+                cgroup = create_cgroup(spec.sandbox_id, spec.limits)
+            proc, info = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid)
+        except BaseException:
+            if proc is not None:
+                _kill_quietly(proc.pid)
+            if cgroup is not None:
+                cgroup.kill(timeout=2.0)
+                cgroup.remove()
+            _rmtree(sandbox_dir)
+            raise
+        handle: Handle = {
+            "sandbox_id": spec.sandbox_id,
+            "token": token,
+            "socket": str(sandbox_dir / "run" / "agent.sock"),
+            "dir": str(sandbox_dir),
+            "pid": proc.pid,
+            "pid_start": _start_time(proc.pid),
+            "child_pid": info["child-pid"],
+            "child_start": _start_time(info["child-pid"]),
+            "pid_ns": info.get("pid-namespace"),
+            "cgroup": cgroup.to_dict() if cgroup else None,
+            "limits": f"cgroup-{cgroup.version}" if cgroup else "rlimit",
+            "uid": uid,
+        }
+        record = {"store_id": spec.store_id, "sandbox_id": spec.sandbox_id, "handle": handle}
+        handle_file = sandbox_dir / "handle.json"
+        fd = os.open(handle_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        return handle
+
+    def _launch(
+        self,
+        spec: SandboxSpec,
+        sandbox_dir: Path,
+        agent_dir: Path,
+        etc_files: dict[str, Path],
+        cgroup: Cgroup | None,
+        root: bool,
+        uid: int,
+    ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        """Spawn [unshare ->] [sh wrapper ->] [prlimit ->] [setpriv ->] bwrap -> agent (all
+        exec'ed in one process, whose pid is the handle's "pid"); wait for READY."""
+        python = _sandbox_python(self.settings)
+        extra_ro: list[str] = []
+        prefix = _python_prefix(python)
+        if prefix:
+            extra_ro.append(prefix)
+
+        # Where bubblewrap finds our dirs: staged copies of the mounts when root.
+        stage_items: list[str] = []
+        if root:
+            sources = {"sb": str(sandbox_dir), "agent": str(agent_dir)}
+            sources.update({f"ro{i}": p for i, p in enumerate(extra_ro)})
+            staged = {name: _stage_dir(name) for name in sources}
+            for name, src in sources.items():
+                stage_items += ["bind", src, staged[name]]
+            sb, agent = staged["sb"], staged["agent"]
+            extra = [(staged[f"ro{i}"], p) for i, p in enumerate(extra_ro)]
+        else:
+            sb, agent = str(sandbox_dir), str(agent_dir)
+            extra = [(p, p) for p in extra_ro]
+
+        info_r, info_w = os.pipe()
+        data_fds: list[int] = []
+        log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            bwrap = self._bwrap_args(spec, sb, agent, extra, etc_files, data_fds, info_w)
+            agent_cmd = [python, "-I", "-B", f"{AGENT_DIR}/{AGENT_FILE}", "serve",
+                         "--socket", f"{RUN_DIR}/agent.sock", "--token-file", f"{RUN_DIR}/token",
+                         "--home", HOME]  # fmt: skip
+            if spec.deadline is not None:
+                agent_cmd += ["--deadline", repr(float(spec.deadline))]
+            command = bwrap + ["--", *agent_cmd]
+            if root:
+                command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+            command = _rlimit_prefix(spec.limits, cgroup, uid) + command
+            items = [x for f in (cgroup.procs_files() if cgroup else []) for x in ("cg", f)]
+            items += stage_items
+            if items:
+                command = ["/bin/sh", "-c", _WRAPPER_SCRIPT, "nexus-wrapper", *items, "--", *command]
+                if root:
+                    command = [_which("unshare"), "--mount", "--propagation", "private", *command]
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_fd,
+                pass_fds=[info_w, *data_fds],
+                start_new_session=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+            )
+        finally:
+            os.close(info_w)
+            os.close(log_fd)
+            for fd in data_fds:
+                os.close(fd)
+        # Reap the outer bwrap when it ends, so long-lived callers collect no zombies.
+        threading.Thread(target=proc.wait, name=f"nexus-reap-{proc.pid}", daemon=True).start()
+        timeout = float(self.options.get("ready_timeout", READY_TIMEOUT))
+        deadline = time.monotonic() + timeout
+        info: dict[str, Any] = {}
+        try:
+            info = _read_info(info_r, deadline)
+            assert proc.stdout is not None
+            _wait_ready(proc.stdout.fileno(), deadline)
+        except BaseException as exc:
+            if info.get("child-pid"):  # no --die-with-parent: kill the jail itself first
+                _kill_quietly(info["child-pid"])
+                poll_until(lambda: not _same_process(proc.pid, None), 1.0)
+            _kill_quietly(proc.pid)
+            if not isinstance(exc, ProviderError):
+                raise
+            tail = _tail(sandbox_dir / "agent.log")
+            raise ProviderError(f"the local sandbox did not start: {exc}; agent log: {tail}") from None
+        finally:
+            os.close(info_r)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        return proc, info
+
+    def _bwrap_args(
+        self,
+        spec: SandboxSpec,
+        sb: str,
+        agent: str,
+        extra: list[tuple[str, str]],
+        etc_files: dict[str, Path],
+        data_fds: list[int],
+        info_fd: int,
+    ) -> list[str]:
+        args = [_which("bwrap"), "--unshare-user", "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--unshare-cgroup-try"]  # fmt: skip
+        if not spec.network:
+            args.append("--unshare-net")
+        modern = _bwrap_version() >= (0, 8)
+        if modern:
+            args.append("--disable-userns")
+        args += ["--new-session", "--clearenv"]
+        for key, value in SANDBOX_ENV.items():
+            args += ["--setenv", key, value]
+        args += ["--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox"]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in ROOT_DIRS:
+            path = f"/{name}"
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if modern:  # a size cap: tmpfs pages are RAM (and outside any rlimit)
+            args += ["--perms", "1777", "--size", str(SHM_BYTES)]
+        args += ["--tmpfs", "/dev/shm"]
+        wanted = list(ETC_ALWAYS) + glob.glob("python3.*", root_dir="/etc")
+        if spec.network:
+            wanted += ETC_NETWORK
+        for name in wanted:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        for name, path in etc_files.items():
+            fd = os.open(path, os.O_RDONLY)
+            data_fds.append(fd)
+            args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
+        args += ["--bind", f"{sb}/home", HOME, "--bind", f"{sb}/tmp", "/tmp",
+                 "--bind", f"{sb}/run", RUN_DIR, "--ro-bind", agent, AGENT_DIR,
+                 "--symlink", "/tmp", "/var/tmp"]  # fmt: skip
+        for src, dest in extra:
+            args += ["--ro-bind", src, dest]
+        # Only home, /tmp, /run/nexus and /dev/shm stay writable.
+        args += ["--remount-ro", "/", "--remount-ro", "/dev"]
+        args += ["--chdir", HOME, "--info-fd", str(info_fd)]
+        return args
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def connect(self, handle: Handle) -> Channel:
+        """A unix socket connected to the agent."""
+        path = handle["socket"]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if len(os.fsencode(path)) < 100:
+                sock.connect(path)
+            else:  # sun_path is ~108 bytes: go through a short /proc/self/fd path instead
+                dir_fd = os.open(os.path.dirname(path), os.O_PATH)
+                try:
+                    sock.connect(f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}")
+                finally:
+                    os.close(dir_fd)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            sock.close()
+            raise AgentError(
+                f"sandbox {handle.get('sandbox_id', '?')} is not running (no agent at {path}: "
+                f"{exc.strerror}); stop it and create a new one"
+            ) from None
+        return sock
+
+    def pause(self, handle: Handle) -> None:
+        """Freeze every process of the sandbox (cgroup freezer, else SIGSTOP each one)."""
+        if not self.alive(handle):
+            raise ProviderError(f"sandbox {handle.get('sandbox_id', '?')} is not running")
+        cgroup = Cgroup.from_dict(handle.get("cgroup"))
+        if cgroup is not None and cgroup.can_freeze:
+            if not cgroup.freeze(timeout=10.0):
+                cgroup.thaw()
+                raise ProviderError("could not freeze the sandbox within 10 s; it keeps running")
+            return
+        _signal_namespace(handle, signal.SIGSTOP, until_stable=True)
+
+    def resume(self, handle: Handle) -> None:
+        """Thaw / SIGCONT every process of the sandbox."""
+        if not self.alive(handle):
+            raise ProviderError(f"sandbox {handle.get('sandbox_id', '?')} is not running")
+        cgroup = Cgroup.from_dict(handle.get("cgroup"))
+        if cgroup is not None and cgroup.can_freeze:
+            cgroup.thaw()
+            return
+        _signal_namespace(handle, signal.SIGCONT, until_stable=False)
+
+    def destroy(self, handle: Handle) -> None:
+        """Kill every process (no grace period), remove the cgroups and the sandbox dir."""
+        cgroup = Cgroup.from_dict(handle.get("cgroup"))
+        outer, outer_start = handle.get("pid"), handle.get("pid_start")
+        child, child_start = handle.get("child_pid"), handle.get("child_start")
+        # Spare the outer bwrap: it reaps the jail's pid 1 and exits on its own (then we, or
+        # init, reap it), so no zombie is left to a parent that never reaps orphans.
+        spare = frozenset([outer]) if outer and _same_process(outer, outer_start) else frozenset()
+        if cgroup is not None:
+            cgroup.kill(timeout=5.0, spare=spare)
+        # SIGKILL to the namespace's pid 1 kills everything else in the pid namespace.
+        if child and _same_process(child, child_start):
+            _kill_quietly(child)
+        if spare and not poll_until(lambda: not _same_process(outer, outer_start), 1.0):
+            _kill_quietly(outer)
+        if child:
+            poll_until(lambda: not _same_process(child, child_start), 5.0)
+        if cgroup is not None:
+            cgroup.kill(timeout=5.0)
+            cgroup.remove()
+        if handle.get("dir"):
+            _rmtree(Path(handle["dir"]))
+
+    def alive(self, handle: Handle) -> bool:
+        """The jail's pid 1 still exists (start time checked, so a reused pid does not count)."""
+        child = handle.get("child_pid")
+        return bool(child) and _same_process(child, handle.get("child_start"))
+
+    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
+        """Live sandboxes under ``settings.sandboxes_dir`` created for ``store_id``."""
+        found = []
+        for path in sorted(self.settings.sandboxes_dir.glob("*/handle.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("store_id") == store_id and self.alive(record.get("handle", {})):
+                found.append({"sandbox_id": record["sandbox_id"], "handle": record["handle"]})
+        return found
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _sandbox_python(settings: Settings) -> str:
+    """Absolute path of the Python that runs the agent and python code in the jail."""
+    python = settings.local_python or "/usr/bin/python3"
+    if not os.path.isabs(python):
+        python = shutil.which(python) or python
+    return python
+
+
+def _python_prefix(python: str) -> str | None:
+    """The install prefix to bind when the sandbox Python lives outside /usr, else None."""
+    real = os.path.realpath(python)
+    if real.startswith("/usr/"):
+        return None
+    return os.path.dirname(os.path.dirname(real))
+
+
+def _which(tool: str) -> str:
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        raise ProviderUnavailableError(f"the local provider needs {tool!r}; install it")
+    return path
+
+
+_BWRAP_VERSION: tuple[int, ...] | None = None
+
+
+def _bwrap_version() -> tuple[int, ...]:
+    global _BWRAP_VERSION
+    if _BWRAP_VERSION is None:
+        try:
+            out = subprocess.run([_which("bwrap"), "--version"], capture_output=True, text=True).stdout
+            _BWRAP_VERSION = tuple(int(x) for x in out.split()[-1].split(".")[:2])
+        except (OSError, ValueError, IndexError):
+            _BWRAP_VERSION = (0, 0)
+    return _BWRAP_VERSION
+
+
+def _probe_userns(bwrap: str, uid: int | None) -> str | None:
+    """None when an unprivileged bwrap can build a jail, else bwrap's error."""
+    # --as-pid-1: without it bwrap leaves its namespace init to be reaped by the host's init.
+    cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--as-pid-1",
+           "--ro-bind", "/", "/", "true"]  # fmt: skip
+    if uid is not None:
+        cmd = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+    return None
+
+
+def _make_dirs(sandbox_dir: Path, uid: int, gid: int, token: str) -> None:
+    """home/, tmp/, run/ owned by the jail's host uid, and the one-shot token file."""
+    for name, mode in (("home", 0o700), ("tmp", 0o1777), ("run", 0o700)):
+        path = sandbox_dir / name
+        path.mkdir()
+        os.chmod(path, mode)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+    token_file = sandbox_dir / "run" / "token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    if os.geteuid() == 0:
+        os.chown(token_file, uid, gid)
+
+
+def _write_etc(etc: Path, network: bool) -> dict[str, Path]:
+    """Small synthetic /etc files for the jail; returns {name inside /etc: host path}."""
+    files = {
+        "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"user:x:{INNER_UID}:{INNER_UID}:user:{HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nuser:x:{INNER_UID}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n",
+        "hostname": "sandbox\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+        "networks: files\nprotocols: files\nservices: files\n",
+    }
+    if network:
+        try:
+            files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            files["resolv.conf"] = ""
+    etc.mkdir(mode=0o700)
+    paths = {}
+    for name, text in files.items():
+        path = etc / name
+        path.write_text(text)
+        paths[name] = path
+    return paths
+
+
+def _rlimit_prefix(limits: Limits, cgroup: Cgroup | None, uid: int) -> list[str]:
+    """prlimit: a per-file size cap always; memory and process caps when no cgroup."""
+    prlimit = shutil.which("prlimit")
+    file_bytes = limits.disk_mb * 1024 * 1024
+    if cgroup is not None:
+        return [prlimit, f"--fsize={file_bytes}"] if prlimit else []
+    if prlimit is None:
+        raise ProviderUnavailableError(
+            "no writable cgroup and no 'prlimit' to cap the sandbox: apt-get install util-linux"
+        )
+    # RLIMIT_NPROC counts every process of the uid on the host, so allow for those already
+    # running. RLIMIT_DATA rather than RLIMIT_AS: V8 (node) reserves GBs of address space.
+    nproc = limits.pids + _count_tasks(uid)
+    data = limits.memory_mb * 1024 * 1024
+    return [prlimit, f"--fsize={file_bytes}", f"--nproc={nproc}", f"--data={data}"]
+
+
+def _count_tasks(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+    return count
+
+
+def _stage_dir(name: str) -> str:
+    """An empty root-owned mount point under STAGE_DIR (mounted on only in private namespaces)."""
+    path = os.path.join(STAGE_DIR, name)
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    for checked in (STAGE_DIR, path):
+        st = os.lstat(checked)
+        if st.st_uid != 0 or not os.path.isdir(checked) or os.path.islink(checked):
+            raise ProviderError(f"{checked} must be a root-owned directory")
+    return path
+
+
+def _read_info(fd: int, deadline: float) -> dict[str, Any]:
+    """bwrap's --info-fd JSON (holds the namespace's pid 1)."""
+    data = b""
+    while True:
+        with contextlib.suppress(ValueError):
+            info = json.loads(data)
+            if isinstance(info, dict) and "child-pid" in info:
+                return info
+        chunk = _read_some(fd, deadline, "bubblewrap to set up the jail")
+        if not chunk:
+            raise ProviderError("bubblewrap exited before setting up the jail")
+        data += chunk
+
+
+def _wait_ready(fd: int, deadline: float) -> None:
+    buf = b""
+    while True:
+        lines = buf.split(b"\n")
+        if any(line.strip() == b"READY" for line in lines[:-1]):
+            return
+        chunk = _read_some(fd, deadline, "the agent to print READY")
+        if not chunk:
+            raise ProviderError("the agent exited before it was ready")
+        buf += chunk
+
+
+def _read_some(fd: int, deadline: float, what: str) -> bytes:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        raise ProviderError(f"timed out waiting for {what}")
+    return os.read(fd, 65536)
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            text = f.read().decode(errors="replace").strip()
+    except OSError:
+        return "(none)"
+    return text or "(empty)"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 = state, field 3)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22: starttime
+
+
+def _same_process(pid: int, start: int | None) -> bool:
+    """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] in ("Z", "X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _namespace_pids(handle: Handle) -> set[int]:
+    """Host pids of every process in the sandbox's pid namespace."""
+    ns = handle.get("pid_ns")
+    child = handle["child_pid"]
+    if ns is None:
+        try:
+            ns = int(os.readlink(f"/proc/{child}/ns/pid").split("[")[1].rstrip("]"))
+        except (OSError, IndexError, ValueError):
+            return set()
+    target = f"pid:[{ns}]"
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == target:
+                    found.add(int(entry.name))
+    return found
+
+
+def _signal_namespace(handle: Handle, sig: int, until_stable: bool) -> None:
+    """Send ``sig`` to every process of the namespace; for SIGSTOP repeat until no new ones."""
+    done: set[int] = set()
+    for _ in range(100):
+        pids = _namespace_pids(handle) - done
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        done |= pids
+        if not until_stable:
+            return
+
+
+def _rmtree(path: Path) -> None:
+    """Delete a tree even when sandbox code chmod-ed parts of it read-only."""
+
+    def fix(_func: Any, failed: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(failed), 0o700)
+            os.chmod(failed, 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            shutil.rmtree(failed, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(failed)
+
+    if not os.path.lexists(path):
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fix)
+    else:
+        shutil.rmtree(path, onerror=fix)
