@@ -144,13 +144,27 @@ build_base() {
 
 # ---- layer 2: the agent ---------------------------------------------------------------
 
+agent_dockerfile() {
+    cat <<EOF
+FROM $BASE
+COPY sandbox_agent.py /opt/nexus-agent/sandbox_agent.py
+RUN python3 -m compileall -q /opt/nexus-agent
+ENV HOME=/home/user LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /home/user
+USER 1000:1000
+CMD ["python3", "/opt/nexus-agent/sandbox_agent.py", "--help"]
+EOF
+}
+
 build_sandbox() {
     [ -f "$AGENT" ] || die "the agent file $AGENT is missing"
-    local sha ctx
+    local sha recipe ctx
     sha="$(sha256sum "$AGENT" | cut -d' ' -f1)"
+    # the top layer's recipe: the base's recipe and this Dockerfile
+    recipe="$RECIPE_HASH-$(agent_dockerfile | sha256sum | cut -c1-12)"
     if [ "$FORCE" = 0 ] && image_exists "$IMAGE" \
         && [ "$(image_label "$IMAGE" nexus.agent_sha256)" = "$sha" ] \
-        && [ "$(image_label "$IMAGE" nexus.base_recipe)" = "$RECIPE_HASH" ]; then
+        && [ "$(image_label "$IMAGE" nexus.image_recipe)" = "$recipe" ]; then
         step "$IMAGE is up to date (agent sha256 ${sha:0:12})"
         return
     fi
@@ -159,21 +173,16 @@ build_sandbox() {
     trap "rm -rf '$ctx'" EXIT
     cp "$AGENT" "$ctx/sandbox_agent.py"
     chmod 0644 "$ctx/sandbox_agent.py"
-    cat >"$ctx/Dockerfile" <<EOF
-FROM $BASE
-COPY sandbox_agent.py /opt/nexus-agent/sandbox_agent.py
-ENV HOME=/home/user LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-WORKDIR /home/user
-USER 1000:1000
-CMD ["python3", "/opt/nexus-agent/sandbox_agent.py", "--help"]
-EOF
+    agent_dockerfile >"$ctx/Dockerfile"
     step "docker build $IMAGE (agent sha256 ${sha:0:12})"
     # Without the buildx plugin, the legacy builder is the one that works (FROM a local image).
     local builder_env=()
     docker buildx version >/dev/null 2>&1 || builder_env=(env DOCKER_BUILDKIT=0)
-    "${builder_env[@]}" docker build --quiet --label "nexus.agent_sha256=$sha" \
-        --label "nexus.base_recipe=$RECIPE_HASH" -t "$IMAGE" "$ctx" 2>&1 \
-        | grep -v -e '^DEPRECATED' -e 'legacy builder' -e 'buildx component' -e 'docs.docker.com' -e '^ *$' || true
+    if ! "${builder_env[@]}" docker build --quiet --label "nexus.agent_sha256=$sha" \
+        --label "nexus.image_recipe=$recipe" -t "$IMAGE" "$ctx" >"$ctx/build.log" 2>&1; then
+        cat "$ctx/build.log" >&2
+        die "docker build of $IMAGE failed"
+    fi
     rm -rf "$ctx"
     trap - EXIT
     image_exists "$IMAGE" || die "docker build did not produce $IMAGE"
