@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..config import Settings
+from ..errors import InvalidArgumentError, SandboxError
 from .base import Capabilities, Channel, Handle, Provider
 
-__all__ = ["PROVIDERS", "Capabilities", "Channel", "Handle", "Provider", "provider_class"]
+__all__ = [
+    "PROVIDERS",
+    "Capabilities",
+    "Channel",
+    "Handle",
+    "Provider",
+    "capability_matrix",
+    "provider_class",
+]
 
 #: Provider name -> "module:ClassName", relative to this package.
 PROVIDERS = {
@@ -15,6 +26,14 @@ PROVIDERS = {
     "docker": "docker:DockerProvider",
     "e2b": "e2b:E2BProvider",
     "modal": "modal:ModalProvider",
+}
+
+#: Provider name -> the importable SDK module it needs (None = standard library only).
+SDK_MODULES: dict[str, str | None] = {
+    "local": None,
+    "docker": "docker",
+    "e2b": "e2b",
+    "modal": "modal",
 }
 
 
@@ -27,3 +46,44 @@ def provider_class(name: str) -> type[Provider]:
     module_name, class_name = PROVIDERS[name].split(":")
     module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, class_name)
+
+
+def _installed(name: str) -> bool:
+    module = SDK_MODULES.get(name)
+    if module is None:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def capability_matrix(
+    settings: Settings, provider_options: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per registered provider: ``name``, ``installed`` (its SDK is importable),
+    ``configured`` (``check_available`` passes: credentials, daemon or bubblewrap present),
+    ``reason`` (the one-line fix when not configured, else None) and ``capabilities``.
+
+    Providers whose SDK is missing are reported without importing anything heavy.
+    """
+    rows = []
+    for name in PROVIDERS:
+        cls = provider_class(name)
+        installed = _installed(name)
+        configured, reason = installed, None
+        try:
+            cls.check_available(settings, **(provider_options or {}).get(name, {}))
+        except Exception as exc:  # SandboxError carries the fix; anything else, its text
+            configured = False
+            reason = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+        rows.append(
+            {
+                "name": name,
+                "installed": installed,
+                "configured": configured,
+                "reason": reason,
+                "capabilities": cls.capabilities.to_dict(),
+            }
+        )
+    return rows

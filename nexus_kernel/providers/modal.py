@@ -1,0 +1,425 @@
+"""The modal provider: one Modal Sandbox (a gVisor container) per nexus sandbox, on the
+``modal`` SDK (``pip install 'nexus-kernel[modal]'``). The SDK is imported lazily, here only.
+
+Start: ``Sandbox.create`` under the app ``nexus-kernel`` (``App.lookup(create_if_missing=
+True)``) with an image that has python3 and node (default: ``debian_slim`` + ``nodejs``;
+``NEXUS_MODAL_IMAGE`` / ``template_id`` pick a registry image, or an ``im-…`` image id), the
+agent file added with ``Image.add_local_file`` (mounted at start, no rebuild), tags carrying
+our ids, ``block_network`` unless network was asked, and cpu / memory as (request, limit)
+pairs from the limits (``gpu`` from the provider option). The entrypoint is a shell line that
+reads the token from the sandbox's stdin into a 0600 file and becomes the agent, so the
+sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox.
+
+Stream: every ``connect`` runs ``sandbox_agent.py relay`` with ``Sandbox.exec(text=False)``;
+its ``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
+
+TTL: Modal's ``timeout`` (a hard lifetime, at most 24 h, fixed at create) is set to that
+maximum; ``idle_timeout`` (restarted by every exec and stdin write) is the TTL plus grace. The
+agent's watchdog ends the sandbox at its deadline, which the manager moves with every run.
+
+Pause/resume: not offered (:class:`UnsupportedOperationError`). The stable SDK has no pause
+for a running sandbox; ``_experimental_pause`` exists only for ``_experimental_persistent``
+sandboxes, which resume from a filesystem snapshot in a new container (every process, so
+every session, is lost) and reject tags; memory snapshots (``_experimental_snapshot``) are an
+early preview that restores into a new sandbox id, which the stored handle cannot follow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import secrets
+import threading
+import time
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from ..config import Settings
+from ..errors import (
+    AgentError,
+    InvalidArgumentError,
+    MissingCredentialsError,
+    MissingDependencyError,
+    ProviderError,
+    ProviderUnavailableError,
+    SandboxError,
+    SandboxStateError,
+    UnsupportedOperationError,
+)
+from ..models import SandboxSpec
+from ._stream import (
+    AGENT_SOURCE,
+    PumpChannel,
+    agent_source,
+    relay_argv,
+    serve_script,
+    wait_for_ready,
+)
+from .base import Capabilities, Handle, Provider
+
+APP_NAME = "nexus-kernel"
+HOME = "/home/user"
+AGENT_PATH = "/opt/nexus-agent/sandbox_agent.py"
+RUN_DIR = "/run/nexus"
+PYTHON_VERSION = "3.12"
+
+#: Modal's longest sandbox lifetime (``timeout``), seconds.
+MAX_LIFETIME = 24 * 3600
+#: Seconds of idleness past the agent's deadline before Modal ends the sandbox itself.
+IDLE_GRACE = 120
+READY_TIMEOUT = 300.0  # a first create may build the default image
+#: Largest piece written before a ``drain`` (the SDK refuses buffers over 2 MiB).
+STDIN_CHUNK = 1024 * 1024
+
+MISSING_TOKEN = (
+    "Modal needs a token: run 'modal token new' or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+)
+NO_PAUSE = (
+    "the modal provider cannot pause or resume sandboxes (Modal has no pause for a running "
+    "sandbox that keeps its processes); stop it and create a new one instead"
+)
+
+
+def _import_modal() -> Any:
+    try:
+        import modal
+    except ImportError:
+        raise MissingDependencyError("modal", "modal") from None
+    return modal
+
+
+def _sdk(options: dict[str, Any]) -> Any:
+    """The modal SDK module, or the object injected as provider option ``sdk`` (tests)."""
+    return options.get("sdk") or _import_modal()
+
+
+def _sdk_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _has_token(options: dict[str, Any]) -> bool:
+    """A token is passed as options, set in the environment or in ~/.modal.toml."""
+    if options.get("token_id") and options.get("token_secret"):
+        return True
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return True
+    sdk = _sdk(options)
+    module = getattr(sdk, "config", None) or importlib.import_module("modal.config")
+    config = getattr(module, "config", module)
+    try:
+        return bool(config.get("token_id") and config.get("token_secret"))
+    except Exception:  # an unreadable ~/.modal.toml: treat as no token
+        return False
+
+
+def sandbox_tags(spec: SandboxSpec) -> dict[str, str]:
+    """Modal tags the sandbox carries; reconcile lists by ``nexus_store``."""
+    return {
+        "nexus_sandbox_id": spec.sandbox_id,
+        "nexus_owner": spec.owner,
+        "nexus_store": spec.store_id,
+        "nexus_expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
+    }
+
+
+def idle_timeout_for(deadline: float | None, now: float, lifetime: int) -> int:
+    """Modal ``idle_timeout``: the TTL (time to the agent's deadline) plus grace."""
+    if deadline is None:
+        return lifetime
+    return int(min(lifetime, max(1, math.ceil(deadline - now + IDLE_GRACE))))
+
+
+@contextmanager
+def _sdk_errors(sdk: Any, what: str):
+    """Map Modal SDK failures to nexus errors with one-line messages."""
+    try:
+        yield
+    except SandboxError:
+        raise
+    except sdk.exception.AuthError as exc:
+        raise ProviderUnavailableError(
+            f"Modal rejected the token ({exc}): run 'modal token new' or export "
+            "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+        ) from exc
+    except sdk.exception.NotFoundError as exc:
+        raise SandboxStateError(f"the Modal sandbox is gone (stopped or expired): {exc}") from exc
+    except sdk.exception.ConnectionError as exc:
+        raise ProviderUnavailableError(
+            f"Modal is not reachable ({exc}): check the network and https://status.modal.com"
+        ) from exc
+    except Exception as exc:
+        raise ProviderError(f"Modal failed to {what}: {exc}") from exc
+
+
+class ModalProvider(Provider):
+    """Sandboxes as Modal Sandboxes running the agent (see the module doc).
+
+    Options (``provider_options={"modal": {...}}``): ``app_name`` (default
+    ``nexus-kernel``), ``token_id`` / ``token_secret`` (else the environment or
+    ~/.modal.toml), ``gpu`` (e.g. ``"T4"``), ``python`` (in the image, default ``python3``),
+    ``max_lifetime`` (seconds, default 86400), ``ready_timeout``, ``sdk`` (tests).
+    """
+
+    name = "modal"
+    capabilities = Capabilities(pause=False, resume=False, network=True, gpu=True)
+
+    def __init__(self, settings: Settings, **options: Any):
+        super().__init__(settings, **options)
+        self._sandboxes: dict[str, Any] = {}
+        self._app_obj: Any = None
+        self._client_obj: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ availability
+
+    @classmethod
+    def check_available(cls, settings: Settings, **options: Any) -> None:
+        """The SDK is installed and a Modal token is configured (no network call; the SDK
+        is imported only to read ~/.modal.toml when the environment has no token)."""
+        if options.get("sdk") is None and not _sdk_installed("modal"):
+            raise MissingDependencyError("modal", "modal")
+        if not _has_token(options):
+            raise MissingCredentialsError(MISSING_TOKEN)
+
+    @property
+    def sdk(self) -> Any:
+        return _sdk(self.options)
+
+    @property
+    def _python(self) -> str:
+        return str(self.options.get("python") or "python3")
+
+    @property
+    def _lifetime(self) -> int:
+        return int(self.options.get("max_lifetime") or MAX_LIFETIME)
+
+    def _client(self) -> Any:
+        """A Modal client from the token options, or None (the SDK's environment client)."""
+        token_id, token_secret = self.options.get("token_id"), self.options.get("token_secret")
+        if not (token_id and token_secret):
+            return None
+        if self._client_obj is None:
+            self._client_obj = self.sdk.Client.from_credentials(token_id, token_secret)
+        return self._client_obj
+
+    def _app(self) -> Any:
+        if self._app_obj is None:
+            name = self.options.get("app_name") or APP_NAME
+            self._app_obj = self.sdk.App.lookup(name, create_if_missing=True, client=self._client())
+        return self._app_obj
+
+    def _image(self, spec: SandboxSpec) -> Any:
+        """The sandbox image with the agent file added (mounted at start)."""
+        image_cls = self.sdk.Image
+        name = spec.template_id or self.settings.modal_image
+        if name and name.startswith("im-"):
+            base = image_cls.from_id(name, client=self._client())
+        elif name:
+            base = image_cls.from_registry(name)
+        else:
+            base = image_cls.debian_slim(python_version=PYTHON_VERSION).apt_install("nodejs")
+        agent_source()  # a clear error when the agent file is missing
+        return base.add_local_file(AGENT_SOURCE, AGENT_PATH)
+
+    def _resources(self, spec: SandboxSpec) -> dict[str, Any]:
+        limits = spec.limits
+        resources: dict[str, Any] = {"memory": (limits.memory_mb, limits.memory_mb)}
+        if limits.cpus and limits.cpus > 0:
+            resources["cpu"] = (float(limits.cpus), float(limits.cpus))
+        gpu = self.options.get("gpu") or getattr(spec, "gpu", None)
+        if gpu:
+            resources["gpu"] = gpu
+        return resources
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """Create the Modal sandbox with the agent as its entrypoint; return once READY."""
+        sdk = self.sdk
+        now = time.time()
+        if spec.deadline is not None and spec.deadline - now > self._lifetime:
+            raise InvalidArgumentError(
+                f"a Modal sandbox lives at most {self._lifetime // 60} minutes; "
+                "use a shorter ttl_minutes"
+            )
+        script = serve_script(
+            python=self._python, agent_path=AGENT_PATH, run_dir=RUN_DIR, home=HOME,
+            deadline=spec.deadline,
+        )  # fmt: skip
+        with _sdk_errors(sdk, "create the sandbox"):
+            sandbox = sdk.Sandbox.create(
+                "/bin/sh", "-c", script,
+                app=self._app(),
+                image=self._image(spec),
+                tags=sandbox_tags(spec),
+                timeout=self._lifetime,
+                idle_timeout=idle_timeout_for(spec.deadline, now, self._lifetime),
+                block_network=not spec.network,
+                client=self._client(),
+                **self._resources(spec),
+            )  # fmt: skip
+        handle = {
+            "token": secrets.token_urlsafe(32),
+            "sandbox_id": sandbox.object_id,
+            "app": self.options.get("app_name") or APP_NAME,
+        }
+        with self._lock:
+            self._sandboxes[sandbox.object_id] = sandbox
+        try:
+            with _sdk_errors(sdk, "start the sandbox agent"):
+                self._start_agent(sandbox, handle["token"])
+        except BaseException:
+            with suppress(Exception):  # keep the original error
+                self.destroy(handle)
+            raise
+        return handle
+
+    def _start_agent(self, sandbox: Any, token: str) -> None:
+        sandbox.stdin.write((token + "\n").encode())
+        sandbox.stdin.drain()
+        wait_for_ready(
+            iter(sandbox.stdout),
+            float(self.options.get("ready_timeout") or READY_TIMEOUT),
+            stop=sandbox.terminate,
+            detail=lambda: _read_briefly(sandbox.stderr),
+        )
+
+    def connect(self, handle: Handle) -> PumpChannel:
+        """A new stream to the agent: ``Sandbox.exec`` of the relay, bytes both ways."""
+        sdk = self.sdk
+        try:
+            with _sdk_errors(sdk, "open a stream to the sandbox"):
+                sandbox = self._sandbox(handle)
+                process = sandbox.exec(*relay_argv(self._python, AGENT_PATH, RUN_DIR), text=False)
+        except SandboxError as exc:
+            self._forget(handle)
+            raise AgentError(
+                f"cannot reach the agent of Modal sandbox {handle.get('sandbox_id')}: {exc}"
+            ) from exc
+        return PumpChannel(
+            iter(process.stdout),
+            _stdin_writer(process),
+            on_close=lambda: _end_exec(process),
+            name=f"nexus-modal-{handle.get('sandbox_id', '')}",
+        )
+
+    def pause(self, handle: Handle) -> None:
+        """Not offered by Modal for a running sandbox (see the module doc)."""
+        raise UnsupportedOperationError(NO_PAUSE)
+
+    def resume(self, handle: Handle) -> None:
+        """Not offered by Modal (see the module doc)."""
+        raise UnsupportedOperationError(NO_PAUSE)
+
+    def destroy(self, handle: Handle) -> None:
+        """Terminate the Modal sandbox (``Sandbox.terminate``). Idempotent."""
+        sandbox_id = handle.get("sandbox_id")
+        if not sandbox_id:
+            return
+        self._forget(handle)
+        sdk = self.sdk
+        with _sdk_errors(sdk, "terminate the sandbox"):
+            try:
+                sandbox = sdk.Sandbox.from_id(sandbox_id, client=self._client())
+            except sdk.exception.NotFoundError:
+                return
+            sandbox.terminate()
+
+    def alive(self, handle: Handle) -> bool:
+        """True while the sandbox has not finished (``poll()`` is None)."""
+        sdk = self.sdk
+        with _sdk_errors(sdk, "look up the sandbox"):
+            try:
+                sandbox = sdk.Sandbox.from_id(handle["sandbox_id"], client=self._client())
+            except sdk.exception.NotFoundError:
+                return False
+            return sandbox.poll() is None
+
+    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
+        """Running Modal sandboxes of our app tagged ``nexus_store=store_id``."""
+        sdk = self.sdk
+        rows = []
+        with _sdk_errors(sdk, "list sandboxes"):
+            found = sdk.Sandbox.list(
+                app_id=self._app().app_id, tags={"nexus_store": store_id}, client=self._client()
+            )
+            for sandbox in found:
+                tags = sandbox.get_tags()
+                rows.append(
+                    {
+                        "sandbox_id": tags.get("nexus_sandbox_id", ""),
+                        "handle": {"token": "", "sandbox_id": sandbox.object_id},
+                    }
+                )
+        return rows
+
+    # ------------------------------------------------------------------ files
+
+    def put_file(self, handle: Handle, path: str, data: bytes) -> int:
+        """Write ``data`` to ``path`` (relative to /home/user) with the filesystem API."""
+        with _sdk_errors(self.sdk, "write the file"):
+            self._sandbox(handle).filesystem.write_bytes(bytes(data), _sandbox_path(path))
+        return len(data)
+
+    def get_file(self, handle: Handle, path: str) -> bytes:
+        """Read ``path`` (relative to /home/user) with the filesystem API."""
+        with _sdk_errors(self.sdk, "read the file"):
+            return bytes(self._sandbox(handle).filesystem.read_bytes(_sandbox_path(path)))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _sandbox(self, handle: Handle) -> Any:
+        sandbox_id = handle["sandbox_id"]
+        with self._lock:
+            sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            sandbox = self.sdk.Sandbox.from_id(sandbox_id, client=self._client())
+            with self._lock:
+                sandbox = self._sandboxes.setdefault(sandbox_id, sandbox)
+        return sandbox
+
+    def _forget(self, handle: Handle) -> None:
+        with self._lock:
+            self._sandboxes.pop(handle.get("sandbox_id"), None)
+
+
+def _stdin_writer(process: Any):
+    def write(data: bytes) -> None:
+        for start in range(0, len(data), STDIN_CHUNK):
+            process.stdin.write(data[start : start + STDIN_CHUNK])
+            process.stdin.drain()
+
+    return write
+
+
+def _end_exec(process: Any) -> None:
+    """End of input for the relay: it closes its agent connection and exits (sessions
+    survive). Modal has no kill for an exec'd process."""
+    process.stdin.write_eof()
+    process.stdin.drain()
+
+
+def _read_briefly(stream: Any, seconds: float = 5.0) -> str:
+    """What a finished process left on ``stream`` (bounded wait; '' when none)."""
+    result: list[str] = []
+
+    def read() -> None:
+        with suppress(Exception):
+            data = stream.read()
+            result.append(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return result[0] if result else ""
+
+
+def _sandbox_path(path: str) -> str:
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise InvalidArgumentError("path must be a non-empty string without NUL bytes")
+    return path if path.startswith("/") else f"{HOME}/{path}"

@@ -1,0 +1,1 @@
+"""Faithful fakes of third-party SDKs (e2b, modal) for tests without network."""

@@ -1,0 +1,632 @@
+"""A faithful fake of the parts of the ``e2b`` SDK (2.x) that the e2b provider uses.
+
+Same names, argument names, calling conventions and return shapes as the installed SDK
+(``tests/test_sdk_fakes_match.py`` checks the signatures against it): ``Sandbox.create``,
+the class-or-instance methods ``connect`` / ``kill`` / ``pause`` / ``set_timeout`` /
+``get_info`` (dispatching to ``_cls_*`` when called on the class with a sandbox id, as the
+SDK's ``class_method_variant`` does), ``Sandbox.list`` returning a paginator of
+``SandboxInfo``, ``commands.run(background=True)`` returning a handle whose iteration yields
+``(stdout, stderr, pty)`` tuples of *str* decoded incrementally as UTF-8, ``send_stdin`` taking
+str or bytes, and ``files.write`` / ``files.read(format="bytes")``.
+
+A sandbox is a :class:`~fakes._vm.FakeVM`; commands really run (``/bin/bash -c``), so the
+real agent serves real protocol traffic. Pause sends SIGSTOP to every process and breaks
+the open command streams (as a real pause drops connections); connect resumes (SIGCONT).
+The timeout is enforced lazily: a running sandbox past its end is killed on next access.
+Every call checks an API key (argument or ``E2B_API_KEY``) like the real control plane.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import enum
+import functools
+import io
+import itertools
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._vm import FakeVM
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class SandboxException(Exception):
+    pass
+
+
+class TimeoutException(SandboxException):
+    pass
+
+
+class NotFoundException(SandboxException):
+    pass
+
+
+class FileNotFoundException(NotFoundException):
+    pass
+
+
+class SandboxNotFoundException(NotFoundException):
+    pass
+
+
+class AuthenticationException(Exception):
+    pass
+
+
+class CommandExitException(SandboxException):
+    def __init__(self, stdout: str, stderr: str, exit_code: int, error: str | None):
+        super().__init__(f"Command exited with code {exit_code} and error:\n{stderr}")
+        self.stdout, self.stderr, self.exit_code, self.error = stdout, stderr, exit_code, error
+
+
+# --------------------------------------------------------------------------- data shapes
+
+
+class SandboxState(str, enum.Enum):
+    PAUSED = "paused"
+    RUNNING = "running"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@dataclass
+class SandboxQuery:
+    metadata: dict[str, str] | None = None
+    state: list[SandboxState] | None = None
+    started_after: datetime.datetime | None = None
+    template: str | None = None
+
+
+@dataclass
+class SandboxInfo:
+    sandbox_id: str
+    sandbox_domain: str | None
+    template_id: str
+    name: str | None
+    metadata: dict[str, str]
+    started_at: datetime.datetime
+    end_at: datetime.datetime
+    state: SandboxState
+    cpu_count: int
+    memory_mb: int
+    envd_version: str
+    allow_internet_access: bool | None = None
+
+
+@dataclass
+class CommandResult:
+    stderr: str
+    stdout: str
+    exit_code: int
+    error: str | None
+
+
+@dataclass
+class WriteInfo:
+    name: str
+    type: str | None
+    path: str
+
+
+# --------------------------------------------------------------------------- the "cloud"
+
+
+@dataclass
+class _Record:
+    """What the fake control plane knows about one sandbox (tests inspect it)."""
+
+    sandbox_id: str
+    vm: FakeVM
+    template: str
+    metadata: dict[str, str]
+    envs: dict[str, str]
+    allow_internet_access: bool | None
+    end_at: float
+    started_at: float = field(default_factory=time.time)
+    state: SandboxState = SandboxState.RUNNING
+    timeouts_set: list[int] = field(default_factory=list)
+    handles: list[CommandHandle] = field(default_factory=list)
+
+
+SANDBOXES: dict[str, _Record] = {}
+_ids = itertools.count(1)
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Kill every fake sandbox (test teardown)."""
+    with _lock:
+        records = list(SANDBOXES.values())
+        SANDBOXES.clear()
+    for record in records:
+        record.vm.kill()
+
+
+def _check_key(opts: dict[str, Any]) -> None:
+    if not (opts.get("api_key") or os.environ.get("E2B_API_KEY")):
+        raise AuthenticationException(
+            "API key is required, please visit the Team tab at https://e2b.dev/dashboard "
+            "to get your default API key."
+        )
+
+
+def _record(sandbox_id: str) -> _Record:
+    record = SANDBOXES.get(sandbox_id)
+    if record is None:
+        raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
+    if record.state is SandboxState.RUNNING and time.time() >= record.end_at:
+        _kill_record(record)  # E2B ends a sandbox at its timeout
+        raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
+    return record
+
+
+def _kill_record(record: _Record) -> None:
+    SANDBOXES.pop(record.sandbox_id, None)
+    for handle in record.handles:
+        handle._break("sandbox was killed")
+    record.vm.kill()
+
+
+class class_method_variant:  # noqa: N801 - the SDK's name
+    """As e2b.sandbox.utils.class_method_variant: an instance method that, called on the
+    class with a sandbox id, dispatches to the class method named ``class_method_name``."""
+
+    def __init__(self, class_method_name: str):
+        self.class_method_name = class_method_name
+
+    def __call__(self, method):
+        self.method = method
+        return self
+
+    def __get__(self, obj, objtype=None):
+        @functools.wraps(self.method)
+        def _wrapper(*args, **kwargs):
+            if obj is not None:
+                return self.method(obj, *args, **kwargs)
+            if args and objtype is not None and isinstance(args[0], objtype):
+                return self.method(args[0], *args[1:], **kwargs)
+            return getattr(objtype, self.class_method_name)(*args, **kwargs)
+
+        return _wrapper
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class CommandHandle:
+    """As e2b.CommandHandle (sync): iterate for ``(stdout, stderr, pty)`` str chunks."""
+
+    def __init__(self, proc, record: _Record):
+        self._proc = proc
+        self._record = record
+        self._disconnected = False
+        self._broken: str | None = None
+        self._stdout_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stderr_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._result: CommandResult | None = None
+        self._out: list[str] = []
+        self._err: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _break(self, why: str) -> None:
+        self._broken = why
+
+    def __iter__(self):
+        return self._handle_events()
+
+    def _handle_events(self):
+        streams = {self._proc.stdout.fileno(): "out", self._proc.stderr.fileno(): "err"}
+        while True:
+            if self._disconnected:
+                return
+            if self._broken:
+                raise SandboxException(f"stream closed: {self._broken}")
+            if self._record.vm.paused:
+                time.sleep(0.05)
+                continue
+            if streams:
+                ready, _, _ = select.select(list(streams), [], [], 0.05)
+                for fd in ready:
+                    data = os.read(fd, 4096)
+                    kind = streams[fd]
+                    if not data:
+                        del streams[fd]
+                        continue
+                    decoder = self._stdout_decoder if kind == "out" else self._stderr_decoder
+                    text = decoder.decode(data)
+                    if text:
+                        (self._out if kind == "out" else self._err).append(text)
+                        yield (text, None, None) if kind == "out" else (None, text, None)
+                continue
+            code = self._proc.poll()
+            if code is None:
+                time.sleep(0.05)  # output closed, process alive: the stream stays open
+                continue
+            self._result = CommandResult("".join(self._err), "".join(self._out), code, None)
+            return
+
+    def disconnect(self) -> None:
+        self._disconnected = True
+
+    def wait(self, on_pty=None, on_stdout=None, on_stderr=None) -> CommandResult:
+        for out, err, _pty in self:
+            if out is not None and on_stdout:
+                on_stdout(out)
+            elif err is not None and on_stderr:
+                on_stderr(err)
+        if self._result is None:
+            raise Exception("Command ended without an end event")
+        if self._result.exit_code != 0:
+            raise CommandExitException(
+                self._result.stdout, self._result.stderr, self._result.exit_code, None
+            )
+        return self._result
+
+    def kill(self) -> bool:
+        if self._proc.poll() is not None:
+            return False
+        self._proc.kill()
+        return True
+
+    def send_stdin(self, data: str | bytes, request_timeout: float | None = None) -> None:
+        _send(self._proc, self._broken, data)
+
+    def close_stdin(self, request_timeout: float | None = None) -> None:
+        self._proc.stdin.close()
+
+
+def _send(proc, broken: str | None, data: str | bytes) -> None:
+    if broken:
+        raise SandboxException(f"stream closed: {broken}")
+    if proc.stdin is None:
+        raise SandboxException("stdin is not enabled for this command")
+    try:
+        proc.stdin.write(data.encode() if isinstance(data, str) else data)
+        proc.stdin.flush()
+    except (BrokenPipeError, ValueError) as exc:
+        raise NotFoundException(f"process {proc.pid} not found: {exc}") from None
+
+
+class Commands:
+    """As ``sandbox.commands``."""
+
+    def __init__(self, record: _Record):
+        self._record = record
+
+    def run(
+        self,
+        cmd: str,
+        background: bool | None = None,
+        envs: dict[str, str] | None = None,
+        user: str | None = None,
+        cwd: str | None = None,
+        on_stdout=None,
+        on_stderr=None,
+        stdin: bool | None = None,
+        timeout: float | None = 60,
+        request_timeout: float | None = None,
+        *,
+        retain_output: bool = True,
+    ):
+        record = _record(self._record.sandbox_id)
+        proc = record.vm.spawn(["/bin/bash", "-c", cmd], stdin=bool(stdin), cwd=cwd)
+        handle = CommandHandle(proc, record)
+        record.handles.append(handle)
+        if background:
+            return handle
+        return handle.wait(on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def send_stdin(self, pid: int, data: str | bytes, request_timeout: float | None = None):
+        for handle in self._record.handles:
+            if handle.pid == pid:
+                return handle.send_stdin(data)
+        raise NotFoundException(f"process {pid} not found")
+
+    def kill(self, pid: int, request_timeout: float | None = None) -> bool:
+        for handle in self._record.handles:
+            if handle.pid == pid:
+                return handle.kill()
+        return False
+
+
+# --------------------------------------------------------------------------- files
+
+
+class Filesystem:
+    """As ``sandbox.files``."""
+
+    def __init__(self, record: _Record):
+        self._record = record
+
+    def write(
+        self,
+        path: str,
+        data: str | bytes | io.IOBase,
+        user: str | None = None,
+        request_timeout: float | None = None,
+        gzip: bool = False,
+        use_octet_stream: bool | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> WriteInfo:
+        target = _record(self._record.sandbox_id).vm.host_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            data = data.encode()
+        elif not isinstance(data, (bytes, bytearray)):
+            data = data.read()
+        target.write_bytes(bytes(data))
+        return WriteInfo(name=target.name, type="file", path=path)
+
+    def read(
+        self,
+        path: str,
+        format: str = "text",
+        user: str | None = None,
+        request_timeout: float | None = None,
+        gzip: bool = False,
+        stream_idle_timeout: float | None = None,
+    ):
+        target = _record(self._record.sandbox_id).vm.host_path(path)
+        if not target.is_file():
+            raise FileNotFoundException(f"Path {path} not found")
+        content = target.read_bytes()
+        if format == "bytes":
+            return bytearray(content)
+        if format == "stream":
+            return iter([content])
+        return content.decode()
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+class SandboxPaginator:
+    """As e2b.SandboxPaginator: ``has_next`` / ``next_items()``."""
+
+    def __init__(
+        self,
+        query: SandboxQuery | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+        order: str | None = None,
+        **opts: Any,
+    ):
+        self.query = query
+        self.limit = limit
+        self._opts = opts
+        self._has_next = True
+
+    @property
+    def has_next(self) -> bool:
+        return self._has_next
+
+    def next_items(self, **opts: Any) -> list[SandboxInfo]:
+        if not self._has_next:
+            raise Exception("No more items to fetch")
+        _check_key({**self._opts, **opts})
+        self._has_next = False
+        wanted = (self.query.metadata if self.query else None) or {}
+        states = (self.query.state if self.query else None) or list(SandboxState)
+        items = []
+        for sandbox_id in list(SANDBOXES):
+            try:
+                record = _record(sandbox_id)
+            except SandboxNotFoundException:
+                continue
+            if record.state in states and all(
+                record.metadata.get(k) == v for k, v in wanted.items()
+            ):
+                items.append(_info(record))
+        return items
+
+
+def _info(record: _Record) -> SandboxInfo:
+    return SandboxInfo(
+        sandbox_id=record.sandbox_id,
+        sandbox_domain="e2b.app",
+        template_id=record.template,
+        name=record.template,
+        metadata=dict(record.metadata),
+        started_at=datetime.datetime.fromtimestamp(record.started_at, datetime.timezone.utc),
+        end_at=datetime.datetime.fromtimestamp(record.end_at, datetime.timezone.utc),
+        state=record.state,
+        cpu_count=2,
+        memory_mb=512,
+        envd_version="0.4.0",
+        allow_internet_access=record.allow_internet_access,
+    )
+
+
+class Sandbox:
+    """As e2b.Sandbox (sync)."""
+
+    default_template = "base"
+
+    def __init__(self, record: _Record):
+        self._record = record
+        self._files = Filesystem(record)
+        self._commands = Commands(record)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._record.sandbox_id
+
+    @property
+    def files(self) -> Filesystem:
+        return self._files
+
+    @property
+    def commands(self) -> Commands:
+        return self._commands
+
+    def is_running(self, request_timeout: float | None = None) -> bool:
+        record = SANDBOXES.get(self.sandbox_id)
+        return record is not None and record.state is SandboxState.RUNNING
+
+    @classmethod
+    def create(
+        cls,
+        template: str | None = None,
+        timeout: int | None = None,
+        metadata: dict[str, str] | None = None,
+        envs: dict[str, str] | None = None,
+        secure: bool | None = None,
+        allow_internet_access: bool | None = None,
+        mcp: Any = None,
+        network: Any = None,
+        iam: Any = None,
+        lifecycle: Any = None,
+        volume_mounts: Any = None,
+        logger: Any = None,
+        idempotency_key: str | None = None,
+        **opts: Any,
+    ) -> Sandbox:
+        _check_key(opts)
+        sandbox_id = f"fake{next(_ids):04d}{os.getpid() % 1000:03d}"
+        record = _Record(
+            sandbox_id=sandbox_id,
+            vm=FakeVM(prefix="e2b-"),
+            template=template or cls.default_template,
+            metadata=dict(metadata or {}),
+            envs=dict(envs or {}),
+            allow_internet_access=allow_internet_access,
+            end_at=time.time() + (300 if timeout is None else timeout),
+        )
+        with _lock:
+            SANDBOXES[sandbox_id] = record
+        return cls(record)
+
+    @class_method_variant("_cls_connect_sandbox")
+    def connect(self, timeout: int | None = None, *, on_resume: str = "restore", **opts: Any):
+        return type(self)._cls_connect_sandbox(
+            self.sandbox_id, timeout, on_resume=on_resume, **opts
+        )
+
+    @classmethod
+    def _cls_connect_sandbox(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        logger: Any = None,
+        *,
+        on_resume: str = "restore",
+        **opts: Any,
+    ) -> Sandbox:
+        _check_key(opts)
+        record = _record(sandbox_id)
+        now = time.time()
+        if record.state is SandboxState.PAUSED:
+            record.vm.resume()
+            record.state = SandboxState.RUNNING
+            record.end_at = now + (300 if timeout is None else timeout)
+        elif timeout is not None:
+            record.end_at = max(record.end_at, now + timeout)  # only ever extended
+        return cls(record)
+
+    @class_method_variant("_cls_kill")
+    def kill(self, **opts: Any) -> bool:
+        return type(self)._cls_kill(self.sandbox_id, **opts)
+
+    @classmethod
+    def _cls_kill(cls, sandbox_id: str, **opts: Any) -> bool:
+        _check_key(opts)
+        record = SANDBOXES.get(sandbox_id)
+        if record is None:
+            return False
+        _kill_record(record)
+        return True
+
+    @class_method_variant("_cls_pause")
+    def pause(
+        self,
+        keep_memory: bool | None = None,
+        *,
+        mode: str | None = None,
+        strict: bool = False,
+        **opts: Any,
+    ) -> bool:
+        return type(self)._cls_pause(self.sandbox_id, keep_memory, mode=mode, strict=strict, **opts)
+
+    @classmethod
+    def _cls_pause(
+        cls,
+        sandbox_id: str,
+        keep_memory: bool | None = None,
+        *,
+        mode: str | None = None,
+        strict: bool = False,
+        **opts: Any,
+    ) -> bool:
+        _check_key(opts)
+        record = _record(sandbox_id)
+        if record.state is SandboxState.PAUSED:
+            return False
+        record.vm.pause()
+        record.state = SandboxState.PAUSED
+        for handle in record.handles:  # a pause drops every open connection
+            handle._break("sandbox was paused")
+        return True
+
+    @class_method_variant("_cls_set_timeout")
+    def set_timeout(self, timeout: int, **opts: Any) -> None:
+        type(self)._cls_set_timeout(self.sandbox_id, timeout, **opts)
+
+    @classmethod
+    def _cls_set_timeout(cls, sandbox_id: str, timeout: int, **opts: Any) -> None:
+        _check_key(opts)
+        record = _record(sandbox_id)
+        record.end_at = time.time() + timeout
+        record.timeouts_set.append(timeout)
+
+    @class_method_variant("_cls_get_info")
+    def get_info(self, **opts: Any) -> SandboxInfo:
+        return type(self)._cls_get_info(self.sandbox_id, **opts)
+
+    @classmethod
+    def _cls_get_info(cls, sandbox_id: str, **opts: Any) -> SandboxInfo:
+        _check_key(opts)
+        return _info(_record(sandbox_id))
+
+    @classmethod
+    def list(
+        cls,
+        query: SandboxQuery | None = None,
+        limit: int | None = None,
+        next_token: str | None = None,
+        order: str | None = None,
+        **opts: Any,
+    ) -> SandboxPaginator:
+        return SandboxPaginator(
+            query=query, limit=limit, next_token=next_token, order=order, **opts
+        )
+
+
+__all__ = [
+    "AuthenticationException",
+    "CommandExitException",
+    "CommandHandle",
+    "CommandResult",
+    "FileNotFoundException",
+    "NotFoundException",
+    "SANDBOXES",
+    "Sandbox",
+    "SandboxException",
+    "SandboxInfo",
+    "SandboxNotFoundException",
+    "SandboxPaginator",
+    "SandboxQuery",
+    "SandboxState",
+    "TimeoutException",
+    "reset",
+]

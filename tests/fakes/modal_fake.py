@@ -1,0 +1,498 @@
+"""A faithful fake of the parts of the ``modal`` SDK (1.x) that the modal provider uses.
+
+Same names, argument names and return shapes as the installed SDK
+(``tests/test_sdk_fakes_match.py`` checks the signatures against it): ``App.lookup``,
+``Image.debian_slim / from_registry / from_id / apt_install / add_local_file``,
+``Client.from_credentials``, ``Sandbox.create(*entrypoint, app=, image=, tags=, timeout=,
+idle_timeout=, block_network=, cpu=, memory=, gpu=, client=)`` whose ``stdin`` / ``stdout`` /
+``stderr`` are the entrypoint's streams, ``Sandbox.from_id``, ``Sandbox.list(tags=)`` (a
+generator of sandboxes), ``exec(*args, text=)`` returning a ``ContainerProcess`` (``stdin``:
+a ``StreamWriter`` with ``write`` / ``drain`` / ``write_eof`` and the SDK's 2 MiB buffer cap,
+``stdout``: a ``StreamReader`` yielding str or bytes), ``poll``, ``terminate``, ``get_tags``,
+``filesystem.read_bytes / write_bytes``, ``exception.NotFoundError / AuthError`` and
+``config.config.get``.
+
+A sandbox is a :class:`~fakes._vm.FakeVM`: the entrypoint and every exec really run, so the
+real agent serves real protocol traffic; files added with ``add_local_file`` are copied in
+at create (Modal mounts them at start). When the entrypoint exits, the sandbox is finished
+(as on Modal). Every call checks for a token (``MODAL_TOKEN_ID`` + ``MODAL_TOKEN_SECRET``, a
+client from ``Client.from_credentials``) like the real control plane.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import itertools
+import os
+import shutil
+import threading
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._vm import FakeVM
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class Error(Exception):
+    pass
+
+
+class AuthError(Error):
+    pass
+
+
+class NotFoundError(Error):
+    pass
+
+
+class InvalidError(Error):
+    pass
+
+
+class SandboxTerminatedError(Error):
+    pass
+
+
+class ConnectionError(Error):  # noqa: A001 - the SDK's name
+    pass
+
+
+exception = types.SimpleNamespace(
+    Error=Error,
+    AuthError=AuthError,
+    NotFoundError=NotFoundError,
+    InvalidError=InvalidError,
+    SandboxTerminatedError=SandboxTerminatedError,
+    ConnectionError=ConnectionError,
+)
+
+
+class _Config:
+    """As modal.config.config: token from the environment only (no ~/.modal.toml)."""
+
+    def get(self, key: str, *, profile: str | None = None, use_env: bool = True) -> Any:
+        return os.environ.get(f"MODAL_{key.upper()}") if use_env else None
+
+
+config = types.SimpleNamespace(config=_Config())
+
+
+class StreamType(enum.Enum):
+    PIPE = 1
+    STDOUT = 2
+    DEVNULL = 3
+
+
+# --------------------------------------------------------------------------- client, app, image
+
+
+class Client:
+    def __init__(self, token_id: str, token_secret: str):
+        self.credentials = (token_id, token_secret)
+
+    @classmethod
+    def from_credentials(cls, token_id: str, token_secret: str) -> Client:
+        return cls(token_id, token_secret)
+
+
+def _check_token(client: Client | None) -> None:
+    if client is not None:
+        return
+    if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")):
+        raise AuthError("Token missing. Could not authenticate client.")
+
+
+APPS: dict[str, App] = {}
+
+
+class App:
+    def __init__(self, name: str):
+        self.name = name
+        self.app_id = f"ap-fake{len(APPS) + 1}"
+
+    @staticmethod
+    def lookup(
+        name: str,
+        *,
+        client: Client | None = None,
+        environment_name: str | None = None,
+        create_if_missing: bool = False,
+    ) -> App:
+        _check_token(client)
+        if name not in APPS:
+            if not create_if_missing:
+                raise NotFoundError(f"App '{name}' not found")
+            APPS[name] = App(name)
+        return APPS[name]
+
+
+class Image:
+    """Records how it was built; ``files`` maps sandbox paths to local files."""
+
+    def __init__(self, steps: list[tuple], files: dict[str, str]):
+        self.steps = steps
+        self.files = files
+
+    @staticmethod
+    def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
+        return Image([("debian_slim", python_version)], {})
+
+    @staticmethod
+    def from_registry(
+        tag: str,
+        secret: Any = None,
+        *,
+        setup_dockerfile_commands: list = [],  # noqa: B006
+        force_build: bool = False,
+        add_python: str | None = None,
+        **kwargs: Any,
+    ) -> Image:
+        return Image([("from_registry", tag)], {})
+
+    @classmethod
+    def from_id(cls, image_id: str, client: Client | None = None) -> Image:
+        return cls([("from_id", image_id)], {})
+
+    def apt_install(
+        self,
+        *packages: str,
+        force_build: bool = False,
+        env: Any = None,
+        secrets: Any = None,
+        gpu: str | None = None,
+    ) -> Image:
+        return Image(self.steps + [("apt_install", packages)], dict(self.files))
+
+    def add_local_file(self, local_path: Any, remote_path: str, *, copy: bool = False) -> Image:
+        if not str(remote_path).startswith("/"):
+            raise InvalidError(
+                "image.add_local_file() currently only supports absolute remote_path values"
+            )
+        return Image(
+            self.steps + [("add_local_file", remote_path, copy)],
+            {**self.files, remote_path: str(local_path)},
+        )
+
+
+# --------------------------------------------------------------------------- streams
+
+
+MAX_BUFFER_SIZE = 2 * 1024 * 1024
+
+
+class StreamWriter:
+    """As modal.io_streams.StreamWriter over a process's stdin pipe."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self._buffer = bytearray()
+        self._eof = False
+
+    def write(self, data: bytes | bytearray | memoryview | str) -> None:
+        if self._eof:
+            raise ValueError("Stdin is closed. Cannot write to it.")
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        if len(self._buffer) + len(payload) > MAX_BUFFER_SIZE:
+            raise BufferError("Buffer size exceed limit. Call drain to flush the buffer.")
+        self._buffer.extend(payload)
+
+    def write_eof(self) -> None:
+        self._eof = True
+
+    def drain(self) -> None:
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            if data:
+                self._pipe.write(data)
+                self._pipe.flush()
+            if self._eof:
+                self._pipe.close()
+        except (BrokenPipeError, ValueError) as exc:
+            raise SandboxTerminatedError(f"the process has exited: {exc}") from None
+
+
+class StreamReader:
+    """As modal.io_streams.StreamReader: iterate for chunks (str when ``text``)."""
+
+    def __init__(self, pipe, text: bool):
+        self._pipe = pipe
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __iter__(self):
+        fd = self._pipe.fileno()
+        while True:
+            try:
+                data = os.read(fd, 8192)
+            except OSError:
+                data = b""
+            if not data:
+                if self._text:
+                    tail = self._decoder.decode(b"", final=True)
+                    if tail:
+                        yield tail
+                return
+            if self._text:
+                text = self._decoder.decode(data)
+                if text:
+                    yield text
+            else:
+                yield data
+
+    def read(self):
+        chunks = list(self)
+        return "".join(chunks) if self._text else b"".join(chunks)
+
+
+class ContainerProcess:
+    """As modal.container_process.ContainerProcess."""
+
+    def __init__(self, proc, text: bool):
+        self._proc = proc
+        self._stdin = StreamWriter(proc.stdin)
+        self._stdout = StreamReader(proc.stdout, text)
+        self._stderr = StreamReader(proc.stderr, text)
+
+    @property
+    def stdin(self) -> StreamWriter:
+        return self._stdin
+
+    @property
+    def stdout(self) -> StreamReader:
+        return self._stdout
+
+    @property
+    def stderr(self) -> StreamReader:
+        return self._stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self) -> int:
+        return self._proc.wait()
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+@dataclass
+class _Record:
+    """What the fake control plane knows about one sandbox (tests inspect it)."""
+
+    object_id: str
+    vm: FakeVM
+    app: App
+    image: Image
+    entrypoint: tuple[str, ...]
+    tags: dict[str, str]
+    options: dict[str, Any]
+    entry: ContainerProcess | None = None
+    execs: list[ContainerProcess] = field(default_factory=list)
+    terminated: bool = False
+
+
+SANDBOXES: dict[str, _Record] = {}
+_ids = itertools.count(1)
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Terminate every fake sandbox (test teardown)."""
+    with _lock:
+        records = list(SANDBOXES.values())
+        SANDBOXES.clear()
+    for record in records:
+        record.vm.kill()
+
+
+def _record(sandbox_id: str) -> _Record:
+    record = SANDBOXES.get(sandbox_id)
+    if record is None:
+        raise NotFoundError(f"Sandbox {sandbox_id} not found")
+    return record
+
+
+class _Filesystem:
+    """As modal.sandbox.SandboxFilesystem (the two calls the provider uses)."""
+
+    def __init__(self, record: _Record):
+        self._record = record
+
+    def read_bytes(self, remote_path: str) -> bytes:
+        target = self._record.vm.host_path(remote_path)
+        if not target.is_file():
+            raise NotFoundError(f"{remote_path} not found")
+        return target.read_bytes()
+
+    def write_bytes(self, data: bytes | bytearray | memoryview, remote_path: str) -> None:
+        target = self._record.vm.host_path(remote_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bytes(data))
+
+
+class Sandbox:
+    """As modal.Sandbox (sync interface)."""
+
+    def __init__(self, record: _Record):
+        self._record = record
+
+    @property
+    def object_id(self) -> str:
+        return self._record.object_id
+
+    @property
+    def stdin(self) -> StreamWriter:
+        return self._record.entry.stdin
+
+    @property
+    def stdout(self) -> StreamReader:
+        return self._record.entry.stdout
+
+    @property
+    def stderr(self) -> StreamReader:
+        return self._record.entry.stderr
+
+    @property
+    def returncode(self) -> int | None:
+        if self._record.terminated:
+            return self._record.entry.returncode if self._record.entry else 0
+        return self._record.entry.poll()
+
+    @property
+    def filesystem(self) -> _Filesystem:
+        return _Filesystem(self._record)
+
+    @staticmethod
+    def create(
+        *args: str,
+        app: App | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        image: Image | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Any = None,
+        timeout: int | None = 300,
+        idle_timeout: int | None = None,
+        workdir: str | None = None,
+        gpu: str | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        block_network: bool = False,
+        client: Client | None = None,
+    ) -> Sandbox:
+        _check_token(client)
+        if app is None:
+            raise InvalidError("App has not been initialized yet. Use the lookup method.")
+        for value, what in ((cpu, "CPU"), (memory, "memory")):
+            if isinstance(value, tuple) and value[1] < value[0]:
+                raise InvalidError(f"Cannot specify a {what} limit lower than request")
+        image = image or Image.debian_slim()
+        record = _Record(
+            object_id=f"sb-fake{next(_ids):04d}",
+            vm=FakeVM(prefix="modal-"),
+            app=app,
+            image=image,
+            entrypoint=tuple(args),
+            tags=dict(tags or {}),
+            options={
+                "timeout": timeout, "idle_timeout": idle_timeout, "gpu": gpu, "cpu": cpu,
+                "memory": memory, "block_network": block_network, "workdir": workdir,
+                "env": env, "name": name,
+            },
+        )  # fmt: skip
+        for remote, local in image.files.items():  # Modal mounts these at container start
+            target = record.vm.host_path(remote)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, target)
+        if args:
+            record.entry = ContainerProcess(record.vm.spawn(list(args), stdin=True), text=True)
+        with _lock:
+            SANDBOXES[record.object_id] = record
+        return Sandbox(record)
+
+    @staticmethod
+    def from_id(sandbox_id: str, client: Client | None = None) -> Sandbox:
+        _check_token(client)
+        return Sandbox(_record(sandbox_id))
+
+    @staticmethod
+    def list(
+        *,
+        app_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        client: Client | None = None,
+    ):
+        _check_token(client)
+        for record in list(SANDBOXES.values()):
+            sandbox = Sandbox(record)
+            if sandbox.returncode is not None:
+                continue  # the SDK lists running sandboxes only
+            if app_id and record.app.app_id != app_id:
+                continue
+            if all(record.tags.get(k) == v for k, v in (tags or {}).items()):
+                yield sandbox
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, raise_on_termination: bool = True) -> None:
+        if self._record.entry is not None:
+            self._record.entry.wait()
+
+    def terminate(self, *, wait: bool = False) -> int | None:
+        record = self._record
+        if not record.terminated:
+            record.terminated = True
+            record.vm.kill()
+        return self.returncode if wait else None
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self._record.tags)
+
+    def set_tags(self, tags: dict[str, str], *, client: Client | None = None) -> None:
+        self._record.tags = dict(tags)
+
+    def exec(
+        self,
+        *args: str,
+        stdout: StreamType = StreamType.PIPE,
+        stderr: StreamType = StreamType.PIPE,
+        timeout: int | None = None,
+        workdir: str | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Any = None,
+        text: bool = True,
+        bufsize: int = -1,
+        pty: bool = False,
+        _pty_info: Any = None,
+        pty_info: Any = None,
+    ) -> ContainerProcess:
+        if self.returncode is not None:
+            raise SandboxTerminatedError("Sandbox has already finished")
+        process = ContainerProcess(self._record.vm.spawn(list(args), stdin=True, cwd=workdir), text)
+        self._record.execs.append(process)
+        return process
+
+
+__all__ = [
+    "APPS",
+    "App",
+    "Client",
+    "ContainerProcess",
+    "Image",
+    "SANDBOXES",
+    "Sandbox",
+    "StreamReader",
+    "StreamType",
+    "StreamWriter",
+    "config",
+    "exception",
+    "reset",
+]

@@ -1,0 +1,179 @@
+"""The e2b and modal providers against the REAL services, with the checks the fake-SDK tests
+run (``cloud_contract.py``).
+
+Run only when credentials are present: ``E2B_API_KEY`` for E2B, ``MODAL_TOKEN_ID`` (with
+``MODAL_TOKEN_SECRET``, or a token in ~/.modal.toml) for Modal. Otherwise every test is
+reported as SKIPPED with the reason, never as passed. Each test creates sandboxes with a
+short TTL under a store id of its own and destroys whatever carries that id at the end, so
+a failed run leaves nothing billing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from nexus_kernel.config import Settings
+from nexus_kernel.errors import UnsupportedOperationError
+from nexus_kernel.models import SandboxSpec
+
+from .cloud_contract import (
+    check_all_languages,
+    check_destroy,
+    check_framing,
+    check_streaming,
+    client_for,
+)
+
+pytestmark = pytest.mark.slow
+
+TTL_SECONDS = 300.0
+
+
+def _spec(store_id: str, ttl: float = TTL_SECONDS, **changes) -> SandboxSpec:
+    return SandboxSpec(
+        sandbox_id="sb_live_" + uuid.uuid4().hex[:8],
+        owner="nexus-live-test",
+        deadline=time.time() + ttl,
+        store_id=store_id,
+        **changes,
+    )
+
+
+def _sweep(provider, store_id: str) -> None:
+    """Destroy every resource this test run created (even after a failure)."""
+    for row in provider.list_resources(store_id):
+        provider.destroy(row["handle"])
+
+
+@pytest.fixture(scope="module")
+def store_id() -> str:
+    return "nexus-live-" + uuid.uuid4().hex[:12]
+
+
+# =========================================================================== E2B
+
+
+@pytest.fixture(scope="module")
+def e2b(store_id: str) -> Iterator:
+    if not os.environ.get("E2B_API_KEY"):
+        pytest.skip("E2B_API_KEY not set: live E2B tests not run")
+    pytest.importorskip("e2b", reason="the e2b SDK is not installed: live E2B tests not run")
+    from nexus_kernel.providers.e2b import E2BProvider
+
+    settings = Settings.load()
+    E2BProvider.check_available(settings)
+    provider = E2BProvider(settings)
+    yield provider
+    _sweep(provider, store_id)
+
+
+@pytest.fixture
+def e2b_handle(e2b, store_id: str) -> Iterator[dict]:
+    handle = e2b.create(_spec(store_id))
+    try:
+        yield handle
+    finally:
+        e2b.destroy(handle)
+
+
+def test_live_e2b_sessions_streaming_framing(e2b, e2b_handle: dict) -> None:
+    with client_for(e2b, e2b_handle) as client:
+        languages = tuple(client.hello()["languages"])
+        assert {"python", "bash"} <= set(languages)
+        check_all_languages(client, languages)
+        check_streaming(client)
+        check_framing(client)
+
+
+def test_live_e2b_pause_resume_keeps_state(e2b, e2b_handle: dict) -> None:
+    with client_for(e2b, e2b_handle) as client:
+        client.run("python", "kept = 41", session="s", timeout=60)
+        client.set_deadline(None)
+    e2b.pause(e2b_handle)
+    assert e2b.alive(e2b_handle)
+    e2b.resume(e2b_handle)
+    with client_for(e2b, e2b_handle) as client:
+        assert client.run("python", "kept + 1", session="s", timeout=60)["result"] == {
+            "text/plain": "42"
+        }
+
+
+def test_live_e2b_timeout_follows_deadline_and_lists(e2b, e2b_handle: dict, store_id: str) -> None:
+    import e2b as sdk
+
+    with client_for(e2b, e2b_handle) as client:
+        client.set_deadline(time.time() + 1800)
+    info = sdk.Sandbox.get_info(e2b_handle["sandbox_id"])
+    assert info.end_at.timestamp() > time.time() + 1700
+    ids = {row["handle"]["sandbox_id"] for row in e2b.list_resources(store_id)}
+    assert e2b_handle["sandbox_id"] in ids
+    assert e2b.put_file(e2b_handle, "live.bin", b"\x00\x01live") == 7
+    assert e2b.get_file(e2b_handle, "live.bin") == b"\x00\x01live"
+
+
+def test_live_e2b_destroy(e2b, store_id: str) -> None:
+    check_destroy(e2b, e2b.create(_spec(store_id)))
+
+
+# =========================================================================== Modal
+
+
+@pytest.fixture(scope="module")
+def modal(store_id: str) -> Iterator:
+    if not os.environ.get("MODAL_TOKEN_ID"):
+        pytest.skip("MODAL_TOKEN_ID not set: live Modal tests not run")
+    pytest.importorskip("modal", reason="the modal SDK is not installed: live Modal tests not run")
+    from nexus_kernel.providers.modal import ModalProvider
+
+    settings = Settings.load()
+    ModalProvider.check_available(settings)
+    provider = ModalProvider(settings)
+    yield provider
+    _sweep(provider, store_id)
+
+
+@pytest.fixture
+def modal_handle(modal, store_id: str) -> Iterator[dict]:
+    handle = modal.create(_spec(store_id))
+    try:
+        yield handle
+    finally:
+        modal.destroy(handle)
+
+
+def test_live_modal_sessions_streaming_framing(modal, modal_handle: dict) -> None:
+    with client_for(modal, modal_handle) as client:
+        languages = tuple(client.hello()["languages"])
+        assert set(languages) == {"python", "javascript", "bash"}  # the default image has node
+        check_all_languages(client, languages)
+        check_streaming(client)
+        check_framing(client)
+
+
+def test_live_modal_no_pause_files_and_list(modal, modal_handle: dict, store_id: str) -> None:
+    with pytest.raises(UnsupportedOperationError):
+        modal.pause(modal_handle)
+    assert modal.put_file(modal_handle, "live.bin", b"\x00\x01live") == 7
+    assert modal.get_file(modal_handle, "live.bin") == b"\x00\x01live"
+    ids = {row["handle"]["sandbox_id"] for row in modal.list_resources(store_id)}
+    assert modal_handle["sandbox_id"] in ids
+
+
+def test_live_modal_agent_deadline_ends_the_sandbox(modal, store_id: str) -> None:
+    handle = modal.create(_spec(store_id, ttl=60))
+    try:
+        deadline = time.monotonic() + 240
+        while modal.alive(handle) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert not modal.alive(handle)
+    finally:
+        modal.destroy(handle)
+
+
+def test_live_modal_destroy(modal, store_id: str) -> None:
+    check_destroy(modal, modal.create(_spec(store_id)))

@@ -1,0 +1,647 @@
+"""The e2b and modal providers against faithful fakes of their SDKs (no network).
+
+The fakes (``tests/fakes/``) keep the installed SDKs' names, argument names and return
+shapes (``test_sdk_fakes_match.py`` binds them to the real signatures) and run the REAL
+agent as a local process per sandbox, so every stream carries real protocol traffic. The
+providers get the fake through their ``sdk`` option (``provider_options={"e2b": {"sdk":
+fake}}`` through the manager).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_kernel.agent.client import AgentClient
+from nexus_kernel.config import Settings
+from nexus_kernel.errors import (
+    AgentError,
+    InvalidArgumentError,
+    MissingCredentialsError,
+    MissingDependencyError,
+    SandboxStateError,
+    UnsupportedOperationError,
+)
+from nexus_kernel.manager import SandboxManager
+from nexus_kernel.models import Limits, SandboxSpec, Status
+from nexus_kernel.providers import capability_matrix
+from nexus_kernel.providers import e2b as e2b_provider
+from nexus_kernel.providers import modal as modal_provider
+from nexus_kernel.providers._stream import AGENT_SOURCE, DeadlineWatcher, PumpChannel
+from nexus_kernel.providers.e2b import E2BProvider
+from nexus_kernel.providers.modal import ModalProvider
+
+from .cloud_contract import (
+    check_all_languages,
+    check_destroy,
+    check_framing,
+    check_streaming,
+    client_for,
+)
+from .fakes import e2b_fake, modal_fake
+
+ROOT = Path(__file__).resolve().parent.parent
+LANGUAGES = ("python", "javascript", "bash")
+CREDENTIAL_VARS = ("E2B_API_KEY", "E2B_TEMPLATE_ID", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")
+
+
+@pytest.fixture(autouse=True)
+def clean_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No host credentials leak in; every fake sandbox is killed afterwards."""
+    for name in CREDENTIAL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    yield
+    e2b_fake.reset()
+    modal_fake.reset()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(home=tmp_path / "nexus", user="tester", e2b_api_key="e2b_test_key")
+
+
+@pytest.fixture
+def e2b(settings: Settings) -> E2BProvider:
+    return E2BProvider(settings, sdk=e2b_fake)
+
+
+@pytest.fixture
+def modal(settings: Settings) -> ModalProvider:
+    return ModalProvider(settings, sdk=modal_fake, token_id="ak-test", token_secret="as-test")
+
+
+def spec(ttl: float = 600.0, **changes) -> SandboxSpec:
+    values = {
+        "sandbox_id": "sb_" + os.urandom(4).hex(),
+        "owner": "tester",
+        "deadline": time.time() + ttl,
+        "store_id": "store-a",
+    }
+    values.update(changes)
+    return SandboxSpec(**values)
+
+
+# ============================================================================ E2B
+
+
+def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
+    s = spec(ttl=600, network=False)
+    handle = e2b.create(s)
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    assert record.template == "base"  # E2B's default template
+    assert record.metadata == {
+        "nexus_sandbox_id": s.sandbox_id,
+        "nexus_owner": "tester",
+        "nexus_store": "store-a",
+        "nexus_expires_at": f"{s.deadline:.3f}",
+    }
+    assert record.allow_internet_access is False
+    assert record.envs == {}  # no host environment enters the sandbox
+    assert abs(record.end_at - (s.deadline + e2b_provider.TIMEOUT_GRACE)) < 3
+    uploaded = record.vm.host_path(e2b_provider.AGENT_PATH)
+    assert uploaded.read_bytes() == AGENT_SOURCE.read_bytes()
+    run_dir = record.vm.host_path(e2b_provider.RUN_DIR)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
+    assert set(handle) == {"token", "sandbox_id", "template", "timeout"}
+    json.dumps(handle)
+
+
+def test_e2b_template_and_network_settings(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path, e2b_api_key="k", e2b_template_id="tmpl-env")
+    provider = E2BProvider(settings, sdk=e2b_fake)
+    first = provider.create(spec(network=True))
+    assert e2b_fake.SANDBOXES[first["sandbox_id"]].template == "tmpl-env"
+    assert e2b_fake.SANDBOXES[first["sandbox_id"]].allow_internet_access is True
+    second = provider.create(spec(template_id="tmpl-arg"))
+    assert e2b_fake.SANDBOXES[second["sandbox_id"]].template == "tmpl-arg"
+
+
+def test_e2b_sessions_in_every_language(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    with client_for(e2b, handle) as client:
+        check_all_languages(client, LANGUAGES)
+
+
+def test_e2b_streams_output_live_and_keeps_framing(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    with client_for(e2b, handle) as client:
+        check_streaming(client)
+        check_framing(client)
+
+
+def test_e2b_sessions_survive_reconnects(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    with client_for(e2b, handle) as client:
+        client.run("python", "kept = 'yes'", session="s", timeout=30)
+    other = E2BProvider(e2b.settings, sdk=e2b_fake)  # another process: only the handle
+    with client_for(other, handle) as client:
+        assert client.run("python", "kept", session="s", timeout=30)["result"] == {
+            "text/plain": "'yes'"
+        }
+
+
+def test_e2b_deadline_requests_move_the_e2b_timeout(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec(ttl=600))
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    with client_for(e2b, handle) as client:
+        client.set_deadline(time.time() + 600)  # as at create: no API call
+        assert record.timeouts_set == []
+        client.set_deadline(time.time() + 3600)
+        assert record.timeouts_set and abs(record.timeouts_set[-1] - 3720) <= 2
+        assert abs(record.end_at - (time.time() + 3720)) < 3
+        calls = len(record.timeouts_set)
+        client.set_deadline(time.time() + 3610)  # within the refresh slack
+        client.set_deadline(None)  # watchdog off (pause): E2B's timeout stays
+        assert len(record.timeouts_set) == calls
+
+
+def test_e2b_pause_and_resume_keep_memory_state(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    client = client_for(e2b, handle)
+    client.run("python", "counter = 41", session="s", timeout=30)
+    e2b.pause(handle)
+    e2b.pause(handle)  # idempotent
+    assert record.state is e2b_fake.SandboxState.PAUSED and record.vm.paused
+    assert e2b.alive(handle)
+    with pytest.raises(AgentError):  # a pause drops open streams
+        client.run("python", "counter", session="s", timeout=5)
+    client.close()
+    e2b.resume(handle)
+    e2b.resume(handle)  # idempotent
+    assert record.state is e2b_fake.SandboxState.RUNNING
+    with client_for(e2b, handle) as client:
+        result = client.run("python", "counter + 1", session="s", timeout=30)
+    assert result["result"] == {"text/plain": "42"}
+
+
+def test_e2b_destroy_is_idempotent(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    root = e2b_fake.SANDBOXES[handle["sandbox_id"]].vm.root
+    check_destroy(e2b, handle)
+    assert not root.exists()
+    e2b.destroy({"token": ""})  # a handle without a sandbox id: nothing to do
+
+
+def test_e2b_connect_to_a_gone_sandbox_is_an_agent_error(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    e2b.destroy(handle)
+    with pytest.raises(AgentError, match="gone"):
+        e2b.connect(handle)
+    with pytest.raises(SandboxStateError):
+        e2b.pause(handle)
+
+
+def test_e2b_list_resources_by_metadata(e2b: E2BProvider) -> None:
+    mine = spec(store_id="store-a")
+    handle = e2b.create(mine)
+    e2b.create(spec(store_id="store-b"))
+    rows = e2b.list_resources("store-a")
+    assert rows == [
+        {"sandbox_id": mine.sandbox_id, "handle": {"token": "", "sandbox_id": handle["sandbox_id"]}}
+    ]
+    e2b.pause(handle)
+    assert len(e2b.list_resources("store-a")) == 1  # paused sandboxes are resources too
+    assert e2b.list_resources("store-c") == []
+
+
+def test_e2b_files_api(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    data = b"\x00\xffbinary" * 100
+    assert e2b.put_file(handle, "data/in.bin", data) == len(data)
+    with client_for(e2b, handle) as client:
+        assert client.read_file("data/in.bin") == data
+        client.write_file("out.txt", b"from the agent")
+    assert e2b.get_file(handle, "out.txt") == b"from the agent"
+    assert e2b.get_file(handle, "/home/user/out.txt") == b"from the agent"
+
+
+def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:
+    with pytest.raises(InvalidArgumentError, match="at most 1440 minutes"):
+        e2b.create(spec(ttl=2 * 24 * 3600))
+    assert e2b_fake.SANDBOXES == {}
+
+
+def test_e2b_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
+    provider = E2BProvider(settings, sdk=e2b_fake, python="python-does-not-exist")
+    with pytest.raises(AgentError, match="exited during startup: .*python-does-not-exist"):
+        provider.create(spec())
+    assert e2b_fake.SANDBOXES == {}
+
+
+def test_e2b_missing_credentials(tmp_path: Path) -> None:
+    settings = Settings.load(home=tmp_path)
+    with pytest.raises(MissingCredentialsError) as info:
+        E2BProvider.check_available(settings, sdk=e2b_fake)
+    message = str(info.value)
+    assert message == (
+        "E2B needs an API key: export E2B_API_KEY=... (get one at e2b.dev) "
+        "or pass e2b_api_key= to NexusFS"
+    )
+    assert "\n" not in message
+
+
+def test_e2b_api_key_from_argument_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus_kernel.api import LocalBackend, NexusFS
+
+    nx = NexusFS(backend=LocalBackend(tmp_path / "files"), home=tmp_path, e2b_api_key="arg-key")
+    assert E2BProvider(nx.settings, sdk=e2b_fake)._api()["api_key"] == "arg-key"
+    E2BProvider.check_available(nx.settings, sdk=e2b_fake)
+    nx.close()
+    monkeypatch.setenv("E2B_API_KEY", "env-key")
+    monkeypatch.setenv("E2B_TEMPLATE_ID", "tmpl-from-env")
+    settings = Settings.load(home=tmp_path)
+    assert settings.e2b_template_id == "tmpl-from-env"
+    assert E2BProvider(settings, sdk=e2b_fake)._api()["api_key"] == "env-key"
+
+
+def test_e2b_missing_sdk(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "e2b", None)  # import e2b -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nexus-kernel\[e2b\]'"):
+        E2BProvider.check_available(settings)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nexus-kernel\[e2b\]'"):
+        E2BProvider(settings).create(spec())
+
+
+# ============================================================================ Modal
+
+
+def test_modal_create_maps_the_spec_onto_the_sdk(modal: ModalProvider) -> None:
+    s = spec(ttl=600, limits=Limits(memory_mb=768, cpus=2.0))
+    handle = modal.create(s)
+    record = modal_fake.SANDBOXES[handle["sandbox_id"]]
+    assert record.entrypoint[:2] == ("/bin/sh", "-c")
+    assert "serve" in record.entrypoint[2] and handle["token"] not in record.entrypoint[2]
+    assert record.app.name == "nexus-kernel"
+    assert record.tags == {
+        "nexus_sandbox_id": s.sandbox_id,
+        "nexus_owner": "tester",
+        "nexus_store": "store-a",
+        "nexus_expires_at": f"{s.deadline:.3f}",
+    }
+    options = record.options
+    assert options["block_network"] is True
+    assert options["timeout"] == modal_provider.MAX_LIFETIME
+    assert abs(options["idle_timeout"] - (600 + modal_provider.IDLE_GRACE)) <= 2
+    assert options["memory"] == (768, 768) and options["cpu"] == (2.0, 2.0)
+    assert options["gpu"] is None and options["env"] is None
+    assert record.image.steps[:2] == [("debian_slim", "3.12"), ("apt_install", ("nodejs",))]
+    assert record.image.files == {modal_provider.AGENT_PATH: str(AGENT_SOURCE)}
+    run_dir = record.vm.host_path(modal_provider.RUN_DIR)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
+    json.dumps(handle)
+
+
+def test_modal_image_gpu_and_network_options(settings: Settings, tmp_path: Path) -> None:
+    provider = ModalProvider(settings, sdk=modal_fake, token_id="a", token_secret="b", gpu="T4")
+    handle = provider.create(spec(network=True, template_id="python:3.12-bookworm"))
+    record = modal_fake.SANDBOXES[handle["sandbox_id"]]
+    assert record.options["gpu"] == "T4" and record.options["block_network"] is False
+    assert record.image.steps[0] == ("from_registry", "python:3.12-bookworm")
+    handle = provider.create(spec(template_id="im-123abc"))
+    assert modal_fake.SANDBOXES[handle["sandbox_id"]].image.steps[0] == ("from_id", "im-123abc")
+    from_settings = ModalProvider(
+        Settings.load(home=tmp_path, modal_image="my/img:1"), sdk=modal_fake,
+        token_id="a", token_secret="b",
+    )  # fmt: skip
+    handle = from_settings.create(spec())
+    assert modal_fake.SANDBOXES[handle["sandbox_id"]].image.steps[0] == (
+        "from_registry",
+        "my/img:1",
+    )
+
+
+def test_modal_sessions_in_every_language(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    with client_for(modal, handle) as client:
+        check_all_languages(client, LANGUAGES)
+
+
+def test_modal_streams_output_live_and_keeps_framing(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    with client_for(modal, handle) as client:
+        check_streaming(client)
+        check_framing(client)
+
+
+def test_modal_closing_a_stream_ends_its_relay(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    with client_for(modal, handle) as client:
+        client.run("python", "v = 1", session="s", timeout=30)
+    record = modal_fake.SANDBOXES[handle["sandbox_id"]]
+    deadline = time.monotonic() + 10
+    while any(p.poll() is None for p in record.execs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.poll() is not None for p in record.execs)
+    with client_for(modal, handle) as client:  # sessions survive the disconnect
+        assert client.run("python", "v", session="s", timeout=30)["result"] == {"text/plain": "1"}
+
+
+def test_modal_pause_and_resume_are_unsupported(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    assert modal.capabilities.pause is False and modal.capabilities.resume is False
+    for operation in (modal.pause, modal.resume):
+        with pytest.raises(UnsupportedOperationError) as info:
+            operation(handle)
+        assert "stop it and create a new one" in str(info.value)
+    assert modal.alive(handle)
+
+
+def test_modal_agent_deadline_ends_the_sandbox(modal: ModalProvider) -> None:
+    """The agent is the entrypoint: its TTL watchdog ends the Modal sandbox itself."""
+    handle = modal.create(spec(ttl=1.5))
+    assert modal.alive(handle)
+    deadline = time.monotonic() + 15
+    while modal.alive(handle) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not modal.alive(handle)
+
+
+def test_modal_destroy_is_idempotent(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    check_destroy(modal, handle)
+    modal.destroy({"token": "", "sandbox_id": "sb-unknown"})  # unknown id: nothing to do
+
+
+def test_modal_list_resources_by_tags(modal: ModalProvider) -> None:
+    mine = spec(store_id="store-a")
+    handle = modal.create(mine)
+    modal.create(spec(store_id="store-b"))
+    assert modal.list_resources("store-a") == [
+        {"sandbox_id": mine.sandbox_id, "handle": {"token": "", "sandbox_id": handle["sandbox_id"]}}
+    ]
+    modal.destroy(handle)
+    assert modal.list_resources("store-a") == []
+
+
+def test_modal_files_api(modal: ModalProvider) -> None:
+    handle = modal.create(spec())
+    data = bytes(range(256)) * 10
+    assert modal.put_file(handle, "in.bin", data) == len(data)
+    with client_for(modal, handle) as client:
+        assert client.read_file("in.bin") == data
+        client.write_file("sub/out.txt", b"agent wrote this")
+    assert modal.get_file(handle, "sub/out.txt") == b"agent wrote this"
+
+
+def test_modal_ttl_longer_than_modal_allows_is_refused(modal: ModalProvider) -> None:
+    with pytest.raises(InvalidArgumentError, match="at most 1440 minutes"):
+        modal.create(spec(ttl=2 * 24 * 3600))
+    assert modal_fake.SANDBOXES == {}
+
+
+def test_modal_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
+    provider = ModalProvider(
+        settings, sdk=modal_fake, token_id="a", token_secret="b", python="python-does-not-exist"
+    )
+    with pytest.raises(AgentError, match="exited during startup: .*python-does-not-exist"):
+        provider.create(spec())
+    assert all(r.terminated for r in modal_fake.SANDBOXES.values())
+
+
+def test_modal_missing_credentials(settings: Settings) -> None:
+    with pytest.raises(MissingCredentialsError) as info:
+        ModalProvider.check_available(settings, sdk=modal_fake)
+    assert str(info.value) == (
+        "Modal needs a token: run 'modal token new' or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+    )
+
+
+def test_modal_token_from_environment_or_options(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ModalProvider.check_available(settings, sdk=modal_fake, token_id="a", token_secret="b")
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-1")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-1")
+    ModalProvider.check_available(settings, sdk=modal_fake)
+    provider = ModalProvider(settings, sdk=modal_fake)  # the SDK's environment client
+    assert provider.alive(provider.create(spec()))
+
+
+def test_modal_missing_sdk(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "modal", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nexus-kernel\[modal\]'"):
+        ModalProvider.check_available(settings, token_id="a", token_secret="b")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nexus-kernel\[modal\]'"):
+        ModalProvider(settings).create(spec())
+
+
+# ============================================================================ through the manager
+
+
+def manager_for(settings: Settings) -> SandboxManager:
+    return SandboxManager(
+        settings,
+        provider_options={
+            "e2b": {"sdk": e2b_fake},
+            "modal": {"sdk": modal_fake, "token_id": "a", "token_secret": "b"},
+        },
+    )
+
+
+def test_manager_drives_e2b_end_to_end(settings: Settings) -> None:
+    manager = manager_for(settings)
+    record = manager.create("cloud", ttl_minutes=5, provider="e2b")
+    fake = e2b_fake.SANDBOXES[record.handle["sandbox_id"]]
+    events = []
+    result = manager.run(
+        record.sandbox_id, "python", "n = 6\nprint(n * 7)", session="s", on_event=events.append
+    )
+    assert result.stdout == "42\n"
+    assert "".join(e.data for e in events if e.kind == "stdout") == "42\n"
+    before = fake.end_at
+    manager.store.update(record.sandbox_id, lambda d: {**d, "ttl_minutes": 30.0})
+    manager.run(record.sandbox_id, "bash", "true")  # the run extends E2B's timeout too
+    assert fake.end_at > before + 20 * 60
+    assert manager.pause(record.sandbox_id).status is Status.PAUSED
+    assert fake.state is e2b_fake.SandboxState.PAUSED
+    assert manager.resume(record.sandbox_id).status is Status.ACTIVE
+    assert manager.run(record.sandbox_id, "python", "print(n)", session="s").stdout == "6\n"
+    assert manager.stop(record.sandbox_id).status is Status.STOPPED
+    assert record.handle["sandbox_id"] not in e2b_fake.SANDBOXES
+    manager.close()
+
+
+def test_manager_drives_modal_and_refuses_pause(settings: Settings) -> None:
+    manager = manager_for(settings)
+    record = manager.create("cloud", provider="modal")
+    assert manager.run(record.sandbox_id, "javascript", "console.log(6 * 7)").stdout == "42\n"
+    with pytest.raises(UnsupportedOperationError):
+        manager.pause(record.sandbox_id)
+    assert manager.status(record.sandbox_id).status is Status.ACTIVE
+    manager.stop(record.sandbox_id)
+    assert modal_fake.SANDBOXES[record.handle["sandbox_id"]].terminated
+    manager.close()
+
+
+def test_manager_reaps_orphans_by_metadata_and_tags(settings: Settings) -> None:
+    manager = manager_for(settings)
+    kept = manager.create("kept", provider="e2b")
+    store = manager.store.store_id
+    stray_e2b = E2BProvider(settings, sdk=e2b_fake).create(spec(store_id=store))
+    stray_modal = ModalProvider(settings, sdk=modal_fake, token_id="a", token_secret="b").create(
+        spec(store_id=store)
+    )
+    manager.create("warm-modal", provider="modal")  # so reap looks at the modal provider
+    reaped = manager.reap()
+    assert len(reaped["orphans"]) == 2
+    assert stray_e2b["sandbox_id"] not in e2b_fake.SANDBOXES
+    assert modal_fake.SANDBOXES[stray_modal["sandbox_id"]].terminated
+    assert kept.handle["sandbox_id"] in e2b_fake.SANDBOXES
+    manager.close()
+
+
+@pytest.mark.parametrize("provider", ["e2b", "modal"])
+def test_manager_without_credentials_stores_nothing(tmp_path: Path, provider: str) -> None:
+    manager = SandboxManager(
+        Settings.load(home=tmp_path),
+        provider_options={"e2b": {"sdk": e2b_fake}, "modal": {"sdk": modal_fake}},
+    )
+    with pytest.raises(MissingCredentialsError):
+        manager.create("x", provider=provider)
+    assert list(manager.store.records()) == []
+    assert e2b_fake.SANDBOXES == {} and modal_fake.SANDBOXES == {}
+
+
+# ============================================================================ CLI and matrix
+
+
+def nexus(args: list[str], env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"import sys\n{prelude}\nfrom nexus_kernel.cli import main\nsys.exit(main({args!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARS}
+    env.update(
+        NEXUS_HOME=str(tmp_path / "home"),
+        NEXUS_USER="tester",
+        MODAL_CONFIG_PATH=str(tmp_path / "none.toml"),
+    )
+    return env
+
+
+@pytest.mark.parametrize(
+    ("provider", "needle"),
+    [("e2b", "export E2B_API_KEY="), ("modal", "run 'modal token new'")],
+)
+def test_cli_create_without_credentials(
+    cli_env: dict[str, str], provider: str, needle: str
+) -> None:
+    done = nexus(["sandbox", "create", "x", "--provider", provider], cli_env)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    listed = nexus(["sandbox", "list", "--json"], cli_env)
+    assert json.loads(listed.stdout)["count"] == 0
+
+
+@pytest.mark.parametrize("provider", ["e2b", "modal"])
+def test_cli_create_without_the_sdk(cli_env: dict[str, str], provider: str) -> None:
+    hide = f"sys.modules[{provider!r}] = None"
+    done = nexus(["sandbox", "create", "x", "--provider", provider], cli_env, prelude=hide)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"nexus: the {provider} provider needs the {provider!r} package: "
+        f"pip install 'nexus-kernel[{provider}]'"
+    )
+
+
+def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = {row["name"]: row for row in capability_matrix(settings)}
+    assert set(rows) == {"local", "docker", "e2b", "modal"}
+    assert rows["e2b"]["capabilities"]["pause"] is True
+    assert rows["modal"]["capabilities"]["pause"] is False
+    assert rows["modal"]["capabilities"]["gpu"] is True
+    assert rows["e2b"]["configured"] is True and rows["e2b"]["reason"] is None  # key in settings
+    assert rows["modal"]["configured"] is False
+    assert "modal token new" in rows["modal"]["reason"]
+    for row in rows.values():
+        assert set(row) == {"name", "installed", "configured", "reason", "capabilities"}
+        assert set(row["capabilities"]) == {"pause", "resume", "network", "gpu", "languages"}
+    monkeypatch.setitem(sys.modules, "e2b", None)
+    row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
+    assert row["installed"] is False and row["configured"] is False
+    assert "pip install 'nexus-kernel[e2b]'" in row["reason"]
+    json.dumps(rows)
+
+
+# ============================================================================ stream adapter units
+
+
+def test_pump_channel_keeps_bytes_and_reports_end() -> None:
+    sent: list[bytes] = []
+    chunks = ["é".encode()[:1], "é".encode()[1:] + b"\n", b"tail"]
+    channel = PumpChannel(iter(chunks), sent.append)
+    got = b""
+    while True:
+        data = channel.recv(3)
+        if not data:
+            break
+        got += data
+    assert got == "é\ntail".encode()
+    assert channel.recv(10) == b""
+    channel.sendall(b"x")
+    assert sent == [b"x"]
+    channel.close()
+    with pytest.raises(ConnectionError):
+        channel.sendall(b"y")
+
+
+def test_pump_channel_timeout_and_write_errors() -> None:
+    def never():
+        time.sleep(30)
+        yield b""
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("sdk failed")
+
+    channel = PumpChannel(never(), broken)
+    channel.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        channel.recv(10)
+    with pytest.raises(ConnectionError, match="sdk failed"):
+        channel.sendall(b"x")
+    channel.close()
+    channel.settimeout(None)
+    assert channel.recv(10) == b""  # close wakes a blocked reader
+
+
+def test_deadline_watcher_finds_deadline_requests_in_any_chunking() -> None:
+    seen: list[float | None] = []
+    watcher = DeadlineWatcher(seen.append)
+    stream = (
+        b'{"id":"c1","token":"t","op":"run","code":"print(\\"deadline\\")"}\n'
+        b'{"id":"c2","token":"t","op":"deadline","at":1700000000.5}\n'
+        + b'{"id":"c3","op":"run","code":"'
+        + b"x" * 10000
+        + b'"}\n'
+        + b'{"id":"c4","token":"t","op":"deadline","at":null}\n'
+    )
+    for i in range(0, len(stream), 7):
+        watcher.feed(stream[i : i + 7])
+    assert seen == [1700000000.5, None]
+
+
+def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(
+    modal: ModalProvider,
+) -> None:
+    """Multibyte characters split by the SDK's chunking still decode (framing is bytes)."""
+    handle = modal.create(spec())
+    client = AgentClient(lambda: modal.connect(handle), handle["token"])
+    text = "😀" * 5000  # 20000 bytes: crosses the fake's 8 KiB reads mid-character
+    assert client.run("python", f"print({text!r})", timeout=30)["stdout"] == text + "\n"
+    client.close()

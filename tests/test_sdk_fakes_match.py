@@ -1,0 +1,268 @@
+"""Bind the SDK fakes (``tests/fakes``) to the installed e2b and modal SDKs.
+
+For every SDK callable the providers use, the fake's signature must match the real one:
+each parameter the provider passes exists in both with the same kind, and the fake has no
+parameter the real SDK lacks. Attributes and return shapes the providers read are checked
+too. An SDK release that renames or moves any of them fails here, before the fakes can
+drift into testing an SDK that no longer exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import pytest
+
+from .fakes import e2b_fake, modal_fake
+
+Param = inspect.Parameter
+NAMED = (Param.POSITIONAL_ONLY, Param.POSITIONAL_OR_KEYWORD, Param.KEYWORD_ONLY)
+
+
+def _params(func: Any) -> dict[str, Param]:
+    params = dict(inspect.signature(func).parameters)
+    params.pop("self", None)
+    params.pop("cls", None)
+    return params
+
+
+def assert_same_call(real: Any, fake: Any, used: set[str], via_kwargs: set[str] = frozenset()):
+    """``used``: parameters the provider passes (``*`` = positional varargs). ``via_kwargs``:
+    names the real SDK takes through ``**opts`` (e.g. e2b's ApiParams)."""
+    rp, fp = _params(real), _params(fake)
+    real_var = next((p for p in rp.values() if p.kind is Param.VAR_POSITIONAL), None)
+    fake_var = next((p for p in fp.values() if p.kind is Param.VAR_POSITIONAL), None)
+    for name in used:
+        if name == "*":
+            assert real_var is not None and fake_var is not None, f"{real}: *args"
+            continue
+        if name in via_kwargs:
+            assert any(p.kind is Param.VAR_KEYWORD for p in rp.values()), f"{real}: **opts"
+            assert any(p.kind is Param.VAR_KEYWORD for p in fp.values()), f"{fake}: **opts"
+            continue
+        assert name in rp, f"the real {real.__qualname__} has no parameter {name!r}"
+        assert name in fp, f"the fake {fake.__qualname__} has no parameter {name!r}"
+        assert rp[name].kind == fp[name].kind, f"{name!r}: {rp[name].kind} != {fp[name].kind}"
+    for name, param in fp.items():
+        if param.kind in (Param.VAR_POSITIONAL, Param.VAR_KEYWORD):
+            assert any(p.kind is param.kind for p in rp.values()), f"{fake}: {param}"
+            continue
+        assert name in rp, f"the fake {fake.__qualname__} invents parameter {name!r}"
+        assert rp[name].kind == param.kind, f"{fake.__qualname__}.{name}: kind differs"
+    real_named = [n for n, p in rp.items() if p.kind in NAMED[:2]]
+    fake_named = [n for n, p in fp.items() if p.kind in NAMED[:2]]
+    assert fake_named == real_named[: len(fake_named)], "positional order differs"
+
+
+# =========================================================================== e2b
+
+e2b = pytest.importorskip(
+    "e2b", reason="the e2b SDK is not installed: pip install 'nexus-kernel[e2b]'"
+)
+API_PARAMS = set(e2b.ApiParams.__annotations__)
+
+
+def test_e2b_api_params_carry_the_key() -> None:
+    assert {"api_key", "domain"} <= API_PARAMS
+
+
+@pytest.mark.parametrize(
+    ("name", "used"),
+    [
+        ("create", {"template", "timeout", "metadata", "envs", "allow_internet_access", "api_key"}),
+        ("_cls_connect_sandbox", {"sandbox_id", "timeout", "api_key"}),
+        ("_cls_kill", {"sandbox_id", "api_key"}),
+        ("_cls_pause", {"sandbox_id", "api_key"}),
+        ("_cls_set_timeout", {"sandbox_id", "timeout", "api_key"}),
+        ("_cls_get_info", {"sandbox_id", "api_key"}),
+        ("list", {"query", "api_key"}),
+        ("connect", set()),
+        ("kill", set()),
+        ("pause", set()),
+        ("set_timeout", {"timeout"}),
+        ("get_info", set()),
+    ],
+)
+def test_e2b_sandbox_methods(name: str, used: set[str]) -> None:
+    assert_same_call(getattr(e2b.Sandbox, name), getattr(e2b_fake.Sandbox, name), used, API_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("public", "target"),
+    [
+        ("connect", "_cls_connect_sandbox"),
+        ("kill", "_cls_kill"),
+        ("pause", "_cls_pause"),
+        ("set_timeout", "_cls_set_timeout"),
+        ("get_info", "_cls_get_info"),
+    ],
+)
+def test_e2b_class_calls_dispatch_like_the_sdk(public: str, target: str) -> None:
+    """The provider calls ``Sandbox.kill(sandbox_id, ...)`` on the class: the SDK routes
+    that to ``_cls_kill`` through its ``class_method_variant`` descriptor; so does the fake."""
+    real = e2b.Sandbox.__dict__[public]
+    fake = e2b_fake.Sandbox.__dict__[public]
+    assert type(real).__name__ == type(fake).__name__ == "class_method_variant"
+    assert real.class_method_name == fake.class_method_name == target
+
+
+def test_e2b_commands_files_and_handle() -> None:
+    from e2b.sandbox_sync.commands.command import Commands
+    from e2b.sandbox_sync.filesystem.filesystem import Filesystem
+
+    assert_same_call(Commands.run, e2b_fake.Commands.run, {"cmd", "background", "stdin", "timeout"})
+    assert_same_call(Commands.send_stdin, e2b_fake.Commands.send_stdin, {"pid", "data"})
+    assert_same_call(Commands.kill, e2b_fake.Commands.kill, {"pid"})
+    assert_same_call(Filesystem.write, e2b_fake.Filesystem.write, {"path", "data"})
+    assert_same_call(Filesystem.read, e2b_fake.Filesystem.read, {"path", "format"})
+    handle = e2b.CommandHandle
+    for name, used in [
+        ("send_stdin", {"data"}),
+        ("kill", set()),
+        ("disconnect", set()),
+        ("wait", set()),
+        ("close_stdin", set()),
+    ]:
+        assert_same_call(getattr(handle, name), getattr(e2b_fake.CommandHandle, name), used)
+    assert isinstance(inspect.getattr_static(handle, "pid"), property)
+    assert callable(handle.__iter__)
+    # iteration yields (stdout, stderr, pty) with str chunks decoded incrementally as UTF-8
+    source = inspect.getsource(e2b.CommandHandle._handle_events)
+    assert "yield out, None, None" in source and "yield None, out, None" in source
+    assert 'getincrementaldecoder("utf-8")' in inspect.getsource(e2b.CommandHandle.__init__)
+    # send_stdin accepts bytes as they are
+    assert "data.encode() if isinstance(data, str) else data" in inspect.getsource(
+        Commands.send_stdin
+    )
+
+
+def test_e2b_data_shapes_and_errors() -> None:
+    real_info = {f.name for f in dataclasses.fields(e2b.SandboxInfo)}
+    fake_info = {f.name for f in dataclasses.fields(e2b_fake.SandboxInfo)}
+    assert {"sandbox_id", "metadata", "state"} <= fake_info <= real_info
+    real_query = {f.name for f in dataclasses.fields(e2b.SandboxQuery)}
+    assert {f.name for f in dataclasses.fields(e2b_fake.SandboxQuery)} == real_query
+    assert {s.value for s in e2b.SandboxState} == {s.value for s in e2b_fake.SandboxState}
+    paginator = e2b.SandboxPaginator
+    assert isinstance(inspect.getattr_static(paginator, "has_next"), property)
+    assert_same_call(paginator.next_items, e2b_fake.SandboxPaginator.next_items, set())
+    assert issubclass(e2b.SandboxNotFoundException, e2b.NotFoundException)
+    assert issubclass(e2b_fake.SandboxNotFoundException, e2b_fake.NotFoundException)
+    for name in (
+        "AuthenticationException",
+        "SandboxException",
+        "NotFoundException",
+        "SandboxNotFoundException",
+        "FileNotFoundException",
+        "TimeoutException",
+    ):
+        assert hasattr(e2b, name) and hasattr(e2b_fake, name), name
+    assert not issubclass(e2b.AuthenticationException, e2b.SandboxException)
+
+
+# =========================================================================== modal
+
+modal = pytest.importorskip(
+    "modal", reason="the modal SDK is not installed: pip install 'nexus-kernel[modal]'"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "used"),
+    [
+        (
+            "create",
+            {
+                "*",
+                "app",
+                "image",
+                "tags",
+                "timeout",
+                "idle_timeout",
+                "block_network",
+                "client",
+                "cpu",
+                "memory",
+                "gpu",
+            },
+        ),
+        ("from_id", {"sandbox_id", "client"}),
+        ("list", {"app_id", "tags", "client"}),
+        ("exec", {"*", "text"}),
+        ("terminate", set()),
+        ("poll", set()),
+        ("get_tags", set()),
+        ("set_tags", {"tags"}),
+        ("wait", set()),
+    ],
+)
+def test_modal_sandbox_methods(name: str, used: set[str]) -> None:
+    assert_same_call(getattr(modal.Sandbox, name), getattr(modal_fake.Sandbox, name), used)
+
+
+def test_modal_sandbox_attributes() -> None:
+    for name in ("object_id", "stdin", "stdout", "stderr", "returncode", "filesystem"):
+        assert hasattr(modal.Sandbox, name) and hasattr(modal_fake.Sandbox, name), name
+    from modal.sandbox.sandbox import SandboxFilesystem
+
+    assert_same_call(
+        SandboxFilesystem.read_bytes, modal_fake._Filesystem.read_bytes, {"remote_path"}
+    )
+    assert_same_call(
+        SandboxFilesystem.write_bytes, modal_fake._Filesystem.write_bytes, {"data", "remote_path"}
+    )
+
+
+def test_modal_app_image_client() -> None:
+    assert_same_call(
+        modal.App.lookup, modal_fake.App.lookup, {"name", "create_if_missing", "client"}
+    )
+    image, fake = modal.Image, modal_fake.Image
+    assert_same_call(image.debian_slim, fake.debian_slim, {"python_version"})
+    assert_same_call(image.apt_install, fake.apt_install, {"*"})
+    assert_same_call(image.from_registry, fake.from_registry, {"tag"})
+    assert_same_call(image.from_id, fake.from_id, {"image_id", "client"})
+    assert_same_call(image.add_local_file, fake.add_local_file, {"local_path", "remote_path"})
+    assert_same_call(
+        modal.Client.from_credentials, modal_fake.Client.from_credentials,
+        {"token_id", "token_secret"},
+    )  # fmt: skip
+    assert isinstance(inspect.getattr_static(modal.App, "app_id"), property)
+    assert "app_id" in vars(modal_fake.App("probe"))
+
+
+def test_modal_streams_and_process() -> None:
+    from modal.container_process import ContainerProcess
+    from modal.io_streams import StreamReader, StreamWriter
+
+    for name, used in [("write", {"data"}), ("drain", set()), ("write_eof", set())]:
+        assert_same_call(getattr(StreamWriter, name), getattr(modal_fake.StreamWriter, name), used)
+    assert callable(StreamReader.__iter__) and callable(StreamReader.read)
+    assert_same_call(StreamReader.read, modal_fake.StreamReader.read, set())
+    for name in ("stdin", "stdout", "stderr", "returncode"):
+        assert isinstance(inspect.getattr_static(ContainerProcess, name), property), name
+        assert isinstance(inspect.getattr_static(modal_fake.ContainerProcess, name), property)
+    assert_same_call(ContainerProcess.poll, modal_fake.ContainerProcess.poll, set())
+    assert_same_call(ContainerProcess.wait, modal_fake.ContainerProcess.wait, set())
+    from modal import io_streams
+
+    assert (
+        io_streams.MAX_BUFFER_SIZE == modal_fake.MAX_BUFFER_SIZE
+    )  # the cap the provider chunks under
+
+
+def test_modal_errors_and_config() -> None:
+    for name in (
+        "Error",
+        "AuthError",
+        "NotFoundError",
+        "InvalidError",
+        "SandboxTerminatedError",
+        "ConnectionError",
+    ):
+        assert hasattr(modal.exception, name) and hasattr(modal_fake.exception, name), name
+    assert issubclass(modal.exception.NotFoundError, modal.exception.Error)
+    assert_same_call(modal.config.config.get, modal_fake.config.config.get, {"key"})
+    assert "token_id" in modal.config._SETTINGS and "token_secret" in modal.config._SETTINGS
