@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import InvalidArgumentError, ProviderError
+from .providers.local import sandbox_python
 
 #: Recipes shipped with the project: ``nexus template create datascience``.
 RECIPES = {
@@ -27,14 +28,6 @@ RECIPES = {
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-def sandbox_python(settings: Settings) -> str:
-    """The python3 that local sandboxes run (a system one, never a home-dir install)."""
-    for candidate in (settings.local_python, "/usr/bin/python3", "/usr/local/bin/python3"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise ProviderError("no system python3 found for sandboxes: apt-get install python3")
 
 
 def template_dir(settings: Settings, name: str) -> Path:

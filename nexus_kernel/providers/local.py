@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import AgentError, ProviderError, ProviderUnavailableError
+from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
 from .base import Capabilities, Channel, Handle, Provider
 from .cgroups import Cgroup, create_cgroup, poll_until
@@ -52,6 +52,7 @@ INNER_UID = 1000
 HOME = "/home/user"
 RUN_DIR = "/run/nexus"
 AGENT_DIR = "/opt/nexus-agent"
+TEMPLATE_DIR = "/opt/template"
 AGENT_FILE = "sandbox_agent.py"
 #: Root-owned empty mount points for staging (see ``_WRAPPER_SCRIPT``).
 STAGE_DIR = "/run/nexus-kernel/stage"
@@ -120,7 +121,7 @@ class LocalProvider(Provider):
                     f"the local provider needs {tool!r} (util-linux) when run as root: "
                     "apt-get install util-linux"
                 )
-        python = _sandbox_python(settings)
+        python = sandbox_python(settings)
         if not os.path.exists(python):
             raise ProviderUnavailableError(
                 f"no Python for sandboxes at {python}: install python3 or set NEXUS_LOCAL_PYTHON"
@@ -207,25 +208,27 @@ class LocalProvider(Provider):
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         """Spawn [unshare ->] [sh wrapper ->] [prlimit ->] [setpriv ->] bwrap -> agent (all
         exec'ed in one process, whose pid is the handle's "pid"); wait for READY."""
-        python = _sandbox_python(self.settings)
-        extra_ro: list[str] = []
+        python = sandbox_python(self.settings)
+        extra_ro: list[tuple[str, str]] = []  # (host source, path in the jail)
         prefix = _python_prefix(python)
         if prefix:
-            extra_ro.append(prefix)
+            extra_ro.append((prefix, prefix))
+        if spec.template_id:
+            extra_ro.append((str(self._template_dir(spec.template_id)), TEMPLATE_DIR))
 
         # Where bubblewrap finds our dirs: staged copies of the mounts when root.
         stage_items: list[str] = []
         if root:
             sources = {"sb": str(sandbox_dir), "agent": str(agent_dir)}
-            sources.update({f"ro{i}": p for i, p in enumerate(extra_ro)})
+            sources.update({f"ro{i}": src for i, (src, _) in enumerate(extra_ro)})
             staged = {name: _stage_dir(name) for name in sources}
             for name, src in sources.items():
                 stage_items += ["bind", src, staged[name]]
             sb, agent = staged["sb"], staged["agent"]
-            extra = [(staged[f"ro{i}"], p) for i, p in enumerate(extra_ro)]
+            extra = [(staged[f"ro{i}"], dest) for i, (_, dest) in enumerate(extra_ro)]
         else:
             sb, agent = str(sandbox_dir), str(agent_dir)
-            extra = [(p, p) for p in extra_ro]
+            extra = list(extra_ro)
 
         info_r, info_w = os.pipe()
         data_fds: list[int] = []
@@ -285,6 +288,16 @@ class LocalProvider(Provider):
                 proc.stdout.close()
         return proc, info
 
+    def _template_dir(self, template_id: str) -> Path:
+        """The built template's directory (see ``nexus template create``)."""
+        path = self.settings.templates_dir / template_id
+        if "/" in template_id or template_id.startswith(".") or not (path / "lib").is_dir():
+            raise InvalidArgumentError(
+                f"no local template {template_id!r}: build it with "
+                f"'nexus template create {template_id} --pip PKG ...' (see nexus template list)"
+            )
+        return path
+
     def _bwrap_args(
         self,
         spec: SandboxSpec,
@@ -303,7 +316,11 @@ class LocalProvider(Provider):
         if modern:
             args.append("--disable-userns")
         args += ["--new-session", "--clearenv"]
-        for key, value in SANDBOX_ENV.items():
+        env = dict(SANDBOX_ENV)
+        if spec.template_id:  # the template's packages and their scripts come first
+            env["PYTHONPATH"] = f"{TEMPLATE_DIR}/lib"
+            env["PATH"] = f"{TEMPLATE_DIR}/lib/bin:{env['PATH']}"
+        for key, value in env.items():
             args += ["--setenv", key, value]
         args += ["--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox"]
         args += ["--ro-bind", "/usr", "/usr"]
@@ -425,7 +442,7 @@ class LocalProvider(Provider):
 # -------------------------------------------------------------------- helpers
 
 
-def _sandbox_python(settings: Settings) -> str:
+def sandbox_python(settings: Settings) -> str:
     """Absolute path of the Python that runs the agent and python code in the jail."""
     python = settings.local_python or "/usr/bin/python3"
     if not os.path.isabs(python):

@@ -1,0 +1,66 @@
+"""Local templates: a package set built on the host, mounted read-only into sandboxes."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from nexus_kernel import templates
+from nexus_kernel.config import Settings
+from nexus_kernel.errors import InvalidArgumentError
+
+from .conftest import ROOT, needs_bwrap, nexus
+
+pytestmark = needs_bwrap
+
+
+@pytest.fixture
+def tiny_package(tmp_path):
+    """A local pure-Python wheel, so the build needs no network."""
+    wheel = tmp_path / "tinypkg-1.0-py3-none-any.whl"
+    info = "tinypkg-1.0.dist-info"
+    files = {
+        "tinypkg/__init__.py": "ANSWER = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n")
+    return wheel
+
+
+def test_template_is_built_listed_mounted_and_removed(nexus_home, nx, tiny_package):
+    out = nexus("template", "create", "tiny", "--pip", str(tiny_package),
+                timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Created template: tiny" in out.stdout
+    assert "tiny" in nexus("template", "list").stdout
+
+    sb = nx.sandbox_create("with-template", template_id="tiny")["sandbox_id"]
+    result = nx.sandbox_run(sb, "python", "import tinypkg; print(tinypkg.ANSWER, tinypkg.__file__)")
+    assert result["stdout"] == "42 /opt/template/lib/tinypkg/__init__.py\n"
+    denied = nx.sandbox_run(sb, "bash", "touch /opt/template/lib/x 2>&1; echo $?")
+    assert denied["stdout"].strip().endswith("1")  # read-only inside
+    plain = nx.sandbox_create("without")["sandbox_id"]
+    assert "ModuleNotFoundError" in nx.sandbox_run(plain, "python", "import tinypkg")["stderr"]
+
+    assert nexus("template", "remove", "tiny").returncode == 0
+    assert nexus("template", "list").stdout.strip() == "No templates."
+
+
+def test_unknown_template_and_bad_names_are_clear(nexus_home, nx):
+    with pytest.raises(InvalidArgumentError, match="nexus template create nope"):
+        nx.sandbox_create("x", template_id="nope")
+    assert nx.sandbox_list()["sandboxes"] == []  # nothing stored
+    with pytest.raises(InvalidArgumentError, match="lowercase"):
+        templates.template_dir(Settings.load(), "../evil")
+    out = nexus("template", "create", "empty-recipe")
+    assert out.returncode == 2 and "give packages" in out.stderr
+
+
+def test_datascience_recipe_is_shipped():
+    assert templates.RECIPES["datascience"] == ["numpy", "pandas", "matplotlib"]
+    assert (ROOT / "nexus_kernel" / "templates.py").exists()
