@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "list your sandboxes")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
+    command("providers", "which providers are installed, configured, and what they support")
 
     template = commands.add_parser("template", help="prepared environments for local sandboxes")
     tsub = template.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.group == "template":
         return _template(args)
+    if args.command == "providers":
+        return _providers(args)
     from .api import NexusFS
 
     nx = NexusFS(is_admin=bool(getattr(args, "all", False)))
@@ -225,10 +228,7 @@ def _cmd_list(nx: Any, args: argparse.Namespace) -> int:
     rows = [("SANDBOX_ID", "NAME", "STATUS", "PROVIDER", "EXPIRES_AT")]
     rows += [(s["sandbox_id"], s["name"], s["status"], s["provider"], s["expires_at"] or "-")
              for s in data["sandboxes"]]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    human = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                      for r in rows)
-    _emit(args, data, human if data["sandboxes"] else "No sandboxes.")
+    _emit(args, data, _table(rows) if data["sandboxes"] else "No sandboxes.")
     return 0
 
 
@@ -237,6 +237,29 @@ def _cmd_reap(nx: Any, args: argparse.Namespace) -> int:
     human = ", ".join(f"{k}: {len(v)}" for k, v in data.items())
     _emit(args, data, f"Reaped: {human}")
     return 0
+
+
+def _providers(args: argparse.Namespace) -> int:
+    from .config import Settings
+    from .providers import capability_matrix
+
+    rows = capability_matrix(Settings.load())
+    table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES")]
+    yes = {True: "yes", False: "no"}
+    for row in rows:
+        caps = row["capabilities"]
+        table.append((row["name"], yes[row["installed"]], yes[row["configured"]],
+                      yes[caps["pause"]], yes[caps["network"]], yes[caps["gpu"]],
+                      ",".join(caps["languages"])))
+    notes = [f"{r['name']}: {r['reason']}" for r in rows if r["reason"]]
+    _emit(args, {"providers": rows}, "\n".join([_table(table), *notes]))
+    return 0
+
+
+def _table(rows: list[tuple[Any, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
 
 
 def _template(args: argparse.Namespace) -> int:

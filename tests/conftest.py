@@ -57,3 +57,37 @@ def nexus(*args: str, input: str | None = None, env: dict[str, str] | None = Non
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
+
+
+REQUIRE_DOCKER = os.environ.get("NEXUS_REQUIRE_DOCKER") == "1"
+
+
+def docker_not_ready(reason: str) -> None:
+    """Skip a docker test, or fail it when CI demands Docker (NEXUS_REQUIRE_DOCKER=1)."""
+    if REQUIRE_DOCKER:
+        pytest.fail(f"NEXUS_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def docker_problem(settings) -> str | None:
+    """None when the docker provider can run sandboxes with the current agent, else why not."""
+    import hashlib
+
+    from nexus_kernel.errors import SandboxError
+
+    try:
+        from nexus_kernel.providers.docker import DockerProvider
+
+        DockerProvider.check_available(settings)
+    except (ImportError, SandboxError) as exc:
+        return str(exc)
+    backend = DockerProvider(settings)
+    try:
+        labels = backend._client(settings.docker_host).images.get(settings.docker_image).labels
+    finally:
+        backend.close()
+    built = (labels or {}).get("nexus.agent_sha256")
+    agent = ROOT / "nexus_kernel" / "agent" / "sandbox_agent.py"
+    if built and built != hashlib.sha256(agent.read_bytes()).hexdigest():
+        return f"the image {settings.docker_image} has an older agent: bash scripts/build-image.sh"
+    return None

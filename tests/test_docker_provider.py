@@ -6,7 +6,6 @@ that is a failure. Prepare with: bash scripts/start-dockerd.sh && bash scripts/b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -24,29 +23,12 @@ from nexus_kernel.config import Settings
 from nexus_kernel.errors import ProviderUnavailableError, SandboxError, SandboxStateError
 from nexus_kernel.models import SandboxSpec
 
+from .conftest import docker_not_ready, docker_problem
+
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_FILE = ROOT / "nexus_kernel" / "agent" / "sandbox_agent.py"
-REQUIRED = os.environ.get("NEXUS_REQUIRE_DOCKER") == "1"
-
-
-def _not_ready(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"NEXUS_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _image_is_current(provider: Any, image: str) -> str | None:
-    """None when the image carries the current agent, else why not."""
-    labels = provider._client(provider.settings.docker_host).images.get(image).labels or {}
-    built = labels.get("nexus.agent_sha256")
-    current = hashlib.sha256(AGENT_FILE.read_bytes()).hexdigest()
-    if built and built != current:
-        return f"the image {image} has an older agent: run 'bash scripts/build-image.sh'"
-    return None
-
-
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     return Settings.load()
@@ -55,18 +37,12 @@ def settings() -> Settings:
 @pytest.fixture(scope="module")
 def provider(settings: Settings):
     """A DockerProvider on the configured engine; skips (fails in CI) when not usable."""
-    try:
-        from nexus_kernel.providers.docker import DockerProvider
-    except ImportError as exc:
-        _not_ready(f"the docker provider cannot be imported: {exc}")
-    try:
-        DockerProvider.check_available(settings)
-    except SandboxError as exc:
-        _not_ready(str(exc))
+    problem = docker_problem(settings)
+    if problem:
+        docker_not_ready(problem)
+    from nexus_kernel.providers.docker import DockerProvider
+
     backend = DockerProvider(settings)
-    stale = _image_is_current(backend, settings.docker_image)
-    if stale:
-        _not_ready(stale)
     yield backend
     backend.close()
 
