@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidArgumentError, SandboxError
-from .base import Capabilities, Channel, Handle, Provider
+from .base import Capabilities, Channel, Handle, Provider, sdk_installed
 
 __all__ = [
     "PROVIDERS",
@@ -48,16 +48,6 @@ def provider_class(name: str) -> type[Provider]:
     return getattr(module, class_name)
 
 
-def _installed(name: str) -> bool:
-    module = SDK_MODULES.get(name)
-    if module is None:
-        return True
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def capability_matrix(
     settings: Settings, provider_options: dict[str, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
@@ -70,7 +60,8 @@ def capability_matrix(
     rows = []
     for name in PROVIDERS:
         cls = provider_class(name)
-        installed = _installed(name)
+        module = SDK_MODULES.get(name)
+        installed = module is None or sdk_installed(module)
         configured, reason = installed, None
         try:
             cls.check_available(settings, **(provider_options or {}).get(name, {}))

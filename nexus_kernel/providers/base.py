@@ -3,12 +3,14 @@ pause/resume/destroy it. Everything else (sessions, runs, files) goes through th
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..config import Settings
-from ..errors import UnsupportedOperationError
+from ..errors import MissingDependencyError, UnsupportedOperationError
 from ..models import SandboxSpec
 
 #: A provider's handle: a JSON-serialisable dict stored in the record; any process can
@@ -88,3 +90,32 @@ class Provider(ABC):
         """Resources this provider runs for ``store_id``: [{"sandbox_id", "handle"}].
         Used by reconcile to find orphans; providers without labels return []."""
         return []
+
+
+def sdk_installed(module: str) -> bool:
+    """True when ``module`` can be imported, without importing it (cheap)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_sdk(provider: str, module: str, options: dict[str, Any]) -> Any:
+    """The provider's SDK module, or the object injected as option ``sdk`` (tests);
+    MissingDependencyError naming the extra when it is not installed."""
+    if options.get("sdk") is not None:
+        return options["sdk"]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(provider, module) from None
+
+
+def resource_labels(spec: SandboxSpec) -> dict[str, str]:
+    """Labels (metadata, tags) a cloud sandbox carries; reconcile lists by ``nexus_store``."""
+    return {
+        "nexus_sandbox_id": spec.sandbox_id,
+        "nexus_owner": spec.owner,
+        "nexus_store": spec.store_id,
+        "nexus_expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
+    }

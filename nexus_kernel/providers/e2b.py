@@ -26,7 +26,6 @@ Pause/resume: ``Sandbox.pause`` snapshots memory and filesystem (sessions surviv
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import secrets
@@ -57,7 +56,7 @@ from ._stream import (
     serve_script,
     wait_for_ready,
 )
-from .base import Capabilities, Handle, Provider
+from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, sdk_installed
 
 HOME = "/home/user"
 #: Agent file and run dir live under the sandbox user's home: no root needed, any template.
@@ -83,44 +82,18 @@ MISSING_KEY = (
 )
 
 
-def _import_e2b() -> Any:
-    try:
-        import e2b
-    except ImportError:
-        raise MissingDependencyError("e2b", "e2b") from None
-    return e2b
-
-
 def _sdk(options: dict[str, Any]) -> Any:
-    """The e2b SDK module, or the object injected as provider option ``sdk`` (tests)."""
-    return options.get("sdk") or _import_e2b()
+    return import_sdk("e2b", "e2b", options)
 
 
 def _require_sdk(options: dict[str, Any]) -> None:
     """MissingDependencyError when the SDK is absent, without importing it (cheap)."""
-    if options.get("sdk") is None and not _sdk_installed("e2b"):
+    if options.get("sdk") is None and not sdk_installed("e2b"):
         raise MissingDependencyError("e2b", "e2b")
-
-
-def _sdk_installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _api_key(settings: Settings, options: dict[str, Any]) -> str:
     return options.get("api_key") or settings.e2b_api_key or os.environ.get("E2B_API_KEY", "")
-
-
-def sandbox_metadata(spec: SandboxSpec) -> dict[str, str]:
-    """E2B metadata the sandbox carries; reconcile lists by ``nexus_store``."""
-    return {
-        "nexus_sandbox_id": spec.sandbox_id,
-        "nexus_owner": spec.owner,
-        "nexus_store": spec.store_id,
-        "nexus_expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
-    }
 
 
 def timeout_for(deadline: float | None, now: float, maximum: int) -> int:
@@ -211,7 +184,7 @@ class E2BProvider(Provider):
             sandbox = sdk.Sandbox.create(
                 template=template,
                 timeout=timeout,
-                metadata=sandbox_metadata(spec),
+                metadata=resource_labels(spec),
                 envs={},
                 allow_internet_access=bool(spec.network),
                 **self._api(),

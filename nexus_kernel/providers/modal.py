@@ -57,7 +57,7 @@ from ._stream import (
     serve_script,
     wait_for_ready,
 )
-from .base import Capabilities, Handle, Provider
+from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, sdk_installed
 
 APP_NAME = "nexus-kernel"
 HOME = "/home/user"
@@ -82,24 +82,8 @@ NO_PAUSE = (
 )
 
 
-def _import_modal() -> Any:
-    try:
-        import modal
-    except ImportError:
-        raise MissingDependencyError("modal", "modal") from None
-    return modal
-
-
 def _sdk(options: dict[str, Any]) -> Any:
-    """The modal SDK module, or the object injected as provider option ``sdk`` (tests)."""
-    return options.get("sdk") or _import_modal()
-
-
-def _sdk_installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    return import_sdk("modal", "modal", options)
 
 
 def _has_token(options: dict[str, Any]) -> bool:
@@ -115,16 +99,6 @@ def _has_token(options: dict[str, Any]) -> bool:
         return bool(config.get("token_id") and config.get("token_secret"))
     except Exception:  # an unreadable ~/.modal.toml: treat as no token
         return False
-
-
-def sandbox_tags(spec: SandboxSpec) -> dict[str, str]:
-    """Modal tags the sandbox carries; reconcile lists by ``nexus_store``."""
-    return {
-        "nexus_sandbox_id": spec.sandbox_id,
-        "nexus_owner": spec.owner,
-        "nexus_store": spec.store_id,
-        "nexus_expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
-    }
 
 
 def idle_timeout_for(deadline: float | None, now: float, lifetime: int) -> int:
@@ -181,7 +155,7 @@ class ModalProvider(Provider):
     def check_available(cls, settings: Settings, **options: Any) -> None:
         """The SDK is installed and a Modal token is configured (no network call; the SDK
         is imported only to read ~/.modal.toml when the environment has no token)."""
-        if options.get("sdk") is None and not _sdk_installed("modal"):
+        if options.get("sdk") is None and not sdk_installed("modal"):
             raise MissingDependencyError("modal", "modal")
         if not _has_token(options):
             raise MissingCredentialsError(MISSING_TOKEN)
@@ -256,7 +230,7 @@ class ModalProvider(Provider):
                 "/bin/sh", "-c", script,
                 app=self._app(),
                 image=self._image(spec),
-                tags=sandbox_tags(spec),
+                tags=resource_labels(spec),
                 timeout=self._lifetime,
                 idle_timeout=idle_timeout_for(spec.deadline, now, self._lifetime),
                 block_network=not spec.network,
