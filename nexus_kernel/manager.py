@@ -135,13 +135,12 @@ class SandboxManager:
             return self._providers[name]
 
     def _client(self, record: SandboxRecord) -> AgentClient:
+        """The agent client of this sandbox, kept open for the life of this manager."""
         with self._lock:
             client = self._clients.get(record.sandbox_id)
-            if client is None:
-                provider = self._providers.get(record.provider)
-            else:
-                return client
-        provider = provider or self.provider(record.provider)
+        if client is not None:
+            return client
+        provider = self.provider(record.provider)
         handle = record.handle
         client = AgentClient(lambda: provider.connect(handle), handle["token"])
         with self._lock:
@@ -304,8 +303,8 @@ class SandboxManager:
         with self.store.lock(sandbox_id):
             record = self._require_active(sandbox_id)
             backend = self.provider(record.provider)
-            if not backend.capabilities.pause:
-                backend.pause(record.handle)  # raises UnsupportedOperationError
+            if not backend.capabilities.pause:  # before the watchdog is switched off:
+                backend.pause(record.handle)  # raises the provider's own explanation
             self._client(record).set_deadline(None)
             backend.pause(record.handle)
             self._forget_client(sandbox_id)
