@@ -1,4 +1,5 @@
-"""The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``.
+"""The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
+``nexus template ...`` and ``nexus kernel install``.
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr:
 exit 2 for usage errors, 1 for others; ``run`` exits with the code's own exit code
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -70,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "list your sandboxes")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
+    p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
+    p.add_argument("action", choices=["fill", "status", "drain"],
+                   help="fill up to the pool size, show the pools, or destroy every pooled sandbox")
+    p.add_argument("--provider", default=None, help="pool of this provider (default local)")
+    p.add_argument("--template", default=None, metavar="ID", help="pool of this template")
+    p.add_argument("--network", action="store_true", help="pool of network-enabled sandboxes")
+    p.add_argument("--size", type=int, default=None,
+                   help="fill up to this many (default NEXUS_POOL_SIZE)")
     command("providers", "which providers are installed, configured, and what they support")
 
     template = commands.add_parser("template", help="prepared environments for local sandboxes")
@@ -82,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = tsub.add_parser("remove", help="delete a template")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+
+    kernel = commands.add_parser("kernel", help="the 'Nexus Sandbox' Jupyter kernel")
+    ksub = kernel.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ksub.add_parser("install", help="install the kernelspec (Jupyter then lists the kernel)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true",
+                       help="for this user, in ~/.local/share/jupyter (the default)")
+    where.add_argument("--sys-prefix", action="store_true",
+                       help="into this Python environment (sys.prefix)")
+    where.add_argument("--prefix", metavar="PATH", help="under PATH/share/jupyter/kernels")
+    p.add_argument("--name", default=None,
+                   help="kernelspec name (default nexus-sandbox, or nexus-sandbox-PROVIDER)")
+    p.add_argument("--display-name", default=None, help="name shown in Jupyter")
+    p.add_argument("--provider", default=None,
+                   help="provider for this kernel's sandboxes (sets NEXUS_PROVIDER)")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -112,11 +138,16 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.group == "template":
         return _template(args)
+    if args.group == "kernel":
+        return _kernel_install(args)
     if args.command == "providers":
         return _providers(args)
     from .api import NexusFS
 
-    nx = NexusFS(is_admin=bool(getattr(args, "all", False)))
+    # This process exits right away: a hand-out from the warm pool is refilled by a
+    # detached `nexus sandbox pool fill`, not by a thread that would die with it.
+    refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
+    nx = NexusFS(is_admin=bool(getattr(args, "all", False)), pool_refill=refill)
     handler = globals()["_cmd_" + args.command]
     return handler(nx, args)
 
@@ -177,8 +208,12 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
         return EXIT_TIMEOUT
     if args.json:
         print(json.dumps(result, default=str))
-    elif result["truncated"]:
-        print("nexus: output truncated (per-run output cap reached)", file=sys.stderr)
+    else:
+        if result["truncated"]:
+            print("nexus: output truncated (per-run output cap reached)", file=sys.stderr)
+        if result.get("oom_killed"):
+            print("nexus: out of memory: the sandbox's memory limit was reached and a "
+                  "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
     return result["exit_code"] if 0 <= result["exit_code"] <= 255 else 1
 
 
@@ -239,6 +274,23 @@ def _cmd_reap(nx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:
+    pool = nx.manager.pool
+    if args.action == "fill":
+        started = pool.fill(args.provider, args.template, args.network or None, size=args.size)
+        data = {"started": started, "pools": pool.status()}
+        _emit(args, data, f"Started {len(started)} pooled sandbox(es)")
+    elif args.action == "drain":
+        removed = pool.drain()
+        _emit(args, {"removed": removed}, f"Removed {len(removed)} pooled sandbox(es)")
+    else:
+        rows = pool.status()
+        table = [("POOL", "READY", "STARTING", "SIZE")]
+        table += [(r["pool"], r["ready"], r["starting"], r["size"]) for r in rows]
+        _emit(args, {"pools": rows}, _table(table) if rows else "No pooled sandboxes.")
+    return 0
+
+
 def _providers(args: argparse.Namespace) -> int:
     from .config import Settings
     from .providers import capability_matrix
@@ -279,6 +331,70 @@ def _template(args: argparse.Namespace) -> int:
     else:
         templates.remove_template(settings, args.name)
         _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")
+    return 0
+
+
+KERNEL_NAME = "nexus-sandbox"
+KERNEL_DISPLAY_NAME = "Nexus Sandbox"
+
+
+def kernel_spec(python: str, provider: str | None = None) -> dict[str, Any]:
+    """The kernel.json of the proxy kernel run by ``python`` (``kernelspec/kernel.json`` is
+    this with ``python3``, which Jupyter replaces by its own interpreter)."""
+    spec: dict[str, Any] = {
+        "argv": [python, "-m", "nexus_kernel", "-f", "{connection_file}"],
+        "display_name": KERNEL_DISPLAY_NAME,
+        "language": "python",
+        "interrupt_mode": "signal",
+        "env": {},
+        "metadata": {"debugger": False},
+    }
+    if provider:
+        spec["display_name"] += f" ({provider})"
+        spec["env"]["NEXUS_PROVIDER"] = provider
+    return spec
+
+
+def _kernel_logos() -> list[Any]:
+    """The logo PNGs: from the source tree, else from the wheel's installed kernelspec."""
+    from pathlib import Path
+
+    for folder in (Path(__file__).resolve().parent.parent / "kernelspec",
+                   Path(sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME):
+        logos = sorted(folder.glob("logo-*.png"))
+        if logos:
+            return logos
+    return []
+
+
+def _kernel_install(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from .providers import PROVIDERS
+
+    if args.provider is not None and args.provider not in PROVIDERS:
+        raise UsageError(f"unknown provider {args.provider!r}; choose one of: "
+                         f"{', '.join(PROVIDERS)}")
+    name = args.name or KERNEL_NAME + (f"-{args.provider}" if args.provider else "")
+    spec = kernel_spec(sys.executable, args.provider)
+    if args.display_name:
+        spec["display_name"] = args.display_name
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        for logo in _kernel_logos():
+            shutil.copy(logo, tmp)
+        try:
+            path = KernelSpecManager().install_kernel_spec(
+                tmp, kernel_name=name, user=prefix is None, prefix=prefix)
+        except ValueError as exc:  # a bad kernel name
+            raise UsageError(str(exc)) from None
+    _emit(args, {"name": name, "path": path, "spec": spec},
+          f"Installed kernelspec {name} ({spec['display_name']}) in {path}")
     return 0
 
 

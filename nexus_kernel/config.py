@@ -44,6 +44,16 @@ class Settings:
     paused_retention_minutes: float = 24 * 60.0
     #: Seconds between reaps in long-lived processes (kernel timer); CLI/API reap lazily.
     reap_interval: float = 30.0
+    #: Warm pool: pre-created sandboxes per (provider, template, network, limits) that
+    #: ``create`` hands out at once (``nexus_kernel/pool.py``). 0 = off.
+    pool_size: int = 0
+    #: Minutes a pooled sandbox waits for a user before the reaper replaces it.
+    pool_ttl_minutes: float = 30.0
+    #: Providers the pool serves (cloud providers bill idle sandboxes: opt in by name).
+    pool_providers: str = "local,docker"
+    #: Who refills after a hand-out: "thread" (this process, in the background), "process"
+    #: (a detached ``nexus sandbox pool fill``; what the CLI uses) or "off".
+    pool_refill: str = "thread"
     #: Python used for the agent and python code inside local sandboxes.
     local_python: str = ""
     docker_image: str = "nexus-sandbox:latest"

@@ -7,14 +7,14 @@ outside them under a per-sandbox lock, and every call lazily reaps what has expi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .agent.client import AgentClient
 from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, Settings
 from .errors import (
     AgentError,
@@ -34,7 +34,11 @@ from .models import (
     iso,
 )
 from .providers import Provider, provider_class
-from .store import Store
+from .store import Store, process_alive, process_identity
+
+if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
+    from .agent.client import AgentClient
+    from .pool import WarmPool
 
 #: A creating record older than this belongs to a creator that died.
 STALE_CREATING_SECONDS = 300.0
@@ -42,6 +46,8 @@ STALE_CREATING_SECONDS = 300.0
 STOPPED_RETENTION_SECONDS = 24 * 3600.0
 #: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
 WATCHDOG_SLACK_SECONDS = 5.0
+#: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
+GONE_GRACE_SECONDS = 2.0
 MAX_NAME_LENGTH = 128
 MAX_CODE_BYTES = 16 * 1024 * 1024
 
@@ -121,6 +127,7 @@ class SandboxManager:
         self._providers: dict[str, Provider] = {}
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
+        self._pool: WarmPool | None = None
 
     # ----------------------------------------------------------------- plumbing
 
@@ -142,9 +149,20 @@ class SandboxManager:
             return client
         provider = self.provider(record.provider)
         handle = record.handle
+        from .agent.client import AgentClient
+
         client = AgentClient(lambda: provider.connect(handle), handle["token"])
         with self._lock:
             return self._clients.setdefault(record.sandbox_id, client)
+
+    @property
+    def pool(self) -> WarmPool:
+        """The warm pool of this store (``nexus_kernel/pool.py``; off unless pool_size > 0)."""
+        if self._pool is None:
+            from .pool import WarmPool
+
+            self._pool = WarmPool(self)
+        return self._pool
 
     def _forget_client(self, sandbox_id: str) -> None:
         with self._lock:
@@ -198,6 +216,11 @@ class SandboxManager:
         if network and not backend.capabilities.network:
             raise InvalidArgumentError(f"the {provider_name} provider cannot enable network")
         self.reap_expired()
+        if self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
+            pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
+                                     template_id=template_id, network=network)
+            if pooled is not None:
+                return pooled
 
         now = time.time()
         sandbox_id = "sb_" + secrets.token_hex(8)
@@ -213,6 +236,7 @@ class SandboxManager:
             expires_at=now + ttl * 60,
             template_id=template_id,
             network=network,
+            creator=process_identity(),
         )
         self.store.insert(record.to_dict())
         spec = SandboxSpec(
@@ -247,16 +271,25 @@ class SandboxManager:
         *,
         session: str | None = None,
         on_event: EventCallback | None = None,
+        stdin: bool = False,
+        stderr_traceback: bool = True,
+        reserve_timeout: bool = True,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
-        ExecutionTimeoutError (carrying the partial result) when the timeout passes."""
+        ExecutionTimeoutError (carrying the partial result) when the timeout passes.
+
+        ``stdin``: ``input()`` in a python session sends an ``input_request`` event; answer
+        with :meth:`input_reply`. ``stderr_traceback=False``: errors arrive only as the
+        ``error`` event. ``reserve_timeout`` (default): the TTL is extended by the whole
+        timeout before the run, so the sandbox cannot expire under it; long-lived callers
+        that keep the sandbox alive with :meth:`touch` while it runs pass False."""
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
         if session is not None and (not isinstance(session, str) or not session.strip()):
             raise InvalidArgumentError("session must be a non-empty string or None")
         record = self._require_active(sandbox_id)
-        record = self._touch(record, extra=timeout)
+        record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
         client = self._client(record)
 
         def forward(event: dict[str, Any]) -> None:
@@ -264,7 +297,6 @@ class SandboxManager:
                 on_event(OutputEvent(event["ev"], _event_payload(event)))
 
         try:
-            client.set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
             raw = client.run(
                 language,
                 code,
@@ -272,6 +304,9 @@ class SandboxManager:
                 session=session,
                 output_limit=self.settings.output_bytes,
                 on_event=forward,
+                stdin=stdin,
+                stderr_traceback=stderr_traceback,
+                deadline=record.expires_at + WATCHDOG_SLACK_SECONDS,
             )
         except AgentError as exc:
             self._forget_client(sandbox_id)
@@ -288,10 +323,55 @@ class SandboxManager:
             truncated=raw["truncated"],
             display=tuple(raw.get("display") or ()),
             error=raw.get("error"),
+            result=raw.get("result"),
+            oom_killed=bool(raw.get("oom_killed")),
         )
         if result.timed_out:
             raise ExecutionTimeoutError(timeout, result)
         return result
+
+    def input_reply(self, sandbox_id: str, session: str, value: str | None) -> None:
+        """Answer ``input()`` in a run started with ``stdin=True`` (None = end of input)."""
+        self._client(self._require_active(sandbox_id)).input_reply(session, value)
+
+    def complete(self, sandbox_id: str, session: str, code: str,
+                 cursor_pos: int | None = None) -> dict[str, Any]:
+        """Completions at ``cursor_pos`` from python session ``session``'s namespace:
+        ``{"matches", "cursor_start", "cursor_end", "busy"}``."""
+        return self._client(self._require_active(sandbox_id)).complete(session, code, cursor_pos)
+
+    def inspect(self, sandbox_id: str, session: str, code: str, cursor_pos: int | None = None,
+                detail_level: int = 0) -> dict[str, Any]:
+        """Help for the name at ``cursor_pos`` in python session ``session``:
+        ``{"found", "data", "metadata", "busy"}``."""
+        client = self._client(self._require_active(sandbox_id))
+        return client.inspect(session, code, cursor_pos, detail_level)
+
+    def touch(self, sandbox_id: str, *, ttl_minutes: float | None = None) -> SandboxRecord:
+        """Extend an active sandbox's TTL from now, as a run does (and move the agent's
+        watchdog along); ``ttl_minutes`` changes the TTL first. A paused or stopped sandbox
+        is returned unchanged (a new TTL is stored for a paused one)."""
+        if ttl_minutes is not None:
+            ttl = check_ttl(ttl_minutes)
+
+            def set_ttl(data: dict[str, Any]) -> dict[str, Any] | None:
+                if data["status"] not in (Status.ACTIVE.value, Status.PAUSED.value):
+                    return None
+                data["ttl_minutes"] = ttl
+                return data
+
+            self.store.update(self._load(sandbox_id).sandbox_id, set_ttl)
+        record = self._check_expiry(self._load(sandbox_id))
+        if record.status is not Status.ACTIVE:
+            return record
+        record = self._touch(record)
+        try:
+            self._client(record).set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+        except AgentError as exc:
+            self._forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        return record
 
     def interrupt(self, sandbox_id: str, session: str | None = None) -> int:
         """Interrupt running code (KeyboardInterrupt in a Python session; state kept)."""
@@ -348,6 +428,11 @@ class SandboxManager:
         with self.store.lock(sandbox_id):
             return self._destroy(self._load(sandbox_id), reason=None)
 
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        """The stored record after the expiry check, without asking the provider whether
+        the resource still exists (cheap enough for every kernel cell; :meth:`status` asks)."""
+        return self._check_expiry(self._load(sandbox_id))
+
     def status(self, sandbox_id: str) -> SandboxRecord:
         """The record, after checking expiry and that the resource still exists."""
         record = self._check_expiry(self._load(sandbox_id))
@@ -387,7 +472,7 @@ class SandboxManager:
                 continue
             if self._is_expired(record, now) and self._reap(record):
                 reaped.append(record.sandbox_id)
-        return reaped
+        return reaped + self.pool.reap()
 
     def reap(self) -> dict[str, list[str]]:
         """Full reap: expired sandboxes, records whose resource is gone, unknown resources."""
@@ -409,7 +494,10 @@ class SandboxManager:
                 resources = backend.list_resources(self.store.store_id)
             except Exception:
                 continue  # provider not reachable here: its agents end its sandboxes at TTL
+            pooled = self.pool.pooled_ids()  # waiting for a user: not orphans
             for resource in resources:
+                if resource["sandbox_id"] in pooled:
+                    continue
                 data = self.store.get(resource["sandbox_id"])
                 record = SandboxRecord.from_dict(data) if data else None
                 if (
@@ -434,13 +522,17 @@ class SandboxManager:
                 fresh = SandboxRecord.from_dict(self.store.get(record.sandbox_id) or record.to_dict())
                 if fresh.status is Status.STOPPED or not self._is_expired(fresh, time.time()):
                     return False
-                self._destroy(fresh, reason="expired")
+                creating = fresh.status is Status.CREATING
+                self._destroy(fresh, reason="its creator ended before it was ready" if creating
+                              else "expired")
                 return True
         except Exception:
             return False  # provider unreachable: retried on the next reap
 
     def _is_expired(self, record: SandboxRecord, now: float) -> bool:
         if record.status is Status.CREATING:
+            if record.creator is not None and not process_alive(record.creator):
+                return True  # its creator was killed mid-create: nobody will finish it
             return now - record.created_at > STALE_CREATING_SECONDS
         return record.expires_at is not None and now >= record.expires_at
 
@@ -473,6 +565,8 @@ class SandboxManager:
         if alive:
             return record
         self._forget_client(record.sandbox_id)
+        with contextlib.suppress(Exception):  # clean what the dead sandbox left (files, cgroups)
+            self.provider(record.provider).destroy(record.handle)
         return self._save(
             record.sandbox_id,
             status=Status.STOPPED,
@@ -508,11 +602,18 @@ class SandboxManager:
         return SandboxRecord.from_dict(data) if data else record
 
     def _raise_if_gone(self, sandbox_id: str, exc: Exception) -> None:
-        record = self.status(sandbox_id)
-        if record.status is not Status.ACTIVE:
-            raise SandboxStateError(
-                f"sandbox {sandbox_id} is {record.status.value}: it ended during the run"
-            ) from exc
+        # The stream broke: when the sandbox died, its provider may take a moment to say so
+        # (Docker reports a container whose pid 1 just exited as running for a few ms).
+        deadline = time.monotonic() + GONE_GRACE_SECONDS
+        while True:
+            record = self.status(sandbox_id)
+            if record.status is not Status.ACTIVE:
+                raise SandboxStateError(
+                    f"sandbox {sandbox_id} is {record.status.value}: it ended during the run"
+                ) from exc
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     def close(self) -> None:
         """Close agent connections held by this manager."""

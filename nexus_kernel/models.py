@@ -85,6 +85,9 @@ class SandboxRecord:
     paused_at: float | None = None
     stopped_at: float | None = None
     error: str | None = None
+    #: Who is creating it (host, pid, start time): a creating record whose creator died is
+    #: reaped at once instead of after STALE_CREATING_SECONDS.
+    creator: dict[str, Any] | None = None
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +127,11 @@ class SandboxRecord:
 
 @dataclass(frozen=True)
 class OutputEvent:
-    """One streamed event from a run: kind is stdout, stderr, display, result or error."""
+    """One streamed event from a run.
+
+    ``kind`` is stdout or stderr (``data``: the text), or display, result, error,
+    clear_output, input_request (``data``: the agent's event without ``id``/``ev``, e.g.
+    ``{"data": {mime: value}, "metadata": {...}}`` for display and result)."""
 
     kind: str
     data: Any
@@ -141,8 +148,13 @@ class ExecResult:
     timed_out: bool = False
     interrupted: bool = False
     truncated: bool = False
+    #: MIME bundles of ``display()`` calls and matplotlib figures (python sessions).
     display: tuple[dict[str, Any], ...] = ()
     error: dict[str, Any] | None = None
+    #: MIME bundle of the last expression's value (python/javascript sessions), or None.
+    result: dict[str, Any] | None = None
+    #: The sandbox's memory limit was reached during the run: the OOM killer ended a process.
+    oom_killed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

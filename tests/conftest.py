@@ -91,3 +91,43 @@ def docker_problem(settings) -> str | None:
     if built and built != hashlib.sha256(agent.read_bytes()).hexdigest():
         return f"the image {settings.docker_image} has an older agent: bash scripts/build-image.sh"
     return None
+
+
+#: Where session-built test templates are kept between runs (not per-test NEXUS_HOMEs).
+TEMPLATE_CACHE = Path(os.environ.get("NEXUS_TEST_CACHE") or ROOT / ".pytest_cache" / "nexus-test")
+MATPLOTLIB_TEMPLATE = "mpl"
+
+
+@pytest.fixture(scope="session")
+def _matplotlib_build() -> Path | None:
+    """A local template with matplotlib, built once and reused by later runs; None when the
+    sandbox's python3 has matplotlib already. Skips when it cannot be built (no PyPI)."""
+    from nexus_kernel import templates
+    from nexus_kernel.config import Settings
+    from nexus_kernel.errors import SandboxError
+
+    settings = Settings.load(home=TEMPLATE_CACHE)
+    python = templates.sandbox_python(settings)
+    if subprocess.run([python, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+        return None
+    target = templates.template_dir(settings, MATPLOTLIB_TEMPLATE)
+    if not (target / "template.json").is_file():
+        try:
+            templates.create_template(settings, MATPLOTLIB_TEMPLATE, ["matplotlib"], quiet=True)
+        except SandboxError as exc:
+            pytest.skip(f"matplotlib is not in the sandbox python and the template cannot be "
+                        f"built: {exc}")
+    return target
+
+
+@pytest.fixture
+def matplotlib_template(_matplotlib_build: Path | None, nexus_home: Path) -> str | None:
+    """The template id giving sandboxes matplotlib (linked into this test's NEXUS_HOME), or
+    None when no template is needed."""
+    if _matplotlib_build is None:
+        return None
+    link = nexus_home / "templates" / MATPLOTLIB_TEMPLATE
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(_matplotlib_build, target_is_directory=True)
+    return MATPLOTLIB_TEMPLATE

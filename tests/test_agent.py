@@ -152,7 +152,7 @@ def test_hello_startup_and_socket(agent, client):
     assert {"python", "bash"} <= set(info["languages"])
     assert ("javascript" in info["languages"]) == HAVE_NODE
     assert not agent.token_file.exists(), "the token file must be deleted"
-    assert os.stat(agent.socket).st_mode & 0o777 == 0o600
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o660  # the group: the docker relay runs under another uid
 
 
 def test_wrong_or_missing_token_fails_with_auth(agent):
@@ -454,6 +454,20 @@ def test_deadline_ends_the_agent_and_kills_its_processes(client, agent):
     assert wait_until(lambda: gone(bg) and gone(worker), 2)
     with pytest.raises(AgentError, match="unreachable"):
         client.hello()
+
+
+def test_run_carries_the_deadline(client, agent):
+    """A run's optional ``deadline`` moves the watchdog as the ``deadline`` op does."""
+    client.set_deadline(None)
+    assert client.run("python", "print(1)", deadline=time.time() + 0.3)["stdout"] == "1\n"
+    assert agent.proc.wait(10) == 0
+    with pytest.raises(AgentError, match="unreachable"):
+        client.hello()
+
+
+def test_run_rejects_a_bad_deadline(client):
+    with pytest.raises(InvalidArgumentError, match="deadline"):
+        client.request("run", language="python", code="1", deadline="soon")
 
 
 def test_deadline_flag_at_start(tmp_path):

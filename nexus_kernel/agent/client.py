@@ -219,6 +219,9 @@ class AgentClient:
         session: str | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         on_event: Callable[[dict], None] | None = None,
+        stdin: bool = False,
+        stderr_traceback: bool = True,
+        deadline: float | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
 
@@ -226,7 +229,13 @@ class AgentClient:
         "interrupted", "truncated", "display", "result", "error"}``: ``display`` is the list of
         display bundles, ``result`` the last expression's bundle (or None), ``error``
         ``{"ename", "evalue", "traceback"}`` (or None). Every event also goes to ``on_event``
-        as it arrives (live streaming)."""
+        as it arrives (live streaming).
+
+        ``stdin=True`` (python sessions): ``input()`` sends an ``input_request`` event; answer
+        it with :meth:`input_reply` (from ``on_event`` or another thread).
+        ``stderr_traceback=False``: errors come only as the ``error`` event, not on stderr.
+        ``deadline`` (epoch s): moves the agent's watchdog first, as :meth:`set_deadline`
+        does, in the same round trip (None = leave it)."""
         stdout: list[str] = []
         stderr: list[str] = []
         display: list[dict] = []
@@ -251,13 +260,19 @@ class AgentClient:
             if on_event is not None:
                 on_event(event)
 
-        args = {
+        # deadline first: DeadlineWatcher (cloud providers) reads it from a long line's prefix
+        args: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
+        args |= {
             "language": language,
             "code": code,
             "timeout": timeout,
             "session": session,
             "output_limit": output_limit,
         }
+        if stdin:
+            args["stdin"] = True
+        if not stderr_traceback:
+            args["stderr_traceback"] = False
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         done = self._call("run", args, collect, wait)
         return {
@@ -268,6 +283,7 @@ class AgentClient:
             "timed_out": bool(done.get("timed_out")),
             "interrupted": bool(done.get("interrupted")),
             "truncated": bool(done.get("truncated")),
+            "oom_killed": bool(done.get("oom_killed")),
             "display": display,
             "result": found["result"],
             "error": found["error"],
@@ -281,6 +297,24 @@ class AgentClient:
         """Interrupt the running code of ``session`` (None = every running run); returns
         how many runs were signalled."""
         return int(self._call("interrupt", {"session": session}, None, 30.0)["interrupted"])
+
+    def input_reply(self, session: str, value: str | None) -> None:
+        """Answer the ``input_request`` of the run in python session ``session`` (None = end
+        of input: ``input()`` raises EOFError)."""
+        self._call("input_reply", {"session": session, "value": value}, None, 30.0)
+
+    def complete(self, session: str, code: str, cursor_pos: int | None = None) -> dict:
+        """Completions from the python session's namespace: ``{"matches", "cursor_start",
+        "cursor_end", "busy"}`` (``busy``: the session was running code; no matches)."""
+        args = {"session": session, "code": code, "cursor_pos": cursor_pos}
+        return self._call("complete", args, None, 30.0)
+
+    def inspect(self, session: str, code: str, cursor_pos: int | None = None,
+                detail_level: int = 0) -> dict:
+        """What the name at the cursor is: ``{"found", "data", "metadata", "busy"}``."""
+        args = {"session": session, "code": code, "cursor_pos": cursor_pos,
+                "detail_level": detail_level}
+        return self._call("inspect", args, None, 30.0)
 
     def set_deadline(self, at: float | None) -> None:
         """Make the agent end the sandbox at epoch time ``at`` (None = no deadline)."""

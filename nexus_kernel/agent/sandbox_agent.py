@@ -52,14 +52,30 @@ INTERRUPT_EXIT_CODE = 130
 DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
 #: code larger than this is passed to stateless interpreters through a file, not argv.
 MAX_ARGV_CODE = 100 * 1024
+#: Session output written within this many seconds of the previous write joins its event.
+COALESCE_SECONDS = 0.001
+#: How long ``complete``/``inspect`` wait for a busy session before answering "busy".
+QUERY_BUSY_WAIT = 0.2
+#: How long they wait for the session's answer (the first query may start the session).
+QUERY_TIMEOUT = 10.0
 
 #: language -> interpreter program looked up on PATH.
 INTERPRETERS = {"python": "python3", "javascript": "node", "bash": "bash"}
 TAG_VAR = "NEXUS_RUN_TAG"
 MARKER_PREFIX = b"\x00nexus-end:"
+#: Session workers send their events (result, display, error, ...) in-band on stdout as
+#: ``\0nexus-ev:<json>\n``, so they keep their order with what the cell printed.
+EVENT_PREFIX = b"\x00nexus-ev:"
 CHUNK = 65536
 
 _THIS_FILE = os.path.abspath(__file__)
+#: Starts a python session worker by importing this file as a module, so its bytecode
+#: (precompiled next to it) is used instead of compiling ~60 KB of source per session.
+#: ``sys.path[0]`` (cwd for ``-c``) is this dir while importing, as for a script; the
+#: worker then sets it to "" (the session's cwd). No ``-I``: PYTHONPATH carries templates.
+_WORKER_BOOT = "import sys; sys.path[0] = {!r}; import {}; sys.exit({}.main(sys.argv[1:]))".format(
+    os.path.dirname(_THIS_FILE), *[os.path.splitext(os.path.basename(_THIS_FILE))[0]] * 2
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -189,6 +205,52 @@ class MarkerScanner:
         return data
 
 
+class EventScanner:
+    """Splits a session's stdout into printed bytes and in-band events.
+
+    ``feed`` returns ``(is_event, bytes)`` pieces in stream order: an event is the JSON
+    between ``EVENT_PREFIX`` and the next newline (JSON never holds a raw newline or NUL).
+    A trailing partial prefix is held back until more data or :meth:`flush` decides."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._event: list | None = None  # parts of the event being read
+
+    def feed(self, data: bytes) -> list:
+        pieces = []
+        while data:
+            if self._event is not None:
+                end = data.find(b"\n")
+                if end < 0:
+                    self._event.append(data)
+                    break
+                self._event.append(data[:end])
+                pieces.append((True, b"".join(self._event)))
+                self._event = None
+                data = data[end + 1 :]
+                continue
+            if self._held:
+                data, self._held = self._held + data, b""
+            at = data.find(EVENT_PREFIX)
+            if at < 0:
+                start = data.rfind(b"\x00", max(0, len(data) - len(EVENT_PREFIX) + 1))
+                if start >= 0 and EVENT_PREFIX.startswith(data[start:]):
+                    data, self._held = data[:start], data[start:]
+                if data:
+                    pieces.append((False, data))
+                break
+            if at:
+                pieces.append((False, data[:at]))
+            self._event = []
+            data = data[at + len(EVENT_PREFIX) :]
+        return pieces
+
+    def flush(self) -> bytes:
+        """At the end of a run: held bytes were printed text; a cut event is dropped."""
+        held, self._held, self._event = self._held, b"", None
+        return held
+
+
 class RunOutput:
     """Forwards one run's output: incremental UTF-8 decoding per stream and the byte cap.
 
@@ -211,6 +273,15 @@ class RunOutput:
         text = self._decoders[stream].decode(data)
         if text:
             self._emit(stream, text)
+
+    def charge(self, size: int) -> bool:
+        """Count ``size`` bytes of a rich event (display, result) against the cap; False
+        (and ``truncated``) once the cap is passed: the event is then dropped."""
+        if self.truncated or size > self._left:
+            self.truncated = True
+            return False
+        self._left -= size
+        return True
 
     def finish(self) -> None:
         """Flush the decoders (a cut multi-byte character becomes U+FFFD)."""
@@ -320,6 +391,34 @@ def _has_tag(pid: int, tag: str) -> bool:
     return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
 
 
+# -- memory limit (security suite, issue 6) -------------------------------------------
+
+#: The sandbox's OOM-kill counter: cgroup v2 and v1 files, where the providers mount them.
+OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills():
+    """Processes the OOM killer has killed at the sandbox's memory limit so far (None when
+    the sandbox's memory cgroup is not visible)."""
+    for path in OOM_COUNTERS:
+        for line in _read_proc(path).decode("ascii", "replace").splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def _oom_first(pid: int) -> None:
+    """Make a child (and all it forks) the OOM killer's first choice: at the memory limit
+    user code is killed, never the agent. Raising oom_score_adj needs no privilege."""
+    with contextlib.suppress(OSError):
+        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
+
+
 class ProcessTable:
     """Finds and kills processes below the agent (by ancestry and by run tag)."""
 
@@ -401,6 +500,7 @@ class Reaper:
                 setsigdef=self._RESET_SIGNALS,
             )
             self._waiters[pid] = on_exit
+            _oom_first(pid)
         self._have_children.set()
         return pid
 
@@ -561,6 +661,9 @@ class SessionRun:
         self.interrupted = False
         self.cleanup: str | None = None  # a file to delete when the run ends
         self.done = threading.Event()
+        self.options: dict = {}  # stdin / stderr_traceback, passed to the worker
+        self.events = EventScanner()
+        self.awaiting_input = False
 
     def complete(self) -> bool:
         """True when the end report and both markers have arrived."""
@@ -605,11 +708,16 @@ _JS_DRIVER = r"""
   let running = false;
   let cellNo = 0;
   let onSigint = null;
+  let tracebackToStderr = true;
 
   function emit(msg) {
     const buf = Buffer.from(JSON.stringify(msg) + '\n');
     let off = 0;
     while (off < buf.length) off += fs.writeSync(CTL_FD, buf, off);
+  }
+  function emitInline(msg) {
+    // result / error go in-band on stdout: they stay in order with console.log output.
+    outWrite('\u0000nexus-ev:' + JSON.stringify(msg) + '\n');
   }
   function cleanStack(stack) {
     // Drop the driver's frames: everything below the last frame of a cell.
@@ -628,14 +736,14 @@ _JS_DRIVER = r"""
   }
   function report(e) {
     if (isInterrupt(e)) {
-      errWrite('Interrupted: execution was interrupted\n');
-      emit({ ev: 'error', ename: 'Interrupted', evalue: 'execution was interrupted', traceback: [] });
+      if (tracebackToStderr) errWrite('Interrupted: execution was interrupted\n');
+      emitInline({ ev: 'error', ename: 'Interrupted', evalue: 'execution was interrupted', traceback: [] });
       return 130;
     }
     const text = describe(e);
-    errWrite(text + '\n');
+    if (tracebackToStderr) errWrite(text + '\n');
     const isErr = e !== null && typeof e === 'object' && 'message' in e;
-    emit({
+    emitInline({
       ev: 'error',
       ename: isErr && e.name ? String(e.name) : 'Error',
       evalue: isErr ? String(e.message) : util.inspect(e),
@@ -675,13 +783,14 @@ _JS_DRIVER = r"""
   }
   async function execute(cmd) {
     let exitCode = 0;
+    tracebackToStderr = cmd.stderr_traceback !== false;
     try {
       const { script, wrapped } = compile(cmd.code, 'cell-' + (++cellNo));
       let value = script.runInThisContext({ breakOnSigint: true, displayErrors: false });
       if (wrapped) {
         value = await untilSigint(value);
       } else if (value !== undefined) {
-        emit({ ev: 'result', data: { 'text/plain': util.inspect(value) } });
+        emitInline({ ev: 'result', data: { 'text/plain': util.inspect(value) } });
       }
     } catch (e) {
       exitCode = report(e);
@@ -714,6 +823,27 @@ _JS_DRIVER = r"""
 """
 
 
+def _read_burst(fd: int, first: bytes) -> bytes:
+    """What follows ``first`` within COALESCE_SECONDS (``print`` writes its text and its
+    newline apart): one event per burst instead of one per write, at a cost of ~1 ms
+    latency; never past the end marker (nothing follows it)."""
+    have = len(first)
+    more: list = []
+    while have < CHUNK and MARKER_PREFIX not in (more[-1] if more else first):
+        ready, _, _ = select.select([fd], [], [], COALESCE_SECONDS)
+        if not ready:
+            break
+        try:
+            data = os.read(fd, CHUNK - have)
+        except OSError:
+            break
+        if not data:
+            break  # EOF: the caller's next read sees it
+        more.append(data)
+        have += len(data)
+    return b"".join(more)
+
+
 class SessionGone(Exception):
     """The session's worker died before the run could start: start a fresh one."""
 
@@ -735,6 +865,7 @@ class Session:
         self._cmd_lock = threading.Lock()  # the command pipe is closed only under it
         self._startup_err = b""
         self._ran = False
+        self._queries: dict = {}  # query id -> {"event", "answer"} (complete, inspect)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -742,7 +873,7 @@ class Session:
         """Spawn the worker and its reader thread."""
         exe = self.agent.interpreter(self.language)
         if self.language == "python":
-            argv = [exe, "-u", _THIS_FILE, "worker-python"]
+            argv = [exe, "-u", "-c", _WORKER_BOOT, "worker-python"]
         elif self.language == "javascript":
             argv = [exe, "-e", _JS_DRIVER]
         else:
@@ -787,9 +918,10 @@ class Session:
 
     # -- runs -------------------------------------------------------------------------
 
-    def run(self, reply: Reply, code: str, timeout, limit: int) -> dict:
+    def run(self, reply: Reply, code: str, timeout, limit: int, options=None) -> dict:
         """Execute ``code`` in the session (the caller holds ``run_lock``)."""
         cur = SessionRun(reply, limit)
+        cur.options = dict(options or {})
         with self._lock:
             if self.dead:
                 raise SessionGone(self._startup_err)
@@ -810,7 +942,9 @@ class Session:
 
     def _command(self, cur: SessionRun, code: str) -> bytes:
         if self.language != "bash":
-            return encode({"id": cur.id, "code": code})
+            command = {"id": cur.id, "code": code}
+            command.update(cur.options)
+            return encode(command)
         path = self.agent.temp_path(f"cell-{cur.id}.sh")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -842,6 +976,7 @@ class Session:
         if path:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        cur.output.feed("stdout", cur.events.flush())
         cur.output.finish()
         cur.done.set()
 
@@ -887,7 +1022,16 @@ class Session:
             if kind == "stderr" and not self._ran:
                 self._startup_err = (self._startup_err + data)[-4096:]
             return
-        cur.output.feed(kind, cur.scanners[kind].feed(data))
+        data += _read_burst(fd, data)
+        data = cur.scanners[kind].feed(data)
+        if kind == "stdout":
+            for is_event, piece in cur.events.feed(data):
+                if is_event:
+                    self._on_control(piece)
+                else:
+                    cur.output.feed("stdout", piece)
+        else:
+            cur.output.feed(kind, data)
         if cur.complete():
             self._finish(cur)
 
@@ -896,19 +1040,65 @@ class Session:
             msg = decode(line)
         except ValueError:
             return
+        ev = msg.pop("ev", None)
+        if ev == "reply":
+            box = self._queries.get(msg.pop("id", None))
+            if box is not None:
+                box["answer"] = msg
+                box["event"].set()
+            return
         cur = self.current
         if cur is None:
             return
-        ev = msg.pop("ev", None)
         if ev == "end":
             if msg.get("id") == cur.id:
                 code = msg.get("exit_code")
                 cur.exit_code = code if isinstance(code, int) else 1
                 if cur.complete():
                     self._finish(cur)
-        elif ev in ("result", "display", "error"):
+        elif ev in ("result", "display", "error", "clear_output", "input_request"):
+            if ev in ("result", "display") and not cur.output.charge(len(line)):
+                return
+            if ev == "input_request":
+                cur.awaiting_input = True
             msg.pop("id", None)
             cur.reply.event(ev, **msg)
+
+    def give_input(self, value) -> bool:
+        """Answer the running cell's ``input()``; False when nothing is waiting for input."""
+        with self._lock:
+            cur = self.current
+            if cur is None or not cur.awaiting_input:
+                return False
+            cur.awaiting_input = False
+        with self._cmd_lock, contextlib.suppress(OSError):
+            if self._cmd_w >= 0:
+                _write_all(self._cmd_w, encode({"op": "input_reply", "value": value}))
+        return True
+
+    def query(self, request: dict, wait: float) -> dict | None:
+        """Ask the idle worker a question (``complete``, ``inspect``); None when the session
+        is busy running code, dead, or does not answer within ``wait`` seconds."""
+        if self.language != "python" or not self.run_lock.acquire(timeout=QUERY_BUSY_WAIT):
+            return None
+        qid = _random_id()
+        box: dict = {"event": threading.Event()}
+        try:
+            with self._lock:
+                if self.dead:
+                    return None
+                self._queries[qid] = box
+            with self._cmd_lock:
+                if self._cmd_w < 0:
+                    return None
+                _write_all(self._cmd_w, encode(dict(request, id=qid)))
+            box["event"].wait(wait)
+            return box.get("answer")
+        except OSError:
+            return None
+        finally:
+            self._queries.pop(qid, None)
+            self.run_lock.release()
 
     def _on_death(self, poller, control: LineBuffer) -> None:
         """The worker exited: kill what is left, forward the rest, complete the run."""
@@ -1003,7 +1193,7 @@ class Agent:
     """The server: sessions, runs, files, the deadline watchdog."""
 
     #: ops answered on the connection's reader thread (they never block).
-    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt")
+    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply")
 
     def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
         self.token = token.encode()
@@ -1031,6 +1221,9 @@ class Agent:
             "sessions": self.op_sessions,
             "close_session": self.op_close_session,
             "shutdown": self.op_shutdown,
+            "input_reply": self.op_input_reply,
+            "complete": self.op_complete,
+            "inspect": self.op_inspect,
         }
 
     # -- helpers ----------------------------------------------------------------------
@@ -1135,6 +1328,13 @@ class Agent:
         timeout = msg.get("timeout")
         session = msg.get("session")
         limit = msg.get("output_limit")
+        options = {}
+        for flag, default in (("stdin", False), ("stderr_traceback", True)):
+            value = msg.get(flag, default)
+            if not isinstance(value, bool):
+                raise Invalid(f"{flag} must be true or false")
+            if value is not default:
+                options[flag] = value
         if language not in INTERPRETERS:
             raise Invalid(
                 "unknown language {!r}; use one of {}".format(language, ", ".join(INTERPRETERS))
@@ -1149,10 +1349,20 @@ class Agent:
             limit = DEFAULT_OUTPUT_LIMIT
         elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise Invalid("output_limit must be a non-negative integer (bytes)")
+        deadline = msg.get("deadline")  # the `deadline` op folded into the run: one round trip
+        if deadline is not None and not _is_number(deadline):
+            raise Invalid("deadline must be an epoch time in seconds or null")
         self.interpreter(language)
+        if deadline is not None:
+            self.set_deadline(deadline)
+        before = oom_kills()
         if session is None:
-            return self._run_stateless(reply, language, code, timeout, limit)
-        return self._run_session(reply, session, language, code, timeout, limit)
+            result = self._run_stateless(reply, language, code, timeout, limit)
+        else:
+            result = self._run_session(reply, session, language, code, timeout, limit, options)
+        if before is not None and (oom_kills() or 0) > before:
+            result["oom_killed"] = True  # the memory limit ended a process during the run
+        return result
 
     def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
         exe = self.interpreter(language)
@@ -1184,13 +1394,13 @@ class Agent:
                 with contextlib.suppress(OSError):
                     os.unlink(script)
 
-    def _run_session(self, reply, name, language, code, timeout, limit) -> dict:
+    def _run_session(self, reply, name, language, code, timeout, limit, options=None) -> dict:
         gone = None
         for _attempt in range(3):
             session = self._session(name, language)
             with session.run_lock:
                 try:
-                    return session.run(reply, code, timeout, limit)
+                    return session.run(reply, code, timeout, limit, options)
                 except SessionGone as exc:
                     gone = exc
         detail = bytes(gone.args[0] if gone else b"").decode("utf-8", "replace").strip()
@@ -1220,6 +1430,49 @@ class Agent:
         count = sum(1 for s in sessions if s.interrupt())
         count += sum(1 for r in runs if r.interrupt())
         return {"interrupted": count}
+
+    def op_input_reply(self, reply, msg) -> dict:
+        name = msg.get("session")
+        value = msg.get("value")
+        if not isinstance(name, str) or not name:
+            raise Invalid("session must be a non-empty string")
+        if value is not None and not isinstance(value, str):
+            raise Invalid("value must be a string, or null for end of input")
+        with self._lock:
+            session = self._sessions.get((name, "python"))
+        if session is None or not session.give_input(value):
+            raise Invalid(f"session {name!r} is not waiting for input")
+        return {}
+
+    def _query(self, msg, op: str) -> dict:
+        """Ask the python session ``session`` (started if needed) about ``code``."""
+        name = msg.get("session")
+        code = msg.get("code")
+        pos = msg.get("cursor_pos")
+        if not isinstance(name, str) or not name:
+            raise Invalid("session must be a non-empty string")
+        if not isinstance(code, str):
+            raise Invalid("code must be a string")
+        if pos is None:
+            pos = len(code)
+        if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos <= len(code):
+            raise Invalid("cursor_pos must be an offset into code (0 .. len(code))")
+        request = {"op": op, "code": code, "cursor_pos": pos,
+                   "detail_level": 1 if msg.get("detail_level") else 0}
+        answer = self._session(name, "python").query(request, QUERY_TIMEOUT)
+        if op == "complete":
+            found = {"matches": [], "cursor_start": pos, "cursor_end": pos}
+        else:
+            found = {"found": False, "data": {}, "metadata": {}}
+        found.update(answer or {})
+        found["busy"] = answer is None
+        return found
+
+    def op_complete(self, reply, msg) -> dict:
+        return self._query(msg, "complete")
+
+    def op_inspect(self, reply, msg) -> dict:
+        return self._query(msg, "inspect")
 
     def op_deadline(self, reply, msg) -> dict:
         at = msg.get("at")
@@ -1341,9 +1594,13 @@ class Agent:
 
 
 def _compare(a: bytes, b: bytes) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a, b)
+    """Constant-time comparison. ``_operator``'s is the one ``hmac`` exposes, without the
+    ~3 ms OpenSSL load ``import hmac`` costs the first request."""
+    try:
+        from _operator import _compare_digest
+    except ImportError:  # not CPython
+        from hmac import compare_digest as _compare_digest
+    return _compare_digest(a, b)
 
 
 # --------------------------------------------------------------------------------------
@@ -1351,9 +1608,198 @@ def _compare(a: bytes, b: bytes) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+#: (method, MIME type) pairs a value may offer, tried in IPython's order.
+REPR_METHODS = (
+    ("_repr_html_", "text/html"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"),
+    ("_repr_latex_", "text/latex"),
+    ("_repr_json_", "application/json"),
+    ("_repr_javascript_", "application/javascript"),
+    ("_repr_pdf_", "application/pdf"),
+)
+#: MIME types whose bytes travel base64-encoded (as Jupyter sends them).
+BINARY_MIMES = ("image/png", "image/jpeg", "application/pdf")
+
+
+def _real_method(obj, name: str):
+    """``obj.name`` if it is a real method, as IPython looks it up: never on classes, and
+    never on objects that invent every attribute (mocks, proxies)."""
+    if isinstance(obj, type):
+        return None
+    try:
+        if getattr(obj, "_ipython_canary_method_should_not_exist_", None) is not None:
+            return None
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def _split_metadata(value):
+    """A ``_repr_*_`` return value -> (data, metadata or None); ``(data, md)`` tuples split."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+        return value[0], value[1]
+    return value, None
+
+
+def _wire_value(mime: str, value):
+    """A bundle value as it goes on the wire: binary formats as base64 text."""
+    if isinstance(value, (bytes, bytearray)):
+        if mime in BINARY_MIMES:
+            import base64
+
+            return base64.b64encode(bytes(value)).decode("ascii")
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def _format_warning(obj, what: str, exc: BaseException) -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{type(obj).__name__}.{what} failed: {type(exc).__name__}: {exc}\n")
+
+
+def mime_bundle(obj, include=None, exclude=None) -> tuple:
+    """``(data, metadata)`` for ``obj``, built like IPython's display formatter.
+
+    ``_repr_mimebundle_(include, exclude)`` comes first; every ``_repr_*_`` method then fills
+    in the MIME types it did not give; ``text/plain`` is always there (``repr``). A method
+    may return ``None`` (skipped), the data, or ``(data, metadata)``; bytes for PNG/JPEG/PDF
+    become base64. A rich method that raises, or returns what JSON cannot carry, is skipped
+    with a one-line warning on stderr; a failing ``repr`` raises (like the REPL)."""
+    data: dict = {}
+    metadata: dict = {}
+    method = _real_method(obj, "_repr_mimebundle_")
+    if method is not None:
+        try:
+            got, md = _split_metadata(method(include=include, exclude=exclude))
+        except Exception as exc:
+            _format_warning(obj, "_repr_mimebundle_", exc)
+            got, md = None, None
+        if isinstance(got, dict):
+            data.update(got)
+        if isinstance(md, dict):
+            metadata.update(md)
+    for name, mime in REPR_METHODS:
+        method = None if mime in data else _real_method(obj, name)
+        if method is None:
+            continue
+        try:
+            value, md = _split_metadata(method())
+        except Exception as exc:
+            _format_warning(obj, name, exc)
+            continue
+        if value is not None:
+            data[mime] = value
+            if md:
+                metadata[mime] = md
+    if "text/plain" not in data:
+        data["text/plain"] = repr(obj)
+    return _clean_bundle(obj, data, metadata, include, exclude)
+
+
+def _clean_bundle(obj, data: dict, metadata: dict, include, exclude) -> tuple:
+    clean = {}
+    for mime, value in data.items():
+        if (include and mime not in include) or (exclude and mime in exclude):
+            continue
+        value = _wire_value(mime, value)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            _format_warning(obj, f"{mime} output", exc)
+            continue
+        clean[mime] = value
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError):
+        metadata = {}
+    return clean, metadata
+
+
 def result_bundle(value) -> dict:
-    """The MIME bundle shown for a cell's last expression value."""
-    return {"text/plain": repr(value)}
+    """The MIME bundle shown for a cell's last expression value (data only)."""
+    return mime_bundle(value)[0]
+
+
+#: Set in python sessions: plots render off-screen and are sent as PNG after each run.
+MATPLOTLIB_BACKEND = "Agg"
+
+
+def _dotted_name_before(text: str):
+    """The dotted name (``a.b.c`` or ``a.b.``) that ends ``text``, or None."""
+    import re
+
+    found = re.search(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\.?$", text)
+    if found is None or (found.start() > 0 and text[found.start() - 1] == "."):
+        return None  # after ``f().`` or ``"x".``: completing would need evaluation
+    return found.group()
+
+
+def complete_code(namespace: dict, code: str, cursor_pos: int) -> dict:
+    """Completions of the name before the cursor: names in ``namespace``, builtins and
+    keywords, or attributes after a dot (``rlcompleter``; properties are not evaluated)."""
+    import rlcompleter
+
+    token = _dotted_name_before(code[:cursor_pos])
+    found = {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
+    if not token:
+        return found
+    completer = rlcompleter.Completer(namespace)
+    matches = []
+    for state in range(10000):
+        try:
+            word = completer.complete(token, state)
+        except Exception:
+            break
+        if word is None:
+            break
+        word = word[:-2] if word.endswith("()") else word.rstrip("(").rstrip(": ")
+        if word not in matches:
+            matches.append(word)
+    found["matches"] = sorted(matches, key=lambda m: (m.rsplit(".", 1)[-1].startswith("_"), m))
+    found["cursor_start"] = cursor_pos - len(token)
+    return found
+
+
+def inspect_code(namespace: dict, code: str, cursor_pos: int, detail_level: int = 0) -> dict:
+    """What the name at the cursor is: type, signature and docstring (and the source with
+    ``detail_level`` 1), looked up in ``namespace`` then builtins without calling anything."""
+    import builtins
+    import inspect
+    import re
+
+    before = re.sub(r"\(\s*$", "", code[:cursor_pos])
+    token = (_dotted_name_before(before) or "") + re.match(r"\w*", code[cursor_pos:]).group()
+    parts = token.rstrip(".").split(".") if token else []
+    if not parts or not parts[0]:
+        return {"found": False, "data": {}, "metadata": {}}
+    missing = object()
+    obj = namespace.get(parts[0], getattr(builtins, parts[0], missing))
+    for part in parts[1:]:
+        if obj is missing:
+            break
+        try:
+            obj = inspect.getattr_static(obj, part)
+        except AttributeError:
+            obj = missing
+    if obj is missing:
+        return {"found": False, "data": {}, "metadata": {}}
+    lines = [f"Type:      {type(obj).__name__}"]
+    with contextlib.suppress(Exception):
+        lines.append(f"Signature: {parts[-1]}{inspect.signature(obj)}")
+    if not callable(obj):
+        with contextlib.suppress(Exception):
+            lines.append(f"Value:     {repr(obj)[:1000]}")
+    doc = inspect.getdoc(obj)
+    if doc:
+        lines += ["Docstring:", doc]
+    if detail_level:
+        with contextlib.suppress(Exception):
+            lines += ["Source:", inspect.getsource(obj)]
+    return {"found": True, "data": {"text/plain": "\n".join(lines)}, "metadata": {}}
 
 
 class PythonWorker:
@@ -1380,31 +1826,185 @@ class PythonWorker:
         sys.argv = [""]
         sys.path[0] = ""
         signal.signal(signal.SIGINT, self._on_sigint)
+        self._lines = LineBuffer()
+        self._pending: list = []  # command lines read but not handled yet
+        self.run_id = ""
+        self.stdin = False  # may input() ask the client (the run's ``stdin`` flag)?
+        self.stderr_traceback = True
+        self._install_builtins()
+
+    def _install_builtins(self) -> None:
+        """``display``/``clear_output`` for every cell, ``input``/``getpass`` that can ask the
+        client, and matplotlib on a non-interactive backend (figures are sent after runs)."""
+        import builtins
+        import getpass
+        import warnings
+
+        os.environ["MPLBACKEND"] = MATPLOTLIB_BACKEND
+        warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+        self._builtin_input = builtins.input
+        self._builtin_getpass = getpass.getpass
+        builtins.display = self.display
+        builtins.clear_output = self.clear_output
+        builtins.input = self.input
+        getpass.getpass = self.getpass
 
     def _on_sigint(self, signum, frame) -> None:
         if self.executing:
             raise KeyboardInterrupt
 
     def emit(self, msg: dict) -> None:
-        """Send one event (result, display, error, end) to the agent."""
+        """Send one event to the agent: ``end`` and query replies on the control pipe, the
+        run's events (result, display, error, ...) in-band on stdout, after what the cell
+        printed before them."""
         data = encode(msg)
         with self._emit_lock:
-            _write_all(self.ctl_fd, data)
+            if msg.get("ev") in ("end", "reply"):
+                _write_all(self.ctl_fd, data)
+            else:
+                self._flush_streams()
+                _write_all(self.out_fd, EVENT_PREFIX + data)
 
     def serve(self) -> None:
-        lines = LineBuffer()
         while True:
+            cmd = self._next_command()
+            if cmd is None:
+                return
+            op = cmd.get("op")
+            if op is None:
+                self.run(cmd)
+            elif op in ("complete", "inspect"):
+                self.answer(cmd)
+            # anything else (a late input_reply) has nobody waiting for it: dropped
+
+    def _next_command(self) -> dict | None:
+        """The next command from the agent (None at end of input)."""
+        while not self._pending:
             try:
                 data = os.read(self.cmd_fd, CHUNK)
             except InterruptedError:
                 continue
             if not data:
-                return
-            for line in lines.feed(data):
-                if line.strip():
-                    cmd = decode(line)
-                    code = self.execute(cmd.get("code", ""))
-                    self.finish(cmd.get("id", ""), code)
+                return None
+            self._pending.extend(line for line in self._lines.feed(data) if line.strip())
+        return decode(self._pending.pop(0))
+
+    def run(self, cmd: dict) -> None:
+        """Execute one run command: the cell, then its figures, then the end report."""
+        self.run_id = cmd.get("id", "")
+        self.stdin = cmd.get("stdin") is True
+        self.stderr_traceback = cmd.get("stderr_traceback") is not False
+        try:
+            code = self.execute(cmd.get("code", ""))
+            self.flush_figures()
+        finally:
+            self.stdin = False
+        self.finish(self.run_id, code)
+
+    # -- rich output --------------------------------------------------------------------
+
+    def _flush_streams(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    def display(self, *objs, include=None, exclude=None, metadata=None, transient=None,
+                display_id=None, raw=False, clear=False, update=False, **kwargs) -> None:
+        """Show objects in the client, like ``IPython.display.display`` (``raw=True``: the
+        objects are MIME bundles already; ``display_id`` + ``update=True`` replace an
+        earlier output)."""
+        if clear:
+            self.clear_output(wait=True)
+        for obj in objs:
+            if raw:
+                data, md = _clean_bundle(obj, dict(obj), {}, include, exclude)
+            else:
+                data, md = mime_bundle(obj, include, exclude)
+            if metadata:
+                md.update(metadata)
+            event = {"ev": "display", "data": data, "metadata": md}
+            extra = dict(transient or {})
+            if display_id is not None:
+                extra["display_id"] = str(display_id)
+            if extra:
+                event["transient"] = extra
+            if update:
+                event["update"] = True
+            self._flush_streams()
+            self.emit(event)
+
+    def clear_output(self, wait: bool = False) -> None:
+        """Clear the cell's output in the client (``wait``: when new output arrives)."""
+        self._flush_streams()
+        self.emit({"ev": "clear_output", "wait": bool(wait)})
+
+    def flush_figures(self) -> None:
+        """Send every open matplotlib figure as a PNG display, then close them all."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        import base64
+        import io
+
+        try:
+            for num in plt.get_fignums():
+                figure = plt.figure(num)
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", bbox_inches="tight")
+                png = base64.b64encode(buffer.getvalue()).decode("ascii")
+                self.emit({"ev": "display", "data": {"image/png": png, "text/plain": repr(figure)},
+                           "metadata": {}})
+        except Exception as exc:
+            self._write_stderr(f"cannot render matplotlib figures: {type(exc).__name__}: {exc}\n")
+        finally:
+            with contextlib.suppress(Exception):
+                plt.close("all")
+
+    # -- input ------------------------------------------------------------------------
+
+    def input(self, prompt="") -> str:
+        """``input()``: asks the client when the run allows stdin, else reads /dev/null."""
+        if not self.stdin:
+            return self._builtin_input(prompt)
+        return self._ask(prompt, password=False)
+
+    def getpass(self, prompt="Password: ", stream=None) -> str:
+        """``getpass.getpass()``: like :meth:`input`, but the client hides what is typed."""
+        if not self.stdin:
+            return self._builtin_getpass(prompt, stream)
+        return self._ask(prompt, password=True)
+
+    def _ask(self, prompt, password: bool) -> str:
+        self._flush_streams()
+        self.emit({"ev": "input_request", "id": self.run_id, "prompt": str(prompt),
+                   "password": password})
+        while True:
+            cmd = self._next_command()
+            if cmd is None:
+                raise EOFError("EOF when reading a line")
+            if cmd.get("op") == "input_reply":
+                break
+        value = cmd.get("value")
+        if not isinstance(value, str):
+            raise EOFError("EOF when reading a line")
+        return value
+
+    # -- completion and inspection ---------------------------------------------------
+
+    def answer(self, cmd: dict) -> None:
+        """Answer a ``complete`` or ``inspect`` query with a ``reply`` event."""
+        code = cmd.get("code") if isinstance(cmd.get("code"), str) else ""
+        pos = cmd.get("cursor_pos")
+        pos = len(code) if not isinstance(pos, int) or not 0 <= pos <= len(code) else pos
+        try:
+            if cmd.get("op") == "complete":
+                found = complete_code(self.namespace, code, pos)
+            else:
+                found = inspect_code(self.namespace, code, pos, cmd.get("detail_level") or 0)
+        except Exception:
+            found = {}
+        found.update(ev="reply", id=cmd.get("id"))
+        self.emit(found)
 
     def finish(self, run_id: str, exit_code: int) -> None:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
@@ -1434,7 +2034,8 @@ class PythonWorker:
                 value = self._eval(compile(last, filename, "eval", flags))
                 if value is not None:
                     self.namespace["_"] = value
-                    self.emit({"ev": "result", "data": result_bundle(value)})
+                    data, metadata = mime_bundle(value)
+                    self.emit({"ev": "result", "data": data, "metadata": metadata})
             return 0
         except SystemExit as exc:
             return self._exit_status(exc)
@@ -1468,7 +2069,8 @@ class PythonWorker:
         return 1
 
     def report(self, exc: BaseException) -> None:
-        """Traceback (without this file's frames) on stderr and as an ``error`` event."""
+        """Traceback (without this file's frames) as an ``error`` event, and on stderr
+        unless the run asked for ``stderr_traceback: false``."""
         import traceback
 
         tb = exc.__traceback__
@@ -1478,7 +2080,10 @@ class PythonWorker:
             tb = exc.__traceback__
         lines = list(traceback.TracebackException(type(exc), exc, tb).format())
         text = "".join(lines)
-        self._write_stderr(text)
+        if self.stderr_traceback:
+            self._write_stderr(text)
+        else:
+            self._flush_streams()
         self.emit(
             {
                 "ev": "error",
@@ -1513,6 +2118,21 @@ def _prctl_harden() -> None:
         pass
 
 
+#: Signals that shut the agent down (``docker stop`` sends SIGTERM).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def _stop_on_signals(agent) -> None:
+    """Shut down on a STOP_SIGNALS signal. They are blocked in every thread and taken here,
+    so a signal never waits on whichever thread the kernel picked. As the sandbox's pid 1 the
+    agent takes them only from outside its pid namespace (si_pid 0): sandbox code cannot
+    stop it (``pkill python3``), as it cannot SIGKILL it."""
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if os.getpid() != 1 or info.si_pid == 0:
+            agent.terminate()
+
+
 def serve(socket_path: str, token_file: str, home: str | None, deadline: float | None) -> int:
     """Run the agent server (see the module docstring)."""
     import socket
@@ -1534,6 +2154,8 @@ def serve(socket_path: str, token_file: str, home: str | None, deadline: float |
         sys.stderr.write(f"sandbox_agent: cannot use {home!r} as home: {exc.strerror}\n")
         return 2
     _prctl_harden()
+    # Before any thread starts: every thread inherits the block (see _stop_on_signals).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     agent = Agent(token, home, socket_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(OSError):
@@ -1541,15 +2163,15 @@ def serve(socket_path: str, token_file: str, home: str | None, deadline: float |
     old_umask = os.umask(0o177)
     try:
         listener.bind(socket_path)
-        os.chmod(socket_path, 0o600)
+        # 0660: the sandbox user's group may connect too (the docker relay, under another uid)
+        os.chmod(socket_path, 0o660)
         listener.listen(64)
     except OSError as exc:
         sys.stderr.write(f"sandbox_agent: cannot listen on {socket_path!r}: {exc}\n")
         return 2
     finally:
         os.umask(old_umask)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: agent.terminate())
+    threading.Thread(target=_stop_on_signals, args=(agent,), name="signals", daemon=True).start()
     agent.set_deadline(deadline)
     threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
     sys.stdout.write("READY\n")
@@ -1572,6 +2194,10 @@ def relay(socket_path: str) -> int:
     """Pump stdin to the agent's socket and the socket to stdout until the socket ends."""
     import socket
 
+    # Non-dumpable before any request (they carry the token) passes through: sandbox code
+    # running as the same uid (providers whose exec runs as the sandbox user) could
+    # otherwise read this process's memory.
+    _prctl_harden()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(socket_path)

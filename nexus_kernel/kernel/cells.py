@@ -1,0 +1,69 @@
+"""Splitting a notebook cell into the kernel's own lines and the code the sandbox runs.
+
+A cell may start with ``%sandbox ...`` lines (handled by the kernel itself), then either a
+cell magic naming the language (``%%bash``, ``%%javascript``, ``%%python``) or Python code.
+Anything else that starts with ``%`` is an error: the sandbox runs plain Python, not IPython.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: ``%%name`` -> language of the session the cell runs in.
+CELL_MAGICS = {
+    "python": "python",
+    "python3": "python",
+    "bash": "bash",
+    "sh": "bash",
+    "javascript": "javascript",
+    "js": "javascript",
+    "node": "javascript",
+}
+
+_SANDBOX_LINE = re.compile(r"^\s*%sandbox(?:\s+(.*?))?\s*$")
+_MAGIC = re.compile(r"^\s*(%%?)([A-Za-z_][\w.-]*)")
+
+
+class CellSyntaxError(ValueError):
+    """The cell uses a magic this kernel does not have."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A parsed cell: ``%sandbox`` arguments to handle, then ``code`` in ``language``."""
+
+    commands: tuple[str, ...]
+    language: str
+    code: str
+
+    @property
+    def has_code(self) -> bool:
+        return bool(self.code.strip())
+
+
+def parse_cell(source: str) -> Cell:
+    """Split ``source``; raises :class:`CellSyntaxError` for magics the kernel lacks.
+
+    Python code keeps its line numbers (consumed lines become blank lines), so tracebacks
+    point at the right line of the cell."""
+    lines = source.splitlines(keepends=True)
+    commands: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        match = _SANDBOX_LINE.match(line)
+        if match:
+            commands.append(match.group(1) or "")
+        elif line.strip():
+            break
+        index += 1
+    rest = lines[index:]
+    magic = _MAGIC.match(rest[0]) if rest else None
+    if magic is None:
+        return Cell(tuple(commands), "python", "\n" * index + "".join(rest))
+    prefix, name = magic.groups()
+    if prefix == "%%" and name in CELL_MAGICS:
+        return Cell(tuple(commands), CELL_MAGICS[name], "".join(rest[1:]))
+    known = "%%bash, %%javascript, %%python and %sandbox lines at the top of a cell"
+    raise CellSyntaxError(f"{prefix}{name} is not available in the Nexus Sandbox kernel; it has {known}")
