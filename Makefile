@@ -5,5 +5,7 @@ test:   ## install everything and run the test suite
 	bash scripts/test.sh
 lint:
 	python3 -m ruff check .
+bench:  ## performance benchmarks: table on stdout, JSON in benchmarks/results/latest.json
+	python3 -m benchmarks
 image:  ## build the offline Docker sandbox image
 	bash scripts/build-image.sh

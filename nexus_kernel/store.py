@@ -2,14 +2,17 @@
 
 Records are plain versioned dicts under ``sandbox:<id>``. Read-modify-write happens inside
 short ``transact()`` blocks that do no I/O besides the cache itself. Per-sandbox locks
-(``diskcache.Lock`` with an expiry, so a SIGKILLed holder cannot wedge a sandbox) serialise
-lifecycle transitions that call a provider. Nothing here ever expires a record on its own:
+serialise lifecycle transitions that call a provider; each names its holder process, so a
+waiter frees at once a lock whose holder died on this host (a SIGKILLed CLI), and an expiry
+frees one held elsewhere. Nothing here ever expires a record on its own:
 an evicted record would lose the handle needed to destroy a (possibly paid) sandbox.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -89,6 +92,17 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         self._cache.set("meta:" + key, value)
 
+    def meta_keys(self, prefix: str) -> list[str]:
+        """Names (without ``meta:``) of the meta values whose name starts with ``prefix``."""
+        full = "meta:" + prefix
+        return [k[5:] for k in list(self._cache.iterkeys()) if isinstance(k, str) and k.startswith(full)]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic read-modify-write across keys (re-entrant; keep it short, no I/O)."""
+        with self._cache.transact():
+            yield
+
     def claim(self, key: str, interval: float) -> bool:
         """True for at most one caller per ``interval`` seconds (throttles lazy reaping)."""
         now = time.time()
@@ -101,13 +115,54 @@ class Store:
 
     @contextmanager
     def lock(self, sandbox_id: str, expire: float = 120.0) -> Iterator[None]:
-        """Per-sandbox lock across processes; expires so a killed holder frees it."""
-        lock = diskcache.Lock(self._cache, "lock:" + sandbox_id, expire=expire)
-        lock.acquire()
+        """Per-sandbox lock across processes and threads. A lock whose holder process is
+        dead (same host) is taken over at once; any other expires after ``expire`` s."""
+        key = "lock:" + sandbox_id
+        me = {**process_identity(), "nonce": secrets.token_hex(4)}
+        delay = 0.001
+        while not self._cache.add(key, me, expire=expire, retry=True):
+            holder = self._cache.get(key, retry=True)
+            if isinstance(holder, dict) and not process_alive(holder):
+                with self._cache.transact(retry=True):
+                    if self._cache.get(key) == holder:
+                        self._cache.delete(key)
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
         try:
             yield
         finally:
-            lock.release()
+            with self._cache.transact(retry=True):  # ours only: never a successor's
+                if self._cache.get(key) == me:
+                    self._cache.delete(key)
 
     def close(self) -> None:
         self._cache.close()
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of a live process, None when it is gone or a
+    zombie (or /proc is unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def process_identity() -> dict[str, Any]:
+    """Names this process across the store's users: host, pid and start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+
+
+def process_alive(identity: dict[str, Any]) -> bool:
+    """False only when ``identity`` (see :func:`process_identity`) is a process of this host
+    that has ended; a process of another host, or one we cannot check, counts as alive."""
+    if identity.get("host") != socket.gethostname() or identity.get("start") is None:
+        return True
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or not os.path.isdir("/proc/self"):
+        return True
+    return _start_time(pid) == identity["start"]

@@ -636,6 +636,23 @@ def test_deadline_watcher_finds_deadline_requests_in_any_chunking() -> None:
     assert seen == [1700000000.5, None]
 
 
+def test_deadline_watcher_finds_deadlines_folded_into_runs() -> None:
+    """The manager sends each run's deadline inside the run request; long code included."""
+    seen: list[float | None] = []
+    watcher = DeadlineWatcher(seen.append)
+    tricky = '\\"op\\":\\"run\\",\\"deadline\\":5,'  # user code that looks like the field
+    stream = (
+        b'{"id":"c1","token":"t","op":"run","deadline":1700000001.25,"code":"1"}\n'
+        + b'{"id":"c2","token":"t","op":"run","deadline":1700000002,"code":"'
+        + b"x" * 10000
+        + b'"}\n'
+        + b'{"id":"c3","token":"t","op":"run","code":"' + tricky.encode() + b"y" * 5000 + b'"}\n'
+    )
+    for i in range(0, len(stream), 5):
+        watcher.feed(stream[i : i + 5])
+    assert seen == [1700000001.25, 1700000002.0]
+
+
 def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(
     modal: ModalProvider,
 ) -> None:

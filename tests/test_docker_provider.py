@@ -103,11 +103,13 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert host["MemorySwap"] == host["Memory"]
     assert host["NanoCpus"] == int(provider.settings.cpus * 1e9)
     assert host["ReadonlyRootfs"] is True
-    assert host["Init"] is True
+    assert not host.get("Init")  # the agent is pid 1: sandbox code cannot SIGKILL it
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
     assert host["Privileged"] is False
     assert not host.get("Binds")
     assert info["Mounts"] == []  # no host mounts, no volumes, no docker socket
-    assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/run/nexus"}
+    assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/dev/shm", "/run/nexus"}
+    assert all("nr_inodes=" in host["Tmpfs"][path] for path in ("/tmp", "/home/user", "/dev/shm"))
     assert info["Config"]["User"] == "1000:1000"
     assert info["Config"]["WorkingDir"] == "/home/user"
     labels = info["Config"]["Labels"]

@@ -271,9 +271,11 @@ def test_files_persist_between_runs(shared: tuple[dict[str, Any], Agent]) -> Non
     assert agent.run("cat note.txt")["stdout"] == "hello"
     agent.run("echo scratch > /tmp/scratch")
     assert agent.run("cat /tmp/scratch")["stdout"] == "scratch\n"
-    host_file = Path(handle["dir"]) / "home" / "note.txt"
+    # home is the jail's own tmpfs: seen from the host only through the jail's root
+    host_file = in_jail(handle, "/home/user/note.txt")
     assert host_file.read_text() == "hello"
     assert host_file.stat().st_uid == handle["uid"]
+    assert not (Path(handle["dir"]) / "home").exists()  # nothing on the host's disk
 
 
 def test_second_process_reattaches_from_the_handle(
@@ -361,7 +363,7 @@ def _processes_running_agent(code: str) -> list[int]:
         if not name.isdigit() or not local._same_process(int(name), None):
             continue
         try:
-            if b"sandbox_agent.py" not in Path(f"/proc/{name}/cmdline").read_bytes():
+            if b"sandbox_agent" not in Path(f"/proc/{name}/cmdline").read_bytes():
                 continue
             if Path(f"/proc/{name}/root/opt/nexus-agent/sandbox_agent.py").read_text() == code:
                 found.append(int(name))
@@ -421,8 +423,13 @@ def test_cgroup_v2_freeze_thaw_kill_remove() -> None:
         cgroup.remove(timeout=1)
 
 
+def in_jail(handle: dict[str, Any], path: str) -> Path:
+    """A path inside the jail, seen from the host (through its pid 1's root)."""
+    return Path(f"/proc/{handle['child_pid']}/root{path}")
+
+
 def _counter(handle: dict[str, Any]) -> int:
-    text = (Path(handle["dir"]) / "home" / "counter").read_text().strip()
+    text = in_jail(handle, "/home/user/counter").read_text().strip()
     return int(text or 0)
 
 
@@ -456,7 +463,7 @@ def background_run(provider: LocalProvider, handle: dict[str, Any], code: str, l
 
 def _pause_resume(provider: LocalProvider, handle: dict[str, Any], agent: Agent) -> None:
     thread, results = background_run(provider, handle, COUNTER)
-    assert local.poll_until(lambda: (Path(handle["dir"]) / "home" / "counter").exists(), 10)
+    assert local.poll_until(lambda: in_jail(handle, "/home/user/counter").exists(), 10)
     time.sleep(0.1)
     provider.pause(handle)
     assert provider.alive(handle)
@@ -489,7 +496,7 @@ def test_destroy_while_paused(provider: LocalProvider, created: list, cgroups: b
     handle = p.create(make_spec())
     created.append(handle)
     background_run(p, handle, COUNTER)
-    assert local.poll_until(lambda: (Path(handle["dir"]) / "home" / "counter").exists(), 10)
+    assert local.poll_until(lambda: in_jail(handle, "/home/user/counter").exists(), 10)
     p.pause(handle)
     t = time.perf_counter()
     p.destroy(handle)

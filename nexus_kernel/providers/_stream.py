@@ -6,8 +6,8 @@ stdio of a process started through the provider's SDK.
   hands out; ``sendall`` calls the SDK's stdin writer. Byte framing is kept: the agent's JSON
   lines reach the client byte-exact, whatever chunking the SDK applies.
 - :class:`DeadlineWatcher`: sees the bytes the client sends and reports every ``deadline``
-  request, so a provider can move its own timeout with the agent's deadline (the manager
-  sends one before every run).
+  request (and every run carrying one), so a provider can move its own timeout with the
+  agent's deadline (the manager sets it with every run).
 - :func:`wait_for_ready`: wait (bounded) for the agent's ``READY`` line on a startup stream.
 - :func:`agent_source` / :func:`serve_script`: the agent file to upload and the shell line
   that hands the agent its token on stdin and becomes the agent.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shlex
 import threading
 from collections.abc import Callable, Iterable
@@ -161,13 +162,18 @@ class PumpChannel:
 
 class DeadlineWatcher:
     """Feeds on the bytes sent to the agent and calls ``callback(at)`` for every
-    ``{"op": "deadline", "at": ...}`` request (``at`` = epoch seconds or None).
+    ``{"op": "deadline", "at": ...}`` request (``at`` = epoch seconds or None) and every
+    ``run`` request carrying a ``deadline`` (the manager folds it into each run).
 
     Only lines up to ``LIMIT`` bytes are parsed (a deadline request is ~120 bytes), so large
-    run requests cost a scan for newlines and nothing more.
+    run requests cost a scan for newlines and nothing more: of those only the first ``LIMIT``
+    bytes are kept, where the client puts a run's ``deadline`` (right after ``op``).
     """
 
     LIMIT = 2048
+    #: A run's deadline in the prefix of a long request line. Only structural: inside JSON
+    #: strings every quote is escaped, so this cannot match user code.
+    RUN_DEADLINE = re.compile(rb'"op":"run","deadline":(-?[0-9][0-9.eE+-]*)[,}]')
 
     def __init__(self, callback: Callable[[float | None], None]):
         self._callback = callback
@@ -183,12 +189,14 @@ class DeadlineWatcher:
             if not self._overflow:
                 if len(self._line) + end - start > self.LIMIT:
                     self._overflow = True
-                    self._line.clear()
+                    self._line += data[start : start + self.LIMIT - len(self._line)]
                 else:
                     self._line += data[start:end]
             if newline < 0:
                 return
-            if not self._overflow:
+            if self._overflow:
+                self._check_prefix(bytes(self._line))
+            else:
                 self._check(bytes(self._line))
             self._line.clear()
             self._overflow = False
@@ -201,9 +209,19 @@ class DeadlineWatcher:
             message = json.loads(line)
         except ValueError:
             return
-        if isinstance(message, dict) and message.get("op") == "deadline":
+        if not isinstance(message, dict):
+            return
+        if message.get("op") == "deadline":
             at = message.get("at")
             self._callback(float(at) if isinstance(at, (int, float)) else None)
+        elif message.get("op") == "run" and isinstance(message.get("deadline"), (int, float)):
+            self._callback(float(message["deadline"]))
+
+    def _check_prefix(self, prefix: bytes) -> None:
+        found = self.RUN_DEADLINE.search(prefix)
+        if found:
+            with suppress(ValueError):
+                self._callback(float(found.group(1)))
 
 
 def wait_for_ready(

@@ -11,11 +11,26 @@ from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import MissingDependencyError, UnsupportedOperationError
-from ..models import SandboxSpec
+from ..models import Limits, SandboxSpec
 
 #: A provider's handle: a JSON-serialisable dict stored in the record; any process can
 #: re-attach to the sandbox from it. Always holds "token" (the agent's auth token).
 Handle = dict[str, Any]
+
+#: Open files per process in every sandbox (RLIMIT_NOFILE, soft = hard): the same on every
+#: host, whatever limit the host or the Docker daemon would pass down.
+OPEN_FILES = 4096
+#: Inodes of a scratch tmpfs per MB of its size (one per 4 KB on average).
+SCRATCH_INODES_PER_MB = 256
+
+
+def scratch_mb(limits: Limits) -> int:
+    """Size (MB) of each writable tmpfs of a sandbox (/home/user, /tmp, /dev/shm).
+
+    Their files live in memory and are charged to the sandbox's memory cap, so the three
+    together take at most three quarters of it: a disk fill ends in ENOSPC for the code,
+    never in the OOM killer choosing between the code and the agent."""
+    return max(1, min(limits.disk_mb, limits.memory_mb // 4))
 
 
 class Channel(Protocol):

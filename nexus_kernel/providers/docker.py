@@ -1,14 +1,16 @@
 """The docker provider: one hardened container per sandbox, on docker-py.
 
-The container's long-lived process is the agent (under Docker's init, which reaps zombies),
-so the container ends when the agent ends: the agent's deadline watchdog enforces the TTL
-inside the container even when no client is alive, and ``auto_remove`` deletes it then.
+The container's long-lived process is the agent, as its pid 1 (it reaps every orphan, and
+sandbox code cannot SIGKILL a namespace's init: ``kill -9 -1`` spares it), so the container
+ends when the agent ends: the agent's deadline watchdog enforces the TTL inside the container
+even when no client is alive, and ``auto_remove`` deletes it then.
 
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
 no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
-(swap equal) / CPU limits, a read-only root with tmpfs ``/tmp``, ``/home/user`` (the working
-directory) and ``/run/nexus`` (the agent's socket), user 1000:1000, an init, no host mounts
-and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
+(swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
+(the working directory), ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their pages
+count against the memory cap) and ``/run/nexus`` (the agent's socket), user 1000:1000, no
+host mounts and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
 ``nexus.expires_at`` for reconcile.
 
 The agent's token never touches the image, the container config or a disk: the container
@@ -19,7 +21,10 @@ before it accepts anything and before any user code runs. The host writes the to
 same stream.
 
 The stream to the agent is a ``docker exec -i`` of ``sandbox_agent.py relay`` (it works
-against remote engines too); :class:`DockerStreamChannel` removes Docker's stream framing.
+against remote engines too), run as RELAY_USER: another uid in the sandbox user's group, so
+sandbox code can neither kill it nor read the token from its memory; the container's
+command opens ``/run/nexus`` to that group. :class:`DockerStreamChannel` removes Docker's
+stream framing.
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from .base import Capabilities, Handle, Provider
+from .base import (
+    OPEN_FILES,
+    SCRATCH_INODES_PER_MB,
+    Capabilities,
+    Handle,
+    Provider,
+    scratch_mb,
+)
 
 AGENT_DIR = "/opt/nexus-agent"
 AGENT_PATH = f"{AGENT_DIR}/sandbox_agent.py"
@@ -51,6 +63,10 @@ SOCKET_PATH = f"{RUN_DIR}/agent.sock"
 TOKEN_PATH = f"{RUN_DIR}/token"
 HOME = "/home/user"
 USER = "1000:1000"
+#: The relay of each stream runs under another uid (in the sandbox user's group, which may
+#: connect to the agent's socket), so sandbox code cannot kill it (``kill -9 -1``) or read
+#: its memory (requests carry the token).
+RELAY_USER = "1001:1000"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 #: Seconds to wait for the agent's READY line after the container starts.
@@ -230,6 +246,8 @@ def agent_command(deadline: float | None) -> list[str]:
     script = (
         "umask 077; IFS= read -r t || exit 70; "
         f"printf '%s' \"$t\" > {TOKEN_PATH} || exit 71; t=; "
+        # the relay's group may reach the socket (the image's dir mode is copied up: 0700)
+        f"chmod 0750 {RUN_DIR} || exit 72; "
         f"exec {shlex.join(serve)}"
     )
     return ["/bin/sh", "-c", script]
@@ -239,7 +257,8 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox (the
     container-level ones, user 1000:1000 and working dir /home/user, are set in create)."""
     memory = f"{limits.memory_mb}m"
-    disk = max(1, limits.disk_mb)
+    size = scratch_mb(limits)
+    scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
     options: dict[str, Any] = {
         "network_mode": "bridge" if network else "none",
         "cap_drop": ["ALL"],
@@ -249,11 +268,14 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
         "memswap_limit": memory,
         "read_only": True,
         "tmpfs": {
-            "/tmp": f"rw,nosuid,nodev,exec,size={disk}m,mode=1777",
-            HOME: f"rw,nosuid,nodev,exec,size={disk}m,uid=1000,gid=1000,mode=0755",
-            RUN_DIR: "rw,nosuid,nodev,noexec,size=1m,uid=1000,gid=1000,mode=0700",
+            "/tmp": f"{scratch},mode=1777",
+            "/dev/shm": f"{scratch},mode=1777",
+            HOME: f"{scratch},uid=1000,gid=1000,mode=0755",
+            RUN_DIR: "rw,nosuid,nodev,noexec,size=1m,uid=1000,gid=1000,mode=0750",
         },
-        "init": True,
+        "ulimits": [{"Name": "nofile", "Soft": OPEN_FILES, "Hard": OPEN_FILES}],
+        # No --init: the agent is pid 1 (see the module doc).
+        "init": False,
         "privileged": False,
         "ipc_mode": "private",
     }
@@ -382,7 +404,7 @@ class DockerProvider(Provider):
             try:
                 exec_id = client.api.exec_create(
                     container_id, relay, stdin=True, stdout=True, stderr=True, tty=False,
-                    user=USER,
+                    user=RELAY_USER,
                 )["Id"]  # fmt: skip
                 raw = client.api.exec_start(exec_id, socket=True)
             except docker.errors.NotFound:

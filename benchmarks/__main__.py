@@ -1,0 +1,7 @@
+"""``python3 -m benchmarks``: run the harness (see ``benchmarks/run.py``)."""
+
+import sys
+
+from .run import main
+
+sys.exit(main())

@@ -1,0 +1,505 @@
+"""The measurements: one function per group of rows, each returning :class:`Row` objects.
+
+Sandboxes are driven through :class:`~nexus_kernel.manager.SandboxManager`, the layer every
+surface (API, CLI, magics, kernel) goes through, so the figures include the store and TTL
+bookkeeping a real call pays.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel.config import Settings
+from nexus_kernel.manager import SandboxManager
+from nexus_kernel.models import SandboxRecord, Status
+from nexus_kernel.store import Store
+
+from .baselines import (
+    DockerBaseline,
+    JupyterKernel,
+    finish_probe,
+    proxy_kernel_argv,
+    pss_rss_kb,
+    responsiveness_probe,
+    spawn,
+)
+from .timing import Row, Sample, compare, measure, timed_ms, unavailable
+
+#: Targets from issue 7 (ratio of medians, subject / baseline).
+TARGETS = {
+    ("local", "create"): 3.0,
+    ("local", "run python"): 1.5,
+    ("local", "session"): 0.5,
+    ("docker", "create"): 1.3,
+    ("docker", "run python"): 0.5,
+    ("docker", "session"): 1.0,
+    ("docker", "stop"): 2.0,
+    ("kernel", "cell"): 1.5,
+    ("pool", "create"): 0.2,
+    ("cli", "list"): 4.0,
+}
+IDLE_RSS_LIMIT_MB = 15.0
+STATELESS = {  # language: (code in the sandbox, the bare command it is compared with)
+    "python": ("print(1)", ["{python}", "-c", "print(1)"]),
+    "javascript": ("console.log(1)", ["node", "-e", "console.log(1)"]),
+    "bash": ("echo 1", ["bash", "-c", "echo 1"]),
+}
+
+
+@dataclass
+class Context:
+    """Run-wide settings and shared baselines."""
+
+    settings: Settings
+    user: str
+    reps: int
+    create_reps: int
+    warmup: int
+    quick: bool
+    only: set[str] | None
+    log: Callable[[str], None]
+    ipykernel: JupyterKernel | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def python(self) -> str:
+        """The interpreter the local sandboxes run (bare baselines use the same one)."""
+        from nexus_kernel.providers.local import sandbox_python
+
+        return sandbox_python(self.settings)
+
+    def wants(self, group: str) -> bool:
+        return self.only is None or group in self.only
+
+    def manager(self) -> SandboxManager:
+        return SandboxManager(self.settings, user=self.user)
+
+    def ipy(self) -> JupyterKernel:
+        """The plain ipykernel every round-trip baseline is measured on (started once)."""
+        if self.ipykernel is None:
+            self.log("starting a plain ipykernel for the round-trip baseline")
+            self.ipykernel = JupyterKernel()
+        return self.ipykernel
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def provider_rows(ctx: Context, provider: str) -> list[Row]:
+    """create, stateless runs, session round trip, pause+resume, idle memory, stop."""
+    mgr = ctx.manager()
+    docker = DockerBaseline(ctx.settings.docker_image, ctx.settings.docker_host) if provider == "docker" else None
+    created: list[str] = []
+    rows: list[Row] = []
+
+    def make() -> None:
+        created.append(mgr.create("bench", provider=provider).sandbox_id)
+
+    try:
+        reps = ctx.create_reps
+        if ctx.wants("create") or ctx.wants("stop") or ctx.wants("memory"):
+            ctx.log(f"[{provider}] create -> ready x{reps}")
+            if docker is None:
+                base_name, base = "bare `python3 -c pass`", spawn([ctx.python, "-c", "pass"])
+            else:
+                base_name, base = "docker-py containers.run(python3 -c pass)", docker.run_to_exit
+            a, b = compare(make, base, reps, warmup=1)
+            rows.append(Row(provider, "create -> ready", a, base_name, b,
+                            target=TARGETS.get((provider, "create"))))
+        else:
+            make()
+        sid = created[-1]
+
+        if ctx.wants("run"):
+            rows += _stateless_rows(ctx, mgr, provider, sid, docker)
+        if ctx.wants("session"):
+            rows += _session_rows(ctx, mgr, provider, sid)
+        if ctx.wants("pause"):
+            rows.append(_pause_row(ctx, mgr, provider, created, docker))
+        if ctx.wants("memory"):
+            rows += _memory_rows(ctx, mgr, provider, created[:-1] or created)
+        if ctx.wants("stop"):
+            rows.append(_stop_row(ctx, mgr, provider, created, docker))
+    finally:
+        for sandbox_id in created:
+            try:
+                mgr.stop(sandbox_id)
+            except Exception as exc:  # report, keep cleaning
+                ctx.log(f"cleanup of {sandbox_id} failed: {exc}")
+        mgr.close()
+        if docker is not None:
+            docker.cleanup()
+    return rows
+
+
+def _stateless_rows(ctx: Context, mgr: SandboxManager, provider: str, sid: str,
+                    docker: DockerBaseline | None) -> list[Row]:
+    rows = []
+    plain = docker.running() if docker is not None else None
+    for language, (code, argv) in STATELESS.items():
+        ctx.log(f"[{provider}] stateless {language} x{ctx.reps}")
+        argv = [ctx.python if a == "{python}" else a for a in argv]
+        if plain is None:
+            base_name = f"bare `{os.path.basename(argv[0])} {' '.join(argv[1:])}`"
+            base = spawn(argv)
+        else:
+            argv = ["python3" if a == ctx.python else a for a in argv]
+
+            def base(argv: list[str] = argv) -> None:
+                plain.exec_run(argv, user="1000:1000")
+
+            base_name = f"docker-py exec_run({argv[0]})"
+        result = mgr.run(sid, language, code)
+        assert result.stdout.strip() == "1", result
+        a, b = compare(lambda lang=language, c=code: mgr.run(sid, lang, c), base,
+                       ctx.reps, ctx.warmup)
+        target = TARGETS.get((provider, "run python")) if language == "python" else None
+        rows.append(Row(provider, f"stateless run {language}", a, base_name, b, target=target))
+    return rows
+
+
+def _session_rows(ctx: Context, mgr: SandboxManager, provider: str, sid: str) -> list[Row]:
+    ipy = ctx.ipy()
+    ctx.log(f"[{provider}] session round trip x{ctx.reps * 3}")
+    first = Sample()
+    first.add(timed_ms(lambda: mgr.run(sid, "python", "print(1)", session="bench")))
+    a, b = compare(lambda: mgr.run(sid, "python", "print(1)", session="bench"),
+                   lambda: ipy.execute("print(1)"), ctx.reps * 3, ctx.warmup + 3)
+    rows = [Row(provider, "session round trip (python)", a, "plain ipykernel execute", b,
+                target=TARGETS.get((provider, "session")))]
+    # Diagnostic: the same cell straight through the agent client (no store, no TTL work).
+    client = mgr._client(mgr._load(sid))
+    agent_only = measure(lambda: client.run("python", "print(1)", session="bench"),
+                         ctx.reps * 3, ctx.warmup)
+    rows.append(Row(provider, "  of which agent round trip", agent_only,
+                    note="AgentClient.run directly: the manager's share is the difference"))
+    started = measure(lambda: mgr.run(sid, "python", "1", session=f"s{time.monotonic_ns()}"),
+                      max(5, ctx.reps // 3), 1)
+    rows.append(Row(provider, "new session: first cell", started,
+                    note=f"starts a python worker; first ever: {first.values[0]:.1f} ms"))
+    return rows
+
+
+def _pause_row(ctx: Context, mgr: SandboxManager, provider: str, created: list[str],
+               docker: DockerBaseline | None) -> Row:
+    sid = created[0]
+    reps = max(5, ctx.reps // 2)
+    ctx.log(f"[{provider}] pause+resume x{reps}")
+
+    def cycle() -> None:
+        mgr.pause(sid)
+        mgr.resume(sid)
+
+    if docker is None:
+        return Row(provider, "pause + resume", measure(cycle, reps, 1))
+    plain = docker.running()
+
+    def base() -> None:
+        plain.pause()
+        plain.unpause()
+
+    a, b = compare(cycle, base, reps, 1)
+    return Row(provider, "pause + resume", a, "docker-py pause()+unpause()", b)
+
+
+def _stop_row(ctx: Context, mgr: SandboxManager, provider: str, created: list[str],
+              docker: DockerBaseline | None) -> Row:
+    victims = [s for s in created[1:]]
+    ctx.log(f"[{provider}] stop x{len(victims)}")
+    del created[1:]  # stopped here (the first one is left for cleanup)
+    if docker is None:
+        sample = Sample()
+        for sid in victims:
+            sample.add(timed_ms(lambda s=sid: mgr.stop(s)))
+        return Row(provider, "stop", sample)
+    plain = [docker.running() for _ in victims]
+    a, b = Sample(), Sample()
+    for sid, container in zip(victims, plain, strict=True):
+        a.add(timed_ms(lambda s=sid: mgr.stop(s)))
+        b.add(timed_ms(lambda c=container: c.remove(force=True)))
+    return Row(provider, "stop", a, "docker-py remove(force=True)", b,
+               target=TARGETS.get((provider, "stop")))
+
+
+def sandbox_pids(provider: str, handle: dict[str, Any], docker_client: Any = None) -> list[int]:
+    """Host pids of every process of one sandbox."""
+    if provider == "docker":
+        top = docker_client.api.top(handle["container_id"], ps_args="-eo pid")
+        return [int(row[0]) for row in top.get("Processes") or []]
+    cgroup = handle.get("cgroup") or {}
+    path = cgroup.get("memory") or cgroup.get("unified") or cgroup.get("pids")
+    if path:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    pids = [handle["pid"], handle["child_pid"]]
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def _cgroup_memory_mb(handle: dict[str, Any]) -> float | None:
+    cgroup = handle.get("cgroup") or {}
+    for key, name in (("memory", "memory.usage_in_bytes"), ("unified", "memory.current")):
+        if cgroup.get(key):
+            with open(os.path.join(cgroup[key], name)) as f:
+                return int(f.read()) / 2**20
+    return None
+
+
+def _memory_rows(ctx: Context, mgr: SandboxManager, provider: str, ids: list[str]) -> list[Row]:
+    ctx.log(f"[{provider}] idle memory of {len(ids)} sandboxes")
+    time.sleep(1.0)  # let freshly started agents settle
+    rss, pss, own = Sample(unit="MB"), Sample(unit="MB"), Sample(unit="MB")
+    counts = set()
+    client = None
+    if provider == "docker":
+        client = mgr.provider("docker")._client(ctx.settings.docker_host)
+    for sid in ids:
+        record = mgr.status(sid)
+        pids = sandbox_pids(provider, record.handle, client)
+        counts.add(len(pids))
+        p, r = pss_rss_kb(pids)
+        rss.add(r / 1024)
+        pss.add(p / 1024)
+        if provider == "docker":
+            stats = client.api.stats(record.handle["container_id"], stream=False)["memory_stats"]
+            cache = (stats.get("stats") or {}).get("cache", 0)
+            own.add((stats.get("usage", 0) - cache) / 2**20)
+        else:
+            mb = _cgroup_memory_mb(record.handle)
+            if mb is not None:
+                own.add(mb)
+    limit = IDLE_RSS_LIMIT_MB if provider == "local" else None
+    accounting = "docker stats (usage - cache)" if provider == "docker" else "cgroup memory usage"
+    rows = [Row(provider, "idle sandbox: host RSS", rss, limit=limit,
+                note=f"summed over each sandbox's processes ({'/'.join(map(str, sorted(counts)))})"),
+            Row(provider, "idle sandbox: host PSS", pss)]
+    if own.values:
+        rows.append(Row(provider, f"idle sandbox: {accounting}", own))
+    return rows
+
+
+# --------------------------------------------------------------------------- kernel, CLI
+
+
+def kernel_rows(ctx: Context) -> list[Row]:
+    """Proxy kernel cell round trip vs plain ipykernel, both through jupyter_client."""
+    name, base_name = "proxy kernel cell round trip", "plain ipykernel execute"
+    target = TARGETS[("kernel", "cell")]
+    argv, why = proxy_kernel_argv()
+    if argv is None:
+        return [unavailable("kernel", name, why, base_name, target)]
+    ipy = ctx.ipy()
+    ctx.log("[kernel] starting the proxy kernel")
+    try:
+        kernel = JupyterKernel(argv, env={"NEXUS_HOME": str(ctx.settings.home),
+                                          "NEXUS_USER": ctx.user})
+    except Exception as exc:
+        return [unavailable("kernel", name, f"it did not start: {exc}", base_name, target)]
+    try:
+        first = timed_ms(lambda: kernel.execute("print(1)", timeout=120))
+        reply = kernel.execute("print(1)")
+        if reply.get("status") != "ok" or reply["_stdout"].strip() != "1":
+            return [unavailable("kernel", name, f"print(1) gave {reply!r}", base_name, target)]
+        ctx.log(f"[kernel] cell round trip x{ctx.reps * 3}")
+        a, b = compare(lambda: kernel.execute("print(1)"), lambda: ipy.execute("print(1)"),
+                       ctx.reps * 3, ctx.warmup + 3)
+        return [Row("kernel", name, a, base_name, b, target=target,
+                    note=f"first cell (sandbox start) {first:.0f} ms")]
+    finally:
+        kernel.close()
+
+
+#: What the installed ``nexus`` console script does, but importing the checkout the harness
+#: runs from (run with cwd = the repository root), so a before/after run compares trees.
+NEXUS_SCRIPT = "import sys; from nexus_kernel.cli import main; sys.exit(main())"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_rows(ctx: Context) -> list[Row]:
+    """``nexus sandbox list --json`` cold start vs ``python3 -c pass`` (same interpreter)."""
+    cmd = [sys.executable, "-c", NEXUS_SCRIPT, "sandbox", "list", "--json"]
+    records = len(list(Store(ctx.settings.store_dir).records()))
+    ctx.log(f"[cli] nexus sandbox list --json x{ctx.reps}")
+    rows = []
+    # Normal installs have bytecode caches (pip compiles at install); measure that, and,
+    # for reference, starts with PYTHONDONTWRITEBYTECODE (every nexus module compiled).
+    for label, drop in (("", True), (" (no bytecode cache)", False)):
+        env = dict(os.environ)
+        if drop:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+        elif env.get("PYTHONDONTWRITEBYTECODE") is None:
+            continue
+        spawn(cmd, env=env, cwd=ROOT)()  # writes the bytecode cache when allowed
+        a, b = compare(spawn(cmd, env=env, cwd=ROOT), spawn([sys.executable, "-c", "pass"], env=env),
+                       ctx.reps, ctx.warmup)
+        rows.append(Row("cli", f"`nexus sandbox list --json`{label}", a, "bare `python3 -c pass`",
+                        b, target=TARGETS[("cli", "list")] if drop else None,
+                        note=f"{sys.executable}; {records} records in the store"))
+    return rows
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def concurrency_rows(ctx: Context, levels: list[int]) -> list[Row]:
+    """N local sandboxes, each running a python session cell at the same moment."""
+    idle = measure(spawn(["true"]), 40, 3)
+    rows: list[Row] = []
+    for n in levels:
+        rows += _concurrency_level(ctx, n, idle)
+    return rows
+
+
+def _concurrency_level(ctx: Context, n: int, idle: Sample) -> list[Row]:
+    mgr = ctx.manager()
+    ctx.log(f"[concurrency] creating {n} local sandboxes")
+    with ThreadPoolExecutor(max_workers=min(8, n)) as pool:
+        ids = list(pool.map(lambda i: mgr.create(f"conc-{i}").sandbox_id, range(n)))
+    try:
+        rounds = 2 if ctx.quick else 5
+        probe = responsiveness_probe()
+        first, first_ok, _ = _burst(mgr, ids)  # starts every session worker
+        latencies, ok, walls = Sample(), 0, []
+        for _ in range(rounds):
+            lat, done, wall = _burst(mgr, ids)
+            latencies.values += lat.values
+            ok += done
+            walls.append(wall)
+        spawn_lat = finish_probe(probe)
+    finally:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(mgr.stop, ids))
+        mgr.close()
+    cells = rounds * n
+    throughput = Sample([cells / (sum(walls) / 1000.0)], unit="cells/s")
+    complete = ok == cells and first_ok == n
+    ctx.log(f"[concurrency] n={n}: {ok}/{cells} ok, p95 {latencies.p95:.1f} ms, "
+            f"{throughput.values[0]:.0f} cells/s")
+    return [
+        Row("concurrency", f"{n} sandboxes: cell latency", latencies,
+            note=f"{ok}/{cells} warm cells ok, {first_ok}/{n} first cells ok "
+                 f"(first cell p95 {first.p95:.0f} ms: starts the session)",
+            extra={"first_cell": first.to_dict(), "completed": ok, "cells": cells,
+                   "all_complete": complete}),
+        Row("concurrency", f"{n} sandboxes: throughput", throughput),
+        Row("concurrency", f"{n} sandboxes: host `true` spawn", Sample(spawn_lat),
+            "idle host `true` spawn", idle,
+            note="a separate process spawning `true` every 20 ms during the load"),
+    ]
+
+
+def _burst(mgr: SandboxManager, ids: list[str]) -> tuple[Sample, int, float]:
+    """Every sandbox runs one session cell at once; (latencies, successes, wall ms)."""
+    barrier = threading.Barrier(len(ids) + 1)
+    latencies = Sample()
+    ok = [0]
+    lock = threading.Lock()
+
+    def one(sid: str) -> None:
+        barrier.wait()
+        start = time.perf_counter()
+        try:
+            result = mgr.run(sid, "python", "print(1)", session="bench", timeout=120)
+            good = result.stdout.strip() == "1"
+        except Exception:
+            good = False
+        elapsed = (time.perf_counter() - start) * 1000.0
+        with lock:
+            latencies.add(elapsed)
+            ok[0] += good
+
+    threads = [threading.Thread(target=one, args=(sid,)) for sid in ids]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return latencies, ok[0], (time.perf_counter() - start) * 1000.0
+
+
+# --------------------------------------------------------------------------- store
+
+
+def store_rows(ctx: Context, sizes: tuple[int, ...] = (1000, 10000)) -> list[Row]:
+    """insert / get / update / list on a fresh store holding 1,000 and 10,000 records."""
+    rows = []
+    for size in sizes:
+        ctx.log(f"[store] {size} records")
+        tmp = tempfile.mkdtemp(prefix="nexus-bench-store-")
+        try:
+            samples = _store_ops(ctx, Store(tmp), size)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        rows += [Row("store", f"{op} ({size} records)", sample) for op, sample in samples.items()]
+    return rows
+
+
+def _store_ops(ctx: Context, store: Store, size: int) -> dict[str, Sample]:
+    now = time.time()
+    ids = [f"sb_{i:016x}" for i in range(size)]
+    samples = {op: Sample() for op in ("insert", "get", "update")}
+    for sid in ids:
+        record = SandboxRecord(sid, "bench", ctx.user, "local", Status.ACTIVE, 10.0,
+                               now, now, now + 600, handle={"token": "x" * 64}).to_dict()
+        samples["insert"].add(timed_ms(lambda: store.insert(record)))  # noqa: B023
+    picks = [random.choice(ids) for _ in range(min(size, 2000))]
+    for sid in picks:
+        samples["get"].add(timed_ms(lambda: store.get(sid)))  # noqa: B023
+    for sid in picks:
+        samples["update"].add(timed_ms(lambda: store.update(sid, _bump)))  # noqa: B023
+    samples["list all"] = measure(lambda: list(store.records()), 2 if ctx.quick else 5, 1)
+    store.close()
+    return samples
+
+
+def _bump(data: dict[str, Any]) -> dict[str, Any]:
+    data["last_active_at"] = time.time()
+    return data
+
+
+# --------------------------------------------------------------------------- pool
+
+
+def pool_rows(ctx: Context) -> list[Row]:
+    """create from a filled warm pool vs bare ``python3 -c pass``. The pool is refilled
+    (untimed) before every hand-out; in real use a background filler does that."""
+    name, base_name = "create from warm pool", "bare `python3 -c pass`"
+    target = TARGETS[("pool", "create")]
+    from dataclasses import fields, replace
+
+    if "pool_size" not in {f.name for f in fields(Settings)}:
+        return [unavailable("pool", name, "this tree has no warm pool", base_name, target)]
+
+    mgr = SandboxManager(replace(ctx.settings, pool_size=2, pool_refill="off"), user=ctx.user)
+    handed: list[str] = []
+    base = spawn([ctx.python, "-c", "pass"])
+    a, b = Sample(), Sample()
+    ctx.log(f"[pool] create from a warm pool x{ctx.create_reps}")
+    try:
+        for i in range(ctx.create_reps + 2):
+            mgr.pool.fill()
+            time.sleep(0.05)  # let the new agents settle, as they would in a real pool
+            elapsed = timed_ms(lambda: handed.append(mgr.create("bench-pool").sandbox_id))
+            base_ms = timed_ms(base)
+            if i >= 2:
+                a.add(elapsed)
+                b.add(base_ms)
+        hits = sum(1 for sid in handed if (mgr.store.get(sid) or {}).get("pooled_at"))
+    finally:
+        for sid in handed:
+            mgr.stop(sid)
+        mgr.pool.drain()
+        mgr.close()
+    return [Row("pool", name, a, base_name, b, target=target,
+                note=f"{hits}/{len(handed)} hand-outs came from the pool")]
