@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ATTACK_LIMITS, LANGUAGES
+from .conftest import ATTACK_LIMITS, LANGUAGES, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,11 +149,14 @@ def test_detached_children_do_not_outlive_the_run(box, canary, language):
 
 UNTAGGED_DAEMON = (
     "import os\n"
+    "r, w = os.pipe()  # close-on-exec: EOF on r once the daemon has exec'd\n"
     "if os.fork() == 0:\n"
     "    os.setsid()\n"
     "    if os.fork() == 0:  # detached, and with a cleared environment: no run tag\n"
     "        os.execve('/bin/sleep', ['sleep', '1004'], {})\n"
     "    os._exit(0)\n"
+    "os.close(w)\n"
+    "os.read(r, 1)  # until then it still carries the tag and would die with the run\n"
     "print('started')\n"
 )
 
@@ -164,8 +167,8 @@ def test_an_untagged_detached_process_lives_until_stop(env, canary):
     box = env.create("untagged")
     with canary.watch():
         result = box.run("python", UNTAGGED_DAEMON, timeout=20)
-    assert result.stdout == "started\n"
-    assert any("sleep 1004" in p for p in box.leftovers())
+    assert result.stdout == "started\n", result
+    assert wait_until(lambda: any("sleep 1004" in p for p in box.leftovers()), 5), box.leftovers()
     box.stop()  # asserts nothing is left on the host
 
 
