@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from IPython.core.error import UsageError
 
 from nexus_kernel.manager import describe, normalize_language
+from nexus_kernel.untrusted import TRUST_WARNING
 
 from .display import SandboxCard, SandboxTable
 from .streaming import CellOutput, SandboxCodeError, run_in_cell
@@ -169,9 +170,20 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
         timeout=args.timeout if args.timeout is not None else magics.timeout,
         session=magics.run_session(args.session, args.fresh),
         output=CellOutput(magics.shell),
+        trusted_output=magics.trusted_output,
     )
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
+
+
+def cmd_trust(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    """Show sandbox output as it is (on) or made inert (off, the default)."""
+    magics.trusted_output = args.state == "on"
+    if magics.trusted_output:
+        print(TRUST_WARNING, end="")
+    else:
+        print("Sandbox output is untrusted again: HTML and Markdown are sanitised, scripts and "
+              "widgets withheld (output already shown stays as it is)")
 
 
 def cmd_help(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
@@ -227,6 +239,10 @@ def _build() -> dict[str, Command]:
     p.add_argument("--raise-error", action="store_true",
                    help="fail the cell (raise) when the code fails")
     commands.append(Command("run", p, cmd_run, cell=True))
+
+    p = _parser("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.")
+    p.add_argument("state", choices=("on", "off"))
+    commands.append(Command("trust", p, cmd_trust))
 
     commands.append(Command("help", _parser("help", "Show this help."), cmd_help))
     return {command.name: command for command in commands}

@@ -58,6 +58,13 @@ class SandboxMagics(Magics):
         help="Make a %%sandbox run cell fail (raise) when the code fails, as --raise-error does.",
     ).tag(config=True)
 
+    trusted_output = Bool(
+        None,
+        allow_none=True,
+        help="Show sandbox output as it is, scripts and widgets included (%sandbox trust on); "
+        "None = the NEXUS_TRUSTED_OUTPUT setting, off by default: output is made inert.",
+    ).tag(config=True)
+
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
         self._manager: SandboxManager | None = None
@@ -91,7 +98,7 @@ class SandboxMagics(Magics):
         """Run code in nexus sandboxes and manage them.
 
         Line magic: ``%sandbox SUBCOMMAND ...`` with SUBCOMMAND one of create, list,
-        status, pause, resume, stop, use, upload, download, interrupt, help.
+        status, pause, resume, stop, use, upload, download, interrupt, trust, help.
         Cell magic: ``%%sandbox run [ID] [-l LANG] [--timeout S] [--session S]
         [--fresh] [--raise-error]`` runs the cell's body; ``%%sandbox`` alone is ``run``.
         ``%sandbox help`` prints the usage of every subcommand.

@@ -136,6 +136,7 @@ def run_in_cell(
     timeout: float | None,
     session: str | None,
     output: CellOutput,
+    trusted_output: bool | None = None,
 ) -> ExecResult:
     """Run ``code`` in the sandbox, rendering its events into the cell while it runs.
 
@@ -152,6 +153,7 @@ def run_in_cell(
             outcome["result"] = manager.run(
                 sandbox_id, language, code, timeout,
                 session=session, on_event=events.put, stdin=stdin,
+                trusted_output=trusted_output,
             )
         except BaseException as exc:  # handed to the cell's thread
             outcome["error"] = exc

@@ -117,12 +117,16 @@ class NexusFS:
         timeout: int = 30,
         session: str | None = None,
         on_event: EventCallback | None = None,
+        trusted_output: bool | None = None,
     ) -> dict[str, Any]:
         """Run code. ``session=None`` runs a fresh process (files persist, variables do
         not); a session name keeps variables between runs. Returns ``stdout``, ``stderr``,
-        ``exit_code``, ``execution_time`` (and ``display``, ``truncated`` …)."""
+        ``exit_code``, ``execution_time`` (and ``display``, ``truncated`` …).
+
+        Rich output (``display``, ``result``) is untrusted and comes back inert (HTML
+        sanitised, scripts withheld) unless ``trusted_output=True``."""
         result = self.manager.run(sandbox_id, language, code, timeout, session=session,
-                                  on_event=on_event)
+                                  on_event=on_event, trusted_output=trusted_output)
         data = result.to_dict()
         data["sandbox_id"] = sandbox_id
         return data

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--display-name", default=None, help="name shown in Jupyter")
     p.add_argument("--provider", default=None,
                    help="provider for this kernel's sandboxes (sets NEXUS_PROVIDER)")
+    p.add_argument("--trusted-output", action="store_true",
+                   help="a variant that shows sandbox output as it is, scripts and widgets "
+                        "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -338,7 +341,8 @@ KERNEL_NAME = "nexus-sandbox"
 KERNEL_DISPLAY_NAME = "Nexus Sandbox"
 
 
-def kernel_spec(python: str, provider: str | None = None) -> dict[str, Any]:
+def kernel_spec(python: str, provider: str | None = None,
+                trusted_output: bool = False) -> dict[str, Any]:
     """The kernel.json of the proxy kernel run by ``python`` (``kernelspec/kernel.json`` is
     this with ``python3``, which Jupyter replaces by its own interpreter)."""
     spec: dict[str, Any] = {
@@ -352,6 +356,9 @@ def kernel_spec(python: str, provider: str | None = None) -> dict[str, Any]:
     if provider:
         spec["display_name"] += f" ({provider})"
         spec["env"]["NEXUS_PROVIDER"] = provider
+    if trusted_output:
+        spec["display_name"] += " (trusted output)"
+        spec["env"]["NEXUS_TRUSTED_OUTPUT"] = "1"
     return spec
 
 
@@ -379,8 +386,9 @@ def _kernel_install(args: argparse.Namespace) -> int:
     if args.provider is not None and args.provider not in PROVIDERS:
         raise UsageError(f"unknown provider {args.provider!r}; choose one of: "
                          f"{', '.join(PROVIDERS)}")
-    name = args.name or KERNEL_NAME + (f"-{args.provider}" if args.provider else "")
-    spec = kernel_spec(sys.executable, args.provider)
+    name = args.name or KERNEL_NAME + (f"-{args.provider}" if args.provider else "") + (
+        "-trusted" if args.trusted_output else "")
+    spec = kernel_spec(sys.executable, args.provider, args.trusted_output)
     if args.display_name:
         spec["display_name"] = args.display_name
     prefix = sys.prefix if args.sys_prefix else args.prefix

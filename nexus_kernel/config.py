@@ -40,6 +40,9 @@ class Settings:
     cpus: float = 1.0
     disk_mb: int = 1024
     output_bytes: int = 10 * 1024 * 1024
+    #: Show a sandbox's rich output as it is (scripts, widgets) instead of made inert.
+    #: Off by default: sandbox output is untrusted (see nexus_kernel/untrusted).
+    trusted_output: bool = False
     #: How long a paused sandbox is kept before the reaper stops it.
     paused_retention_minutes: float = 24 * 60.0
     #: Seconds between reaps in long-lived processes (kernel timer); CLI/API reap lazily.

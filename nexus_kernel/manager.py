@@ -274,6 +274,7 @@ class SandboxManager:
         stdin: bool = False,
         stderr_traceback: bool = True,
         reserve_timeout: bool = True,
+        trusted_output: bool | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -282,7 +283,11 @@ class SandboxManager:
         with :meth:`input_reply`. ``stderr_traceback=False``: errors arrive only as the
         ``error`` event. ``reserve_timeout`` (default): the TTL is extended by the whole
         timeout before the run, so the sandbox cannot expire under it; long-lived callers
-        that keep the sandbox alive with :meth:`touch` while it runs pass False."""
+        that keep the sandbox alive with :meth:`touch` while it runs pass False.
+
+        Rich output (display and result bundles) is untrusted: it is made inert by
+        :mod:`nexus_kernel.untrusted` unless ``trusted_output`` (default: the
+        ``trusted_output`` setting, off) says the caller trusts this sandbox."""
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
@@ -292,9 +297,15 @@ class SandboxManager:
         record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
         client = self._client(record)
 
+        trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+        clean = _keep if trusted else _safe_mime_data
+
         def forward(event: dict[str, Any]) -> None:
             if on_event is not None:
-                on_event(OutputEvent(event["ev"], _event_payload(event)))
+                payload = _event_payload(event)
+                if event["ev"] in ("display", "result") and not trusted:
+                    payload = _safe_bundle(payload)
+                on_event(OutputEvent(event["ev"], payload))
 
         try:
             raw = client.run(
@@ -321,9 +332,9 @@ class SandboxManager:
             timed_out=raw["timed_out"],
             interrupted=raw["interrupted"],
             truncated=raw["truncated"],
-            display=tuple(raw.get("display") or ()),
+            display=tuple(clean(bundle) for bundle in raw.get("display") or ()),
             error=raw.get("error"),
-            result=raw.get("result"),
+            result=None if raw.get("result") is None else clean(raw["result"]),
             oom_killed=bool(raw.get("oom_killed")),
         )
         if result.timed_out:
@@ -345,7 +356,10 @@ class SandboxManager:
         """Help for the name at ``cursor_pos`` in python session ``session``:
         ``{"found", "data", "metadata", "busy"}``."""
         client = self._client(self._require_active(sandbox_id))
-        return client.inspect(session, code, cursor_pos, detail_level)
+        found = client.inspect(session, code, cursor_pos, detail_level)
+        if not self.settings.trusted_output and isinstance(found, dict):
+            found = {**found, **_safe_bundle(found)}
+        return found
 
     def touch(self, sandbox_id: str, *, ttl_minutes: float | None = None) -> SandboxRecord:
         """Extend an active sandbox's TTL from now, as a run does (and move the agent's
@@ -619,6 +633,22 @@ class SandboxManager:
         """Close agent connections held by this manager."""
         for sandbox_id in list(self._clients):
             self._forget_client(sandbox_id)
+
+
+def _keep(bundle: Any) -> Any:
+    return bundle
+
+
+def _safe_mime_data(data: Any) -> dict[str, Any]:
+    from .untrusted import safe_mime_data  # imported by the first rich output only
+
+    return safe_mime_data(data)
+
+
+def _safe_bundle(payload: Any) -> dict[str, Any]:
+    from .untrusted import safe_bundle
+
+    return safe_bundle(payload)
 
 
 def _event_payload(event: dict[str, Any]) -> Any:

@@ -17,6 +17,16 @@ needs_bwrap = pytest.mark.skipif(
 )
 
 
+def inert_html(html: str) -> str:
+    """The content of sanitised sandbox HTML (nexus_kernel/untrusted), checking its wrapper:
+    a ``<div>`` whose own class scopes the output's style rules."""
+    import re
+
+    match = re.fullmatch(r'<div class="nx-[0-9a-f]{8}">(.*)</div>', html, re.DOTALL)
+    assert match, f"not sanitised sandbox HTML: {html[:200]!r}"
+    return match.group(1)
+
+
 @pytest.fixture
 def nexus_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private NEXUS_HOME for this test, also seen by `nexus` subprocesses."""

@@ -14,6 +14,13 @@ from .conftest import needs_bwrap, nexus
 
 pytestmark = needs_bwrap
 
+
+@pytest.fixture(autouse=True)
+def _trusted_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the agent's bundles as it makes them; what an untrusted caller
+    gets is tested in tests/security/test_output_safety.py."""
+    monkeypatch.setenv("NEXUS_TRUSTED_OUTPUT", "1")
+
 RICH_CLASSES = '''
 class Rich:
     def _repr_html_(self): return "<b>rich</b>"

@@ -26,6 +26,7 @@ from ..agent.sandbox_agent import complete_code, inspect_code
 from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
+from ..untrusted import TRUST_WARNING
 from .cells import CELL_MAGICS, Cell, CellSyntaxError, parse_cell
 from .history import History
 from .keeper import TtlKeeper
@@ -136,6 +137,8 @@ class NexusKernel(Kernel):
             self.commands = SandboxCommands(self.sandbox)
             self.keeper = TtlKeeper(self.sandbox, self._warn)
             self.keeper.start()
+        #: A kernel trusted from the start (its kernelspec) says what that means once.
+        self._trust_warned = not (self.sandbox is not None and self.sandbox.trusted_output)
         atexit.register(self._close)
 
     def _sandbox_name(self) -> str:
@@ -185,6 +188,9 @@ class NexusKernel(Kernel):
         thread hop: this is the round trip a cell pays)."""
         assert self.sandbox is not None
         sandbox_id, note = self.sandbox.ensure()
+        if self.sandbox.trusted_output and not self._trust_warned:
+            self._trust_warned = True
+            note = TRUST_WARNING + note
         if note:
             self._stream("stderr", note, silent)
         guard = InterruptGuard(lambda: self._interrupt(sandbox_id))
@@ -194,7 +200,7 @@ class NexusKernel(Kernel):
                 result = self.sandbox.manager.run(
                     sandbox_id, cell.language, cell.code, self.sandbox.cell_timeout,
                     session=SESSION, stdin=allow_stdin, stderr_traceback=False,
-                    reserve_timeout=False,
+                    reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
                 )
         except KeyboardInterrupt:

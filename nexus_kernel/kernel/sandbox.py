@@ -20,6 +20,7 @@ from ..config import MAX_TIMEOUT
 from ..errors import SandboxError
 from ..manager import SandboxManager, check_timeout, check_ttl
 from ..models import SandboxRecord, Status
+from ..untrusted import TRUST_WARNING
 
 #: Every cell of a kernel runs in this session of its sandbox (one per language).
 SESSION = "kernel"
@@ -71,6 +72,8 @@ class KernelSandbox:
         self.attached = self.sandbox_id is not None
         keep = env.get("NEXUS_KERNEL_KEEP")
         self.keep = _flag(keep, "NEXUS_KERNEL_KEEP") if keep else self.attached
+        #: Show the sandbox's rich output as it is (scripts, widgets): an explicit opt-in.
+        self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
         self.busy = False
 
@@ -142,7 +145,7 @@ class SandboxCommands:
 
     USAGE = ("%sandbox status | pause | resume | stop | attach ID | ttl MINUTES | "
              "timeout SECONDS|off | provider NAME | template ID|none | network on|off | "
-             "keep on|off | help")
+             "keep on|off | trust on|off | help")
 
     def __init__(self, sandbox: KernelSandbox) -> None:
         self.sandbox = sandbox
@@ -228,6 +231,13 @@ class SandboxCommands:
     def cmd_network(self, value: str) -> str:
         self.sandbox.network = _flag(value, "%sandbox network")
         return self._next_sandbox(f"Network is now {'on' if self.sandbox.network else 'off'}")
+
+    def cmd_trust(self, value: str) -> str:
+        self.sandbox.trusted_output = _flag(value, "%sandbox trust")
+        if self.sandbox.trusted_output:
+            return TRUST_WARNING
+        return ("Sandbox output is untrusted again: HTML and Markdown are sanitised, scripts "
+                "and widgets withheld (output already shown stays as it is)\n")
 
     def cmd_keep(self, value: str) -> str:
         self.sandbox.keep = _flag(value, "%sandbox keep")
