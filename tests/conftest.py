@@ -105,27 +105,31 @@ def docker_problem(settings) -> str | None:
 
 #: Where session-built test templates are kept between runs (not per-test NEXUS_HOMEs).
 TEMPLATE_CACHE = Path(os.environ.get("NEXUS_TEST_CACHE") or ROOT / ".pytest_cache" / "nexus-test")
-MATPLOTLIB_TEMPLATE = "mpl"
+#: The test template: matplotlib and pandas from PyPI (what the notebooks and the browser
+#: tests display), built once per cache.
+MATPLOTLIB_TEMPLATE = "mpl-pandas"
 
 
 @pytest.fixture(scope="session")
 def _matplotlib_build() -> Path | None:
-    """A local template with matplotlib, built once and reused by later runs; None when the
-    sandbox's python3 has matplotlib already. Skips when it cannot be built (no PyPI)."""
+    """A local template with matplotlib and pandas, built once and reused by later runs;
+    None when the sandbox's python3 has both already. Skips when it cannot be built."""
     from nexus_kernel import templates
     from nexus_kernel.config import Settings
     from nexus_kernel.errors import SandboxError
 
     settings = Settings.load(home=TEMPLATE_CACHE)
     python = templates.sandbox_python(settings)
-    if subprocess.run([python, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+    check = [python, "-c", "import matplotlib, pandas"]
+    if subprocess.run(check, capture_output=True).returncode == 0:
         return None
     target = templates.template_dir(settings, MATPLOTLIB_TEMPLATE)
     if not (target / "template.json").is_file():
         try:
-            templates.create_template(settings, MATPLOTLIB_TEMPLATE, ["matplotlib"], quiet=True)
+            templates.create_template(settings, MATPLOTLIB_TEMPLATE, ["matplotlib", "pandas"],
+                                      quiet=True)
         except SandboxError as exc:
-            pytest.skip(f"matplotlib is not in the sandbox python and the template cannot be "
+            pytest.skip(f"matplotlib/pandas are not in the sandbox python and the template cannot be "
                         f"built: {exc}")
     return target
 

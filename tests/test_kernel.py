@@ -151,6 +151,16 @@ def test_provider_variant_and_bad_input(tmp_path: Path) -> None:
     assert both.returncode == 2
 
 
+def test_trusted_output_variant(tmp_path: Path) -> None:
+    out = nexus("kernel", "install", "--prefix", str(tmp_path), "--trusted-output", "--json")
+    assert out.returncode == 0, out.stderr
+    installed = json.loads(out.stdout)
+    assert installed["name"] == "nexus-sandbox-trusted"
+    spec = json.loads((Path(installed["path"]) / "kernel.json").read_text())
+    assert spec["env"] == {"NEXUS_TRUSTED_OUTPUT": "1"}
+    assert spec["display_name"] == "Nexus Sandbox (trusted output)"
+
+
 # ------------------------------------------------------------------ execution
 
 
@@ -241,6 +251,45 @@ def test_rich_display_and_clear_output(kernel: Kernel) -> None:
     assert inert_html(out[1]["content"]["data"]["text/html"]) == "<b>h</b>"
     assert out[3]["content"] == {"wait": True}
     assert inert_html(out[4]["content"]["data"]["text/html"]) == "<b>h</b>"
+
+
+JS_AND_HTML = ("class P:\n"
+               "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+               "        return {'text/plain': 'p', 'application/javascript': 'window.x = 1',\n"
+               "                'text/html': '<img src=x onerror=alert(1)><b>b</b>'}\n"
+               "P()")
+
+
+def test_sandbox_output_is_inert_until_trust_is_turned_on(kernel: Kernel) -> None:
+    reply, out = kernel.execute(JS_AND_HTML)
+    data = out[-1]["content"]["data"]
+    assert "application/javascript" not in data and "onerror" not in data["text/html"]
+    assert "<b>b</b>" in inert_html(data["text/html"])
+    _, out = kernel.execute("%sandbox trust on")
+    assert "TRUSTED" in texts(out) and "start kernels on this server" in texts(out)
+    _, out = kernel.execute("P()")
+    assert out[-1]["content"]["data"]["application/javascript"] == "window.x = 1"
+    assert texts(out, "stderr") == ""  # the warning was given when trust was turned on
+    _, out = kernel.execute("%sandbox trust off")
+    assert "untrusted again" in texts(out)
+    _, out = kernel.execute("P()")
+    assert "application/javascript" not in out[-1]["content"]["data"]
+
+
+def test_a_trusted_kernelspec_warns_in_its_first_cell(start_kernel) -> None:
+    kernel = start_kernel(NEXUS_TRUSTED_OUTPUT="1")
+    _, out = kernel.execute(JS_AND_HTML)
+    assert "output of this sandbox is now TRUSTED" in texts(out, "stderr")
+    assert out[-1]["content"]["data"]["application/javascript"] == "window.x = 1"
+    _, out = kernel.execute("1")
+    assert texts(out, "stderr") == ""
+
+
+def test_help_from_the_sandbox_is_inert(kernel: Kernel) -> None:
+    kernel.execute("def f():\n    '<img src=x onerror=alert(1)>'\n")
+    info = kernel.shell("inspect", "f", 1, 0)
+    assert info["found"] and set(info["data"]) <= {"text/plain", "text/html"}
+    assert "onerror" not in info["data"].get("text/html", "")
 
 
 @pytest.mark.slow

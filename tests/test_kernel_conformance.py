@@ -77,8 +77,9 @@ class NexusKernelConformance(_Installed, jupyter_kernel_test.KernelTests):
     code_execute_result = [
         {"code": "1+2+3", "result": "6"},
         {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"},
+        # the HTML arrives sanitised (tests/test_kernel.py checks its content)
         {"code": "class H:\n  def _repr_html_(self): return '<b>h</b>'\nH()",
-         "mime": "text/html", "result": "<b>h</b>"},
+         "mime": "text/html"},
     ]
     code_display_data = [
         {"code": "display('x')", "mime": "text/plain"},

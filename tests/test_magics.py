@@ -272,6 +272,36 @@ def test_results_and_rich_bundles_are_published(shell, magics, current):
         "<table><tbody><tr><td>1</td></tr></tbody></table>")
 
 
+def test_hostile_output_is_inert_unless_trust_is_turned_on(shell, magics, current):
+    body = ("class P:\n"
+            "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+            "        return {'text/plain': 'p', 'application/javascript': 'window.x = 1',\n"
+            "                'text/html': '<script>window.y = 1</script><b>b</b>'}\n"
+            "P()")
+    data = cell(shell, "", body).outputs[0].data
+    assert "application/javascript" not in data and "<script" not in data["text/html"]
+    _, out = line(shell, "trust on")
+    assert "now TRUSTED" in out.stdout
+    data = cell(shell, "", body).outputs[0].data
+    assert data["application/javascript"] == "window.x = 1" and "<script>" in data["text/html"]
+    _, out = line(shell, "trust off")
+    assert "untrusted again" in out.stdout
+    assert "application/javascript" not in cell(shell, "", body).outputs[0].data
+    assert "invalid choice" in usage_error(shell, "trust maybe")
+
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+
+
+def test_the_magics_own_views_escape_every_field():
+    info = {"sandbox_id": "sb_1", "name": HOSTILE, "status": "active", "provider": HOSTILE,
+            "template_id": HOSTILE, "error": HOSTILE, "created_at": HOSTILE,
+            "expires_at": None, "uptime_seconds": 1.0}
+    for html in (SandboxCard(info, title=HOSTILE)._repr_html_(),
+                 SandboxTable([info], current="sb_1")._repr_html_()):
+        assert "<img" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+
+
 def test_explicit_display_calls_are_published_in_order(shell, magics, current):
     out = cell(
         shell,

@@ -90,9 +90,12 @@ class _Rebuilder:
         return kept
 
     def element(self, source: ET.Element) -> ET.Element | None:
-        if not source.tag.startswith("{" + SVG_NS + "}"):
+        if source.tag.startswith("{" + SVG_NS + "}"):
+            tag = source.tag.split("}", 1)[1]
+        elif not source.tag.startswith("{"):  # <svg> without xmlns, as HTML pages write it
+            tag = source.tag
+        else:
             return None
-        tag = source.tag.split("}", 1)[1]
         if tag in _UNWRAPPED:
             tag, attrib = "g", {}
         elif tag in _ELEMENTS:
@@ -122,7 +125,7 @@ def sanitize_svg(markup: str) -> str | None:
         root = ET.fromstring(markup)
     except (ET.ParseError, ValueError):
         return None
-    if root.tag != f"{{{SVG_NS}}}svg":
+    if root.tag not in (f"{{{SVG_NS}}}svg", "svg"):
         return None
     rebuilder = _Rebuilder()
     rebuilt = rebuilder.element(root)
