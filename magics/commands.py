@@ -267,7 +267,7 @@ def usage() -> str:
 def split(line: str) -> list[str]:
     """Shell-like split of the magic's line; unbalanced quotes are a UsageError."""
     try:
-        return shlex.split(line)
+        return shlex.split(line, comments=True)
     except ValueError as exc:
         raise UsageError(f"%sandbox: cannot parse {line.strip()!r}: {exc}") from None
 

@@ -60,21 +60,24 @@ class NexusFS:
     """Files plus sandboxes, as in the seed document.
 
     ``sandbox_provider`` picks the provider (default ``local``); ``user`` and ``is_admin``
-    scope what ``sandbox_list`` shows; provider credentials (``e2b_api_key=``) and other
-    settings (``ttl_minutes``, ``memory_mb``, ``home`` …) may be passed as keywords.
+    scope what ``sandbox_list`` shows (default: ``NEXUS_USER`` / ``NEXUS_ADMIN``); provider
+    credentials (``e2b_api_key=``) and other settings (``ttl_minutes``, ``timeout``,
+    ``memory_mb``, ``home`` …) may be passed as keywords. Every ``None`` means "from the
+    settings": the keyword, else the ``NEXUS_*`` variable, else the built-in default.
     """
 
     def __init__(
         self,
         backend: LocalBackend | None = None,
         sandbox_provider: str | None = None,
-        is_admin: bool = False,
+        is_admin: bool | None = None,
         user: str | None = None,
         **settings: Any,
     ):
         self.backend = backend or LocalBackend()
-        self.settings = Settings.load(provider=sandbox_provider, user=user, **settings)
-        self.manager = SandboxManager(self.settings, is_admin=is_admin)
+        self.settings = Settings.load(provider=sandbox_provider, user=user, admin=is_admin,
+                                      **settings)
+        self.manager = SandboxManager(self.settings)
 
     @property
     def current_user(self) -> str:
@@ -100,12 +103,13 @@ class NexusFS:
     def sandbox_create(
         self,
         name: str,
-        ttl_minutes: int = 10,
+        ttl_minutes: float | None = None,
         template_id: str | None = None,
         provider: str | None = None,
         network: bool | None = None,
     ) -> dict[str, Any]:
-        """Create a sandbox; returns its description (``sandbox_id``, ``status`` …)."""
+        """Create a sandbox; returns its description (``sandbox_id``, ``status`` …).
+        ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10)."""
         return describe(self.manager.create(name, ttl_minutes, template_id, provider=provider,
                                             network=network))
 
@@ -114,7 +118,7 @@ class NexusFS:
         sandbox_id: str,
         language: str,
         code: str,
-        timeout: int = 30,
+        timeout: float | None = None,
         session: str | None = None,
         on_event: EventCallback | None = None,
         trusted_output: bool | None = None,
@@ -122,6 +126,7 @@ class NexusFS:
         """Run code. ``session=None`` runs a fresh process (files persist, variables do
         not); a session name keeps variables between runs. Returns ``stdout``, ``stderr``,
         ``exit_code``, ``execution_time`` (and ``display``, ``truncated`` …).
+        ``timeout=None``: the ``timeout`` setting (``NEXUS_TIMEOUT``, default 30 s).
 
         Rich output (``display``, ``result``) is untrusted and comes back inert (HTML
         sanitised, scripts withheld) unless ``trusted_output=True``."""

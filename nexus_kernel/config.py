@@ -31,6 +31,10 @@ class Settings:
 
     home: Path = field(default_factory=lambda: Path.home() / ".nexus")
     user: str = field(default_factory=_default_user)
+    #: May list and manage every user's sandboxes of this store (NEXUS_ADMIN=1, or
+    #: ``NexusFS(is_admin=True)``): declared by whoever configures the process, like the
+    #: user name itself; OS permissions on ``home`` separate OS accounts.
+    admin: bool = False
     provider: str = DEFAULT_PROVIDER
     ttl_minutes: float = DEFAULT_TTL_MINUTES
     timeout: float = DEFAULT_TIMEOUT

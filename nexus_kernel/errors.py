@@ -78,6 +78,11 @@ class UnsupportedOperationError(SandboxError):
     """The provider does not offer this operation; the message names the alternative."""
 
 
+class PermissionDeniedError(SandboxError):
+    """The caller lacks the right for this operation (e.g. other users' sandboxes need
+    admin); the message says how an admin is configured."""
+
+
 class ProviderError(SandboxError):
     """The provider failed while doing something it supports."""
 

@@ -20,6 +20,7 @@ from .errors import (
     AgentError,
     ExecutionTimeoutError,
     InvalidArgumentError,
+    PermissionDeniedError,
     SandboxNotFoundError,
     SandboxStateError,
 )
@@ -115,13 +116,13 @@ class SandboxManager:
         settings: Settings | None = None,
         *,
         user: str | None = None,
-        is_admin: bool = False,
+        is_admin: bool | None = None,
         store: Store | None = None,
         provider_options: dict[str, dict[str, Any]] | None = None,
     ):
         self.settings = settings or Settings.load()
         self.user = user or self.settings.user
-        self.is_admin = is_admin
+        self.is_admin = self.settings.admin if is_admin is None else is_admin
         self.store = store or Store(self.settings.store_dir)
         self._provider_options = provider_options or {}
         self._providers: dict[str, Provider] = {}
@@ -204,8 +205,10 @@ class SandboxManager:
         *,
         provider: str | None = None,
         network: bool | None = None,
+        client_id: str | None = None,
     ) -> SandboxRecord:
-        """Start a sandbox and return its record (status active)."""
+        """Start a sandbox and return its record (status active). ``client_id`` names the
+        long-lived client using it (see :meth:`of_client`)."""
         name = check_name(name)
         ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
         if template_id is not None and (not isinstance(template_id, str) or not template_id):
@@ -220,7 +223,7 @@ class SandboxManager:
             pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
                                      template_id=template_id, network=network)
             if pooled is not None:
-                return pooled
+                return self._save(pooled.sandbox_id, client_id=client_id) if client_id else pooled
 
         now = time.time()
         sandbox_id = "sb_" + secrets.token_hex(8)
@@ -237,6 +240,7 @@ class SandboxManager:
             template_id=template_id,
             network=network,
             creator=process_identity(),
+            client_id=client_id,
         )
         self.store.insert(record.to_dict())
         spec = SandboxSpec(
@@ -393,8 +397,12 @@ class SandboxManager:
         return self._client(record).interrupt(session)
 
     def pause(self, sandbox_id: str) -> SandboxRecord:
-        """Freeze every process of the sandbox; the TTL clock stops while paused."""
+        """Freeze every process of the sandbox; the TTL clock stops while paused. Pausing a
+        paused sandbox is a no-op (as resuming an active one is)."""
         with self.store.lock(sandbox_id):
+            record = self._check_expiry(self._load(sandbox_id))
+            if record.status is Status.PAUSED:
+                return record
             record = self._require_active(sandbox_id)
             backend = self.provider(record.provider)
             if not backend.capabilities.pause:  # before the watchdog is switched off:
@@ -454,11 +462,20 @@ class SandboxManager:
 
     def list(self, *, all_users: bool = False) -> list[SandboxRecord]:
         """Sandboxes of this user (every user's for an admin asking ``all_users``)."""
+        if all_users and not self.is_admin:
+            raise PermissionDeniedError(
+                f"user {self.user!r} is not an admin: every user's sandboxes are listed only "
+                "for an admin (NEXUS_ADMIN=1, or NexusFS(is_admin=True))")
         self.reap_expired()
         records = [SandboxRecord.from_dict(d) for d in self.store.records()]
-        if not (all_users and self.is_admin):
+        if not all_users:
             records = [r for r in records if r.owner == self.user]
         return sorted(records, key=lambda r: r.created_at)
+
+    def of_client(self, client_id: str) -> list[SandboxRecord]:
+        """This user's active or paused sandboxes created for ``client_id``."""
+        return [r for r in self.list() if r.client_id == client_id
+                and r.status in (Status.ACTIVE, Status.PAUSED)]
 
     def put_file(self, sandbox_id: str, path: str, data: bytes) -> int:
         """Write ``data`` to ``path`` inside the sandbox (relative to its home)."""

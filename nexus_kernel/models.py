@@ -88,6 +88,9 @@ class SandboxRecord:
     #: Who is creating it (host, pid, start time): a creating record whose creator died is
     #: reaped at once instead of after STALE_CREATING_SECONDS.
     creator: dict[str, Any] | None = None
+    #: Who uses it, when that is a long-lived client (``jupyter-kernel:<kernel id>``): a
+    #: restarted kernel finds the sandbox of its previous run by it.
+    client_id: str | None = None
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +116,8 @@ class SandboxRecord:
             "provider": self.provider,
             "owner": self.owner,
             "template_id": self.template_id,
-            "ttl_minutes": self.ttl_minutes,
+            "ttl_minutes": int(self.ttl_minutes) if float(self.ttl_minutes).is_integer()
+            else self.ttl_minutes,
             "network": self.network,
             "created_at": iso(self.created_at),
             "last_active_at": iso(self.last_active_at),

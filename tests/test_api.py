@@ -215,3 +215,42 @@ def test_bad_input_is_one_clear_error(nx, sandbox, call, message):
     assert "\n" not in str(info.value)
     assert len(nx.sandbox_list()["sandboxes"]) == len(before["sandboxes"])
     assert nx.sandbox_status(sandbox)["status"] == "active"
+
+
+def test_pausing_twice_is_a_no_op_like_resuming_twice(nx, sandbox):
+    first = nx.sandbox_pause(sandbox)
+    again = nx.sandbox_pause(sandbox)
+    assert again["status"] == "paused" and again["expires_at"] == first["expires_at"]
+    nx.sandbox_resume(sandbox)
+    assert nx.sandbox_resume(sandbox)["status"] == "active"
+
+
+def test_defaults_come_from_the_settings_on_every_call(nexus_home, monkeypatch):
+    from nexus_kernel import LocalBackend, NexusFS
+
+    monkeypatch.setenv("NEXUS_TTL_MINUTES", "3")
+    monkeypatch.setenv("NEXUS_TIMEOUT", "1")
+    api = NexusFS(backend=LocalBackend(nexus_home / "files"))
+    try:
+        sandbox = api.sandbox_create("defaults")
+        assert sandbox["ttl_minutes"] == 3 and isinstance(sandbox["ttl_minutes"], int)
+        with pytest.raises(ExecutionTimeoutError, match="exceeded 1 second"):
+            api.sandbox_run(sandbox["sandbox_id"], "python", "import time; time.sleep(5)")
+        assert api.sandbox_create("explicit", ttl_minutes=2.5)["ttl_minutes"] == 2.5
+    finally:
+        for sb in api.sandbox_list()["sandboxes"]:
+            api.sandbox_stop(sb["sandbox_id"])
+
+
+def test_every_users_sandboxes_need_an_explicit_admin(nexus_home, monkeypatch):
+    from nexus_kernel import LocalBackend, NexusFS
+    from nexus_kernel.errors import PermissionDeniedError
+
+    plain = NexusFS(backend=LocalBackend(nexus_home / "files"), user="alice")
+    with pytest.raises(PermissionDeniedError, match="NEXUS_ADMIN=1"):
+        plain.sandbox_list(all_users=True)
+    assert plain.sandbox_list()["count"] == 0
+    monkeypatch.setenv("NEXUS_ADMIN", "1")
+    assert NexusFS(backend=LocalBackend(nexus_home / "files")).sandbox_list(all_users=True)
+    assert NexusFS(backend=LocalBackend(nexus_home / "files"),
+                   is_admin=False).manager.is_admin is False

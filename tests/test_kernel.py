@@ -253,6 +253,34 @@ def test_rich_display_and_clear_output(kernel: Kernel) -> None:
     assert inert_html(out[4]["content"]["data"]["text/html"]) == "<b>h</b>"
 
 
+def test_a_restarted_kernel_stops_the_sandbox_of_its_previous_run(kernel: Kernel) -> None:
+    kernel.execute("x = 1")
+    first = kernel.sandbox_id()
+    kernel.km.restart_kernel(now=True)  # a crash and Jupyter's auto-restart look the same
+    kernel.kc.wait_for_ready(timeout=60)
+    reply, out = kernel.execute("print('fresh')")
+    assert f"stopped sandbox {first} of this kernel's previous run" in texts(out, "stderr")
+    assert SandboxManager().get(first).status.value == "stopped"
+    reply, _ = kernel.execute("x")
+    assert reply["content"]["ename"] == "NameError"  # fresh state, as ipykernel after restart
+
+
+def test_a_restarted_kernel_can_continue_in_its_sandbox(start_kernel) -> None:
+    kernel = start_kernel(NEXUS_KERNEL_REATTACH="1")
+    kernel.execute("x = 41")
+    first = kernel.sandbox_id()
+    kernel.km.restart_kernel(now=True)
+    kernel.kc.wait_for_ready(timeout=60)
+    _, out = kernel.execute("x + 1")
+    assert f"continuing in sandbox {first}" in texts(out, "stderr")
+    assert out[-1]["content"]["data"]["text/plain"] == "42" and kernel.sandbox_id() == first
+
+
+def test_sandbox_lines_take_trailing_comments(kernel: Kernel) -> None:
+    reply, out = kernel.execute("%sandbox ttl 30  # the notebook's own TTL\n1")
+    assert reply["content"]["status"] == "ok" and "TTL is now 30 min" in texts(out)
+
+
 JS_AND_HTML = ("class P:\n"
                "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
                "        return {'text/plain': 'p', 'application/javascript': 'window.x = 1',\n"

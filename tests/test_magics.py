@@ -290,6 +290,13 @@ def test_hostile_output_is_inert_unless_trust_is_turned_on(shell, magics, curren
     assert "invalid choice" in usage_error(shell, "trust maybe")
 
 
+def test_magic_lines_take_trailing_comments(shell, magics):
+    card, _ = line(shell, "create commented --ttl 30  # this notebook's sandbox")
+    assert card["name"] == "commented" and card["ttl_minutes"] == 30
+    out = cell(shell, "run --timeout 20  # a comment with 'quotes'", "print('ran')")
+    assert out.stdout == "ran\n"
+
+
 HOSTILE = '<img src=x onerror="alert(1)">'
 
 

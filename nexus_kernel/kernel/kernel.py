@@ -129,8 +129,11 @@ class NexusKernel(Kernel):
         self._last_parent: dict[str, Any] | None = None
         self._closed = threading.Lock()
         self._is_complete = None
+        self._first_note = ""
         try:
-            self.sandbox = KernelSandbox(SandboxManager(), name=self._sandbox_name())
+            self.sandbox = KernelSandbox(SandboxManager(), name=self._sandbox_name(),
+                                         client_id=self._client_id())
+            self._first_note = self.sandbox.previous_run()
         except SandboxError as exc:  # bad NEXUS_* settings: shown in every cell
             self._startup_error = str(exc)
         else:
@@ -141,10 +144,17 @@ class NexusKernel(Kernel):
         self._trust_warned = not (self.sandbox is not None and self.sandbox.trusted_output)
         atexit.register(self._close)
 
-    def _sandbox_name(self) -> str:
+    def _kernel_id(self) -> str:
+        """Jupyter's id of this kernel (from its connection file, which a restart reuses)."""
         connection_file = getattr(self.parent, "connection_file", "") or ""
-        stem = Path(connection_file).stem.removeprefix("kernel-")
+        return Path(connection_file).stem.removeprefix("kernel-")
+
+    def _sandbox_name(self) -> str:
+        stem = self._kernel_id()
         return f"jupyter-{stem[:8]}" if stem else f"jupyter-{id(self):x}"
+
+    def _client_id(self) -> str | None:
+        return f"jupyter-kernel:{self._kernel_id()}" if self._kernel_id() else None
 
     # ------------------------------------------------------------------ execute
 
@@ -188,6 +198,7 @@ class NexusKernel(Kernel):
         thread hop: this is the round trip a cell pays)."""
         assert self.sandbox is not None
         sandbox_id, note = self.sandbox.ensure()
+        note, self._first_note = self._first_note + note, ""
         if self.sandbox.trusted_output and not self._trust_warned:
             self._trust_warned = True
             note = TRUST_WARNING + note

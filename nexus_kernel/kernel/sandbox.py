@@ -6,6 +6,8 @@ the ``NEXUS_*`` settings (provider, TTL, limits, network, home, user), plus
 - ``NEXUS_TEMPLATE``: template / image for the sandbox,
 - ``NEXUS_KERNEL_SANDBOX``: attach to this existing sandbox instead of creating one,
 - ``NEXUS_KERNEL_KEEP``: ``1`` keeps the sandbox when the kernel shuts down,
+- ``NEXUS_KERNEL_REATTACH``: ``1`` makes a restarted kernel continue in the sandbox of its
+  previous run (default: that sandbox is stopped, a restart starts fresh as ipykernel's),
 - ``NEXUS_CELL_TIMEOUT``: seconds a cell may run (default: no practical limit, 24 h).
 """
 
@@ -54,7 +56,7 @@ class KernelSandbox:
     shutdown unless ``keep`` is set (attached sandboxes are kept by default)."""
 
     def __init__(self, manager: SandboxManager, name: str,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, client_id: str | None = None) -> None:
         env = os.environ if env is None else env
         settings = manager.settings
         self.manager = manager
@@ -72,6 +74,10 @@ class KernelSandbox:
         self.attached = self.sandbox_id is not None
         keep = env.get("NEXUS_KERNEL_KEEP")
         self.keep = _flag(keep, "NEXUS_KERNEL_KEEP") if keep else self.attached
+        #: The Jupyter kernel this sandbox serves (``jupyter-kernel:<id>``), kept on its record.
+        self.client_id = client_id
+        reattach = env.get("NEXUS_KERNEL_REATTACH")
+        self.reattach = _flag(reattach, "NEXUS_KERNEL_REATTACH") if reattach else False
         #: Show the sandbox's rich output as it is (scripts, widgets): an explicit opt-in.
         self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
@@ -100,10 +106,34 @@ class KernelSandbox:
             note += f"Started a new sandbox: {record.sandbox_id}\n"
         return record.sandbox_id, note
 
+    def previous_run(self) -> str:
+        """After a restart (the same kernel id), deal with the sandbox of the previous run:
+        stop it (a restart starts fresh, as ipykernel's does) or, with
+        ``NEXUS_KERNEL_REATTACH=1``, continue in it. Returns the note for the first cell."""
+        if self.client_id is None or self.attached:
+            return ""
+        previous = self.manager.of_client(self.client_id)
+        if not previous:
+            return ""
+        kept = previous.pop() if self.reattach else None  # the newest one
+        stopped = []
+        for record in previous:
+            try:
+                stopped.append(self.manager.stop(record.sandbox_id).sandbox_id)
+            except SandboxError as exc:
+                return f"Nexus: cannot stop {record.sandbox_id} of the previous run: {exc}\n"
+        if kept is not None:
+            self.sandbox_id = kept.sandbox_id
+            return (f"Nexus: continuing in sandbox {kept.sandbox_id} of this kernel's previous "
+                    "run (NEXUS_KERNEL_REATTACH): its files and variables are kept\n")
+        return (f"Nexus: stopped sandbox {', '.join(stopped)} of this kernel's previous run: "
+                "a restarted kernel starts fresh (NEXUS_KERNEL_REATTACH=1 continues in it)\n")
+
     def create(self) -> SandboxRecord:
         """Create the kernel's sandbox with the current provider, TTL and template."""
         record = self.manager.create(self.name, self.ttl_minutes, self.template_id,
-                                     provider=self.provider, network=self.network)
+                                     provider=self.provider, network=self.network,
+                                     client_id=self.client_id)
         self.sandbox_id = record.sandbox_id
         if self.attached:
             self.attached = False
@@ -153,7 +183,7 @@ class SandboxCommands:
     def run(self, line: str) -> str:
         """Handle one ``%sandbox`` line (its arguments); :class:`UsageError` when bad."""
         try:
-            words = shlex.split(line)
+            words = shlex.split(line, comments=True)
         except ValueError as exc:
             raise UsageError(f"%sandbox: {exc}") from None
         if not words:
