@@ -166,6 +166,10 @@ def run_in_cell(
     sys.stdout.flush()
     sys.stderr.flush()
     if interrupted:
+        result = outcome.get("result")
+        if result is not None and result.session_restarted:
+            raise SandboxInterrupted(f"interrupted; the code did not stop, so its session in "
+                                     f"{sandbox_id} was restarted: its variables are gone")
         raise SandboxInterrupted(f"interrupted; the state of sandbox {sandbox_id} is kept")
     if "error" in outcome:
         raise outcome["error"]

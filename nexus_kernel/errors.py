@@ -44,7 +44,9 @@ class ExecutionTimeoutError(SandboxError, TimeoutError):
         self.timeout = timeout
         self.result = result
         shown = int(timeout) if float(timeout).is_integer() else timeout
-        super().__init__(f"Code execution exceeded {shown} second timeout")
+        lost = ("; the session did not stop when interrupted and was restarted: its "
+                "variables are gone" if getattr(result, "session_restarted", False) else "")
+        super().__init__(f"Code execution exceeded {shown} second timeout{lost}")
 
     @property
     def stdout(self) -> str:

@@ -340,6 +340,7 @@ class SandboxManager:
             error=raw.get("error"),
             result=None if raw.get("result") is None else clean(raw["result"]),
             oom_killed=bool(raw.get("oom_killed")),
+            session_restarted=bool(raw.get("session_restarted")),
         )
         if result.timed_out:
             raise ExecutionTimeoutError(timeout, result)

@@ -159,6 +159,9 @@ class ExecResult:
     result: dict[str, Any] | None = None
     #: The sandbox's memory limit was reached during the run: the OOM killer ended a process.
     oom_killed: bool = False
+    #: The session had to be killed to end the run (its code ignored the interrupt or the
+    #: timeout's interrupt): its variables are gone, the next run starts it fresh.
+    session_restarted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nexus_kernel.agent import AGENT_PATH, AgentClient, unix_connector
+from nexus_kernel.agent.sandbox_agent import INTERRUPT_GRACE_SECONDS
 from nexus_kernel.errors import AgentError, InvalidArgumentError
 
 TOKEN = "test-token-123"
@@ -358,21 +359,57 @@ def test_concurrent_runs_in_two_sessions(client):
     assert time.monotonic() - started < 1.8, "the two sessions did not run in parallel"
 
 
-def test_session_timeout_kills_the_session_and_its_children(client, agent):
+def test_session_timeout_interrupts_first_and_keeps_the_state(client):
     client.run("python", "state = 'old'", session="t")
-    code = (
-        "import subprocess, time\n"
-        "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
-        "open('child.pid', 'w').write(str(p.pid))\n"
-        "print('started', flush=True)\n"
-        "time.sleep(1000)\n"
-    )
+    code = "import time\nprint('started', flush=True)\ntime.sleep(1000)\n"
     result = client.run("python", code, session="t", timeout=1)
     assert result["timed_out"] is True and result["exit_code"] == 124
-    assert result["stdout"] == "started\n"
+    assert result["stdout"] == "started\n" and result["session_restarted"] is False
+    assert result["error"]["ename"] == "KeyboardInterrupt"
+    assert client.run("python", "print(state)", session="t")["stdout"] == "old\n"
+
+
+IGNORES_SIGINT = (
+    "import signal, subprocess, time\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+    "open('child.pid', 'w').write(str(p.pid))\n"
+    "print('started', flush=True)\n"
+    "time.sleep(1000)\n"
+)
+
+
+def test_session_timeout_kills_code_that_ignores_the_interrupt(client, agent):
+    client.run("python", "state = 'old'", session="t")
+    started = time.monotonic()
+    result = client.run("python", IGNORES_SIGINT, session="t", timeout=1)
+    assert result["timed_out"] is True and result["exit_code"] == 124
+    assert result["session_restarted"] is True and result["stdout"] == "started\n"
+    assert time.monotonic() - started < 1 + INTERRUPT_GRACE_SECONDS + 2
     assert wait_until(lambda: gone(int((agent.home / "child.pid").read_text())), 2)
     after = client.run("python", "print(state)", session="t")
     assert after["exit_code"] == 1 and "NameError" in after["stderr"]
+
+
+def test_an_ignored_interrupt_restarts_the_session_after_the_grace(client):
+    client.run("python", "state = 'old'", session="g")
+    pending = start_and_wait_for_output(client, "python", IGNORES_SIGINT, session="g")
+    asked = time.monotonic()
+    assert client.interrupt("g") == 1
+    result = pending()
+    assert INTERRUPT_GRACE_SECONDS - 0.2 < time.monotonic() - asked < INTERRUPT_GRACE_SECONDS + 2
+    assert result["interrupted"] is True and result["session_restarted"] is True
+    assert "NameError" in client.run("python", "state", session="g")["stderr"]
+
+
+def test_an_ignored_interrupt_ends_a_stateless_run_after_the_grace(client):
+    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('go', flush=True)\ntime.sleep(1000)"
+    pending = start_and_wait_for_output(client, "python", code)
+    asked = time.monotonic()
+    assert client.interrupt() == 1
+    result = pending()
+    assert time.monotonic() - asked < INTERRUPT_GRACE_SECONDS + 2
+    assert result["interrupted"] is True and result["exit_code"] != 0
 
 
 def test_interrupt_python_session_keeps_state(client):

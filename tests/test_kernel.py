@@ -228,17 +228,20 @@ def test_interrupt_while_waiting_for_input(kernel: Kernel) -> None:
 
 
 @pytest.mark.slow
-def test_a_cell_that_ignores_the_interrupt_is_abandoned(kernel: Kernel) -> None:
+def test_a_cell_that_ignores_the_interrupt_restarts_its_session_and_says_so(kernel) -> None:
+    kernel.execute("kept = 1")
     threading.Timer(1.0, kernel.km.interrupt_kernel).start()
     started = time.monotonic()
     reply, out = kernel.execute("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                                 "while True:\n    pass")
-    assert reply["content"]["status"] == "abort"
-    assert 3.5 < time.monotonic() - started < 8
-    assert "did not stop the cell" in texts(out, "stderr")
-    assert "Stopped sandbox" in texts(kernel.execute("%sandbox stop")[1])
-    _, out = kernel.execute("1 + 1")  # a new sandbox
-    assert out[-1]["content"]["data"]["text/plain"] == "2"
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert 2.5 < time.monotonic() - started < 6
+    assert "its session was restarted" in texts(out, "stderr")
+    started = time.monotonic()
+    _, out = kernel.execute("1 + 1")  # no hang: the same sandbox, a fresh session
+    assert out[-1]["content"]["data"]["text/plain"] == "2" and time.monotonic() - started < 5
+    assert kernel.execute("kept")[0]["content"]["ename"] == "NameError"
 
 
 def test_rich_display_and_clear_output(kernel: Kernel) -> None:

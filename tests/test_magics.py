@@ -371,6 +371,20 @@ def test_keyboard_interrupt_is_forwarded_and_the_state_is_kept(shell, magics, cu
     assert cap.stdout == f"interrupted 0 run(s) in {current}\n"
 
 
+def test_an_ignored_interrupt_restarts_the_session_and_says_so(shell, magics, current):
+    cell(shell, "", "n = 0")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(SandboxInterrupted) as info:
+            cell(shell, "", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                            "print('looping', flush=True)\nwhile True:\n    n += 1")
+    finally:
+        timer.cancel()
+    assert "session in" in str(info.value) and "its variables are gone" in str(info.value)
+    assert "NameError" in cell(shell, "", "n").stderr
+
+
 def test_a_timeout_keeps_what_was_printed_and_is_a_one_line_error(shell, magics, current):
     with capture_output() as cap, pytest.raises(UsageError) as info:
         shell.run_cell_magic("sandbox", "--timeout 1", "print('early', flush=True)\nwhile True: pass")
@@ -476,7 +490,10 @@ def _execute(km, kc, code: str, interrupt_after: float | None = None):
             outputs.append((time.monotonic() - started, kind, content))
         if kind == "status" and content["execution_state"] == "idle":
             break
-    return kc.get_shell_msg(timeout=10)["content"]["status"], outputs
+    while True:  # skip a late kernel_info reply of wait_for_ready (jupyter_client 8.10)
+        reply = kc.get_shell_msg(timeout=10)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]["status"], outputs
 
 
 def test_in_a_real_ipykernel_output_is_live_and_interrupt_keeps_state(nexus_home):

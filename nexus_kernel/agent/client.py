@@ -283,6 +283,7 @@ class AgentClient:
             "timed_out": bool(done.get("timed_out")),
             "interrupted": bool(done.get("interrupted")),
             "truncated": bool(done.get("truncated")),
+            "session_restarted": bool(done.get("session_restarted")),
             "oom_killed": bool(done.get("oom_killed")),
             "display": display,
             "result": found["result"],

@@ -48,6 +48,9 @@ PROTOCOL_VERSION = 1
 TIMEOUT_EXIT_CODE = 124
 #: exit_code reported when user code is stopped by an interrupt (128 + SIGINT).
 INTERRUPT_EXIT_CODE = 130
+#: Seconds code gets to stop after an interrupt (Ctrl-C, a session's timeout) before its
+#: process tree is killed; a killed session restarts empty (``session_restarted``).
+INTERRUPT_GRACE_SECONDS = 2.0
 #: output_limit used when a request gives none (bytes of stdout + stderr per run).
 DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
 #: code larger than this is passed to stateless interpreters through a file, not argv.
@@ -542,14 +545,23 @@ class Reply:
         self.conn.send({"id": self.rid, "ev": stream, "data": text})
 
 
-def _run_result(exit_code, started, timed_out, interrupted, truncated) -> dict:
+def _run_result(exit_code, started, timed_out, interrupted, truncated,
+                session_restarted=False) -> dict:
     return {
         "exit_code": TIMEOUT_EXIT_CODE if timed_out else exit_code,
         "execution_time": round(time.monotonic() - started, 6),
         "timed_out": timed_out,
         "interrupted": interrupted,
         "truncated": truncated,
+        "session_restarted": session_restarted,
     }
+
+
+def _after_grace(action) -> None:
+    """Call ``action`` INTERRUPT_GRACE_SECONDS from now, in a daemon thread."""
+    timer = threading.Timer(INTERRUPT_GRACE_SECONDS, action)
+    timer.daemon = True
+    timer.start()
 
 
 class StatelessRun:
@@ -567,7 +579,8 @@ class StatelessRun:
         self._status: list[int] = []
 
     def interrupt(self) -> bool:
-        """SIGINT to the run's process group."""
+        """SIGINT to the run's process group; its tree is killed if it has not ended
+        INTERRUPT_GRACE_SECONDS later."""
         if not self.pid or self._status:
             return False
         self.interrupted = True
@@ -575,7 +588,12 @@ class StatelessRun:
             os.killpg(self.pid, signal.SIGINT)
         except OSError:
             return False
+        _after_grace(self._kill_if_running)
         return True
+
+    def _kill_if_running(self) -> None:
+        if not self._status:
+            self.agent.procs.kill(roots=(self.pid,), tag=self.tag)
 
     def execute(self) -> dict:
         out_r, out_w = os.pipe()
@@ -659,6 +677,7 @@ class SessionRun:
         self.exit_code: int | None = None
         self.timed_out = False
         self.interrupted = False
+        self.restarted = False  # the session was killed to end this run: its state is gone
         self.cleanup: str | None = None  # a file to delete when the run ends
         self.done = threading.Event()
         self.options: dict = {}  # stdin / stderr_traceback, passed to the worker
@@ -933,12 +952,14 @@ class Session:
             if self._cmd_w >= 0:
                 _write_all(self._cmd_w, self._command(cur, code))
         if not cur.done.wait(timeout):
-            cur.timed_out = True
-            self.kill()
+            cur.timed_out = True  # interrupt first: the session keeps its state if it stops
+            if not (self._signal(cur) and cur.done.wait(INTERRUPT_GRACE_SECONDS)):
+                self._kill_for(cur)
             if not cur.done.wait(10):
                 self._finish(cur)
         exit_code = cur.exit_code if cur.exit_code is not None else 1
-        return _run_result(exit_code, started, cur.timed_out, cur.interrupted, cur.output.truncated)
+        return _run_result(exit_code, started, cur.timed_out, cur.interrupted,
+                           cur.output.truncated, cur.restarted)
 
     def _command(self, cur: SessionRun, code: str) -> bytes:
         if self.language != "bash":
@@ -955,17 +976,33 @@ class Session:
         return f"{cur.id} {path}\n".encode("utf-8", "surrogateescape")
 
     def interrupt(self) -> bool:
-        """SIGINT to the session's process group if it is running something."""
+        """SIGINT to the session's process group if it is running something; code that
+        ignores it is killed INTERRUPT_GRACE_SECONDS later (the session restarts empty)."""
         with self._lock:
             cur = self.current
             if cur is None or self.dead:
                 return False
             cur.interrupted = True
+        if not self._signal(cur):
+            return False
+        _after_grace(lambda: None if cur.done.is_set() else self._kill_for(cur))
+        return True
+
+    def _signal(self, cur: SessionRun) -> bool:
+        """SIGINT to the session's process group while ``cur`` runs."""
+        if self.current is not cur:
+            return False
         try:
             os.killpg(self.pid, signal.SIGINT)
         except OSError:
             return False
         return True
+
+    def _kill_for(self, cur: SessionRun) -> None:
+        """End ``cur`` by killing the session (its state is lost, and the run says so)."""
+        if self.current is cur:
+            cur.restarted = True
+            self.kill()
 
     def _finish(self, cur: SessionRun) -> None:
         with self._lock:

@@ -34,6 +34,9 @@ from .sandbox import SESSION, KernelSandbox, SandboxCommands, UsageError
 
 #: Seconds to wait for the sandbox to report an interrupted cell before replying "abort".
 INTERRUPT_GRACE = 3.0
+#: Said when the sandbox had to kill the session to end a cell.
+SESSION_LOST = ("Nexus: the code did not stop when interrupted, so its session was restarted: "
+                "variables from earlier cells are gone.\n")
 #: A cell that is only ``name?`` or ``name??`` asks for help (IPython's syntax).
 _HELP = re.compile(r"\s*([^\W\d][\w.]*)(\?{1,2})\s*")
 
@@ -222,6 +225,8 @@ class NexusKernel(Kernel):
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
+        if result.session_restarted:
+            self._stream("stderr", SESSION_LOST, silent)
         if state.error is not None:
             return {"status": "error", "execution_count": self.execution_count, **state.error}
         if result.exit_code != 0:
