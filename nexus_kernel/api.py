@@ -122,6 +122,7 @@ class NexusFS:
         session: str | None = None,
         on_event: EventCallback | None = None,
         trusted_output: bool | None = None,
+        input_data: str | None = None,
     ) -> dict[str, Any]:
         """Run code. ``session=None`` runs a fresh process (files persist, variables do
         not); a session name keeps variables between runs. Returns ``stdout``, ``stderr``,
@@ -129,9 +130,11 @@ class NexusFS:
         ``timeout=None``: the ``timeout`` setting (``NEXUS_TIMEOUT``, default 30 s).
 
         Rich output (``display``, ``result``) is untrusted and comes back inert (HTML
-        sanitised, scripts withheld) unless ``trusted_output=True``."""
+        sanitised, scripts withheld) unless ``trusted_output=True``. ``input_data`` is the
+        standard input of a stateless run."""
         result = self.manager.run(sandbox_id, language, code, timeout, session=session,
-                                  on_event=on_event, trusted_output=trusted_output)
+                                  on_event=on_event, trusted_output=trusted_output,
+                                  input_data=input_data)
         data = result.to_dict()
         data["sandbox_id"] = sandbox_id
         return data

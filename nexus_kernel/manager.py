@@ -279,6 +279,7 @@ class SandboxManager:
         stderr_traceback: bool = True,
         reserve_timeout: bool = True,
         trusted_output: bool | None = None,
+        input_data: str | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -291,12 +292,22 @@ class SandboxManager:
 
         Rich output (display and result bundles) is untrusted: it is made inert by
         :mod:`nexus_kernel.untrusted` unless ``trusted_output`` (default: the
-        ``trusted_output`` setting, off) says the caller trusts this sandbox."""
+        ``trusted_output`` setting, off) says the caller trusts this sandbox.
+
+        ``input_data``: standard input of a stateless run (``session=None`` only)."""
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
         if session is not None and (not isinstance(session, str) or not session.strip()):
             raise InvalidArgumentError("session must be a non-empty string or None")
+        if input_data is not None:
+            if session is not None:
+                raise InvalidArgumentError(
+                    "input_data is the standard input of a stateless run; a session's code "
+                    "reads input() interactively instead (run without a session)")
+            if not isinstance(input_data, str) or len(input_data) > MAX_CODE_BYTES:
+                raise InvalidArgumentError(
+                    f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
         record = self._require_active(sandbox_id)
         record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
         client = self._client(record)
@@ -322,6 +333,7 @@ class SandboxManager:
                 stdin=stdin,
                 stderr_traceback=stderr_traceback,
                 deadline=record.expires_at + WATCHDOG_SLACK_SECONDS,
+                input_data=input_data,
             )
         except AgentError as exc:
             self._forget_client(sandbox_id)

@@ -254,3 +254,15 @@ def test_every_users_sandboxes_need_an_explicit_admin(nexus_home, monkeypatch):
     assert NexusFS(backend=LocalBackend(nexus_home / "files")).sandbox_list(all_users=True)
     assert NexusFS(backend=LocalBackend(nexus_home / "files"),
                    is_admin=False).manager.is_admin is False
+
+
+def test_input_data_is_the_standard_input_of_a_stateless_run(nx, sandbox):
+    code = "import sys\ndata = sys.stdin.read()\nprint(len(data), data.splitlines()[-1])"
+    lines = "".join(f"line {i}\n" for i in range(20000))  # larger than a pipe's buffer
+    result = nx.sandbox_run(sandbox, "python", code, input_data=lines)
+    assert result["stdout"] == f"{len(lines)} line 19999\n"
+    assert nx.sandbox_run(sandbox, "bash", "head -c 3", input_data="abcdef")["stdout"] == "abc"
+    assert nx.sandbox_run(sandbox, "python", "import sys; print(repr(sys.stdin.read()))")[
+        "stdout"] == "''\n"  # no input: an empty stdin, as before
+    with pytest.raises(InvalidArgumentError, match="stateless run"):
+        nx.sandbox_run(sandbox, "python", "input()", session="s", input_data="x")

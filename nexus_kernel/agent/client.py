@@ -222,6 +222,7 @@ class AgentClient:
         stdin: bool = False,
         stderr_traceback: bool = True,
         deadline: float | None = None,
+        input_data: str | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
 
@@ -235,7 +236,8 @@ class AgentClient:
         it with :meth:`input_reply` (from ``on_event`` or another thread).
         ``stderr_traceback=False``: errors come only as the ``error`` event, not on stderr.
         ``deadline`` (epoch s): moves the agent's watchdog first, as :meth:`set_deadline`
-        does, in the same round trip (None = leave it)."""
+        does, in the same round trip (None = leave it). ``input_data``: the standard input
+        of a stateless run (read to its end, then EOF)."""
         stdout: list[str] = []
         stderr: list[str] = []
         display: list[dict] = []
@@ -273,6 +275,8 @@ class AgentClient:
             args["stdin"] = True
         if not stderr_traceback:
             args["stderr_traceback"] = False
+        if input_data is not None:
+            args["input"] = input_data
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         done = self._call("run", args, collect, wait)
         return {

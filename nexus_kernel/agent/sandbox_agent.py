@@ -484,10 +484,11 @@ class Reaper:
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         threading.Thread(target=self._loop, name="reaper", daemon=True).start()
 
-    def spawn(self, argv: list[str], env: dict, stdout: int, stderr: int, extra=(), on_exit=None):
-        """Start ``argv`` in its own process group with stdin = /dev/null, the given
+    def spawn(self, argv: list[str], env: dict, stdout: int, stderr: int, extra=(), on_exit=None,
+              stdin: int | None = None):
+        """Start ``argv`` in its own process group with stdin (default /dev/null), the given
         stdout/stderr and ``extra`` fds as 3, 4, ...; returns the pid."""
-        sources = [self._devnull, stdout, stderr] + list(extra)
+        sources = [self._devnull if stdin is None else stdin, stdout, stderr] + list(extra)
         high = max(sources) + 1
         actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(sources)]
         actions += [(os.POSIX_SPAWN_DUP2, high + i, i) for i in range(len(sources))]
@@ -557,6 +558,14 @@ def _run_result(exit_code, started, timed_out, interrupted, truncated,
     }
 
 
+def _feed(fd: int, data: bytes) -> None:
+    """Write ``data`` to a run's stdin pipe, then close it (EOF); a reader that exits early
+    ends the write."""
+    with contextlib.suppress(OSError):
+        _write_all(fd, data)
+    _close(fd)
+
+
 def _after_grace(action) -> None:
     """Call ``action`` INTERRUPT_GRACE_SECONDS from now, in a daemon thread."""
     timer = threading.Timer(INTERRUPT_GRACE_SECONDS, action)
@@ -567,11 +576,12 @@ def _after_grace(action) -> None:
 class StatelessRun:
     """One fresh interpreter process; nothing of it outlives it."""
 
-    def __init__(self, agent, reply: Reply, argv, timeout, limit) -> None:
+    def __init__(self, agent, reply: Reply, argv, timeout, limit, input_data=None) -> None:
         self.agent = agent
         self.reply = reply
         self.argv = argv
         self.timeout = timeout
+        self.input_data = input_data
         self.output = RunOutput(reply.output, limit)
         self.tag = _random_id()
         self.pid = 0
@@ -604,15 +614,23 @@ class StatelessRun:
             self._status.append(code)
             os.write(wake_w, b"x")
 
+        in_r = in_w = None
+        if self.input_data is not None:
+            in_r, in_w = os.pipe()
         started = time.monotonic()
         try:
             self.pid = self.agent.reaper.spawn(
-                self.argv, self.agent.child_env(self.tag), out_w, err_w, on_exit=on_exit
+                self.argv, self.agent.child_env(self.tag), out_w, err_w, on_exit=on_exit,
+                stdin=in_r,
             )
         except OSError as exc:
-            _close(out_r, out_w, err_r, err_w, wake_r, wake_w)
+            _close(out_r, out_w, err_r, err_w, wake_r, wake_w, *filter(None, (in_r, in_w)))
             raise Failure(f"cannot start {self.argv[0]}: {exc.strerror}") from None
         _close(out_w, err_w)
+        if in_w is not None:
+            _close(in_r)
+            threading.Thread(target=_feed, args=(in_w, self.input_data.encode(
+                "utf-8", "surrogateescape")), name="run-stdin", daemon=True).start()
         try:
             timed_out = self._pump({out_r: "stdout", err_r: "stderr"}, wake_r, started)
         finally:
@@ -1382,6 +1400,9 @@ class Agent:
             raise Invalid("timeout must be a positive number of seconds or null")
         if session is not None and (not isinstance(session, str) or not session):
             raise Invalid("session must be a non-empty string or null")
+        input_data = msg.get("input")
+        if input_data is not None and (not isinstance(input_data, str) or session is not None):
+            raise Invalid("input must be a string, and is given to stateless runs only")
         if limit is None:
             limit = DEFAULT_OUTPUT_LIMIT
         elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
@@ -1394,7 +1415,7 @@ class Agent:
             self.set_deadline(deadline)
         before = oom_kills()
         if session is None:
-            result = self._run_stateless(reply, language, code, timeout, limit)
+            result = self._run_stateless(reply, language, code, timeout, limit, input_data)
         else:
             result = self._run_session(reply, session, language, code, timeout, limit, options)
         if before is not None and (oom_kills() or 0) > before:
@@ -1417,9 +1438,9 @@ class Agent:
             return [exe, script] if script else [exe, "-e", code], script
         return [exe, script] if script else [exe, "-c", code], script
 
-    def _run_stateless(self, reply, language, code, timeout, limit) -> dict:
+    def _run_stateless(self, reply, language, code, timeout, limit, input_data=None) -> dict:
         argv, script = self._stateless_argv(language, code)
-        run = StatelessRun(self, reply, argv, timeout, limit)
+        run = StatelessRun(self, reply, argv, timeout, limit, input_data)
         with self._lock:
             self._runs.add(run)
         try:
