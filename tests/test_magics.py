@@ -534,3 +534,16 @@ def _stop_every_sandbox() -> None:
         if record.status.value != "stopped":
             manager.stop(record.sandbox_id)
     manager.close()
+
+
+def test_the_readme_jupyter_cells_work_when_pasted(shell, magics):
+    import re
+
+    from .conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Jupyter", 1)[1].split("\n## ", 1)[0]
+    cells = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(cells) >= 2
+    for source in cells:
+        result = shell.run_cell(source)
+        assert result.success, (source, result.error_before_exec or result.error_in_exec)
