@@ -175,3 +175,32 @@ def test_proxy_kernel(nexus_home, nexus_kernelspec, tmp_path):
     assert "(TTL 20 min, extended by every cell)" in status
     assert "on kernel shutdown: stopped" in status
     assert_no_sandbox_active(wait=10)
+
+
+def test_pasted_magic_lines_and_lost_state_in_a_real_notebook(nexus_home: Path, tmp_path: Path):
+    """The magics as a notebook runs them (nbclient, ipykernel): trailing comments on
+    %sandbox lines, and a timeout whose code ignores the interrupt says the state is gone."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    sources = {
+        "create": "%load_ext nexus_kernel\n%sandbox create pasted --ttl 30  # it's the current one",
+        "state": "%%sandbox run --timeout 20  # a comment with 'quotes'\nkept = 41\nprint('ok')",
+        "timeout": "%%sandbox run --timeout 1\nimport signal, time\n"
+                   "signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
+        "after": "%%sandbox run\nprint('kept' in globals())",
+        "stop": "%sandbox stop",
+    }
+    for cell_id, source in sources.items():
+        new = nbformat.v4.new_code_cell(source)
+        new["id"] = cell_id
+        if cell_id == "timeout":
+            new.metadata["tags"] = ["raises-exception"]
+        nb.cells.append(new)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "created sandbox" in bundles(nb, "create")[0]["text/plain"]
+    assert stream(nb, "state") == "ok\n"
+    said = stream(nb, "timeout", "stderr")  # a UsageError: one line, no host traceback
+    assert "exceeded 1 second timeout" in said and "its variables are gone" in said
+    assert stream(nb, "after") == "False\n"
