@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nexus_kernel.agent import AGENT_PATH, AgentClient, unix_connector
-from nexus_kernel.agent.sandbox_agent import INTERRUPT_GRACE_SECONDS
+from nexus_kernel.agent.sandbox_agent import INTERRUPT_GRACE_SECONDS, MAX_FILE_BYTES
 from nexus_kernel.errors import AgentError, InvalidArgumentError
 
 TOKEN = "test-token-123"
@@ -447,6 +447,13 @@ def test_interrupt_javascript_session_keeps_state(client):
     assert client.run("javascript", "kept", session="ji")["result"] == {"text/plain": "'yes'"}
 
 
+def test_read_file_refuses_files_larger_than_its_bound(client, agent):
+    with open(agent.home / "sparse.bin", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(InvalidArgumentError, match="larger than 64 MB"):
+        client.read_file("sparse.bin")
+
+
 def test_close_session(client):
     client.run("python", "v = 1", session="c")
     assert [s["session"] for s in client.sessions()] == ["c"]
@@ -471,8 +478,8 @@ def test_write_and_read_files(client, agent, tmp_path):
         client.read_file("missing.txt")
     with pytest.raises(InvalidArgumentError, match="NUL"):
         client.read_file("bad\0name")
-    with pytest.raises(InvalidArgumentError, match="cannot read"):
-        client.read_file("data")
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        client.read_file("data")  # a directory
 
 
 # -- deadline, shutdown, relay, reconnect ------------------------------------------------

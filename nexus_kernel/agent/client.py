@@ -26,6 +26,15 @@ __all__ = ["AgentClient", "Channel", "unix_connector"]
 DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
 #: Extra seconds the client waits past a run's own timeout before giving up on the agent.
 RUN_GRACE = 30.0
+#: Longest message line accepted from an agent (a 64 MB file, base64-encoded, fits).
+MAX_LINE_BYTES = 128 * 1024 * 1024
+#: A run's messages may carry JSON_EXPANSION times its output cap (JSON escapes a control
+#: or invalid byte as six) plus RUN_SLACK_BYTES (framing, metadata) before the client decides
+#: the agent is not keeping the cap and drops the connection.
+JSON_EXPANSION = 8
+RUN_SLACK_BYTES = 16 * 1024 * 1024
+#: How long a file transfer may take.
+FILE_WAIT = 300.0
 
 _CLOSED = object()  # queued to pending requests when their channel ends
 
@@ -108,7 +117,7 @@ class AgentClient:
         _close_channel(channel)
 
     def _read_loop(self, channel: Channel) -> None:
-        lines = LineBuffer()
+        lines = LineBuffer(MAX_LINE_BYTES)
         try:
             while True:
                 data = channel.recv(65536)
@@ -131,7 +140,7 @@ class AgentClient:
         with self._lock:
             entry = self._pending.get(msg.get("id"))
         if entry is not None:
-            entry[0].put(msg)
+            entry[0].put((msg, len(line)))
 
     def _send(self, rid: str, data: bytes, q: queue.SimpleQueue) -> None:
         """Send one request, reconnecting once if the channel turns out to be dead."""
@@ -156,27 +165,38 @@ class AgentClient:
         args: dict[str, Any],
         on_event: Callable[[dict], None] | None,
         wait: float | None,
+        max_bytes: int | None = None,
     ) -> dict:
+        """Send ``op`` and wait for its ``done``; fails when it takes longer than ``wait``
+        seconds or its messages carry more than ``max_bytes`` bytes (None = unbounded)."""
         rid = f"c{next(self._ids)}"
         msg = {"id": rid, "token": self._token, "op": op}
         msg.update(args)
         q: queue.SimpleQueue = queue.SimpleQueue()
         self._send(rid, encode(msg), q)
         deadline = None if wait is None else time.monotonic() + wait
+        received = 0
         try:
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    event = q.get(timeout=left)
+                    item = q.get(timeout=left)
                 except queue.Empty:
                     raise AgentError(
                         f"sandbox agent did not answer the {op!r} request within {wait:g} s"
                     ) from None
-                if event is _CLOSED:
+                if item is _CLOSED:
                     raise AgentError(
                         f"sandbox agent unreachable: the connection closed before the "
                         f"{op!r} request finished"
                     )
+                event, size = item
+                received += size
+                if max_bytes is not None and received > max_bytes:
+                    self._drop(self._pending[rid][1])
+                    raise AgentError(
+                        f"the sandbox sent more than {max_bytes} bytes for one {op!r} request "
+                        "(its output cap is not kept): the connection was closed")
                 kind = event.get("ev")
                 if kind == "done":
                     return {k: v for k, v in event.items() if k not in ("id", "ev")}
@@ -278,7 +298,8 @@ class AgentClient:
         if input_data is not None:
             args["input"] = input_data
         wait = None if timeout is None else float(timeout) + RUN_GRACE
-        done = self._call("run", args, collect, wait)
+        budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
+        done = self._call("run", args, collect, wait, max_bytes=budget)
         return {
             "stdout": "".join(stdout),
             "stderr": "".join(stderr),
@@ -341,7 +362,7 @@ class AgentClient:
 
     def read_file(self, path: str) -> bytes:
         """The content of ``path`` (relative to the sandbox home)."""
-        return base64.b64decode(self._call("read_file", {"path": path}, None, None)["data"])
+        return base64.b64decode(self._call("read_file", {"path": path}, None, FILE_WAIT)["data"])
 
     def shutdown(self) -> None:
         """Make the agent kill everything in the sandbox and exit."""

@@ -37,6 +37,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -51,6 +52,8 @@ INTERRUPT_EXIT_CODE = 130
 #: Seconds code gets to stop after an interrupt (Ctrl-C, a session's timeout) before its
 #: process tree is killed; a killed session restarts empty (``session_restarted``).
 INTERRUPT_GRACE_SECONDS = 2.0
+#: Largest file read_file returns (it travels base64-encoded in one message).
+MAX_FILE_BYTES = 64 * 1024 * 1024
 #: output_limit used when a request gives none (bytes of stdout + stderr per run).
 DEFAULT_OUTPUT_LIMIT = 10 * 1024 * 1024
 #: code larger than this is passed to stateless interpreters through a file, not argv.
@@ -103,16 +106,22 @@ def decode(line: bytes | str) -> dict:
 
 
 class LineBuffer:
-    """Splits a byte stream into lines (without the ``\\n``); keeps the unfinished tail."""
+    """Splits a byte stream into lines (without the ``\\n``); keeps the unfinished tail.
+    A line longer than ``max_line`` bytes (None = unbounded) raises ValueError: the peer is
+    broken or hostile, and the stream cannot be trusted past it."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int | None = None) -> None:
         self._parts: list[bytes] = []
+        self._pending = 0
+        self._max = max_line
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the complete lines it finished (may be empty)."""
         if b"\n" not in data:
             if data:
                 self._parts.append(data)
+                self._pending += len(data)
+                self._check(self._pending)
             return []
         lines = data.split(b"\n")
         if self._parts:
@@ -120,9 +129,18 @@ class LineBuffer:
             lines[0] = b"".join(self._parts)
             self._parts = []
         tail = lines.pop()
+        self._pending = len(tail)
         if tail:
             self._parts.append(tail)
+        if self._max is not None:
+            for line in lines:
+                self._check(len(line))
+            self._check(self._pending)
         return lines
+
+    def _check(self, size: int) -> None:
+        if self._max is not None and size > self._max:
+            raise ValueError(f"a line longer than {self._max} bytes")
 
 
 def _utf8_decoder():
@@ -278,8 +296,9 @@ class RunOutput:
             self._emit(stream, text)
 
     def charge(self, size: int) -> bool:
-        """Count ``size`` bytes of a rich event (display, result) against the cap; False
-        (and ``truncated``) once the cap is passed: the event is then dropped."""
+        """Count ``size`` bytes of an event (display, result, error, clear_output,
+        input_request) against the cap; False (and ``truncated``) once the cap is passed:
+        the event is then dropped or cut."""
         if self.truncated or size > self._left:
             self.truncated = True
             return False
@@ -558,6 +577,15 @@ def _run_result(exit_code, started, timed_out, interrupted, truncated,
     }
 
 
+def _regular_file(fd: int, name) -> int:
+    """The size of the regular file open at ``fd``; Invalid for a FIFO, device, socket or
+    directory (a transfer must neither hang nor read forever)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise Invalid(f"{name!r} is not a regular file: only regular files are transferred")
+    return info.st_size
+
+
 def _feed(fd: int, data: bytes) -> None:
     """Write ``data`` to a run's stdin pipe, then close it (EOF); a reader that exits early
     ends the write."""
@@ -696,6 +724,7 @@ class SessionRun:
         self.timed_out = False
         self.interrupted = False
         self.restarted = False  # the session was killed to end this run: its state is gone
+        self.late_error: dict | None = None  # the run's error, when it came past the cap
         self.cleanup: str | None = None  # a file to delete when the run ends
         self.done = threading.Event()
         self.options: dict = {}  # stdin / stderr_traceback, passed to the worker
@@ -1032,6 +1061,8 @@ class Session:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         cur.output.feed("stdout", cur.events.flush())
+        if cur.late_error is not None:
+            cur.reply.event("error", **cur.late_error)
         cur.output.finish()
         cur.done.set()
 
@@ -1112,8 +1143,15 @@ class Session:
                 if cur.complete():
                     self._finish(cur)
         elif ev in ("result", "display", "error", "clear_output", "input_request"):
-            if ev in ("result", "display") and not cur.output.charge(len(line)):
-                return
+            if not cur.output.charge(len(line)):  # every event counts against the cap
+                if ev == "error":  # the last one is sent when the run ends, cut short
+                    cur.late_error = {"ename": str(msg.get("ename"))[:200],
+                                      "evalue": str(msg.get("evalue"))[:1000], "traceback": []}
+                    return
+                if ev == "input_request":  # the code waits for an answer: keep asking
+                    msg = {"prompt": "", "password": bool(msg.get("password"))}
+                else:
+                    return
             if ev == "input_request":
                 cur.awaiting_input = True
             msg.pop("id", None)
@@ -1557,8 +1595,11 @@ class Agent:
             parent = os.path.dirname(path)
             if parent:
                 os.makedirs(parent, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
             try:
+                _regular_file(fd, msg.get("path"))
+                os.set_blocking(fd, True)
+                os.ftruncate(fd, 0)
                 _write_all(fd, data)
             finally:
                 os.close(fd)
@@ -1573,8 +1614,21 @@ class Agent:
 
         path = self._resolve(msg.get("path"))
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no hang
+            try:
+                size = _regular_file(fd, msg.get("path"))
+            except Invalid:
+                os.close(fd)
+                raise
+            with open(fd, "rb") as f:
+                if size > MAX_FILE_BYTES:
+                    raise Invalid("{!r} is larger than {} MB: copy it out in parts".format(
+                        msg.get("path"), MAX_FILE_BYTES // 2**20))
+                os.set_blocking(fd, True)
+                data = f.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    raise Invalid("{!r} grew past {} MB while it was read".format(
+                        msg.get("path"), MAX_FILE_BYTES // 2**20))
         except FileNotFoundError:
             raise Invalid("no such file in the sandbox: {!r}".format(msg.get("path"))) from None
         except OSError as exc:
