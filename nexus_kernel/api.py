@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import Settings, private_dir
 from .errors import InvalidArgumentError
 from .manager import EventCallback, SandboxManager, describe
 
@@ -18,8 +18,7 @@ class LocalBackend:
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
         base = Path(root) if root is not None else Settings.load().home / "files"
-        self.root = base.expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(base.expanduser().resolve())
 
     def resolve(self, path: str) -> Path:
         """Map a store path (``/workspace/data.csv``) to a real path inside the root."""
@@ -39,8 +38,10 @@ class LocalBackend:
     def write(self, path: str, data: bytes | str) -> int:
         target = self.resolve(path)
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(payload)
+        private_dir(target.parent)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(payload)
         return len(payload)
 
     def ls(self, path: str = "/") -> list[str]:

@@ -18,6 +18,19 @@ MAX_TTL_MINUTES = 7 * 24 * 60.0
 MAX_TIMEOUT = 24 * 3600.0
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents as 0700 directories (nexus state and files are
+    nobody else's business); existing directories are left as they are."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def _default_user() -> str:
     try:
         return getpass.getuser()

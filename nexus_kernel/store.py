@@ -21,6 +21,7 @@ from typing import Any
 
 import diskcache
 
+from .config import private_dir
 from .errors import SandboxError
 
 _PREFIX = "sandbox:"
@@ -32,7 +33,7 @@ class Store:
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         self._cache = diskcache.Cache(
             str(self.directory),
             eviction_policy="none",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import Settings, private_dir
 from .errors import InvalidArgumentError, ProviderError
 from .providers.local import sandbox_python
 
@@ -64,7 +64,8 @@ def create_template(
     python = sandbox_python(settings)
     building = target.with_name(target.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    private_dir(building.parent)
+    building.mkdir()
     command = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                "--target", str(building / "lib"), *packages]
     if quiet:

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import Settings, private_dir
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
 from .base import (
@@ -181,7 +181,7 @@ class LocalProvider(Provider):
                                          self.settings.home / "agent-cache")
 
         sandboxes = self.settings.sandboxes_dir
-        sandboxes.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(sandboxes)
         sandbox_dir = sandboxes / spec.sandbox_id
         try:
             sandbox_dir.mkdir(mode=0o711)
