@@ -2232,16 +2232,20 @@ def _prctl_harden() -> None:
 
 #: Signals that shut the agent down (``docker stop`` sends SIGTERM).
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: siginfo codes the kernel sets itself: kill() (SI_USER) and the kernel (SI_KERNEL). Any
+#: process may queue a signal with a code below 0 and a sender pid of its choosing.
+_KERNEL_SET_CODES = frozenset({0, 0x80})
 
 
 def _stop_on_signals(agent) -> None:
     """Shut down on a STOP_SIGNALS signal. They are blocked in every thread and taken here,
     so a signal never waits on whichever thread the kernel picked. As the sandbox's pid 1 the
-    agent takes them only from outside its pid namespace (si_pid 0): sandbox code cannot
-    stop it (``pkill python3``), as it cannot SIGKILL it."""
+    agent takes them only from outside its pid namespace (si_pid 0, in a siginfo the kernel
+    filled): sandbox code cannot stop it (``pkill python3``, or a queued signal with a forged
+    sender), as it cannot SIGKILL it."""
     while True:
         info = signal.sigwaitinfo(STOP_SIGNALS)
-        if os.getpid() != 1 or info.si_pid == 0:
+        if os.getpid() != 1 or (info.si_pid == 0 and info.si_code in _KERNEL_SET_CODES):
             agent.terminate()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -80,6 +81,30 @@ def test_sandbox_code_cannot_kill_or_stop_its_agent(env, box):
     assert box.ok("bash", "echo agent answers") == "agent answers\n"
     assert env.manager.status(box.id).status is Status.ACTIVE
     box.assert_settles()
+
+
+#: A queued SIGTERM to pid 1 whose siginfo claims the sender is outside the pid namespace
+#: (si_pid 0), which rt_sigqueueinfo lets any process forge with si_code SI_QUEUE.
+FORGED_SIGTERM = """
+import ctypes, os, signal
+info = (ctypes.c_int * 32)()          # struct siginfo: 128 bytes
+info[0] = signal.SIGTERM              # si_signo
+info[2] = -1                          # si_code = SI_QUEUE (a user may forge only si_code < 0)
+info[3] = 0                           # si_pid = 0: "from outside"
+info[4] = 0                           # si_uid
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_rt_sigqueueinfo = {"x86_64": 129, "aarch64": 240}[os.uname().machine]
+rc = libc.syscall(SYS_rt_sigqueueinfo, 1, signal.SIGTERM, ctypes.byref(info))
+print("queued" if rc == 0 else "refused", ctypes.get_errno())
+"""
+
+
+def test_a_forged_queued_signal_cannot_stop_the_agent(env, box):
+    result = box.run("python", FORGED_SIGTERM)
+    assert result.exit_code == 0 and result.stdout.startswith(("queued", "refused")), result
+    time.sleep(0.5)
+    assert box.ok("bash", "echo agent answers") == "agent answers\n"
+    assert env.manager.status(box.id).status is Status.ACTIVE
 
 
 def test_a_shutdown_signal_from_outside_ends_the_sandbox_cleanly(env, box):
