@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ from .base import (
     scratch_mb,
 )
 from .cgroups import Cgroup, create_cgroup, poll_until
+from .removal import remove_tree
 
 BWRAP_HINT = "bubblewrap is not installed: apt-get install bubblewrap (or dnf install bubblewrap)"
 USERNS_HINT = (
@@ -231,7 +231,7 @@ class LocalProvider(Provider):
             if cgroup is not None:
                 cgroup.kill(timeout=2.0)
                 cgroup.remove()
-            _rmtree(sandbox_dir)
+            remove_tree(sandbox_dir)
             raise
         return handle
 
@@ -478,7 +478,7 @@ class LocalProvider(Provider):
             cgroup.kill(timeout=5.0)
             cgroup.remove()
         if handle.get("dir"):
-            _rmtree(Path(handle["dir"]))
+            remove_tree(Path(handle["dir"]))
 
     def alive(self, handle: Handle) -> bool:
         """The jail's pid 1 still exists (start time checked, so a reused pid does not count)."""
@@ -545,7 +545,7 @@ def _agent_with_bytecode(source_dir: Path, python: str, cache_root: Path) -> Pat
                         os.chmod(child, 0o644)
             os.rename(tmp, target)
         except (OSError, subprocess.SubprocessError):
-            _rmtree(tmp)  # or another process won the rename: use its copy
+            remove_tree(tmp)  # or another process won the rename: use its copy
             if not (target / "__pycache__").is_dir():
                 return source_dir
     _AGENT_DIRS[memo] = target
@@ -814,24 +814,3 @@ def _signal_namespace(handle: Handle, sig: int, until_stable: bool) -> None:
         done |= pids
         if not until_stable:
             return
-
-
-def _rmtree(path: Path) -> None:
-    """Delete a tree even when sandbox code chmod-ed parts of it read-only."""
-
-    def fix(_func: Any, failed: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            os.chmod(failed, 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            shutil.rmtree(failed, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(failed)
-
-    if not os.path.lexists(path):
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fix)
-    else:
-        shutil.rmtree(path, onerror=fix)
