@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, Settings
+from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, STOPPED_RETENTION_SECONDS, Settings
 from .errors import (
     AgentError,
     ExecutionTimeoutError,
@@ -42,8 +42,6 @@ if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
 
 #: A creating record older than this belongs to a creator that died.
 STALE_CREATING_SECONDS = 300.0
-#: Stopped records are kept this long for `list`/`status`, then pruned by the reaper.
-STOPPED_RETENTION_SECONDS = 24 * 3600.0
 #: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
 WATCHDOG_SLACK_SECONDS = 5.0
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
