@@ -14,18 +14,30 @@ import os
 import sys
 from typing import Any
 
+from . import __version__
+
 EXIT_TIMEOUT = 124
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
 
 class UsageError(Exception):
-    """Bad command-line usage (exit 2)."""
+    """Bad command-line usage (exit 2); ``prog`` is the command the message is about."""
+
+    def __init__(self, message: str, prog: str = "nexus"):
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, self.prog)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # An unknown subcommand: name the choices, not argparse's dest ("argument group").
+        if not action.option_strings and action.choices and value not in action.choices:
+            self.error(f"unknown command {value!r}; choose one of: {', '.join(action.choices)}")
+        super()._check_value(action, value)
 
 
 def _positive_float(text: str) -> float:
@@ -35,39 +47,54 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.")
-    commands = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"nexus {__version__}")
+    parser.set_defaults(command=None, show_help=parser.print_help)
+    commands = parser.add_subparsers(dest="group", parser_class=_Parser)
     sandbox = commands.add_parser("sandbox", help="create, run and manage sandboxes")
-    sub = sandbox.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sandbox.set_defaults(show_help=sandbox.print_help)
+    sub = sandbox.add_subparsers(dest="command", parser_class=_Parser)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_json(p)
         return p
 
+    def sandbox_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sandbox_id", help="the sandbox's id (sb_..., from create or list)")
+
     p = command("create", "create a sandbox")
-    p.add_argument("name")
+    p.add_argument("name", help="a label for the sandbox (need not be unique)")
     p.add_argument("--ttl", type=_positive_float, default=None, metavar="MINUTES",
-                   help="idle minutes before it expires (default 10)")
-    p.add_argument("--template", default=None, metavar="ID", help="template / image")
-    p.add_argument("--provider", default=None, help="local (default), docker, e2b, modal")
+                   help="idle minutes before it stops itself; every run extends it (default 10)")
+    p.add_argument("--template", default=None, metavar="ID",
+                   help="template (local) or image to start from (default: the provider's own)")
+    p.add_argument("--provider", default=None, metavar="NAME",
+                   help="where it runs: local (default), docker, e2b or modal")
     p.add_argument("--network", action="store_true", help="allow network access")
 
     p = command("run", "run code in a sandbox")
-    p.add_argument("sandbox_id")
+    sandbox_id(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--code", help="code to run; '-' reads it from stdin")
     source.add_argument("-f", "--file", help="file whose content to run")
     p.add_argument("-l", "--language", default=None,
-                   help="python (default), javascript or bash")
-    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS")
-    p.add_argument("--session", default=None,
-                   help="persistent session name: variables survive between runs")
+                   help="python, javascript or bash (default: from the file's extension, "
+                        "else python)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="stop the code after this many seconds (exit 124; default 30)")
+    p.add_argument("--session", default=None, metavar="NAME",
+                   help="persistent session: variables survive between runs (default: none, "
+                        "a fresh process each run; files persist either way)")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
-        command(name, text).add_argument("sandbox_id")
+        sandbox_id(command(name, text))
 
     p = command("list", "list your sandboxes")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
@@ -75,28 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
     p.add_argument("action", choices=["fill", "status", "drain"],
                    help="fill up to the pool size, show the pools, or destroy every pooled sandbox")
-    p.add_argument("--provider", default=None, help="pool of this provider (default local)")
-    p.add_argument("--template", default=None, metavar="ID", help="pool of this template")
+    p.add_argument("--provider", default=None, metavar="NAME",
+                   help="pool of this provider (default local)")
+    p.add_argument("--template", default=None, metavar="ID",
+                   help="pool of this template (default: none)")
     p.add_argument("--network", action="store_true", help="pool of network-enabled sandboxes")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=int, default=None, metavar="N",
                    help="fill up to this many (default NEXUS_POOL_SIZE)")
     command("providers", "which providers are installed, configured, and what they support")
 
     template = commands.add_parser("template", help="prepared environments for local sandboxes")
-    tsub = template.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = tsub.add_parser("list", help="list built templates")
-    p.add_argument("--json", action="store_true")
-    p = tsub.add_parser("create", help="build a template (network is used at build time only)")
+    template.set_defaults(show_help=template.print_help)
+    tsub = template.add_subparsers(dest="command", parser_class=_Parser)
+    p = tsub.add_parser("list", help="list built templates", description="list built templates")
+    _add_json(p)
+    text = "build a template (network is used at build time only)"
+    p = tsub.add_parser("create", help=text, description=text)
     p.add_argument("name", help="template name; 'datascience' has a recipe (numpy pandas matplotlib)")
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="packages to install")
-    p.add_argument("--json", action="store_true")
-    p = tsub.add_parser("remove", help="delete a template")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
+    p = tsub.add_parser("remove", help="delete a template", description="delete a template")
+    p.add_argument("name", help="the template to delete")
+    _add_json(p)
 
     kernel = commands.add_parser("kernel", help="the 'Nexus Sandbox' Jupyter kernel")
-    ksub = kernel.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = ksub.add_parser("install", help="install the kernelspec (Jupyter then lists the kernel)")
+    kernel.set_defaults(show_help=kernel.print_help)
+    ksub = kernel.add_subparsers(dest="command", parser_class=_Parser)
+    text = "install the kernelspec (Jupyter then lists the kernel)"
+    p = ksub.add_parser("install", help=text, description=text)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true",
                        help="for this user, in ~/.local/share/jupyter (the default)")
@@ -111,20 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``nexus`` with ``argv`` (default: the command line); returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"{exc.prog}: {exc}", file=sys.stderr)
         return 2
+    if args.command is None:  # `nexus`, `nexus sandbox`: their help, as gh and docker
+        args.show_help()
+        return 0
     try:
         return _dispatch(args)
     except UsageError as exc:
-        print(f"nexus: {exc}", file=sys.stderr)
+        print(f"{exc.prog}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nexus: interrupted", file=sys.stderr)

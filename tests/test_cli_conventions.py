@@ -6,8 +6,18 @@ process."""
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
+
+from nexus_kernel import __version__
 
 from .conftest import needs_bwrap, nexus
+
+LEAF_COMMANDS = [
+    ["sandbox", name] for name in
+    ["create", "run", "pause", "resume", "stop", "status", "list", "reap", "pool", "providers"]
+] + [["template", "list"], ["template", "create"], ["template", "remove"], ["kernel", "install"]]
 
 
 def one_line(text: str) -> str:
@@ -20,6 +30,57 @@ def create(*extra: str, env: dict[str, str] | None = None) -> dict:
     out = nexus("sandbox", "create", "conventions", "--json", *extra, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def test_bare_nexus_prints_help(nexus_home):
+    out = nexus()
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith("usage: nexus")
+    assert all(group in out.stdout for group in ("sandbox", "template", "kernel"))
+
+
+@pytest.mark.parametrize("group", ["sandbox", "template", "kernel"])
+def test_bare_group_prints_its_help(nexus_home, group):
+    out = nexus(group)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith(f"usage: nexus {group}")
+
+
+@pytest.mark.parametrize(("argv", "choices"), [
+    (["bogus"], "sandbox, template, kernel"),
+    (["sandbox", "frobnicate"], "create, run, pause"),
+    (["kernel", "uninstall"], "install"),
+    (["sandbox", "pool", "flush"], "fill, status, drain"),
+])
+def test_unknown_subcommand_names_the_choices(nexus_home, argv, choices):
+    out = nexus(*argv)
+    assert out.returncode == 2 and out.stdout == ""
+    message = one_line(out.stderr)
+    assert repr(argv[-1]) in message and choices in message
+    assert "argument" not in message  # argparse's internal dest ("argument group: ...")
+
+
+def test_version(nexus_home):
+    out = nexus("--version")
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"nexus {__version__}\n", "")
+
+
+def undocumented(help_text: str) -> list[str]:
+    """The arguments of a --help output listed without a help text."""
+    lines = help_text.splitlines() + [""]
+    missing = []
+    for line, after in zip(lines, lines[1:], strict=False):
+        entry = re.match(r"  (\S.*)$", line)
+        if entry and "  " not in entry.group(1) and not re.match(r" {3,}\S", after):
+            missing.append(entry.group(1))
+    return missing
+
+
+@pytest.mark.parametrize("argv", LEAF_COMMANDS, ids=" ".join)
+def test_every_argument_has_a_help_text(nexus_home, argv):
+    out = nexus(*argv, "--help")
+    assert out.returncode == 0, out.stderr
+    assert undocumented(out.stdout) == []
 
 
 @needs_bwrap
