@@ -3,7 +3,9 @@
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr:
 exit 2 for usage errors, 1 for others; ``run`` exits with the code's own exit code
-(124 when it timed out). Heavy modules are imported only when a command needs them.
+(124 when it timed out). Options left out mean "from settings" (``NEXUS_*``), and
+their help shows that default and where it came from. Heavy modules are imported only when a
+command needs them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import sys
 from typing import Any
 
 from . import __version__
+from .config import Settings
+from .errors import ExecutionTimeoutError, SandboxError
 
+EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
@@ -40,18 +46,33 @@ class _Parser(argparse.ArgumentParser):
         super()._check_value(action, value)
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _default(settings: Settings, name: str, shown: Any) -> str:
+    """"(default: 10 min, from NEXUS_TTL_MINUTES)", or "(default: 10 min, built in)"."""
+    source = settings.env_source(name)
+    origin = f"from {source}" if source else "built in"
+    return f"(default: {shown}, {origin})".replace("%", "%%")  # help is a %-format
+
+
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The ``nexus`` parser; option defaults are None ("from settings") and their help
+    shows the value ``settings`` (default: ``Settings.load()``) gives them."""
+    settings = settings or Settings.load()
+    ttl = _default(settings, "ttl_minutes", f"{settings.ttl_minutes:g} min")
+    timeout = _default(settings, "timeout", f"{settings.timeout:g} s")
+    provider = _default(settings, "provider", settings.provider)
+    network = _default(settings, "network", "on" if settings.network else "off")
+
     parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.")
     parser.add_argument("--version", action="version", version=f"nexus {__version__}")
     parser.set_defaults(command=None, show_help=parser.print_help)
@@ -70,25 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("create", "create a sandbox")
     p.add_argument("name", help="a label for the sandbox (need not be unique)")
-    p.add_argument("--ttl", type=_positive_float, default=None, metavar="MINUTES",
-                   help="idle minutes before it stops itself; every run extends it (default 10)")
-    p.add_argument("--template", default=None, metavar="ID",
+    p.add_argument("--ttl", type=_number, metavar="MINUTES",
+                   help=f"idle minutes before it stops itself; every run extends it {ttl}")
+    p.add_argument("--template", metavar="ID",
                    help="template (local) or image to start from (default: the provider's own)")
-    p.add_argument("--provider", default=None, metavar="NAME",
-                   help="where it runs: local (default), docker, e2b or modal")
-    p.add_argument("--network", action="store_true", help="allow network access")
+    p.add_argument("--provider", metavar="NAME",
+                   help=f"where it runs: local, docker, e2b or modal {provider}")
+    p.add_argument("--network", action=argparse.BooleanOptionalAction,
+                   help=f"allow network access {network}")
 
     p = command("run", "run code in a sandbox")
     sandbox_id(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--code", help="code to run; '-' reads it from stdin")
     source.add_argument("-f", "--file", help="file whose content to run")
-    p.add_argument("-l", "--language", default=None,
+    p.add_argument("-l", "--language",
                    help="python, javascript or bash (default: from the file's extension, "
                         "else python)")
-    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
-                   help="stop the code after this many seconds (exit 124; default 30)")
-    p.add_argument("--session", default=None, metavar="NAME",
+    p.add_argument("--timeout", type=_number, metavar="SECONDS",
+                   help=f"stop the code after this many seconds (exit 124) {timeout}")
+    p.add_argument("--session", metavar="NAME",
                    help="persistent session: variables survive between runs (default: none, "
                         "a fresh process each run; files persist either way)")
 
@@ -102,13 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
     p.add_argument("action", choices=["fill", "status", "drain"],
                    help="fill up to the pool size, show the pools, or destroy every pooled sandbox")
-    p.add_argument("--provider", default=None, metavar="NAME",
-                   help="pool of this provider (default local)")
-    p.add_argument("--template", default=None, metavar="ID",
-                   help="pool of this template (default: none)")
-    p.add_argument("--network", action="store_true", help="pool of network-enabled sandboxes")
-    p.add_argument("--size", type=int, default=None, metavar="N",
-                   help="fill up to this many (default NEXUS_POOL_SIZE)")
+    p.add_argument("--provider", metavar="NAME", help=f"pool of this provider {provider}")
+    p.add_argument("--template", metavar="ID", help="pool of this template (default: none)")
+    p.add_argument("--network", action=argparse.BooleanOptionalAction,
+                   help=f"pool of network-enabled sandboxes {network}")
+    p.add_argument("--size", type=int, metavar="N", help="fill up to this many " +
+                   _default(settings, "pool_size", settings.pool_size))
     command("providers", "which providers are installed, configured, and what they support")
 
     template = commands.add_parser("template", help="prepared environments for local sandboxes")
@@ -151,37 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``nexus`` with ``argv`` (default: the command line); returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        settings = Settings.load()
+        args = build_parser(settings).parse_args(argv)
+        if args.command is None:  # `nexus`, `nexus sandbox`: their help, as gh and docker
+            args.show_help()
+            return 0
+        return _dispatch(args, settings)
     except UsageError as exc:
         print(f"{exc.prog}: {exc}", file=sys.stderr)
-        return 2
-    if args.command is None:  # `nexus`, `nexus sandbox`: their help, as gh and docker
-        args.show_help()
-        return 0
-    try:
-        return _dispatch(args)
-    except UsageError as exc:
-        print(f"{exc.prog}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("nexus: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # every error is one line; SandboxError knows its exit code
-        from .errors import SandboxError
-
-        if not isinstance(exc, SandboxError):
-            raise
+        return EXIT_INTERRUPTED
+    except SandboxError as exc:  # every error is one line; SandboxError knows its exit code
         print(f"nexus: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.group == "template":
-        return _template(args)
+        return _template(args, settings)
     if args.group == "kernel":
         return _kernel_install(args)
     if args.command == "providers":
-        return _providers(args)
+        return _providers(args, settings)
     from .api import NexusFS
 
     # This process exits right away: a hand-out from the warm pool is refilled by a
@@ -200,10 +214,11 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
 
 
 def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
-    kwargs: dict[str, Any] = {"template_id": args.template, "provider": args.provider}
-    if args.network:
-        kwargs["network"] = True
-    sb = nx.sandbox_create(args.name, ttl_minutes=10 if args.ttl is None else args.ttl, **kwargs)
+    from .manager import check_ttl
+
+    ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
+    sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
+                           provider=args.provider, network=args.network)
     _emit(args, sb, f"Created sandbox: {sb['sandbox_id']}")
     return 0
 
@@ -231,12 +246,13 @@ def _language(args: argparse.Namespace) -> str:
 
 
 def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
-    from .errors import ExecutionTimeoutError
+    from .manager import check_timeout
 
+    timeout = None if args.timeout is None else check_timeout(args.timeout, "--timeout")
     code = _read_code(args)
     on_event = None if args.json else _stream_to_terminal
     try:
-        result = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=args.timeout,
+        result = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=timeout,
                                 session=args.session, on_event=on_event)
     except ExecutionTimeoutError as exc:
         if args.json:
@@ -317,7 +333,7 @@ def _cmd_reap(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:
     pool = nx.manager.pool
     if args.action == "fill":
-        started = pool.fill(args.provider, args.template, args.network or None, size=args.size)
+        started = pool.fill(args.provider, args.template, args.network, size=args.size)
         data = {"started": started, "pools": pool.status()}
         _emit(args, data, f"Started {len(started)} pooled sandbox(es)")
     elif args.action == "drain":
@@ -331,11 +347,10 @@ def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _providers(args: argparse.Namespace) -> int:
-    from .config import Settings
+def _providers(args: argparse.Namespace, settings: Settings) -> int:
     from .providers import capability_matrix
 
-    rows = capability_matrix(Settings.load())
+    rows = capability_matrix(settings)
     table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES")]
     yes = {True: "yes", False: "no"}
     for row in rows:
@@ -354,11 +369,9 @@ def _table(rows: list[tuple[Any, ...]]) -> str:
                      for r in rows)
 
 
-def _template(args: argparse.Namespace) -> int:
+def _template(args: argparse.Namespace, settings: Settings) -> int:
     from . import templates
-    from .config import Settings
 
-    settings = Settings.load()
     if args.command == "list":
         found = templates.list_templates(settings)
         rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]

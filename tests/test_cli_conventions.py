@@ -83,6 +83,60 @@ def test_every_argument_has_a_help_text(nexus_home, argv):
     assert undocumented(out.stdout) == []
 
 
+def option_help(argv: list[str], option: str, env: dict[str, str] | None = None) -> str:
+    """The help entry of ``option`` in ``nexus *argv --help``, on one line."""
+    out = nexus(*argv, "--help", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {option}"))
+    entry = [lines[start]]
+    for line in lines[start + 1:]:
+        if not re.match(r" {3,}\S", line):
+            break
+        entry.append(line)
+    return " ".join(" ".join(entry).split())
+
+
+@pytest.mark.parametrize(("argv", "option", "variable", "value", "built_in", "from_env"), [
+    (["sandbox", "create"], "--ttl", "NEXUS_TTL_MINUTES", "25", "10 min", "25 min"),
+    (["sandbox", "create"], "--provider", "NEXUS_PROVIDER", "docker", "local", "docker"),
+    (["sandbox", "create"], "--network", "NEXUS_NETWORK", "1", "off", "on"),
+    (["sandbox", "run"], "--timeout", "NEXUS_TIMEOUT", "5", "30 s", "5 s"),
+    (["sandbox", "pool"], "--size", "NEXUS_POOL_SIZE", "3", "0", "3"),
+])
+def test_help_shows_the_effective_default_and_its_source(
+        nexus_home, monkeypatch, argv, option, variable, value, built_in, from_env):
+    monkeypatch.delenv(variable, raising=False)
+    assert f"(default: {built_in}, built in)" in option_help(argv, option)
+    assert f"(default: {from_env}, from {variable})" in option_help(
+        argv, option, env={variable: value})
+
+
+@needs_bwrap
+def test_cli_honours_ttl_and_timeout_from_the_environment(nexus_home):
+    sandbox = create(env={"NEXUS_TTL_MINUTES": "25"})
+    assert sandbox["ttl_minutes"] == 25
+    sandbox_id = sandbox["sandbox_id"]
+    out = nexus("sandbox", "run", sandbox_id, "-c", "import time; time.sleep(8)",
+                env={"NEXUS_TIMEOUT": "1"})
+    assert out.returncode == 124
+    assert "exceeded 1 second timeout" in one_line(out.stderr)
+    nexus("sandbox", "stop", sandbox_id)
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["sandbox", "create", "x", "--ttl", "0"], "--ttl"),
+    (["sandbox", "create", "x", "--ttl", "1e9"], "--ttl"),
+    (["sandbox", "run", "sb_nope", "--timeout", "0", "-c", "1"], "--timeout"),
+    (["sandbox", "run", "sb_nope", "--timeout", "inf", "-c", "1"], "--timeout"),
+])
+def test_errors_name_the_option_typed(nexus_home, argv, option):
+    out = nexus(*argv)
+    assert out.returncode == 2
+    message = one_line(out.stderr)
+    assert f"{option} must be" in message and "ttl_minutes" not in message
+
+
 @needs_bwrap
 def test_code_with_a_nul_byte_is_a_usage_error(nexus_home, tmp_path):
     sandbox_id = create()["sandbox_id"]
