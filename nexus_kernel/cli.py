@@ -3,9 +3,9 @@
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr:
 exit 2 for usage errors, 1 for others; ``run`` exits with the code's own exit code
-(124 when it timed out). Options left out mean "from settings" (``NEXUS_*``), and
-their help shows that default and where it came from. Heavy modules are imported only when a
-command needs them.
+(124 when it timed out); a closed pipe ends it quietly (141). Options left out mean "from
+settings" (``NEXUS_*``), and their help shows that default and where it came from. Heavy
+modules are imported only when a command needs them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .errors import ExecutionTimeoutError, SandboxError
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a process killed by SIGPIPE reports
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
@@ -38,6 +39,11 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         raise UsageError(message, self.prog)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse drops write errors; a closed pipe must reach main() (exit 141)
+        if message:
+            (file or sys.stderr).write(message)
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         # An unknown subcommand: name the choices, not argparse's dest ("argument group").
@@ -171,6 +177,19 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``nexus`` with ``argv`` (default: the command line); returns the exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        # `nexus sandbox list | head -1`: exit quietly, as a process killed by SIGPIPE would;
+        # stdout on devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         settings = Settings.load()
         args = build_parser(settings).parse_args(argv)

@@ -6,13 +6,16 @@ process."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from nexus_kernel import __version__
 
-from .conftest import needs_bwrap, nexus
+from .conftest import ROOT, needs_bwrap, nexus
 
 LEAF_COMMANDS = [
     ["sandbox", name] for name in
@@ -147,4 +150,33 @@ def test_code_with_a_nul_byte_is_a_usage_error(nexus_home, tmp_path):
                 nexus("sandbox", "run", sandbox_id, "--session", "s", "-c", "-", input="a\0b")):
         assert out.returncode == 2
         assert "code cannot contain NUL bytes" in one_line(out.stderr)
+    nexus("sandbox", "stop", sandbox_id)
+
+
+def closed_pipe_run(*argv: str, unbuffered: str = "") -> tuple[int, bytes]:
+    """Run `nexus *argv` with stdout a pipe whose read end is already closed (a reader that
+    went away, as `| head -1` does): every write fails. Returns (exit code, stderr)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "nexus_kernel.cli", *argv],
+                              stdout=write_end, stderr=subprocess.PIPE, cwd=ROOT, timeout=60,
+                              env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    finally:
+        os.close(write_end)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("argv", [["sandbox", "list"], ["--help"], ["--version"], ["sandbox"],
+                                  ["sandbox", "providers", "--json"]], ids=" ".join)
+def test_closed_pipe_exits_quietly_with_141(nexus_home, argv, unbuffered):
+    assert closed_pipe_run(*argv, unbuffered=unbuffered) == (141, b"")
+
+
+@needs_bwrap
+def test_closed_pipe_while_run_streams(nexus_home):
+    sandbox_id = create()["sandbox_id"]
+    code = "for i in range(10000): print(i, flush=True)"
+    assert closed_pipe_run("sandbox", "run", sandbox_id, "--timeout", "20", "-c", code) == (141, b"")
     nexus("sandbox", "stop", sandbox_id)
