@@ -1,11 +1,10 @@
 """The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
 ``nexus template ...`` and ``nexus kernel install``.
 
-Human output by default, one JSON object with ``--json``. Errors are one line on stderr:
-exit 2 for usage errors, 1 for others; ``run`` exits with the code's own exit code
-(124 when it timed out); a closed pipe ends it quietly (141). Options left out mean "from
-settings" (``NEXUS_*``), and their help shows that default and where it came from. Heavy
-modules are imported only when a command needs them.
+Human output by default, one JSON object with ``--json``. Errors are one line on stderr;
+the exit codes are ``EXIT_CODES``. Options left out mean "from settings" (``NEXUS_*``), and
+their help shows that default and where it came from. Heavy modules are imported only when a
+command needs them.
 """
 
 from __future__ import annotations
@@ -17,13 +16,22 @@ import sys
 from typing import Any
 
 from . import __version__
-from .config import Settings
+from .config import STOPPED_RETENTION_SECONDS, Settings
 from .errors import ExecutionTimeoutError, SandboxError
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a process killed by SIGPIPE reports
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    other errors: stopped sandbox, provider unavailable, daemon down
+  2    usage errors: bad option or argument, unknown sandbox id
+  124  sandbox run: the code ran past its timeout
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (closed pipe)
+`nexus sandbox run` otherwise exits with the code's own exit code."""
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
@@ -78,8 +86,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     timeout = _default(settings, "timeout", f"{settings.timeout:g} s")
     provider = _default(settings, "provider", settings.provider)
     network = _default(settings, "network", "on" if settings.network else "off")
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the exit-code table's lines
 
-    parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.")
+    parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.",
+                     epilog=EXIT_CODES, formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"nexus {__version__}")
     parser.set_defaults(command=None, show_help=parser.print_help)
     commands = parser.add_subparsers(dest="group", parser_class=_Parser)
@@ -87,8 +97,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     sandbox.set_defaults(show_help=sandbox.print_help)
     sub = sandbox.add_subparsers(dest="command", parser_class=_Parser)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
         _add_json(p)
         return p
 
@@ -106,7 +116,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--network", action=argparse.BooleanOptionalAction,
                    help=f"allow network access {network}")
 
-    p = command("run", "run code in a sandbox")
+    p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
     sandbox_id(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--code", help="code to run; '-' reads it from stdin")
@@ -124,7 +134,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
         sandbox_id(command(name, text))
 
-    p = command("list", "list your sandboxes")
+    hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
+    p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
@@ -336,7 +347,8 @@ def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_list(nx: Any, args: argparse.Namespace) -> int:
     data = nx.sandbox_list(all_users=args.all)
     rows = [("SANDBOX_ID", "NAME", "STATUS", "PROVIDER", "EXPIRES_AT")]
-    rows += [(s["sandbox_id"], s["name"], s["status"], s["provider"], s["expires_at"] or "-")
+    rows += [(s["sandbox_id"], s["name"], s["status"], s["provider"],
+              "-" if s["status"] == "stopped" else s["expires_at"] or "-")
              for s in data["sandboxes"]]
     _emit(args, data, _table(rows) if data["sandboxes"] else "No sandboxes.")
     return 0

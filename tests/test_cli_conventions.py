@@ -180,3 +180,33 @@ def test_closed_pipe_while_run_streams(nexus_home):
     code = "for i in range(10000): print(i, flush=True)"
     assert closed_pipe_run("sandbox", "run", sandbox_id, "--timeout", "20", "-c", code) == (141, b"")
     nexus("sandbox", "stop", sandbox_id)
+
+
+EXIT_CODES = ["0", "124", "130", "2", "1", "141"]
+
+
+@pytest.mark.parametrize("argv", [[], ["sandbox", "run"]])
+def test_exit_codes_are_documented_in_help(nexus_home, argv):
+    out = nexus(*argv, "--help")
+    assert out.returncode == 0
+    epilog = out.stdout.split("exit codes:")[1]
+    documented = re.findall(r"^\s+(\d+)\s", epilog, re.MULTILINE)
+    assert set(EXIT_CODES) <= set(documented), documented
+    assert "own exit code" in epilog
+
+
+def test_list_help_says_how_long_stopped_sandboxes_stay(nexus_home):
+    from nexus_kernel.config import STOPPED_RETENTION_SECONDS
+
+    out = nexus("sandbox", "list", "--help", env={"COLUMNS": "200"})
+    hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
+    assert re.search(rf"stopped .* {hours}", out.stdout), out.stdout
+
+
+@needs_bwrap
+def test_list_shows_no_expiry_for_a_stopped_sandbox(nexus_home):
+    sandbox_id = create()["sandbox_id"]
+    nexus("sandbox", "stop", sandbox_id)
+    rows = nexus("sandbox", "list").stdout.splitlines()
+    header, row = rows[0].split(), next(r for r in rows if r.startswith(sandbox_id)).split()
+    assert dict(zip(header, row, strict=True))["EXPIRES_AT"] == "-"
