@@ -1,9 +1,10 @@
 """The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
 ``nexus template ...`` and ``nexus kernel install``.
 
-Human output by default, one JSON object with ``--json``. Errors are one line on stderr:
-exit 2 for usage errors, 1 for others; ``run`` exits with the code's own exit code
-(124 when it timed out). Heavy modules are imported only when a command needs them.
+Human output by default, one JSON object with ``--json``. Errors are one line on stderr;
+the exit codes are ``EXIT_CODES``. Options left out mean "from settings" (``NEXUS_*``), and
+their help shows that default and where it came from. Heavy modules are imported only when a
+command needs them.
 """
 
 from __future__ import annotations
@@ -14,89 +15,159 @@ import os
 import sys
 from typing import Any
 
+from . import __version__
+from .config import STOPPED_RETENTION_SECONDS, Settings
+from .errors import ExecutionTimeoutError, SandboxError
+
+EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what a process killed by SIGPIPE reports
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    other errors: stopped sandbox, provider unavailable, daemon down
+  2    usage errors: bad option or argument, unknown sandbox id
+  124  sandbox run: the code ran past its timeout
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (closed pipe)
+`nexus sandbox run` otherwise exits with the code's own exit code."""
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
 
 class UsageError(Exception):
-    """Bad command-line usage (exit 2)."""
+    """Bad command-line usage (exit 2); ``prog`` is the command the message is about."""
+
+    def __init__(self, message: str, prog: str = "nexus"):
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, self.prog)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse drops write errors; a closed pipe must reach main() (exit 141)
+        if message:
+            (file or sys.stderr).write(message)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # An unknown subcommand: name the choices, not argparse's dest ("argument group").
+        if not action.option_strings and action.choices and value not in action.choices:
+            self.error(f"unknown command {value!r}; choose one of: {', '.join(action.choices)}")
+        super()._check_value(action, value)
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.")
-    commands = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
-    sandbox = commands.add_parser("sandbox", help="create, run and manage sandboxes")
-    sub = sandbox.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _default(settings: Settings, name: str, shown: Any) -> str:
+    """"(default: 10 min, from NEXUS_TTL_MINUTES)", or "(default: 10 min, built in)"."""
+    source = settings.env_source(name)
+    origin = f"from {source}" if source else "built in"
+    return f"(default: {shown}, {origin})".replace("%", "%%")  # help is a %-format
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The ``nexus`` parser; option defaults are None ("from settings") and their help
+    shows the value ``settings`` (default: ``Settings.load()``) gives them."""
+    settings = settings or Settings.load()
+    ttl = _default(settings, "ttl_minutes", f"{settings.ttl_minutes:g} min")
+    timeout = _default(settings, "timeout", f"{settings.timeout:g} s")
+    provider = _default(settings, "provider", settings.provider)
+    network = _default(settings, "network", "on" if settings.network else "off")
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the exit-code table's lines
+
+    parser = _Parser(prog="nexus", description="Ephemeral, isolated code sandboxes.",
+                     epilog=EXIT_CODES, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"nexus {__version__}")
+    parser.set_defaults(command=None, show_help=parser.print_help)
+    commands = parser.add_subparsers(dest="group", parser_class=_Parser)
+    sandbox = commands.add_parser("sandbox", help="create, run and manage sandboxes")
+    sandbox.set_defaults(show_help=sandbox.print_help)
+    sub = sandbox.add_subparsers(dest="command", parser_class=_Parser)
+
+    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+        _add_json(p)
         return p
 
-    p = command("create", "create a sandbox")
-    p.add_argument("name")
-    p.add_argument("--ttl", type=_positive_float, default=None, metavar="MINUTES",
-                   help="idle minutes before it expires (default 10)")
-    p.add_argument("--template", default=None, metavar="ID", help="template / image")
-    p.add_argument("--provider", default=None, help="local (default), docker, e2b, modal")
-    p.add_argument("--network", action="store_true", help="allow network access")
+    def sandbox_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sandbox_id", help="the sandbox's id (sb_..., from create or list)")
 
-    p = command("run", "run code in a sandbox")
-    p.add_argument("sandbox_id")
+    p = command("create", "create a sandbox")
+    p.add_argument("name", help="a label for the sandbox (need not be unique)")
+    p.add_argument("--ttl", type=_number, metavar="MINUTES",
+                   help=f"idle minutes before it stops itself; every run extends it {ttl}")
+    p.add_argument("--template", metavar="ID",
+                   help="template (local) or image to start from (default: the provider's own)")
+    p.add_argument("--provider", metavar="NAME",
+                   help=f"where it runs: local, docker, e2b or modal {provider}")
+    p.add_argument("--network", action=argparse.BooleanOptionalAction,
+                   help=f"allow network access {network}")
+
+    p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
+    sandbox_id(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--code", help="code to run; '-' reads it from stdin")
     source.add_argument("-f", "--file", help="file whose content to run")
-    p.add_argument("-l", "--language", default=None,
-                   help="python (default), javascript or bash")
-    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS")
-    p.add_argument("--session", default=None,
-                   help="persistent session name: variables survive between runs")
+    p.add_argument("-l", "--language",
+                   help="python, javascript or bash (default: from the file's extension, "
+                        "else python)")
+    p.add_argument("--timeout", type=_number, metavar="SECONDS",
+                   help=f"stop the code after this many seconds (exit 124) {timeout}")
+    p.add_argument("--session", metavar="NAME",
+                   help="persistent session: variables survive between runs (default: none, "
+                        "a fresh process each run; files persist either way)")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
-        command(name, text).add_argument("sandbox_id")
+        sandbox_id(command(name, text))
 
-    p = command("list", "list your sandboxes")
+    hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
+    p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
     p.add_argument("action", choices=["fill", "status", "drain"],
                    help="fill up to the pool size, show the pools, or destroy every pooled sandbox")
-    p.add_argument("--provider", default=None, help="pool of this provider (default local)")
-    p.add_argument("--template", default=None, metavar="ID", help="pool of this template")
-    p.add_argument("--network", action="store_true", help="pool of network-enabled sandboxes")
-    p.add_argument("--size", type=int, default=None,
-                   help="fill up to this many (default NEXUS_POOL_SIZE)")
+    p.add_argument("--provider", metavar="NAME", help=f"pool of this provider {provider}")
+    p.add_argument("--template", metavar="ID", help="pool of this template (default: none)")
+    p.add_argument("--network", action=argparse.BooleanOptionalAction,
+                   help=f"pool of network-enabled sandboxes {network}")
+    p.add_argument("--size", type=int, metavar="N", help="fill up to this many " +
+                   _default(settings, "pool_size", settings.pool_size))
     command("providers", "which providers are installed, configured, and what they support")
 
     template = commands.add_parser("template", help="prepared environments for local sandboxes")
-    tsub = template.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = tsub.add_parser("list", help="list built templates")
-    p.add_argument("--json", action="store_true")
-    p = tsub.add_parser("create", help="build a template (network is used at build time only)")
+    template.set_defaults(show_help=template.print_help)
+    tsub = template.add_subparsers(dest="command", parser_class=_Parser)
+    p = tsub.add_parser("list", help="list built templates", description="list built templates")
+    _add_json(p)
+    text = "build a template (network is used at build time only)"
+    p = tsub.add_parser("create", help=text, description=text)
     p.add_argument("name", help="template name; 'datascience' has a recipe (numpy pandas matplotlib)")
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="packages to install")
-    p.add_argument("--json", action="store_true")
-    p = tsub.add_parser("remove", help="delete a template")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
+    p = tsub.add_parser("remove", help="delete a template", description="delete a template")
+    p.add_argument("name", help="the template to delete")
+    _add_json(p)
 
     kernel = commands.add_parser("kernel", help="the 'Nexus Sandbox' Jupyter kernel")
-    ksub = kernel.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = ksub.add_parser("install", help="install the kernelspec (Jupyter then lists the kernel)")
+    kernel.set_defaults(show_help=kernel.print_help)
+    ksub = kernel.add_subparsers(dest="command", parser_class=_Parser)
+    text = "install the kernelspec (Jupyter then lists the kernel)"
+    p = ksub.add_parser("install", help=text, description=text)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true",
                        help="for this user, in ~/.local/share/jupyter (the default)")
@@ -111,40 +182,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``nexus`` with ``argv`` (default: the command line); returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        # `nexus sandbox list | head -1`: exit quietly, as a process killed by SIGPIPE would;
+        # stdout on devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     try:
-        return _dispatch(args)
+        settings = Settings.load()
+        args = build_parser(settings).parse_args(argv)
+        if args.command is None:  # `nexus`, `nexus sandbox`: their help, as gh and docker
+            args.show_help()
+            return 0
+        return _dispatch(args, settings)
     except UsageError as exc:
-        print(f"nexus: {exc}", file=sys.stderr)
-        return 2
+        print(f"{exc.prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("nexus: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # every error is one line; SandboxError knows its exit code
-        from .errors import SandboxError
-
-        if not isinstance(exc, SandboxError):
-            raise
+        return EXIT_INTERRUPTED
+    except SandboxError as exc:  # every error is one line; SandboxError knows its exit code
         print(f"nexus: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.group == "template":
-        return _template(args)
+        return _template(args, settings)
     if args.group == "kernel":
         return _kernel_install(args)
     if args.command == "providers":
-        return _providers(args)
+        return _providers(args, settings)
     from .api import NexusFS
 
     # This process exits right away: a hand-out from the warm pool is refilled by a
@@ -163,10 +244,11 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
 
 
 def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
-    kwargs: dict[str, Any] = {"template_id": args.template, "provider": args.provider}
-    if args.network:
-        kwargs["network"] = True
-    sb = nx.sandbox_create(args.name, ttl_minutes=10 if args.ttl is None else args.ttl, **kwargs)
+    from .manager import check_ttl
+
+    ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
+    sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
+                           provider=args.provider, network=args.network)
     _emit(args, sb, f"Created sandbox: {sb['sandbox_id']}")
     return 0
 
@@ -194,12 +276,13 @@ def _language(args: argparse.Namespace) -> str:
 
 
 def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
-    from .errors import ExecutionTimeoutError
+    from .manager import check_timeout
 
+    timeout = None if args.timeout is None else check_timeout(args.timeout, "--timeout")
     code = _read_code(args)
     on_event = None if args.json else _stream_to_terminal
     try:
-        result = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=args.timeout,
+        result = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=timeout,
                                 session=args.session, on_event=on_event)
     except ExecutionTimeoutError as exc:
         if args.json:
@@ -264,7 +347,8 @@ def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_list(nx: Any, args: argparse.Namespace) -> int:
     data = nx.sandbox_list(all_users=args.all)
     rows = [("SANDBOX_ID", "NAME", "STATUS", "PROVIDER", "EXPIRES_AT")]
-    rows += [(s["sandbox_id"], s["name"], s["status"], s["provider"], s["expires_at"] or "-")
+    rows += [(s["sandbox_id"], s["name"], s["status"], s["provider"],
+              "-" if s["status"] == "stopped" else s["expires_at"] or "-")
              for s in data["sandboxes"]]
     _emit(args, data, _table(rows) if data["sandboxes"] else "No sandboxes.")
     return 0
@@ -280,7 +364,7 @@ def _cmd_reap(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:
     pool = nx.manager.pool
     if args.action == "fill":
-        started = pool.fill(args.provider, args.template, args.network or None, size=args.size)
+        started = pool.fill(args.provider, args.template, args.network, size=args.size)
         data = {"started": started, "pools": pool.status()}
         _emit(args, data, f"Started {len(started)} pooled sandbox(es)")
     elif args.action == "drain":
@@ -294,11 +378,10 @@ def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _providers(args: argparse.Namespace) -> int:
-    from .config import Settings
+def _providers(args: argparse.Namespace, settings: Settings) -> int:
     from .providers import capability_matrix
 
-    rows = capability_matrix(Settings.load())
+    rows = capability_matrix(settings)
     table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES")]
     yes = {True: "yes", False: "no"}
     for row in rows:
@@ -317,11 +400,9 @@ def _table(rows: list[tuple[Any, ...]]) -> str:
                      for r in rows)
 
 
-def _template(args: argparse.Namespace) -> int:
+def _template(args: argparse.Namespace, settings: Settings) -> int:
     from . import templates
-    from .config import Settings
 
-    settings = Settings.load()
     if args.command == "list":
         found = templates.list_templates(settings)
         rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]

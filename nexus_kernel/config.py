@@ -16,6 +16,8 @@ DEFAULT_TTL_MINUTES = 10.0
 DEFAULT_TIMEOUT = 30.0
 MAX_TTL_MINUTES = 7 * 24 * 60.0
 MAX_TIMEOUT = 24 * 3600.0
+#: Stopped records are kept this long for `list`/`status`, then pruned by the reaper.
+STOPPED_RETENTION_SECONDS = 24 * 3600.0
 
 
 def private_dir(path: Path) -> Path:
@@ -109,10 +111,9 @@ class Settings:
         """Defaults, then NEXUS_* variables (and E2B_*), then non-None ``overrides``."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            env_name = _ENV_NAMES.get(f.name, "NEXUS_" + f.name.upper())
-            raw = os.environ.get(env_name)
-            if raw not in (None, ""):
-                values[f.name] = _coerce(f.name, raw, env_name)
+            env_name = cls.env_source(f.name)
+            if env_name is not None:
+                values[f.name] = _coerce(f.name, os.environ[env_name], env_name)
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -123,6 +124,13 @@ class Settings:
         if isinstance(settings.home, str):
             settings = replace(settings, home=Path(settings.home))
         return settings
+
+    @staticmethod
+    def env_source(name: str) -> str | None:
+        """The environment variable that sets setting ``name`` now, or None when it is unset
+        (then ``load`` without an override gives the built-in default)."""
+        env_name = _ENV_NAMES.get(name, "NEXUS_" + name.upper())
+        return env_name if os.environ.get(env_name) not in (None, "") else None
 
 
 _ENV_NAMES = {

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, Settings
+from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, STOPPED_RETENTION_SECONDS, Settings
 from .errors import (
     AgentError,
     ExecutionTimeoutError,
@@ -43,8 +43,6 @@ if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
 
 #: A creating record older than this belongs to a creator that died.
 STALE_CREATING_SECONDS = 300.0
-#: Stopped records are kept this long for `list`/`status`, then pruned by the reaper.
-STOPPED_RETENTION_SECONDS = 24 * 3600.0
 #: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
 WATCHDOG_SLACK_SECONDS = 5.0
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
@@ -66,22 +64,24 @@ def normalize_language(language: Any) -> str:
     return name
 
 
-def check_ttl(ttl_minutes: Any) -> float:
+def check_ttl(ttl_minutes: Any, name: str = "ttl_minutes") -> float:
+    """The TTL as a float; errors call it ``name`` (a surface passes what its user typed)."""
     if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
-        raise InvalidArgumentError("ttl_minutes must be a number of minutes, e.g. 10")
+        raise InvalidArgumentError(f"{name} must be a number of minutes, e.g. 10")
     if not math.isfinite(ttl_minutes) or ttl_minutes <= 0 or ttl_minutes > MAX_TTL_MINUTES:
         raise InvalidArgumentError(
-            f"ttl_minutes must be > 0 and <= {int(MAX_TTL_MINUTES)} (7 days), got {ttl_minutes}"
+            f"{name} must be > 0 and <= {int(MAX_TTL_MINUTES)} minutes (7 days), got {ttl_minutes}"
         )
     return float(ttl_minutes)
 
 
-def check_timeout(timeout: Any) -> float:
+def check_timeout(timeout: Any, name: str = "timeout") -> float:
+    """The timeout as a float; errors call it ``name`` (a surface passes what its user typed)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidArgumentError("timeout must be a number of seconds, e.g. 30")
+        raise InvalidArgumentError(f"{name} must be a number of seconds, e.g. 30")
     if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT:
         raise InvalidArgumentError(
-            f"timeout must be > 0 and <= {int(MAX_TIMEOUT)} seconds, got {timeout}"
+            f"{name} must be > 0 and <= {int(MAX_TIMEOUT)} seconds, got {timeout}"
         )
     return float(timeout)
 
@@ -105,6 +105,9 @@ def check_code(code: Any) -> str:
         raise InvalidArgumentError(
             f"code is larger than {MAX_CODE_BYTES // (1024 * 1024)} MB; upload it as a file"
         )
+    if "\0" in code:  # no interpreter takes it (argv, compile), so say so before the run
+        raise InvalidArgumentError(
+            "code cannot contain NUL bytes; binary data goes into the sandbox as a file")
     return code
 
 

@@ -129,11 +129,11 @@ def test_timeout_exit_code_and_message(nexus_home):
     [
         (["sandbox", "status", "sb_nope"], 2, "no sandbox 'sb_nope'"),
         (["sandbox", "run", "sb_nope", "-c", "print(1)"], 2, "no sandbox 'sb_nope'"),
-        (["sandbox", "create", "x", "--ttl", "0"], 2, "ttl_minutes must be > 0"),
-        (["sandbox", "create", "x", "--ttl", "-3"], 2, "ttl_minutes must be > 0"),
+        (["sandbox", "create", "x", "--ttl", "0"], 2, "--ttl must be > 0"),
+        (["sandbox", "create", "x", "--ttl", "-3"], 2, "--ttl must be > 0"),
         (["sandbox", "create", "x", "--ttl", "soon"], 2, "'soon' is not a number"),
         (["sandbox", "create", "x", "--provider", "nope"], 2, "unknown provider 'nope'"),
-        (["sandbox", "frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (["sandbox", "frobnicate"], 2, "unknown command 'frobnicate'"),
         (["sandbox", "run", "sb_x"], 2, "one of the arguments -c/--code -f/--file is required"),
     ],
 )
