@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from typing import Any
 
@@ -29,7 +30,8 @@ exit codes:
   1    other errors: stopped sandbox, provider unavailable, daemon down
   2    usage errors: bad option or argument, unknown sandbox id
   124  sandbox run: the code ran past its timeout
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C: the code gets KeyboardInterrupt and a session keeps its
+       state; a second Ctrl-C stops waiting)
   141  the reader of the output went away (closed pipe)
 `nexus sandbox run` otherwise exits with the code's own exit code."""
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
@@ -121,6 +123,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--code", help="code to run; '-' reads it from stdin")
     source.add_argument("-f", "--file", help="file whose content to run")
+    p.epilog = ("standard input: what is piped or redirected into a run without --session "
+                "(and whose code is not read from stdin) is the code's stdin; in a shell loop "
+                "that reads stdin itself, add < /dev/null.\n\n" + EXIT_CODES)
     p.add_argument("-l", "--language",
                    help="python, javascript or bash (default: from the file's extension, "
                         "else python)")
@@ -136,7 +141,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
     hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
     p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
-    p.add_argument("--all", action="store_true", help="every user's sandboxes (admin)")
+    p.add_argument("--all", action="store_true", help="every user's sandboxes (needs admin: NEXUS_ADMIN=1)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
     p.add_argument("action", choices=["fill", "status", "drain"],
@@ -231,7 +236,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # This process exits right away: a hand-out from the warm pool is refilled by a
     # detached `nexus sandbox pool fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
-    nx = NexusFS(is_admin=bool(getattr(args, "all", False)), pool_refill=refill)
+    nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
     handler = globals()["_cmd_" + args.command]
     return handler(nx, args)
 
@@ -282,8 +287,10 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
     code = _read_code(args)
     on_event = None if args.json else _stream_to_terminal
     try:
-        result = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=timeout,
-                                session=args.session, on_event=on_event)
+        result = _run_interruptibly(
+            nx, args, lambda: nx.sandbox_run(args.sandbox_id, _language(args), code,
+                                             timeout=timeout, session=args.session,
+                                             on_event=on_event, input_data=_piped_input(args)))
     except ExecutionTimeoutError as exc:
         if args.json:
             data = exc.result.to_dict() if exc.result is not None else {}
@@ -295,12 +302,74 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     else:
+        if result.get("session_restarted"):
+            print(f"nexus: the code did not stop when interrupted, so session {args.session!r} "
+                  "was restarted: its variables are gone", file=sys.stderr)
         if result["truncated"]:
             print("nexus: output truncated (per-run output cap reached)", file=sys.stderr)
         if result.get("oom_killed"):
             print("nexus: out of memory: the sandbox's memory limit was reached and a "
                   "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
+    if result.get("interrupted"):
+        return EXIT_INTERRUPTED
     return result["exit_code"] if 0 <= result["exit_code"] <= 255 else 1
+
+
+def _piped_input(args: argparse.Namespace) -> str | None:
+    """What is piped or redirected into this command, as the stdin of a stateless run whose
+    code does not come from stdin (a terminal or /dev/null gives none)."""
+    if args.session is not None or args.code == "-":
+        return None
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        return None
+    return sys.stdin.read()
+
+
+def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    """``run()`` in a worker thread. The first Ctrl-C interrupts the code in the sandbox
+    (KeyboardInterrupt; a session keeps its state, and the agent kills code that ignores it
+    after a grace) and goes on waiting for its end; a second one stops waiting."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a Ctrl-C inside join() can make is_alive lie
+
+    def work() -> None:
+        try:
+            outcome["result"] = run()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="nexus-run", daemon=True).start()
+    stop_waiting = (f"nexus: stopped waiting; the code may still be ending in {args.sandbox_id} "
+                    f"('nexus sandbox stop {args.sandbox_id}' ends it)")
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.2)
+            continue
+        except KeyboardInterrupt:
+            if interrupted:
+                print(stop_waiting, file=sys.stderr)
+                raise
+        interrupted = True
+        try:
+            print("nexus: interrupting the code (Ctrl-C again stops waiting)", file=sys.stderr)
+            nx.sandbox_interrupt(args.sandbox_id, args.session)
+        except KeyboardInterrupt:
+            print(stop_waiting, file=sys.stderr)
+            raise
+        except SandboxError as exc:
+            print(f"nexus: could not interrupt: {exc}", file=sys.stderr)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _stream_to_terminal(event: Any) -> None:

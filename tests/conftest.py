@@ -61,6 +61,7 @@ def nexus(*args: str, input: str | None = None, env: dict[str, str] | None = Non
     return subprocess.run(
         [sys.executable, "-m", "nexus_kernel.cli", *args],
         input=input,
+        stdin=subprocess.DEVNULL if input is None else None,  # not the test runner's stdin
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -93,7 +93,7 @@ def test_run_streams_live(nexus_home):
     proc = subprocess.Popen(
         ["python3", "-m", "nexus_kernel.cli", "sandbox", "run", sandbox_id, "-c",
          "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     started = time.monotonic()
     first = proc.stdout.readline()

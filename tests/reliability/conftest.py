@@ -35,7 +35,7 @@ def cli(env: Env, *args: str) -> subprocess.Popen[str]:
     """A `nexus` CLI child process on ``env``'s store."""
     return subprocess.Popen(
         [sys.executable, "-m", "nexus_kernel.cli", *args], cwd=ROOT, env=env.environ(),
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
