@@ -70,6 +70,13 @@ def _parser(name: str, description: str, *, cell: bool = False) -> MagicParser:
     return MagicParser(prog=prog, description=description, add_help=True)
 
 
+def _default(option: str, built_in: str) -> str:
+    """Where a default comes from: the magics' %config, else the NEXUS_* setting (templates
+    have none), else the built-in value, as the manager resolves it."""
+    setting = "" if option == "template" else f"NEXUS_{option.upper()}, else "
+    return f"(default: %%config SandboxMagics.{option}, else {setting}{built_in})"
+
+
 def _with_id(parser: MagicParser, what: str = "sandbox id or name") -> MagicParser:
     parser.add_argument("sandbox", nargs="?", metavar="ID", help=f"{what} (default: current)")
     return parser
@@ -199,10 +206,12 @@ def _build() -> dict[str, Command]:
     p = _parser("create", "Create a sandbox; it becomes this notebook's current sandbox.")
     p.add_argument("name")
     p.add_argument("--ttl", type=_number("minutes", "30"), metavar="MINUTES",
-                   help="idle minutes before it expires")
-    p.add_argument("--provider", help="local, docker, e2b or modal")
-    p.add_argument("--template", metavar="ID", help="template (local) or image")
-    p.add_argument("--network", action="store_true", default=None, help="allow network access")
+                   help="idle minutes before it expires " + _default("ttl_minutes", "10"))
+    p.add_argument("--provider", help="local, docker, e2b or modal " + _default("provider", "local"))
+    p.add_argument("--template", metavar="ID",
+                   help="template (local) or image " + _default("template", "none"))
+    p.add_argument("--network", action="store_true", default=None,
+                   help="allow network access " + _default("network", "off"))
     commands.append(Command("create", p, cmd_create))
 
     commands.append(Command("list", _parser("list", "List your sandboxes."), cmd_list))
@@ -233,7 +242,8 @@ def _build() -> dict[str, Command]:
 
     p = _with_id(_parser("run", "Run the cell's body in the sandbox.", cell=True))
     p.add_argument("-l", "--language", metavar="LANG", help="python, bash or javascript")
-    p.add_argument("--timeout", type=_number("seconds", "60"), metavar="SECONDS")
+    p.add_argument("--timeout", type=_number("seconds", "60"), metavar="SECONDS",
+                   help="seconds the code may run " + _default("timeout", "30"))
     p.add_argument("--session", metavar="NAME", help="persistent session (default: main)")
     p.add_argument("--fresh", action="store_true", help="run in a fresh process, no session")
     p.add_argument("--raise-error", action="store_true",
