@@ -134,6 +134,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="NAME",
                    help="persistent session: variables survive between runs (default: none, "
                         "a fresh process each run; files persist either way)")
+    p.add_argument("--raw", action="store_true",
+                   help="write the code's output to a terminal byte for byte (by default "
+                        "control sequences other than colours are shown escaped, so sandbox "
+                        "output cannot drive your terminal)")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
@@ -285,7 +289,7 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
 
     timeout = None if args.timeout is None else check_timeout(args.timeout, "--timeout")
     code = _read_code(args)
-    on_event = None if args.json else _stream_to_terminal
+    on_event = None if args.json else _Streamer(raw=args.raw)
     try:
         result = _run_interruptibly(
             nx, args, lambda: nx.sandbox_run(args.sandbox_id, _language(args), code,
@@ -372,18 +376,32 @@ def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any) -> dict[str,
     return outcome["result"]
 
 
-def _stream_to_terminal(event: Any) -> None:
-    if event.kind == "stdout":
-        sys.stdout.write(event.data)
-        sys.stdout.flush()
-    elif event.kind == "stderr":
-        sys.stderr.write(event.data)
-        sys.stderr.flush()
-    elif event.kind in ("result", "display"):
-        text = event.data.get("data", {}).get("text/plain")
-        if text is not None:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+class _Streamer:
+    """Writes a run's events to stdout/stderr as they arrive; to a terminal, control
+    sequences are made visible (``nexus_kernel/terminal.py``) unless ``raw``."""
+
+    def __init__(self, raw: bool) -> None:
+        from .terminal import for_terminal
+
+        def clean(stream: Any) -> Any:
+            return (lambda text: text) if raw or not stream.isatty() else for_terminal
+
+        self._out, self._err = clean(sys.stdout), clean(sys.stderr)
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "stdout":
+            _write(sys.stdout, self._out(event.data))
+        elif event.kind == "stderr":
+            _write(sys.stderr, self._err(event.data))
+        elif event.kind in ("result", "display"):
+            text = event.data.get("data", {}).get("text/plain")
+            if text is not None:
+                _write(sys.stdout, self._out(text + "\n"))
+
+
+def _write(stream: Any, text: str) -> None:
+    stream.write(text)
+    stream.flush()
 
 
 def _cmd_pause(nx: Any, args: argparse.Namespace) -> int:

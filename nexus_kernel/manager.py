@@ -12,6 +12,7 @@ import math
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +92,10 @@ def check_name(name: Any) -> str:
         raise InvalidArgumentError("sandbox name must be a non-empty string")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgumentError(f"sandbox name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise InvalidArgumentError("sandbox name must not contain control characters or NUL")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        raise InvalidArgumentError(
+            "sandbox name must not contain control characters or NUL, nor invisible format "
+            "characters (bidi overrides, zero-width); use letters, digits and punctuation")
     return name
 
 

@@ -159,3 +159,31 @@ def test_a_timeout_in_a_session_keeps_its_state_and_says_when_it_cannot(nexus_ho
     lost = nexus("sandbox", "run", sandbox_id, "--session", "s", "--timeout", "1", "-c", stubborn)
     assert lost.returncode == 124 and "its variables are gone" in lost.stderr
     nexus("sandbox", "stop", sandbox_id)
+
+
+HOSTILE_OUTPUT = ("import sys\n"
+                  "sys.stdout.write('\\x1b]52;c;cHduZWQ=\\x07'  # OSC 52: write the clipboard\n"
+                  "                 '\\x1b]0;fake title\\x07\\x1b[1A\\x1b[2K'  # title, erase a line\n"
+                  "                 '\\x9b31m\\u202eevil\\u202c \\x1b[31mred\\x1b[0m\\n')\n")
+
+
+def test_sandbox_output_cannot_drive_the_terminal(nexus_home):
+    sandbox_id = create()
+    term = Terminal("sandbox", "run", sandbox_id, "-c", HOSTILE_OUTPUT)
+    assert term.wait() == 0
+    screen = term.screen.decode()
+    assert "\x1b]" not in screen and "\x1b[1A" not in screen and "\x1b[2K" not in screen
+    assert "\x9b" not in screen and "\u202e" not in screen
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in screen and "\\u202eevil" in screen
+    assert "\x1b[31mred\x1b[0m" in screen  # colours stay
+    raw = Terminal("sandbox", "run", sandbox_id, "--raw", "-c", HOSTILE_OUTPUT)
+    assert raw.wait() == 0 and "\x1b]52;c;cHduZWQ=\x07" in raw.screen.decode()
+    piped = nexus("sandbox", "run", sandbox_id, "-c", HOSTILE_OUTPUT)  # a pipe, not a terminal
+    assert "\x1b]52;c;cHduZWQ=\x07" in piped.stdout
+    nexus("sandbox", "stop", sandbox_id)
+
+
+@pytest.mark.parametrize("name", ["abc\u202edef", "zero\u200bwidth", "c1\x9bcontrol"])
+def test_names_reject_bidi_overrides_and_c1_controls(nexus_home, name):
+    out = nexus("sandbox", "create", name)
+    assert out.returncode == 2 and "invisible format characters" in out.stderr
