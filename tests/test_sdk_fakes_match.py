@@ -77,7 +77,7 @@ def test_e2b_api_params_carry_the_key() -> None:
         ("_cls_pause", {"sandbox_id", "api_key"}),
         ("_cls_set_timeout", {"sandbox_id", "timeout", "api_key"}),
         ("_cls_get_info", {"sandbox_id", "api_key"}),
-        ("list", {"query", "api_key"}),
+        ("list", {"query", "limit", "request_timeout", "api_key"}),
         ("connect", set()),
         ("kill", set()),
         ("pause", set()),
