@@ -26,7 +26,9 @@ from nexus_kernel.config import Settings
 from nexus_kernel.errors import ProviderUnavailableError, SandboxError
 from nexus_kernel.models import SandboxSpec
 from nexus_kernel.providers import e2b as e2b_provider
+from nexus_kernel.providers import modal as modal_provider
 from nexus_kernel.providers.e2b import E2BProvider
+from nexus_kernel.providers.modal import ModalProvider
 
 from .fakes import e2b_fake, modal_fake
 
@@ -155,6 +157,76 @@ def test_e2b_checks_the_api_once_per_provider(
     assert checks == [1]
 
 
+# ============================================================================ Modal, fakes
+
+
+@pytest.mark.parametrize(
+    ("source", "named", "fix"),
+    [
+        ("options", "the token_id/token_secret provider options",
+         "pass a valid token_id and token_secret"),
+        ("environment", "MODAL_TOKEN_ID/MODAL_TOKEN_SECRET",
+         "export a valid MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or unset them and run "
+         "'modal token new'"),
+    ],
+)  # fmt: skip
+def test_modal_refused_token_names_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, named: str, fix: str
+) -> None:
+    modal_fake.REFUSED_TOKENS.add("ak-bad")
+    if source == "options":
+        options = {"token_id": "ak-bad", "token_secret": "as-bad"}
+    else:
+        monkeypatch.setenv("MODAL_TOKEN_ID", "ak-bad")
+        monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-bad")
+        options = {}
+    provider = ModalProvider(Settings.load(home=tmp_path), sdk=modal_fake, **options)
+    message, elapsed = one_line_error(lambda: provider.create(spec()))
+    assert message == f"Modal refused the token from {named} (Invalid token.): {fix}"
+    assert elapsed < BOUND
+    assert modal_fake.SANDBOXES == {}
+
+
+def connecting_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "nexus-modal-connect"]
+
+
+def test_modal_unreachable_fails_within_the_bound_with_one_attempt(tmp_path: Path) -> None:
+    modal_fake.UNREACHABLE = True  # the SDK alone retries for 63 s
+    provider = ModalProvider(
+        Settings.load(home=tmp_path), sdk=modal_fake, token_id="ak-1", token_secret="as-1"
+    )
+    message, elapsed = one_line_error(lambda: provider.create(spec()))
+    assert message == (
+        "Modal's API at api.modal.com could not be reached (no answer within "
+        f"{modal_provider.REACH_SECONDS:g} s): check the network connection, and "
+        "MODAL_SERVER_URL if you set it"
+    )
+    assert elapsed < BOUND
+    _, elapsed = one_line_error(lambda: provider.alive({"token": "", "sandbox_id": "sb-x"}))
+    assert elapsed < BOUND
+    assert len(connecting_threads()) == 1  # the second call waited for the same attempt
+    modal_fake.reset()  # the network is back: the SDK's attempt ends
+    for thread in connecting_threads():
+        thread.join(5)
+    assert connecting_threads() == []
+    assert provider.alive(provider.create(spec()))
+
+
+def test_modal_sdk_giving_up_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the SDK's own ConnectionError comes first (a fast failure), it is mapped too."""
+    monkeypatch.setattr(modal_fake, "CONNECT_GIVE_UP", 0.1)
+    modal_fake.UNREACHABLE = True
+    provider = ModalProvider(
+        Settings.load(home=tmp_path), sdk=modal_fake, token_id="ak-1", token_secret="as-1"
+    )
+    message, _ = one_line_error(lambda: provider.list_resources("store-a"))
+    assert message.startswith(
+        "Modal's API at api.modal.com could not be reached (Could not connect to the Modal "
+        "server.): check the network connection"
+    )
+
+
 # ============================================================================ real SDKs
 
 
@@ -227,16 +299,32 @@ def test_real_e2b_sdk_with_a_fake_key_on_this_network(cli_env: dict[str, str]) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("provider", ["e2b"])
+def test_real_modal_sdk_with_a_fake_token_on_this_network(cli_env: dict[str, str]) -> None:
+    pytest.importorskip("modal")
+    env = {**cli_env, "MODAL_TOKEN_ID": "ak-fake", "MODAL_TOKEN_SECRET": "as-fake"}
+    done, elapsed = nexus_create("modal", env)
+    message = the_line(done)
+    if message.startswith("Modal refused the token"):
+        pytest.skip("this machine's network reaches Modal; the no-network path was not exercised")
+    assert message.startswith("Modal's API at api.modal.com could not be reached ("), message
+    assert "MODAL_SERVER_URL" in message
+    assert elapsed < BOUND, f"{elapsed:.1f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", ["e2b", "modal"])
 def test_real_sdk_at_a_host_that_never_answers(
     cli_env: dict[str, str], silent_server: int, provider: str
 ) -> None:
     pytest.importorskip(provider)
     url = f"https://127.0.0.1:{silent_server}"
     env = {**cli_env, "E2B_API_KEY": "e2b_fake", "E2B_API_URL": url}
+    if provider == "modal":
+        env = {**cli_env, "MODAL_TOKEN_ID": "ak-fake", "MODAL_TOKEN_SECRET": "as-fake",
+               "MODAL_SERVER_URL": url}  # fmt: skip
     done, elapsed = nexus_create(provider, env)
     message = the_line(done)
-    name = {"e2b": "E2B"}[provider]
+    name = {"e2b": "E2B", "modal": "Modal"}[provider]
     assert message.startswith(f"{name}'s API at 127.0.0.1 could not be reached ("), message
     assert elapsed < BOUND, f"{elapsed:.1f} s"
 
