@@ -77,7 +77,7 @@ def test_e2b_api_params_carry_the_key() -> None:
         ("_cls_pause", {"sandbox_id", "api_key"}),
         ("_cls_set_timeout", {"sandbox_id", "timeout", "api_key"}),
         ("_cls_get_info", {"sandbox_id", "api_key"}),
-        ("list", {"query", "api_key"}),
+        ("list", {"query", "limit", "request_timeout", "api_key"}),
         ("connect", set()),
         ("kill", set()),
         ("pause", set()),
@@ -162,6 +162,23 @@ def test_e2b_data_shapes_and_errors() -> None:
     assert not issubclass(e2b.AuthenticationException, e2b.SandboxException)
 
 
+def test_e2b_api_failures_the_fake_injects() -> None:
+    """A refused key is AuthenticationException (401) or SandboxException(status_code=403),
+    with the SDK's texts; a request's default timeout is 60 s."""
+    from e2b.api import api_exception_from_code
+    from e2b.connection_config import REQUEST_TIMEOUT
+
+    refused = api_exception_from_code(401, "Invalid API key")
+    assert type(refused) is e2b.AuthenticationException
+    assert str(refused) == "401: Unauthorized, please check your credentials. - Invalid API key"
+    forbidden = api_exception_from_code(403, "Forbidden")
+    assert type(forbidden) is e2b.SandboxException and forbidden.status_code == 403
+    assert_same_call(
+        e2b.SandboxException.__init__, e2b_fake.SandboxException.__init__, {"status_code"}
+    )
+    assert REQUEST_TIMEOUT == 60.0
+
+
 # =========================================================================== modal
 
 modal = pytest.importorskip(
@@ -229,6 +246,8 @@ def test_modal_app_image_client() -> None:
         modal.Client.from_credentials, modal_fake.Client.from_credentials,
         {"token_id", "token_secret"},
     )  # fmt: skip
+    assert_same_call(modal.Client.hello, modal_fake.Client.hello, set())
+    assert_same_call(modal.Client.close, modal_fake.Client.close, set())
     assert isinstance(inspect.getattr_static(modal.App, "app_id"), property)
     assert "app_id" in vars(modal_fake.App("probe"))
 
@@ -266,3 +285,17 @@ def test_modal_errors_and_config() -> None:
     assert issubclass(modal.exception.NotFoundError, modal.exception.Error)
     assert_same_call(modal.config.config.get, modal_fake.config.config.get, {"key"})
     assert "token_id" in modal.config._SETTINGS and "token_secret" in modal.config._SETTINGS
+    server_url = modal.config._SETTINGS["server_url"].default
+    assert modal_fake.config.config.get("server_url") == server_url
+
+
+def test_modal_connection_retries_the_fake_models() -> None:
+    """With no network the SDK retries connecting for CONNECT_GIVE_UP seconds, then raises
+    ``exception.ConnectionError``; a client connects when it is made."""
+    from modal._utils import grpc_utils
+
+    source = inspect.getsource(grpc_utils)
+    assert f"total_timeout={modal_fake.CONNECT_GIVE_UP}" in source
+    assert 'raise ConnectionError("Could not connect to the Modal server.")' in source
+    assert grpc_utils.ConnectionError is modal.exception.ConnectionError
+    assert "await client._open()" in inspect.getsource(modal.client._Client.from_credentials)

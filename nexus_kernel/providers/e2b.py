@@ -22,6 +22,10 @@ the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and
 Pause/resume: ``Sandbox.pause`` snapshots memory and filesystem (sessions survive);
 ``Sandbox.connect`` resumes. Destroy: ``Sandbox.kill`` (idempotent). Reconcile:
 ``Sandbox.list(query=SandboxQuery(metadata={"nexus_store": ...}))``.
+
+Reaching E2B: the first call of a provider lists one sandbox with a short ``request_timeout``
+(:meth:`E2BProvider._reach`), so a refused key (401/403) or an API that cannot be reached is
+one line within :data:`~._cloud.REACH_SECONDS`, naming ``E2B_API_KEY`` or ``E2B_DOMAIN``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import SandboxSpec
+from ._cloud import REACH_SECONDS, one_line
 from ._stream import (
     DeadlineWatcher,
     PumpChannel,
@@ -80,6 +85,8 @@ MISSING_KEY = (
     "E2B needs an API key: export E2B_API_KEY=... (get one at e2b.dev) "
     "or pass e2b_api_key= to NexusFS"
 )
+FIX_KEY = "set a valid E2B_API_KEY or pass e2b_api_key= to NexusFS"
+FIX_NETWORK = "check the network connection, or E2B_DOMAIN if you use your own E2B deployment"
 
 
 def _sdk(options: dict[str, Any]) -> Any:
@@ -107,18 +114,47 @@ def timeout_for(deadline: float | None, now: float, maximum: int) -> int:
 @contextmanager
 def _sdk_errors(sdk: Any, what: str):
     """Map E2B SDK failures to nexus errors with one-line messages."""
+    import httpx  # the SDK's HTTP layer: a host that cannot be reached is an httpx error
+
     try:
         yield
     except SandboxError:
         raise
-    except sdk.AuthenticationException as exc:
-        raise ProviderUnavailableError(
-            f"E2B rejected the API key ({exc}): set a valid E2B_API_KEY or pass e2b_api_key="
-        ) from exc
+    except sdk.AuthenticationException as exc:  # 401
+        raise _refused(exc) from exc
     except sdk.SandboxNotFoundException as exc:
-        raise SandboxStateError(f"the E2B sandbox is gone (stopped or expired): {exc}") from exc
+        raise SandboxStateError(
+            f"the E2B sandbox is gone (stopped or expired): {one_line(exc)}"
+        ) from exc
+    except httpx.TransportError as exc:
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        raise ProviderUnavailableError(_unreachable(exc, timed_out)) from exc
     except Exception as exc:
-        raise ProviderError(f"E2B failed to {what}: {exc}") from exc
+        if isinstance(exc, sdk.SandboxException) and exc.status_code == 403:
+            raise _refused(exc) from exc
+        raise ProviderError(f"E2B failed to {what}: {one_line(exc)}") from exc
+
+
+def _refused(exc: Exception) -> ProviderUnavailableError:
+    return ProviderUnavailableError(f"E2B refused the API key ({one_line(exc)}): {FIX_KEY}")
+
+
+def _unreachable(exc: Any, timed_out: bool) -> str:
+    """One line for an httpx transport error: which host, and why in a few words."""
+    try:
+        where = f" at {exc.request.url.host}"
+    except RuntimeError:  # raised without its request
+        where = ""
+    text = str(exc).lower()
+    if timed_out:
+        why = "it did not answer"
+    elif "dns" in text:
+        why = "its name does not resolve"
+    elif "certificate" in text:
+        why = "its TLS certificate is not trusted"
+    else:
+        why = "the connection failed"
+    return f"E2B's API{where} could not be reached ({why}): {FIX_NETWORK}"
 
 
 class E2BProvider(Provider):
@@ -139,6 +175,7 @@ class E2BProvider(Provider):
         #: sandbox id -> epoch seconds at which E2B's timeout was last set to end it.
         self._ends: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._reached = False
 
     # ------------------------------------------------------------------ availability
 
@@ -152,6 +189,22 @@ class E2BProvider(Provider):
     @property
     def sdk(self) -> Any:
         return _sdk(self.options)
+
+    def _reach(self) -> Any:
+        """The SDK, once E2B's API has accepted the key (checked once per provider).
+
+        One cheap call, listing one sandbox, bounded by :data:`REACH_SECONDS`: by default the
+        SDK waits two minutes for an API that does not answer."""
+        sdk = self.sdk
+        if not self._reached:
+            with _sdk_errors(sdk, "reach the E2B API"):
+                # the SDK's transport bounds a whole exchange by twice request_timeout
+                paginator = sdk.Sandbox.list(
+                    limit=1, request_timeout=REACH_SECONDS / 2, **self._api()
+                )
+                paginator.next_items()
+            self._reached = True
+        return sdk
 
     def _api(self) -> dict[str, Any]:
         params = {"api_key": _api_key(self.settings, self.options)}
@@ -171,13 +224,13 @@ class E2BProvider(Provider):
 
     def create(self, spec: SandboxSpec) -> Handle:
         """Create the E2B sandbox, upload and start the agent; return once it is READY."""
-        sdk = self.sdk
         now = time.time()
         if spec.deadline is not None and spec.deadline - now > self._max_timeout:
             raise InvalidArgumentError(
                 f"E2B keeps a sandbox at most {self._max_timeout // 60} minutes between runs; "
                 "use a shorter ttl_minutes"
             )
+        sdk = self._reach()
         timeout = timeout_for(spec.deadline, now, self._max_timeout)
         template = spec.template_id or self.settings.e2b_template_id or None
         with _sdk_errors(sdk, "create the sandbox"):
@@ -225,7 +278,7 @@ class E2BProvider(Provider):
 
     def connect(self, handle: Handle) -> PumpChannel:
         """A new stream to the agent: a background ``relay`` command's stdin/stdout."""
-        sdk = self.sdk
+        sdk = self._reach()
         try:
             with _sdk_errors(sdk, "open a stream to the sandbox"):
                 sandbox = self._sandbox(handle)
@@ -270,7 +323,7 @@ class E2BProvider(Provider):
     def pause(self, handle: Handle) -> None:
         """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause``).
         Idempotent: pausing a paused sandbox is a no-op."""
-        sdk = self.sdk
+        sdk = self._reach()
         with _sdk_errors(sdk, "pause the sandbox"):
             sdk.Sandbox.pause(handle["sandbox_id"], **self._api())
         self._forget(handle)
@@ -278,7 +331,7 @@ class E2BProvider(Provider):
     def resume(self, handle: Handle) -> None:
         """Restore the paused microVM (``Sandbox.connect`` resumes); the agent and its
         sessions continue where they were. Idempotent on a running sandbox."""
-        sdk = self.sdk
+        sdk = self._reach()
         timeout = int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT)
         with _sdk_errors(sdk, "resume the sandbox"):
             sandbox = sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
@@ -290,7 +343,7 @@ class E2BProvider(Provider):
         if not sandbox_id:
             return
         self._forget(handle)
-        sdk = self.sdk
+        sdk = self._reach()
         with _sdk_errors(sdk, "kill the sandbox"):
             try:
                 sdk.Sandbox.kill(sandbox_id, **self._api())
@@ -299,7 +352,7 @@ class E2BProvider(Provider):
 
     def alive(self, handle: Handle) -> bool:
         """True while E2B knows the sandbox as running or paused."""
-        sdk = self.sdk
+        sdk = self._reach()
         with _sdk_errors(sdk, "look up the sandbox"):
             try:
                 info = sdk.Sandbox.get_info(handle["sandbox_id"], **self._api())
@@ -309,7 +362,7 @@ class E2BProvider(Provider):
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
         """E2B sandboxes (running or paused) whose metadata says ``nexus_store=store_id``."""
-        sdk = self.sdk
+        sdk = self._reach()
         rows = []
         with _sdk_errors(sdk, "list sandboxes"):
             pages = sdk.Sandbox.list(
@@ -329,13 +382,13 @@ class E2BProvider(Provider):
 
     def put_file(self, handle: Handle, path: str, data: bytes) -> int:
         """Write ``data`` to ``path`` (relative to /home/user) with the SDK's files API."""
-        with _sdk_errors(self.sdk, "write the file"):
+        with _sdk_errors(self._reach(), "write the file"):
             self._sandbox(handle).files.write(_sandbox_path(path), bytes(data))
         return len(data)
 
     def get_file(self, handle: Handle, path: str) -> bytes:
         """Read ``path`` (relative to /home/user) with the SDK's files API."""
-        with _sdk_errors(self.sdk, "read the file"):
+        with _sdk_errors(self._reach(), "read the file"):
             return bytes(self._sandbox(handle).files.read(_sandbox_path(path), format="bytes"))
 
     # ------------------------------------------------------------------ helpers

@@ -22,6 +22,11 @@ for a running sandbox; ``_experimental_pause`` exists only for ``_experimental_p
 sandboxes, which resume from a filesystem snapshot in a new container (every process, so
 every session, is lost) and reject tags; memory snapshots (``_experimental_snapshot``) are an
 early preview that restores into a new sandbox id, which the stored handle cannot follow.
+
+Reaching Modal: the SDK connects when a client is made (``Client.from_credentials``) and, when
+nothing answers, retries for about a minute. The provider makes its one client in a helper
+thread and waits at most :data:`~._cloud.REACH_SECONDS` for it and for ``hello`` (which checks
+the token), so a refused token or an unreachable API is one line naming what to fix.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import os
 import secrets
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -49,6 +56,7 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..models import SandboxSpec
+from ._cloud import REACH_SECONDS, one_line
 from ._stream import (
     AGENT_SOURCE,
     PumpChannel,
@@ -76,6 +84,10 @@ STDIN_CHUNK = 1024 * 1024
 MISSING_TOKEN = (
     "Modal needs a token: run 'modal token new' or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
 )
+FIX_NETWORK = "check the network connection, and MODAL_SERVER_URL if you set it"
+FIX_ENV_TOKEN = (
+    "export a valid MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or unset them and run 'modal token new'"
+)
 NO_PAUSE = (
     "the modal provider cannot pause or resume sandboxes (Modal has no pause for a running "
     "sandbox that keeps its processes); stop it and create a new one instead"
@@ -86,19 +98,51 @@ def _sdk(options: dict[str, Any]) -> Any:
     return import_sdk("modal", "modal", options)
 
 
+def _config(sdk: Any) -> Any:
+    """The SDK's settings (``modal.config.config``: environment, then ~/.modal.toml)."""
+    module = getattr(sdk, "config", None) or importlib.import_module("modal.config")
+    return getattr(module, "config", module)
+
+
+def _token(options: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(token id, token secret, where they were found): the options, the environment or
+    ~/.modal.toml; None when there is no token."""
+    if options.get("token_id") and options.get("token_secret"):
+        return options["token_id"], options["token_secret"], "options"
+    token_id, secret = os.environ.get("MODAL_TOKEN_ID"), os.environ.get("MODAL_TOKEN_SECRET")
+    if token_id and secret:
+        return token_id, secret, "environment"
+    config = _config(_sdk(options))
+    try:
+        token_id, secret = config.get("token_id"), config.get("token_secret")
+    except Exception:  # an unreadable ~/.modal.toml: treat as no token
+        return None
+    return (token_id, secret, "file") if token_id and secret else None
+
+
 def _has_token(options: dict[str, Any]) -> bool:
     """A token is passed as options, set in the environment or in ~/.modal.toml."""
-    if options.get("token_id") and options.get("token_secret"):
-        return True
-    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
-        return True
-    sdk = _sdk(options)
-    module = getattr(sdk, "config", None) or importlib.import_module("modal.config")
-    config = getattr(module, "config", module)
-    try:
-        return bool(config.get("token_id") and config.get("token_secret"))
-    except Exception:  # an unreadable ~/.modal.toml: treat as no token
-        return False
+    return _token(options) is not None
+
+
+def _refused(exc: Exception, source: str) -> str:
+    """One line for a token Modal refused, naming where it came from and the fix."""
+    if source == "options":
+        where = "the token_id/token_secret provider options"
+        fix = "pass a valid token_id and token_secret"
+    elif source == "environment":
+        where, fix = "MODAL_TOKEN_ID/MODAL_TOKEN_SECRET", FIX_ENV_TOKEN
+    else:
+        where = os.environ.get("MODAL_CONFIG_PATH") or "~/.modal.toml"
+        fix = "run 'modal token new'"
+    return f"Modal refused the token from {where} ({one_line(exc)}): {fix}"
+
+
+def _unreachable(sdk: Any, why: str) -> str:
+    """One line for Modal's API not answering, naming its (first) host."""
+    url = str(_config(sdk).get("server_url") or "").split(",")[0].strip()
+    host = urllib.parse.urlparse(url).hostname or "api.modal.com"
+    return f"Modal's API at {host} could not be reached ({why}): {FIX_NETWORK}"
 
 
 def idle_timeout_for(deadline: float | None, now: float, lifetime: int) -> int:
@@ -115,19 +159,52 @@ def _sdk_errors(sdk: Any, what: str):
         yield
     except SandboxError:
         raise
-    except sdk.exception.AuthError as exc:
+    except sdk.exception.AuthError as exc:  # the token was accepted before (see _client)
         raise ProviderUnavailableError(
-            f"Modal rejected the token ({exc}): run 'modal token new' or export "
-            "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+            f"Modal refused the token ({one_line(exc)}): run 'modal token new' or "
+            "export a valid MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
         ) from exc
     except sdk.exception.NotFoundError as exc:
-        raise SandboxStateError(f"the Modal sandbox is gone (stopped or expired): {exc}") from exc
-    except sdk.exception.ConnectionError as exc:
-        raise ProviderUnavailableError(
-            f"Modal is not reachable ({exc}): check the network and https://status.modal.com"
+        raise SandboxStateError(
+            f"the Modal sandbox is gone (stopped or expired): {one_line(exc)}"
         ) from exc
+    except sdk.exception.ConnectionError as exc:
+        raise ProviderUnavailableError(_unreachable(sdk, one_line(exc))) from exc
     except Exception as exc:
-        raise ProviderError(f"Modal failed to {what}: {exc}") from exc
+        raise ProviderError(f"Modal failed to {what}: {one_line(exc)}") from exc
+
+
+class _Opening:
+    """One attempt to open a Modal client, in a daemon thread that ends with it: callers
+    wait for it as long as they choose, and a later caller takes over the same attempt."""
+
+    def __init__(self, open_client: Callable[[], Any]):
+        self.client: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        thread = threading.Thread(
+            target=self._run, args=(open_client,), name="nexus-modal-connect", daemon=True
+        )
+        thread.start()
+
+    def _run(self, open_client: Callable[[], Any]) -> None:
+        try:
+            self.client = open_client()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def _open_client(sdk: Any, token_id: str, token_secret: str) -> Any:
+    """A client the server has greeted: ``hello`` raises AuthError for a refused token."""
+    client = sdk.Client.from_credentials(token_id, token_secret)
+    try:
+        client.hello()
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 class ModalProvider(Provider):
@@ -147,6 +224,7 @@ class ModalProvider(Provider):
         self._sandboxes: dict[str, Any] = {}
         self._app_obj: Any = None
         self._client_obj: Any = None
+        self._opening: _Opening | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ availability
@@ -173,13 +251,32 @@ class ModalProvider(Provider):
         return int(self.options.get("max_lifetime") or MAX_LIFETIME)
 
     def _client(self) -> Any:
-        """A Modal client from the token options, or None (the SDK's environment client)."""
-        token_id, token_secret = self.options.get("token_id"), self.options.get("token_secret")
-        if not (token_id and token_secret):
-            return None
-        if self._client_obj is None:
-            self._client_obj = self.sdk.Client.from_credentials(token_id, token_secret)
-        return self._client_obj
+        """The provider's Modal client (token from the options, the environment or
+        ~/.modal.toml), greeted by the server; waits at most REACH_SECONDS for it."""
+        if self._client_obj is not None:
+            return self._client_obj
+        sdk, token = self.sdk, _token(self.options)
+        if token is None:
+            raise MissingCredentialsError(MISSING_TOKEN)
+        with self._lock:
+            if self._client_obj is not None:
+                return self._client_obj
+            if self._opening is None or self._opening.error is not None:
+                self._opening = _Opening(lambda: _open_client(sdk, token[0], token[1]))
+            opening = self._opening
+        if not opening.done.wait(REACH_SECONDS):
+            # the SDK goes on retrying in the thread, up to about a minute; the next call
+            # waits for that same attempt
+            raise ProviderUnavailableError(
+                _unreachable(sdk, f"no answer within {REACH_SECONDS:g} s")
+            )
+        if isinstance(opening.error, sdk.exception.AuthError):
+            raise ProviderUnavailableError(_refused(opening.error, token[2])) from opening.error
+        if opening.error is not None:
+            raise opening.error
+        with self._lock:
+            self._client_obj, self._opening = opening.client, None
+        return opening.client
 
     def _app(self) -> Any:
         if self._app_obj is None:

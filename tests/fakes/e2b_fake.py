@@ -14,6 +14,12 @@ real agent serves real protocol traffic. Pause sends SIGSTOP to every process an
 the open command streams (as a real pause drops connections); connect resumes (SIGCONT).
 The timeout is enforced lazily: a running sandbox past its end is killed on next access.
 Every call checks an API key (argument or ``E2B_API_KEY``) like the real control plane.
+
+Failures of the API are injected with :data:`OUTAGE` (no network) and :data:`REFUSED_KEYS`
+(a bad key), raising what the installed SDK raises (checked live by
+``test_cloud_credentials.py``): ``httpx.ConnectError`` when the host name does not resolve,
+``httpx.ReadTimeout`` after twice ``request_timeout`` (default 60 s) when nothing answers,
+``AuthenticationException`` for a 401 and ``SandboxException(status_code=403)`` for a 403.
 """
 
 from __future__ import annotations
@@ -31,13 +37,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from ._vm import FakeVM
 
 # --------------------------------------------------------------------------- exceptions
 
 
 class SandboxException(Exception):
-    pass
+    status_code: int | None = None
+
+    def __init__(self, *args: Any, status_code: int | None = None):
+        super().__init__(*args)
+        self.status_code = status_code
 
 
 class TimeoutException(SandboxException):
@@ -140,9 +152,21 @@ SANDBOXES: dict[str, _Record] = {}
 _ids = itertools.count(1)
 _lock = threading.Lock()
 
+#: None: the API answers; "dns": its host name does not resolve; "hang": nothing answers.
+OUTAGE: str | None = None
+#: API key -> the HTTP status (401 or 403) the API answers every request with.
+REFUSED_KEYS: dict[str, int] = {}
+#: Set by reset(): wakes requests waiting in a "hang" outage.
+_released = threading.Event()
+
 
 def reset() -> None:
-    """Kill every fake sandbox (test teardown)."""
+    """Kill every fake sandbox and end any injected failure (test teardown)."""
+    global OUTAGE, _released
+    OUTAGE = None
+    REFUSED_KEYS.clear()
+    _released.set()
+    _released = threading.Event()
     with _lock:
         records = list(SANDBOXES.values())
         SANDBOXES.clear()
@@ -151,11 +175,35 @@ def reset() -> None:
 
 
 def _check_key(opts: dict[str, Any]) -> None:
-    if not (opts.get("api_key") or os.environ.get("E2B_API_KEY")):
+    """One request to the API, as the SDK makes it: key present (checked before any
+    request), host reachable, key accepted."""
+    key = opts.get("api_key") or os.environ.get("E2B_API_KEY")
+    if not key:
         raise AuthenticationException(
             "API key is required, please visit the Team tab at https://e2b.dev/dashboard "
             "to get your default API key."
         )
+    domain = opts.get("domain") or os.environ.get("E2B_DOMAIN") or "e2b.app"
+    url = f"https://api.{domain}/sandboxes"
+    failed = f"Request failed: error sending request for url ({url})"
+    if OUTAGE == "dns":
+        raise httpx.ConnectError(
+            f"{failed}: client error (Connect): dns error: error resolving DNS: DNS error: "
+            f'no records found for Query {{ name: Name("api.{domain}."), query_type: AAAA, '
+            "query_class: IN }",
+            request=httpx.Request("GET", url),
+        )
+    if OUTAGE == "hang":
+        # pyqwest's operation timeout is the sum of httpx's read and write timeouts
+        _released.wait(2 * (opts.get("request_timeout") or 60.0))
+        raise httpx.ReadTimeout(f"{failed}: operation timed out", request=httpx.Request("GET", url))
+    status = REFUSED_KEYS.get(key)
+    if status == 401:
+        raise AuthenticationException(
+            "401: Unauthorized, please check your credentials. - Invalid API key"
+        )
+    if status is not None:
+        raise SandboxException(f"{status}: Forbidden", status_code=status)
 
 
 def _record(sandbox_id: str) -> _Record:

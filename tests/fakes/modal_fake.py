@@ -17,6 +17,13 @@ real agent serves real protocol traffic; files added with ``add_local_file`` are
 at create (Modal mounts them at start). When the entrypoint exits, the sandbox is finished
 (as on Modal). Every call checks for a token (``MODAL_TOKEN_ID`` + ``MODAL_TOKEN_SECRET``, a
 client from ``Client.from_credentials``) like the real control plane.
+
+Failures are injected with :data:`UNREACHABLE` (no network) and :data:`REFUSED_TOKENS` (a bad
+token), raising what the installed SDK raises (checked live by ``test_cloud_credentials.py``):
+opening a client (``Client.from_credentials``, or the environment's client on its first call)
+connects, and with no network the SDK retries for about a minute (:data:`CONNECT_GIVE_UP`)
+before ``exception.ConnectionError``; a refused token is an ``exception.AuthError`` on every
+call to the server (``hello`` first).
 """
 
 from __future__ import annotations
@@ -71,10 +78,13 @@ exception = types.SimpleNamespace(
 
 
 class _Config:
-    """As modal.config.config: token from the environment only (no ~/.modal.toml)."""
+    """As modal.config.config: settings from the environment only (no ~/.modal.toml)."""
+
+    _defaults = {"server_url": "https://api.modal.com,https://api.modal2.com"}
 
     def get(self, key: str, *, profile: str | None = None, use_env: bool = True) -> Any:
-        return os.environ.get(f"MODAL_{key.upper()}") if use_env else None
+        value = os.environ.get(f"MODAL_{key.upper()}") if use_env else None
+        return value or self._defaults.get(key)
 
 
 config = types.SimpleNamespace(config=_Config())
@@ -89,20 +99,49 @@ class StreamType(enum.Enum):
 # --------------------------------------------------------------------------- client, app, image
 
 
+#: True: no network (opening a client fails after CONNECT_GIVE_UP seconds).
+UNREACHABLE = False
+#: Token ids the server refuses.
+REFUSED_TOKENS: set[str] = set()
+#: Seconds the SDK keeps retrying to connect (``create_channel_with_fallbacks``: 63 s).
+CONNECT_GIVE_UP = 63.0
+#: Set by reset(): wakes clients waiting to connect.
+_released = threading.Event()
+
+
+def _connect() -> None:
+    if UNREACHABLE:
+        _released.wait(CONNECT_GIVE_UP)
+        raise ConnectionError("Could not connect to the Modal server.")
+
+
 class Client:
     def __init__(self, token_id: str, token_secret: str):
         self.credentials = (token_id, token_secret)
+        self.closed = False
 
     @classmethod
     def from_credentials(cls, token_id: str, token_secret: str) -> Client:
+        _connect()  # the SDK opens the client's connection here
         return cls(token_id, token_secret)
+
+    def hello(self) -> None:
+        _check_token(self)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _check_token(client: Client | None) -> None:
-    if client is not None:
-        return
-    if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")):
-        raise AuthError("Token missing. Could not authenticate client.")
+    if client is None:  # the SDK's client from the environment, opened on first use
+        if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")):
+            raise AuthError("Token missing. Could not authenticate client.")
+        _connect()
+        token_id = os.environ["MODAL_TOKEN_ID"]
+    else:
+        token_id = client.credentials[0]
+    if token_id in REFUSED_TOKENS:
+        raise AuthError("Invalid token.")
 
 
 APPS: dict[str, App] = {}
@@ -304,7 +343,12 @@ _lock = threading.Lock()
 
 
 def reset() -> None:
-    """Terminate every fake sandbox (test teardown)."""
+    """Terminate every fake sandbox and end any injected failure (test teardown)."""
+    global UNREACHABLE, _released
+    UNREACHABLE = False
+    REFUSED_TOKENS.clear()
+    _released.set()
+    _released = threading.Event()
     with _lock:
         records = list(SANDBOXES.values())
         SANDBOXES.clear()
