@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Install what nexus-kernel needs on a Debian/Ubuntu host: bubblewrap for the local provider;
-# with --docker, the Docker engine and debootstrap for the offline sandbox image; with
-# --browser, headless Chromium and its driver for the browser tests of sandbox output.
+# Install what nexus-kernel needs on a Debian/Ubuntu host, with apt (through sudo when not
+# root): python3 and python3-venv (the project lives in its own virtual environment, see
+# scripts/install-venv.sh), bubblewrap for the local provider; with --docker, the Docker
+# engine, debootstrap and jq for the offline sandbox image and the tests; with --browser,
+# headless Chromium and its driver for the browser tests of sandbox output.
+# Installs only what is missing; prints what it installs.
 set -euo pipefail
 want_docker=0 want_browser=0
 for arg in "$@"; do
@@ -11,7 +14,26 @@ for arg in "$@"; do
     *) echo "install-host.sh: unknown option $arg (use --docker, --browser)" >&2; exit 2 ;;
   esac
 done
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-host.sh: run as root, or install sudo" >&2; exit 1; }
+  sudo=sudo
+else
+  sudo=
+fi
+apt_install() {
+  echo "==> apt-get install $*"
+  $sudo apt-get update -qq
+  # env: sudo drops DEBIAN_FRONTEND from the caller's environment
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 packages=()
+if ! command -v python3 >/dev/null; then
+  packages+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  # Debian and Ubuntu move ensurepip (what `python3 -m venv` needs) into python3-venv.
+  packages+=(python3-venv)
+fi
 command -v bwrap >/dev/null || packages+=(bubblewrap)
 if ((want_docker)); then
   command -v dockerd >/dev/null || packages+=(docker.io)
@@ -23,8 +45,5 @@ if ((want_browser)); then
   command -v chromedriver >/dev/null || packages+=(chromium-driver)
 fi
 if ((${#packages[@]})); then
-  echo "==> apt-get install ${packages[*]}"
-  if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt_install "${packages[@]}"
 fi
