@@ -1,11 +1,13 @@
 .PHONY: demo test lint bench image
-demo:   ## install and run a real sandbox end to end
+# The project's virtual environment (made by `make demo` / `make test`), else python3.
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+demo:   ## install into .venv and run a real sandbox end to end
 	bash scripts/demo.sh
-test:   ## install everything and run the test suite
+test:   ## install everything (into .venv) and run the test suite
 	bash scripts/test.sh
 lint:
-	python3 -m ruff check .
+	$(PYTHON) -m ruff check .
 bench:  ## performance benchmarks: table on stdout, JSON in benchmarks/results/latest.json
-	python3 -m benchmarks
+	$(PYTHON) -m benchmarks
 image:  ## build the offline Docker sandbox image
 	bash scripts/build-image.sh

@@ -1,13 +1,46 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a passing test suite: host packages (bubblewrap, the
 # Docker engine, headless Chromium), the offline sandbox image, the Python package with its
-# test extras, then pytest.
+# test extras in the project's virtual environment .venv, then ruff and pytest from it.
+#
+#   bash scripts/test.sh [PYTEST_ARGS...]
+#   bash scripts/test.sh --install-only      # everything up to, not including, ruff and pytest
+#
+# As root or as a user with sudo: apt, dockerd and debootstrap run through sudo; a user who
+# cannot reach the Docker engine is added to the docker group (Docker's own post-install
+# step) and the tests run under that group.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+install_only=0
+if [[ "${1:-}" == --install-only ]]; then
+  install_only=1
+  shift
+fi
+VENV="${NEXUS_VENV:-$PWD/.venv}"
+if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
+
 bash scripts/install-host.sh --docker --browser
-bash scripts/start-dockerd.sh
-bash scripts/build-image.sh
-python3 -m pip install -q -e '.[all,test]'
+$sudo bash scripts/start-dockerd.sh
+$sudo bash scripts/build-image.sh
+NEXUS_VENV="$VENV" bash scripts/install-venv.sh '.[all,test]'
+
+as_docker=()
+if [[ $(id -u) -ne 0 ]] && ! docker info >/dev/null 2>&1; then
+  user="$(id -un)"
+  if ! id -nG "$user" | tr ' ' '\n' | grep -qx docker; then
+    echo "==> adding $user to the docker group (undo: sudo gpasswd -d $user docker)"
+    sudo usermod -aG docker "$user"
+  fi
+  as_docker=(sg docker -c)   # the new group counts only in new logins; sg applies it now
+fi
+NEXUS_VENV="$VENV" bash scripts/install-venv.sh --where
+((install_only)) && exit 0
+
+# The tests call `python3`, `nexus` and `jupyter` by name: the environment's come first.
+export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
 export NEXUS_REQUIRE_DOCKER=1 NEXUS_REQUIRE_BROWSER=1
 python3 -m ruff check .
-python3 -m pytest -q -p no:cacheprovider "$@"
+if ((${#as_docker[@]})); then
+  exec "${as_docker[@]}" "$(printf '%q ' python3 -m pytest -q -p no:cacheprovider "$@")"
+fi
+exec python3 -m pytest -q -p no:cacheprovider "$@"
