@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -131,13 +132,15 @@ def test_streaming_order_and_liveness(manager, sandbox):
 
 
 def test_timeout_kills_the_tree_and_keeps_partial_output(manager, sandbox):
-    code = "import subprocess, time\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\n" \
-           "print('started', flush=True)\ntime.sleep(60)"
+    # a duration of its own: the fakes' "sandboxes" share the host's process table
+    marker = f"sleep 300.{secrets.randbelow(10**6)}"
+    code = (f"import subprocess, time\nsubprocess.Popen({marker.split()!r}, start_new_session=True)\n"
+            "print('started', flush=True)\ntime.sleep(60)")
     with pytest.raises(ExecutionTimeoutError) as info:
         manager.run(sandbox, "python", code, timeout=2)
     assert info.value.stdout == "started\n"
     assert str(info.value) == "Code execution exceeded 2 second timeout"
-    left = out(manager, sandbox, "bash", "ps -eo args= | grep -c '^sleep 300' || true")
+    left = out(manager, sandbox, "bash", f"ps -eo args= | grep -c '^{marker}$' || true")
     assert left.strip() == "0"
 
 
