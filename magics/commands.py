@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from IPython.core.error import UsageError
 
 from nexus_kernel.manager import describe, normalize_language
-from nexus_kernel.untrusted import TRUST_WARNING
+from nexus_kernel.untrusted import TRUST_OFF, TRUST_WARNING
 
 from .display import SandboxCard, SandboxTable
 from .streaming import CellOutput, SandboxCodeError, run_in_cell
@@ -186,11 +186,7 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
 def cmd_trust(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
     """Show sandbox output as it is (on) or made inert (off, the default)."""
     magics.trusted_output = args.state == "on"
-    if magics.trusted_output:
-        print(TRUST_WARNING, end="")
-    else:
-        print("Sandbox output is untrusted again: HTML and Markdown are sanitised, scripts and "
-              "widgets withheld (output already shown stays as it is)")
+    print(TRUST_WARNING if magics.trusted_output else TRUST_OFF, end="")
 
 
 def cmd_help(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:

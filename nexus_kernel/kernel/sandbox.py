@@ -22,7 +22,7 @@ from ..config import MAX_TIMEOUT
 from ..errors import SandboxError
 from ..manager import SandboxManager, check_timeout, check_ttl
 from ..models import SandboxRecord, Status
-from ..untrusted import TRUST_WARNING
+from ..untrusted import TRUST_OFF, TRUST_WARNING
 
 #: Every cell of a kernel runs in this session of its sandbox (one per language).
 SESSION = "kernel"
@@ -266,8 +266,7 @@ class SandboxCommands:
         self.sandbox.trusted_output = _flag(value, "%sandbox trust")
         if self.sandbox.trusted_output:
             return TRUST_WARNING
-        return ("Sandbox output is untrusted again: HTML and Markdown are sanitised, scripts "
-                "and widgets withheld (output already shown stays as it is)\n")
+        return TRUST_OFF
 
     def cmd_keep(self, value: str) -> str:
         self.sandbox.keep = _flag(value, "%sandbox keep")

@@ -26,6 +26,10 @@ TRUST_WARNING = (
     "keeps that output and runs it again when reopened. Trust only code you would run "
     "unsandboxed; '%sandbox trust off' makes new output inert again.\n"
 )
+#: What a user is told when they turn trust off again.
+TRUST_OFF = ("Sandbox output is untrusted again: HTML and Markdown are sanitised, scripts and "
+             "widgets withheld (output already shown stays as it is)\n")
 
 __all__ = [
+    "TRUST_OFF",
     "TRUST_WARNING","markdown_to_html", "safe_bundle", "safe_mime_data", "sanitize_html", "sanitize_svg"]
