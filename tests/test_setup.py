@@ -24,8 +24,19 @@ minimal Debian 12 that scripts/build-image.sh debootstraps), with a copy of the 
   wheel built from the tree, `pip install`ed into a fresh venv, lists the kernelspec too
   (shipped as data files: no `nexus kernel install`).
 
-Not run here: command 2 (`bash scripts/test.sh`: the whole suite, which is what runs this
-test); the AppArmor restriction of user namespaces of Ubuntu >= 23.10 (a host setting: a
+Command 2 (`bash scripts/test.sh`) runs in the same kind of container, as root and as the
+sudo user, as the README says, with a test selection for pytest's arguments (the whole suite
+is what runs this test): apt installs the host packages (Docker engine, debootstrap,
+Chromium…), `start-dockerd.sh` starts an engine inside the container, `build-image.sh` builds
+both images there (from the host's cached rootfs tarball when there is one, mounted
+read-only, else by debootstrap), .venv gets `.[all,test]`, the sudo user is put in the
+docker group, then ruff and pytest run from .venv. The inner engine needs more than
+bubblewrap does: CAP_NET_ADMIN and CAP_MKNOD, the host's cgroup tree writable, and its data
+root on a volume (overlayfs cannot stack on the container's own root). Docker *sandboxes*
+do not run in that nested engine (`docker exec` fails in setns), so the selection is the
+seed's API examples on the local provider.
+
+Not run here: the AppArmor restriction of user namespaces of Ubuntu >= 23.10 (a host setting: a
 container shares the host's kernel); Ubuntu 24.04 unless an image of it is named in
 NEXUS_SETUP_IMAGES (space-separated image names, each run like the base image). One can be
 made with debootstrap (on Debian 12 its noble script is gutsy's; apt inside the image checks
@@ -97,9 +108,10 @@ for url in urls:
         sys.exit(f"{url}: {exc}")
 """
 
-# Runs as root in the container: makes the stock machine (and its sudo user), then runs
-# command 1 as $RUN_AS and reports. Each report line starts with MARK.
-SCRIPT = r"""
+# Runs as root in the container: makes the stock machine (and its sudo user) with a copy of
+# the tree in the user's home; then a command runs as $RUN_AS through `as_user "$env_line; …"`
+# and reports. Each report line starts with MARK.
+STOCK_MACHINE = r"""
 set -euo pipefail
 report() { echo "@@setup@@ $*"; }
 export DEBIAN_FRONTEND=noninteractive
@@ -132,8 +144,10 @@ fi
 cp -a /src "$home/nexus-kernel"
 chown -R "$RUN_AS_ID" "$home/nexus-kernel"
 env_line="export HOME=$home PIP_CACHE_DIR=/cache/pip PIP_DISABLE_PIP_VERSION_CHECK=1 ${PIP_CERT:+PIP_CERT=$PIP_CERT}; cd $home/nexus-kernel"
+"""
 
-# Command 1, exactly as the README says.
+# Command 1, exactly as the README says, then what it should have left.
+SCRIPT = STOCK_MACHINE + r"""
 start=$SECONDS
 as_user "$env_line; bash scripts/demo.sh"
 report demo-seconds $((SECONDS - start))
@@ -158,6 +172,24 @@ if [ "$RUN_AS" = root ]; then
 fi
 report done
 """
+
+#: A test selection for command 2 that needs no Docker sandbox (see the module docstring).
+COMMAND_2_TESTS = "tests/test_api.py"
+
+# Command 2, as the README says, with a test selection as pytest's arguments.
+SCRIPT_2 = STOCK_MACHINE + r"""
+start=$SECONDS
+as_user "$env_line; bash scripts/test.sh $COMMAND_2_TESTS"
+report test-seconds $((SECONDS - start))
+report docker-group "$(id -nG "$(as_user 'id -un')")"
+report images "$(docker images --format '{{.Repository}}:{{.Tag}}' | sort | tr '\n' ' ')"
+as_user "$env_line; .venv/bin/jupyter kernelspec list" | sed "s/^/@@setup@@ kernelspec-list /"
+report done
+"""
+#: What the engine inside the container needs beyond bubblewrap's NAMESPACE_OPTIONS.
+ENGINE_OPTIONS = ["--cap-add", "NET_ADMIN", "--cap-add", "MKNOD", "--cgroupns", "host",
+                  "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                  "-v", "/var/lib/docker"]  # an anonymous volume, removed with the container
 
 
 def _docker(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
@@ -225,9 +257,10 @@ def _report(output: str) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("user", ["root", "sudo-user"])
-@pytest.mark.parametrize("image", IMAGES)
-def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path: Path) -> None:
+def _stock_container(image: str, user: str, script: str, tmp_path: Path,
+                     extra: list[str]) -> subprocess.CompletedProcess[str]:
+    """Runs SCRIPT-like ``script`` as root in a fresh container of ``image`` holding a copy of
+    the working tree at /src, with apt's and pip's caches mounted."""
     options = _ready(image)
     src = tmp_path / "src"
     _copy_repository(src)
@@ -239,21 +272,28 @@ def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path
     name = f"nexus-setup-test-{uuid.uuid4().hex[:10]}"
     command = [
         "run", "--rm", "--name", name, "--label", "nexus.setup_test=1", "--user", "0",
-        *NAMESPACE_OPTIONS, *options,
+        *NAMESPACE_OPTIONS, *options, *extra,
         "-e", "RUN_AS=" + user, "-e", "RUN_AS_ID=" + ("0:0" if user == "root" else "dev:dev"),
         "-v", f"{src}:/src:ro",
         "-v", f"{apt / 'archives'}:/var/cache/apt/archives",
         "-v", f"{apt / 'lists'}:/var/lib/apt/lists",
         "-v", f"{pip}:/cache/pip",
-        "--entrypoint", "bash", image, "-c", SCRIPT,
+        "--entrypoint", "bash", image, "-c", script,
     ]
     try:
         run = _docker(*command, timeout=1100)
     except subprocess.TimeoutExpired:
         _docker("rm", "-f", name)
         raise
+    print(run.stdout + run.stderr)  # shown by pytest -rP or -s
+    return run
+
+
+@pytest.mark.parametrize("user", ["root", "sudo-user"])
+@pytest.mark.parametrize("image", IMAGES)
+def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path: Path) -> None:
+    run = _stock_container(image, user, SCRIPT, tmp_path, [])
     output = run.stdout + run.stderr
-    print(output)  # shown by pytest -rP or -s
     assert run.returncode == 0, output[-6000:]
     report = _report(run.stdout)
     print(f"{image} as {user}: demo.sh took {report['demo-seconds']} s; "
@@ -297,4 +337,38 @@ def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path
         shipped = json.loads(report["wheel-kernel-json"][0])
         assert shipped["display_name"] == "Nexus Sandbox"
         assert shipped == json.loads((ROOT / "kernelspec" / "kernel.json").read_text())
+    assert report["done"] == [""]
+
+
+@pytest.mark.parametrize("user", ["root", "sudo-user"])
+def test_readme_test_command_on_a_stock_machine(engine, user: str, tmp_path: Path) -> None:
+    extra = [*ENGINE_OPTIONS, "-e", f"COMMAND_2_TESTS={COMMAND_2_TESTS}"]
+    cache = Path(os.environ.get("NEXUS_IMAGE_CACHE", "/var/cache/nexus"))
+    if cache.is_dir():  # the host's debootstrapped rootfs: the base image without a download
+        extra += ["-v", f"{cache}:/var/cache/nexus:ro"]
+    run = _stock_container(BASE_IMAGE, user, SCRIPT_2, tmp_path, extra)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    report = _report(run.stdout)
+    print(f"{BASE_IMAGE} as {user}: test.sh took {report['test-seconds']} s")
+    assert report["stock-ensurepip"] == ["no"] and report["stock-pip"] == ["no"], report
+    assert report["externally-managed"] == ["yes"], report
+
+    # The scripts' own apt step brought the host packages of command 2.
+    installs = [line for line in run.stdout.splitlines() if line.startswith("==> apt-get install ")]
+    assert installs and {"python3-venv", "bubblewrap", "docker.io", "debootstrap", "chromium",
+                         "chromium-driver"} <= set(installs[0].split()), installs
+    # An engine was started in the container and both images were built in it.
+    assert "start-dockerd: the Docker engine is running" in output, output[-6000:]
+    assert {"nexus-base:bookworm", "nexus-sandbox:latest"} <= set(report["images"][0].split())
+    # The sudo user was put in the docker group, as the script says it does.
+    if user == "sudo-user":
+        assert "==> adding dev to the docker group" in run.stdout
+        assert "docker" in report["docker-group"][0].split()
+    # ruff, then pytest from .venv: the selection passed, nothing skipped or failed.
+    assert "All checks passed!" in run.stdout
+    summary = re.search(r"^(\d+) passed(?:, \d+ warnings?)? in [\d.]+s$", run.stdout, re.M)
+    assert summary and int(summary[1]) >= 20, output[-3000:]
+    kernels = {line.split()[0] for line in report["kernelspec-list"][1:]}
+    assert "nexus-sandbox" in kernels, report
     assert report["done"] == [""]
