@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 
-from nexus_kernel.manager import describe, normalize_language
+from nexus_kernel.manager import describe
 from nexus_kernel.untrusted import TRUST_OFF, TRUST_WARNING
+from nexus_kernel.validation import normalize_language
 
 from .display import SandboxCard, SandboxTable
 from .streaming import CellOutput, SandboxCodeError, run_in_cell

@@ -16,7 +16,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Float, TraitError, Unicode, validate
 
 from nexus_kernel.errors import SandboxError, SandboxNotFoundError
-from nexus_kernel.manager import SandboxManager, normalize_language
+from nexus_kernel.manager import SandboxManager
+from nexus_kernel.validation import normalize_language
 
 from . import commands
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError
 from .manager import EventCallback, SandboxManager, describe
+from .models import SandboxRecord
 
 
 class LocalBackend:
@@ -84,6 +84,9 @@ class NexusFS:
     def current_user(self) -> str:
         return self.manager.user
 
+    def _describe(self, record: SandboxRecord) -> dict[str, Any]:
+        return describe(record, self.manager.clock())
+
     # files
     def read(self, path: str) -> bytes:
         return self.backend.read(path)
@@ -111,8 +114,8 @@ class NexusFS:
     ) -> dict[str, Any]:
         """Create a sandbox; returns its description (``sandbox_id``, ``status`` …).
         ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10)."""
-        return describe(self.manager.create(name, ttl_minutes, template_id, provider=provider,
-                                            network=network))
+        return self._describe(self.manager.create(name, ttl_minutes, template_id,
+                                                  provider=provider, network=network))
 
     def sandbox_run(
         self,
@@ -141,21 +144,21 @@ class NexusFS:
         return data
 
     def sandbox_pause(self, sandbox_id: str) -> dict[str, Any]:
-        return describe(self.manager.pause(sandbox_id))
+        return self._describe(self.manager.pause(sandbox_id))
 
     def sandbox_resume(self, sandbox_id: str) -> dict[str, Any]:
-        return describe(self.manager.resume(sandbox_id))
+        return self._describe(self.manager.resume(sandbox_id))
 
     def sandbox_stop(self, sandbox_id: str) -> dict[str, Any]:
-        return describe(self.manager.stop(sandbox_id))
+        return self._describe(self.manager.stop(sandbox_id))
 
     def sandbox_list(self, all_users: bool = False) -> dict[str, Any]:
-        now = time.time()
+        now = self.manager.clock()
         records = self.manager.list(all_users=all_users)
         return {"sandboxes": [describe(r, now) for r in records], "count": len(records)}
 
     def sandbox_status(self, sandbox_id: str) -> dict[str, Any]:
-        return describe(self.manager.status(sandbox_id))
+        return self._describe(self.manager.status(sandbox_id))
 
     def sandbox_interrupt(self, sandbox_id: str, session: str | None = None) -> dict[str, Any]:
         return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt(sandbox_id, session)}

@@ -238,7 +238,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from .api import NexusFS
 
     # This process exits right away: a hand-out from the warm pool is refilled by a
-    # detached `nexus sandbox pool fill`, not by a thread that would die with it.
+    # detached `python -m nexus_kernel.pool_fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
     nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
     handler = globals()["_cmd_" + args.command]
@@ -253,7 +253,7 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
 
 
 def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
-    from .manager import check_ttl
+    from .validation import check_ttl
 
     ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
     sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
@@ -285,7 +285,7 @@ def _language(args: argparse.Namespace) -> str:
 
 
 def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
-    from .manager import check_timeout
+    from .validation import check_timeout
 
     timeout = None if args.timeout is None else check_timeout(args.timeout, "--timeout")
     code = _read_code(args)

@@ -10,12 +10,11 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 from .models import Limits
+from .validation import MAX_TIMEOUT, check_timeout
 
 DEFAULT_PROVIDER = "local"
 DEFAULT_TTL_MINUTES = 10.0
 DEFAULT_TIMEOUT = 30.0
-MAX_TTL_MINUTES = 7 * 24 * 60.0
-MAX_TIMEOUT = 24 * 3600.0
 #: Stopped records are kept this long for `list`/`status`, then pruned by the reaper.
 STOPPED_RETENTION_SECONDS = 24 * 3600.0
 
@@ -74,7 +73,7 @@ class Settings:
     #: Providers the pool serves (cloud providers bill idle sandboxes: opt in by name).
     pool_providers: str = "local,docker"
     #: Who refills after a hand-out: "thread" (this process, in the background), "process"
-    #: (a detached ``nexus sandbox pool fill``; what the CLI uses) or "off".
+    #: (a detached ``python -m nexus_kernel.pool_fill``; what the CLI uses) or "off".
     pool_refill: str = "thread"
     #: Python used for the agent and python code inside local sandboxes.
     local_python: str = ""
@@ -83,6 +82,18 @@ class Settings:
     e2b_api_key: str = ""
     e2b_template_id: str = ""
     modal_image: str = ""
+    #: Kernel: template / image of the kernel's sandboxes (NEXUS_TEMPLATE; "" = none).
+    template: str = ""
+    #: Kernel: seconds a cell may run (NEXUS_CELL_TIMEOUT; default no practical limit, 24 h).
+    cell_timeout: float = MAX_TIMEOUT
+    #: Kernel: attach to this existing sandbox instead of creating one (NEXUS_KERNEL_SANDBOX).
+    kernel_sandbox: str = ""
+    #: Kernel: keep the sandbox when the kernel shuts down (NEXUS_KERNEL_KEEP); None: keep
+    #: only an attached one.
+    kernel_keep: bool | None = None
+    #: Kernel: a restarted kernel continues in the sandbox of its previous run instead of
+    #: stopping it (NEXUS_KERNEL_REATTACH).
+    kernel_reattach: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -145,6 +156,10 @@ _BOOL_FALSE = {"0", "false", "no", "off"}
 
 def _coerce(name: str, raw: str, source: str) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    if name in ("kernel_keep", "kernel_reattach"):
+        return _on_off(raw, source)
+    if name == "cell_timeout":
+        return _seconds(raw, source)
     try:
         if name == "home":
             return Path(raw).expanduser()
@@ -160,3 +175,18 @@ def _coerce(name: str, raw: str, source: str) -> Any:
     except ValueError:
         raise InvalidArgumentError(f"{source}={raw!r} is not a valid {kind}") from None
     return raw
+
+
+def _on_off(raw: str, source: str) -> bool:
+    low = raw.strip().lower()
+    if low not in _BOOL_TRUE | _BOOL_FALSE:
+        raise InvalidArgumentError(f"{source} takes on or off, got {raw!r}")
+    return low in _BOOL_TRUE
+
+
+def _seconds(raw: str, source: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidArgumentError(f"{source} must be a number of seconds; got {raw!r}") from None
+    return check_timeout(seconds)

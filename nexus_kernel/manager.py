@@ -1,22 +1,21 @@
-"""SandboxManager: lifecycle, TTL arithmetic, user scoping, reconcile and reaping.
+"""SandboxManager: lifecycle, user scoping, and the deadlines agents and providers keep.
 
 Every surface (API, CLI, magics, kernel) goes through this class. It keeps the store and
 the providers consistent: records are written in short transactions, provider calls happen
-outside them under a per-sandbox lock, and every call lazily reaps what has expired.
+outside them under a per-sandbox lock, and every call lazily reaps what has expired
+(:mod:`nexus_kernel.reaper`). TTL arithmetic is :mod:`nexus_kernel.ttl`; every "now" comes
+from the manager's ``clock``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import secrets
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .config import MAX_TIMEOUT, MAX_TTL_MINUTES, STOPPED_RETENTION_SECONDS, Settings
+from .config import Settings
 from .errors import (
     AgentError,
     ExecutionTimeoutError,
@@ -25,97 +24,35 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStateError,
 )
-from .models import (
-    LANGUAGE_ALIASES,
-    LANGUAGES,
-    ExecResult,
-    OutputEvent,
-    SandboxRecord,
-    SandboxSpec,
-    Status,
-    iso,
-)
+from .models import ExecResult, OutputEvent, SandboxRecord, SandboxSpec, Status, iso
 from .providers import Provider, provider_class
-from .store import Store, process_alive, process_identity
+from .reaper import Reaper
+from .store import Store, process_identity
+from .ttl import Clock, expiry, watchdog_deadline
+from .validation import (
+    MAX_CODE_BYTES,
+    check_code,
+    check_name,
+    check_timeout,
+    check_ttl,
+    normalize_language,
+)
 
 if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
     from .agent.client import AgentClient
     from .pool import WarmPool
 
-#: A creating record older than this belongs to a creator that died.
-STALE_CREATING_SECONDS = 300.0
-#: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
-WATCHDOG_SLACK_SECONDS = 5.0
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
 GONE_GRACE_SECONDS = 2.0
-MAX_NAME_LENGTH = 128
-MAX_CODE_BYTES = 16 * 1024 * 1024
 
 EventCallback = Callable[[OutputEvent], None]
 
 
-def normalize_language(language: Any) -> str:
-    if not isinstance(language, str):
-        raise InvalidArgumentError("language must be a string: python, javascript or bash")
-    name = LANGUAGE_ALIASES.get(language.strip().lower(), language.strip().lower())
-    if name not in LANGUAGES:
-        raise InvalidArgumentError(
-            f"unknown language {language!r}; use one of: {', '.join(LANGUAGES)}"
-        )
-    return name
-
-
-def check_ttl(ttl_minutes: Any, name: str = "ttl_minutes") -> float:
-    """The TTL as a float; errors call it ``name`` (a surface passes what its user typed)."""
-    if isinstance(ttl_minutes, bool) or not isinstance(ttl_minutes, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a number of minutes, e.g. 10")
-    if not math.isfinite(ttl_minutes) or ttl_minutes <= 0 or ttl_minutes > MAX_TTL_MINUTES:
-        raise InvalidArgumentError(
-            f"{name} must be > 0 and <= {int(MAX_TTL_MINUTES)} minutes (7 days), got {ttl_minutes}"
-        )
-    return float(ttl_minutes)
-
-
-def check_timeout(timeout: Any, name: str = "timeout") -> float:
-    """The timeout as a float; errors call it ``name`` (a surface passes what its user typed)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, e.g. 30")
-    if not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT:
-        raise InvalidArgumentError(
-            f"{name} must be > 0 and <= {int(MAX_TIMEOUT)} seconds, got {timeout}"
-        )
-    return float(timeout)
-
-
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError("sandbox name must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidArgumentError(f"sandbox name is longer than {MAX_NAME_LENGTH} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
-        raise InvalidArgumentError(
-            "sandbox name must not contain control characters or NUL, nor invisible format "
-            "characters (bidi overrides, zero-width); use letters, digits and punctuation")
-    return name
-
-
-def check_code(code: Any) -> str:
-    if not isinstance(code, str):
-        raise InvalidArgumentError(
-            f"code must be text (str), got {type(code).__name__}; decode bytes first"
-        )
-    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-        raise InvalidArgumentError(
-            f"code is larger than {MAX_CODE_BYTES // (1024 * 1024)} MB; upload it as a file"
-        )
-    if "\0" in code:  # no interpreter takes it (argv, compile), so say so before the run
-        raise InvalidArgumentError(
-            "code cannot contain NUL bytes; binary data goes into the sandbox as a file")
-    return code
-
-
 class SandboxManager:
-    """Creates, runs, pauses, resumes, stops, lists and reaps sandboxes of one user."""
+    """Creates, runs, pauses, resumes, stops, lists and reaps sandboxes of one user.
+
+    ``clock``: a zero-argument callable returning epoch seconds (default ``time.time``),
+    used for every expiry and deadline here, in the pool and in the reaper."""
 
     def __init__(
         self,
@@ -125,7 +62,9 @@ class SandboxManager:
         is_admin: bool | None = None,
         store: Store | None = None,
         provider_options: dict[str, dict[str, Any]] | None = None,
+        clock: Clock = time.time,
     ):
+        self.clock = clock
         self.settings = settings or Settings.load()
         self.user = user or self.settings.user
         self.is_admin = self.settings.admin if is_admin is None else is_admin
@@ -135,6 +74,7 @@ class SandboxManager:
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
         self._pool: WarmPool | None = None
+        self.reaper = Reaper(self)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -147,6 +87,11 @@ class SandboxManager:
                 cls.check_available(self.settings, **options)
                 self._providers[name] = cls(self.settings, **options)
             return self._providers[name]
+
+    def loaded_providers(self) -> set[str]:
+        """Names of the providers this manager has instantiated."""
+        with self._lock:
+            return set(self._providers)
 
     def _client(self, record: SandboxRecord) -> AgentClient:
         """The agent client of this sandbox, kept open for the life of this manager."""
@@ -171,7 +116,8 @@ class SandboxManager:
             self._pool = WarmPool(self)
         return self._pool
 
-    def _forget_client(self, sandbox_id: str) -> None:
+    def forget_client(self, sandbox_id: str) -> None:
+        """Close and drop the cached agent connection of a sandbox (it ended, or broke)."""
         with self._lock:
             client = self._clients.pop(sandbox_id, None)
         if client is not None:
@@ -231,18 +177,15 @@ class SandboxManager:
             if pooled is not None:
                 return self._save(pooled.sandbox_id, client_id=client_id) if client_id else pooled
 
-        now = time.time()
         sandbox_id = "sb_" + secrets.token_hex(8)
-        record = SandboxRecord(
+        record = SandboxRecord.new(
             sandbox_id=sandbox_id,
             name=name,
             owner=self.user,
             provider=provider_name,
             status=Status.CREATING,
             ttl_minutes=ttl,
-            created_at=now,
-            last_active_at=now,
-            expires_at=now + ttl * 60,
+            now=self.clock(),
             template_id=template_id,
             network=network,
             creator=process_identity(),
@@ -255,7 +198,7 @@ class SandboxManager:
             template_id=template_id,
             network=network,
             limits=self.settings.limits,
-            deadline=record.expires_at + WATCHDOG_SLACK_SECONDS,
+            deadline=watchdog_deadline(record.expires_at),
             store_id=self.store.store_id,
         )
         try:
@@ -263,14 +206,16 @@ class SandboxManager:
         except BaseException:
             self.store.delete(sandbox_id)  # no resource exists: leave no trace
             raise
-        now = time.time()
-        return self._save(
+        now = self.clock()
+        record = self._save(
             sandbox_id,
             status=Status.ACTIVE,
             handle=handle,
             last_active_at=now,
-            expires_at=now + ttl * 60,
+            expires_at=expiry(now, ttl),
         )
+        backend.extend(handle, watchdog_deadline(record.expires_at))
+        return record
 
     def run(
         self,
@@ -316,6 +261,8 @@ class SandboxManager:
                     f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
         record = self._require_active(sandbox_id)
         record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
+        deadline = watchdog_deadline(record.expires_at)  # travels in the run request
+        self.provider(record.provider).extend(record.handle, deadline)
         client = self._client(record)
 
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
@@ -338,11 +285,11 @@ class SandboxManager:
                 on_event=forward,
                 stdin=stdin,
                 stderr_traceback=stderr_traceback,
-                deadline=record.expires_at + WATCHDOG_SLACK_SECONDS,
+                deadline=deadline,
                 input_data=input_data,
             )
         except AgentError as exc:
-            self._forget_client(sandbox_id)
+            self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
         self._touch(record)
@@ -398,17 +345,28 @@ class SandboxManager:
                 return data
 
             self.store.update(self._load(sandbox_id).sandbox_id, set_ttl)
-        record = self._check_expiry(self._load(sandbox_id))
+        record = self.reaper.check(self._load(sandbox_id))
         if record.status is not Status.ACTIVE:
             return record
         record = self._touch(record)
         try:
-            self._client(record).set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+            self.push_deadline(record)
         except AgentError as exc:
-            self._forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
         return record
+
+    def push_deadline(self, record: SandboxRecord) -> None:
+        """Move the sandbox's provider timeout and its agent's watchdog to the record's
+        deadline (expiry plus grace). AgentError when the agent cannot be reached (its
+        connection is dropped then)."""
+        deadline = watchdog_deadline(record.expires_at)
+        self.provider(record.provider).extend(record.handle, deadline)
+        try:
+            self._client(record).set_deadline(deadline)
+        except AgentError:
+            self.forget_client(record.sandbox_id)
+            raise
 
     def interrupt(self, sandbox_id: str, session: str | None = None) -> int:
         """Interrupt running code (KeyboardInterrupt in a Python session; state kept)."""
@@ -419,7 +377,7 @@ class SandboxManager:
         """Freeze every process of the sandbox; the TTL clock stops while paused. Pausing a
         paused sandbox is a no-op (as resuming an active one is)."""
         with self.store.lock(sandbox_id):
-            record = self._check_expiry(self._load(sandbox_id))
+            record = self.reaper.check(self._load(sandbox_id))
             if record.status is Status.PAUSED:
                 return record
             record = self._require_active(sandbox_id)
@@ -428,19 +386,19 @@ class SandboxManager:
                 backend.pause(record.handle)  # raises the provider's own explanation
             self._client(record).set_deadline(None)
             backend.pause(record.handle)
-            self._forget_client(sandbox_id)
-            now = time.time()
+            self.forget_client(sandbox_id)
+            now = self.clock()
             return self._save(
                 sandbox_id,
                 status=Status.PAUSED,
                 paused_at=now,
-                expires_at=now + self.settings.paused_retention_minutes * 60,
+                expires_at=expiry(now, self.settings.paused_retention_minutes),
             )
 
     def resume(self, sandbox_id: str) -> SandboxRecord:
         """Thaw a paused sandbox; its TTL restarts from now."""
         with self.store.lock(sandbox_id):
-            record = self._check_expiry(self._load(sandbox_id))
+            record = self.reaper.check(self._load(sandbox_id))
             if record.status is Status.ACTIVE:
                 return record
             if record.status is not Status.PAUSED:
@@ -450,15 +408,15 @@ class SandboxManager:
                 )
             backend = self.provider(record.provider)
             backend.resume(record.handle)
-            now = time.time()
+            now = self.clock()
             record = self._save(
                 sandbox_id,
                 status=Status.ACTIVE,
                 paused_at=None,
                 last_active_at=now,
-                expires_at=now + record.ttl_minutes * 60,
+                expires_at=expiry(now, record.ttl_minutes),
             )
-            self._client(record).set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+            self.push_deadline(record)
             return record
 
     def stop(self, sandbox_id: str) -> SandboxRecord:
@@ -467,17 +425,17 @@ class SandboxManager:
         if record.status is Status.STOPPED:
             return record
         with self.store.lock(sandbox_id):
-            return self._destroy(self._load(sandbox_id), reason=None)
+            return self.reaper.end(self._load(sandbox_id), reason=None)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         """The stored record after the expiry check, without asking the provider whether
         the resource still exists (cheap enough for every kernel cell; :meth:`status` asks)."""
-        return self._check_expiry(self._load(sandbox_id))
+        return self.reaper.check(self._load(sandbox_id))
 
     def status(self, sandbox_id: str) -> SandboxRecord:
         """The record, after checking expiry and that the resource still exists."""
-        record = self._check_expiry(self._load(sandbox_id))
-        return self._reconcile_one(record)
+        record = self.reaper.check(self._load(sandbox_id))
+        return self.reaper.reconcile(record)
 
     def list(self, *, all_users: bool = False) -> list[SandboxRecord]:
         """Sandboxes of this user (every user's for an admin asking ``all_users``)."""
@@ -510,122 +468,16 @@ class SandboxManager:
 
     def reap_expired(self, *, force: bool = False) -> list[str]:
         """Stop every expired sandbox of this store (throttled unless ``force``)."""
-        if not force and not self.store.claim("last_reap", self.settings.reap_interval):
-            return []
-        reaped = []
-        now = time.time()
-        for data in self.store.records():
-            record = SandboxRecord.from_dict(data)
-            if record.status is Status.STOPPED:
-                if record.stopped_at and now - record.stopped_at > STOPPED_RETENTION_SECONDS:
-                    self.store.delete(record.sandbox_id)
-                continue
-            if self._is_expired(record, now) and self._reap(record):
-                reaped.append(record.sandbox_id)
-        return reaped + self.pool.reap()
+        return self.reaper.reap_expired(force=force)
 
     def reap(self) -> dict[str, list[str]]:
         """Full reap: expired sandboxes, records whose resource is gone, unknown resources."""
-        expired = self.reap_expired(force=True)
-        gone = []
-        for data in self.store.records():
-            record = SandboxRecord.from_dict(data)
-            live = record.status in (Status.ACTIVE, Status.PAUSED)
-            if live and self._reconcile_one(record).status is Status.STOPPED:
-                gone.append(record.sandbox_id)
-        orphans = self._reap_orphans()
-        return {"expired": expired, "gone": gone, "orphans": orphans}
-
-    def _reap_orphans(self) -> list[str]:
-        orphans = []
-        for name in self._providers_in_use():
-            try:
-                backend = self.provider(name)
-                resources = backend.list_resources(self.store.store_id)
-            except Exception:
-                continue  # provider not reachable here: its agents end its sandboxes at TTL
-            pooled = self.pool.pooled_ids()  # waiting for a user: not orphans
-            for resource in resources:
-                if resource["sandbox_id"] in pooled:
-                    continue
-                data = self.store.get(resource["sandbox_id"])
-                record = SandboxRecord.from_dict(data) if data else None
-                if (
-                    record is None
-                    or record.status is Status.STOPPED
-                    or self._is_expired(record, time.time())
-                ):
-                    backend.destroy(resource["handle"])
-                    orphans.append(resource["sandbox_id"])
-                    if record is not None and record.status is not Status.STOPPED:
-                        self._save(record.sandbox_id, status=Status.STOPPED, stopped_at=time.time())
-        return orphans
-
-    def _providers_in_use(self) -> list[str]:
-        names = {self.settings.provider, "local"} | set(self._providers)
-        names |= {d.get("provider", "") for d in self.store.records()}
-        return sorted(n for n in names if n)
-
-    def _reap(self, record: SandboxRecord) -> bool:
-        try:
-            with self.store.lock(record.sandbox_id):
-                fresh = SandboxRecord.from_dict(self.store.get(record.sandbox_id) or record.to_dict())
-                if fresh.status is Status.STOPPED or not self._is_expired(fresh, time.time()):
-                    return False
-                creating = fresh.status is Status.CREATING
-                self._destroy(fresh, reason="its creator ended before it was ready" if creating
-                              else "expired")
-                return True
-        except Exception:
-            return False  # provider unreachable: retried on the next reap
-
-    def _is_expired(self, record: SandboxRecord, now: float) -> bool:
-        if record.status is Status.CREATING:
-            if record.creator is not None and not process_alive(record.creator):
-                return True  # its creator was killed mid-create: nobody will finish it
-            return now - record.created_at > STALE_CREATING_SECONDS
-        return record.expires_at is not None and now >= record.expires_at
+        return self.reaper.reap()
 
     # ---------------------------------------------------------------- helpers
 
-    def _destroy(self, record: SandboxRecord, reason: str | None) -> SandboxRecord:
-        self._forget_client(record.sandbox_id)
-        if record.handle:
-            self.provider(record.provider).destroy(record.handle)
-        return self._save(
-            record.sandbox_id,
-            status=Status.STOPPED,
-            stopped_at=time.time(),
-            error=reason,
-        )
-
-    def _check_expiry(self, record: SandboxRecord) -> SandboxRecord:
-        if record.status is not Status.STOPPED and self._is_expired(record, time.time()):
-            self._reap(record)
-            return self._load(record.sandbox_id)
-        return record
-
-    def _reconcile_one(self, record: SandboxRecord) -> SandboxRecord:
-        if record.status not in (Status.ACTIVE, Status.PAUSED) or not record.handle:
-            return record
-        try:
-            alive = self.provider(record.provider).alive(record.handle)
-        except Exception:
-            return record  # cannot tell right now; keep the record as it is
-        if alive:
-            return record
-        self._forget_client(record.sandbox_id)
-        with contextlib.suppress(Exception):  # clean what the dead sandbox left (files, cgroups)
-            self.provider(record.provider).destroy(record.handle)
-        return self._save(
-            record.sandbox_id,
-            status=Status.STOPPED,
-            stopped_at=time.time(),
-            error="the sandbox ended outside nexus (TTL watchdog, killed, or host restart)",
-        )
-
     def _require_active(self, sandbox_id: str) -> SandboxRecord:
-        record = self._check_expiry(self._load(sandbox_id))
+        record = self.reaper.check(self._load(sandbox_id))
         if record.status is Status.ACTIVE:
             return record
         hint = {
@@ -639,13 +491,13 @@ class SandboxManager:
 
     def _touch(self, record: SandboxRecord, extra: float = 0.0) -> SandboxRecord:
         """Extend the TTL from now (plus ``extra`` seconds of run time)."""
-        now = time.time()
+        now = self.clock()
 
         def apply(data: dict[str, Any]) -> dict[str, Any] | None:
             if data["status"] != Status.ACTIVE.value:
                 return None
             data["last_active_at"] = now
-            data["expires_at"] = now + data["ttl_minutes"] * 60 + extra
+            data["expires_at"] = expiry(now, data["ttl_minutes"], extra)
             return data
 
         data = self.store.update(record.sandbox_id, apply)
@@ -668,7 +520,7 @@ class SandboxManager:
     def close(self) -> None:
         """Close agent connections held by this manager."""
         for sandbox_id in list(self._clients):
-            self._forget_client(sandbox_id)
+            self.forget_client(sandbox_id)
 
 
 def _keep(bundle: Any) -> Any:

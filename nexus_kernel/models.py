@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
+from .ttl import expiry
+
 #: Version of the stored record layout; bump and migrate in ``SandboxRecord.from_dict``.
 RECORD_VERSION = 1
 
@@ -92,6 +94,14 @@ class SandboxRecord:
     #: restarted kernel finds the sandbox of its previous run by it.
     client_id: str | None = None
     version: int = RECORD_VERSION
+
+    @classmethod
+    def new(cls, *, sandbox_id: str, name: str, owner: str, provider: str, status: Status,
+            ttl_minutes: float, now: float, **other: Any) -> SandboxRecord:
+        """A record created at ``now`` whose TTL runs from then (``other``: optional fields)."""
+        return cls(sandbox_id=sandbox_id, name=name, owner=owner, provider=provider,
+                   status=status, ttl_minutes=ttl_minutes, created_at=now, last_active_at=now,
+                   expires_at=expiry(now, ttl_minutes), **other)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

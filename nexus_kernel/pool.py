@@ -11,7 +11,8 @@ limits), outside the ``sandbox:`` key space. So:
 * a pooled sandbox is unreachable until then (no record, no owner: nobody can run code in it),
   and a handed-out sandbox never returns to the pool, so every hand-out is fresh;
 * any process refills: a background thread of a long-lived process (kernel, API user), a
-  detached ``nexus sandbox pool fill`` started by the CLI, or that command run by hand;
+  detached ``python -m nexus_kernel.pool_fill`` started by the CLI, or ``nexus sandbox pool
+  fill`` run by hand;
   a slot is reserved in a transaction before the sandbox is started, so the pool never holds
   more than ``pool_size`` entries however many fillers run;
 * pooled sandboxes carry their own expiry (``pool_ttl_minutes``; the agent's watchdog enforces
@@ -28,35 +29,53 @@ import os
 import secrets
 import sys
 import threading
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import AgentError, InvalidArgumentError, SandboxError
 from .models import SandboxRecord, SandboxSpec, Status
+from .ttl import STALE_CREATING_SECONDS, expiry, watchdog_deadline
 
 if TYPE_CHECKING:
-    from .manager import SandboxManager
+    from .config import Settings
+    from .providers import Provider
+    from .store import Store
+    from .ttl import Clock
 
 #: Owner recorded on pooled sandboxes' specs (provider labels) until they are handed out.
 POOL_OWNER = "__pool__"
 #: Store meta names of the pools: ``pool:<key>``.
 META_PREFIX = "pool:"
-#: A reserved slot whose sandbox never became ready within this many seconds is abandoned.
-STALE_CREATING_SECONDS = 300.0
 #: Entries this close to their pool expiry are not handed out (they are about to be reaped).
 MIN_REMAINING_SECONDS = 30.0
-#: Grace the agent's watchdog adds past the pool expiry (the reaper is exact).
-WATCHDOG_SLACK_SECONDS = 5.0
 REFILL_MODES = ("thread", "process", "off")
 
 
-class WarmPool:
-    """The warm pool of one store, seen through one :class:`SandboxManager`."""
+class PoolHost(Protocol):
+    """What the pool uses of the manager that owns it (its only seam to the manager)."""
 
-    def __init__(self, manager: SandboxManager):
-        self.manager = manager
-        self.settings = manager.settings
-        self.store = manager.store
+    settings: Settings
+    store: Store
+    #: Who a hand-out belongs to.
+    user: str
+    clock: Clock
+
+    def provider(self, name: str) -> Provider:
+        """The provider instance called ``name``."""
+        ...
+
+    def push_deadline(self, record: SandboxRecord) -> None:
+        """Give the agent's watchdog and the provider the record's deadline (AgentError
+        when the agent is unreachable)."""
+        ...
+
+
+class WarmPool:
+    """The warm pool of one store, seen through one manager (its :class:`PoolHost`)."""
+
+    def __init__(self, host: PoolHost):
+        self.host = host
+        self.settings = host.settings
+        self.store = host.store
         self._filling: set[str] = set()  # pool keys a thread of this process is filling
         self._lock = threading.Lock()
         if self.settings.pool_refill not in REFILL_MODES:
@@ -97,12 +116,10 @@ class WarmPool:
                 if record is None:
                     return None
                 try:  # the pool's deadline becomes the user's (this also checks it is alive)
-                    client = self.manager._client(record)
-                    client.set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+                    self.host.push_deadline(record)
                 except AgentError:  # died in the pool: leave no trace, try the next one
-                    self.manager._forget_client(record.sandbox_id)
                     with contextlib.suppress(SandboxError, OSError):
-                        self.manager.provider(record.provider).destroy(record.handle)
+                        self.host.provider(record.provider).destroy(record.handle)
                     self.store.delete(record.sandbox_id)
                     continue
                 return record
@@ -113,7 +130,7 @@ class WarmPool:
     def _take(self, key: str, name: str, ttl_minutes: float) -> SandboxRecord | None:
         """Move the oldest ready entry of pool ``key`` to a ``sandbox:`` record (one
         transaction: nobody else can take it, and it can never be taken again)."""
-        now = time.time()
+        now = self.host.clock()
         with self.store.transaction():
             entries: dict[str, dict[str, Any]] = self.store.get_meta(META_PREFIX + key) or {}
             ready = [e for e in entries.values()
@@ -123,16 +140,14 @@ class WarmPool:
             entry = min(ready, key=lambda e: e["created_at"])
             del entries[entry["sandbox_id"]]
             self.store.set_meta(META_PREFIX + key, entries)
-            record = SandboxRecord(
+            record = SandboxRecord.new(
                 sandbox_id=entry["sandbox_id"],
                 name=name,
-                owner=self.manager.user,
+                owner=self.host.user,
                 provider=entry["provider"],
                 status=Status.ACTIVE,
                 ttl_minutes=ttl_minutes,
-                created_at=now,
-                last_active_at=now,
-                expires_at=now + ttl_minutes * 60,
+                now=now,
                 template_id=entry["template_id"],
                 network=entry["network"],
                 handle=entry["handle"],
@@ -157,7 +172,7 @@ class WarmPool:
         network = self.settings.network if network is None else bool(network)
         size = self.size if size is None else max(0, int(size))
         key = self.key(provider, template_id, network)
-        backend = self.manager.provider(provider)
+        backend = self.host.provider(provider)
         started = []
         while True:
             entry = self._reserve(key, provider, template_id, network, size)
@@ -169,7 +184,7 @@ class WarmPool:
                 template_id=template_id,
                 network=network,
                 limits=self.settings.limits,
-                deadline=entry["expires_at"] + WATCHDOG_SLACK_SECONDS,
+                deadline=watchdog_deadline(entry["expires_at"]),
                 store_id=self.store.store_id,
             )
             try:
@@ -184,7 +199,7 @@ class WarmPool:
 
     def _reserve(self, key: str, provider: str, template_id: str | None, network: bool,
                  size: int) -> dict[str, Any] | None:
-        now = time.time()
+        now = self.host.clock()
         entry = {
             "sandbox_id": "sb_" + secrets.token_hex(8),
             "state": "creating",
@@ -193,7 +208,7 @@ class WarmPool:
             "network": network,
             "handle": None,
             "created_at": now,
-            "expires_at": now + self.settings.pool_ttl_minutes * 60,
+            "expires_at": expiry(now, self.settings.pool_ttl_minutes),
         }
         with self.store.transaction():
             entries = self.store.get_meta(META_PREFIX + key) or {}
@@ -246,15 +261,15 @@ class WarmPool:
         threading.Thread(target=work, name=f"nexus-pool-fill-{provider}", daemon=True).start()
 
     def _spawn_filler(self, provider: str, template_id: str | None, network: bool) -> None:
-        """A detached ``nexus sandbox pool fill`` that outlives this (short-lived) process."""
+        """A detached filler (:mod:`nexus_kernel.pool_fill`) that outlives this (short-lived)
+        process; it refills nothing itself (``NEXUS_POOL_REFILL=off``)."""
         import subprocess
 
-        argv = [sys.executable, "-m", "nexus_kernel.cli", "sandbox", "pool", "fill",
+        argv = [sys.executable, "-m", "nexus_kernel.pool_fill",
                 "--provider", provider, "--size", str(self.size)]
         if template_id:
             argv += ["--template", template_id]
-        if network:
-            argv.append("--network")
+        argv.append("--network" if network else "--no-network")
         env = dict(os.environ, NEXUS_HOME=str(self.settings.home), NEXUS_POOL_REFILL="off")
         with contextlib.suppress(OSError):
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -275,7 +290,7 @@ class WarmPool:
     def reap(self, *, everything: bool = False) -> list[str]:
         """Destroy stale pooled sandboxes (past their pool expiry, or reserved but never
         ready); ``everything`` empties every pool (``nexus sandbox pool drain``)."""
-        now = time.time()
+        now = self.host.clock()
         doomed: list[dict[str, Any]] = []
         for key in self.entries():
             with self.store.transaction():
@@ -289,7 +304,7 @@ class WarmPool:
         for entry in doomed:
             if entry.get("handle"):
                 with contextlib.suppress(SandboxError, OSError):
-                    self.manager.provider(entry["provider"]).destroy(entry["handle"])
+                    self.host.provider(entry["provider"]).destroy(entry["handle"])
         return [e["sandbox_id"] for e in doomed]
 
     def drain(self) -> list[str]:

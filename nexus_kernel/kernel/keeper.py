@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from ..models import SandboxRecord, Status
@@ -78,7 +77,7 @@ class TtlKeeper:
             return period
         if record.status is not Status.ACTIVE or record.expires_at is None:
             return period
-        left = record.expires_at - time.time()
+        left = record.expires_at - self.sandbox.manager.clock()
         lead = min(WARN_LEAD_SECONDS, record.ttl_minutes * 60 / 2)
         if left > lead:
             return min(period, left - lead)

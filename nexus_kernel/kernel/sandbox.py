@@ -1,7 +1,8 @@
 """The one sandbox a kernel runs its cells in, and the ``%sandbox`` lines that steer it.
 
-Configuration comes from the environment (the kernelspec's ``env`` or the notebook server's):
-the ``NEXUS_*`` settings (provider, TTL, limits, network, home, user), plus
+Configuration comes from the manager's settings (:class:`~nexus_kernel.config.Settings`,
+read from the kernelspec's ``env`` or the notebook server's): the ``NEXUS_*`` settings
+(provider, TTL, limits, network, home, user), plus the kernel's own
 
 - ``NEXUS_TEMPLATE``: template / image for the sandbox,
 - ``NEXUS_KERNEL_SANDBOX``: attach to this existing sandbox instead of creating one,
@@ -13,16 +14,13 @@ the ``NEXUS_*`` settings (provider, TTL, limits, network, home, user), plus
 
 from __future__ import annotations
 
-import os
 import shlex
-import time
-from collections.abc import Mapping
 
-from ..config import MAX_TIMEOUT
 from ..errors import SandboxError
-from ..manager import SandboxManager, check_timeout, check_ttl
+from ..manager import SandboxManager
 from ..models import SandboxRecord, Status
 from ..untrusted import TRUST_OFF, TRUST_WARNING
+from ..validation import MAX_TIMEOUT, check_timeout, check_ttl
 
 #: Every cell of a kernel runs in this session of its sandbox (one per language).
 SESSION = "kernel"
@@ -55,29 +53,21 @@ class KernelSandbox:
     to ``NEXUS_KERNEL_SANDBOX``), recreated with a note when it was lost, stopped at kernel
     shutdown unless ``keep`` is set (attached sandboxes are kept by default)."""
 
-    def __init__(self, manager: SandboxManager, name: str,
-                 env: Mapping[str, str] | None = None, client_id: str | None = None) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, manager: SandboxManager, name: str, client_id: str | None = None) -> None:
         settings = manager.settings
         self.manager = manager
         self.name = name
         self.provider = settings.provider
         self.ttl_minutes = settings.ttl_minutes
         self.network = settings.network
-        self.template_id = env.get("NEXUS_TEMPLATE") or None
-        raw_timeout = env.get("NEXUS_CELL_TIMEOUT")
-        self.cell_timeout = MAX_TIMEOUT
-        if raw_timeout:
-            self.cell_timeout = check_timeout(
-                _number(raw_timeout, "NEXUS_CELL_TIMEOUT must be a number of seconds"))
-        self.sandbox_id: str | None = env.get("NEXUS_KERNEL_SANDBOX") or None
+        self.template_id = settings.template or None
+        self.cell_timeout = settings.cell_timeout
+        self.sandbox_id: str | None = settings.kernel_sandbox or None
         self.attached = self.sandbox_id is not None
-        keep = env.get("NEXUS_KERNEL_KEEP")
-        self.keep = _flag(keep, "NEXUS_KERNEL_KEEP") if keep else self.attached
+        self.keep = self.attached if settings.kernel_keep is None else settings.kernel_keep
         #: The Jupyter kernel this sandbox serves (``jupyter-kernel:<id>``), kept on its record.
         self.client_id = client_id
-        reattach = env.get("NEXUS_KERNEL_REATTACH")
-        self.reattach = _flag(reattach, "NEXUS_KERNEL_REATTACH") if reattach else False
+        self.reattach = settings.kernel_reattach
         #: Show the sandbox's rich output as it is (scripts, widgets): an explicit opt-in.
         self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
@@ -161,7 +151,7 @@ class KernelSandbox:
                  f"provider:  {record.provider}",
                  f"template:  {record.template_id or 'none'}"]
         if record.status is Status.ACTIVE and record.expires_at is not None:
-            left = max(0, int(record.expires_at - time.time()))
+            left = max(0, int(record.expires_at - self.manager.clock()))
             lines.append(f"expires:   in {left // 60} min {left % 60} s "
                          f"(TTL {record.ttl_minutes:g} min, extended by every cell)")
         keep = "kept" if self.keep else "stopped"

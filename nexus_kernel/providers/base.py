@@ -93,6 +93,15 @@ class Provider(ABC):
             f"the {self.name} provider cannot resume sandboxes; create a new one instead"
         )
 
+    def extend(self, handle: Handle, deadline: float) -> None:
+        """Tell the provider's own timeout that the sandbox now lives until ``deadline``
+        (epoch seconds). The manager calls it whenever the deadline moves (create, every run
+        or touch, resume, pool hand-out), with the deadline it gives the agent's watchdog,
+        which it sets through the agent itself. Best effort: a failure must not raise (the
+        agent's watchdog still ends the sandbox on time). Default: nothing to do (providers
+        whose sandboxes live exactly as long as their agent)."""
+        return None
+
     @abstractmethod
     def destroy(self, handle: Handle) -> None:
         """Kill every process of the sandbox and delete its files. Idempotent."""

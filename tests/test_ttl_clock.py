@@ -1,0 +1,244 @@
+"""TTL in one place, driven by an injected clock: expiry arithmetic, reaping, the kernel's
+TTL keeper and ``Provider.extend`` are checked by moving a fake clock, never by sleeping.
+Also the kernel's settings (read once by ``Settings``) and the detached pool filler's entry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus_kernel.config import Settings
+from nexus_kernel.errors import InvalidArgumentError
+from nexus_kernel.kernel.keeper import TtlKeeper
+from nexus_kernel.kernel.sandbox import KernelSandbox
+from nexus_kernel.manager import SandboxManager
+from nexus_kernel.models import SandboxRecord, Status
+from nexus_kernel.providers.local import LocalProvider
+from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
+from nexus_kernel.validation import MAX_TIMEOUT
+
+from .conftest import needs_bwrap
+
+
+class FakeClock:
+    """Epoch seconds that move only when told (starts at the real time: agents' watchdogs
+    compare deadlines with their own real clock, so the fake one may only run ahead)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingLocal(LocalProvider):
+    """The local provider, recording every ``extend(handle, deadline)`` call."""
+
+    calls: list[tuple[str, float]] = []
+
+    def extend(self, handle: dict[str, Any], deadline: float) -> None:
+        RecordingLocal.calls.append((handle["dir"], deadline))
+
+
+# ---------------------------------------------------------------------- pure arithmetic
+
+
+def test_ttl_arithmetic_lives_in_one_module() -> None:
+    assert expiry(1000.0, 10) == 1600.0
+    assert expiry(1000.0, 10, extra=30) == 1630.0
+    assert watchdog_deadline(1600.0) == 1600.0 + WATCHDOG_SLACK_SECONDS
+    record = SandboxRecord.new(sandbox_id="sb_x", name="n", owner="o", provider="local",
+                               status=Status.ACTIVE, ttl_minutes=2, now=500.0, network=True)
+    assert (record.created_at, record.last_active_at, record.expires_at) == (500.0, 500.0, 620.0)
+    assert record.network is True
+
+
+# ---------------------------------------------------------------------- kernel settings
+
+
+def test_kernel_settings_are_read_once_with_their_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NEXUS_TEMPLATE", "NEXUS_CELL_TIMEOUT", "NEXUS_KERNEL_SANDBOX",
+                 "NEXUS_KERNEL_KEEP", "NEXUS_KERNEL_REATTACH"):
+        monkeypatch.delenv(name, raising=False)
+    plain = Settings.load()
+    assert (plain.template, plain.cell_timeout, plain.kernel_sandbox) == ("", MAX_TIMEOUT, "")
+    assert plain.kernel_keep is None and plain.kernel_reattach is False
+
+    monkeypatch.setenv("NEXUS_TEMPLATE", "tpl")
+    monkeypatch.setenv("NEXUS_CELL_TIMEOUT", "90")
+    monkeypatch.setenv("NEXUS_KERNEL_SANDBOX", "sb_1")
+    monkeypatch.setenv("NEXUS_KERNEL_KEEP", "off")
+    monkeypatch.setenv("NEXUS_KERNEL_REATTACH", "yes")
+    loaded = Settings.load()
+    assert (loaded.template, loaded.cell_timeout, loaded.kernel_sandbox) == ("tpl", 90.0, "sb_1")
+    assert loaded.kernel_keep is False and loaded.kernel_reattach is True
+    assert Settings.env_source("cell_timeout") == "NEXUS_CELL_TIMEOUT"
+    assert Settings.env_source("kernel_keep") == "NEXUS_KERNEL_KEEP"
+
+    for name, value, message in [
+        ("NEXUS_KERNEL_KEEP", "maybe", "NEXUS_KERNEL_KEEP takes on or off, got 'maybe'"),
+        ("NEXUS_KERNEL_REATTACH", "2", "NEXUS_KERNEL_REATTACH takes on or off, got '2'"),
+        ("NEXUS_CELL_TIMEOUT", "soon", "NEXUS_CELL_TIMEOUT must be a number of seconds; got 'soon'"),
+        ("NEXUS_CELL_TIMEOUT", "0", "timeout must be > 0 and <= 86400 seconds, got 0.0"),
+    ]:
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(InvalidArgumentError) as error:
+                Settings.load()
+            assert str(error.value) == message
+
+
+@needs_bwrap
+def test_kernel_sandbox_takes_its_settings_from_the_manager(nexus_home: Path) -> None:
+    attached = SandboxManager(Settings.load(kernel_sandbox="sb_1", template="tpl"))
+    sandbox = KernelSandbox(attached, "k")
+    assert (sandbox.sandbox_id, sandbox.attached, sandbox.keep) == ("sb_1", True, True)
+    assert sandbox.template_id == "tpl" and sandbox.cell_timeout == MAX_TIMEOUT
+    dropped = KernelSandbox(SandboxManager(Settings.load(kernel_sandbox="sb_1", kernel_keep=False,
+                                                         cell_timeout=5.0)), "k")
+    assert dropped.keep is False and dropped.cell_timeout == 5.0
+    fresh = KernelSandbox(SandboxManager(Settings.load()), "k")
+    assert (fresh.sandbox_id, fresh.keep, fresh.reattach, fresh.template_id) == (None, False, False, None)
+
+
+def test_the_detached_pool_filler_does_not_import_the_cli() -> None:
+    code = ("import sys, nexus_kernel.pool_fill\n"
+            "assert 'nexus_kernel.cli' not in sys.modules, 'CLI imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------- on the local provider
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def manager(nexus_home: Path, clock: FakeClock,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxManager]:
+    RecordingLocal.calls = []
+    monkeypatch.setattr("nexus_kernel.manager.provider_class", lambda name: RecordingLocal)
+    manager = SandboxManager(Settings.load(pool_refill="off"), clock=clock)
+    yield manager
+    for record in manager.list():
+        if record.status is not Status.STOPPED:
+            manager.stop(record.sandbox_id)
+    manager.pool.drain()
+    manager.close()
+
+
+def deadlines(record: SandboxRecord) -> list[float]:
+    """The deadlines the provider was told for ``record``'s sandbox."""
+    return [at for folder, at in RecordingLocal.calls if folder == record.handle["dir"]]
+
+
+@needs_bwrap
+def test_ttl_follows_the_clock_without_sleeping(manager: SandboxManager, clock: FakeClock) -> None:
+    start = clock()
+    record = manager.create("clocked", ttl_minutes=1)
+    assert (record.created_at, record.expires_at) == (start, start + 60)
+
+    clock.advance(40)
+    manager.run(record.sandbox_id, "python", "print(1)", timeout=10)
+    after_run = manager.get(record.sandbox_id)
+    assert after_run.last_active_at == start + 40
+    assert after_run.expires_at == start + 40 + 60  # the reserved timeout is given back
+
+    clock.advance(30)
+    assert manager.get(record.sandbox_id).status is Status.ACTIVE  # extended by the run
+    paused = manager.pause(record.sandbox_id)
+    assert paused.expires_at == start + 70 + manager.settings.paused_retention_minutes * 60
+    clock.advance(3600)  # a paused sandbox's clock stops
+    resumed = manager.resume(record.sandbox_id)
+    assert resumed.expires_at == start + 3670 + 60
+
+    clock.advance(61)
+    reaped = manager.get(record.sandbox_id)
+    assert reaped.status is Status.STOPPED and reaped.error == "expired"
+    assert reaped.stopped_at == start + 3731
+    assert not manager.provider("local").alive(record.handle)
+
+
+@needs_bwrap
+def test_extend_gets_the_deadline_the_agent_gets(manager: SandboxManager, clock: FakeClock) -> None:
+    record = manager.create("extended", ttl_minutes=2)
+    assert deadlines(record) == [watchdog_deadline(record.expires_at)]  # create
+
+    clock.advance(10)
+    manager.run(record.sandbox_id, "bash", "true", timeout=20)  # TTL + the run's timeout
+    assert deadlines(record)[-1] == clock() + 120 + 20 + WATCHDOG_SLACK_SECONDS
+
+    clock.advance(10)
+    touched = manager.touch(record.sandbox_id, ttl_minutes=5)
+    assert deadlines(record)[-1] == watchdog_deadline(touched.expires_at) == clock() + 305
+
+    manager.pause(record.sandbox_id)
+    count = len(deadlines(record))
+    clock.advance(10)
+    resumed = manager.resume(record.sandbox_id)
+    assert deadlines(record)[count:] == [watchdog_deadline(resumed.expires_at)]
+
+
+@needs_bwrap
+def test_pool_hand_out_moves_the_deadline_to_the_users(
+        nexus_home: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    RecordingLocal.calls = []
+    monkeypatch.setattr("nexus_kernel.manager.provider_class", lambda name: RecordingLocal)
+    manager = SandboxManager(Settings.load(pool_size=1, pool_refill="off"), clock=clock)
+    try:
+        (pooled_id,) = manager.pool.fill()
+        entry = next(iter(manager.pool.entries().values()))[pooled_id]
+        assert entry["expires_at"] == clock() + manager.settings.pool_ttl_minutes * 60
+        assert RecordingLocal.calls == []  # the pool's deadline travels in the create spec
+        clock.advance(5)
+        record = manager.create("from-pool", ttl_minutes=3)
+        assert record.sandbox_id == pooled_id
+        assert record.expires_at == clock() + 180
+        assert deadlines(record) == [watchdog_deadline(record.expires_at)]
+    finally:
+        for record in manager.list():
+            if record.status is not Status.STOPPED:
+                manager.stop(record.sandbox_id)
+        manager.pool.drain()
+        manager.close()
+
+
+@needs_bwrap
+def test_keeper_warns_then_announces_expiry_on_the_fake_clock(
+        manager: SandboxManager, clock: FakeClock) -> None:
+    warnings: list[str] = []
+    sandbox = KernelSandbox(manager, "kernel")
+    sandbox.ttl_minutes = 2
+    sandbox_id, _ = sandbox.ensure()
+    keeper = TtlKeeper(sandbox, warnings.append)
+
+    assert keeper.tick() == pytest.approx(min(keeper.period(), 120 - 60))
+    assert warnings == []
+    sandbox.busy = True  # a long cell: the keeper extends the TTL from now
+    clock.advance(100)
+    keeper.tick()
+    assert manager.get(sandbox_id).expires_at == clock() + 120
+    sandbox.busy = False
+
+    clock.advance(90)  # 30 s left, within the warning lead
+    keeper.tick()
+    assert len(warnings) == 1 and "expires in 30 s" in warnings[0]
+    keeper.tick()
+    assert len(warnings) == 1  # once per expiry
+
+    clock.advance(31)
+    keeper.tick()
+    assert len(warnings) == 2 and f"sandbox {sandbox_id} expired" in warnings[1]
+    assert manager.get(sandbox_id).status is Status.STOPPED
