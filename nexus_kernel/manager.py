@@ -316,6 +316,9 @@ class SandboxManager:
                     f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
         record = self._require_active(sandbox_id)
         record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
+        # extend-hook: core's version wins at merge
+        self.provider(record.provider).extend(
+            record.handle, record.expires_at + WATCHDOG_SLACK_SECONDS)
         client = self._client(record)
 
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
@@ -408,6 +411,9 @@ class SandboxManager:
             self._forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
+        # extend-hook: core's version wins at merge
+        self.provider(record.provider).extend(
+            record.handle, record.expires_at + WATCHDOG_SLACK_SECONDS)
         return record
 
     def interrupt(self, sandbox_id: str, session: str | None = None) -> int:
@@ -459,6 +465,8 @@ class SandboxManager:
                 expires_at=now + record.ttl_minutes * 60,
             )
             self._client(record).set_deadline(record.expires_at + WATCHDOG_SLACK_SECONDS)
+            # extend-hook: core's version wins at merge
+            backend.extend(record.handle, record.expires_at + WATCHDOG_SLACK_SECONDS)
             return record
 
     def stop(self, sandbox_id: str) -> SandboxRecord:

@@ -105,6 +105,9 @@ class WarmPool:
                         self.manager.provider(record.provider).destroy(record.handle)
                     self.store.delete(record.sandbox_id)
                     continue
+                # extend-hook: core's version wins at merge
+                self.manager.provider(record.provider).extend(
+                    record.handle, record.expires_at + WATCHDOG_SLACK_SECONDS)
                 return record
             return None
         finally:

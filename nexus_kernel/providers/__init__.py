@@ -8,12 +8,12 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidArgumentError, SandboxError
-from .base import Capabilities, Channel, Handle, Provider, sdk_installed
+from ._launch import sdk_installed
+from .base import Capabilities, Handle, Provider
 
 __all__ = [
     "PROVIDERS",
     "Capabilities",
-    "Channel",
     "Handle",
     "Provider",
     "capability_matrix",
