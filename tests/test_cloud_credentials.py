@@ -114,7 +114,7 @@ def test_e2b_host_that_never_answers_fails_within_the_bound(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "operation",
-    ["connect", "pause", "resume", "destroy", "alive", "list_resources", "put_file", "get_file"],
+    ["connect", "pause", "resume", "destroy", "alive", "list_resources"],
 )
 def test_e2b_every_call_checks_the_api_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
@@ -131,8 +131,6 @@ def test_e2b_every_call_checks_the_api_first(
         "destroy": lambda: provider.destroy(handle),
         "alive": lambda: provider.alive(handle),
         "list_resources": lambda: provider.list_resources("store-a"),
-        "put_file": lambda: provider.put_file(handle, "f.txt", b"x"),
-        "get_file": lambda: provider.get_file(handle, "f.txt"),
     }
     message, elapsed = one_line_error(calls[operation], SandboxError)
     assert "E2B's API at api.e2b.app could not be reached (it did not answer)" in message

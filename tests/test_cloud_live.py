@@ -106,14 +106,14 @@ def test_live_e2b_pause_resume_keeps_state(e2b, e2b_handle: dict) -> None:
 def test_live_e2b_timeout_follows_deadline_and_lists(e2b, e2b_handle: dict, store_id: str) -> None:
     import e2b as sdk
 
-    with client_for(e2b, e2b_handle) as client:
-        client.set_deadline(time.time() + 1800)
+    e2b.extend(e2b_handle, time.time() + 1800)
     info = sdk.Sandbox.get_info(e2b_handle["sandbox_id"])
     assert info.end_at.timestamp() > time.time() + 1700
     ids = {row["handle"]["sandbox_id"] for row in e2b.list_resources(store_id)}
     assert e2b_handle["sandbox_id"] in ids
-    assert e2b.put_file(e2b_handle, "live.bin", b"\x00\x01live") == 7
-    assert e2b.get_file(e2b_handle, "live.bin") == b"\x00\x01live"
+    with client_for(e2b, e2b_handle) as client:
+        assert client.write_file("live.bin", b"\x00\x01live") == 7
+        assert client.read_file("live.bin") == b"\x00\x01live"
 
 
 def test_live_e2b_destroy(e2b, store_id: str) -> None:
@@ -158,8 +158,9 @@ def test_live_modal_sessions_streaming_framing(modal, modal_handle: dict) -> Non
 def test_live_modal_no_pause_files_and_list(modal, modal_handle: dict, store_id: str) -> None:
     with pytest.raises(UnsupportedOperationError):
         modal.pause(modal_handle)
-    assert modal.put_file(modal_handle, "live.bin", b"\x00\x01live") == 7
-    assert modal.get_file(modal_handle, "live.bin") == b"\x00\x01live"
+    with client_for(modal, modal_handle) as client:
+        assert client.write_file("live.bin", b"\x00\x01live") == 7
+        assert client.read_file("live.bin") == b"\x00\x01live"
     ids = {row["handle"]["sandbox_id"] for row in modal.list_resources(store_id)}
     assert modal_handle["sandbox_id"] in ids
 

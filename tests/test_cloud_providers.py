@@ -33,7 +33,8 @@ from nexus_kernel.models import Limits, SandboxSpec, Status
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
-from nexus_kernel.providers._stream import AGENT_SOURCE, DeadlineWatcher, PumpChannel
+from nexus_kernel.providers._launch import AGENT_SOURCE
+from nexus_kernel.providers._stream import PumpChannel
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
 
@@ -148,18 +149,19 @@ def test_e2b_sessions_survive_reconnects(e2b: E2BProvider) -> None:
         }
 
 
-def test_e2b_deadline_requests_move_the_e2b_timeout(e2b: E2BProvider) -> None:
+def test_e2b_extend_moves_the_e2b_timeout(e2b: E2BProvider) -> None:
     handle = e2b.create(spec(ttl=600))
     record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
     with client_for(e2b, handle) as client:
-        client.set_deadline(time.time() + 600)  # as at create: no API call
+        e2b.extend(handle, time.time() + 600)  # as at create: no API call
         assert record.timeouts_set == []
-        client.set_deadline(time.time() + 3600)
+        e2b.extend(handle, time.time() + 3600)
         assert record.timeouts_set and abs(record.timeouts_set[-1] - 3720) <= 2
         assert abs(record.end_at - (time.time() + 3720)) < 3
         calls = len(record.timeouts_set)
-        client.set_deadline(time.time() + 3610)  # within the refresh slack
+        e2b.extend(handle, time.time() + 3610)  # within the refresh slack
         client.set_deadline(None)  # watchdog off (pause): E2B's timeout stays
+        client.set_deadline(time.time() + 7200)  # the agent protocol is not the provider's
         assert len(record.timeouts_set) == calls
 
 
@@ -211,17 +213,6 @@ def test_e2b_list_resources_by_metadata(e2b: E2BProvider) -> None:
     e2b.pause(handle)
     assert len(e2b.list_resources("store-a")) == 1  # paused sandboxes are resources too
     assert e2b.list_resources("store-c") == []
-
-
-def test_e2b_files_api(e2b: E2BProvider) -> None:
-    handle = e2b.create(spec())
-    data = b"\x00\xffbinary" * 100
-    assert e2b.put_file(handle, "data/in.bin", data) == len(data)
-    with client_for(e2b, handle) as client:
-        assert client.read_file("data/in.bin") == data
-        client.write_file("out.txt", b"from the agent")
-    assert e2b.get_file(handle, "out.txt") == b"from the agent"
-    assert e2b.get_file(handle, "/home/user/out.txt") == b"from the agent"
 
 
 def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:
@@ -384,16 +375,6 @@ def test_modal_list_resources_by_tags(modal: ModalProvider) -> None:
     assert modal.list_resources("store-a") == []
 
 
-def test_modal_files_api(modal: ModalProvider) -> None:
-    handle = modal.create(spec())
-    data = bytes(range(256)) * 10
-    assert modal.put_file(handle, "in.bin", data) == len(data)
-    with client_for(modal, handle) as client:
-        assert client.read_file("in.bin") == data
-        client.write_file("sub/out.txt", b"agent wrote this")
-    assert modal.get_file(handle, "sub/out.txt") == b"agent wrote this"
-
-
 def test_modal_ttl_longer_than_modal_allows_is_refused(modal: ModalProvider) -> None:
     with pytest.raises(InvalidArgumentError, match="at most 1440 minutes"):
         modal.create(spec(ttl=2 * 24 * 3600))
@@ -499,6 +480,57 @@ def test_manager_reaps_orphans_by_metadata_and_tags(settings: Settings) -> None:
     assert modal_fake.SANDBOXES[stray_modal["sandbox_id"]].terminated
     assert kept.handle["sandbox_id"] in e2b_fake.SANDBOXES
     manager.close()
+
+
+def test_manager_files_go_through_the_agent_on_e2b(settings: Settings) -> None:
+    """Files are the agent's (the provider contract has no file methods)."""
+    manager = manager_for(settings)
+    record = manager.create("files", provider="e2b")
+    handle = record.handle
+    vm = e2b_fake.SANDBOXES[handle["sandbox_id"]].vm
+    data = b"\x00\xffbinary" * 100
+    assert manager.put_file(record.sandbox_id, "data/in.bin", data) == len(data)
+    with client_for(manager.provider("e2b"), handle) as client:
+        assert client.read_file("data/in.bin") == data
+        client.write_file("out.txt", b"from the agent")
+    assert manager.get_file(record.sandbox_id, "out.txt") == b"from the agent"
+    assert vm.host_path("/home/user/out.txt").read_bytes() == b"from the agent"
+    manager.close()
+
+
+def test_manager_files_go_through_the_agent_on_modal(settings: Settings) -> None:
+    manager = manager_for(settings)
+    record = manager.create("files", provider="modal")
+    data = bytes(range(256)) * 10
+    assert manager.put_file(record.sandbox_id, "in.bin", data) == len(data)
+    with client_for(manager.provider("modal"), record.handle) as client:
+        assert client.read_file("in.bin") == data
+        client.write_file("sub/out.txt", b"agent wrote this")
+    assert manager.get_file(record.sandbox_id, "sub/out.txt") == b"agent wrote this"
+    manager.close()
+
+
+def test_manager_moves_e2b_timeout_on_touch_and_resume(settings: Settings) -> None:
+    """The manager calls Provider.extend whenever a record's deadline moves."""
+    manager = manager_for(settings)
+    record = manager.create("ttl", ttl_minutes=5, provider="e2b")
+    fake = e2b_fake.SANDBOXES[record.handle["sandbox_id"]]
+    manager.touch(record.sandbox_id, ttl_minutes=60)
+    assert abs(fake.end_at - (time.time() + 3600 + e2b_provider.TIMEOUT_GRACE)) < 10
+    manager.pause(record.sandbox_id)
+    manager.touch(record.sandbox_id, ttl_minutes=90)  # paused: stored, nothing moves
+    manager.resume(record.sandbox_id)
+    assert abs(fake.end_at - (time.time() + 5400 + e2b_provider.TIMEOUT_GRACE)) < 10
+    manager.close()
+
+
+def test_modal_extend_calls_nothing(modal: ModalProvider) -> None:
+    """Modal cannot move a running sandbox's timeouts: extend is a quiet no-op."""
+    handle = modal.create(spec())
+    options = dict(modal_fake.SANDBOXES[handle["sandbox_id"]].options)
+    modal.extend(handle, time.time() + 3600)
+    assert modal_fake.SANDBOXES[handle["sandbox_id"]].options == options
+    assert modal.alive(handle)
 
 
 @pytest.mark.parametrize("provider", ["e2b", "modal"])
@@ -618,39 +650,6 @@ def test_pump_channel_timeout_and_write_errors() -> None:
     channel.close()
     channel.settimeout(None)
     assert channel.recv(10) == b""  # close wakes a blocked reader
-
-
-def test_deadline_watcher_finds_deadline_requests_in_any_chunking() -> None:
-    seen: list[float | None] = []
-    watcher = DeadlineWatcher(seen.append)
-    stream = (
-        b'{"id":"c1","token":"t","op":"run","code":"print(\\"deadline\\")"}\n'
-        b'{"id":"c2","token":"t","op":"deadline","at":1700000000.5}\n'
-        + b'{"id":"c3","op":"run","code":"'
-        + b"x" * 10000
-        + b'"}\n'
-        + b'{"id":"c4","token":"t","op":"deadline","at":null}\n'
-    )
-    for i in range(0, len(stream), 7):
-        watcher.feed(stream[i : i + 7])
-    assert seen == [1700000000.5, None]
-
-
-def test_deadline_watcher_finds_deadlines_folded_into_runs() -> None:
-    """The manager sends each run's deadline inside the run request; long code included."""
-    seen: list[float | None] = []
-    watcher = DeadlineWatcher(seen.append)
-    tricky = '\\"op\\":\\"run\\",\\"deadline\\":5,'  # user code that looks like the field
-    stream = (
-        b'{"id":"c1","token":"t","op":"run","deadline":1700000001.25,"code":"1"}\n'
-        + b'{"id":"c2","token":"t","op":"run","deadline":1700000002,"code":"'
-        + b"x" * 10000
-        + b'"}\n'
-        + b'{"id":"c3","token":"t","op":"run","code":"' + tricky.encode() + b"y" * 5000 + b'"}\n'
-    )
-    for i in range(0, len(stream), 5):
-        watcher.feed(stream[i : i + 5])
-    assert seen == [1700000001.25, 1700000002.0]
 
 
 def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(

@@ -116,7 +116,6 @@ def test_e2b_commands_files_and_handle() -> None:
     assert_same_call(Commands.send_stdin, e2b_fake.Commands.send_stdin, {"pid", "data"})
     assert_same_call(Commands.kill, e2b_fake.Commands.kill, {"pid"})
     assert_same_call(Filesystem.write, e2b_fake.Filesystem.write, {"path", "data"})
-    assert_same_call(Filesystem.read, e2b_fake.Filesystem.read, {"path", "format"})
     handle = e2b.CommandHandle
     for name, used in [
         ("send_stdin", {"data"}),
@@ -220,16 +219,8 @@ def test_modal_sandbox_methods(name: str, used: set[str]) -> None:
 
 
 def test_modal_sandbox_attributes() -> None:
-    for name in ("object_id", "stdin", "stdout", "stderr", "returncode", "filesystem"):
+    for name in ("object_id", "stdin", "stdout", "stderr", "returncode"):
         assert hasattr(modal.Sandbox, name) and hasattr(modal_fake.Sandbox, name), name
-    from modal.sandbox.sandbox import SandboxFilesystem
-
-    assert_same_call(
-        SandboxFilesystem.read_bytes, modal_fake._Filesystem.read_bytes, {"remote_path"}
-    )
-    assert_same_call(
-        SandboxFilesystem.write_bytes, modal_fake._Filesystem.write_bytes, {"data", "remote_path"}
-    )
 
 
 def test_modal_app_image_client() -> None:

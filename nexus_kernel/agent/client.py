@@ -282,7 +282,6 @@ class AgentClient:
             if on_event is not None:
                 on_event(event)
 
-        # deadline first: DeadlineWatcher (cloud providers) reads it from a long line's prefix
         args: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
         args |= {
             "language": language,

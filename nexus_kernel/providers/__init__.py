@@ -8,12 +8,11 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidArgumentError, SandboxError
-from .base import Capabilities, Channel, Handle, Provider, sdk_installed
+from .base import Capabilities, Handle, Provider
 
 __all__ = [
     "PROVIDERS",
     "Capabilities",
-    "Channel",
     "Handle",
     "Provider",
     "capability_matrix",
@@ -57,6 +56,8 @@ def capability_matrix(
 
     Providers whose SDK is missing are reported without importing anything heavy.
     """
+    from ._launch import sdk_installed  # the launch toolkit: only when asked
+
     rows = []
     for name in PROVIDERS:
         cls = provider_class(name)

@@ -1,13 +1,261 @@
-"""What the cloud providers (e2b, modal) share about reaching their service."""
+"""What the cloud providers (e2b, modal) share: :class:`CloudProvider`, the base of the
+providers on a cloud SDK, whose only route to the agent is the stdio of a process started
+through that SDK.
+
+It holds the common shape: the credential check, the TTL check and the mapping of the
+agent's deadline onto the service's own timeout (at create and on :meth:`extend`), the agent
+started and awaited with cleanup on failure, the relay stream, the cache of SDK sandbox
+objects, destroy and the reconcile listing. A subclass says how its SDK does each step.
+"""
 
 from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, suppress
+from typing import Any
+
+from ..config import Settings
+from ..errors import AgentError, InvalidArgumentError, MissingCredentialsError, SandboxError
+from ..models import SandboxSpec
+from ._launch import (
+    AGENT_FILE,
+    agent_command,
+    boot_script,
+    import_sdk,
+    relay_args,
+    require_sdk,
+    serve_args,
+)
+from ._stream import PumpChannel
+from .base import Handle, Provider
 
 #: Seconds the first contact with a cloud API may take before the provider reports it
 #: unreachable. Left alone, the SDKs wait much longer for a host that does not answer
 #: (E2B: two minutes per request; Modal: about a minute of connection retries).
 REACH_SECONDS = 5.0
+#: The sandbox user's home in every cloud sandbox.
+HOME = "/home/user"
+#: A new deadline closer than this to the timeout already set does not call the service.
+REFRESH_SLACK = 60.0
 
 
 def one_line(exc: BaseException) -> str:
     """The exception's text on one line (SDK messages may span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def timeout_for(deadline: float | None, now: float, maximum: int, grace: int) -> int:
+    """The service's timeout (seconds from ``now``) that keeps the sandbox until
+    ``deadline`` plus ``grace``, capped at ``maximum``."""
+    if deadline is None:
+        return maximum
+    return int(min(maximum, max(1, math.ceil(deadline - now + grace))))
+
+
+class CloudProvider(Provider):
+    """Base of the SDK-backed cloud providers. Subclasses set the class attributes below
+    and implement the SDK steps (the abstract methods)."""
+
+    #: The service's name in messages ("E2B", "Modal").
+    service = ""
+    #: MissingCredentialsError's message: how to set the credentials.
+    missing_credentials = ""
+    #: Directory of the agent inside the sandbox, and of its socket and token.
+    agent_dir = ""
+    run_dir = ""
+    #: Seconds the service keeps the sandbox past the agent's deadline (the host reaper and
+    #: the agent's watchdog act first; the service's own timeout is the last resort).
+    grace = 120
+    #: Option naming the longest life (seconds) the service gives a sandbox, its default,
+    #: and the message for a longer TTL (``{minutes}``: that limit).
+    max_seconds_option = ""
+    default_max_seconds = 24 * 3600
+    too_long = ""
+    #: Seconds to wait for the agent's READY line (option ``ready_timeout``).
+    ready_timeout = 60.0
+
+    def __init__(self, settings: Settings, **options: Any):
+        super().__init__(settings, **options)
+        self._sandboxes: dict[str, Any] = {}
+        #: sandbox id -> epoch seconds at which the service's timeout was last set to end it.
+        self._ends: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ availability
+
+    @classmethod
+    def check_available(cls, settings: Settings, **options: Any) -> None:
+        """The SDK is installed and credentials are set (no network call)."""
+        require_sdk(cls.name, cls.name, options)
+        if not cls._has_credentials(settings, options):
+            raise MissingCredentialsError(cls.missing_credentials)
+
+    @classmethod
+    @abstractmethod
+    def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
+        """Credentials are configured (cheap, no network)."""
+
+    @property
+    def sdk(self) -> Any:
+        """The SDK module (or the object injected as option ``sdk``)."""
+        return import_sdk(self.name, self.name, self.options)
+
+    @property
+    def _python(self) -> str:
+        return str(self.options.get("python") or "python3")
+
+    @property
+    def _max_seconds(self) -> int:
+        return int(self.options.get(self.max_seconds_option) or self.default_max_seconds)
+
+    def timeout_for(self, deadline: float | None, now: float) -> int:
+        """The service's timeout for the agent's ``deadline`` (see :func:`timeout_for`)."""
+        return timeout_for(deadline, now, self._max_seconds, self.grace)
+
+    def boot_script(self, deadline: float | None) -> str:
+        """The shell line that takes the token on stdin and becomes the agent."""
+        command = agent_command(
+            self._python, self.agent_dir, *serve_args(self.run_dir, HOME, deadline)
+        )
+        return boot_script(command, self.run_dir, make_dirs=(self.run_dir, HOME))
+
+    def relay_command(self) -> list[str]:
+        """The command whose stdio is a stream to the agent."""
+        return agent_command(self._python, self.agent_dir, *relay_args(self.run_dir))
+
+    @property
+    def agent_path(self) -> str:
+        return f"{self.agent_dir}/{AGENT_FILE}"
+
+    # ------------------------------------------------------------------ SDK steps
+
+    @abstractmethod
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        """A context mapping the SDK's failures to nexus errors (``what``: "create the
+        sandbox", ...). May check that the service answers before returning it."""
+
+    @abstractmethod
+    def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
+        """Create the service's sandbox; (SDK sandbox object, handle with a token)."""
+
+    @abstractmethod
+    def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
+        """Hand the agent its token and wait for its READY line."""
+
+    @abstractmethod
+    def _attach(self, sandbox_id: str) -> Any:
+        """The SDK object of a running sandbox created elsewhere (another process)."""
+
+    @abstractmethod
+    def _open_relay(
+        self, sandbox: Any
+    ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
+        """Start a relay: (its stdout as bytes, a stdin writer, a function ending it)."""
+
+    @abstractmethod
+    def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
+        """Make the service end the sandbox ``seconds`` from now."""
+
+    @abstractmethod
+    def _kill(self, sandbox_id: str) -> None:
+        """End the sandbox; nothing when it is already gone."""
+
+    @abstractmethod
+    def _labelled(self, store_id: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """(service sandbox id, labels) of our sandboxes labelled ``nexus_store=store_id``."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """Create the service's sandbox and start the agent in it; return once it is READY."""
+        now = time.time()
+        if spec.deadline is not None and spec.deadline - now > self._max_seconds:
+            raise InvalidArgumentError(self.too_long.format(minutes=self._max_seconds // 60))
+        sandbox, handle = self._new_sandbox(spec, now)
+        try:
+            with self._errors("start the sandbox agent"):
+                self._start_agent(sandbox, handle["token"], spec.deadline)
+        except BaseException:
+            with suppress(Exception):  # keep the original error
+                self.destroy(handle)
+            raise
+        return handle
+
+    def connect(self, handle: Handle) -> PumpChannel:
+        """A new stream to the agent: a relay process's stdin/stdout, through the SDK."""
+        errors = self._errors("open a stream to the sandbox")
+        try:
+            with errors:
+                chunks, write, end = self._open_relay(self._sandbox(handle))
+        except SandboxError as exc:
+            self._forget(handle)
+            raise AgentError(
+                f"cannot reach the agent of {self.service} sandbox {handle.get('sandbox_id')}: "
+                f"{exc}"
+            ) from exc
+        return PumpChannel(
+            chunks, write, on_close=end, name=f"nexus-{self.name}-{handle.get('sandbox_id', '')}"
+        )
+
+    def extend(self, handle: Handle, deadline: float) -> None:
+        """Move the service's timeout to ``deadline`` + grace (best effort, never raises: a
+        failed refresh must not fail the run; the service then ends the sandbox at the
+        previous timeout). A deadline within REFRESH_SLACK of the last one set is skipped."""
+        sandbox_id = handle.get("sandbox_id")
+        now = time.time()
+        timeout = self.timeout_for(deadline, now)
+        known = self._ends.get(sandbox_id)
+        if known is not None and abs(now + timeout - known) < REFRESH_SLACK:
+            return
+        try:
+            self._set_timeout(sandbox_id, timeout)
+        except Exception:
+            return
+        self._ends[sandbox_id] = now + timeout
+
+    def destroy(self, handle: Handle) -> None:
+        """End the service's sandbox. Idempotent."""
+        sandbox_id = handle.get("sandbox_id")
+        if not sandbox_id:
+            return
+        self._forget(handle)
+        self._kill(sandbox_id)
+
+    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
+        """The service's sandboxes labelled ``nexus_store=store_id``."""
+        with self._errors("list sandboxes"):
+            return [
+                {
+                    "sandbox_id": labels.get("nexus_sandbox_id", ""),
+                    "handle": {"token": "", "sandbox_id": sandbox_id},
+                }
+                for sandbox_id, labels in self._labelled(store_id)
+            ]
+
+    # ------------------------------------------------------------------ SDK objects
+
+    def _sandbox(self, handle: Handle) -> Any:
+        """The SDK object of a running sandbox (cached per provider instance)."""
+        sandbox_id = handle["sandbox_id"]
+        with self._lock:
+            sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            sandbox = self._attach(sandbox_id)
+            with self._lock:
+                sandbox = self._sandboxes.setdefault(sandbox_id, sandbox)
+        return sandbox
+
+    def _remember(self, sandbox_id: str, sandbox: Any, end: float | None = None) -> None:
+        with self._lock:
+            self._sandboxes[sandbox_id] = sandbox
+            if end is not None:
+                self._ends[sandbox_id] = end
+
+    def _forget(self, handle: Handle) -> None:
+        with self._lock:
+            self._sandboxes.pop(handle.get("sandbox_id"), None)
+            self._ends.pop(handle.get("sandbox_id"), None)

@@ -1,17 +1,24 @@
 """The provider contract: start a sandbox with the agent in it, give a byte stream to it,
-pause/resume/destroy it. Everything else (sessions, runs, files) goes through the agent."""
+follow its deadline, pause/resume/destroy it.
+
+Everything else goes through the agent over that stream: sessions, runs, and files too
+(``SandboxManager.put_file`` / ``get_file`` -> ``AgentClient.write_file`` / ``read_file``).
+Providers have no file methods: one path for every provider, with the same checks and
+bounds everywhere.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import MissingDependencyError, UnsupportedOperationError
+from ..errors import UnsupportedOperationError
 from ..models import Limits, SandboxSpec
+
+if TYPE_CHECKING:  # the host client is imported where a stream is opened, not for listing
+    from ..agent.client import Channel
 
 #: A provider's handle: a JSON-serialisable dict stored in the record; any process can
 #: re-attach to the sandbox from it. Always holds "token" (the agent's auth token).
@@ -31,18 +38,6 @@ def scratch_mb(limits: Limits) -> int:
     together take at most three quarters of it: a disk fill ends in ENOSPC for the code,
     never in the OOM killer choosing between the code and the agent."""
     return max(1, min(limits.disk_mb, limits.memory_mb // 4))
-
-
-class Channel(Protocol):
-    """A connected, bidirectional byte stream to the sandbox's agent."""
-
-    def sendall(self, data: bytes) -> None: ...
-
-    def recv(self, size: int) -> bytes:
-        """Up to ``size`` bytes; b"" at end of stream."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -114,32 +109,3 @@ class Provider(ABC):
         """Resources this provider runs for ``store_id``: [{"sandbox_id", "handle"}].
         Used by reconcile to find orphans; providers without labels return []."""
         return []
-
-
-def sdk_installed(module: str) -> bool:
-    """True when ``module`` can be imported, without importing it (cheap)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def import_sdk(provider: str, module: str, options: dict[str, Any]) -> Any:
-    """The provider's SDK module, or the object injected as option ``sdk`` (tests);
-    MissingDependencyError naming the extra when it is not installed."""
-    if options.get("sdk") is not None:
-        return options["sdk"]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(provider, module) from None
-
-
-def resource_labels(spec: SandboxSpec) -> dict[str, str]:
-    """Labels (metadata, tags) a cloud sandbox carries; reconcile lists by ``nexus_store``."""
-    return {
-        "nexus_sandbox_id": spec.sandbox_id,
-        "nexus_owner": spec.owner,
-        "nexus_store": spec.store_id,
-        "nexus_expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
-    }

@@ -31,22 +31,29 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import socket
 import struct
-import time
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..config import Settings
 from ..errors import (
     AgentError,
-    MissingDependencyError,
     ProviderError,
     ProviderUnavailableError,
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
+from ._launch import (
+    AGENT_FILE,
+    agent_command,
+    boot_script,
+    import_sdk,
+    relay_args,
+    resource_labels,
+    serve_args,
+    wait_for_ready,
+)
 from .base import (
     OPEN_FILES,
     SCRATCH_INODES_PER_MB,
@@ -57,11 +64,9 @@ from .base import (
 )
 
 AGENT_DIR = "/opt/nexus-agent"
-AGENT_PATH = f"{AGENT_DIR}/sandbox_agent.py"
 RUN_DIR = "/run/nexus"
-SOCKET_PATH = f"{RUN_DIR}/agent.sock"
-TOKEN_PATH = f"{RUN_DIR}/token"
 HOME = "/home/user"
+PYTHON = "python3"
 USER = "1000:1000"
 #: The relay of each stream runs under another uid (in the sandbox user's group, which may
 #: connect to the agent's socket), so sandbox code cannot kill it (``kill -9 -1``) or read
@@ -78,14 +83,6 @@ ALIVE_STATES = frozenset({"created", "running", "paused", "restarting"})
 
 _STDOUT, _STDERR = 1, 2
 _HEADER = struct.Struct(">BxxxL")
-
-
-def _import_docker() -> Any:
-    try:
-        import docker
-    except ImportError:
-        raise MissingDependencyError("docker", "docker") from None
-    return docker
 
 
 def _where(host: str) -> str:
@@ -109,7 +106,7 @@ def _image_missing(image: str) -> ProviderUnavailableError:
 def open_client(host: str, timeout: float = API_TIMEOUT) -> Any:
     """A docker-py ``DockerClient`` for ``host`` ("" = the environment's DOCKER_HOST / default
     socket). Raises ProviderUnavailableError when the daemon does not answer."""
-    docker = _import_docker()
+    docker = import_sdk("docker", "docker")
     environment = dict(os.environ)
     if host:
         environment["DOCKER_HOST"] = host
@@ -122,7 +119,7 @@ def open_client(host: str, timeout: float = API_TIMEOUT) -> Any:
 @contextmanager
 def _api_errors(host: str, what: str):
     """Map docker-py / transport failures to nexus errors with a one-line message."""
-    docker = _import_docker()
+    docker = import_sdk("docker", "docker")
     try:
         yield
     except docker.errors.APIError as exc:
@@ -226,31 +223,12 @@ def _underlying_socket(raw: Any) -> Any:
     return raw
 
 
-def agent_argv(*args: str) -> list[str]:
-    """``python3 sandbox_agent.py ARGS``, but importing the agent as a module so the image's
-    precompiled bytecode is used (about 50 ms less per start than compiling the script), in
-    isolated mode (-I: no cwd on sys.path, no PYTHON* variables from the sandbox user)."""
-    code = (
-        f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import sandbox_agent; "
-        "sys.exit(sandbox_agent.main(sys.argv[1:]))"
-    )
-    return ["python3", "-I", "-c", code, *args]
-
-
-def agent_command(deadline: float | None) -> list[str]:
+def container_command(deadline: float | None) -> list[str]:
     """The container's command: read the token from stdin into the tmpfs token file, then
-    become the agent (so the container lives exactly as long as the agent)."""
-    serve = agent_argv("serve", "--socket", SOCKET_PATH, "--token-file", TOKEN_PATH, "--home", HOME)
-    if deadline is not None:
-        serve += ["--deadline", f"{deadline:.3f}"]
-    script = (
-        "umask 077; IFS= read -r t || exit 70; "
-        f"printf '%s' \"$t\" > {TOKEN_PATH} || exit 71; t=; "
-        # the relay's group may reach the socket (the image's dir mode is copied up: 0700)
-        f"chmod 0750 {RUN_DIR} || exit 72; "
-        f"exec {shlex.join(serve)}"
-    )
-    return ["/bin/sh", "-c", script]
+    become the agent (so the container lives exactly as long as the agent). The relay's
+    group may reach the socket: the image's dir mode is copied up (0700), so it is opened."""
+    serve = agent_command(PYTHON, AGENT_DIR, *serve_args(RUN_DIR, HOME, deadline))
+    return ["/bin/sh", "-c", boot_script(serve, RUN_DIR, group_mode=True)]
 
 
 def hardening(limits: Limits, network: bool) -> dict[str, Any]:
@@ -284,16 +262,6 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
     return options
 
 
-def sandbox_labels(spec: SandboxSpec) -> dict[str, str]:
-    """The labels reconcile finds sandboxes by."""
-    return {
-        "nexus.sandbox_id": spec.sandbox_id,
-        "nexus.owner": spec.owner,
-        "nexus.store": spec.store_id,
-        "nexus.expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
-    }
-
-
 class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
@@ -309,7 +277,7 @@ class DockerProvider(Provider):
     @classmethod
     def check_available(cls, settings: Settings, **options: Any) -> None:
         """The SDK is installed, the daemon answers and the default image exists."""
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         client = open_client(settings.docker_host, timeout=10)
         try:
             client.ping()
@@ -336,7 +304,7 @@ class DockerProvider(Provider):
 
     def create(self, spec: SandboxSpec) -> Handle:
         """Start a hardened container running the agent; return once the agent is READY."""
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         host = self._host()
         client = self._client(host)
         image = spec.template_id or self.settings.docker_image
@@ -352,11 +320,11 @@ class DockerProvider(Provider):
             try:
                 container_id = client.api.create_container(
                     image,
-                    command=agent_command(spec.deadline),
+                    command=container_command(spec.deadline),
                     user=USER,
                     working_dir=HOME,
                     hostname="sandbox",
-                    labels=sandbox_labels(spec),
+                    labels=resource_labels(spec, "."),
                     stdin_open=True,  # and, as detach=False, StdinOnce: EOF after the token
                     tty=False,
                     host_config=host_config,
@@ -389,17 +357,24 @@ class DockerProvider(Provider):
                 client.api.start(container_id)
                 stream.sendall(token.encode() + b"\n")
                 stream.shutdown_write()
-                _wait_ready(stream, READY_TIMEOUT, image)
+                wait_for_ready(
+                    iter(lambda: stream.recv(4096), b""),
+                    READY_TIMEOUT,
+                    stop=stream.close,
+                    detail=lambda: bytes(stream.stderr).decode("utf-8", "replace"),
+                    hint=f"the image {image!r} needs python3 and {AGENT_DIR}/{AGENT_FILE}: "
+                    "build it FROM the nexus image or with docker/Dockerfile",
+                )
             finally:
                 stream.close()
 
     def connect(self, handle: Handle) -> DockerStreamChannel:
         """A new stream to the agent: ``docker exec -i`` of the agent's relay."""
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         host = self._host(handle)
         client = self._client(host)
         container_id = handle["container_id"]
-        relay = agent_argv("relay", "--socket", SOCKET_PATH)
+        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(RUN_DIR))
         with _api_errors(host, "open a stream to the sandbox"):
             try:
                 exec_id = client.api.exec_create(
@@ -426,7 +401,7 @@ class DockerProvider(Provider):
         self._pause_op(handle, "unpause", "not paused")
 
     def _pause_op(self, handle: Handle, op: str, harmless: str) -> None:
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         host = self._host(handle)
         container_id = handle["container_id"]
         with _api_errors(host, f"{op} the sandbox"):
@@ -442,7 +417,7 @@ class DockerProvider(Provider):
 
     def destroy(self, handle: Handle) -> None:
         """Kill and remove the container at once (SIGKILL, no stop grace). Idempotent."""
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         container_id = handle.get("container_id")
         if not container_id:
             return
@@ -459,7 +434,7 @@ class DockerProvider(Provider):
 
     def state(self, handle: Handle) -> str | None:
         """Docker's state of the container ("running", "paused", "exited", …), None if gone."""
-        docker = _import_docker()
+        docker = import_sdk("docker", "docker")
         host = self._host(handle)
         with _api_errors(host, "inspect the sandbox container"):
             try:
@@ -511,27 +486,3 @@ def _not_running(container_id: str, explanation: str) -> SandboxStateError:
 
 def _explain(exc: Any) -> str:
     return str(getattr(exc, "explanation", "") or exc)
-
-
-def _wait_ready(stream: DockerStreamChannel, timeout: float, image: str) -> None:
-    """Read the agent's stdout until its READY line; fail with its stderr if it dies."""
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while b"READY\n" not in seen:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AgentError(f"the sandbox agent did not start within {timeout:.0f}s")
-        stream.settimeout(remaining)
-        try:
-            chunk = stream.recv(4096)
-        except TimeoutError:
-            continue
-        if not chunk:
-            detail = bytes(stream.stderr).decode("utf-8", "replace").strip().splitlines()
-            last = detail[-1] if detail else "no output"
-            raise AgentError(
-                f"the sandbox agent exited during startup in image {image!r} ({last}); "
-                f"the image needs python3 and {AGENT_PATH}: build it FROM the nexus image "
-                "or with docker/Dockerfile"
-            )
-        seen = (seen + chunk)[-4096:]

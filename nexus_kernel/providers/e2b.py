@@ -1,6 +1,10 @@
 """The e2b provider: one E2B cloud sandbox (a Firecracker microVM) per nexus sandbox, on the
 ``e2b`` SDK (``pip install 'nexus-kernel[e2b]'``). The SDK is imported lazily, here only.
 
+The common shape (TTL check, agent start and cleanup, relay stream, extend, destroy,
+reconcile listing) is :class:`~nexus_kernel.providers._cloud.CloudProvider`'s; this module
+says how E2B's SDK does each step.
+
 Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID`` > E2B's
 default), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
 ``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
@@ -9,15 +13,15 @@ stdin=True, timeout=0)``): a shell line reads the token from stdin into a 0600 f
 becomes the agent, which prints ``READY``; the command's stream is then detached (the
 process keeps running).
 
-Stream: every ``connect`` starts ``sandbox_agent.py relay`` as another background command;
+Stream: every ``connect`` starts the agent's ``relay`` as another background command;
 its stdout (the SDK hands it over as ``str``, decoded incrementally as UTF-8) is re-encoded
 to bytes, and ``send_stdin`` takes bytes. The agent only writes valid UTF-8 JSON lines, so
 the round trip is byte-exact and framing is intact (file contents travel base64 inside JSON).
 
 TTL: E2B's own timeout is the backstop that ends the microVM (the agent's watchdog only ends
 the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and every
-``deadline`` request the client sends (the manager sends one before each run) moves it with
-``set_timeout`` (see :class:`~nexus_kernel.providers._stream.DeadlineWatcher`).
+:meth:`~nexus_kernel.providers.base.Provider.extend` (the manager calls it whenever the
+deadline moves) moves it with ``set_timeout``.
 
 Pause/resume: ``Sandbox.pause`` snapshots memory and filesystem (sessions survive);
 ``Sandbox.connect`` resumes. Destroy: ``Sandbox.kill`` (idempotent). Reconcile:
@@ -30,43 +34,29 @@ one line within :data:`~._cloud.REACH_SECONDS`, naming ``E2B_API_KEY`` or ``E2B_
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import shlex
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..config import Settings
 from ..errors import (
-    AgentError,
-    InvalidArgumentError,
-    MissingCredentialsError,
-    MissingDependencyError,
     ProviderError,
     ProviderUnavailableError,
     SandboxError,
     SandboxStateError,
 )
 from ..models import SandboxSpec
-from ._cloud import REACH_SECONDS, one_line
-from ._stream import (
-    DeadlineWatcher,
-    PumpChannel,
-    agent_source,
-    relay_argv,
-    serve_script,
-    wait_for_ready,
-)
-from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, sdk_installed
+from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
+from ._launch import AGENT_FILE, agent_source, resource_labels, wait_for_ready
+from .base import Capabilities, Handle
 
-HOME = "/home/user"
 #: Agent file and run dir live under the sandbox user's home: no root needed, any template.
 BASE_DIR = f"{HOME}/.nexus"
-AGENT_PATH = f"{BASE_DIR}/sandbox_agent.py"
+AGENT_PATH = f"{BASE_DIR}/{AGENT_FILE}"
 RUN_DIR = f"{BASE_DIR}/run"
 
 #: Seconds E2B keeps the microVM past the agent's deadline (the host reaper and the agent's
@@ -74,8 +64,6 @@ RUN_DIR = f"{BASE_DIR}/run"
 TIMEOUT_GRACE = 120
 #: E2B's longest sandbox timeout (Pro plan; Hobby allows 3600: E2B then refuses the create).
 DEFAULT_MAX_TIMEOUT = 24 * 3600
-#: A new deadline closer than this to the timeout already set does not call set_timeout.
-REFRESH_SLACK = 60.0
 READY_TIMEOUT = 60.0
 #: Largest piece handed to one ``send_stdin`` call.
 STDIN_CHUNK = 512 * 1024
@@ -89,26 +77,8 @@ FIX_KEY = "set a valid E2B_API_KEY or pass e2b_api_key= to NexusFS"
 FIX_NETWORK = "check the network connection, or E2B_DOMAIN if you use your own E2B deployment"
 
 
-def _sdk(options: dict[str, Any]) -> Any:
-    return import_sdk("e2b", "e2b", options)
-
-
-def _require_sdk(options: dict[str, Any]) -> None:
-    """MissingDependencyError when the SDK is absent, without importing it (cheap)."""
-    if options.get("sdk") is None and not sdk_installed("e2b"):
-        raise MissingDependencyError("e2b", "e2b")
-
-
 def _api_key(settings: Settings, options: dict[str, Any]) -> str:
     return options.get("api_key") or settings.e2b_api_key or os.environ.get("E2B_API_KEY", "")
-
-
-def timeout_for(deadline: float | None, now: float, maximum: int) -> int:
-    """E2B timeout (seconds from ``now``) that keeps the sandbox until ``deadline`` plus
-    :data:`TIMEOUT_GRACE`, capped at ``maximum``."""
-    if deadline is None:
-        return maximum
-    return int(min(maximum, max(1, math.ceil(deadline - now + TIMEOUT_GRACE))))
 
 
 @contextmanager
@@ -157,7 +127,7 @@ def _unreachable(exc: Any, timed_out: bool) -> str:
     return f"E2B's API{where} could not be reached ({why}): {FIX_NETWORK}"
 
 
-class E2BProvider(Provider):
+class E2BProvider(CloudProvider):
     """Sandboxes as E2B cloud sandboxes running the agent (see the module doc).
 
     Options (``provider_options={"e2b": {...}}``): ``api_key`` (else ``e2b_api_key`` /
@@ -167,28 +137,24 @@ class E2BProvider(Provider):
     """
 
     name = "e2b"
+    service = "E2B"
     capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    missing_credentials = MISSING_KEY
+    agent_dir = BASE_DIR
+    run_dir = RUN_DIR
+    grace = TIMEOUT_GRACE
+    max_seconds_option = "max_timeout"
+    default_max_seconds = DEFAULT_MAX_TIMEOUT
+    too_long = "E2B keeps a sandbox at most {minutes} minutes between runs; use a shorter ttl_minutes"
+    ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
-        self._sandboxes: dict[str, Any] = {}
-        #: sandbox id -> epoch seconds at which E2B's timeout was last set to end it.
-        self._ends: dict[str, float] = {}
-        self._lock = threading.Lock()
         self._reached = False
 
-    # ------------------------------------------------------------------ availability
-
     @classmethod
-    def check_available(cls, settings: Settings, **options: Any) -> None:
-        """The SDK is installed and an API key is set (no import of the SDK, no network)."""
-        _require_sdk(options)
-        if not _api_key(settings, options):
-            raise MissingCredentialsError(MISSING_KEY)
-
-    @property
-    def sdk(self) -> Any:
-        return _sdk(self.options)
+    def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
+        return bool(_api_key(settings, options))
 
     def _reach(self) -> Any:
         """The SDK, once E2B's API has accepted the key (checked once per provider).
@@ -212,26 +178,15 @@ class E2BProvider(Provider):
             params["domain"] = self.options["domain"]
         return params
 
-    @property
-    def _max_timeout(self) -> int:
-        return int(self.options.get("max_timeout") or DEFAULT_MAX_TIMEOUT)
+    def _errors(self, what: str) -> Any:
+        """E2B's failures as nexus errors, once the API has been reached."""
+        return _sdk_errors(self._reach(), what)
 
-    @property
-    def _python(self) -> str:
-        return str(self.options.get("python") or "python3")
+    # ------------------------------------------------------------------ SDK steps
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def create(self, spec: SandboxSpec) -> Handle:
-        """Create the E2B sandbox, upload and start the agent; return once it is READY."""
-        now = time.time()
-        if spec.deadline is not None and spec.deadline - now > self._max_timeout:
-            raise InvalidArgumentError(
-                f"E2B keeps a sandbox at most {self._max_timeout // 60} minutes between runs; "
-                "use a shorter ttl_minutes"
-            )
+    def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
         sdk = self._reach()
-        timeout = timeout_for(spec.deadline, now, self._max_timeout)
+        timeout = self.timeout_for(spec.deadline, now)
         template = spec.template_id or self.settings.e2b_template_id or None
         with _sdk_errors(sdk, "create the sandbox"):
             sandbox = sdk.Sandbox.create(
@@ -248,77 +203,64 @@ class E2BProvider(Provider):
             "template": template or "",
             "timeout": timeout,
         }
-        self._remember(sandbox, now + timeout)
-        try:
-            with _sdk_errors(sdk, "start the sandbox agent"):
-                self._start_agent(sandbox, handle["token"], spec.deadline)
-        except BaseException:
-            with suppress(Exception):  # keep the original error
-                self.destroy(handle)
-            raise
-        return handle
+        self._remember(sandbox.sandbox_id, sandbox, now + timeout)
+        return sandbox, handle
 
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
         sandbox.files.write(AGENT_PATH, agent_source())
-        script = serve_script(
-            python=self._python, agent_path=AGENT_PATH, run_dir=RUN_DIR, home=HOME,
-            deadline=deadline,
-        )  # fmt: skip
-        command = sandbox.commands.run(script, background=True, stdin=True, timeout=0)
+        command = sandbox.commands.run(
+            self.boot_script(deadline), background=True, stdin=True, timeout=0
+        )
         command.send_stdin(token + "\n")
         stderr = bytearray()
         wait_for_ready(
             _stdout_of(command, stderr),
-            float(self.options.get("ready_timeout") or READY_TIMEOUT),
+            float(self.options.get("ready_timeout") or self.ready_timeout),
             stop=command.kill,
             detail=lambda: stderr.decode("utf-8", "replace"),
         )
         with suppress(Exception):
             command.disconnect()  # the agent keeps running; we stop receiving its output
 
-    def connect(self, handle: Handle) -> PumpChannel:
-        """A new stream to the agent: a background ``relay`` command's stdin/stdout."""
-        sdk = self._reach()
-        try:
-            with _sdk_errors(sdk, "open a stream to the sandbox"):
-                sandbox = self._sandbox(handle)
-                command = sandbox.commands.run(
-                    "exec " + shlex.join(relay_argv(self._python, AGENT_PATH, RUN_DIR)),
-                    background=True,
-                    stdin=True,
-                    timeout=0,
-                )
-        except SandboxError as exc:
-            self._forget(handle)
-            raise AgentError(
-                f"cannot reach the agent of E2B sandbox {handle.get('sandbox_id')}: {exc}"
-            ) from exc
-        watcher = DeadlineWatcher(lambda at: self.extend(handle, at))
-        return PumpChannel(
-            _stdout_of(command, bytearray()),
-            _stdin_writer(command),
-            on_close=lambda: _end_command(command),
-            on_send=watcher.feed,
-            name=f"nexus-e2b-{handle.get('sandbox_id', '')}",
-        )
+    def _attach(self, sandbox_id: str) -> Any:
+        """A connected SDK ``Sandbox``; SandboxStateError when it is paused."""
+        # Sandbox.connect resumes a paused sandbox: never do that behind a pause.
+        info = self.sdk.Sandbox.get_info(sandbox_id, **self._api())
+        if _state_name(info.state) == "paused":
+            raise SandboxStateError(f"the E2B sandbox {sandbox_id} is paused; resume it first")
+        return self.sdk.Sandbox.connect(sandbox_id, **self._api())
 
-    def extend(self, handle: Handle, deadline: float | None) -> None:
-        """Move E2B's timeout to ``deadline`` + grace (best effort, never raises: a failed
-        refresh must not fail the run; E2B then ends the sandbox at the previous timeout)."""
-        if deadline is None:
-            return
-        sandbox_id = handle.get("sandbox_id")
-        now = time.time()
-        timeout = timeout_for(deadline, now, self._max_timeout)
-        end = now + timeout
-        known = self._ends.get(sandbox_id)
-        if known is not None and abs(end - known) < REFRESH_SLACK:
-            return
-        try:
-            self.sdk.Sandbox.set_timeout(sandbox_id, timeout, **self._api())
-        except Exception:
-            return
-        self._ends[sandbox_id] = end
+    def _open_relay(
+        self, sandbox: Any
+    ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
+        command = sandbox.commands.run(
+            "exec " + shlex.join(self.relay_command()), background=True, stdin=True, timeout=0
+        )
+        return _stdout_of(command, bytearray()), _stdin_writer(command), lambda: _end_command(command)
+
+    def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
+        self.sdk.Sandbox.set_timeout(sandbox_id, seconds, **self._api())
+
+    def _kill(self, sandbox_id: str) -> None:
+        """``Sandbox.kill``; nothing when E2B does not know the sandbox."""
+        sdk = self._reach()
+        with _sdk_errors(sdk, "kill the sandbox"):
+            try:
+                sdk.Sandbox.kill(sandbox_id, **self._api())
+            except sdk.NotFoundException:
+                return
+
+    def _labelled(self, store_id: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """Running or paused sandboxes whose metadata says ``nexus_store=store_id``."""
+        sdk = self.sdk
+        pages = sdk.Sandbox.list(
+            query=sdk.SandboxQuery(metadata={"nexus_store": store_id}), **self._api()
+        )
+        while pages.has_next:
+            for info in pages.next_items():
+                yield info.sandbox_id, info.metadata or {}
+
+    # ------------------------------------------------------------------ lifecycle
 
     def pause(self, handle: Handle) -> None:
         """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause``).
@@ -335,20 +277,7 @@ class E2BProvider(Provider):
         timeout = int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT)
         with _sdk_errors(sdk, "resume the sandbox"):
             sandbox = sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
-        self._remember(sandbox, time.time() + timeout)
-
-    def destroy(self, handle: Handle) -> None:
-        """Kill the E2B sandbox (``Sandbox.kill``). Idempotent."""
-        sandbox_id = handle.get("sandbox_id")
-        if not sandbox_id:
-            return
-        self._forget(handle)
-        sdk = self._reach()
-        with _sdk_errors(sdk, "kill the sandbox"):
-            try:
-                sdk.Sandbox.kill(sandbox_id, **self._api())
-            except sdk.NotFoundException:
-                return
+        self._remember(sandbox.sandbox_id, sandbox, time.time() + timeout)
 
     def alive(self, handle: Handle) -> bool:
         """True while E2B knows the sandbox as running or paused."""
@@ -359,65 +288,6 @@ class E2BProvider(Provider):
             except sdk.NotFoundException:
                 return False
         return _state_name(info.state) in ("running", "paused")
-
-    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
-        """E2B sandboxes (running or paused) whose metadata says ``nexus_store=store_id``."""
-        sdk = self._reach()
-        rows = []
-        with _sdk_errors(sdk, "list sandboxes"):
-            pages = sdk.Sandbox.list(
-                query=sdk.SandboxQuery(metadata={"nexus_store": store_id}), **self._api()
-            )
-            while pages.has_next:
-                for info in pages.next_items():
-                    rows.append(
-                        {
-                            "sandbox_id": (info.metadata or {}).get("nexus_sandbox_id", ""),
-                            "handle": {"token": "", "sandbox_id": info.sandbox_id},
-                        }
-                    )
-        return rows
-
-    # ------------------------------------------------------------------ files
-
-    def put_file(self, handle: Handle, path: str, data: bytes) -> int:
-        """Write ``data`` to ``path`` (relative to /home/user) with the SDK's files API."""
-        with _sdk_errors(self._reach(), "write the file"):
-            self._sandbox(handle).files.write(_sandbox_path(path), bytes(data))
-        return len(data)
-
-    def get_file(self, handle: Handle, path: str) -> bytes:
-        """Read ``path`` (relative to /home/user) with the SDK's files API."""
-        with _sdk_errors(self._reach(), "read the file"):
-            return bytes(self._sandbox(handle).files.read(_sandbox_path(path), format="bytes"))
-
-    # ------------------------------------------------------------------ helpers
-
-    def _sandbox(self, handle: Handle) -> Any:
-        """A connected SDK ``Sandbox`` for a running sandbox (cached per provider instance).
-        Raises SandboxStateError when it is paused."""
-        sandbox_id = handle["sandbox_id"]
-        with self._lock:
-            sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None:
-            # Sandbox.connect resumes a paused sandbox: never do that behind a pause.
-            info = self.sdk.Sandbox.get_info(sandbox_id, **self._api())
-            if _state_name(info.state) == "paused":
-                raise SandboxStateError(f"the E2B sandbox {sandbox_id} is paused; resume it first")
-            sandbox = self.sdk.Sandbox.connect(sandbox_id, **self._api())
-            with self._lock:
-                sandbox = self._sandboxes.setdefault(sandbox_id, sandbox)
-        return sandbox
-
-    def _remember(self, sandbox: Any, end: float) -> None:
-        with self._lock:
-            self._sandboxes[sandbox.sandbox_id] = sandbox
-            self._ends[sandbox.sandbox_id] = end
-
-    def _forget(self, handle: Handle) -> None:
-        with self._lock:
-            self._sandboxes.pop(handle.get("sandbox_id"), None)
-            self._ends.pop(handle.get("sandbox_id"), None)
 
 
 def _stdout_of(command: Any, stderr: bytearray) -> Iterator[bytes]:
@@ -449,9 +319,3 @@ def _end_command(command: Any) -> None:
 
 def _state_name(state: Any) -> str:
     return str(getattr(state, "value", state)).lower()
-
-
-def _sandbox_path(path: str) -> str:
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise InvalidArgumentError("path must be a non-empty string without NUL bytes")
-    return path if path.startswith("/") else f"{HOME}/{path}"

@@ -43,17 +43,18 @@ import socket
 import subprocess
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings, private_dir
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
+from ._launch import AGENT_FILE, agent_command, serve_args, wait_for_ready
 from .base import (
     OPEN_FILES,
     SCRATCH_INODES_PER_MB,
     Capabilities,
-    Channel,
     Handle,
     Provider,
     scratch_mb,
@@ -74,16 +75,9 @@ HOME = "/home/user"
 RUN_DIR = "/run/nexus"
 AGENT_DIR = "/opt/nexus-agent"
 TEMPLATE_DIR = "/opt/template"
-AGENT_FILE = "sandbox_agent.py"
 #: Root-owned empty mount points for staging (see ``_WRAPPER_SCRIPT``).
 STAGE_DIR = "/run/nexus-kernel/stage"
 READY_TIMEOUT = 30.0
-#: Starts the agent as a module, so Python loads its bytecode (``_agent_with_bytecode``)
-#: instead of compiling the 58 KB source at every start (~12 ms).
-_AGENT_BOOT = (
-    f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import sandbox_agent; "
-    "sys.exit(sandbox_agent.main(sys.argv[1:]))"
-)
 #: Writable scratch mounts of the jail and the mode of each tmpfs root.
 SCRATCH_MOUNTS = {HOME: "0700", "/tmp": "1777", "/dev/shm": "1777"}
 
@@ -286,12 +280,11 @@ class LocalProvider(Provider):
         try:
             bwrap = self._bwrap_args(spec, sb, agent, extra, etc_files, data_fds, info_w,
                                      scratch, cgroup)
-            # -S: the agent is stdlib only, so skip site (a few ms); run code keeps site.
-            agent_cmd = [python, "-I", "-S", "-B", "-c", _AGENT_BOOT, "serve",
-                         "--socket", f"{RUN_DIR}/agent.sock", "--token-file", f"{RUN_DIR}/token",
-                         "--home", HOME]  # fmt: skip
-            if spec.deadline is not None:
-                agent_cmd += ["--deadline", repr(float(spec.deadline))]
+            # Imported as a module, so Python loads the bytecode of ``_agent_with_bytecode``
+            # instead of compiling the source at every start (~12 ms). -S: the agent is
+            # stdlib only, so skip site (a few ms); run code keeps site.
+            agent_cmd = agent_command(python, AGENT_DIR, *serve_args(RUN_DIR, HOME, spec.deadline),
+                                      flags=("-I", "-S", "-B"))
             command = bwrap + ["--", *agent_cmd]
             if root:
                 command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
@@ -326,13 +319,14 @@ class LocalProvider(Provider):
             if started is not None:
                 started(proc, info)
             assert proc.stdout is not None
-            _wait_ready(proc.stdout.fileno(), deadline)
+            wait_for_ready(iter(partial(proc.stdout.read1, 65536), b""),
+                           max(0.0, deadline - time.monotonic()))
         except BaseException as exc:
             if info.get("child-pid"):  # no --die-with-parent: kill the jail itself first
                 _kill_quietly(info["child-pid"])
                 poll_until(lambda: not _same_process(proc.pid, None), 1.0)
             _kill_quietly(proc.pid)
-            if not isinstance(exc, ProviderError):
+            if not isinstance(exc, (ProviderError, AgentError)):
                 raise
             tail = _tail(sandbox_dir / "agent.log")
             raise ProviderError(f"the local sandbox did not start: {exc}; agent log: {tail}") from None
@@ -414,7 +408,7 @@ class LocalProvider(Provider):
 
     # ---------------------------------------------------------------- lifecycle
 
-    def connect(self, handle: Handle) -> Channel:
+    def connect(self, handle: Handle) -> socket.socket:
         """A unix socket connected to the agent."""
         path = handle["socket"]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -723,18 +717,6 @@ def _read_info(fd: int, deadline: float) -> dict[str, Any]:
         if not chunk:
             raise ProviderError("bubblewrap exited before setting up the jail")
         data += chunk
-
-
-def _wait_ready(fd: int, deadline: float) -> None:
-    buf = b""
-    while True:
-        lines = buf.split(b"\n")
-        if any(line.strip() == b"READY" for line in lines[:-1]):
-            return
-        chunk = _read_some(fd, deadline, "the agent to print READY")
-        if not chunk:
-            raise ProviderError("the agent exited before it was ready")
-        buf += chunk
 
 
 def _read_some(fd: int, deadline: float, what: str) -> bytes:

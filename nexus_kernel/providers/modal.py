@@ -1,6 +1,10 @@
 """The modal provider: one Modal Sandbox (a gVisor container) per nexus sandbox, on the
 ``modal`` SDK (``pip install 'nexus-kernel[modal]'``). The SDK is imported lazily, here only.
 
+The common shape (TTL check, agent start and cleanup, relay stream, extend, destroy,
+reconcile listing) is :class:`~nexus_kernel.providers._cloud.CloudProvider`'s; this module
+says how Modal's SDK does each step.
+
 Start: ``Sandbox.create`` under the app ``nexus-kernel`` (``App.lookup(create_if_missing=
 True)``) with an image that has python3 and node (default: ``debian_slim`` + ``nodejs``;
 ``NEXUS_MODAL_IMAGE`` / ``template_id`` pick a registry image, or an ``im-…`` image id), the
@@ -10,12 +14,13 @@ pairs from the limits (``gpu`` from the provider option). The entrypoint is a sh
 reads the token from the sandbox's stdin into a 0600 file and becomes the agent, so the
 sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox.
 
-Stream: every ``connect`` runs ``sandbox_agent.py relay`` with ``Sandbox.exec(text=False)``;
+Stream: every ``connect`` runs the agent's ``relay`` with ``Sandbox.exec(text=False)``;
 its ``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
 
 TTL: Modal's ``timeout`` (a hard lifetime, at most 24 h, fixed at create) is set to that
 maximum; ``idle_timeout`` (restarted by every exec and stdin write) is the TTL plus grace. The
-agent's watchdog ends the sandbox at its deadline, which the manager moves with every run.
+agent's watchdog ends the sandbox at its deadline, which the manager moves with every run;
+neither timeout can be moved on a running sandbox, so ``extend`` has nothing to call.
 
 Pause/resume: not offered (:class:`UnsupportedOperationError`). The stable SDK has no pause
 for a running sandbox; ``_experimental_pause`` exists only for ``_experimental_persistent``
@@ -32,23 +37,17 @@ the token), so a refused token or an unreachable API is one line naming what to 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import math
 import os
 import secrets
 import threading
-import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..config import Settings
 from ..errors import (
-    AgentError,
-    InvalidArgumentError,
     MissingCredentialsError,
-    MissingDependencyError,
     ProviderError,
     ProviderUnavailableError,
     SandboxError,
@@ -56,20 +55,20 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..models import SandboxSpec
-from ._cloud import REACH_SECONDS, one_line
-from ._stream import (
+from ._cloud import REACH_SECONDS, CloudProvider, one_line
+from ._launch import (
+    AGENT_FILE,
     AGENT_SOURCE,
-    PumpChannel,
     agent_source,
-    relay_argv,
-    serve_script,
+    import_sdk,
+    resource_labels,
     wait_for_ready,
 )
-from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, sdk_installed
+from .base import Capabilities, Handle
 
 APP_NAME = "nexus-kernel"
-HOME = "/home/user"
-AGENT_PATH = "/opt/nexus-agent/sandbox_agent.py"
+AGENT_DIR = "/opt/nexus-agent"
+AGENT_PATH = f"{AGENT_DIR}/{AGENT_FILE}"
 RUN_DIR = "/run/nexus"
 PYTHON_VERSION = "3.12"
 
@@ -94,10 +93,6 @@ NO_PAUSE = (
 )
 
 
-def _sdk(options: dict[str, Any]) -> Any:
-    return import_sdk("modal", "modal", options)
-
-
 def _config(sdk: Any) -> Any:
     """The SDK's settings (``modal.config.config``: environment, then ~/.modal.toml)."""
     module = getattr(sdk, "config", None) or importlib.import_module("modal.config")
@@ -112,17 +107,12 @@ def _token(options: dict[str, Any]) -> tuple[str, str, str] | None:
     token_id, secret = os.environ.get("MODAL_TOKEN_ID"), os.environ.get("MODAL_TOKEN_SECRET")
     if token_id and secret:
         return token_id, secret, "environment"
-    config = _config(_sdk(options))
+    config = _config(import_sdk("modal", "modal", options))
     try:
         token_id, secret = config.get("token_id"), config.get("token_secret")
     except Exception:  # an unreadable ~/.modal.toml: treat as no token
         return None
     return (token_id, secret, "file") if token_id and secret else None
-
-
-def _has_token(options: dict[str, Any]) -> bool:
-    """A token is passed as options, set in the environment or in ~/.modal.toml."""
-    return _token(options) is not None
 
 
 def _refused(exc: Exception, source: str) -> str:
@@ -143,13 +133,6 @@ def _unreachable(sdk: Any, why: str) -> str:
     url = str(_config(sdk).get("server_url") or "").split(",")[0].strip()
     host = urllib.parse.urlparse(url).hostname or "api.modal.com"
     return f"Modal's API at {host} could not be reached ({why}): {FIX_NETWORK}"
-
-
-def idle_timeout_for(deadline: float | None, now: float, lifetime: int) -> int:
-    """Modal ``idle_timeout``: the TTL (time to the agent's deadline) plus grace."""
-    if deadline is None:
-        return lifetime
-    return int(min(lifetime, max(1, math.ceil(deadline - now + IDLE_GRACE))))
 
 
 @contextmanager
@@ -207,7 +190,7 @@ def _open_client(sdk: Any, token_id: str, token_secret: str) -> Any:
     return client
 
 
-class ModalProvider(Provider):
+class ModalProvider(CloudProvider):
     """Sandboxes as Modal Sandboxes running the agent (see the module doc).
 
     Options (``provider_options={"modal": {...}}``): ``app_name`` (default
@@ -217,38 +200,28 @@ class ModalProvider(Provider):
     """
 
     name = "modal"
+    service = "Modal"
     capabilities = Capabilities(pause=False, resume=False, network=True, gpu=True)
+    missing_credentials = MISSING_TOKEN
+    agent_dir = AGENT_DIR
+    run_dir = RUN_DIR
+    grace = IDLE_GRACE
+    max_seconds_option = "max_lifetime"
+    default_max_seconds = MAX_LIFETIME
+    too_long = "a Modal sandbox lives at most {minutes} minutes; use a shorter ttl_minutes"
+    ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
-        self._sandboxes: dict[str, Any] = {}
         self._app_obj: Any = None
         self._client_obj: Any = None
         self._opening: _Opening | None = None
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ availability
 
     @classmethod
-    def check_available(cls, settings: Settings, **options: Any) -> None:
-        """The SDK is installed and a Modal token is configured (no network call; the SDK
-        is imported only to read ~/.modal.toml when the environment has no token)."""
-        if options.get("sdk") is None and not sdk_installed("modal"):
-            raise MissingDependencyError("modal", "modal")
-        if not _has_token(options):
-            raise MissingCredentialsError(MISSING_TOKEN)
-
-    @property
-    def sdk(self) -> Any:
-        return _sdk(self.options)
-
-    @property
-    def _python(self) -> str:
-        return str(self.options.get("python") or "python3")
-
-    @property
-    def _lifetime(self) -> int:
-        return int(self.options.get("max_lifetime") or MAX_LIFETIME)
+    def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
+        """A token is passed as options, set in the environment or in ~/.modal.toml (the
+        SDK is imported only to read that file)."""
+        return _token(options) is not None
 
     def _client(self) -> Any:
         """The provider's Modal client (token from the options, the environment or
@@ -307,29 +280,21 @@ class ModalProvider(Provider):
             resources["gpu"] = gpu
         return resources
 
-    # ------------------------------------------------------------------ lifecycle
+    def _errors(self, what: str) -> Any:
+        return _sdk_errors(self.sdk, what)
 
-    def create(self, spec: SandboxSpec) -> Handle:
-        """Create the Modal sandbox with the agent as its entrypoint; return once READY."""
-        sdk = self.sdk
-        now = time.time()
-        if spec.deadline is not None and spec.deadline - now > self._lifetime:
-            raise InvalidArgumentError(
-                f"a Modal sandbox lives at most {self._lifetime // 60} minutes; "
-                "use a shorter ttl_minutes"
-            )
-        script = serve_script(
-            python=self._python, agent_path=AGENT_PATH, run_dir=RUN_DIR, home=HOME,
-            deadline=spec.deadline,
-        )  # fmt: skip
-        with _sdk_errors(sdk, "create the sandbox"):
-            sandbox = sdk.Sandbox.create(
-                "/bin/sh", "-c", script,
+    # ------------------------------------------------------------------ SDK steps
+
+    def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
+        """The sandbox with the agent as its entrypoint (it lives as long as the agent)."""
+        with _sdk_errors(self.sdk, "create the sandbox"):
+            sandbox = self.sdk.Sandbox.create(
+                "/bin/sh", "-c", self.boot_script(spec.deadline),
                 app=self._app(),
                 image=self._image(spec),
                 tags=resource_labels(spec),
-                timeout=self._lifetime,
-                idle_timeout=idle_timeout_for(spec.deadline, now, self._lifetime),
+                timeout=self._max_seconds,
+                idle_timeout=self.timeout_for(spec.deadline, now),
                 block_network=not spec.network,
                 client=self._client(),
                 **self._resources(spec),
@@ -339,45 +304,51 @@ class ModalProvider(Provider):
             "sandbox_id": sandbox.object_id,
             "app": self.options.get("app_name") or APP_NAME,
         }
-        with self._lock:
-            self._sandboxes[sandbox.object_id] = sandbox
-        try:
-            with _sdk_errors(sdk, "start the sandbox agent"):
-                self._start_agent(sandbox, handle["token"])
-        except BaseException:
-            with suppress(Exception):  # keep the original error
-                self.destroy(handle)
-            raise
-        return handle
+        self._remember(sandbox.object_id, sandbox)
+        return sandbox, handle
 
-    def _start_agent(self, sandbox: Any, token: str) -> None:
+    def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
         sandbox.stdin.write((token + "\n").encode())
         sandbox.stdin.drain()
         wait_for_ready(
             iter(sandbox.stdout),
-            float(self.options.get("ready_timeout") or READY_TIMEOUT),
+            float(self.options.get("ready_timeout") or self.ready_timeout),
             stop=sandbox.terminate,
             detail=lambda: _read_briefly(sandbox.stderr),
         )
 
-    def connect(self, handle: Handle) -> PumpChannel:
-        """A new stream to the agent: ``Sandbox.exec`` of the relay, bytes both ways."""
+    def _attach(self, sandbox_id: str) -> Any:
+        return self.sdk.Sandbox.from_id(sandbox_id, client=self._client())
+
+    def _open_relay(
+        self, sandbox: Any
+    ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
+        """``Sandbox.exec`` of the relay, bytes both ways."""
+        process = sandbox.exec(*self.relay_command(), text=False)
+        return iter(process.stdout), _stdin_writer(process), lambda: _end_exec(process)
+
+    def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
+        """Nothing to call: Modal fixes both timeouts at create (see the module doc)."""
+
+    def _kill(self, sandbox_id: str) -> None:
+        """``Sandbox.terminate``; nothing when Modal does not know the sandbox."""
         sdk = self.sdk
-        try:
-            with _sdk_errors(sdk, "open a stream to the sandbox"):
-                sandbox = self._sandbox(handle)
-                process = sandbox.exec(*relay_argv(self._python, AGENT_PATH, RUN_DIR), text=False)
-        except SandboxError as exc:
-            self._forget(handle)
-            raise AgentError(
-                f"cannot reach the agent of Modal sandbox {handle.get('sandbox_id')}: {exc}"
-            ) from exc
-        return PumpChannel(
-            iter(process.stdout),
-            _stdin_writer(process),
-            on_close=lambda: _end_exec(process),
-            name=f"nexus-modal-{handle.get('sandbox_id', '')}",
+        with _sdk_errors(sdk, "terminate the sandbox"):
+            try:
+                sandbox = sdk.Sandbox.from_id(sandbox_id, client=self._client())
+            except sdk.exception.NotFoundError:
+                return
+            sandbox.terminate()
+
+    def _labelled(self, store_id: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """Running sandboxes of our app tagged ``nexus_store=store_id``."""
+        found = self.sdk.Sandbox.list(
+            app_id=self._app().app_id, tags={"nexus_store": store_id}, client=self._client()
         )
+        for sandbox in found:
+            yield sandbox.object_id, sandbox.get_tags()
+
+    # ------------------------------------------------------------------ lifecycle
 
     def pause(self, handle: Handle) -> None:
         """Not offered by Modal for a running sandbox (see the module doc)."""
@@ -386,20 +357,6 @@ class ModalProvider(Provider):
     def resume(self, handle: Handle) -> None:
         """Not offered by Modal (see the module doc)."""
         raise UnsupportedOperationError(NO_PAUSE)
-
-    def destroy(self, handle: Handle) -> None:
-        """Terminate the Modal sandbox (``Sandbox.terminate``). Idempotent."""
-        sandbox_id = handle.get("sandbox_id")
-        if not sandbox_id:
-            return
-        self._forget(handle)
-        sdk = self.sdk
-        with _sdk_errors(sdk, "terminate the sandbox"):
-            try:
-                sandbox = sdk.Sandbox.from_id(sandbox_id, client=self._client())
-            except sdk.exception.NotFoundError:
-                return
-            sandbox.terminate()
 
     def alive(self, handle: Handle) -> bool:
         """True while the sandbox has not finished (``poll()`` is None)."""
@@ -410,53 +367,6 @@ class ModalProvider(Provider):
             except sdk.exception.NotFoundError:
                 return False
             return sandbox.poll() is None
-
-    def list_resources(self, store_id: str) -> list[dict[str, Any]]:
-        """Running Modal sandboxes of our app tagged ``nexus_store=store_id``."""
-        sdk = self.sdk
-        rows = []
-        with _sdk_errors(sdk, "list sandboxes"):
-            found = sdk.Sandbox.list(
-                app_id=self._app().app_id, tags={"nexus_store": store_id}, client=self._client()
-            )
-            for sandbox in found:
-                tags = sandbox.get_tags()
-                rows.append(
-                    {
-                        "sandbox_id": tags.get("nexus_sandbox_id", ""),
-                        "handle": {"token": "", "sandbox_id": sandbox.object_id},
-                    }
-                )
-        return rows
-
-    # ------------------------------------------------------------------ files
-
-    def put_file(self, handle: Handle, path: str, data: bytes) -> int:
-        """Write ``data`` to ``path`` (relative to /home/user) with the filesystem API."""
-        with _sdk_errors(self.sdk, "write the file"):
-            self._sandbox(handle).filesystem.write_bytes(bytes(data), _sandbox_path(path))
-        return len(data)
-
-    def get_file(self, handle: Handle, path: str) -> bytes:
-        """Read ``path`` (relative to /home/user) with the filesystem API."""
-        with _sdk_errors(self.sdk, "read the file"):
-            return bytes(self._sandbox(handle).filesystem.read_bytes(_sandbox_path(path)))
-
-    # ------------------------------------------------------------------ helpers
-
-    def _sandbox(self, handle: Handle) -> Any:
-        sandbox_id = handle["sandbox_id"]
-        with self._lock:
-            sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None:
-            sandbox = self.sdk.Sandbox.from_id(sandbox_id, client=self._client())
-            with self._lock:
-                sandbox = self._sandboxes.setdefault(sandbox_id, sandbox)
-        return sandbox
-
-    def _forget(self, handle: Handle) -> None:
-        with self._lock:
-            self._sandboxes.pop(handle.get("sandbox_id"), None)
 
 
 def _stdin_writer(process: Any):
@@ -488,9 +398,3 @@ def _read_briefly(stream: Any, seconds: float = 5.0) -> str:
     reader.start()
     reader.join(seconds)
     return result[0] if result else ""
-
-
-def _sandbox_path(path: str) -> str:
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise InvalidArgumentError("path must be a non-empty string without NUL bytes")
-    return path if path.startswith("/") else f"{HOME}/{path}"

@@ -7,7 +7,7 @@ the class-or-instance methods ``connect`` / ``kill`` / ``pause`` / ``set_timeout
 SDK's ``class_method_variant`` does), ``Sandbox.list`` returning a paginator of
 ``SandboxInfo``, ``commands.run(background=True)`` returning a handle whose iteration yields
 ``(stdout, stderr, pty)`` tuples of *str* decoded incrementally as UTF-8, ``send_stdin`` taking
-str or bytes, and ``files.write`` / ``files.read(format="bytes")``.
+str or bytes, and ``files.write``.
 
 A sandbox is a :class:`~fakes._vm.FakeVM`; commands really run (``/bin/bash -c``), so the
 real agent serves real protocol traffic. Pause sends SIGSTOP to every process and breaks
@@ -415,25 +415,6 @@ class Filesystem:
             data = data.read()
         target.write_bytes(bytes(data))
         return WriteInfo(name=target.name, type="file", path=path)
-
-    def read(
-        self,
-        path: str,
-        format: str = "text",
-        user: str | None = None,
-        request_timeout: float | None = None,
-        gzip: bool = False,
-        stream_idle_timeout: float | None = None,
-    ):
-        target = _record(self._record.sandbox_id).vm.host_path(path)
-        if not target.is_file():
-            raise FileNotFoundException(f"Path {path} not found")
-        content = target.read_bytes()
-        if format == "bytes":
-            return bytearray(content)
-        if format == "stream":
-            return iter([content])
-        return content.decode()
 
 
 # --------------------------------------------------------------------------- sandbox

@@ -9,8 +9,7 @@ idle_timeout=, block_network=, cpu=, memory=, gpu=, client=)`` whose ``stdin`` /
 generator of sandboxes), ``exec(*args, text=)`` returning a ``ContainerProcess`` (``stdin``:
 a ``StreamWriter`` with ``write`` / ``drain`` / ``write_eof`` and the SDK's 2 MiB buffer cap,
 ``stdout``: a ``StreamReader`` yielding str or bytes), ``poll``, ``terminate``, ``get_tags``,
-``filesystem.read_bytes / write_bytes``, ``exception.NotFoundError / AuthError`` and
-``config.config.get``.
+``exception.NotFoundError / AuthError`` and ``config.config.get``.
 
 A sandbox is a :class:`~fakes._vm.FakeVM`: the entrypoint and every exec really run, so the
 real agent serves real protocol traffic; files added with ``add_local_file`` are copied in
@@ -363,24 +362,6 @@ def _record(sandbox_id: str) -> _Record:
     return record
 
 
-class _Filesystem:
-    """As modal.sandbox.SandboxFilesystem (the two calls the provider uses)."""
-
-    def __init__(self, record: _Record):
-        self._record = record
-
-    def read_bytes(self, remote_path: str) -> bytes:
-        target = self._record.vm.host_path(remote_path)
-        if not target.is_file():
-            raise NotFoundError(f"{remote_path} not found")
-        return target.read_bytes()
-
-    def write_bytes(self, data: bytes | bytearray | memoryview, remote_path: str) -> None:
-        target = self._record.vm.host_path(remote_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(bytes(data))
-
-
 class Sandbox:
     """As modal.Sandbox (sync interface)."""
 
@@ -408,10 +389,6 @@ class Sandbox:
         if self._record.terminated:
             return self._record.entry.returncode if self._record.entry else 0
         return self._record.entry.poll()
-
-    @property
-    def filesystem(self) -> _Filesystem:
-        return _Filesystem(self._record)
 
     @staticmethod
     def create(
