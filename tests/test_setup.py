@@ -94,7 +94,7 @@ import glob, re, ssl, sys, urllib.request
 ctx = ssl.create_default_context(cafile=sys.argv[1] if len(sys.argv) > 1 else None)
 urls = ["https://pypi.org/simple/pip/"]
 # The first apt source: one-line (sources.list) or deb822 (*.sources) format.
-for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
+for path in [*glob.glob("/etc/apt/sources.list"), *sorted(glob.glob("/etc/apt/sources.list.d/*"))]:
     text = open(path, errors="replace").read()
     m = (re.search(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", text, re.M)
          or re.search(r"^URIs:\s*(\S+)\s*\nSuites:\s*(\S+)", text, re.M))
