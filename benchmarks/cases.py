@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 
 from nexus_kernel.config import Settings
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import SandboxRecord, Status
+from nexus_kernel.models import SandboxRecord, SandboxSpec, Status
 from nexus_kernel.store import Store
 
 from .baselines import (
@@ -141,6 +142,63 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
         if docker is not None:
             docker.cleanup()
     return rows
+
+
+def provider_level_rows(ctx: Context, provider: str) -> list[Row]:
+    """The provider alone (no store, no manager): create -> ready, connect + hello and
+    destroy, next to the bare operation each wraps, measured in the same run."""
+    from nexus_kernel.agent.client import AgentClient
+    from nexus_kernel.providers import provider_class
+
+    backend = provider_class(provider)(ctx.settings)
+    docker = DockerBaseline(ctx.settings.docker_image, ctx.settings.docker_host) if provider == "docker" else None
+    store_id = "bench-" + secrets.token_hex(4)
+    handles: list[dict[str, Any]] = []
+
+    def create() -> None:
+        spec = SandboxSpec(sandbox_id="sb_" + secrets.token_hex(6), owner=ctx.user,
+                           store_id=store_id, deadline=time.time() + 600)
+        handles.append(backend.create(spec))
+
+    def hello() -> None:
+        with AgentClient(lambda: backend.connect(handles[0]), handles[0]["token"]) as client:
+            client.hello()
+
+    try:
+        ctx.log(f"[{provider}] provider create -> ready x{ctx.create_reps}")
+        if docker is None:
+            base_name, base = "bare `python3 -c pass`", spawn([ctx.python, "-c", "pass"])
+        else:
+            base_name, base = "docker-py containers.run(python3 -c pass)", docker.run_to_exit
+        a, b = compare(create, base, ctx.create_reps, warmup=1)
+        rows = [Row(provider, "provider create -> ready", a, base_name, b)]
+        rows.append(Row(provider, "provider connect + hello", measure(hello, ctx.reps, ctx.warmup),
+                        note="a new AgentClient per call: connect, hello, close"))
+        victims = handles[1:]
+        del handles[1:]
+        ctx.log(f"[{provider}] provider destroy x{len(victims)}")
+        a = Sample()
+        if docker is None:
+            for handle in victims:
+                a.add(timed_ms(lambda h=handle: backend.destroy(h)))
+            rows.append(Row(provider, "provider destroy", a))
+        else:
+            b = Sample()
+            for handle, container in zip(victims, [docker.running() for _ in victims], strict=True):
+                a.add(timed_ms(lambda h=handle: backend.destroy(h)))
+                b.add(timed_ms(lambda c=container: c.remove(force=True)))
+            rows.append(Row(provider, "provider destroy", a, "docker-py remove(force=True)", b))
+        return rows
+    finally:
+        for handle in handles:
+            try:
+                backend.destroy(handle)
+            except Exception as exc:  # report, keep cleaning
+                ctx.log(f"cleanup of {handle.get('sandbox_id', handle)} failed: {exc}")
+        if hasattr(backend, "close"):
+            backend.close()
+        if docker is not None:
+            docker.cleanup()
 
 
 def _stateless_rows(ctx: Context, mgr: SandboxManager, provider: str, sid: str,

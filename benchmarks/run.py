@@ -3,8 +3,8 @@
     python3 -m benchmarks [--providers local,docker] [--quick] [--json PATH]
                           [--concurrency 1,10,50,100] [--only GROUPS] [--markdown PATH]
 
-Groups (``--only``): create, run, session, pause, memory, stop, kernel, cli, concurrency,
-store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
+Groups (``--only``): create, run, session, pause, memory, stop, provider (the provider alone,
+without the manager), kernel, cli, concurrency, store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
 so the benchmark never touches your own sandboxes.
 """
 
@@ -29,8 +29,10 @@ if __package__ in (None, ""):  # `python3 benchmarks/run.py`
 from .timing import Row, unavailable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GROUPS = ("create", "run", "session", "pause", "memory", "stop", "kernel", "cli",
+GROUPS = ("create", "run", "session", "pause", "memory", "stop", "provider", "kernel", "cli",
           "concurrency", "store", "pool")
+#: The groups of cases.provider_rows (through the manager).
+MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -188,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             if provider == "docker" and (why := docker_available(settings)):
                 rows.append(unavailable("docker", "every docker row", why))
                 continue
-            attempt(provider, cases.provider_rows, ctx, provider)
+            if any(ctx.wants(group) for group in MANAGER_GROUPS):
+                attempt(provider, cases.provider_rows, ctx, provider)
+            if ctx.wants("provider"):
+                attempt(provider, cases.provider_level_rows, ctx, provider)
         for group, fn, *extra in (("pool", cases.pool_rows), ("kernel", cases.kernel_rows),
                                   ("cli", cases.cli_rows),
                                   ("concurrency", cases.concurrency_rows, levels),

@@ -1,5 +1,6 @@
 """One provider contract, every provider: the same manager-level behaviour on local (real
-bubblewrap), docker (real engine) and e2b / modal (faithful SDK fakes running the real agent).
+bubblewrap), docker (real engine), e2b / modal (faithful SDK fakes running the real agent) and
+memory (the in-memory test provider of tests/fakes/memory.py, starting the real agent lazily).
 
 Docker is skipped when no engine or image is present, and fails instead under
 NEXUS_REQUIRE_DOCKER=1 (CI).
@@ -30,9 +31,9 @@ from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import Limits, Status
 
 from .conftest import ROOT, docker_not_ready, docker_problem
-from .fakes import e2b_fake, modal_fake
+from .fakes import e2b_fake, memory, modal_fake
 
-PROVIDERS = ["local", "docker", "e2b", "modal"]
+PROVIDERS = ["local", "docker", "e2b", "modal", "memory"]
 FAKE_OPTIONS = {
     "e2b": {"sdk": e2b_fake},
     "modal": {"sdk": modal_fake, "token_id": "ak-test", "token_secret": "as-test"},
@@ -42,7 +43,7 @@ CROSS_PROCESS = {"local", "docker"}
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_name(request, tmp_path) -> str:
+def provider_name(request, tmp_path):
     name = request.param
     if name == "local" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
@@ -50,7 +51,11 @@ def provider_name(request, tmp_path) -> str:
         problem = docker_problem(Settings.load())
         if problem:
             docker_not_ready(problem)
-    return name
+    if name == "memory":
+        with memory.registered():
+            yield name
+        return
+    yield name
 
 
 @pytest.fixture
@@ -231,6 +236,8 @@ def test_reattach_from_another_process(manager, sandbox, provider_name):
 def test_limits_reach_the_sandbox(provider_name, tmp_path):
     if provider_name in ("e2b", "modal"):
         pytest.skip("fake SDK sandboxes are local processes without resource caps")
+    if provider_name == "memory":
+        pytest.skip("the memory provider has no resource caps (limits): it is not a jail")
     settings = Settings.load(home=tmp_path / "h", user="tester", provider=provider_name,
                              pids=64, memory_mb=128)
     mgr = SandboxManager(settings)

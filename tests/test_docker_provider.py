@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import threading
@@ -377,51 +376,3 @@ def test_an_unreachable_daemon_is_one_clear_line():
     for call in (backend.alive, backend.destroy, backend.connect, backend.pause):
         with pytest.raises(ProviderUnavailableError):
             call(handle)
-
-
-# ------------------------------------------------------------------ figures
-
-
-def _median_seconds(action, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def test_report_create_and_destroy_times(provider, store_id, capsys):
-    """Prints our create->ready and destroy medians next to docker-py's bare baselines."""
-    client = provider._client(provider.settings.docker_host)
-    image = provider.settings.docker_image
-    repeat = 5
-    handles: list[dict[str, Any]] = []
-    ours_create = _median_seconds(
-        lambda: handles.append(provider.create(make_spec(store_id))), repeat
-    )
-    connect_hello = _median_seconds(lambda: _hello_once(provider, handles[0]), repeat)
-    ours_destroy = _median_seconds(lambda: provider.destroy(handles.pop()), repeat)
-    base_run = _median_seconds(lambda: client.containers.run(image, "true", remove=True), repeat)
-    bare: list[Any] = []
-    _median_seconds(
-        lambda: bare.append(client.containers.run(image, "sleep 60", detach=True)), repeat
-    )
-    base_remove = _median_seconds(lambda: bare.pop().remove(force=True), repeat)
-    with capsys.disabled():
-        print(
-            f"\n[docker figures, median of {repeat}] "
-            f"create->ready {ours_create * 1000:.0f} ms "
-            f"(baseline containers.run('true', remove=True) {base_run * 1000:.0f} ms); "
-            f"destroy {ours_destroy * 1000:.0f} ms "
-            f"(baseline container.remove(force=True) {base_remove * 1000:.0f} ms); "
-            f"connect+hello {connect_hello * 1000:.0f} ms"
-        )
-
-
-def _hello_once(provider, handle: dict[str, Any]) -> None:
-    client = agent_client(provider, handle)
-    try:
-        client.hello()
-    finally:
-        client.close()

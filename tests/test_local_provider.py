@@ -650,25 +650,3 @@ def test_sandbox_outlives_its_creator(settings: Settings, provider: LocalProvide
     finally:
         provider.destroy(handle)
     assert not provider.alive(handle)
-
-
-def test_timings(provider: LocalProvider, capsys: Any) -> None:
-    """Figures for the report (no assertions on speed)."""
-    bare, create, destroy = [], [], []
-    for _ in range(10):
-        t = time.perf_counter()
-        subprocess.run(["/usr/bin/python3", "-c", "pass"], check=True)
-        bare.append(time.perf_counter() - t)
-    for _ in range(10):
-        t = time.perf_counter()
-        handle = provider.create(make_spec())
-        create.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        provider.destroy(handle)
-        destroy.append(time.perf_counter() - t)
-    ms = lambda xs: f"{statistics.median(xs) * 1000:.1f} ms"  # noqa: E731
-    with capsys.disabled():
-        print(
-            f"\n[local] median of 10: create->ready {ms(create)}, destroy {ms(destroy)}, "
-            f"bare `python3 -c pass` {ms(bare)} (limits: {handle['limits']})"
-        )

@@ -17,14 +17,17 @@ __all__ = [
     "Provider",
     "capability_matrix",
     "provider_class",
+    "register_provider",
+    "unregister_provider",
 ]
 
-#: Provider name -> "module:ClassName", relative to this package.
+#: Provider name -> "module:ClassName": ".module" is relative to this package, anything
+#: else absolute (providers added with :func:`register_provider`).
 PROVIDERS = {
-    "local": "local:LocalProvider",
-    "docker": "docker:DockerProvider",
-    "e2b": "e2b:E2BProvider",
-    "modal": "modal:ModalProvider",
+    "local": ".local:LocalProvider",
+    "docker": ".docker:DockerProvider",
+    "e2b": ".e2b:E2BProvider",
+    "modal": ".modal:ModalProvider",
 }
 
 #: Provider name -> the importable SDK module it needs (None = standard library only).
@@ -43,8 +46,25 @@ def provider_class(name: str) -> type[Provider]:
             f"unknown provider {name!r}; choose one of: {', '.join(PROVIDERS)}"
         )
     module_name, class_name = PROVIDERS[name].split(":")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name)
+    return getattr(importlib.import_module(module_name, __name__), class_name)
+
+
+def register_provider(name: str, target: str, sdk_module: str | None = None) -> None:
+    """Make ``Settings(provider=name)`` use the class ``target`` ("package.module:Class",
+    imported when first used); ``sdk_module``: the module it needs, for the capability
+    matrix. A registered name stays until :func:`unregister_provider`."""
+    if name in PROVIDERS:
+        raise InvalidArgumentError(f"provider {name!r} is already registered")
+    PROVIDERS[name] = target
+    SDK_MODULES[name] = sdk_module
+
+
+def unregister_provider(name: str) -> None:
+    """Remove a provider added by :func:`register_provider` (the built-in ones stay)."""
+    if PROVIDERS.get(name, "").startswith("."):
+        raise InvalidArgumentError(f"provider {name!r} is built in")
+    PROVIDERS.pop(name, None)
+    SDK_MODULES.pop(name, None)
 
 
 def capability_matrix(

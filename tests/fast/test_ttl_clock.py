@@ -1,15 +1,14 @@
 """TTL in one place, driven by an injected clock: expiry arithmetic, reaping, the kernel's
-TTL keeper and ``Provider.extend`` are checked by moving a fake clock, never by sleeping.
-Also the kernel's settings (read once by ``Settings``) and the detached pool filler's entry."""
+TTL keeper and ``Provider.extend`` are checked by moving a fake clock, never by sleeping, on
+the in-memory provider. Also the kernel's settings (read once by ``Settings``) and the
+detached pool filler's entry."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,35 +18,11 @@ from nexus_kernel.kernel.keeper import TtlKeeper
 from nexus_kernel.kernel.sandbox import KernelSandbox
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import SandboxRecord, Status
-from nexus_kernel.providers.local import LocalProvider
 from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
 from nexus_kernel.validation import MAX_TIMEOUT
 
-from .conftest import needs_bwrap
-
-
-class FakeClock:
-    """Epoch seconds that move only when told (starts at the real time: agents' watchdogs
-    compare deadlines with their own real clock, so the fake one may only run ahead)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingLocal(LocalProvider):
-    """The local provider, recording every ``extend(handle, deadline)`` call."""
-
-    calls: list[tuple[str, float]] = []
-
-    def extend(self, handle: dict[str, Any], deadline: float) -> None:
-        RecordingLocal.calls.append((handle["dir"], deadline))
-
+from ..fakes import memory
+from .conftest import FakeClock
 
 # ---------------------------------------------------------------------- pure arithmetic
 
@@ -97,7 +72,6 @@ def test_kernel_settings_are_read_once_with_their_messages(monkeypatch: pytest.M
             assert str(error.value) == message
 
 
-@needs_bwrap
 def test_kernel_sandbox_takes_its_settings_from_the_manager(nexus_home: Path) -> None:
     attached = SandboxManager(Settings.load(kernel_sandbox="sb_1", template="tpl"))
     sandbox = KernelSandbox(attached, "k")
@@ -117,34 +91,14 @@ def test_the_detached_pool_filler_does_not_import_the_cli() -> None:
     assert done.returncode == 0, done.stderr
 
 
-# ---------------------------------------------------------------------- on the local provider
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def manager(nexus_home: Path, clock: FakeClock,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxManager]:
-    RecordingLocal.calls = []
-    monkeypatch.setattr("nexus_kernel.manager.provider_class", lambda name: RecordingLocal)
-    manager = SandboxManager(Settings.load(pool_refill="off"), clock=clock)
-    yield manager
-    for record in manager.list():
-        if record.status is not Status.STOPPED:
-            manager.stop(record.sandbox_id)
-    manager.pool.drain()
-    manager.close()
+# ---------------------------------------------------------------------- on the memory provider
 
 
 def deadlines(record: SandboxRecord) -> list[float]:
-    """The deadlines the provider was told for ``record``'s sandbox."""
-    return [at for folder, at in RecordingLocal.calls if folder == record.handle["dir"]]
+    """The deadlines the provider was told for ``record``'s sandbox (``Provider.extend``)."""
+    return memory.sandbox(record.handle).extended
 
 
-@needs_bwrap
 def test_ttl_follows_the_clock_without_sleeping(manager: SandboxManager, clock: FakeClock) -> None:
     start = clock()
     record = manager.create("clocked", ttl_minutes=1)
@@ -168,10 +122,9 @@ def test_ttl_follows_the_clock_without_sleeping(manager: SandboxManager, clock: 
     reaped = manager.get(record.sandbox_id)
     assert reaped.status is Status.STOPPED and reaped.error == "expired"
     assert reaped.stopped_at == start + 3731
-    assert not manager.provider("local").alive(record.handle)
+    assert not manager.provider("memory").alive(record.handle)
 
 
-@needs_bwrap
 def test_extend_gets_the_deadline_the_agent_gets(manager: SandboxManager, clock: FakeClock) -> None:
     record = manager.create("extended", ttl_minutes=2)
     assert deadlines(record) == [watchdog_deadline(record.expires_at)]  # create
@@ -191,31 +144,20 @@ def test_extend_gets_the_deadline_the_agent_gets(manager: SandboxManager, clock:
     assert deadlines(record)[count:] == [watchdog_deadline(resumed.expires_at)]
 
 
-@needs_bwrap
 def test_pool_hand_out_moves_the_deadline_to_the_users(
-        nexus_home: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    RecordingLocal.calls = []
-    monkeypatch.setattr("nexus_kernel.manager.provider_class", lambda name: RecordingLocal)
-    manager = SandboxManager(Settings.load(pool_size=1, pool_refill="off"), clock=clock)
-    try:
-        (pooled_id,) = manager.pool.fill()
-        entry = next(iter(manager.pool.entries().values()))[pooled_id]
-        assert entry["expires_at"] == clock() + manager.settings.pool_ttl_minutes * 60
-        assert RecordingLocal.calls == []  # the pool's deadline travels in the create spec
-        clock.advance(5)
-        record = manager.create("from-pool", ttl_minutes=3)
-        assert record.sandbox_id == pooled_id
-        assert record.expires_at == clock() + 180
-        assert deadlines(record) == [watchdog_deadline(record.expires_at)]
-    finally:
-        for record in manager.list():
-            if record.status is not Status.STOPPED:
-                manager.stop(record.sandbox_id)
-        manager.pool.drain()
-        manager.close()
+        make_manager: Callable[..., SandboxManager], clock: FakeClock) -> None:
+    manager = make_manager(pool_size=1)
+    (pooled_id,) = manager.pool.fill()
+    entry = next(iter(manager.pool.entries().values()))[pooled_id]
+    assert entry["expires_at"] == clock() + manager.settings.pool_ttl_minutes * 60
+    assert [sb.extended for sb in memory.sandboxes()] == [[]]  # the pool's deadline travels in the create spec
+    clock.advance(5)
+    record = manager.create("from-pool", ttl_minutes=3)
+    assert record.sandbox_id == pooled_id
+    assert record.expires_at == clock() + 180
+    assert deadlines(record) == [watchdog_deadline(record.expires_at)]
 
 
-@needs_bwrap
 def test_keeper_warns_then_announces_expiry_on_the_fake_clock(
         manager: SandboxManager, clock: FakeClock) -> None:
     warnings: list[str] = []
