@@ -9,8 +9,9 @@ stdio of a process started through the provider's SDK.
   request (and every run carrying one), so a provider can move its own timeout with the
   agent's deadline (the manager sets it with every run).
 - :func:`wait_for_ready`: wait (bounded) for the agent's ``READY`` line on a startup stream.
-- :func:`agent_source` / :func:`serve_script`: the agent file to upload and the shell line
-  that hands the agent its token on stdin and becomes the agent.
+- :func:`serve_script` / :func:`relay_argv`: the shell line that hands the agent (the
+  uploaded zipapp, :func:`~nexus_kernel.agent.deploy.zipapp_bytes`) its token on stdin and
+  becomes the agent, and the relay's command.
 """
 
 from __future__ import annotations
@@ -22,23 +23,9 @@ import shlex
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from pathlib import Path
 
-from ..errors import AgentError, ProviderUnavailableError
-
-#: The agent file shipped in the wheel (nexus_kernel/agent/sandbox_agent.py).
-AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent" / "sandbox_agent.py"
-
-
-def agent_source(path: Path | None = None) -> bytes:
-    """The agent's source code, to upload into a sandbox."""
-    target = path or AGENT_SOURCE
-    try:
-        return target.read_bytes()
-    except OSError:
-        raise ProviderUnavailableError(
-            f"the sandbox agent is missing: {target} (reinstall nexus-kernel)"
-        ) from None
+from ..agent.deploy import zipapp_argv
+from ..errors import AgentError
 
 
 def serve_script(
@@ -53,12 +40,12 @@ def serve_script(
     then become the agent. The token never appears in a command line or environment."""
     socket_path = f"{run_dir}/agent.sock"
     token_path = f"{run_dir}/token"
-    serve = [
+    serve = zipapp_argv(
         python, agent_path, "serve",
         "--socket", socket_path,
         "--token-file", token_path,
         "--home", home,
-    ]  # fmt: skip
+    )  # fmt: skip
     if deadline is not None:
         serve += ["--deadline", f"{deadline:.3f}"]
     return (
@@ -71,7 +58,7 @@ def serve_script(
 
 def relay_argv(python: str, agent_path: str, run_dir: str) -> list[str]:
     """The command whose stdio is a stream to the agent."""
-    return [python, agent_path, "relay", "--socket", f"{run_dir}/agent.sock"]
+    return zipapp_argv(python, agent_path, "relay", "--socket", f"{run_dir}/agent.sock")
 
 
 class PumpChannel:

@@ -20,7 +20,7 @@ before it accepts anything and before any user code runs. The host writes the to
 ``docker attach`` stream opened before start, and reads the agent's ``READY`` line on the
 same stream.
 
-The stream to the agent is a ``docker exec -i`` of ``sandbox_agent.py relay`` (it works
+The stream to the agent is a ``docker exec -i`` of the agent's ``relay`` (it works
 against remote engines too), run as RELAY_USER: another uid in the sandbox user's group, so
 sandbox code can neither kill it nor read the token from its memory; the container's
 command opens ``/run/nexus`` to that group. :class:`DockerStreamChannel` removes Docker's
@@ -38,6 +38,7 @@ import time
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import PACKAGE_NAME, dir_argv
 from ..config import Settings
 from ..errors import (
     AgentError,
@@ -57,7 +58,7 @@ from .base import (
 )
 
 AGENT_DIR = "/opt/nexus-agent"
-AGENT_PATH = f"{AGENT_DIR}/sandbox_agent.py"
+AGENT_PATH = f"{AGENT_DIR}/{PACKAGE_NAME}"
 RUN_DIR = "/run/nexus"
 SOCKET_PATH = f"{RUN_DIR}/agent.sock"
 TOKEN_PATH = f"{RUN_DIR}/token"
@@ -227,14 +228,10 @@ def _underlying_socket(raw: Any) -> Any:
 
 
 def agent_argv(*args: str) -> list[str]:
-    """``python3 sandbox_agent.py ARGS``, but importing the agent as a module so the image's
-    precompiled bytecode is used (about 50 ms less per start than compiling the script), in
-    isolated mode (-I: no cwd on sys.path, no PYTHON* variables from the sandbox user)."""
-    code = (
-        f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import sandbox_agent; "
-        "sys.exit(sandbox_agent.main(sys.argv[1:]))"
-    )
-    return ["python3", "-I", "-c", code, *args]
+    """The agent package in the image with ``ARGS``, imported so the image's precompiled
+    bytecode is used (about 50 ms less per start than compiling the source), in isolated
+    mode (-I: no cwd on sys.path, no PYTHON* variables from the sandbox user)."""
+    return dir_argv("python3", AGENT_DIR, *args, flags=("-I",))
 
 
 def agent_command(deadline: float | None) -> list[str]:

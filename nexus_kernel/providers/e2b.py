@@ -3,13 +3,13 @@
 
 Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID`` > E2B's
 default), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
-``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
-with ``files.write`` and started as a background command (``commands.run(background=True,
+``allow_internet_access`` following the sandbox's network setting. The agent (a zipapp) is
+uploaded with ``files.write`` and started as a background command (``commands.run(background=True,
 stdin=True, timeout=0)``): a shell line reads the token from stdin into a 0600 file and
 becomes the agent, which prints ``READY``; the command's stream is then detached (the
 process keeps running).
 
-Stream: every ``connect`` starts ``sandbox_agent.py relay`` as another background command;
+Stream: every ``connect`` starts the agent's ``relay`` as another background command;
 its stdout (the SDK hands it over as ``str``, decoded incrementally as UTF-8) is re-encoded
 to bytes, and ``send_stdin`` takes bytes. The agent only writes valid UTF-8 JSON lines, so
 the round trip is byte-exact and framing is intact (file contents travel base64 inside JSON).
@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import ZIPAPP_NAME, zipapp_bytes
 from ..config import Settings
 from ..errors import (
     AgentError,
@@ -56,7 +57,6 @@ from ._cloud import REACH_SECONDS, one_line
 from ._stream import (
     DeadlineWatcher,
     PumpChannel,
-    agent_source,
     relay_argv,
     serve_script,
     wait_for_ready,
@@ -66,7 +66,7 @@ from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, s
 HOME = "/home/user"
 #: Agent file and run dir live under the sandbox user's home: no root needed, any template.
 BASE_DIR = f"{HOME}/.nexus"
-AGENT_PATH = f"{BASE_DIR}/sandbox_agent.py"
+AGENT_PATH = f"{BASE_DIR}/{ZIPAPP_NAME}"
 RUN_DIR = f"{BASE_DIR}/run"
 
 #: Seconds E2B keeps the microVM past the agent's deadline (the host reaper and the agent's
@@ -259,7 +259,7 @@ class E2BProvider(Provider):
         return handle
 
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
-        sandbox.files.write(AGENT_PATH, agent_source())
+        sandbox.files.write(AGENT_PATH, zipapp_bytes())
         script = serve_script(
             python=self._python, agent_path=AGENT_PATH, run_dir=RUN_DIR, home=HOME,
             deadline=deadline,

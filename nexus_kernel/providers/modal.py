@@ -4,13 +4,13 @@
 Start: ``Sandbox.create`` under the app ``nexus-kernel`` (``App.lookup(create_if_missing=
 True)``) with an image that has python3 and node (default: ``debian_slim`` + ``nodejs``;
 ``NEXUS_MODAL_IMAGE`` / ``template_id`` pick a registry image, or an ``im-…`` image id), the
-agent file added with ``Image.add_local_file`` (mounted at start, no rebuild), tags carrying
+agent (a zipapp) added with ``Image.add_local_file`` (mounted at start, no rebuild), tags carrying
 our ids, ``block_network`` unless network was asked, and cpu / memory as (request, limit)
 pairs from the limits (``gpu`` from the provider option). The entrypoint is a shell line that
 reads the token from the sandbox's stdin into a 0600 file and becomes the agent, so the
 sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox.
 
-Stream: every ``connect`` runs ``sandbox_agent.py relay`` with ``Sandbox.exec(text=False)``;
+Stream: every ``connect`` runs the agent's ``relay`` with ``Sandbox.exec(text=False)``;
 its ``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
 
 TTL: Modal's ``timeout`` (a hard lifetime, at most 24 h, fixed at create) is set to that
@@ -43,6 +43,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import ZIPAPP_NAME, zipapp_file
 from ..config import Settings
 from ..errors import (
     AgentError,
@@ -58,9 +59,7 @@ from ..errors import (
 from ..models import SandboxSpec
 from ._cloud import REACH_SECONDS, one_line
 from ._stream import (
-    AGENT_SOURCE,
     PumpChannel,
-    agent_source,
     relay_argv,
     serve_script,
     wait_for_ready,
@@ -69,7 +68,7 @@ from .base import Capabilities, Handle, Provider, import_sdk, resource_labels, s
 
 APP_NAME = "nexus-kernel"
 HOME = "/home/user"
-AGENT_PATH = "/opt/nexus-agent/sandbox_agent.py"
+AGENT_PATH = f"/opt/nexus-agent/{ZIPAPP_NAME}"
 RUN_DIR = "/run/nexus"
 PYTHON_VERSION = "3.12"
 
@@ -294,8 +293,8 @@ class ModalProvider(Provider):
             base = image_cls.from_registry(name)
         else:
             base = image_cls.debian_slim(python_version=PYTHON_VERSION).apt_install("nodejs")
-        agent_source()  # a clear error when the agent file is missing
-        return base.add_local_file(AGENT_SOURCE, AGENT_PATH)
+        agent = zipapp_file(self.settings.home / "agent-cache")
+        return base.add_local_file(agent, AGENT_PATH)
 
     def _resources(self, spec: SandboxSpec) -> dict[str, Any]:
         limits = spec.limits
