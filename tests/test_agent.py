@@ -590,6 +590,8 @@ def test_the_zipapp_serves_sessions_and_relays(tmp_path):
                    "code": "print(x + 1)", "session": "s"}
         out, _ = relay.communicate(json.dumps(request).encode() + b"\n", timeout=20)
         assert json.loads(out.splitlines()[0]) == {"id": "r", "ev": "stdout", "data": "43\n"}
+        unreachable = agent_argv("relay", "--socket", str(tmp_path / "none"), zipapp=zipapp)
+        assert subprocess.run(unreachable, capture_output=True).returncode == 1  # status kept
     finally:
         agent.stop()
 

@@ -18,7 +18,7 @@ import hashlib
 import io
 import os
 import secrets
-import zipfile
+import zipapp
 from pathlib import Path
 
 from ..errors import ProviderUnavailableError
@@ -28,16 +28,6 @@ PACKAGE_NAME = "sandbox_agent"
 PACKAGE_DIR = Path(__file__).resolve().with_name(PACKAGE_NAME)
 #: The zipapp's file name (the name shows in ``ps`` output inside the sandbox).
 ZIPAPP_NAME = f"{PACKAGE_NAME}.pyz"
-#: The zipapp's ``__main__``: the package's command line.
-_ZIPAPP_MAIN = (
-    "import sys\n"
-    f"from {PACKAGE_NAME}.__main__ import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-#: A fixed timestamp for every zip entry, so equal sources give equal bytes.
-_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
-
-
 def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """The package's source files, sorted by name (the package has no subdirectories)."""
     files = sorted(package_dir.glob("*.py"), key=lambda p: p.name)
@@ -66,14 +56,11 @@ def zipapp_bytes(package_dir: Path = PACKAGE_DIR) -> bytes:
 @functools.lru_cache(maxsize=4)
 def _zipapp(package_dir: Path, digest: str) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        entries = [("__main__.py", _ZIPAPP_MAIN.encode())]
-        entries += [(f"{PACKAGE_NAME}/{p.name}", p.read_bytes()) for p in package_files(package_dir)]
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, _ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
+    names = {p.name for p in package_files(package_dir)}
+    zipapp.create_archive(
+        package_dir.parent, buffer, main=f"{PACKAGE_NAME}.__main__:run", compressed=True,
+        filter=lambda path: path.parent.as_posix() == package_dir.name and path.name in names,
+    )  # fmt: skip
     return buffer.getvalue()
 
 
@@ -94,8 +81,7 @@ def dir_argv(python: str, root: str, *args: str, flags: tuple[str, ...] = ()) ->
     """The command that runs the agent with ``args`` from the directory ``root`` holding
     the ``sandbox_agent`` package (importing it, so precompiled bytecode is used)."""
     boot = (
-        f"import sys; sys.path.insert(0, {root!r}); "
-        f"from {PACKAGE_NAME}.__main__ import main; sys.exit(main(sys.argv[1:]))"
+        f"import sys; sys.path.insert(0, {root!r}); from {PACKAGE_NAME}.__main__ import run; run()"
     )
     return [python, *flags, "-c", boot, *args]
 

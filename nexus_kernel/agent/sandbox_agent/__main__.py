@@ -67,5 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(_USAGE)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run :func:`main` with this process's arguments and exit with its status."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
