@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Docker sandbox image offline (no registry needed), reusing what is already built.
 #
-#   bash scripts/build-image.sh [--base-only] [--force] [--rebuild-base]
+#   bash scripts/build-image.sh [--base-only] [--force] [--rebuild-base] [--agent-digest]
 #
 # Two layers:
 #   1. nexus-base:bookworm ($NEXUS_DOCKER_BASE): a minimal Debian bookworm made with
@@ -9,16 +9,18 @@
 #      a non-root user `user` (uid 1000, home /home/user), shrunk, then `docker import`ed.
 #      The shrunk rootfs tarball is cached in $NEXUS_IMAGE_CACHE (default /var/cache/nexus),
 #      so the base is re-imported from it rather than debootstrapped again.
-#   2. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM the base, adds the agent
-#      (nexus_kernel/agent/sandbox_agent.py) at /opt/nexus-agent/ and labels the image
-#      with the agent's sha256.
-# Reuse: when the image exists with the current agent's sha256 nothing is done; when only
+#   2. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM the base, adds the agent package
+#      (nexus_kernel/agent/sandbox_agent/) at /opt/nexus-agent/sandbox_agent/ with its
+#      bytecode and labels the image with the package's digest (nexus.agent_sha256: the
+#      sha256 of `sha256sum *.py` in the package, as nexus_kernel.agent.agent_digest()).
+# Reuse: when the image exists with the current agent's digest nothing is done; when only
 # the agent changed, only layer 2 is rebuilt (seconds).
 #
 # Options: --base-only (stop after layer 1), --force (rebuild layer 2 even when current),
-# --rebuild-base (debootstrap again, ignoring the cached rootfs and base image).
+# --rebuild-base (debootstrap again, ignoring the cached rootfs and base image),
+# --agent-digest (print the agent package's digest and exit).
 # Env: NEXUS_DOCKER_IMAGE, NEXUS_DOCKER_BASE, NEXUS_IMAGE_CACHE, NEXUS_DEBIAN_MIRROR,
-#      NEXUS_AGENT_FILE.
+#      NEXUS_AGENT_DIR (the agent package directory).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,11 +30,16 @@ IMAGE="${NEXUS_DOCKER_IMAGE:-nexus-sandbox:latest}"
 BASE="${NEXUS_DOCKER_BASE:-nexus-base:bookworm}"
 CACHE="${NEXUS_IMAGE_CACHE:-/var/cache/nexus}"
 MIRROR="${NEXUS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-AGENT="${NEXUS_AGENT_FILE:-$ROOT/nexus_kernel/agent/sandbox_agent.py}"
+AGENT="${NEXUS_AGENT_DIR:-$ROOT/nexus_kernel/agent/sandbox_agent}"
 SUITE=bookworm
 PACKAGES="python3,nodejs,bash,procps,ca-certificates"
 # Bump when the recipe below changes, so a stale cached rootfs is not reused.
 RECIPE_VERSION=1
+
+# The agent package's digest: sha256 over `sha256sum` of its files in C order.
+agent_digest() {
+    (export LC_ALL=C; cd "$AGENT" && sha256sum -- *.py) | sha256sum | cut -d' ' -f1
+}
 
 BASE_ONLY=0 FORCE=0 REBUILD_BASE=0
 for arg in "$@"; do
@@ -40,7 +47,8 @@ for arg in "$@"; do
         --base-only) BASE_ONLY=1 ;;
         --force) FORCE=1 ;;
         --rebuild-base) REBUILD_BASE=1 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --agent-digest) agent_digest; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "build-image: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -147,34 +155,36 @@ build_base() {
 agent_dockerfile() {
     cat <<EOF
 FROM $BASE
-COPY sandbox_agent.py /opt/nexus-agent/sandbox_agent.py
+COPY sandbox_agent /opt/nexus-agent/sandbox_agent
 RUN python3 -m compileall -q /opt/nexus-agent
 ENV HOME=/home/user LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /home/user
 USER 1000:1000
-CMD ["python3", "/opt/nexus-agent/sandbox_agent.py", "--help"]
+CMD ["sh", "-c", "cd /opt/nexus-agent && exec python3 -m sandbox_agent --help"]
 EOF
 }
 
 build_sandbox() {
-    [ -f "$AGENT" ] || die "the agent file $AGENT is missing"
+    [ -f "$AGENT/__main__.py" ] || die "the agent package $AGENT is missing"
     local sha recipe ctx
-    sha="$(sha256sum "$AGENT" | cut -d' ' -f1)"
+    sha="$(agent_digest)"
     # the top layer's recipe: the base's recipe and this Dockerfile
     recipe="$RECIPE_HASH-$(agent_dockerfile | sha256sum | cut -c1-12)"
     if [ "$FORCE" = 0 ] && image_exists "$IMAGE" \
         && [ "$(image_label "$IMAGE" nexus.agent_sha256)" = "$sha" ] \
         && [ "$(image_label "$IMAGE" nexus.image_recipe)" = "$recipe" ]; then
-        step "$IMAGE is up to date (agent sha256 ${sha:0:12})"
+        step "$IMAGE is up to date (agent digest ${sha:0:12})"
         return
     fi
     ctx="$(mktemp -d)"
     # shellcheck disable=SC2064
     trap "rm -rf '$ctx'" EXIT
-    cp "$AGENT" "$ctx/sandbox_agent.py"
-    chmod 0644 "$ctx/sandbox_agent.py"
+    mkdir "$ctx/sandbox_agent"
+    cp "$AGENT"/*.py "$ctx/sandbox_agent/"
+    chmod 0755 "$ctx/sandbox_agent"
+    chmod 0644 "$ctx/sandbox_agent"/*.py
     agent_dockerfile >"$ctx/Dockerfile"
-    step "docker build $IMAGE (agent sha256 ${sha:0:12})"
+    step "docker build $IMAGE (agent digest ${sha:0:12})"
     # Without the buildx plugin, the legacy builder is the one that works (FROM a local image).
     local builder_env=()
     docker buildx version >/dev/null 2>&1 || builder_env=(env DOCKER_BUILDKIT=0)

@@ -82,8 +82,7 @@ def docker_not_ready(reason: str) -> None:
 
 def docker_problem(settings) -> str | None:
     """None when the docker provider can run sandboxes with the current agent, else why not."""
-    import hashlib
-
+    from nexus_kernel.agent import agent_digest
     from nexus_kernel.errors import SandboxError
 
     try:
@@ -98,8 +97,7 @@ def docker_problem(settings) -> str | None:
     finally:
         backend.close()
     built = (labels or {}).get("nexus.agent_sha256")
-    agent = ROOT / "nexus_kernel" / "agent" / "sandbox_agent.py"
-    if built and built != hashlib.sha256(agent.read_bytes()).hexdigest():
+    if built and built != agent_digest():
         return f"the image {settings.docker_image} has an older agent: bash scripts/build-image.sh"
     return None
 

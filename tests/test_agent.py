@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from nexus_kernel.agent import AGENT_PATH, AgentClient, unix_connector
-from nexus_kernel.agent.sandbox_agent import INTERRUPT_GRACE_SECONDS, MAX_FILE_BYTES
+from nexus_kernel.agent import (
+    PACKAGE_DIR,
+    AgentClient,
+    agent_digest,
+    dir_argv,
+    unix_connector,
+    zipapp_argv,
+    zipapp_bytes,
+)
+from nexus_kernel.agent.sandbox_agent.wire import INTERRUPT_GRACE_SECONDS, MAX_FILE_BYTES
 from nexus_kernel.errors import AgentError, InvalidArgumentError
 
 TOKEN = "test-token-123"
@@ -27,12 +35,20 @@ TOKEN = "test-token-123"
 AGENT_PYTHON = os.environ.get("NEXUS_TEST_AGENT_PYTHON") or sys.executable
 HAVE_NODE = shutil.which("node") is not None
 needs_node = pytest.mark.skipif(not HAVE_NODE, reason="node is not installed")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def agent_argv(*args: str, zipapp: Path | None = None) -> list[str]:
+    """The agent's command line: from the package directory, or from a zipapp."""
+    if zipapp is not None:
+        return zipapp_argv(AGENT_PYTHON, str(zipapp), *args)
+    return dir_argv(AGENT_PYTHON, str(PACKAGE_DIR.parent), *args)
 
 
 class AgentProcess:
     """A running agent: its process, socket, home and a connected client."""
 
-    def __init__(self, home: Path, deadline: float | None = None):
+    def __init__(self, home: Path, deadline: float | None = None, zipapp: Path | None = None):
         self.home = home
         self.rundir = Path(tempfile.mkdtemp(prefix="nxa-", dir="/tmp"))  # short socket path
         self.socket = str(self.rundir / "agent.sock")
@@ -40,8 +56,8 @@ class AgentProcess:
         self.token_file.write_text(TOKEN + "\n")
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([os.path.dirname(AGENT_PYTHON), "/usr/bin", "/bin"])
-        argv = [AGENT_PYTHON, str(AGENT_PATH), "serve", "--socket", self.socket]
-        argv += ["--token-file", str(self.token_file), "--home", str(home)]
+        argv = agent_argv("serve", "--socket", self.socket, "--token-file", str(self.token_file),
+                          "--home", str(home), zipapp=zipapp)
         if deadline is not None:
             argv += ["--deadline", str(deadline)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, start_new_session=True)
@@ -533,7 +549,7 @@ def test_shutdown_kills_everything(client, agent):
 
 def test_relay_pumps_stdio_to_the_socket(agent):
     relay = subprocess.Popen(
-        [AGENT_PYTHON, str(AGENT_PATH), "relay", "--socket", agent.socket],
+        agent_argv("relay", "--socket", agent.socket),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -553,3 +569,50 @@ def test_client_reconnects_and_reports_an_unreachable_agent(client, agent):
     agent.proc.wait(5)
     with pytest.raises(AgentError, match="unreachable"):
         client.hello()
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def test_the_zipapp_serves_sessions_and_relays(tmp_path):
+    zipapp = tmp_path / "sandbox_agent.pyz"
+    zipapp.write_bytes(zipapp_bytes())
+    home = tmp_path / "home"
+    home.mkdir()
+    agent = AgentProcess(home, zipapp=zipapp)
+    try:
+        first = agent.client.run("python", "x = 6 * 7\nx", session="s")
+        assert first["result"] == {"text/plain": "42"}
+        assert agent.client.complete("s", "x.bit_l")["matches"] == ["x.bit_length"]
+        relay = subprocess.Popen(agent_argv("relay", "--socket", agent.socket, zipapp=zipapp),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        request = {"id": "r", "token": TOKEN, "op": "run", "language": "python",
+                   "code": "print(x + 1)", "session": "s"}
+        out, _ = relay.communicate(json.dumps(request).encode() + b"\n", timeout=20)
+        assert json.loads(out.splitlines()[0]) == {"id": "r", "ev": "stdout", "data": "43\n"}
+        unreachable = agent_argv("relay", "--socket", str(tmp_path / "none"), zipapp=zipapp)
+        assert subprocess.run(unreachable, capture_output=True).returncode == 1  # status kept
+    finally:
+        agent.stop()
+
+
+def test_the_python_worker_imports_only_what_it_needs(client):
+    code = "import sys\nsorted(m for m in sys.modules if m.startswith('sandbox_agent'))"
+    loaded = eval(client.run("python", code, session="w")["result"]["text/plain"])
+    assert loaded == ["sandbox_agent", "sandbox_agent.rich", "sandbox_agent.wire",
+                      "sandbox_agent.worker"]
+
+
+def test_the_host_imports_only_the_wire_format():
+    code = ("import sys, nexus_kernel.agent, nexus_kernel.providers; "
+            "print(sorted(m for m in sys.modules if '.sandbox_agent' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == str(["nexus_kernel.agent.sandbox_agent",
+                               "nexus_kernel.agent.sandbox_agent.wire"])
+
+
+def test_the_digest_is_the_one_build_image_labels():
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), "--agent-digest"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == agent_digest()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus_kernel.agent import zipapp_bytes, zipapp_file
 from nexus_kernel.agent.client import AgentClient
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import (
@@ -33,7 +34,6 @@ from nexus_kernel.models import Limits, SandboxSpec, Status
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
-from nexus_kernel.providers._launch import AGENT_SOURCE
 from nexus_kernel.providers._stream import PumpChannel
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
@@ -107,7 +107,7 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     assert record.envs == {}  # no host environment enters the sandbox
     assert abs(record.end_at - (s.deadline + e2b_provider.TIMEOUT_GRACE)) < 3
     uploaded = record.vm.host_path(e2b_provider.AGENT_PATH)
-    assert uploaded.read_bytes() == AGENT_SOURCE.read_bytes()
+    assert uploaded.read_bytes() == zipapp_bytes()
     run_dir = record.vm.host_path(e2b_provider.RUN_DIR)
     assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
@@ -287,7 +287,8 @@ def test_modal_create_maps_the_spec_onto_the_sdk(modal: ModalProvider) -> None:
     assert options["memory"] == (768, 768) and options["cpu"] == (2.0, 2.0)
     assert options["gpu"] is None and options["env"] is None
     assert record.image.steps[:2] == [("debian_slim", "3.12"), ("apt_install", ("nodejs",))]
-    assert record.image.files == {modal_provider.AGENT_PATH: str(AGENT_SOURCE)}
+    agent = zipapp_file(modal.settings.home / "agent-cache")
+    assert record.image.files == {modal_provider.AGENT_PATH: str(agent)}
     run_dir = record.vm.host_path(modal_provider.RUN_DIR)
     assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
     json.dumps(handle)

@@ -27,7 +27,7 @@ from .conftest import docker_not_ready, docker_problem
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_FILE = ROOT / "nexus_kernel" / "agent" / "sandbox_agent.py"
+AGENT_FILE = ROOT / "nexus_kernel" / "agent" / "sandbox_agent"
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     return Settings.load()
@@ -354,7 +354,7 @@ def test_an_image_without_the_agent_fails_clearly(provider, store_id):
         pytest.skip(f"{base} is only present where scripts/build-image.sh ran")
     with pytest.raises(SandboxError) as info:
         provider.create(make_spec(store_id, template_id=base))
-    assert "/opt/nexus-agent/sandbox_agent.py" in str(info.value)
+    assert "/opt/nexus-agent/sandbox_agent" in str(info.value)
     limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
     while any(r["handle"]["image"] == base for r in provider.list_resources(store_id)):
         assert time.monotonic() < limit, "the failed container was not removed"

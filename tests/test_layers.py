@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
 SURFACES = LAYERS[-2]
 IN_SANDBOX = LAYERS[0]
 #: The one part of the in-sandbox program the host may import: its wire format.
-WIRE_FORMAT = "nexus_kernel.agent.sandbox_agent"
+WIRE_FORMAT = "nexus_kernel.agent.sandbox_agent.wire"
 
 
 def _name(path: Path, root: Path) -> str:

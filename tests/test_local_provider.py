@@ -343,7 +343,8 @@ def test_failed_start_is_reported_and_cleaned_up(
 ) -> None:
     bad_agent = tmp_path / "agent"
     bad_agent.mkdir()
-    (bad_agent / "sandbox_agent.py").write_text(agent_code)
+    (bad_agent / "sandbox_agent").mkdir()
+    (bad_agent / "sandbox_agent" / "__main__.py").write_text(agent_code)
     provider = LocalProvider(settings, agent_dir=str(bad_agent), ready_timeout=1.0)
     spec = make_spec()
     before = set(os.listdir(settings.sandboxes_dir)) if settings.sandboxes_dir.exists() else set()
@@ -365,7 +366,7 @@ def _processes_running_agent(code: str) -> list[int]:
         try:
             if b"sandbox_agent" not in Path(f"/proc/{name}/cmdline").read_bytes():
                 continue
-            if Path(f"/proc/{name}/root/opt/nexus-agent/sandbox_agent.py").read_text() == code:
+            if Path(f"/proc/{name}/root/opt/nexus-agent/sandbox_agent/__main__.py").read_text() == code:
                 found.append(int(name))
         except OSError:
             continue

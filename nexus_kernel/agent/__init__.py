@@ -1,12 +1,29 @@
-"""The sandbox agent (runs inside every sandbox) and its host-side client."""
+"""The sandbox agent (the ``sandbox_agent`` package, run inside every sandbox), its
+host-side client, and the helper that deploys it (:mod:`.deploy`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .client import AgentClient, unix_connector
+from .deploy import (
+    PACKAGE_DIR,
+    PACKAGE_NAME,
+    ZIPAPP_NAME,
+    agent_digest,
+    dir_argv,
+    zipapp_argv,
+    zipapp_bytes,
+    zipapp_file,
+)
 
-#: The agent program that providers copy into sandboxes and start with ``serve``.
-AGENT_PATH = Path(__file__).with_name("sandbox_agent.py")
-
-__all__ = ["AGENT_PATH", "AgentClient", "unix_connector"]
+__all__ = [
+    "PACKAGE_DIR",
+    "PACKAGE_NAME",
+    "ZIPAPP_NAME",
+    "AgentClient",
+    "agent_digest",
+    "dir_argv",
+    "unix_connector",
+    "zipapp_argv",
+    "zipapp_bytes",
+    "zipapp_file",
+]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
-from .sandbox_agent import LineBuffer, decode, encode
+from .sandbox_agent.wire import LineBuffer, decode, encode
 
 __all__ = ["AgentClient", "Channel", "unix_connector"]
 

@@ -22,7 +22,7 @@ from ipykernel.kernelbase import Kernel
 from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
-from ..agent.sandbox_agent import complete_code, inspect_code
+from ..agent.sandbox_agent.introspect import complete_code, inspect_code
 from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent

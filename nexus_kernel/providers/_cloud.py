@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, suppress
 from typing import Any
 
+from ..agent.deploy import ZIPAPP_NAME
 from ..config import Settings
 from ..errors import AgentError, InvalidArgumentError, MissingCredentialsError, SandboxError
 from ..models import SandboxSpec
 from ._launch import (
-    AGENT_FILE,
     agent_command,
     boot_script,
     import_sdk,
@@ -118,18 +118,19 @@ class CloudProvider(Provider):
 
     def boot_script(self, deadline: float | None) -> str:
         """The shell line that takes the token on stdin and becomes the agent."""
-        command = agent_command(
-            self._python, self.agent_dir, *serve_args(self.run_dir, HOME, deadline)
+        command = agent_command(  # the uploaded zipapp, run as a script (no -I)
+            self._python, self.agent_path, *serve_args(self.run_dir, HOME, deadline), flags=()
         )
         return boot_script(command, self.run_dir, make_dirs=(self.run_dir, HOME))
 
     def relay_command(self) -> list[str]:
         """The command whose stdio is a stream to the agent."""
-        return agent_command(self._python, self.agent_dir, *relay_args(self.run_dir))
+        return agent_command(self._python, self.agent_path, *relay_args(self.run_dir), flags=())
 
     @property
     def agent_path(self) -> str:
-        return f"{self.agent_dir}/{AGENT_FILE}"
+        """Where the agent's zipapp is uploaded in the sandbox."""
+        return f"{self.agent_dir}/{ZIPAPP_NAME}"
 
     # ------------------------------------------------------------------ SDK steps
 

@@ -17,44 +17,26 @@ import shlex
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
-from ..errors import AgentError, MissingDependencyError, ProviderUnavailableError
+from ..agent.deploy import dir_argv, zipapp_argv
+from ..errors import AgentError, MissingDependencyError
 from ..models import SandboxSpec
-
-#: The agent file shipped in the wheel (nexus_kernel/agent/sandbox_agent.py).
-AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent" / "sandbox_agent.py"
-#: The agent's file name inside the directory it is installed in.
-AGENT_FILE = AGENT_SOURCE.name
-
 
 # ---------------------------------------------------------------------------- commands
 
 
-def agent_source(path: Path | None = None) -> bytes:
-    """The agent's source code, to upload into a sandbox."""
-    target = path or AGENT_SOURCE
-    try:
-        return target.read_bytes()
-    except OSError:
-        raise ProviderUnavailableError(
-            f"the sandbox agent is missing: {target} (reinstall nexus-kernel)"
-        ) from None
-
-
 def agent_command(
-    python: str, agent_dir: str, *args: str, flags: Sequence[str] = ("-I",)
+    python: str, location: str, *args: str, flags: Sequence[str] = ("-I",)
 ) -> list[str]:
-    """``python sandbox_agent.py ARGS`` for the agent installed in ``agent_dir``, but
-    importing it as a module, so bytecode compiled next to it is used (about 50 ms less per
-    start than compiling the script), and in isolated mode (-I: no cwd on sys.path, no
+    """The command that runs the agent with ``ARGS`` (``serve``, ``relay``) from
+    ``location`` in the sandbox: the directory holding the ``sandbox_agent`` package (mounted
+    or in the image: imported, so bytecode compiled next to it is used), or the path of
+    its uploaded zipapp (``*.pyz``). Isolated mode by default (-I: no cwd on sys.path, no
     PYTHON* variables from the sandbox user)."""
-    code = (
-        f"import sys; sys.path.insert(0, {agent_dir!r}); import sandbox_agent; "
-        "sys.exit(sandbox_agent.main(sys.argv[1:]))"
-    )
-    return [python, *flags, "-c", code, *args]
+    if location.endswith(".pyz"):
+        return zipapp_argv(python, location, *args, flags=tuple(flags))
+    return dir_argv(python, location, *args, flags=tuple(flags))
 
 
 def serve_args(run_dir: str, home: str, deadline: float | None) -> list[str]:

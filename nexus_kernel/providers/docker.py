@@ -20,7 +20,7 @@ before it accepts anything and before any user code runs. The host writes the to
 ``docker attach`` stream opened before start, and reads the agent's ``READY`` line on the
 same stream.
 
-The stream to the agent is a ``docker exec -i`` of ``sandbox_agent.py relay`` (it works
+The stream to the agent is a ``docker exec -i`` of the agent's ``relay`` (it works
 against remote engines too), run as RELAY_USER: another uid in the sandbox user's group, so
 sandbox code can neither kill it nor read the token from its memory; the container's
 command opens ``/run/nexus`` to that group. :class:`DockerStreamChannel` removes Docker's
@@ -36,6 +36,7 @@ import struct
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import PACKAGE_NAME
 from ..config import Settings
 from ..errors import (
     AgentError,
@@ -45,7 +46,6 @@ from ..errors import (
 )
 from ..models import Limits, SandboxSpec
 from ._launch import (
-    AGENT_FILE,
     agent_command,
     boot_script,
     import_sdk,
@@ -362,7 +362,7 @@ class DockerProvider(Provider):
                     READY_TIMEOUT,
                     stop=stream.close,
                     detail=lambda: bytes(stream.stderr).decode("utf-8", "replace"),
-                    hint=f"the image {image!r} needs python3 and {AGENT_DIR}/{AGENT_FILE}: "
+                    hint=f"the image {image!r} needs python3 and {AGENT_DIR}/{PACKAGE_NAME}: "
                     "build it FROM the nexus image or with docker/Dockerfile",
                 )
             finally:

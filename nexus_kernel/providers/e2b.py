@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import ZIPAPP_NAME, zipapp_bytes
 from ..config import Settings
 from ..errors import (
     ProviderError,
@@ -51,12 +52,12 @@ from ..errors import (
 )
 from ..models import SandboxSpec
 from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
-from ._launch import AGENT_FILE, agent_source, resource_labels, wait_for_ready
+from ._launch import resource_labels, wait_for_ready
 from .base import Capabilities, Handle
 
 #: Agent file and run dir live under the sandbox user's home: no root needed, any template.
 BASE_DIR = f"{HOME}/.nexus"
-AGENT_PATH = f"{BASE_DIR}/{AGENT_FILE}"
+AGENT_PATH = f"{BASE_DIR}/{ZIPAPP_NAME}"
 RUN_DIR = f"{BASE_DIR}/run"
 
 #: Seconds E2B keeps the microVM past the agent's deadline (the host reaper and the agent's
@@ -207,7 +208,7 @@ class E2BProvider(CloudProvider):
         return sandbox, handle
 
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
-        sandbox.files.write(AGENT_PATH, agent_source())
+        sandbox.files.write(AGENT_PATH, zipapp_bytes())
         command = sandbox.commands.run(
             self.boot_script(deadline), background=True, stdin=True, timeout=0
         )

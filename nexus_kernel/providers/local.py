@@ -47,10 +47,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..agent.deploy import PACKAGE_DIR, agent_digest, package_files
 from ..config import Settings, private_dir
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
-from ._launch import AGENT_FILE, agent_command, serve_args, wait_for_ready
+from ._launch import agent_command, serve_args, wait_for_ready
 from .base import (
     OPEN_FILES,
     SCRATCH_INODES_PER_MB,
@@ -168,10 +169,10 @@ class LocalProvider(Provider):
         gid = uid if root else os.getgid()
         if root and uid == 0:
             raise ProviderError("refusing to run sandboxes as host root: pick another 'uid' option")
-        agent_dir = Path(self.options.get("agent_dir") or Path(__file__).resolve().parent.parent / "agent")
-        if not (agent_dir / AGENT_FILE).is_file():
-            raise ProviderUnavailableError(f"the sandbox agent is missing: {agent_dir / AGENT_FILE}")
-        agent_dir = _agent_with_bytecode(agent_dir, sandbox_python(self.settings),
+        package = Path(self.options.get("agent_dir") or PACKAGE_DIR.parent) / PACKAGE_DIR.name
+        if not (package / "__main__.py").is_file():
+            raise ProviderUnavailableError(f"the sandbox agent is missing: {package}")
+        agent_dir = _agent_with_bytecode(package, sandbox_python(self.settings),
                                          self.settings.home / "agent-cache")
 
         sandboxes = self.settings.sandboxes_dir
@@ -504,35 +505,33 @@ def sandbox_python(settings: Settings) -> str:
     return python
 
 
-_AGENT_DIRS: dict[tuple[str, int, int, str], Path] = {}
-_COMPILE = (
-    "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True, "
-    "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"
-)
+_AGENT_DIRS: dict[tuple, Path] = {}
 
 
-def _agent_with_bytecode(source_dir: Path, python: str, cache_root: Path) -> Path:
-    """A directory holding the agent and its bytecode compiled by the sandbox's ``python``
-    (content-addressed under ``cache_root``, built once), so the agent and every python
-    session worker start without compiling the source. Falls back to ``source_dir`` when
-    compiling fails: the agent then starts from source and reports its own errors."""
-    source = source_dir / AGENT_FILE
-    st = source.stat()
-    memo = (str(source), st.st_mtime_ns, st.st_size, python)
+def _agent_with_bytecode(package: Path, python: str, cache_root: Path) -> Path:
+    """A directory holding a copy of the agent package with bytecode compiled by the
+    sandbox's ``python`` (content-addressed under ``cache_root``, built once), so the agent
+    and every python session worker start without compiling the source. Falls back to the
+    package's parent when compiling fails: the agent then starts from source and reports
+    its own errors."""
+    files = package_files(package)
+    memo = (str(package), python, tuple((p.name, p.stat().st_mtime_ns) for p in files))
     cached = _AGENT_DIRS.get(memo)
     if cached is not None and cached.is_dir():
         return cached
-    data = source.read_bytes()
-    digest = hashlib.sha256(data + b"\0" + python.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{agent_digest(package)}\0{python}".encode()).hexdigest()[:16]
     target = cache_root / digest
-    if not (target / "__pycache__").is_dir():
+    if not (target / package.name / "__pycache__").is_dir():
         tmp = cache_root / f".tmp-{digest}-{secrets.token_hex(4)}"
+        copy = tmp / package.name
         try:
-            tmp.mkdir(parents=True)
-            (tmp / AGENT_FILE).write_bytes(data)
-            subprocess.run([python, "-I", "-c", _COMPILE, str(tmp / AGENT_FILE)], check=True,
-                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
-            for path in (tmp, tmp / "__pycache__"):  # readable by the jail's uid
+            copy.mkdir(parents=True)
+            for source in files:
+                shutil.copyfile(source, copy / source.name)
+            subprocess.run([python, "-I", "-m", "compileall", "-q", "--invalidation-mode",
+                            "unchecked-hash", str(copy)], check=True, capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+            for path in (tmp, copy, copy / "__pycache__"):  # readable by the jail's uid
                 os.chmod(path, 0o755)
                 for child in path.iterdir():
                     if child.is_file():
@@ -540,8 +539,8 @@ def _agent_with_bytecode(source_dir: Path, python: str, cache_root: Path) -> Pat
             os.rename(tmp, target)
         except (OSError, subprocess.SubprocessError):
             remove_tree(tmp)  # or another process won the rename: use its copy
-            if not (target / "__pycache__").is_dir():
-                return source_dir
+            if not (target / package.name / "__pycache__").is_dir():
+                return package.parent
     _AGENT_DIRS[memo] = target
     return target
 

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..agent.deploy import ZIPAPP_NAME, zipapp_file
 from ..config import Settings
 from ..errors import (
     MissingCredentialsError,
@@ -57,9 +58,6 @@ from ..errors import (
 from ..models import SandboxSpec
 from ._cloud import REACH_SECONDS, CloudProvider, one_line
 from ._launch import (
-    AGENT_FILE,
-    AGENT_SOURCE,
-    agent_source,
     import_sdk,
     resource_labels,
     wait_for_ready,
@@ -68,7 +66,7 @@ from .base import Capabilities, Handle
 
 APP_NAME = "nexus-kernel"
 AGENT_DIR = "/opt/nexus-agent"
-AGENT_PATH = f"{AGENT_DIR}/{AGENT_FILE}"
+AGENT_PATH = f"{AGENT_DIR}/{ZIPAPP_NAME}"
 RUN_DIR = "/run/nexus"
 PYTHON_VERSION = "3.12"
 
@@ -267,8 +265,8 @@ class ModalProvider(CloudProvider):
             base = image_cls.from_registry(name)
         else:
             base = image_cls.debian_slim(python_version=PYTHON_VERSION).apt_install("nodejs")
-        agent_source()  # a clear error when the agent file is missing
-        return base.add_local_file(AGENT_SOURCE, AGENT_PATH)
+        # the zipapp as a local file, content-addressed (a clear error when the agent is missing)
+        return base.add_local_file(zipapp_file(self.settings.home / "agent-cache"), AGENT_PATH)
 
     def _resources(self, spec: SandboxSpec) -> dict[str, Any]:
         limits = spec.limits

@@ -2,7 +2,7 @@
 
 Each fake sandbox is a private directory. Paths that exist inside the real sandbox
 (``/home/user``, ``/run/nexus``, ``/opt/nexus-agent``) are mapped into it, in command lines
-and file paths, so the REAL agent (``nexus_kernel/agent/sandbox_agent.py``) runs as a local
+and file paths, so the REAL agent (the ``nexus_kernel/agent/sandbox_agent`` package) runs as a local
 subprocess and the SDK-shaped stdio streams carry real protocol traffic. It is not a jail:
 the fakes test the SDK boundary, not isolation.
 """

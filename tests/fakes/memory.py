@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus_kernel.agent.deploy import PACKAGE_DIR
 from nexus_kernel.config import Settings
 from nexus_kernel.models import SandboxSpec
 from nexus_kernel.providers import register_provider, unregister_provider
-from nexus_kernel.providers._launch import AGENT_SOURCE, agent_command, serve_args, wait_for_ready
+from nexus_kernel.providers._launch import agent_command, serve_args, wait_for_ready
 from nexus_kernel.providers.base import Capabilities, Handle, Provider
 
 from ._vm import FakeVM
@@ -132,7 +133,7 @@ class MemorySandbox:
         token_file = run_dir / "token"
         token_file.write_text(self.token)
         token_file.chmod(0o600)
-        argv = agent_command(sys.executable, str(AGENT_SOURCE.parent),
+        argv = agent_command(sys.executable, str(PACKAGE_DIR.parent),
                              *serve_args(RUN_DIR, "/home/user", self.deadline))
         agent = vm.spawn(argv, stdin=False)
         try:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from nexus_kernel.agent.client import AgentClient
-from nexus_kernel.agent.sandbox_agent import LineBuffer
+from nexus_kernel.agent.sandbox_agent.wire import LineBuffer
 from nexus_kernel.errors import AgentError, SandboxError
 
 from .conftest import ATTACK_LIMITS

@@ -1,0 +1,17 @@
+"""The nexus sandbox agent: the long-lived process inside every sandbox (stdlib only,
+python3 >= 3.8).
+
+It is deployed as this directory (mounted, then started with ``python3 -c`` importing
+:mod:`sandbox_agent.__main__`) or as a zipapp (``python3 sandbox_agent.pyz ARGS``); see
+``nexus_kernel/agent/deploy.py``. One module per part:
+
+- :mod:`.wire`: framing, protocol constants and limits (the only module the host imports)
+- :mod:`.procs`: process table, reaper, subreaper, OOM counter
+- :mod:`.output`: per-run byte cap, end-marker and in-band event scanners
+- :mod:`.runs`, :mod:`.sessions`, :mod:`.drivers`: stateless runs, persistent sessions
+- :mod:`.files`: the file transfer ops
+- :mod:`.server`: the server and its deadline watchdog; :mod:`.relay`: the stdio bridge
+- :mod:`.worker`, :mod:`.rich`, :mod:`.introspect`: the python session worker
+
+Importing the package does nothing; ``__main__`` imports only the part a command needs.
+"""

@@ -1,0 +1,556 @@
+"""The agent server, the sandbox's long-lived process (pid 1 of local and docker sandboxes):
+it listens on a unix socket, authenticates every request by its token, and serves runs,
+sessions, files and the deadline watchdog (``serve``, see ``docs/agent-protocol.md``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+from .files import read_file, write_file
+from .procs import TAG_VAR, ProcessTable, Reaper, harden, oom_kills
+from .runs import Reply, StatelessRun, random_id
+from .sessions import Session, SessionGone
+from .wire import (
+    AGENT_VERSION,
+    CHUNK,
+    DEFAULT_OUTPUT_LIMIT,
+    PROTOCOL_VERSION,
+    Failure,
+    Invalid,
+    LineBuffer,
+    decode,
+    encode,
+)
+
+#: language -> interpreter program looked up on PATH.
+INTERPRETERS = {"python": "python3", "javascript": "node", "bash": "bash"}
+#: code larger than this is passed to stateless interpreters through a file, not argv.
+MAX_ARGV_CODE = 100 * 1024
+#: How long ``complete``/``inspect`` wait for the session's answer (the first query may
+#: start the session).
+QUERY_TIMEOUT = 10.0
+
+
+def _which(program: str) -> str | None:
+    for folder in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
+        path = os.path.join(folder or ".", program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Connection:
+    """One client connection: a reader thread, a writer lock, closes when idle after EOF."""
+
+    def __init__(self, agent, sock) -> None:
+        self.agent = agent
+        self.sock = sock
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._inflight = 0
+        self._eof = False
+        self.closed = False
+
+    def send(self, msg: dict) -> None:
+        data = encode(msg)
+        with self._write_lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.closed = True
+
+    def serve(self) -> None:
+        lines = LineBuffer()
+        while True:
+            try:
+                data = self.sock.recv(CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            for line in lines.feed(data):
+                if line.strip():
+                    self.agent.dispatch(self, line)
+        with self._state_lock:
+            self._eof = True
+            idle = self._inflight == 0
+        if idle:
+            self.close()
+
+    def begin(self) -> None:
+        with self._state_lock:
+            self._inflight += 1
+
+    def end(self) -> None:
+        with self._state_lock:
+            self._inflight -= 1
+            idle = self._eof and self._inflight == 0
+        if idle:
+            self.close()
+
+    def close(self) -> None:
+        with self._write_lock:
+            self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Agent:
+    """The server: sessions, runs, files, the deadline watchdog."""
+
+    #: ops answered on the connection's reader thread (they never block).
+    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply")
+
+    def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
+        self.token = token.encode()
+        self.home = home
+        self.socket_path = socket_path
+        self.procs = ProcessTable()
+        self.reaper = Reaper()
+        self._lock = threading.Lock()
+        self._sessions: dict = {}
+        self._runs: set = set()
+        self._interpreters: dict = {}
+        self._env = dict(os.environ)
+        self._env["PWD"] = home
+        self._tmpdir: str | None = None
+        self._deadline: float | None = None
+        self._deadline_cond = threading.Condition()
+        self._terminating = threading.Lock()
+        self._ops = {
+            "hello": self.op_hello,
+            "run": self.op_run,
+            "interrupt": self.op_interrupt,
+            "deadline": self.op_deadline,
+            "write_file": self.op_write_file,
+            "read_file": self.op_read_file,
+            "sessions": self.op_sessions,
+            "close_session": self.op_close_session,
+            "shutdown": self.op_shutdown,
+            "input_reply": self.op_input_reply,
+            "complete": self.op_complete,
+            "inspect": self.op_inspect,
+        }
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def child_env(self, tag: str) -> dict:
+        env = dict(self._env)
+        env[TAG_VAR] = tag
+        return env
+
+    def interpreter(self, language: str) -> str:
+        path = self._interpreters.get(language)
+        if path is None:
+            path = _which(INTERPRETERS[language])
+            if path is None:
+                raise Invalid(
+                    f"{language} is not available in this sandbox (no {INTERPRETERS[language]!r} on PATH)"
+                )
+            self._interpreters[language] = path
+        return path
+
+    def temp_path(self, name: str) -> str:
+        if self._tmpdir is None:
+            base = os.environ.get("TMPDIR") or "/tmp"
+            path = os.path.join(base, f"nexus-agent-{os.getpid()}-{random_id()}")
+            os.mkdir(path, 0o700)
+            self._tmpdir = path
+        return os.path.join(self._tmpdir, name)
+
+    def forget_session(self, session: Session) -> None:
+        with self._lock:
+            key = (session.name, session.language)
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+
+    # -- requests ---------------------------------------------------------------------
+
+    def dispatch(self, conn: Connection, line: bytes) -> None:
+        """Handle one request line (never raises)."""
+        try:
+            msg = decode(line)
+        except ValueError as exc:
+            conn.send({"id": None, "ev": "fail", "error": f"bad request: {exc}", "kind": "invalid"})
+            return
+        reply = Reply(conn, msg.get("id"))
+        token = msg.get("token")
+        if not isinstance(token, str) or not _compare(token.encode(), self.token):
+            reply.event("fail", error="authentication failed: wrong or missing token", kind="auth")
+            return
+        op = msg.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            reply.event(
+                "fail",
+                error="unknown op {!r}; use one of {}".format(op, ", ".join(sorted(self._ops))),
+                kind="invalid",
+            )
+            return
+        conn.begin()
+        if op in self.INLINE_OPS:
+            self._handle(reply, handler, msg)
+            return
+        try:
+            threading.Thread(target=self._handle, args=(reply, handler, msg), daemon=True).start()
+        except RuntimeError as exc:  # e.g. the sandbox's pids limit
+            reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
+            conn.end()
+
+    def _handle(self, reply: Reply, handler, msg: dict) -> None:
+        try:
+            result = handler(reply, msg) or {}
+            reply.event("done", **result)
+        except Invalid as exc:
+            reply.event("fail", error=str(exc), kind="invalid")
+        except Failure as exc:
+            reply.event("fail", error=str(exc), kind="error")
+        except Exception as exc:
+            reply.event("fail", error=f"{type(exc).__name__}: {exc}", kind="error")
+        finally:
+            reply.conn.end()
+
+    # -- ops --------------------------------------------------------------------------
+
+    def op_hello(self, reply, msg) -> dict:
+        languages = [lang for lang, prog in INTERPRETERS.items() if _which(prog)]
+        return {
+            "version": AGENT_VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "languages": languages,
+        }
+
+    def op_run(self, reply, msg) -> dict:
+        language = msg.get("language")
+        code = msg.get("code")
+        timeout = msg.get("timeout")
+        session = msg.get("session")
+        limit = msg.get("output_limit")
+        options = {}
+        for flag, default in (("stdin", False), ("stderr_traceback", True)):
+            value = msg.get(flag, default)
+            if not isinstance(value, bool):
+                raise Invalid(f"{flag} must be true or false")
+            if value is not default:
+                options[flag] = value
+        if language not in INTERPRETERS:
+            raise Invalid(
+                "unknown language {!r}; use one of {}".format(language, ", ".join(INTERPRETERS))
+            )
+        if not isinstance(code, str):
+            raise Invalid("code must be a string")
+        if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+            raise Invalid("timeout must be a positive number of seconds or null")
+        if session is not None and (not isinstance(session, str) or not session):
+            raise Invalid("session must be a non-empty string or null")
+        input_data = msg.get("input")
+        if input_data is not None and (not isinstance(input_data, str) or session is not None):
+            raise Invalid("input must be a string, and is given to stateless runs only")
+        if limit is None:
+            limit = DEFAULT_OUTPUT_LIMIT
+        elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise Invalid("output_limit must be a non-negative integer (bytes)")
+        deadline = msg.get("deadline")  # the `deadline` op folded into the run: one round trip
+        if deadline is not None and not _is_number(deadline):
+            raise Invalid("deadline must be an epoch time in seconds or null")
+        self.interpreter(language)
+        if deadline is not None:
+            self.set_deadline(deadline)
+        before = oom_kills()
+        if session is None:
+            result = self._run_stateless(reply, language, code, timeout, limit, input_data)
+        else:
+            result = self._run_session(reply, session, language, code, timeout, limit, options)
+        if before is not None and (oom_kills() or 0) > before:
+            result["oom_killed"] = True  # the memory limit ended a process during the run
+        return result
+
+    def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
+        exe = self.interpreter(language)
+        script = None
+        if (
+            len(code) > MAX_ARGV_CODE // 4
+            and len(code.encode("utf-8", "surrogateescape")) > MAX_ARGV_CODE
+        ):
+            script = self.temp_path(f"run-{random_id()}")
+            with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(code)
+        if language == "python":
+            return [exe, "-u", script] if script else [exe, "-u", "-c", code], script
+        if language == "javascript":
+            return [exe, script] if script else [exe, "-e", code], script
+        return [exe, script] if script else [exe, "-c", code], script
+
+    def _run_stateless(self, reply, language, code, timeout, limit, input_data=None) -> dict:
+        argv, script = self._stateless_argv(language, code)
+        run = StatelessRun(self, reply, argv, timeout, limit, input_data)
+        with self._lock:
+            self._runs.add(run)
+        try:
+            return run.execute()
+        finally:
+            with self._lock:
+                self._runs.discard(run)
+            if script:
+                with contextlib.suppress(OSError):
+                    os.unlink(script)
+
+    def _run_session(self, reply, name, language, code, timeout, limit, options=None) -> dict:
+        gone = None
+        for _attempt in range(3):
+            session = self._session(name, language)
+            with session.run_lock:
+                try:
+                    return session.run(reply, code, timeout, limit, options)
+                except SessionGone as exc:
+                    gone = exc
+        detail = bytes(gone.args[0] if gone else b"").decode("utf-8", "replace").strip()
+        raise Failure(
+            "the {} session could not start (exit status {}){}".format(
+                language, session.status, ": " + detail if detail else ""
+            )
+        )
+
+    def _session(self, name: str, language: str) -> Session:
+        """The live session for (name, language), started on first use."""
+        with self._lock:
+            session = self._sessions.get((name, language))
+            if session is None or session.dead:
+                session = Session(self, name, language)
+                session.start()
+                self._sessions[(name, language)] = session
+            return session
+
+    def op_interrupt(self, reply, msg) -> dict:
+        name = msg.get("session")
+        if name is not None and not isinstance(name, str):
+            raise Invalid("session must be a string or null")
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if name is None or s.name == name]
+            runs = list(self._runs) if name is None else []
+        count = sum(1 for s in sessions if s.interrupt())
+        count += sum(1 for r in runs if r.interrupt())
+        return {"interrupted": count}
+
+    def op_input_reply(self, reply, msg) -> dict:
+        name = msg.get("session")
+        value = msg.get("value")
+        if not isinstance(name, str) or not name:
+            raise Invalid("session must be a non-empty string")
+        if value is not None and not isinstance(value, str):
+            raise Invalid("value must be a string, or null for end of input")
+        with self._lock:
+            session = self._sessions.get((name, "python"))
+        if session is None or not session.give_input(value):
+            raise Invalid(f"session {name!r} is not waiting for input")
+        return {}
+
+    def _query(self, msg, op: str) -> dict:
+        """Ask the python session ``session`` (started if needed) about ``code``."""
+        name = msg.get("session")
+        code = msg.get("code")
+        pos = msg.get("cursor_pos")
+        if not isinstance(name, str) or not name:
+            raise Invalid("session must be a non-empty string")
+        if not isinstance(code, str):
+            raise Invalid("code must be a string")
+        if pos is None:
+            pos = len(code)
+        if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos <= len(code):
+            raise Invalid("cursor_pos must be an offset into code (0 .. len(code))")
+        request = {"op": op, "code": code, "cursor_pos": pos,
+                   "detail_level": 1 if msg.get("detail_level") else 0}
+        answer = self._session(name, "python").query(request, QUERY_TIMEOUT)
+        if op == "complete":
+            found = {"matches": [], "cursor_start": pos, "cursor_end": pos}
+        else:
+            found = {"found": False, "data": {}, "metadata": {}}
+        found.update(answer or {})
+        found["busy"] = answer is None
+        return found
+
+    def op_complete(self, reply, msg) -> dict:
+        return self._query(msg, "complete")
+
+    def op_inspect(self, reply, msg) -> dict:
+        return self._query(msg, "inspect")
+
+    def op_deadline(self, reply, msg) -> dict:
+        at = msg.get("at")
+        if at is not None and not _is_number(at):
+            raise Invalid("at must be an epoch time in seconds or null")
+        self.set_deadline(at)
+        return {}
+
+    def op_write_file(self, reply, msg) -> dict:
+        return write_file(self.home, msg)
+
+    def op_read_file(self, reply, msg) -> dict:
+        return read_file(self.home, msg)
+
+    def op_sessions(self, reply, msg) -> dict:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return {"sessions": [s.info() for s in sessions if not s.dead]}
+
+    def op_close_session(self, reply, msg) -> dict:
+        name = msg.get("session")
+        language = msg.get("language")
+        if not isinstance(name, str):
+            raise Invalid("session must be a string")
+        if language is not None and language not in INTERPRETERS:
+            raise Invalid(f"unknown language {language!r}")
+        with self._lock:
+            doomed = [
+                s
+                for s in self._sessions.values()
+                if s.name == name and (language is None or s.language == language)
+            ]
+            for s in doomed:
+                del self._sessions[(s.name, s.language)]
+        for s in doomed:
+            s.dead = True
+            s.kill()
+        return {"closed": len(doomed)}
+
+    def op_shutdown(self, reply, msg) -> dict:
+        reply.event("done")
+        self.terminate()
+        return {}  # not reached
+
+    # -- deadline and termination -----------------------------------------------------
+
+    def set_deadline(self, at: float | None) -> None:
+        with self._deadline_cond:
+            self._deadline = at
+            self._deadline_cond.notify_all()
+
+    def watchdog(self) -> None:
+        """End the sandbox when the deadline passes."""
+        with self._deadline_cond:
+            while True:
+                at = self._deadline
+                if at is None:
+                    self._deadline_cond.wait()
+                    continue
+                left = at - time.time()
+                if left <= 0:
+                    break
+                self._deadline_cond.wait(min(left, 3600))
+        self.terminate()
+
+    def terminate(self) -> None:
+        """Kill every process of the sandbox and exit with status 0."""
+        if not self._terminating.acquire(blocking=False):
+            return
+        try:
+            if self.socket_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
+            self.procs.kill(everything=True)
+            if self._tmpdir:
+                for name in os.listdir(self._tmpdir):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self._tmpdir, name))
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._tmpdir)
+        finally:
+            os._exit(0)
+
+
+def _compare(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison. ``_operator``'s is the one ``hmac`` exposes, without the
+    ~3 ms OpenSSL load ``import hmac`` costs the first request."""
+    try:
+        from _operator import _compare_digest
+    except ImportError:  # not CPython
+        from hmac import compare_digest as _compare_digest
+    return _compare_digest(a, b)
+
+
+#: Signals that shut the agent down (``docker stop`` sends SIGTERM).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: siginfo codes the kernel sets itself: kill() (SI_USER) and the kernel (SI_KERNEL). Any
+#: process may queue a signal with a code below 0 and a sender pid of its choosing.
+_KERNEL_SET_CODES = frozenset({0, 0x80})
+
+
+def _stop_on_signals(agent) -> None:
+    """Shut down on a STOP_SIGNALS signal. They are blocked in every thread and taken here,
+    so a signal never waits on whichever thread the kernel picked. As the sandbox's pid 1 the
+    agent takes them only from outside its pid namespace (si_pid 0, in a siginfo the kernel
+    filled): sandbox code cannot stop it (``pkill python3``, or a queued signal with a forged
+    sender), as it cannot SIGKILL it."""
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if os.getpid() != 1 or (info.si_pid == 0 and info.si_code in _KERNEL_SET_CODES):
+            agent.terminate()
+
+
+def serve(socket_path: str, token_file: str, home: str | None, deadline: float | None) -> int:
+    """Run the agent server: print ``READY`` once listening, then serve until terminated."""
+    import socket
+
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        os.unlink(token_file)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot read the token file: {exc}\n")
+        return 2
+    if not token:
+        sys.stderr.write("sandbox_agent: the token file is empty\n")
+        return 2
+    home = os.path.abspath(home or os.getcwd())
+    try:
+        os.chdir(home)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot use {home!r} as home: {exc.strerror}\n")
+        return 2
+    harden()
+    # Before any thread starts: every thread inherits the block (see _stop_on_signals).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    agent = Agent(token, home, socket_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(socket_path)
+        # 0660: the sandbox user's group may connect too (the docker relay, under another uid)
+        os.chmod(socket_path, 0o660)
+        listener.listen(64)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox_agent: cannot listen on {socket_path!r}: {exc}\n")
+        return 2
+    finally:
+        os.umask(old_umask)
+    threading.Thread(target=_stop_on_signals, args=(agent,), name="signals", daemon=True).start()
+    agent.set_deadline(deadline)
+    threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (InterruptedError, ConnectionAbortedError):
+            continue
+        conn = Connection(agent, sock)
+        threading.Thread(target=conn.serve, name="conn", daemon=True).start()

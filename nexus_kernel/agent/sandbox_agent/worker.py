@@ -1,0 +1,335 @@
+"""The python session worker (``worker-python``): runs cells in one persistent namespace,
+Jupyter-style, in its own interpreter. It imports only this module, the wire format and
+rich-output capture (introspection on the first query), never the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+from .rich import clean_bundle, mime_bundle
+from .wire import (
+    CHUNK,
+    EVENT_PREFIX,
+    INTERRUPT_EXIT_CODE,
+    MARKER_PREFIX,
+    LineBuffer,
+    close_fds,
+    decode,
+    encode,
+    write_all,
+)
+
+#: Set in python sessions: plots render off-screen and are sent as PNG after each run.
+MATPLOTLIB_BACKEND = "Agg"
+
+
+class PythonWorker:
+    """Executes cells in one persistent namespace, Jupyter-style.
+
+    fd 3 carries commands (JSON lines ``{"id", "code"}``), fd 4 carries events back. User code
+    gets stdin = /dev/null and the real fds 1/2; the end markers go through private dups."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.cmd_fd = os.dup(3)
+        self.ctl_fd = os.dup(4)
+        close_fds(3, 4)
+        self.out_fd = os.dup(1)
+        self.err_fd = os.dup(2)
+        self._emit_lock = threading.Lock()
+        self.executing = False
+        self.cell = 0
+        self._loop = None
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        self.namespace = main.__dict__
+        sys.argv = [""]
+        sys.path[0] = ""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self._lines = LineBuffer()
+        self._pending: list = []  # command lines read but not handled yet
+        self.run_id = ""
+        self.stdin = False  # may input() ask the client (the run's ``stdin`` flag)?
+        self.stderr_traceback = True
+        self._install_builtins()
+
+    def _install_builtins(self) -> None:
+        """``display``/``clear_output`` for every cell, ``input``/``getpass`` that can ask the
+        client, and matplotlib on a non-interactive backend (figures are sent after runs)."""
+        import builtins
+        import getpass
+        import warnings
+
+        os.environ["MPLBACKEND"] = MATPLOTLIB_BACKEND
+        warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+        self._builtin_input = builtins.input
+        self._builtin_getpass = getpass.getpass
+        builtins.display = self.display
+        builtins.clear_output = self.clear_output
+        builtins.input = self.input
+        getpass.getpass = self.getpass
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def emit(self, msg: dict) -> None:
+        """Send one event to the agent: ``end`` and query replies on the control pipe, the
+        run's events (result, display, error, ...) in-band on stdout, after what the cell
+        printed before them."""
+        data = encode(msg)
+        with self._emit_lock:
+            if msg.get("ev") in ("end", "reply"):
+                write_all(self.ctl_fd, data)
+            else:
+                self._flush_streams()
+                write_all(self.out_fd, EVENT_PREFIX + data)
+
+    def serve(self) -> None:
+        while True:
+            cmd = self._next_command()
+            if cmd is None:
+                return
+            op = cmd.get("op")
+            if op is None:
+                self.run(cmd)
+            elif op in ("complete", "inspect"):
+                self.answer(cmd)
+            # anything else (a late input_reply) has nobody waiting for it: dropped
+
+    def _next_command(self) -> dict | None:
+        """The next command from the agent (None at end of input)."""
+        while not self._pending:
+            try:
+                data = os.read(self.cmd_fd, CHUNK)
+            except InterruptedError:
+                continue
+            if not data:
+                return None
+            self._pending.extend(line for line in self._lines.feed(data) if line.strip())
+        return decode(self._pending.pop(0))
+
+    def run(self, cmd: dict) -> None:
+        """Execute one run command: the cell, then its figures, then the end report."""
+        self.run_id = cmd.get("id", "")
+        self.stdin = cmd.get("stdin") is True
+        self.stderr_traceback = cmd.get("stderr_traceback") is not False
+        try:
+            code = self.execute(cmd.get("code", ""))
+            self.flush_figures()
+        finally:
+            self.stdin = False
+        self.finish(self.run_id, code)
+
+    # -- rich output --------------------------------------------------------------------
+
+    def _flush_streams(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    def display(self, *objs, include=None, exclude=None, metadata=None, transient=None,
+                display_id=None, raw=False, clear=False, update=False, **kwargs) -> None:
+        """Show objects in the client, like ``IPython.display.display`` (``raw=True``: the
+        objects are MIME bundles already; ``display_id`` + ``update=True`` replace an
+        earlier output)."""
+        if clear:
+            self.clear_output(wait=True)
+        for obj in objs:
+            if raw:
+                data, md = clean_bundle(obj, dict(obj), {}, include, exclude)
+            else:
+                data, md = mime_bundle(obj, include, exclude)
+            if metadata:
+                md.update(metadata)
+            event = {"ev": "display", "data": data, "metadata": md}
+            extra = dict(transient or {})
+            if display_id is not None:
+                extra["display_id"] = str(display_id)
+            if extra:
+                event["transient"] = extra
+            if update:
+                event["update"] = True
+            self._flush_streams()
+            self.emit(event)
+
+    def clear_output(self, wait: bool = False) -> None:
+        """Clear the cell's output in the client (``wait``: when new output arrives)."""
+        self._flush_streams()
+        self.emit({"ev": "clear_output", "wait": bool(wait)})
+
+    def flush_figures(self) -> None:
+        """Send every open matplotlib figure as a PNG display, then close them all."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        import base64
+        import io
+
+        try:
+            for num in plt.get_fignums():
+                figure = plt.figure(num)
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", bbox_inches="tight")
+                png = base64.b64encode(buffer.getvalue()).decode("ascii")
+                self.emit({"ev": "display", "data": {"image/png": png, "text/plain": repr(figure)},
+                           "metadata": {}})
+        except Exception as exc:
+            self._write_stderr(f"cannot render matplotlib figures: {type(exc).__name__}: {exc}\n")
+        finally:
+            with contextlib.suppress(Exception):
+                plt.close("all")
+
+    # -- input ------------------------------------------------------------------------
+
+    def input(self, prompt="") -> str:
+        """``input()``: asks the client when the run allows stdin, else reads /dev/null."""
+        if not self.stdin:
+            return self._builtin_input(prompt)
+        return self._ask(prompt, password=False)
+
+    def getpass(self, prompt="Password: ", stream=None) -> str:
+        """``getpass.getpass()``: like :meth:`input`, but the client hides what is typed."""
+        if not self.stdin:
+            return self._builtin_getpass(prompt, stream)
+        return self._ask(prompt, password=True)
+
+    def _ask(self, prompt, password: bool) -> str:
+        self._flush_streams()
+        self.emit({"ev": "input_request", "id": self.run_id, "prompt": str(prompt),
+                   "password": password})
+        while True:
+            cmd = self._next_command()
+            if cmd is None:
+                raise EOFError("EOF when reading a line")
+            if cmd.get("op") == "input_reply":
+                break
+        value = cmd.get("value")
+        if not isinstance(value, str):
+            raise EOFError("EOF when reading a line")
+        return value
+
+    # -- completion and inspection ---------------------------------------------------
+
+    def answer(self, cmd: dict) -> None:
+        """Answer a ``complete`` or ``inspect`` query with a ``reply`` event."""
+        code = cmd.get("code") if isinstance(cmd.get("code"), str) else ""
+        pos = cmd.get("cursor_pos")
+        pos = len(code) if not isinstance(pos, int) or not 0 <= pos <= len(code) else pos
+        from .introspect import complete_code, inspect_code
+
+        try:
+            if cmd.get("op") == "complete":
+                found = complete_code(self.namespace, code, pos)
+            else:
+                found = inspect_code(self.namespace, code, pos, cmd.get("detail_level") or 0)
+        except Exception:
+            found = {}
+        found.update(ev="reply", id=cmd.get("id"))
+        self.emit(found)
+
+    def finish(self, run_id: str, exit_code: int) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        marker = MARKER_PREFIX + run_id.encode() + b":"
+        write_all(self.out_fd, marker)
+        write_all(self.err_fd, marker)
+        self.emit({"ev": "end", "id": run_id, "exit_code": exit_code})
+
+    def execute(self, code: str) -> int:
+        """Run one cell; returns its exit code."""
+        import ast
+        import linecache
+
+        self.cell += 1
+        filename = f"<cell-{self.cell}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        flags = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+        try:
+            tree = ast.parse(code, filename, "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            self._eval(compile(tree, filename, "exec", flags))
+            if last is not None:
+                value = self._eval(compile(last, filename, "eval", flags))
+                if value is not None:
+                    self.namespace["_"] = value
+                    data, metadata = mime_bundle(value)
+                    self.emit({"ev": "result", "data": data, "metadata": metadata})
+            return 0
+        except SystemExit as exc:
+            return self._exit_status(exc)
+        except BaseException as exc:
+            self.report(exc)
+            return INTERRUPT_EXIT_CODE if isinstance(exc, KeyboardInterrupt) else 1
+
+    def _eval(self, code):
+        self.executing = True
+        try:
+            value = eval(code, self.namespace)
+            if code.co_flags & 0x80:  # CO_COROUTINE: the cell used top-level await
+                value = self._event_loop().run_until_complete(value)
+            return value
+        finally:
+            self.executing = False
+
+    def _event_loop(self):
+        import asyncio
+
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def _exit_status(self, exc: SystemExit) -> int:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        self._write_stderr(f"{exc.code}\n")
+        return 1
+
+    def report(self, exc: BaseException) -> None:
+        """Traceback (without this file's frames) as an ``error`` event, and on stderr
+        unless the run asked for ``stderr_traceback: false``."""
+        import traceback
+
+        tb = exc.__traceback__
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+            tb = tb.tb_next
+        if tb is None and not isinstance(exc, SyntaxError):
+            tb = exc.__traceback__
+        lines = list(traceback.TracebackException(type(exc), exc, tb).format())
+        text = "".join(lines)
+        if self.stderr_traceback:
+            self._write_stderr(text)
+        else:
+            self._flush_streams()
+        self.emit(
+            {
+                "ev": "error",
+                "ename": type(exc).__name__,
+                "evalue": str(exc),
+                "traceback": text.rstrip("\n").split("\n"),
+            }
+        )
+
+    def _write_stderr(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except Exception:
+            write_all(2, text.encode("utf-8", "replace"))
+
+
+def main() -> int:
+    """Serve cells on fds 3 (commands) and 4 (events) until the agent closes fd 3."""
+    PythonWorker().serve()
+    return 0
