@@ -27,10 +27,11 @@ from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
 from ..untrusted import TRUST_WARNING
-from .cells import CELL_MAGICS, Cell, CellSyntaxError, parse_cell
+from .cells import CELL_MAGICS, Cell, parse_cell
+from .commands import SandboxCommands
 from .history import History
 from .keeper import TtlKeeper
-from .sandbox import SESSION, KernelSandbox, SandboxCommands, UsageError
+from .sandbox import SESSION, KernelSandbox
 
 #: Seconds to wait for the sandbox to report an interrupted cell before replying "abort".
 INTERRUPT_GRACE = 3.0
@@ -190,9 +191,7 @@ class NexusKernel(Kernel):
             if not cell.has_code:
                 return self._ok()
             return self._run_cell(cell, silent, allow_stdin, state)
-        except (CellSyntaxError, UsageError) as exc:
-            return self._error("UsageError", str(exc), silent)
-        except SandboxError as exc:
+        except SandboxError as exc:  # a bad line is a UsageError
             return self._error(type(exc).__name__, str(exc), silent)
 
     def _run_cell(self, cell: Cell, silent: bool, allow_stdin: bool,
