@@ -15,6 +15,7 @@ from nexus_kernel.errors import (
     SandboxStateError,
     UsageError,
 )
+from nexus_kernel.kernel import completion
 from nexus_kernel.kernel.commands import SandboxCommands
 from nexus_kernel.sandbox_lines import KERNEL, MAGICS, parse
 
@@ -144,3 +145,21 @@ def test_a_magic_usage_error_is_ipythons_one_line_usage_error() -> None:
     with pytest.raises(IPythonUsageError, match="^no current sandbox"):
         magics.sandbox("status")
     InteractiveShell.instance().configurables.remove(magics)
+
+
+def test_host_side_completion_and_help_before_the_first_cell() -> None:
+    assert completion.complete_builtin("pri", 3)["matches"] == ["print"]
+    assert completion.complete_builtin("x = str.jo", 10) == {
+        "matches": ["str.join"], "cursor_start": 4, "cursor_end": 10}
+    assert completion.complete_builtin("f().x", 5)["matches"] == []
+    assert "while" in completion.complete_builtin("whi", 3)["matches"]
+    assert completion.complete_magic("%sa", 3)["matches"] == ["%sandbox"]
+    assert completion.complete_magic("%%ba", 4)["matches"] == ["%%bash"]
+    assert completion.complete_magic("%sandbox st", 11)["matches"] == ["status", "stop"]
+    assert completion.complete_magic("%sandbox keep o", 15) == {
+        "matches": ["on", "off"], "cursor_start": 14, "cursor_end": 15}
+    assert completion.complete_magic("x = 1", 5) is None
+    page = completion.inspect_builtin("zip")
+    assert page["found"] and page["data"]["text/plain"].startswith("Type:      type")
+    assert "Docstring:" in page["data"]["text/plain"]
+    assert not completion.inspect_builtin("no_such_name")["found"]

@@ -22,11 +22,11 @@ from ipykernel.kernelbase import Kernel
 from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
-from ..agent.sandbox_agent import complete_code, inspect_code
 from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
 from ..untrusted import TRUST_WARNING
+from . import completion
 from .cells import CELL_MAGICS, Cell, parse_cell
 from .commands import SandboxCommands
 from .history import History
@@ -306,7 +306,7 @@ class NexusKernel(Kernel):
         """``name?`` / ``name??``: the inspect text as a pager payload, as IPython does."""
         found = self._ask_sandbox("inspect", name, len(name), len(marks) - 1)
         if found is None:
-            found = inspect_code({}, name, len(name), len(marks) - 1)
+            found = completion.inspect_builtin(name)
         data = found.get("data") if found.get("found") else {"text/plain": f"Object `{name}` not found."}
         reply = self._ok()
         reply["payload"] = [{"source": "page", "data": data, "start": 0}]
@@ -315,11 +315,14 @@ class NexusKernel(Kernel):
     # ------------------------------------------------------------------ introspection
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
-        """Completions from the sandbox session's namespace (builtins before the first cell)."""
+        """Completions from the sandbox session's namespace (builtins before the first cell);
+        ``%`` lines are completed here (magic names, the ``%sandbox`` grammar's words)."""
         pos = len(code) if cursor_pos is None else cursor_pos
-        found = self._ask_sandbox("complete", code, pos)
+        found = completion.complete_magic(code, pos)
+        if found is None:
+            found = self._ask_sandbox("complete", code, pos)
         if found is None or found.get("busy"):
-            found = complete_code({}, code, pos) if not _other_language(code) else {}
+            found = completion.complete_builtin(code, pos) if not _other_language(code) else {}
         return {
             "status": "ok",
             "matches": list(found.get("matches") or []),
