@@ -99,19 +99,23 @@ def _id_or_none(text: str) -> str | None:
 @dataclass(frozen=True)
 class Subcommand:
     """One ``%sandbox`` subcommand: where it exists, whether it takes the cell's body, and
-    how to declare its arguments on a surface's parser (``declare(parser, surface)``)."""
+    its arguments: one ``value`` (dest, metavar, type), or ``declare(parser, surface)``."""
 
     name: str
     summary: str
     surfaces: tuple[str, ...] = SURFACES
     declare: Callable[[LineParser, str], None] | None = None
     cell: bool = False
+    value: tuple[str, str, Callable[[str], Any]] | None = None
 
     def parser(self, surface: str) -> LineParser:
         prog = f"%%sandbox {self.name}" if self.cell else f"%sandbox {self.name}"
         parser = LineParser(prog=prog, description=self.summary)
         if self.declare is not None:
             self.declare(parser, surface)
+        if self.value is not None:
+            dest, metavar, kind = self.value
+            parser.add_argument(dest, metavar=metavar, type=kind)
         return parser
 
 
@@ -168,14 +172,6 @@ def _run(p: LineParser, surface: str) -> None:
                    help="fail the cell (raise) when the code fails")
 
 
-def _one(dest: str, metavar: str, kind: Callable[[str], Any], text: str
-         ) -> Callable[[LineParser, str], None]:
-    def declare(p: LineParser, surface: str) -> None:
-        p.add_argument(dest, metavar=metavar, type=kind, help=text)
-
-    return declare
-
-
 _BOTH, _MAGICS_ONLY, _KERNEL_ONLY = SURFACES, (MAGICS,), (KERNEL,)
 
 #: Every subcommand, in the order the help lists them.
@@ -189,26 +185,26 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
     Subcommand("stop", "Stop a sandbox: every process and file is gone.", _BOTH, _sandbox_id),
     Subcommand("use", "Make a sandbox the current one (without ID: show the current one).",
                _MAGICS_ONLY, _sandbox_id),
-    Subcommand("attach", "Run the next cells in this existing sandbox (kept at shutdown).",
-               _KERNEL_ONLY, _one("sandbox", "ID", str, "an active or paused sandbox's id")),
+    Subcommand("attach", "Run the next cells in this active or paused sandbox (kept at "
+               "shutdown).", _KERNEL_ONLY, value=("sandbox", "ID", str)),
     Subcommand("upload", "Copy a host file into the sandbox.", _MAGICS_ONLY, _upload),
     Subcommand("download", "Copy a file out of the sandbox.", _MAGICS_ONLY, _download),
     Subcommand("interrupt", "Interrupt code running in the sandbox.", _MAGICS_ONLY, _interrupt),
     Subcommand("run", "Run the cell's body in the sandbox.", _MAGICS_ONLY, _run, cell=True),
     Subcommand("ttl", "Set the idle minutes before the sandbox expires (this one and the next).",
-               _KERNEL_ONLY, _one("minutes", "MINUTES", number("minutes", "30"), "e.g. 30")),
+               _KERNEL_ONLY, value=("minutes", "MINUTES", number("minutes", "30"))),
     Subcommand("timeout", "Set the seconds a cell may run (off: 24 h).", _KERNEL_ONLY,
-               _one("seconds", "SECONDS|off", _seconds_or_off, "e.g. 60, or off")),
-    Subcommand("provider", "Set the provider of the next sandbox.", _KERNEL_ONLY,
-               _one("provider", "NAME", str, "local, docker, e2b or modal")),
+               value=("seconds", "SECONDS|off", _seconds_or_off)),
+    Subcommand("provider", "Set the provider (local, docker, e2b or modal) of the next "
+               "sandbox.", _KERNEL_ONLY, value=("provider", "NAME", str)),
     Subcommand("template", "Set the template (local) or image of the next sandbox.",
-               _KERNEL_ONLY, _one("template", "ID|none", _id_or_none, "none: the default")),
+               _KERNEL_ONLY, value=("template", "ID|none", _id_or_none)),
     Subcommand("network", "Give the next sandbox network access or not.", _KERNEL_ONLY,
-               _one("network", "on|off", on_off, "on or off")),
+               value=("network", "on|off", on_off)),
     Subcommand("keep", "Keep the sandbox when the kernel shuts down, or stop it.", _KERNEL_ONLY,
-               _one("keep", "on|off", on_off, "on or off")),
+               value=("keep", "on|off", on_off)),
     Subcommand("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.",
-               _BOTH, _one("trust", "on|off", on_off, "on or off")),
+               value=("trust", "on|off", on_off)),
     Subcommand("help", "Show this help."),
 )}
 
