@@ -55,6 +55,7 @@ class LineParser(argparse.ArgumentParser):
         raise UsageError(message, prog=self.prog)
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        # never SystemExit inside a notebook's kernel, whatever argparse action asks for it
         raise UsageError((message or "bad arguments").strip(), prog=self.prog)
 
     def print_help(self, file: Any = None) -> NoReturn:
