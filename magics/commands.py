@@ -1,22 +1,20 @@
-"""The ``%sandbox`` subcommands: one argparse parser each, and a small router.
+"""The handlers of the magics' ``%sandbox`` subcommands, and the router.
 
-As in jupysql's ``magic_cmd``, the parsers' ``error()`` raises IPython's ``UsageError``, so
-bad input shows as one line (``UsageError: %sandbox create: argument --ttl: ...``) with no
-host traceback. Each handler takes the :class:`~magics.sandbox_magics.SandboxMagics`
-instance (manager, current sandbox, defaults) and the parsed arguments.
+Lines are parsed by the shared grammar (:mod:`nexus_kernel.sandbox_lines`, also the proxy
+kernel's); bad input is its one-line :class:`~nexus_kernel.errors.UsageError`. Each handler
+takes the :class:`~magics.sandbox_magics.SandboxMagics` instance (manager, current sandbox,
+defaults) and the parsed arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
-
+from nexus_kernel import sandbox_lines
+from nexus_kernel.errors import UsageError
 from nexus_kernel.manager import describe
 from nexus_kernel.untrusted import TRUST_OFF, TRUST_WARNING
 from nexus_kernel.validation import normalize_language
@@ -26,61 +24,6 @@ from .streaming import CellOutput, SandboxCodeError, run_in_cell
 
 if TYPE_CHECKING:
     from .sandbox_magics import SandboxMagics
-
-
-class _HelpShown(Exception):
-    """``-h`` printed a parser's help: the magic returns quietly."""
-
-
-class MagicParser(argparse.ArgumentParser):
-    """An argparse parser for a magic: errors become one-line ``UsageError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if status:
-            raise UsageError(f"{self.prog}: {message or 'bad arguments'}")
-        raise _HelpShown
-
-
-def _number(what: str, example: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number of {what} (e.g. {example})"
-            ) from None
-
-    return parse
-
-
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: its parser, its handler, and whether it takes the cell's body."""
-
-    name: str
-    parser: MagicParser
-    handler: Callable[[SandboxMagics, argparse.Namespace, str | None], Any]
-    cell: bool = False
-
-
-def _parser(name: str, description: str, *, cell: bool = False) -> MagicParser:
-    prog = f"%%sandbox {name}" if cell else f"%sandbox {name}"
-    return MagicParser(prog=prog, description=description, add_help=True)
-
-
-def _default(option: str, built_in: str) -> str:
-    """Where a default comes from: the magics' %config, else the NEXUS_* setting (templates
-    have none), else the built-in value, as the manager resolves it."""
-    setting = "" if option == "template" else f"NEXUS_{option.upper()}, else "
-    return f"(default: %%config SandboxMagics.{option}, else {setting}{built_in})"
-
-
-def _with_id(parser: MagicParser, what: str = "sandbox id or name") -> MagicParser:
-    parser.add_argument("sandbox", nargs="?", metavar="ID", help=f"{what} (default: current)")
-    return parser
 
 
 # ------------------------------------------------------------------------- handlers
@@ -186,119 +129,24 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
 
 def cmd_trust(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
     """Show sandbox output as it is (on) or made inert (off, the default)."""
-    magics.trusted_output = args.state == "on"
+    magics.trusted_output = args.trust
     print(TRUST_WARNING if magics.trusted_output else TRUST_OFF, end="")
 
 
-def cmd_help(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
-    print(usage())
+Handler = Callable[["SandboxMagics", argparse.Namespace, "str | None"], Any]
 
-
-# --------------------------------------------------------------------------- parsers
-
-
-def _build() -> dict[str, Command]:
-    commands: list[Command] = []
-
-    p = _parser("create", "Create a sandbox; it becomes this notebook's current sandbox.")
-    p.add_argument("name")
-    p.add_argument("--ttl", type=_number("minutes", "30"), metavar="MINUTES",
-                   help="idle minutes before it expires " + _default("ttl_minutes", "10"))
-    p.add_argument("--provider", help="local, docker, e2b or modal " + _default("provider", "local"))
-    p.add_argument("--template", metavar="ID",
-                   help="template (local) or image " + _default("template", "none"))
-    p.add_argument("--network", action="store_true", default=None,
-                   help="allow network access " + _default("network", "off"))
-    commands.append(Command("create", p, cmd_create))
-
-    commands.append(Command("list", _parser("list", "List your sandboxes."), cmd_list))
-    for name, handler, text in (
-        ("status", cmd_status, "Show a sandbox's status."),
-        ("pause", cmd_pause, "Pause a sandbox (its TTL clock stops)."),
-        ("resume", cmd_resume, "Resume a paused sandbox."),
-        ("stop", cmd_stop, "Stop a sandbox: every process and file is gone."),
-        ("use", cmd_use, "Make a sandbox the current one (without ID: show the current one)."),
-    ):
-        commands.append(Command(name, _with_id(_parser(name, text)), handler))
-
-    p = _parser("upload", "Copy a host file into the sandbox.")
-    p.add_argument("local", metavar="LOCAL")
-    p.add_argument("remote", nargs="?", metavar="REMOTE", help="path in the sandbox")
-    p.add_argument("--sandbox", "-s", metavar="ID", help="sandbox (default: current)")
-    commands.append(Command("upload", p, cmd_upload))
-
-    p = _parser("download", "Copy a file out of the sandbox.")
-    p.add_argument("remote", metavar="REMOTE")
-    p.add_argument("local", nargs="?", metavar="LOCAL", help="host path")
-    p.add_argument("--sandbox", "-s", metavar="ID", help="sandbox (default: current)")
-    commands.append(Command("download", p, cmd_download))
-
-    p = _with_id(_parser("interrupt", "Interrupt code running in the sandbox."))
-    p.add_argument("--session", metavar="NAME", help="only this session's run")
-    commands.append(Command("interrupt", p, cmd_interrupt))
-
-    p = _with_id(_parser("run", "Run the cell's body in the sandbox.", cell=True))
-    p.add_argument("-l", "--language", metavar="LANG", help="python, bash or javascript")
-    p.add_argument("--timeout", type=_number("seconds", "60"), metavar="SECONDS",
-                   help="seconds the code may run " + _default("timeout", "30"))
-    p.add_argument("--session", metavar="NAME", help="persistent session (default: main)")
-    p.add_argument("--fresh", action="store_true", help="run in a fresh process, no session")
-    p.add_argument("--raise-error", action="store_true",
-                   help="fail the cell (raise) when the code fails")
-    commands.append(Command("run", p, cmd_run, cell=True))
-
-    p = _parser("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.")
-    p.add_argument("state", choices=("on", "off"))
-    commands.append(Command("trust", p, cmd_trust))
-
-    commands.append(Command("help", _parser("help", "Show this help."), cmd_help))
-    return {command.name: command for command in commands}
-
-
-COMMANDS = _build()
-
-
-def usage() -> str:
-    """One usage line per subcommand."""
-    lines = ["Usage of the nexus sandbox magics:"]
-    for command in COMMANDS.values():
-        text = command.parser.format_usage().strip().removeprefix("usage: ")
-        lines.append("  " + " ".join(text.split()))
-    lines.append("Options: %config SandboxMagics   Details: %sandbox SUBCOMMAND -h")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- router
-
-
-def split(line: str) -> list[str]:
-    """Shell-like split of the magic's line; unbalanced quotes are a UsageError."""
-    try:
-        return shlex.split(line, comments=True)
-    except ValueError as exc:
-        raise UsageError(f"%sandbox: cannot parse {line.strip()!r}: {exc}") from None
+#: The magics' handler of each subcommand the grammar gives them.
+HANDLERS: dict[str, Handler] = {
+    "create": cmd_create, "list": cmd_list, "status": cmd_status, "pause": cmd_pause,
+    "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
+    "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
+}
 
 
 def dispatch(magics: SandboxMagics, line: str, cell: str | None) -> Any:
     """Route ``%sandbox LINE`` / ``%%sandbox LINE`` + cell to its subcommand."""
-    tokens = split(line)
-    if cell is not None and (not tokens or tokens[0].startswith("-")):
-        tokens = ["run", *tokens]  # a bare %%sandbox cell runs with the defaults
-    if not tokens or tokens[0] in ("-h", "--help"):
-        print(usage())
+    parsed = sandbox_lines.parse(line, sandbox_lines.MAGICS, cell=cell is not None)
+    if parsed.help is not None:
+        print(parsed.help)
         return None
-    name, rest = tokens[0], tokens[1:]
-    command = COMMANDS.get(name)
-    if command is None:
-        raise UsageError(
-            f"unknown subcommand {name!r}; use one of: {', '.join(COMMANDS)} (%sandbox help)"
-        )
-    if command.cell and cell is None:
-        raise UsageError(f"{name} runs a cell: put %%sandbox {name} on the first line of a cell")
-    if cell is not None and not command.cell:
-        raise UsageError(f"%%sandbox {name} takes no cell body; use %sandbox {name} on one line")
-    try:
-        args = command.parser.parse_args(rest)
-    except _HelpShown:
-        return None
-    return command.handler(magics, args, cell)
+    return HANDLERS[parsed.name](magics, parsed.args, cell)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from IPython.core.error import UsageError
+from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Float, TraitError, Unicode, validate
 
-from nexus_kernel.errors import SandboxError, SandboxNotFoundError
+from nexus_kernel.errors import SandboxError, SandboxNotFoundError, UsageError
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.validation import normalize_language
 
@@ -106,10 +106,8 @@ class SandboxMagics(Magics):
         """
         try:
             return commands.dispatch(self, line, cell)
-        except UsageError as exc:
-            raise UsageError(one_line(str(exc))) from None
-        except SandboxError as exc:
-            raise UsageError(sandbox_message(exc)) from None
+        except SandboxError as exc:  # IPython shows its UsageError as one line, no traceback
+            raise IPythonUsageError(one_line(exc.render("%sandbox"))) from None
 
     # --------------------------------------------------------- helpers for commands
 
@@ -145,9 +143,3 @@ class SandboxMagics(Magics):
 def one_line(text: str) -> str:
     """``text`` on a single line (UsageError messages never span lines)."""
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-
-
-def sandbox_message(exc: SandboxError) -> str:
-    """A SandboxError's message, with CLI hints turned into magic hints, on one line."""
-    text = str(exc).replace("'nexus sandbox ", "'%sandbox ").replace("nexus sandbox ", "%sandbox ")
-    return one_line(text)

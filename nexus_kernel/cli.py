@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
-from .errors import ExecutionTimeoutError, SandboxError
+from .errors import ExecutionTimeoutError, SandboxError, UsageError
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -38,17 +38,9 @@ EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript
                        ".sh": "bash", ".bash": "bash"}
 
 
-class UsageError(Exception):
-    """Bad command-line usage (exit 2); ``prog`` is the command the message is about."""
-
-    def __init__(self, message: str, prog: str = "nexus"):
-        super().__init__(message)
-        self.prog = prog
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise UsageError(message, self.prog)
+        raise UsageError(message, prog=self.prog)
 
     def _print_message(self, message: str, file: Any = None) -> None:
         # argparse drops write errors; a closed pipe must reach main() (exit 141)
@@ -217,8 +209,8 @@ def _main(argv: list[str] | None) -> int:
             args.show_help()
             return 0
         return _dispatch(args, settings)
-    except UsageError as exc:
-        print(f"{exc.prog}: {exc}", file=sys.stderr)
+    except UsageError as exc:  # an argparse error starts with the command it is about
+        print(exc if exc.prog else f"nexus: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nexus: interrupted", file=sys.stderr)

@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How messages name a command to run; a surface with its own syntax names it its way.
+CLI_COMMAND = "nexus sandbox"
+
 
 class SandboxError(Exception):
-    """Root of every error nexus-kernel raises on purpose."""
+    """Root of every error nexus-kernel raises on purpose.
+
+    ``command`` is the command the message tells the user to run, as its words after
+    ``nexus sandbox`` (e.g. ``"resume sb_1"``); the message names it the CLI's way, and
+    :meth:`render` names it another surface's way (the magics': ``%sandbox resume sb_1``)."""
 
     #: CLI exit code for this kind of error (2 = usage, 1 = everything else).
     exit_code = 1
+    command: str | None = None
+
+    def __init__(self, *args: object, command: str | None = None) -> None:
+        super().__init__(*args)
+        if command is not None:
+            self.command = command
+
+    def render(self, prefix: str = CLI_COMMAND) -> str:
+        """The message, with its command written as ``prefix`` + the command's words."""
+        text = str(self)
+        if self.command is None or prefix == CLI_COMMAND:
+            return text
+        before, found, after = text.rpartition(f"{CLI_COMMAND} {self.command}")
+        return f"{before}{prefix} {self.command}{after}" if found else text
 
 
 class InvalidArgumentError(SandboxError, ValueError):
@@ -18,15 +39,25 @@ class InvalidArgumentError(SandboxError, ValueError):
     exit_code = 2
 
 
+class UsageError(InvalidArgumentError):
+    """Bad usage of a command (a ``%sandbox`` line, a ``nexus`` command line); ``prog``,
+    when given, is the command the message is about and starts the message."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        self.prog = prog
+        super().__init__(f"{prog}: {message}" if prog else message)
+
+
 class SandboxNotFoundError(SandboxError, KeyError):
     """No sandbox with this id is visible to the current user."""
 
     exit_code = 2
+    command = "list"
 
     def __init__(self, sandbox_id: str):
         self.sandbox_id = sandbox_id
         super().__init__(
-            f"no sandbox {sandbox_id!r} for this user; run 'nexus sandbox list' to see yours"
+            f"no sandbox {sandbox_id!r} for this user; run '{CLI_COMMAND} list' to see yours"
         )
 
     def __str__(self) -> str:  # KeyError would add quotes

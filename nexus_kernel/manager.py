@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .errors import (
+    CLI_COMMAND,
     AgentError,
     ExecutionTimeoutError,
     InvalidArgumentError,
@@ -480,14 +481,16 @@ class SandboxManager:
         record = self.reaper.check(self._load(sandbox_id))
         if record.status is Status.ACTIVE:
             return record
+        command = f"resume {sandbox_id}" if record.status is Status.PAUSED else None
         hint = {
-            Status.PAUSED: f"resume it first: nexus sandbox resume {sandbox_id}",
+            Status.PAUSED: f"resume it first: {CLI_COMMAND} {command}",
             Status.STOPPED: "it cannot be used again; create a new one",
             Status.CREATING: "wait until it is active",
             Status.ERROR: "stop it and create a new one",
         }[record.status]
         why = f" ({record.error})" if record.error else ""
-        raise SandboxStateError(f"sandbox {sandbox_id} is {record.status.value}{why}; {hint}")
+        raise SandboxStateError(f"sandbox {sandbox_id} is {record.status.value}{why}; {hint}",
+                                command=command)
 
     def _touch(self, record: SandboxRecord, extra: float = 0.0) -> SandboxRecord:
         """Extend the TTL from now (plus ``extra`` seconds of run time)."""

@@ -366,7 +366,7 @@ def test_sandbox_lines_and_unknown_magics(kernel: Kernel) -> None:
     assert "status:    active" in status and "TTL 30 min" in status
     assert "on kernel shutdown: kept" in status
     kernel.execute("%sandbox keep off")
-    for bad, message in [("%sandbox frobnicate", "unknown %sandbox command 'frobnicate'"),
+    for bad, message in [("%sandbox frobnicate", "unknown subcommand 'frobnicate'"),
                          ("%sandbox ttl -1", "ttl_minutes must be > 0"),
                          ("%sandbox provider nope", "unknown provider 'nope'"),
                          ("%time 1", "%time is not available in the Nexus Sandbox kernel")]:

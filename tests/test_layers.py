@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nexus_kernel.agent.sandbox_agent",),
     ("nexus_kernel.errors", "nexus_kernel.models", "nexus_kernel.ttl", "nexus_kernel.__version__"),
     ("nexus_kernel.config", "nexus_kernel.validation", "nexus_kernel.untrusted",
-     "nexus_kernel.terminal"),
+     "nexus_kernel.terminal", "nexus_kernel.sandbox_lines"),
     ("nexus_kernel.store", "nexus_kernel.agent"),  # agent = the host-side client
     ("nexus_kernel.providers",),
     ("nexus_kernel.pool", "nexus_kernel.templates"),
@@ -55,10 +55,19 @@ def imports_of(path: Path, root: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            if not (name + ".").startswith(base + "."):  # an ancestor package is loaded anyway
+            names = [f"{base}.{alias.name}" for alias in node.names]
+            found.update(names)
+            # `from pkg import module`: only the modules count (the package is their parent,
+            # loaded anyway), as does an ancestor package; `from module import name`: the module
+            ancestor = (name + ".").startswith(base + ".")
+            if not ancestor and not all(_is_module(root, target) for target in names):
                 found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
     return {m for m in found if m.split(".")[0] in ("nexus_kernel", "magics")}
+
+
+def _is_module(root: Path, module: str) -> bool:
+    path = root.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _place(module: str) -> tuple[int, str] | None:

@@ -3,12 +3,15 @@
 A cell may start with ``%sandbox ...`` lines (handled by the kernel itself), then either a
 cell magic naming the language (``%%bash``, ``%%javascript``, ``%%python``) or Python code.
 Anything else that starts with ``%`` is an error: the sandbox runs plain Python, not IPython.
+The ``%sandbox`` lines themselves are parsed by :mod:`nexus_kernel.sandbox_lines`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from ..errors import UsageError
 
 #: ``%%name`` -> language of the session the cell runs in.
 CELL_MAGICS = {
@@ -25,10 +28,6 @@ _SANDBOX_LINE = re.compile(r"^\s*%sandbox(?:\s+(.*?))?\s*$")
 _MAGIC = re.compile(r"^\s*(%%?)([A-Za-z_][\w.-]*)")
 
 
-class CellSyntaxError(ValueError):
-    """The cell uses a magic this kernel does not have."""
-
-
 @dataclass(frozen=True)
 class Cell:
     """A parsed cell: ``%sandbox`` arguments to handle, then ``code`` in ``language``."""
@@ -43,7 +42,7 @@ class Cell:
 
 
 def parse_cell(source: str) -> Cell:
-    """Split ``source``; raises :class:`CellSyntaxError` for magics the kernel lacks.
+    """Split ``source``; raises :class:`UsageError` for magics the kernel lacks.
 
     Python code keeps its line numbers (consumed lines become blank lines), so tracebacks
     point at the right line of the cell."""
@@ -66,4 +65,4 @@ def parse_cell(source: str) -> Cell:
     if prefix == "%%" and name in CELL_MAGICS:
         return Cell(tuple(commands), CELL_MAGICS[name], "".join(rest[1:]))
     known = "%%bash, %%javascript, %%python and %sandbox lines at the top of a cell"
-    raise CellSyntaxError(f"{prefix}{name} is not available in the Nexus Sandbox kernel; it has {known}")
+    raise UsageError(f"{prefix}{name} is not available in the Nexus Sandbox kernel; it has {known}")

@@ -22,15 +22,16 @@ from ipykernel.kernelbase import Kernel
 from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
-from ..agent.sandbox_agent.introspect import complete_code, inspect_code
 from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
 from ..untrusted import TRUST_WARNING
-from .cells import CELL_MAGICS, Cell, CellSyntaxError, parse_cell
+from . import completion
+from .cells import CELL_MAGICS, Cell, parse_cell
+from .commands import SandboxCommands
 from .history import History
 from .keeper import TtlKeeper
-from .sandbox import SESSION, KernelSandbox, SandboxCommands, UsageError
+from .sandbox import SESSION, KernelSandbox
 
 #: Seconds to wait for the sandbox to report an interrupted cell before replying "abort".
 INTERRUPT_GRACE = 3.0
@@ -190,9 +191,7 @@ class NexusKernel(Kernel):
             if not cell.has_code:
                 return self._ok()
             return self._run_cell(cell, silent, allow_stdin, state)
-        except (CellSyntaxError, UsageError) as exc:
-            return self._error("UsageError", str(exc), silent)
-        except SandboxError as exc:
+        except SandboxError as exc:  # a bad line is a UsageError
             return self._error(type(exc).__name__, str(exc), silent)
 
     def _run_cell(self, cell: Cell, silent: bool, allow_stdin: bool,
@@ -307,7 +306,7 @@ class NexusKernel(Kernel):
         """``name?`` / ``name??``: the inspect text as a pager payload, as IPython does."""
         found = self._ask_sandbox("inspect", name, len(name), len(marks) - 1)
         if found is None:
-            found = inspect_code({}, name, len(name), len(marks) - 1)
+            found = completion.inspect_builtin(name)
         data = found.get("data") if found.get("found") else {"text/plain": f"Object `{name}` not found."}
         reply = self._ok()
         reply["payload"] = [{"source": "page", "data": data, "start": 0}]
@@ -316,11 +315,14 @@ class NexusKernel(Kernel):
     # ------------------------------------------------------------------ introspection
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
-        """Completions from the sandbox session's namespace (builtins before the first cell)."""
+        """Completions from the sandbox session's namespace (builtins before the first cell);
+        ``%`` lines are completed here (magic names, the ``%sandbox`` grammar's words)."""
         pos = len(code) if cursor_pos is None else cursor_pos
-        found = self._ask_sandbox("complete", code, pos)
+        found = completion.complete_magic(code, pos)
+        if found is None:
+            found = self._ask_sandbox("complete", code, pos)
         if found is None or found.get("busy"):
-            found = complete_code({}, code, pos) if not _other_language(code) else {}
+            found = completion.complete_builtin(code, pos) if not _other_language(code) else {}
         return {
             "status": "ok",
             "matches": list(found.get("matches") or []),

@@ -1,4 +1,4 @@
-"""The one sandbox a kernel runs its cells in, and the ``%sandbox`` lines that steer it.
+"""The one sandbox a kernel runs its cells in (``commands.py`` has the ``%sandbox`` lines).
 
 Configuration comes from the manager's settings (:class:`~nexus_kernel.config.Settings`,
 read from the kernelspec's ``env`` or the notebook server's): the ``NEXUS_*`` settings
@@ -14,38 +14,12 @@ read from the kernelspec's ``env`` or the notebook server's): the ``NEXUS_*`` se
 
 from __future__ import annotations
 
-import shlex
-
 from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import SandboxRecord, Status
-from ..untrusted import TRUST_OFF, TRUST_WARNING
-from ..validation import MAX_TIMEOUT, check_timeout, check_ttl
 
 #: Every cell of a kernel runs in this session of its sandbox (one per language).
 SESSION = "kernel"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-class UsageError(ValueError):
-    """A bad ``%sandbox`` line; the message says what to type instead."""
-
-
-def _number(text: str, usage: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"{usage}; got {text!r}") from None
-
-
-def _flag(value: str, what: str) -> bool:
-    low = value.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise UsageError(f"{what} takes on or off, got {value!r}")
 
 
 class KernelSandbox:
@@ -160,115 +134,4 @@ class KernelSandbox:
         return "\n".join(lines) + "\n"
 
 
-class SandboxCommands:
-    """The ``%sandbox`` lines the kernel handles itself; each returns the text to print."""
-
-    USAGE = ("%sandbox status | pause | resume | stop | attach ID | ttl MINUTES | "
-             "timeout SECONDS|off | provider NAME | template ID|none | network on|off | "
-             "keep on|off | trust on|off | help")
-
-    def __init__(self, sandbox: KernelSandbox) -> None:
-        self.sandbox = sandbox
-
-    def run(self, line: str) -> str:
-        """Handle one ``%sandbox`` line (its arguments); :class:`UsageError` when bad."""
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise UsageError(f"%sandbox: {exc}") from None
-        if not words:
-            raise UsageError(f"usage: {self.USAGE}")
-        handler = getattr(self, "cmd_" + words[0].replace("-", "_"), None)
-        if handler is None:
-            raise UsageError(f"unknown %sandbox command {words[0]!r}; usage: {self.USAGE}")
-        try:
-            return handler(*words[1:])
-        except TypeError:
-            raise UsageError(f"wrong arguments for %sandbox {words[0]}; usage: {self.USAGE}") from None
-
-    def _need(self) -> str:
-        if self.sandbox.sandbox_id is None:
-            raise UsageError("no sandbox yet: run a cell first (it creates one)")
-        return self.sandbox.sandbox_id
-
-    def cmd_help(self) -> str:
-        return f"usage: {self.USAGE}\n"
-
-    def cmd_status(self) -> str:
-        return self.sandbox.describe()
-
-    def cmd_pause(self) -> str:
-        record = self.sandbox.manager.pause(self._need())
-        return f"Paused sandbox {record.sandbox_id} (the next cell resumes it)\n"
-
-    def cmd_resume(self) -> str:
-        record = self.sandbox.manager.resume(self._need())
-        return f"Resumed sandbox {record.sandbox_id}\n"
-
-    def cmd_stop(self) -> str:
-        sandbox_id = self._need()
-        self.sandbox.manager.stop(sandbox_id)
-        self.sandbox.sandbox_id = None
-        return f"Stopped sandbox {sandbox_id}; the next cell creates a new one\n"
-
-    def cmd_attach(self, sandbox_id: str) -> str:
-        record = self.sandbox.manager.status(sandbox_id)
-        if record.status not in (Status.ACTIVE, Status.PAUSED):
-            raise UsageError(f"sandbox {sandbox_id} is {record.status.value}; attach to an "
-                             "active or paused one (see nexus sandbox list)")
-        self.sandbox.sandbox_id = record.sandbox_id
-        self.sandbox.attached = True
-        self.sandbox.keep = True
-        return (f"Attached to sandbox {record.sandbox_id} ({record.name}); it is kept when the "
-                "kernel shuts down (%sandbox keep off to stop it then)\n")
-
-    def cmd_ttl(self, minutes: str) -> str:
-        ttl = check_ttl(_number(minutes, "%sandbox ttl takes minutes, e.g. 30"))
-        self.sandbox.ttl_minutes = ttl
-        if self.sandbox.sandbox_id is not None:
-            record = self.sandbox.manager.touch(self.sandbox.sandbox_id, ttl_minutes=ttl)
-            if record.status is Status.ACTIVE:
-                return f"TTL of {record.sandbox_id} is now {ttl:g} min (from now)\n"
-        return f"TTL is now {ttl:g} min\n"
-
-    def cmd_timeout(self, seconds: str) -> str:
-        if seconds.lower() in ("off", "none"):
-            self.sandbox.cell_timeout = MAX_TIMEOUT
-            return "Cells may run without a time limit (24 h)\n"
-        seconds_value = _number(seconds, "%sandbox timeout takes seconds or off")
-        self.sandbox.cell_timeout = check_timeout(seconds_value)
-        return f"Each cell may now run for {self.sandbox.cell_timeout:g} s\n"
-
-    def cmd_provider(self, name: str) -> str:
-        self.sandbox.manager.provider(name)  # unknown / unavailable -> a clear error now
-        self.sandbox.provider = name
-        return self._next_sandbox(f"Provider is now {name}")
-
-    def cmd_template(self, template_id: str) -> str:
-        self.sandbox.template_id = None if template_id.lower() == "none" else template_id
-        return self._next_sandbox(f"Template is now {self.sandbox.template_id or 'none'}")
-
-    def cmd_network(self, value: str) -> str:
-        self.sandbox.network = _flag(value, "%sandbox network")
-        return self._next_sandbox(f"Network is now {'on' if self.sandbox.network else 'off'}")
-
-    def cmd_trust(self, value: str) -> str:
-        self.sandbox.trusted_output = _flag(value, "%sandbox trust")
-        if self.sandbox.trusted_output:
-            return TRUST_WARNING
-        return TRUST_OFF
-
-    def cmd_keep(self, value: str) -> str:
-        self.sandbox.keep = _flag(value, "%sandbox keep")
-        if self.sandbox.keep:
-            return "The sandbox is kept when the kernel shuts down\n"
-        return "The sandbox is stopped when the kernel shuts down\n"
-
-    def _next_sandbox(self, text: str) -> str:
-        if self.sandbox.sandbox_id is None:
-            return text + "\n"
-        return (f"{text} for the next sandbox; {self.sandbox.sandbox_id} keeps its own "
-                "(%sandbox stop, then run a cell, to switch)\n")
-
-
-__all__ = ["SESSION", "KernelSandbox", "SandboxCommands", "SandboxError", "UsageError"]
+__all__ = ["SESSION", "KernelSandbox", "SandboxError"]
