@@ -133,15 +133,20 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
         if ctx.wants("stop"):
             rows.append(_stop_row(ctx, mgr, provider, created, docker))
     finally:
-        for sandbox_id in created:
-            try:
-                mgr.stop(sandbox_id)
-            except Exception as exc:  # report, keep cleaning
-                ctx.log(f"cleanup of {sandbox_id} failed: {exc}")
+        _clean_up(ctx, created, mgr.stop, str)
         mgr.close()
         if docker is not None:
             docker.cleanup()
     return rows
+
+
+def _clean_up(ctx: Context, items: list, end, name) -> None:
+    """End every item, reporting (not raising) each failure, so cleaning goes on."""
+    for item in items:
+        try:
+            end(item)
+        except Exception as exc:
+            ctx.log(f"cleanup of {name(item)} failed: {exc}")
 
 
 def provider_level_rows(ctx: Context, provider: str) -> list[Row]:
@@ -190,11 +195,7 @@ def provider_level_rows(ctx: Context, provider: str) -> list[Row]:
             rows.append(Row(provider, "provider destroy", a, "docker-py remove(force=True)", b))
         return rows
     finally:
-        for handle in handles:
-            try:
-                backend.destroy(handle)
-            except Exception as exc:  # report, keep cleaning
-                ctx.log(f"cleanup of {handle.get('sandbox_id', handle)} failed: {exc}")
+        _clean_up(ctx, handles, backend.destroy, lambda h: h.get("sandbox_id", h))
         if hasattr(backend, "close"):
             backend.close()
         if docker is not None:

@@ -396,22 +396,20 @@ def _write(stream: Any, text: str) -> None:
     stream.flush()
 
 
-def _cmd_pause(nx: Any, args: argparse.Namespace) -> int:
-    sb = nx.sandbox_pause(args.sandbox_id)
-    _emit(args, sb, f"Paused sandbox: {sb['sandbox_id']}")
-    return 0
+def _lifecycle(verb: str, done: str):
+    """The handler of ``nexus sandbox VERB ID``: call ``nx.sandbox_VERB``, say ``done``."""
+
+    def handler(nx: Any, args: argparse.Namespace) -> int:
+        sb = getattr(nx, f"sandbox_{verb}")(args.sandbox_id)
+        _emit(args, sb, f"{done} sandbox: {sb['sandbox_id']}")
+        return 0
+
+    return handler
 
 
-def _cmd_resume(nx: Any, args: argparse.Namespace) -> int:
-    sb = nx.sandbox_resume(args.sandbox_id)
-    _emit(args, sb, f"Resumed sandbox: {sb['sandbox_id']}")
-    return 0
-
-
-def _cmd_stop(nx: Any, args: argparse.Namespace) -> int:
-    sb = nx.sandbox_stop(args.sandbox_id)
-    _emit(args, sb, f"Stopped sandbox: {sb['sandbox_id']}")
-    return 0
+_cmd_pause = _lifecycle("pause", "Paused")
+_cmd_resume = _lifecycle("resume", "Resumed")
+_cmd_stop = _lifecycle("stop", "Stopped")
 
 
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:

@@ -148,6 +148,12 @@ class SandboxManager:
             raise SandboxNotFoundError(sandbox_id)
         return SandboxRecord.from_dict(data)
 
+    def _activate(self, sandbox_id: str, ttl_minutes: float, **changes: Any) -> SandboxRecord:
+        """Mark the sandbox active from now, its TTL running again."""
+        now = self.clock()
+        return self._save(sandbox_id, status=Status.ACTIVE, last_active_at=now,
+                          expires_at=expiry(now, ttl_minutes), **changes)
+
     # ---------------------------------------------------------------- lifecycle
 
     def create(
@@ -207,14 +213,7 @@ class SandboxManager:
         except BaseException:
             self.store.delete(sandbox_id)  # no resource exists: leave no trace
             raise
-        now = self.clock()
-        record = self._save(
-            sandbox_id,
-            status=Status.ACTIVE,
-            handle=handle,
-            last_active_at=now,
-            expires_at=expiry(now, ttl),
-        )
+        record = self._activate(sandbox_id, ttl, handle=handle)
         backend.extend(handle, watchdog_deadline(record.expires_at))
         return record
 
@@ -409,14 +408,7 @@ class SandboxManager:
                 )
             backend = self.provider(record.provider)
             backend.resume(record.handle)
-            now = self.clock()
-            record = self._save(
-                sandbox_id,
-                status=Status.ACTIVE,
-                paused_at=None,
-                last_active_at=now,
-                expires_at=expiry(now, record.ttl_minutes),
-            )
+            record = self._activate(sandbox_id, record.ttl_minutes, paused_at=None)
             self.push_deadline(record)
             return record
 

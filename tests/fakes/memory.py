@@ -264,20 +264,18 @@ class MemoryProvider(Provider):
         return channel
 
     def pause(self, handle: Handle) -> None:
-        sandbox = self._running(handle)
-        if sandbox is not None:
-            with sandbox.lock:
-                sandbox.paused = True
-                if sandbox.vm is not None:
-                    sandbox.vm.pause()
+        self._freeze(handle, True)
 
     def resume(self, handle: Handle) -> None:
+        self._freeze(handle, False)
+
+    def _freeze(self, handle: Handle, paused: bool) -> None:
         sandbox = self._running(handle)
         if sandbox is not None:
             with sandbox.lock:
-                sandbox.paused = False
+                sandbox.paused = paused
                 if sandbox.vm is not None:
-                    sandbox.vm.resume()
+                    (sandbox.vm.pause if paused else sandbox.vm.resume)()
 
     def extend(self, handle: Handle, deadline: float) -> None:
         sandbox = _SANDBOXES.get(handle.get("memory_id", ""))
