@@ -43,8 +43,13 @@ if ((want_docker)); then
   command -v jq >/dev/null || packages+=(jq)
 fi
 if ((want_browser)); then
-  command -v chromium >/dev/null || packages+=(chromium)
-  command -v chromedriver >/dev/null || packages+=(chromium-driver)
+  if ! grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then
+    command -v chromium >/dev/null || packages+=(chromium)
+    command -v chromedriver >/dev/null || packages+=(chromium-driver)
+  else  # Ubuntu: Chromium is a snap, installed through these transitional packages (needs snapd)
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null || packages+=(chromium-browser)
+    command -v chromedriver >/dev/null || packages+=(chromium-chromedriver)
+  fi
 fi
 if ((${#packages[@]})); then
   apt_install "${packages[@]}"

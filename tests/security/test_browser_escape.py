@@ -28,7 +28,9 @@ from .test_output_safety import active_parts, assert_inert
 
 pytestmark = [needs_bwrap, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's chromium, else Ubuntu's (a snap, through its transitional package).
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()),
+                "/usr/bin/chromium")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 #: Seconds the page gets after rendering for delayed loads (images, CSS, refresh) to happen.
 SETTLE = 3.0
