@@ -9,10 +9,11 @@ destroyed as orphans, and stopped records are pruned after ``STOPPED_RETENTION_S
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .config import STOPPED_RETENTION_SECONDS
-from .errors import SandboxNotFoundError
+from .errors import DiskFullError, SandboxNotFoundError
 from .models import SandboxRecord, Status
 from .store import process_alive
 from .ttl import STALE_CREATING_SECONDS
@@ -96,14 +97,24 @@ class Reaper:
         self.manager.forget_client(record.sandbox_id)
         with contextlib.suppress(Exception):  # clean what the dead sandbox left (files, cgroups)
             backend.destroy(record.handle)
-        return self._stopped(record.sandbox_id, error=ENDED_OUTSIDE)
+        try:
+            return self._stopped(record.sandbox_id, error=ENDED_OUTSIDE)
+        except DiskFullError:  # shown as it is now; recorded once space is freed
+            return dataclasses.replace(record, status=Status.STOPPED,
+                                       stopped_at=self.manager.clock(), error=ENDED_OUTSIDE)
 
     def end(self, record: SandboxRecord, reason: str | None) -> SandboxRecord:
         """Destroy the sandbox's resource and mark its record stopped (with ``reason``)."""
         self.manager.forget_client(record.sandbox_id)
         if record.handle:
             self.manager.provider(record.provider).destroy(record.handle)
-        return self._stopped(record.sandbox_id, error=reason)
+        try:
+            return self._stopped(record.sandbox_id, error=reason)
+        except DiskFullError:
+            # The resource is gone; the record cannot say so until space is freed, when
+            # reconcile (any status, list --all, reap) finds the resource gone and marks it.
+            return dataclasses.replace(record, status=Status.STOPPED,
+                                       stopped_at=self.manager.clock(), error=reason)
 
     # ---------------------------------------------------------------- internals
 
