@@ -145,5 +145,5 @@ class StoreDamagedError(StoreError):
     def __init__(self, path: object, detail: str):
         self.path = str(path)
         super().__init__(
-            f"the state database {self.path} is damaged ({detail}): run 'nexus doctor "
+            f"the state database {self.path} is damaged ({detail}): run 'nexus sandbox doctor "
             "--repair' to move it aside and rebuild the records from the running sandboxes")

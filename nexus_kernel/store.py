@@ -320,6 +320,20 @@ class Store:
         self._cache.close()
 
 
+def move_aside(directory: Path) -> Path | None:
+    """Rename a damaged database (and its -wal/-shm) to ``cache.db.damaged-<time>`` so a new
+    one can be made, keeping the old bytes for inspection; the new name, or None."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = Path(directory) / f"{DB_NAME}.damaged-{stamp}"
+    moved = None
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(directory) / (DB_NAME + suffix)
+        if source.exists():
+            os.replace(source, Path(str(target) + suffix))
+            moved = target if suffix == "" else moved or Path(str(target) + suffix)
+    return moved
+
+
 def read_marker(directory: Path) -> str | None:
     """The store id written beside the database, or None."""
     try:

@@ -55,7 +55,7 @@ def test_a_damaged_database_is_named_at_open(tmp_path: Path, damage):
     damage(db)
     with pytest.raises(StoreDamagedError) as caught:
         Store(tmp_path / "store")
-    assert str(db) in str(caught.value) and "nexus doctor" in str(caught.value)
+    assert str(db) in str(caught.value) and "nexus sandbox doctor --repair" in str(caught.value)
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)
