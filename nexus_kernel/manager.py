@@ -9,6 +9,7 @@ from the manager's ``clock``.
 
 from __future__ import annotations
 
+import errno
 import secrets
 import threading
 import time
@@ -19,6 +20,7 @@ from .config import Settings
 from .errors import (
     CLI_COMMAND,
     AgentError,
+    DiskFullError,
     ExecutionTimeoutError,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -211,8 +213,11 @@ class SandboxManager:
         )
         try:
             handle = backend.create(spec)
-        except BaseException:
+        except BaseException as exc:
             self.store.delete(sandbox_id)  # no resource exists: leave no trace
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = exc.filename or self.settings.sandboxes_dir
+                raise DiskFullError(where) from exc
             raise
         record = self._activate(sandbox_id, ttl, handle=handle)
         backend.extend(handle, watchdog_deadline(record.expires_at))

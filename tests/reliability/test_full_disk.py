@@ -25,11 +25,20 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.bwrap]
 @pytest.fixture
 def small_fs(tmp_path: Path):
     """A 16 MB tmpfs mounted at a fresh directory, unmounted afterwards."""
+    yield from mounted(tmp_path / "fs")
+
+
+@pytest.fixture
+def small_sandboxes_fs(tmp_path: Path):
+    """NEXUS_HOME on the ordinary disk, its ``sandboxes`` directory on a 16 MB tmpfs."""
+    yield from mounted(tmp_path / "home" / "sandboxes")
+
+
+def mounted(mount: Path):
     provider_ready("local")
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "fs"
-    mount.mkdir()
+    mount.mkdir(parents=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -132,3 +141,26 @@ def test_a_full_disk_under_a_long_lived_manager_fails_writes_in_one_line(small_f
         if record.status is not Status.STOPPED:
             live.stop(record.sandbox_id)
     live.close()
+
+
+def test_a_full_sandboxes_disk_fails_create_in_one_line_and_keeps_the_rest(
+        small_sandboxes_fs: Path):
+    home = small_sandboxes_fs.parent
+    first = manager(home)
+    kept = first.create("kept")
+    filler = fill(small_sandboxes_fs)
+    one_line_disk_full(nexus(home, "sandbox", "create", "more"), small_sandboxes_fs)
+    with pytest.raises(DiskFullError, match=str(small_sandboxes_fs)):
+        first.create("more")
+    assert [r.sandbox_id for r in first.list()] == [kept.sandbox_id]  # no trace of the failures
+    assert sorted(p.name for p in small_sandboxes_fs.iterdir()) == sorted(
+        [kept.sandbox_id, "filler"])
+    assert first.run(kept.sandbox_id, "python", "print(6*7)").stdout == "42\n"
+    listed = nexus(home, "sandbox", "list")
+    assert listed.returncode == 0 and kept.sandbox_id in listed.stdout
+    filler.unlink()
+    new = first.create("after")
+    assert first.run(new.sandbox_id, "bash", "echo ok").stdout == "ok\n"
+    first.stop(kept.sandbox_id)
+    first.stop(new.sandbox_id)
+    first.close()
