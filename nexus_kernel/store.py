@@ -154,14 +154,7 @@ class Store:
         if problem:
             raise StoreDamagedError(self.directory / DB_NAME, problem)
         try:
-            self._cache: Any = diskcache.Cache(
-                str(self.directory),
-                eviction_policy="none",
-                size_limit=2**40,
-                cull_limit=0,
-                statistics=0,
-                timeout=60,
-            )
+            self._cache: Any = self._open()
         except (sqlite3.Error, OSError) as exc:
             mapped = _classify(self.directory, exc)
             if not isinstance(mapped, DiskFullError) or not (self.directory / DB_NAME).exists():
@@ -170,9 +163,32 @@ class Store:
             self._cache = _ReadOnlyCache(self.directory)
         self._store_id: str | None = None
 
+    def _open(self) -> diskcache.Cache:
+        return diskcache.Cache(
+            str(self.directory),
+            eviction_policy="none",
+            size_limit=2**40,
+            cull_limit=0,
+            statistics=0,
+            timeout=60,
+        )
+
+    def _reopen_when_space_is_back(self) -> None:
+        """A store opened read-only on a full disk (a long-lived kernel, API object) becomes
+        writable again by itself once space is freed: no restart, no repair."""
+        if self.read_only is None or space_left(self.directory) < _LOW_SPACE:
+            return
+        try:
+            cache = self._open()
+        except (sqlite3.Error, OSError):
+            return
+        # the read-only reader is left to the collector: another thread may be reading
+        self._cache, self.read_only = cache, None
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """sqlite's and the filesystem's errors as one-line store errors."""
+        self._reopen_when_space_is_back()
         try:
             yield
         except (sqlite3.Error, OSError) as exc:
@@ -266,6 +282,7 @@ class Store:
     def claim(self, key: str, interval: float) -> bool:
         """True for at most one caller per ``interval`` seconds (throttles lazy reaping)."""
         now = time.time()
+        self._reopen_when_space_is_back()
         if self.read_only is not None:
             return False  # nothing can be recorded: let nobody start the throttled work
         try:
@@ -311,6 +328,7 @@ class Store:
                     self._cache.delete(key)
 
     def _locked_add(self, key: str, me: dict[str, Any], expire: float) -> bool:
+        self._reopen_when_space_is_back()
         if self.read_only is not None:
             raise self.read_only
         with self._guard():

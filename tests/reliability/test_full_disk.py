@@ -164,3 +164,44 @@ def test_a_full_sandboxes_disk_fails_create_in_one_line_and_keeps_the_rest(
     first.stop(kept.sandbox_id)
     first.stop(new.sandbox_id)
     first.close()
+
+
+class _Home:
+    """What ``start_kernel`` needs of an Env: the environment of a process on ``home``."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def environ(self) -> dict[str, str]:
+        limits = {f"NEXUS_{key.upper()}": str(value) for key, value in ATTACK_LIMITS.items()}
+        return {**os.environ, **limits, "NEXUS_HOME": str(self.home), "NEXUS_USER": "tester",
+                "NEXUS_PROVIDER": "local"}
+
+
+def test_the_kernel_shows_a_full_disk_in_the_cell_and_stays_alive(small_fs: Path,
+                                                                   kernel_path):
+    from .conftest import kernel_run, start_kernel
+
+    home = small_fs / "home"
+    before = manager(home)
+    before.stop(before.create("seed").sandbox_id)  # a store that exists, as in real use
+    before.close()
+    filler = fill(small_fs)
+    kernel, client = start_kernel(_Home(home), kernel_path)
+    try:
+        reply, _ = kernel_run(client, "print(6*7)")
+        assert reply["status"] == "error" and "is full" in reply["evalue"], reply
+        assert "\n" not in reply["evalue"] and str(home) in reply["evalue"]
+        assert kernel.is_alive()
+        filler.unlink()
+        texts: list[str] = []
+        reply = client.execute_interactive(
+            "print(6*7)", timeout=120,
+            output_hook=lambda m: texts.append(m["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok" and "42" in "".join(texts)
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=False)
+    after = manager(home)
+    assert all(r.status is Status.STOPPED for r in after.list())
+    after.close()
