@@ -61,7 +61,8 @@ class Reaper:
             if live and self.reconcile(record).status is Status.STOPPED:
                 gone.append(record.sandbox_id)
         orphans = self._reap_orphans()
-        return {"expired": expired, "gone": gone, "orphans": orphans}
+        return {"expired": expired, "gone": gone, "orphans": orphans,
+                "leftovers": self._remove_leftovers()}
 
     # ---------------------------------------------------------------- one record
 
@@ -221,6 +222,14 @@ class Reaper:
                 if record is not None and record.status is not Status.STOPPED:
                     self._stopped(record.sandbox_id)
         return orphans
+
+    def _remove_leftovers(self) -> list[str]:
+        """Host-side state of no live sandbox of any store (see Provider.remove_leftovers)."""
+        removed: list[str] = []
+        for name in self._providers_in_use():
+            with contextlib.suppress(Exception):
+                removed += self.manager.provider(name).remove_leftovers()
+        return removed
 
     def _providers_in_use(self) -> list[str]:
         names = {self.manager.settings.provider, "local"} | self.manager.loaded_providers()
