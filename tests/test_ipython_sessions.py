@@ -16,6 +16,7 @@ import pytest
 from nexus_kernel import LocalBackend, NexusFS
 
 from .conftest import TEMPLATE_CACHE, needs_bwrap
+from .test_kernel import jupyter_path, kernel_prefix, start_kernel  # noqa: F401 (fixtures)
 
 pytestmark = needs_bwrap
 
@@ -183,3 +184,28 @@ def test_without_ipython_a_magic_says_how_to_get_it(nx):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     plain = nx.manager.run(sandbox, "python", "x = (1 +\n", session="s")
     assert plain.error["ename"] == "SyntaxError"  # real syntax errors stay as they were
+
+
+def test_kernel_forwards_magics_to_the_sandbox_ipython(start_kernel,  # noqa: F811
+                                                        nexus_home, _ipython_build):
+    link = nexus_home / "templates" / IPYTHON_TEMPLATE
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(_ipython_build, target_is_directory=True)
+    kernel = start_kernel(NEXUS_TEMPLATE=IPYTHON_TEMPLATE, NEXUS_TRUSTED_OUTPUT="1")
+    reply, out = kernel.execute("%sandbox ttl 30\n%timeit -n1 -r1 sum(range(5))\n!echo bang",
+                                timeout=120)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    text = "".join(m["content"]["text"] for m in out if m["msg_type"] == "stream")
+    assert "per loop" in text and "bang\n" in text
+    reply, out = kernel.execute("from IPython.display import Markdown\ndisplay(Markdown('*m*'))")
+    assert [(m["msg_type"], sorted(m["content"]["data"])) for m in out] == [
+        ("display_data", ["text/markdown", "text/plain"])]
+    reply, out = kernel.execute("%%time\nx = 1")
+    assert reply["content"]["status"] == "ok" and "Wall time" in str(out)
+    reply, out = kernel.execute("def g():\n    raise ValueError('bad')\ng()")
+    assert reply["content"]["ename"] == "ValueError"
+    [error] = [m for m in out if m["msg_type"] == "error"]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+    assert "line 3" in text and "sandbox_agent" not in text
+    found = kernel.shell("complete", "%timei", 6)
+    assert "%timeit" in found["matches"]
