@@ -33,6 +33,10 @@ TOKEN = "test-token-123"
 #: The interpreter that runs the agent (and is python3 on its PATH); the agent must work on
 #: any python3 >= 3.8, so CI may point this at an old one.
 AGENT_PYTHON = os.environ.get("NEXUS_TEST_AGENT_PYTHON") or sys.executable
+#: With IPython, python sessions run cells through it (tests/test_ipython_sessions.py covers
+#: that mode in sandboxes); the plain exec loop otherwise.
+AGENT_HAS_IPYTHON = subprocess.run([AGENT_PYTHON, "-c", "import IPython"],
+                                   capture_output=True).returncode == 0
 HAVE_NODE = shutil.which("node") is not None
 needs_node = pytest.mark.skipif(not HAVE_NODE, reason="node is not installed")
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,8 +320,12 @@ def test_python_session_keeps_state_and_reports_results(client):
     failed = client.run("python", "def boom():\n    1 / 0\nboom()", session="s")
     assert failed["exit_code"] == 1
     assert failed["error"]["ename"] == "ZeroDivisionError"
-    assert "sandbox_agent" not in failed["stderr"] and "<cell-" in failed["stderr"]
-    assert failed["stderr"].startswith("Traceback") and "line 2, in boom" in failed["stderr"]
+    assert "sandbox_agent" not in failed["stderr"]
+    if AGENT_HAS_IPYTHON:  # IPython's traceback, the cell named by its count
+        assert "Cell In[4], line 2, in boom" in failed["stderr"]
+    else:
+        assert "<cell-" in failed["stderr"] and failed["stderr"].startswith("Traceback")
+        assert "line 2, in boom" in failed["stderr"]
 
     assert client.run("python", "raise SystemExit(3)", session="s")["exit_code"] == 3
     assert client.run("python", "import __main__\n__main__.inc(1)", session="s")["result"] == {
@@ -583,7 +591,11 @@ def test_the_zipapp_serves_sessions_and_relays(tmp_path):
     try:
         first = agent.client.run("python", "x = 6 * 7\nx", session="s")
         assert first["result"] == {"text/plain": "42"}
-        assert agent.client.complete("s", "x.bit_l")["matches"] == ["x.bit_length"]
+        found = agent.client.complete("s", "x.bit_l")
+        if AGENT_HAS_IPYTHON:  # IPython's completer replaces the attribute only
+            assert found["matches"] == ["bit_length"] and found["cursor_start"] == 2
+        else:
+            assert found["matches"] == ["x.bit_length"]
         relay = subprocess.Popen(agent_argv("relay", "--socket", agent.socket, zipapp=zipapp),
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         request = {"id": "r", "token": TOKEN, "op": "run", "language": "python",
@@ -599,8 +611,8 @@ def test_the_zipapp_serves_sessions_and_relays(tmp_path):
 def test_the_python_worker_imports_only_what_it_needs(client):
     code = "import sys\nsorted(m for m in sys.modules if m.startswith('sandbox_agent'))"
     loaded = eval(client.run("python", code, session="w")["result"]["text/plain"])
-    assert loaded == ["sandbox_agent", "sandbox_agent.rich", "sandbox_agent.wire",
-                      "sandbox_agent.worker"]
+    assert loaded == ["sandbox_agent", "sandbox_agent.ishell", "sandbox_agent.rich",
+                      "sandbox_agent.wire", "sandbox_agent.worker"]
 
 
 def test_the_host_imports_only_the_wire_format():

@@ -2,7 +2,9 @@
 
 A cell may start with ``%sandbox ...`` lines (handled by the kernel itself), then either a
 cell magic naming the language (``%%bash``, ``%%javascript``, ``%%python``) or Python code.
-Anything else that starts with ``%`` is an error: the sandbox runs plain Python, not IPython.
+Every other magic (``%timeit``, ``%%time``, ``%matplotlib inline``, ``!cmd`` ...) is Python
+code for the sandbox's session, which runs it through IPython when the sandbox has IPython
+and otherwise says in one line how to get it there.
 The ``%sandbox`` lines themselves are parsed by :mod:`nexus_kernel.sandbox_lines`.
 """
 
@@ -10,8 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from ..errors import UsageError
 
 #: ``%%name`` -> language of the session the cell runs in.
 CELL_MAGICS = {
@@ -42,7 +42,7 @@ class Cell:
 
 
 def parse_cell(source: str) -> Cell:
-    """Split ``source``; raises :class:`UsageError` for magics the kernel lacks.
+    """Split ``source`` into the kernel's ``%sandbox`` lines and the code to run.
 
     Python code keeps its line numbers (consumed lines become blank lines), so tracebacks
     point at the right line of the cell."""
@@ -59,10 +59,6 @@ def parse_cell(source: str) -> Cell:
         index += 1
     rest = lines[index:]
     magic = _MAGIC.match(rest[0]) if rest else None
-    if magic is None:
-        return Cell(tuple(commands), "python", "\n" * index + "".join(rest))
-    prefix, name = magic.groups()
-    if prefix == "%%" and name in CELL_MAGICS:
-        return Cell(tuple(commands), CELL_MAGICS[name], "".join(rest[1:]))
-    known = "%%bash, %%javascript, %%python and %sandbox lines at the top of a cell"
-    raise UsageError(f"{prefix}{name} is not available in the Nexus Sandbox kernel; it has {known}")
+    if magic is not None and magic.group(1) == "%%" and magic.group(2) in CELL_MAGICS:
+        return Cell(tuple(commands), CELL_MAGICS[magic.group(2)], "".join(rest[1:]))
+    return Cell(tuple(commands), "python", "\n" * index + "".join(rest))

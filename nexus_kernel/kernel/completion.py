@@ -23,17 +23,24 @@ def _reply(matches: list[str], start: int, end: int) -> dict[str, Any]:
     return {"matches": matches, "cursor_start": start, "cursor_end": end}
 
 
+def magic_name_before(code: str, pos: int) -> bool:
+    """Whether the cursor ends the first word of a ``%`` line (a magic's name)."""
+    line = code[:pos].rsplit("\n", 1)[-1]
+    return line.lstrip().startswith("%") and len(line.split()) == 1 and not line.endswith(" ")
+
+
 def complete_magic(code: str, pos: int) -> dict[str, Any] | None:
-    """Completions on a line that starts with ``%``: magic names, then the ``%sandbox``
-    grammar's words; None for any other line (Python code)."""
+    """Completions on a line that starts with ``%``: the kernel's magic names, then the
+    ``%sandbox`` grammar's words; None for any other line (Python code, or the arguments
+    of a magic the sandbox's IPython runs)."""
     line = code[:pos].rsplit("\n", 1)[-1]
     if not line.lstrip().startswith("%"):
         return None
     words = line.split()
-    if len(words) == 1 and not line.endswith(" "):
+    if magic_name_before(code, pos):
         return _reply([m for m in _MAGICS if m.startswith(words[0])], pos - len(words[0]), pos)
     if words[0] != "%sandbox":
-        return _reply([], pos, pos)
+        return None
     words = words[1:] + ([""] if line.endswith(" ") else [])
     return _reply(sandbox_lines.complete(words, sandbox_lines.KERNEL), pos - len(words[-1]), pos)
 

@@ -316,11 +316,16 @@ class NexusKernel(Kernel):
 
     async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
         """Completions from the sandbox session's namespace (builtins before the first cell);
-        ``%`` lines are completed here (magic names, the ``%sandbox`` grammar's words)."""
+        ``%sandbox`` lines are completed here, magic names here and in the sandbox."""
         pos = len(code) if cursor_pos is None else cursor_pos
         found = completion.complete_magic(code, pos)
         if found is None:
             found = self._ask_sandbox("complete", code, pos)
+        elif completion.magic_name_before(code, pos):  # and the sandbox IPython's magics
+            more = self._ask_sandbox("complete", code, pos) or {}
+            if not more.get("busy") and more.get("cursor_start") == found["cursor_start"]:
+                found["matches"] += [m for m in more.get("matches") or []
+                                     if m not in found["matches"]]
         if found is None or found.get("busy"):
             found = completion.complete_builtin(code, pos) if not _other_language(code) else {}
         return {

@@ -1,12 +1,16 @@
 """The python session worker (``worker-python``): runs cells in one persistent namespace,
-Jupyter-style, in its own interpreter. It imports only this module, the wire format and
-rich-output capture (introspection on the first query), never the server.
+Jupyter-style, in its own interpreter. When that interpreter has IPython, cells run through
+one IPython shell (:mod:`.ishell`: magics, ``!cmd``, IPython's display and tracebacks);
+without it, through the plain exec loop here, where a magic line says how to get IPython.
+It imports only this module, the wire format, rich-output capture and ``ishell``
+(introspection on the first query), never the server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -58,6 +62,20 @@ class PythonWorker:
         self.stdin = False  # may input() ask the client (the run's ``stdin`` flag)?
         self.stderr_traceback = True
         self._install_builtins()
+        self.shell = self._make_shell()
+
+    def _make_shell(self):
+        """The session's IPython shell when this interpreter has IPython, else None."""
+        from .ishell import ipython_available, make_shell
+
+        if not ipython_available():
+            return None
+        try:
+            return make_shell(self)
+        except Exception as exc:  # a broken install: the plain session still works
+            self._write_stderr(f"IPython is installed but could not start "
+                               f"({type(exc).__name__}: {exc}); running plain Python\n")
+            return None
 
     def _install_builtins(self) -> None:
         """``display``/``clear_output`` for every cell, ``input``/``getpass`` that can ask the
@@ -122,7 +140,8 @@ class PythonWorker:
         self.stderr_traceback = cmd.get("stderr_traceback") is not False
         try:
             code = self.execute(cmd.get("code", ""))
-            self.flush_figures()
+            if self.shell is None or os.environ.get("MPLBACKEND") == MATPLOTLIB_BACKEND:
+                self.flush_figures()
         finally:
             self.stdin = False
         self.finish(self.run_id, code)
@@ -225,7 +244,14 @@ class PythonWorker:
         from .introspect import complete_code, inspect_code
 
         try:
-            if cmd.get("op") == "complete":
+            if self.shell is not None:
+                from . import ishell
+
+                if cmd.get("op") == "complete":
+                    found = ishell.complete(self.shell, code, pos)
+                else:
+                    found = ishell.inspect(self.shell, code, pos, cmd.get("detail_level") or 0)
+            elif cmd.get("op") == "complete":
                 found = complete_code(self.namespace, code, pos)
             else:
                 found = inspect_code(self.namespace, code, pos, cmd.get("detail_level") or 0)
@@ -244,7 +270,33 @@ class PythonWorker:
         self.emit({"ev": "end", "id": run_id, "exit_code": exit_code})
 
     def execute(self, code: str) -> int:
-        """Run one cell; returns its exit code."""
+        """Run one cell (through IPython when the session has it); returns its exit code."""
+        if self.shell is not None:
+            return self.execute_ipython(code)
+        return self.execute_plain(code)
+
+    def execute_ipython(self, code: str) -> int:
+        """One cell through the shell: magics, ``!cmd``, display hooks, IPython tracebacks.
+        SIGINT raises KeyboardInterrupt from C while it runs, so no frame of this file shows."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            result = self.shell.run_cell(code, store_history=True)
+        except KeyboardInterrupt:
+            self.shell.showtraceback()
+            return INTERRUPT_EXIT_CODE
+        finally:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        error = result.error_before_exec or result.error_in_exec
+        if error is None:
+            return 0
+        if isinstance(error, KeyboardInterrupt):
+            return INTERRUPT_EXIT_CODE
+        if isinstance(error, SystemExit):
+            return self._exit_status(error)
+        return 1
+
+    def execute_plain(self, code: str) -> int:
+        """Run one cell in plain Python; returns its exit code."""
         import ast
         import linecache
 
@@ -267,6 +319,13 @@ class PythonWorker:
             return 0
         except SystemExit as exc:
             return self._exit_status(exc)
+        except SyntaxError as exc:
+            hint = ipython_hint(exc)
+            if hint is None:
+                self.report(exc)
+            else:
+                self.report_hint(hint)
+            return 1
         except BaseException as exc:
             self.report(exc)
             return INTERRUPT_EXIT_CODE if isinstance(exc, KeyboardInterrupt) else 1
@@ -321,12 +380,36 @@ class PythonWorker:
             }
         )
 
+    def report_hint(self, text: str) -> None:
+        """A one-line ``UsageError`` (no traceback): what to do instead."""
+        if self.stderr_traceback:
+            self._write_stderr(f"UsageError: {text}\n")
+        self.emit({"ev": "error", "ename": "UsageError", "evalue": text,
+                   "traceback": [f"UsageError: {text}"]})
+
     def _write_stderr(self, text: str) -> None:
         try:
             sys.stderr.write(text)
             sys.stderr.flush()
         except Exception:
             write_all(2, text.encode("utf-8", "replace"))
+
+
+#: A line only IPython understands: ``%magic``, ``%%magic``, ``!cmd``, ``x = !cmd``, ``x = %magic``.
+_IPYTHON_LINE = re.compile(r"^\s*(?:[\w.,\s]+=\s*)?(%%?[A-Za-z_]\w*|!)")
+IPYTHON_HINT = ("{what} needs IPython in the sandbox: use the default data-science template, or "
+                "build one with it (nexus template create NAME --pip ipython) and create the "
+                "sandbox with that template")
+
+
+def ipython_hint(exc: SyntaxError):
+    """The one-line hint when the line a SyntaxError points at is IPython syntax, else None."""
+    line = exc.text or ""
+    found = _IPYTHON_LINE.match(line)
+    if found is None:
+        return None
+    what = "!cmd" if found.group(1) == "!" else found.group(1)
+    return IPYTHON_HINT.format(what=what)
 
 
 def main() -> int:
