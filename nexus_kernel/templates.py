@@ -20,12 +20,17 @@ from typing import Any
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError, ProviderError
-from .providers.local import sandbox_python
+from .providers.local import LEAN_TEMPLATES, sandbox_python
 
-#: Recipes shipped with the project: ``nexus template create datascience``.
+#: Recipes shipped with the project: ``nexus template create datascience``. "datascience" is
+#: the default environment of local sandboxes (``Settings.default_template``); nothing is
+#: pinned: the versions pip chose are recorded in template.json ("versions").
 RECIPES = {
-    "datascience": ["numpy", "pandas", "matplotlib"],
+    "datascience": ["ipython", "numpy", "pandas", "matplotlib", "matplotlib-inline", "seaborn",
+                    "scipy", "scikit-learn"],
 }
+#: Template ids meaning "no template": the lean sandbox (the sandbox's python alone).
+LEAN = LEAN_TEMPLATES
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -34,6 +39,10 @@ def template_dir(settings: Settings, name: str) -> Path:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgumentError(
             f"template name {name!r} must be lowercase letters, digits, '.', '_' or '-'"
+        )
+    if name in LEAN:
+        raise InvalidArgumentError(
+            f"template name {name!r} is reserved for the lean sandbox (no template); pick another"
         )
     return settings.templates_dir / name
 
@@ -50,13 +59,19 @@ def list_templates(settings: Settings) -> list[dict[str, Any]]:
 def create_template(
     settings: Settings, name: str, packages: list[str], *, quiet: bool = False
 ) -> dict[str, Any]:
-    """Build template ``name`` with ``packages`` (or the recipe of that name when empty)."""
+    """Build template ``name`` with ``packages`` (or the recipe of that name when empty).
+    A template already built with the same package list is kept as it is (its metadata is
+    returned with ``"cached": True``): building the default environment twice costs nothing.
+    pip's own wheel cache is used, so a rebuild downloads nothing it has seen."""
     target = template_dir(settings, name)
     packages = list(packages) or RECIPES.get(name, [])
     if not packages:
         raise InvalidArgumentError(
             f"give packages to install (--pip PKG ...) or use a recipe: {', '.join(RECIPES)}"
         )
+    built = _read_meta(target)
+    if built is not None and built.get("packages") == packages and (target / "lib").is_dir():
+        return {**built, "cached": True}
     if target.exists():
         raise InvalidArgumentError(
             f"template {name!r} exists; remove it first: nexus template remove {name}"
@@ -84,6 +99,7 @@ def create_template(
     meta = {
         "name": name,
         "packages": packages,
+        "versions": installed_versions(building / "lib"),
         "python": python,
         "created_at": time.time(),
         "build_seconds": round(time.monotonic() - started, 1),
@@ -101,6 +117,23 @@ def remove_template(settings: Settings, name: str) -> None:
     if not target.exists():
         raise InvalidArgumentError(f"no template {name!r}; see nexus template list")
     shutil.rmtree(target)
+
+
+def installed_versions(lib: Path) -> dict[str, str]:
+    """{distribution: version} of what pip installed into ``lib`` (its .dist-info dirs)."""
+    versions = {}
+    for info in sorted(lib.glob("*.dist-info")):
+        dist, _, version = info.name[: -len(".dist-info")].rpartition("-")
+        if dist:
+            versions[dist.replace("_", "-").lower()] = version
+    return versions
+
+
+def _read_meta(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((target / "template.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _size(path: Path) -> int:
