@@ -491,10 +491,12 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
         rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]
         _emit(args, {"templates": found}, "\n".join(rows) or "No templates.")
     elif args.command == "create":
-        print(f"Building template {args.name!r} (pip output follows) ...", file=sys.stderr)
+        print(f"Building template {args.name!r} (pip output follows; skipped when built "
+              f"already) ...", file=sys.stderr)
         meta = templates.create_template(settings, args.name, args.pip)
-        _emit(args, meta, f"Created template: {meta['name']} ({meta['size_mb']} MB, "
-                          f"{meta['build_seconds']} s)")
+        state = "Template already built" if meta.get("cached") else "Created template"
+        _emit(args, meta, f"{state}: {meta['name']} ({meta['size_mb']} MB, "
+                          f"{meta['build_seconds']} s to build)")
     else:
         templates.remove_template(settings, args.name)
         _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")

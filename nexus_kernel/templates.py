@@ -81,10 +81,10 @@ def create_template(
     shutil.rmtree(building, ignore_errors=True)
     private_dir(building.parent)
     building.mkdir()
-    command = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+    command = [*_pip_install(python), "--no-input", "--disable-pip-version-check",
                "--target", str(building / "lib"), *packages]
     if quiet:
-        command.insert(4, "--quiet")
+        command.insert(command.index("install") + 1, "--quiet")
     started = time.monotonic()
     try:
         done = subprocess.run(command, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
@@ -117,6 +117,23 @@ def remove_template(settings: Settings, name: str) -> None:
     if not target.exists():
         raise InvalidArgumentError(f"no template {name!r}; see nexus template list")
     shutil.rmtree(target)
+
+
+def _pip_install(python: str) -> list[str]:
+    """``pip install`` for the sandbox's ``python``: its own pip, else this process's
+    (Debian's python3 has no pip without python3-pip; nexus' own environment has one),
+    told the sandbox python's version and to take wheels only when the two differ."""
+    if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return [python, "-m", "pip", "install"]
+    try:
+        version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ProviderError(f"cannot run the sandbox python {python}: {exc}") from None
+    own = [sys.executable, "-m", "pip", "install"]
+    if version == "%d.%d" % sys.version_info[:2]:
+        return own
+    return [*own, "--python-version", version, "--only-binary=:all:"]
 
 
 def installed_versions(lib: Path) -> dict[str, str]:
