@@ -20,14 +20,14 @@ from typing import Any
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError, ProviderError
-from .providers.local import LEAN_TEMPLATES, sandbox_python
+from .providers.base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES
+from .providers.local import sandbox_python
 
 #: Recipes shipped with the project: ``nexus template create datascience``. "datascience" is
 #: the default environment of local sandboxes (``Settings.default_template``); nothing is
 #: pinned: the versions pip chose are recorded in template.json ("versions").
 RECIPES = {
-    "datascience": ["ipython", "numpy", "pandas", "matplotlib", "matplotlib-inline", "seaborn",
-                    "scipy", "scikit-learn"],
+    "datascience": list(DATASCIENCE_PACKAGES),
 }
 #: Template ids meaning "no template": the lean sandbox (the sandbox's python alone).
 LEAN = LEAN_TEMPLATES
@@ -131,7 +131,7 @@ def _pip_install(python: str) -> list[str]:
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ProviderError(f"cannot run the sandbox python {python}: {exc}") from None
     own = [sys.executable, "-m", "pip", "install"]
-    if version == "%d.%d" % sys.version_info[:2]:
+    if version == "{}.{}".format(*sys.version_info[:2]):
         return own
     return [*own, "--python-version", version, "--only-binary=:all:"]
 

@@ -53,6 +53,7 @@ from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUn
 from ..models import Limits, SandboxSpec
 from ._launch import agent_command, serve_args, wait_for_ready
 from .base import (
+    LEAN_TEMPLATES,
     OPEN_FILES,
     SCRATCH_INODES_PER_MB,
     Capabilities,
@@ -76,8 +77,6 @@ HOME = "/home/user"
 RUN_DIR = "/run/nexus"
 AGENT_DIR = "/opt/nexus-agent"
 TEMPLATE_DIR = "/opt/template"
-#: Template ids of the lean sandbox (no template; see nexus_kernel/templates.py).
-LEAN_TEMPLATES = ("minimal", "none")
 #: Root-owned empty mount points for staging (see ``_WRAPPER_SCRIPT``).
 STAGE_DIR = "/run/nexus-kernel/stage"
 READY_TIMEOUT = 30.0
