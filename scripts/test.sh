@@ -22,8 +22,10 @@ if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
 
 bash scripts/install-host.sh --docker --browser
 $sudo bash scripts/start-dockerd.sh
-$sudo bash scripts/build-image.sh
 NEXUS_VENV="$VENV" bash scripts/install-venv.sh '.[all,test]'
+# the image's data-science layer is fetched by the environment's pip (the system python3
+# may have none)
+$sudo env NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/build-image.sh
 # The default sandbox environment, in the tests' template cache (tests/conftest.py): built
 # once (~30 s), skipped when built with the same recipe; pip's wheel cache serves rebuilds.
 echo "==> building the default sandbox environment 'datascience' for the tests"

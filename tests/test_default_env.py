@@ -122,3 +122,57 @@ def test_kernelspec_template_variant(tmp_path: Path):
     assert json.loads(out.stdout)["name"] == "nexus-sandbox-docker-python-3.12-slim"
     bad = nexus("kernel", "install", "--prefix", str(tmp_path), "--template", "a b")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_docker_image_has_the_stack(nexus_home):
+    """The image of scripts/build-image.sh (what test.sh builds) has the default environment."""
+    from nexus_kernel import NexusFS
+    from nexus_kernel.config import Settings
+
+    from .conftest import docker_not_ready, docker_problem
+
+    problem = docker_problem(Settings.load())
+    if problem:
+        docker_not_ready(problem)
+    nx = NexusFS(sandbox_provider="docker", is_admin=True)
+    sb = nx.sandbox_create("docker-default")["sandbox_id"]
+    try:
+        out = nx.sandbox_run(sb, "python", STACK + "; print(pandas.__version__)")
+        assert out["exit_code"] == 0, out["stderr"]
+    finally:
+        nx.sandbox_stop(sb)
+        nx.close()
+
+
+@needs_bwrap
+def test_kernelspec_variant_keeps_its_template_across_restarts(datascience, tmp_path, monkeypatch):
+    from jupyter_client.manager import KernelManager
+
+    out = nexus("kernel", "install", "--prefix", str(tmp_path), "--template", "minimal", "--json")
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    code = "try:\n    import pandas; print('has pandas')\nexcept ImportError:\n    print('lean')"
+
+    def run(kc) -> str:
+        texts = []
+        kc.execute_interactive(code, timeout=60, output_hook=lambda m: texts.append(
+            m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+        return "".join(texts).strip().splitlines()[-1]
+
+    for name, expected in (("nexus-sandbox", "has pandas"), ("nexus-sandbox-minimal", "lean")):
+        if name == "nexus-sandbox":  # the plain kernelspec, beside the variant
+            assert nexus("kernel", "install", "--prefix", str(tmp_path)).returncode == 0
+        km = KernelManager(kernel_name=name)
+        km.start_kernel()
+        try:
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=60)
+            assert run(kc) == expected
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+            assert run(kc) == expected, f"{name} after a restart"
+            kc.stop_channels()
+        finally:
+            km.shutdown_kernel(now=False)
