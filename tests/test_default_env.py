@@ -176,3 +176,28 @@ def test_kernelspec_variant_keeps_its_template_across_restarts(datascience, tmp_
             kc.stop_channels()
         finally:
             km.shutdown_kernel(now=False)
+
+
+@needs_bwrap
+def test_kernel_error_carries_the_hint(nexus_home, tmp_path, monkeypatch):
+    """The Nexus Sandbox kernel's error message (lean sandbox here) ends with the hint."""
+    from jupyter_client.manager import KernelManager
+
+    assert nexus("kernel", "install", "--prefix", str(tmp_path)).returncode == 0
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    km = KernelManager(kernel_name="nexus-sandbox")
+    km.start_kernel()
+    try:
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        errors = []
+        kc.execute_interactive("import sklearn", timeout=60, output_hook=lambda m: errors.append(
+            m["content"]) if m["msg_type"] == "error" else None)
+        [error] = errors
+        assert error["ename"] == "ModuleNotFoundError"
+        assert error["traceback"][-1].startswith("hint: 'sklearn' is not in this sandbox")
+        kc.stop_channels()
+    finally:
+        km.shutdown_kernel(now=False)
