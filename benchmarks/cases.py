@@ -118,6 +118,17 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
             a, b = compare(make, base, reps, warmup=1)
             rows.append(Row(provider, "create -> ready", a, base_name, b,
                             target=TARGETS.get((provider, "create"))))
+            if provider == "local":  # the lean sandbox beside the default environment
+                ctx.log(f"[{provider}] create -> ready (--template minimal) x{reps}")
+                lean: list[str] = []
+                try:
+                    a, b = compare(lambda: lean.append(mgr.create(
+                        "bench-lean", template_id="minimal", provider=provider).sandbox_id),
+                        base, reps, warmup=1)
+                finally:
+                    _clean_up(ctx, lean, mgr.stop, str)
+                rows.append(Row(provider, "create -> ready (--template minimal)", a, base_name, b,
+                                target=TARGETS.get((provider, "create"))))
         else:
             make()
         sid = created[-1]

@@ -148,10 +148,33 @@ def render_markdown(rows: list[Row], machine: dict[str, Any], started: str) -> s
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def _default_environment(user_home: Path, home: Path) -> str:
+    """Give the benchmark's NEXUS_HOME the default local environment (template
+    "datascience") of the user's NEXUS_HOME, building it there when missing (what
+    scripts/demo.sh does; a no-op when built); "" when done, else a note and lean sandboxes."""
+    from nexus_kernel import templates
+    from nexus_kernel.config import Settings
+    from nexus_kernel.errors import SandboxError
+
+    name = os.environ.get("NEXUS_DEFAULT_TEMPLATE") or "datascience"
+    if name in templates.LEAN or (home / "templates" / name).exists():
+        return ""
+    try:
+        built = templates.create_template(Settings.load(home=user_home), name, [], quiet=True)
+    except SandboxError as exc:
+        os.environ["NEXUS_DEFAULT_TEMPLATE"] = "minimal"
+        return f"default environment {name!r} not available ({exc}): local rows are lean"
+    (home / "templates").mkdir(parents=True, exist_ok=True)
+    (home / "templates" / name).symlink_to(user_home / "templates" / name)
+    return "" if built.get("cached") else f"built the default environment {name!r} first"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    user_home = os.environ.get("NEXUS_HOME") or str(Path.home() / ".nexus")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="nexus-bench-"))
     os.environ["NEXUS_HOME"] = str(home)
+    default_note = _default_environment(Path(user_home), home)
     os.environ["NEXUS_USER"] = "bench"
     os.environ.setdefault("NEXUS_POOL_SIZE", "0")  # the pool has its own rows
 
@@ -170,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=2, quick=args.quick, only=set(args.only.split(",")) if args.only else None,
         log=lambda msg: print(f"  .. {msg}", file=sys.stderr, flush=True),
     )
+    if default_note:
+        ctx.notes.append(default_note)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     machine = machine_info()
     print(f"nexus benchmarks: {machine}", file=sys.stderr)

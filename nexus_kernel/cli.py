@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import sys
 from typing import Any
@@ -161,7 +162,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     _add_json(p)
     text = "build a template (network is used at build time only)"
     p = tsub.add_parser("create", help=text, description=text)
-    p.add_argument("name", help="template name; 'datascience' has a recipe (numpy pandas matplotlib)")
+    p.add_argument("name", help="template name; 'datascience' (the default environment) has a recipe")
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="packages to install")
     _add_json(p)
     p = tsub.add_parser("remove", help="delete a template", description="delete a template")
@@ -180,10 +181,15 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help="into this Python environment (sys.prefix)")
     where.add_argument("--prefix", metavar="PATH", help="under PATH/share/jupyter/kernels")
     p.add_argument("--name", default=None,
-                   help="kernelspec name (default nexus-sandbox, or nexus-sandbox-PROVIDER)")
+                   help="kernelspec name (default nexus-sandbox, or nexus-sandbox-PROVIDER-TEMPLATE...)")
     p.add_argument("--display-name", default=None, help="name shown in Jupyter")
     p.add_argument("--provider", default=None,
                    help="provider for this kernel's sandboxes (sets NEXUS_PROVIDER)")
+    p.add_argument("--template", default=None, metavar="NAME",
+                   help="template (local) or image of this kernel's sandboxes; 'minimal' for "
+                        "lean local sandboxes (sets NEXUS_TEMPLATE)")
+    p.add_argument("--network", action="store_true",
+                   help="this kernel's sandboxes have network (sets NEXUS_NETWORK=1)")
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
@@ -515,10 +521,12 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
         rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]
         _emit(args, {"templates": found}, "\n".join(rows) or "No templates.")
     elif args.command == "create":
-        print(f"Building template {args.name!r} (pip output follows) ...", file=sys.stderr)
+        print(f"Building template {args.name!r} (pip output follows; skipped when built "
+              f"already) ...", file=sys.stderr)
         meta = templates.create_template(settings, args.name, args.pip)
-        _emit(args, meta, f"Created template: {meta['name']} ({meta['size_mb']} MB, "
-                          f"{meta['build_seconds']} s)")
+        state = "Template already built" if meta.get("cached") else "Created template"
+        _emit(args, meta, f"{state}: {meta['name']} ({meta['size_mb']} MB, "
+                          f"{meta['build_seconds']} s to build)")
     else:
         templates.remove_template(settings, args.name)
         _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")
@@ -529,8 +537,8 @@ KERNEL_NAME = "nexus-sandbox"
 KERNEL_DISPLAY_NAME = "Nexus Sandbox"
 
 
-def kernel_spec(python: str, provider: str | None = None,
-                trusted_output: bool = False) -> dict[str, Any]:
+def kernel_spec(python: str, provider: str | None = None, trusted_output: bool = False,
+                template: str | None = None, network: bool = False) -> dict[str, Any]:
     """The kernel.json of the proxy kernel run by ``python`` (``kernelspec/kernel.json`` is
     this with ``python3``, which Jupyter replaces by its own interpreter)."""
     spec: dict[str, Any] = {
@@ -544,10 +552,21 @@ def kernel_spec(python: str, provider: str | None = None,
     if provider:
         spec["display_name"] += f" ({provider})"
         spec["env"]["NEXUS_PROVIDER"] = provider
+    if template:
+        spec["display_name"] += f" ({template})"
+        spec["env"]["NEXUS_TEMPLATE"] = template
+    if network:
+        spec["display_name"] += " (network)"
+        spec["env"]["NEXUS_NETWORK"] = "1"
     if trusted_output:
         spec["display_name"] += " (trusted output)"
         spec["env"]["NEXUS_TRUSTED_OUTPUT"] = "1"
     return spec
+
+
+def _spec_part(template: str) -> str:
+    """A template or image name as a kernelspec name part (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", template.rsplit("/", 1)[-1]).strip("-").lower()
 
 
 def _kernel_logos() -> list[Any]:
@@ -574,9 +593,15 @@ def _kernel_install(args: argparse.Namespace) -> int:
     if args.provider is not None and args.provider not in PROVIDERS:
         raise UsageError(f"unknown provider {args.provider!r}; choose one of: "
                          f"{', '.join(PROVIDERS)}")
-    name = args.name or KERNEL_NAME + (f"-{args.provider}" if args.provider else "") + (
-        "-trusted" if args.trusted_output else "")
-    spec = kernel_spec(sys.executable, args.provider, args.trusted_output)
+    if args.template is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}",
+                                                      args.template):
+        raise UsageError(f"--template {args.template!r} is not a template or image name")
+    name = args.name or KERNEL_NAME + "".join(
+        f"-{part}" for part in (args.provider, args.template and _spec_part(args.template),
+                                args.network and "network", args.trusted_output and "trusted")
+        if part)
+    spec = kernel_spec(sys.executable, args.provider, args.trusted_output, args.template,
+                       args.network)
     if args.display_name:
         spec["display_name"] = args.display_name
     prefix = sys.prefix if args.sys_prefix else args.prefix

@@ -82,8 +82,13 @@ class Settings:
     e2b_api_key: str = ""
     e2b_template_id: str = ""
     modal_image: str = ""
-    #: Kernel: template / image of the kernel's sandboxes (NEXUS_TEMPLATE; "" = none).
+    #: Kernel: template / image of the kernel's sandboxes (NEXUS_TEMPLATE; "" = the
+    #: provider's default).
     template: str = ""
+    #: Local: the template of sandboxes created without one (NEXUS_DEFAULT_TEMPLATE): the
+    #: data-science environment, built once by ``nexus template create datascience``;
+    #: "minimal" (or "none") gives the lean sandbox (the sandbox's python alone).
+    default_template: str = "datascience"
     #: Kernel: seconds a cell may run (NEXUS_CELL_TIMEOUT; default no practical limit, 24 h).
     cell_timeout: float = MAX_TIMEOUT
     #: Kernel: attach to this existing sandbox instead of creating one (NEXUS_KERNEL_SANDBOX).

@@ -20,12 +20,17 @@ from typing import Any
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError, ProviderError
+from .providers.base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES
 from .providers.local import sandbox_python
 
-#: Recipes shipped with the project: ``nexus template create datascience``.
+#: Recipes shipped with the project: ``nexus template create datascience``. "datascience" is
+#: the default environment of local sandboxes (``Settings.default_template``); nothing is
+#: pinned: the versions pip chose are recorded in template.json ("versions").
 RECIPES = {
-    "datascience": ["numpy", "pandas", "matplotlib"],
+    "datascience": list(DATASCIENCE_PACKAGES),
 }
+#: Template ids meaning "no template": the lean sandbox (the sandbox's python alone).
+LEAN = LEAN_TEMPLATES
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -34,6 +39,10 @@ def template_dir(settings: Settings, name: str) -> Path:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgumentError(
             f"template name {name!r} must be lowercase letters, digits, '.', '_' or '-'"
+        )
+    if name in LEAN:
+        raise InvalidArgumentError(
+            f"template name {name!r} is reserved for the lean sandbox (no template); pick another"
         )
     return settings.templates_dir / name
 
@@ -50,13 +59,19 @@ def list_templates(settings: Settings) -> list[dict[str, Any]]:
 def create_template(
     settings: Settings, name: str, packages: list[str], *, quiet: bool = False
 ) -> dict[str, Any]:
-    """Build template ``name`` with ``packages`` (or the recipe of that name when empty)."""
+    """Build template ``name`` with ``packages`` (or the recipe of that name when empty).
+    A template already built with the same package list is kept as it is (its metadata is
+    returned with ``"cached": True``): building the default environment twice costs nothing.
+    pip's own wheel cache is used, so a rebuild downloads nothing it has seen."""
     target = template_dir(settings, name)
     packages = list(packages) or RECIPES.get(name, [])
     if not packages:
         raise InvalidArgumentError(
             f"give packages to install (--pip PKG ...) or use a recipe: {', '.join(RECIPES)}"
         )
+    built = _read_meta(target)
+    if built is not None and built.get("packages") == packages and (target / "lib").is_dir():
+        return {**built, "cached": True}
     if target.exists():
         raise InvalidArgumentError(
             f"template {name!r} exists; remove it first: nexus template remove {name}"
@@ -66,10 +81,10 @@ def create_template(
     shutil.rmtree(building, ignore_errors=True)
     private_dir(building.parent)
     building.mkdir()
-    command = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+    command = [*_pip_install(python), "--no-input", "--disable-pip-version-check",
                "--target", str(building / "lib"), *packages]
     if quiet:
-        command.insert(4, "--quiet")
+        command.insert(command.index("install") + 1, "--quiet")
     started = time.monotonic()
     try:
         done = subprocess.run(command, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
@@ -84,6 +99,7 @@ def create_template(
     meta = {
         "name": name,
         "packages": packages,
+        "versions": installed_versions(building / "lib"),
         "python": python,
         "created_at": time.time(),
         "build_seconds": round(time.monotonic() - started, 1),
@@ -101,6 +117,40 @@ def remove_template(settings: Settings, name: str) -> None:
     if not target.exists():
         raise InvalidArgumentError(f"no template {name!r}; see nexus template list")
     shutil.rmtree(target)
+
+
+def _pip_install(python: str) -> list[str]:
+    """``pip install`` for the sandbox's ``python``: its own pip, else this process's
+    (Debian's python3 has no pip without python3-pip; nexus' own environment has one),
+    told the sandbox python's version and to take wheels only when the two differ."""
+    if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return [python, "-m", "pip", "install"]
+    try:
+        version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ProviderError(f"cannot run the sandbox python {python}: {exc}") from None
+    own = [sys.executable, "-m", "pip", "install"]
+    if version == "{}.{}".format(*sys.version_info[:2]):
+        return own
+    return [*own, "--python-version", version, "--only-binary=:all:"]
+
+
+def installed_versions(lib: Path) -> dict[str, str]:
+    """{distribution: version} of what pip installed into ``lib`` (its .dist-info dirs)."""
+    versions = {}
+    for info in sorted(lib.glob("*.dist-info")):
+        dist, _, version = info.name[: -len(".dist-info")].rpartition("-")
+        if dist:
+            versions[dist.replace("_", "-").lower()] = version
+    return versions
+
+
+def _read_meta(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((target / "template.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _size(path: Path) -> int:

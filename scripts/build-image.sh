@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # Build the Docker sandbox image offline (no registry needed), reusing what is already built.
 #
-#   bash scripts/build-image.sh [--base-only] [--force] [--rebuild-base] [--agent-digest]
+#   bash scripts/build-image.sh [--base-only] [--lean] [--force] [--rebuild-base] [--agent-digest]
 #
-# Two layers:
+# Three layers:
 #   1. nexus-base:bookworm ($NEXUS_DOCKER_BASE): a minimal Debian bookworm made with
 #      `debootstrap --variant=minbase` (python3, nodejs, bash, procps, ca-certificates),
 #      a non-root user `user` (uid 1000, home /home/user), shrunk, then `docker import`ed.
 #      The shrunk rootfs tarball is cached in $NEXUS_IMAGE_CACHE (default /var/cache/nexus),
 #      so the base is re-imported from it rather than debootstrapped again.
-#   2. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM the base, adds the agent package
+#   2. nexus-datascience:bookworm ($NEXUS_DOCKER_DATASCIENCE): FROM the base, the default
+#      environment's packages (DATASCIENCE_PACKAGES in nexus_kernel/providers/base.py:
+#      IPython, numpy, pandas, matplotlib, seaborn, scipy, scikit-learn) in
+#      /usr/local/lib/python3.X/dist-packages, where the image's python3 finds them. Wheels
+#      only, fetched by this host's pip for the image's python version and platform (a
+#      package registry is the only network used; pip's cache serves rebuilds); labelled
+#      with its recipe, rebuilt only when that changes. --lean skips it.
+#   3. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM layer 2 (or 1), adds the agent package
 #      (nexus_kernel/agent/sandbox_agent/) at /opt/nexus-agent/sandbox_agent/ with its
 #      bytecode and labels the image with the package's digest (nexus.agent_sha256: the
 #      sha256 of `sha256sum *.py` in the package, as nexus_kernel.agent.agent_digest()).
 # Reuse: when the image exists with the current agent's digest nothing is done; when only
-# the agent changed, only layer 2 is rebuilt (seconds).
+# the agent changed, only layer 3 is rebuilt (seconds).
 #
-# Options: --base-only (stop after layer 1), --force (rebuild layer 2 even when current),
+# Options: --base-only (stop after layer 1), --lean (no layer 2: the lean image, e.g. with
+# NEXUS_DOCKER_IMAGE=nexus-sandbox:lean), --force (rebuild layer 3 even when current),
 # --rebuild-base (debootstrap again, ignoring the cached rootfs and base image),
 # --agent-digest (print the agent package's digest and exit).
-# Env: NEXUS_DOCKER_IMAGE, NEXUS_DOCKER_BASE, NEXUS_IMAGE_CACHE, NEXUS_DEBIAN_MIRROR,
-#      NEXUS_AGENT_DIR (the agent package directory).
+# Env: NEXUS_DOCKER_IMAGE, NEXUS_DOCKER_BASE, NEXUS_DOCKER_DATASCIENCE, NEXUS_IMAGE_CACHE,
+#      NEXUS_DEBIAN_MIRROR, NEXUS_AGENT_DIR (the agent package directory), NEXUS_HOST_PYTHON
+#      (the python whose pip fetches the wheels; default python3).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,6 +40,8 @@ BASE="${NEXUS_DOCKER_BASE:-nexus-base:bookworm}"
 CACHE="${NEXUS_IMAGE_CACHE:-/var/cache/nexus}"
 MIRROR="${NEXUS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 AGENT="${NEXUS_AGENT_DIR:-$ROOT/nexus_kernel/agent/sandbox_agent}"
+DATASCIENCE="${NEXUS_DOCKER_DATASCIENCE:-nexus-datascience:bookworm}"
+HOST_PYTHON="${NEXUS_HOST_PYTHON:-python3}"
 SUITE=bookworm
 PACKAGES="python3,nodejs,bash,procps,ca-certificates"
 # Bump when the recipe below changes, so a stale cached rootfs is not reused.
@@ -41,14 +52,15 @@ agent_digest() {
     (export LC_ALL=C; cd "$AGENT" && sha256sum -- *.py) | sha256sum | cut -d' ' -f1
 }
 
-BASE_ONLY=0 FORCE=0 REBUILD_BASE=0
+BASE_ONLY=0 FORCE=0 REBUILD_BASE=0 LEAN=0
 for arg in "$@"; do
     case "$arg" in
         --base-only) BASE_ONLY=1 ;;
+        --lean) LEAN=1 ;;
         --force) FORCE=1 ;;
         --rebuild-base) REBUILD_BASE=1 ;;
         --agent-digest) agent_digest; exit 0 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "build-image: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -150,11 +162,71 @@ build_base() {
     step "$BASE: $(docker image inspect --format '{{.Size}}' "$BASE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
-# ---- layer 2: the agent ---------------------------------------------------------------
+# ---- layer 2: the default environment --------------------------------------------------
+
+datascience_packages() {
+    sed -n '/^DATASCIENCE_PACKAGES = (/,/)/p' "$ROOT/nexus_kernel/providers/base.py" \
+        | sed 's/^DATASCIENCE_PACKAGES = //' | tr -d '()"' | tr ',' ' ' | xargs
+}
+
+build_datascience() {
+    local packages version arch recipe ctx platforms=()
+    packages="$(datascience_packages)"
+    [ -n "$packages" ] || die "cannot read DATASCIENCE_PACKAGES from nexus_kernel/providers/base.py"
+    version="$(docker run --rm --network none "$BASE" python3 -c \
+        'import sys; print("%d.%d" % sys.version_info[:2])')" || die "cannot run python3 in $BASE"
+    recipe="$(printf '%s|%s|%s|%s' "$RECIPE_HASH" "$packages" "$version" "$(uname -m)" | sha256sum | cut -c1-12)"
+    if image_exists "$DATASCIENCE" \
+        && [ "$(image_label "$DATASCIENCE" nexus.datascience_recipe)" = "$recipe" ]; then
+        step "$DATASCIENCE is up to date (recipe $recipe)"
+        return
+    fi
+    "$HOST_PYTHON" -m pip --version >/dev/null 2>&1 || die "$HOST_PYTHON has no pip to fetch" \
+        "the data-science wheels: apt-get install python3-pip, set NEXUS_HOST_PYTHON, or use --lean"
+    arch="$(uname -m)"
+    # the image's glibc (bookworm: 2.36) runs these manylinux wheels
+    for tag in manylinux_2_36 manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014; do
+        platforms+=(--platform "${tag}_$arch")
+    done
+    ctx="$(mktemp -d /var/tmp/nexus-datascience.XXXXXX)"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$ctx'" EXIT
+    step "pip: $packages for python $version ($arch wheels only; ~30 s, ~470 MB)"
+    # shellcheck disable=SC2086
+    # (pip's "dependency resolver does not ... take into account" note is about this host's
+    # own packages, which --target does not use: only the install's end is shown)
+    "$HOST_PYTHON" -m pip install --no-input --disable-pip-version-check --progress-bar off \
+        --target "$ctx/site" --python-version "$version" --implementation cp \
+        --only-binary=:all: "${platforms[@]}" $packages >"$ctx/pip.log" 2>&1 \
+        || { tail -5 "$ctx/pip.log" >&2; die "pip could not fetch the data-science wheels (above)"; }
+    grep -E '^Successfully installed' "$ctx/pip.log" | sed 's/^/    /' || true
+    [ -d "$ctx/site/pandas" ] || die "pip did not install the data-science packages"
+    rm -rf "$ctx/site/bin"   # console scripts with this host's python in their shebang
+    find "$ctx/site" -name '__pycache__' -type d -prune -exec rm -rf {} +
+    chmod -R a+rX,go-w "$ctx/site"
+    {
+        echo "FROM $BASE"
+        echo "COPY site /usr/local/lib/python$version/dist-packages"
+        echo "RUN python3 -m compileall -q -j 0 /usr/local/lib/python$version/dist-packages >/dev/null 2>&1 || true"
+    } >"$ctx/Dockerfile"
+    step "docker build $DATASCIENCE"
+    local builder_env=()
+    docker buildx version >/dev/null 2>&1 || builder_env=(env DOCKER_BUILDKIT=0)
+    if ! "${builder_env[@]}" docker build --quiet --label "nexus.datascience_recipe=$recipe" \
+        -t "$DATASCIENCE" "$ctx" >"$ctx/build.log" 2>&1; then
+        cat "$ctx/build.log" >&2
+        die "docker build of $DATASCIENCE failed"
+    fi
+    rm -rf "$ctx"
+    trap - EXIT
+    step "$DATASCIENCE: $(docker image inspect --format '{{.Size}}' "$DATASCIENCE" | awk '{printf "%.0f MB", $1/1e6}')"
+}
+
+# ---- layer 3: the agent ---------------------------------------------------------------
 
 agent_dockerfile() {
     cat <<EOF
-FROM $BASE
+FROM $FROM
 COPY sandbox_agent /opt/nexus-agent/sandbox_agent
 RUN python3 -m compileall -q /opt/nexus-agent
 ENV HOME=/home/user LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -168,8 +240,9 @@ build_sandbox() {
     [ -f "$AGENT/__main__.py" ] || die "the agent package $AGENT is missing"
     local sha recipe ctx
     sha="$(agent_digest)"
-    # the top layer's recipe: the base's recipe and this Dockerfile
-    recipe="$RECIPE_HASH-$(agent_dockerfile | sha256sum | cut -c1-12)"
+    # the top layer's recipe: the layer below (its image id) and this Dockerfile
+    recipe="$RECIPE_HASH-$( (docker image inspect --format '{{.Id}}' "$FROM"; agent_dockerfile) \
+        | sha256sum | cut -c1-12)"
     if [ "$FORCE" = 0 ] && image_exists "$IMAGE" \
         && [ "$(image_label "$IMAGE" nexus.agent_sha256)" = "$sha" ] \
         && [ "$(image_label "$IMAGE" nexus.image_recipe)" = "$recipe" ]; then
@@ -201,5 +274,10 @@ build_sandbox() {
 
 build_base
 [ "$BASE_ONLY" = 1 ] && { step "done (base only)"; exit 0; }
+FROM="$BASE"
+if [ "$LEAN" = 0 ]; then
+    build_datascience
+    FROM="$DATASCIENCE"
+fi
 build_sandbox
 step "done"

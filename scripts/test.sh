@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a passing test suite: host packages (bubblewrap, the
 # Docker engine, headless Chromium), the offline sandbox image, the Python package with its
-# test extras in the project's virtual environment .venv, then ruff and pytest from it.
+# test extras in the project's virtual environment .venv, the default sandbox environment
+# (template "datascience"), then ruff and pytest from it.
 #
 #   bash scripts/test.sh [PYTEST_ARGS...]
 #   bash scripts/test.sh --install-only      # everything up to, not including, ruff and pytest
@@ -21,8 +22,14 @@ if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
 
 bash scripts/install-host.sh --docker --browser
 $sudo bash scripts/start-dockerd.sh
-$sudo bash scripts/build-image.sh
 NEXUS_VENV="$VENV" bash scripts/install-venv.sh '.[all,test]'
+# the image's data-science layer is fetched by the environment's pip (the system python3
+# may have none)
+$sudo env NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/build-image.sh
+# The default sandbox environment, in the tests' template cache (tests/conftest.py): built
+# once (~30 s), skipped when built with the same recipe; pip's wheel cache serves rebuilds.
+echo "==> building the default sandbox environment 'datascience' for the tests"
+NEXUS_HOME="${NEXUS_TEST_CACHE:-$PWD/.pytest_cache/nexus-test}" "$VENV/bin/nexus" template create datascience
 
 as_docker=()
 if [[ $(id -u) -ne 0 ]] && ! docker info >/dev/null 2>&1; then

@@ -27,6 +27,17 @@ def inert_html(html: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _lean_by_default():
+    """Tests get the lean local sandbox unless they ask for the default environment (the
+    ``datascience`` fixture): each test has its own NEXUS_HOME, where the default template
+    is not built, and most tests need only the sandbox's python. Session-wide, so module
+    fixtures that load Settings see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEXUS_DEFAULT_TEMPLATE", "minimal")
+        yield
+
+
 @pytest.fixture
 def nexus_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private NEXUS_HOME for this test, also seen by `nexus` subprocesses."""
@@ -144,3 +155,31 @@ def matplotlib_template(_matplotlib_build: Path | None, nexus_home: Path) -> str
     if not link.exists():
         link.symlink_to(_matplotlib_build, target_is_directory=True)
     return MATPLOTLIB_TEMPLATE
+
+
+@pytest.fixture(scope="session")
+def _datascience_build() -> Path:
+    """The default environment ("datascience" recipe) built once in TEMPLATE_CACHE (what
+    scripts/test.sh builds before pytest; a rebuild with the same recipe is skipped)."""
+    from nexus_kernel import templates
+    from nexus_kernel.config import Settings
+    from nexus_kernel.errors import SandboxError
+
+    settings = Settings.load(home=TEMPLATE_CACHE)
+    try:
+        templates.create_template(settings, "datascience", [], quiet=True)
+    except SandboxError as exc:
+        pytest.fail(f"the default environment cannot be built: {exc}", pytrace=False)
+    return templates.template_dir(settings, "datascience")
+
+
+@pytest.fixture
+def datascience(_datascience_build: Path, nexus_home: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's NEXUS_HOME has the built default environment and uses it as a user's
+    does: sandboxes created with no template get it."""
+    monkeypatch.delenv("NEXUS_DEFAULT_TEMPLATE")
+    link = nexus_home / "templates" / "datascience"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(_datascience_build, target_is_directory=True)
+    return link

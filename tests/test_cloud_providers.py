@@ -35,6 +35,7 @@ from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
 from nexus_kernel.providers._stream import PumpChannel
+from nexus_kernel.providers.base import DATASCIENCE_PACKAGES
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
 
@@ -96,7 +97,7 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     s = spec(ttl=600, network=False)
     handle = e2b.create(s)
     record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
-    assert record.template == "base"  # E2B's default template
+    assert record.template == "code-interpreter-v1"  # E2B's IPython + PyData template
     assert record.metadata == {
         "nexus_sandbox_id": s.sandbox_id,
         "nexus_owner": "tester",
@@ -123,6 +124,8 @@ def test_e2b_template_and_network_settings(tmp_path: Path) -> None:
     assert e2b_fake.SANDBOXES[first["sandbox_id"]].allow_internet_access is True
     second = provider.create(spec(template_id="tmpl-arg"))
     assert e2b_fake.SANDBOXES[second["sandbox_id"]].template == "tmpl-arg"
+    lean = provider.create(spec(template_id="minimal"))
+    assert e2b_fake.SANDBOXES[lean["sandbox_id"]].template == "base"
 
 
 def test_e2b_sessions_in_every_language(e2b: E2BProvider) -> None:
@@ -286,7 +289,8 @@ def test_modal_create_maps_the_spec_onto_the_sdk(modal: ModalProvider) -> None:
     assert abs(options["idle_timeout"] - (600 + modal_provider.IDLE_GRACE)) <= 2
     assert options["memory"] == (768, 768) and options["cpu"] == (2.0, 2.0)
     assert options["gpu"] is None and options["env"] is None
-    assert record.image.steps[:2] == [("debian_slim", "3.12"), ("apt_install", ("nodejs",))]
+    assert record.image.steps[:3] == [("debian_slim", "3.12"), ("apt_install", ("nodejs",)),
+                                      ("pip_install", DATASCIENCE_PACKAGES)]
     agent = zipapp_file(modal.settings.home / "agent-cache")
     assert record.image.files == {modal_provider.AGENT_PATH: str(agent)}
     run_dir = record.vm.host_path(modal_provider.RUN_DIR)
@@ -300,6 +304,9 @@ def test_modal_image_gpu_and_network_options(settings: Settings, tmp_path: Path)
     record = modal_fake.SANDBOXES[handle["sandbox_id"]]
     assert record.options["gpu"] == "T4" and record.options["block_network"] is False
     assert record.image.steps[0] == ("from_registry", "python:3.12-bookworm")
+    handle = provider.create(spec(template_id="minimal"))  # lean: no pip_install step
+    assert [step[0] for step in modal_fake.SANDBOXES[handle["sandbox_id"]].image.steps] == [
+        "debian_slim", "apt_install", "add_local_file"]
     handle = provider.create(spec(template_id="im-123abc"))
     assert modal_fake.SANDBOXES[handle["sandbox_id"]].image.steps[0] == ("from_id", "im-123abc")
     from_settings = ModalProvider(

@@ -230,6 +230,7 @@ def test_modal_app_image_client() -> None:
     image, fake = modal.Image, modal_fake.Image
     assert_same_call(image.debian_slim, fake.debian_slim, {"python_version"})
     assert_same_call(image.apt_install, fake.apt_install, {"*"})
+    assert_same_call(image.pip_install, fake.pip_install, {"*"})
     assert_same_call(image.from_registry, fake.from_registry, {"tag"})
     assert_same_call(image.from_id, fake.from_id, {"image_id", "client"})
     assert_same_call(image.add_local_file, fake.add_local_file, {"local_path", "remote_path"})

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
+from .hints import missing_module_hint
 from .sandbox_agent.wire import LineBuffer, decode, encode
 
 __all__ = ["AgentClient", "Channel", "unix_connector"]
@@ -274,10 +275,15 @@ class AgentClient:
             elif kind == "result":
                 found["result"] = event.get("data")
             elif kind == "error":
+                traceback = list(event.get("traceback") or [])
+                hint = missing_module_hint(f"{event.get('ename')}: {event.get('evalue')}")
+                if hint is not None:
+                    traceback.append(hint)
+                    event = {**event, "traceback": traceback}
                 found["error"] = {
                     "ename": event.get("ename", ""),
                     "evalue": event.get("evalue", ""),
-                    "traceback": event.get("traceback", []),
+                    "traceback": traceback,
                 }
             if on_event is not None:
                 on_event(event)
@@ -299,6 +305,9 @@ class AgentClient:
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
         done = self._call("run", args, collect, wait, max_bytes=budget)
+        hint = missing_module_hint("".join(stderr)) if done.get("exit_code") != 0 else None
+        if hint is not None:  # the traceback went to stderr: so does the hint
+            collect({"ev": "stderr", "data": hint + "\n"})
         return {
             "stdout": "".join(stdout),
             "stderr": "".join(stderr),

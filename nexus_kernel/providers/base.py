@@ -24,6 +24,15 @@ if TYPE_CHECKING:  # the host client is imported where a stream is opened, not f
 #: re-attach to the sandbox from it. Always holds "token" (the agent's auth token).
 Handle = dict[str, Any]
 
+#: The default environment of every provider (issue 10): what a sandbox created with no
+#: template has besides python3, node and bash. Local: the "datascience" template
+#: (nexus_kernel/templates.py); docker: the image (scripts/build-image.sh, docker/Dockerfile);
+#: e2b: E2B's code-interpreter template; modal: debian_slim + these, pip-installed.
+DATASCIENCE_PACKAGES = ("ipython", "numpy", "pandas", "matplotlib", "matplotlib-inline",
+                        "seaborn", "scipy", "scikit-learn")
+#: Template ids that ask for the lean sandbox instead (no data-science stack).
+LEAN_TEMPLATES = ("minimal", "none")
+
 #: Open files per process in every sandbox (RLIMIT_NOFILE, soft = hard): the same on every
 #: host, whatever limit the host or the Docker daemon would pass down.
 OPEN_FILES = 4096

@@ -6,7 +6,7 @@ reconcile listing) is :class:`~nexus_kernel.providers._cloud.CloudProvider`'s; t
 says how E2B's SDK does each step.
 
 Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID`` > E2B's
-default), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
+code-interpreter template; "minimal" = E2B's base), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
 ``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
 with ``files.write`` and started as a background command (``commands.run(background=True,
 stdin=True, timeout=0)``): a shell line reads the token from stdin into a 0600 file and
@@ -53,8 +53,12 @@ from ..errors import (
 from ..models import SandboxSpec
 from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
 from ._launch import resource_labels, wait_for_ready
-from .base import Capabilities, Handle
+from .base import LEAN_TEMPLATES, Capabilities, Handle
 
+#: E2B's code-interpreter template (IPython and the PyData stack): the default environment,
+#: as a local sandbox's "datascience" template. ``--template minimal`` gives E2B's "base".
+DEFAULT_TEMPLATE = "code-interpreter-v1"
+LEAN_TEMPLATE = "base"
 #: Agent file and run dir live under the sandbox user's home: no root needed, any template.
 BASE_DIR = f"{HOME}/.nexus"
 AGENT_PATH = f"{BASE_DIR}/{ZIPAPP_NAME}"
@@ -188,7 +192,9 @@ class E2BProvider(CloudProvider):
     def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
         sdk = self._reach()
         timeout = self.timeout_for(spec.deadline, now)
-        template = spec.template_id or self.settings.e2b_template_id or None
+        template = spec.template_id or self.settings.e2b_template_id or DEFAULT_TEMPLATE
+        if template in LEAN_TEMPLATES:
+            template = LEAN_TEMPLATE
         with _sdk_errors(sdk, "create the sandbox"):
             sandbox = sdk.Sandbox.create(
                 template=template,

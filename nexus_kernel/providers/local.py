@@ -53,6 +53,7 @@ from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUn
 from ..models import Limits, SandboxSpec
 from ._launch import agent_command, serve_args, wait_for_ready
 from .base import (
+    LEAN_TEMPLATES,
     OPEN_FILES,
     SCRATCH_INODES_PER_MB,
     Capabilities,
@@ -164,6 +165,7 @@ class LocalProvider(Provider):
     def create(self, spec: SandboxSpec) -> Handle:
         """Start the jail with the agent as its main process; return once the agent listens."""
         self.check_available(self.settings, **self.options)
+        self._template_dir(spec.template_id)  # a missing template fails before any work
         root = os.geteuid() == 0
         uid = int(self.options.get("uid", DEFAULT_SANDBOX_UID)) if root else os.getuid()
         gid = uid if root else os.getgid()
@@ -249,8 +251,9 @@ class LocalProvider(Provider):
         prefix = _python_prefix(python)
         if prefix:
             extra_ro.append((prefix, prefix))
-        if spec.template_id:
-            extra_ro.append((str(self._template_dir(spec.template_id)), TEMPLATE_DIR))
+        template = self._template_dir(spec.template_id)
+        if template is not None:
+            extra_ro.append((str(template), TEMPLATE_DIR))
 
         # Where bubblewrap finds our dirs: staged copies of the mounts when root.
         stage_items: list[str] = []
@@ -337,13 +340,24 @@ class LocalProvider(Provider):
                 proc.stdout.close()
         return proc, info
 
-    def _template_dir(self, template_id: str) -> Path:
-        """The built template's directory (see ``nexus template create``)."""
-        path = self.settings.templates_dir / template_id
-        if "/" in template_id or template_id.startswith(".") or not (path / "lib").is_dir():
+    def _template_dir(self, template_id: str | None) -> Path | None:
+        """The built template's directory (see ``nexus template create``) mounted at
+        TEMPLATE_DIR: ``template_id``, or the default environment when it is None
+        (``Settings.default_template``); None for the lean sandbox ("minimal"/"none")."""
+        default = template_id is None
+        name = self.settings.default_template if default else template_id
+        if not name or name in LEAN_TEMPLATES:
+            return None
+        path = self.settings.templates_dir / name
+        if "/" in name or name.startswith(".") or not (path / "lib").is_dir():
+            if default:
+                raise InvalidArgumentError(
+                    f"the default environment {name!r} is not built: run 'nexus template "
+                    f"create {name}' once, or create with --template minimal for a lean sandbox"
+                )
             raise InvalidArgumentError(
-                f"no local template {template_id!r}: build it with "
-                f"'nexus template create {template_id} --pip PKG ...' (see nexus template list)"
+                f"no local template {name!r}: build it with "
+                f"'nexus template create {name} --pip PKG ...' (see nexus template list)"
             )
         return path
 
@@ -369,7 +383,7 @@ class LocalProvider(Provider):
         # The agent is pid 1: nothing inside can SIGKILL it, and orphans come back to it.
         args += ["--as-pid-1", "--new-session", "--clearenv"]
         env = dict(SANDBOX_ENV)
-        if spec.template_id:  # the template's packages and their scripts come first
+        if any(dest == TEMPLATE_DIR for _, dest in extra):  # its packages and scripts first
             env["PYTHONPATH"] = f"{TEMPLATE_DIR}/lib"
             env["PATH"] = f"{TEMPLATE_DIR}/lib/bin:{env['PATH']}"
         for key, value in env.items():

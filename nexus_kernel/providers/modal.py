@@ -6,7 +6,8 @@ reconcile listing) is :class:`~nexus_kernel.providers._cloud.CloudProvider`'s; t
 says how Modal's SDK does each step.
 
 Start: ``Sandbox.create`` under the app ``nexus-kernel`` (``App.lookup(create_if_missing=
-True)``) with an image that has python3 and node (default: ``debian_slim`` + ``nodejs``;
+True)``) with an image that has python3 and node (default: ``debian_slim`` + ``nodejs`` + the
+data-science packages of ``DATASCIENCE_PACKAGES``, "minimal" without them;
 ``NEXUS_MODAL_IMAGE`` / ``template_id`` pick a registry image, or an ``im-…`` image id), the
 agent file added with ``Image.add_local_file`` (mounted at start, no rebuild), tags carrying
 our ids, ``block_network`` unless network was asked, and cpu / memory as (request, limit)
@@ -62,7 +63,7 @@ from ._launch import (
     resource_labels,
     wait_for_ready,
 )
-from .base import Capabilities, Handle
+from .base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES, Capabilities, Handle
 
 APP_NAME = "nexus-kernel"
 AGENT_DIR = "/opt/nexus-agent"
@@ -261,10 +262,12 @@ class ModalProvider(CloudProvider):
         name = spec.template_id or self.settings.modal_image
         if name and name.startswith("im-"):
             base = image_cls.from_id(name, client=self._client())
-        elif name:
+        elif name and name not in LEAN_TEMPLATES:
             base = image_cls.from_registry(name)
-        else:
+        else:  # no name: the default environment; "minimal": the lean image
             base = image_cls.debian_slim(python_version=PYTHON_VERSION).apt_install("nodejs")
+            if not name:
+                base = base.pip_install(*DATASCIENCE_PACKAGES)
         # the zipapp as a local file, content-addressed (a clear error when the agent is missing)
         return base.add_local_file(zipapp_file(self.settings.home / "agent-cache"), AGENT_PATH)
 

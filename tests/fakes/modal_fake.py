@@ -2,7 +2,7 @@
 
 Same names, argument names and return shapes as the installed SDK
 (``tests/test_sdk_fakes_match.py`` checks the signatures against it): ``App.lookup``,
-``Image.debian_slim / from_registry / from_id / apt_install / add_local_file``,
+``Image.debian_slim / from_registry / from_id / apt_install / pip_install / add_local_file``,
 ``Client.from_credentials``, ``Sandbox.create(*entrypoint, app=, image=, tags=, timeout=,
 idle_timeout=, block_network=, cpu=, memory=, gpu=, client=)`` whose ``stdin`` / ``stdout`` /
 ``stderr`` are the entrypoint's streams, ``Sandbox.from_id``, ``Sandbox.list(tags=)`` (a
@@ -203,6 +203,21 @@ class Image:
         gpu: str | None = None,
     ) -> Image:
         return Image(self.steps + [("apt_install", packages)], dict(self.files))
+
+    def pip_install(
+        self,
+        *packages: str,
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+        env: Any = None,
+        secrets: Any = None,
+        gpu: str | None = None,
+    ) -> Image:
+        return Image(self.steps + [("pip_install", packages)], dict(self.files))
 
     def add_local_file(self, local_path: Any, remote_path: str, *, copy: bool = False) -> Image:
         if not str(remote_path).startswith("/"):
