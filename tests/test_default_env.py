@@ -71,6 +71,21 @@ def test_no_template_means_the_datascience_environment(datascience, nx):
 
 
 @needs_bwrap
+def test_the_default_environment_has_ipython_semantics(datascience, nx):
+    """The first lines of countless notebooks, unchanged, in a sandbox created with no template."""
+    sb = nx.sandbox_create("notebook-lines")["sandbox_id"]
+    first = nx.sandbox_run(sb, "python", "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+                           "import seaborn as sns\nplt.plot([1, 2, 3]);", session="nb")
+    assert first["exit_code"] == 0, first["stderr"]
+    images = [d for d in first["display"] if "image/png" in d.get("data", d)]
+    assert len(images) == 1, first["display"]
+    timed = nx.sandbox_run(sb, "python", "%timeit -n 3 -r 1 sum(range(10))\nfiles = !ls /\n"
+                           "print('etc' in files)", session="nb")
+    assert timed["exit_code"] == 0, timed["stderr"]
+    assert "per loop" in timed["stdout"] and timed["stdout"].rstrip().endswith("True")
+
+
+@needs_bwrap
 def test_minimal_is_lean_and_a_missing_default_is_one_line(nexus_home, nx, monkeypatch):
     lean = nx.sandbox_create("lean", template_id="minimal")["sandbox_id"]
     out = nx.sandbox_run(lean, "python", "import pandas")
