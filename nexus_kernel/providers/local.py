@@ -349,15 +349,19 @@ class LocalProvider(Provider):
         ready_r = -1
         try:
             info = _read_info(info_r, deadline)
-            if spec.network:
-                slirp, ready_r = _start_slirp(info["child-pid"], exit_r, uid if root else None,
-                                              sandbox_dir / "agent.log")
-                info.update({"slirp-pid": slirp.pid, "slirp-start": _start_time(slirp.pid)})
             if started is not None:
                 started(proc, info)
             assert proc.stdout is not None
             wait_for_ready(iter(partial(proc.stdout.read1, 65536), b""),
                            max(0.0, deadline - time.monotonic()))
+            if spec.network:
+                # Only once the agent runs: bubblewrap is then done with the netns (it sets
+                # up loopback over netlink, which a concurrent slirp4netns makes fail).
+                slirp, ready_r = _start_slirp(info["child-pid"], exit_r, uid if root else None,
+                                              sandbox_dir / "agent.log")
+                info.update({"slirp-pid": slirp.pid, "slirp-start": _start_time(slirp.pid)})
+                if started is not None:
+                    started(proc, info)
             if spec.network and _read_some(ready_r, deadline, "slirp4netns to set up the network") != b"1":
                 raise ProviderError("slirp4netns could not set up the sandbox's network")
         except BaseException as exc:
