@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what nexus-kernel needs on a Debian/Ubuntu host, with apt (through sudo when not
 # root): python3 and python3-venv (the project lives in its own virtual environment, see
-# scripts/install-venv.sh), bubblewrap for the local provider and nodejs for its JavaScript
+# scripts/install-venv.sh), bubblewrap for the local provider (and slirp4netns for its
+# sandboxes with network on) and nodejs for its JavaScript
 # sandboxes (they run the host's node, as Python ones run /usr/bin/python3); with --docker, the Docker
 # engine, debootstrap and jq for the offline sandbox image and the tests; with --browser,
 # headless Chromium and its driver for the browser tests of sandbox output.
@@ -36,6 +37,8 @@ elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   packages+=(python3-venv)
 fi
 command -v bwrap >/dev/null || packages+=(bubblewrap)
+# user-mode networking for local sandboxes created with network on (a netns of their own)
+command -v slirp4netns >/dev/null || packages+=(slirp4netns)
 command -v node >/dev/null || packages+=(nodejs)
 if ((want_docker)); then
   command -v dockerd >/dev/null || packages+=(docker.io)

@@ -323,11 +323,14 @@ def test_list_resources(shared: tuple[dict[str, Any], Agent], provider: LocalPro
 
 def test_network_when_asked(fresh: Any) -> None:
     _, agent = fresh(network=True)
-    r = agent.run("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ls /etc")
+    r = agent.run("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ls /etc; cat /etc/resolv.conf")
     names = r["stdout"].split()
     assert "resolv.conf" in names and "ssl" in names
+    # a namespace of its own (user-mode networking), never the host's interfaces
+    assert "tap0" in names and "lo" in names
     host_ifaces = {line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]}
-    assert host_ifaces <= set(names)
+    assert not (host_ifaces - {"lo"}) & set(names)
+    assert "nameserver 10.0.2.3" in r["stdout"]
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,19 @@ Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
     agent.log   the agent's (and bubblewrap's) stderr
     handle.json the handle plus store_id, for reconcile
 
-Isolation: new user/pid/ipc/uts/cgroup (and net unless asked) namespaces, read-only /usr,
+Isolation: new user/pid/ipc/uts/cgroup/net namespaces, read-only /usr,
 a hand-picked /etc, cleared environment, uid 1000 inside, no capabilities, no_new_privs, no
 nested user namespaces. When the caller is root the jail runs as an unprivileged host uid
 (65534 by default), never as host root. Limits: a cgroup (v2 or v1) where writable, else
-rlimits (``handle["limits"]`` says which); every process at most OPEN_FILES fds.
+rlimits (``handle["limits"]`` says which); every process at most OPEN_FILES fds. A seccomp
+filter (``seccomp.py``) refuses the kernel surface Docker's default profile refuses.
+
+Network: the jail always has a network namespace of its own. With ``network=True``,
+slirp4netns (user-mode networking, run as the jail's host uid) gives it a tap device, NAT to
+the outside and DNS at 10.0.2.3, with no path to the host's loopback
+(``--disable-host-loopback``); abstract unix sockets and loopback servers of the host and of
+other sandboxes live in other namespaces. slirp4netns ends when the jail ends (its exit fd is
+held by the jail's outer bubblewrap), whoever ends it.
 
 Files: /home/user (the working dir; persists between runs), /tmp (= /var/tmp) and /dev/shm
 are private tmpfs mounts of ``scratch_mb(limits)`` each, as in the docker provider: their
@@ -63,6 +71,7 @@ from .base import (
 )
 from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
 from .removal import remove_tree
+from .seccomp import program_fd
 
 BWRAP_HINT = "bubblewrap is not installed: apt-get install bubblewrap (or dnf install bubblewrap)"
 USERNS_HINT = (
@@ -70,6 +79,14 @@ USERNS_HINT = (
     "(sysctl user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1, or on "
     "Ubuntu >= 23.10 kernel.apparmor_restrict_unprivileged_userns=0)"
 )
+SLIRP_HINT = (
+    "network=True on the local provider needs slirp4netns (user-mode networking): "
+    "apt-get install slirp4netns (or run scripts/install-host.sh)"
+)
+#: The jail's DNS forwarder (slirp4netns's default 10.0.2.0/24 network).
+SLIRP_DNS = "10.0.2.3"
+#: ioctl: the user namespace owning a namespace (linux/nsfs.h NS_GET_USERNS).
+NS_GET_USERNS = 0xB701
 #: Host uid the jail runs as when the caller is root (nobody).
 DEFAULT_SANDBOX_UID = 65534
 INNER_UID = 1000
@@ -171,6 +188,8 @@ class LocalProvider(Provider):
         gid = uid if root else os.getgid()
         if root and uid == 0:
             raise ProviderError("refusing to run sandboxes as host root: pick another 'uid' option")
+        if spec.network and _find_tool("slirp4netns") is None:
+            raise ProviderUnavailableError(SLIRP_HINT)
         package = Path(self.options.get("agent_dir") or PACKAGE_DIR.parent) / PACKAGE_DIR.name
         if not (package / "__main__.py").is_file():
             raise ProviderUnavailableError(f"the sandbox agent is missing: {package}")
@@ -199,6 +218,7 @@ class LocalProvider(Provider):
             "limits": "rlimit",
             "disk": _scratch_kind(root, spec.limits),
             "uid": uid,
+            "network": "slirp4netns" if spec.network else "none",
         }
 
         def started(process: subprocess.Popen[bytes], info: dict[str, Any]) -> None:
@@ -208,6 +228,8 @@ class LocalProvider(Provider):
                 child_pid=info["child-pid"],
                 child_start=_start_time(info["child-pid"]),
                 pid_ns=info.get("pid-namespace"),
+                slirp_pid=info.get("slirp-pid"),
+                slirp_start=info.get("slirp-start"),
             )
             _write_handle(sandbox_dir, spec.store_id, handle)
 
@@ -279,6 +301,9 @@ class LocalProvider(Provider):
             scratch = {}
 
         info_r, info_w = os.pipe()
+        # The outer bubblewrap holds the write end of slirp4netns's exit pipe: the helper
+        # ends when the jail does, however it ends.
+        exit_r, exit_w = os.pipe() if spec.network else (-1, -1)
         data_fds: list[int] = []
         log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -304,12 +329,18 @@ class LocalProvider(Provider):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log_fd,
-                pass_fds=[info_w, *data_fds],
+                pass_fds=[info_w, *data_fds, *([exit_w] if spec.network else [])],
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
+        except BaseException:
+            if spec.network:
+                os.close(exit_r)
+            raise
         finally:
             os.close(info_w)
+            if spec.network:
+                os.close(exit_w)
             os.close(log_fd)
             for fd in data_fds:
                 os.close(fd)
@@ -318,6 +349,7 @@ class LocalProvider(Provider):
         timeout = float(self.options.get("ready_timeout", READY_TIMEOUT))
         deadline = time.monotonic() + timeout
         info: dict[str, Any] = {}
+        ready_r = -1
         try:
             info = _read_info(info_r, deadline)
             if started is not None:
@@ -325,7 +357,19 @@ class LocalProvider(Provider):
             assert proc.stdout is not None
             wait_for_ready(iter(partial(proc.stdout.read1, 65536), b""),
                            max(0.0, deadline - time.monotonic()))
+            if spec.network:
+                # Only once the agent runs: bubblewrap is then done with the netns (it sets
+                # up loopback over netlink, which a concurrent slirp4netns makes fail).
+                slirp, ready_r = _start_slirp(info["child-pid"], exit_r, uid if root else None,
+                                              sandbox_dir / "agent.log")
+                info.update({"slirp-pid": slirp.pid, "slirp-start": _start_time(slirp.pid)})
+                if started is not None:
+                    started(proc, info)
+            if spec.network and _read_some(ready_r, deadline, "slirp4netns to set up the network") != b"1":
+                raise ProviderError("slirp4netns could not set up the sandbox's network")
         except BaseException as exc:
+            if info.get("slirp-pid"):
+                _kill_quietly(info["slirp-pid"])
             if info.get("child-pid"):  # no --die-with-parent: kill the jail itself first
                 _kill_quietly(info["child-pid"])
                 poll_until(lambda: not _same_process(proc.pid, None), 1.0)
@@ -336,6 +380,9 @@ class LocalProvider(Provider):
             raise ProviderError(f"the local sandbox did not start: {exc}; agent log: {tail}") from None
         finally:
             os.close(info_r)
+            for fd in (exit_r, ready_r):
+                if fd >= 0:
+                    os.close(fd)
             if proc.stdout is not None:
                 proc.stdout.close()
         return proc, info
@@ -373,10 +420,9 @@ class LocalProvider(Provider):
         scratch: dict[str, str] | None = None,
         cgroup: Cgroup | None = None,
     ) -> list[str]:
+        # Always a network namespace of its own: with network=True slirp4netns plugs into it.
         args = [_which("bwrap"), "--unshare-user", "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--unshare-cgroup-try"]  # fmt: skip
-        if not spec.network:
-            args.append("--unshare-net")
+                "--unshare-uts", "--unshare-cgroup-try", "--unshare-net"]  # fmt: skip
         modern = _bwrap_version() >= (0, 8)
         if modern:
             args.append("--disable-userns")
@@ -419,6 +465,10 @@ class LocalProvider(Provider):
         # Only home, /tmp, /run/nexus and /dev/shm stay writable.
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
         args += ["--chdir", HOME, "--info-fd", str(info_fd)]
+        seccomp = program_fd()
+        if seccomp is not None:
+            data_fds.append(seccomp)
+            args += ["--seccomp", str(seccomp)]
         return args
 
     # ---------------------------------------------------------------- lifecycle
@@ -486,6 +536,10 @@ class LocalProvider(Provider):
         if cgroup is not None:
             cgroup.kill(timeout=5.0)
             cgroup.remove()
+        slirp, slirp_start = handle.get("slirp_pid"), handle.get("slirp_start")
+        # It ends with the jail on its own; this covers a jail that never got that far.
+        if slirp and not poll_until(lambda: not _same_process(slirp, slirp_start), 1.0):
+            _kill_quietly(slirp)
         if handle.get("dir"):
             remove_tree(Path(handle["dir"]))
 
@@ -601,8 +655,12 @@ def _python_prefix(python: str) -> str | None:
     return os.path.dirname(os.path.dirname(real))
 
 
+def _find_tool(tool: str) -> str | None:
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
 def _which(tool: str) -> str:
-    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    path = _find_tool(tool)
     if path is None:
         raise ProviderUnavailableError(f"the local provider needs {tool!r}; install it")
     return path
@@ -668,11 +726,8 @@ def _write_etc(etc: Path, network: bool) -> dict[str, Path]:
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
         "networks: files\nprotocols: files\nservices: files\n",
     }
-    if network:
-        try:
-            files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            files["resolv.conf"] = ""
+    if network:  # slirp4netns forwards it to the host's resolvers
+        files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n"
     etc.mkdir(mode=0o700)
     paths = {}
     for name, text in files.items():
@@ -720,6 +775,45 @@ def _stage_dir(name: str) -> str:
         if st.st_uid != 0 or not os.path.isdir(checked) or os.path.islink(checked):
             raise ProviderError(f"{checked} must be a root-owned directory")
     return path
+
+
+def _start_slirp(
+    jail_pid: int, exit_fd: int, uid: int | None, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """slirp4netns for the jail's network namespace, as the jail's host uid (``uid`` when the
+    caller is root): returns the process and the read end of its ready pipe. It joins the user
+    namespace that owns the jail's netns (bubblewrap's outer one: with ``--disable-userns`` the
+    jail's pid 1 sits in a nested one), passed as open fds so no path can be swapped."""
+    import fcntl
+
+    net_fd = os.open(f"/proc/{jail_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    fds = [net_fd]
+    try:
+        user_fd = fcntl.ioctl(net_fd, NS_GET_USERNS)
+        fds.append(user_fd)
+        ready_r, ready_w = os.pipe()
+        fds.append(ready_w)
+        command = [_which("slirp4netns"), "--configure", "--mtu=65520", "--disable-host-loopback",
+                   "--enable-seccomp", f"--exit-fd={exit_fd}", f"--ready-fd={ready_w}",
+                   f"--userns-path=/proc/self/fd/{user_fd}", "--netns-type=path",
+                   f"/proc/self/fd/{net_fd}", "tap0"]  # fmt: skip
+        if uid is not None:
+            command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                    pass_fds=[exit_fd, ready_w, net_fd, user_fd], start_new_session=True,
+                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(log_fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    threading.Thread(target=proc.wait, name=f"nexus-slirp-{proc.pid}", daemon=True).start()
+    return proc, ready_r
 
 
 def _read_info(fd: int, deadline: float) -> dict[str, Any]:
