@@ -24,8 +24,17 @@ bash scripts/install-host.sh --docker --browser
 $sudo bash scripts/start-dockerd.sh
 NEXUS_VENV="$VENV" bash scripts/install-venv.sh '.[all,test]'
 # the image's data-science layer is fetched by the environment's pip (the system python3
-# may have none)
-$sudo env NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/build-image.sh
+# may have none), with the user's pip settings (index, CA bundle, proxy: sudo drops them;
+# not the cache directory, which root would fill with files the user cannot write)
+pip_env=()
+for var in $(compgen -e); do
+  case "$var" in
+    PIP_CACHE_DIR) ;;
+    PIP_*|SSL_CERT_FILE|REQUESTS_CA_BUNDLE|https_proxy|HTTPS_PROXY|http_proxy|HTTP_PROXY|no_proxy|NO_PROXY)
+      pip_env+=("$var=${!var}") ;;
+  esac
+done
+$sudo env "${pip_env[@]}" NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/build-image.sh
 # The default sandbox environment, in the tests' template cache (tests/conftest.py): built
 # once (~30 s), skipped when built with the same recipe; pip's wheel cache serves rebuilds.
 echo "==> building the default sandbox environment 'datascience' for the tests"
