@@ -273,7 +273,8 @@ def test_an_unprivileged_callers_sandbox_reaches_none_of_the_host() -> None:
                       f"PROBE_CODE = {probe_code(host['targets'])!r}\n{NOBODY_SCRIPT}")
             run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                   sys.executable, "-c", script], capture_output=True, text=True,
-                                 cwd=outer, timeout=120, env={"PATH": os.environ["PATH"]})
+                                 cwd=outer, timeout=120,
+                                 env={"PATH": os.environ["PATH"], "NEXUS_DEFAULT_TEMPLATE": "minimal"})
             assert run.returncode == 0, run.stderr[-2000:]
             found = json.loads(run.stdout.strip().splitlines()[-1])
             assert found["probe"] and not any(found["probe"].values()), found
