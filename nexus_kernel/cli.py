@@ -140,6 +140,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (needs admin: NEXUS_ADMIN=1)")
     command("reap", "stop expired sandboxes and remove orphaned resources")
+    p = command("doctor", "check the state store against the sandboxes the providers run")
+    p.add_argument("--repair", action="store_true",
+                   help="make them agree: move a damaged database aside, re-adopt running "
+                        "sandboxes the store lost, mark the rest stopped")
     p = command("pool", "warm pool: pre-started sandboxes that create hands out at once")
     p.add_argument("action", choices=["fill", "status", "drain"],
                    help="fill up to the pool size, show the pools, or destroy every pooled sandbox")
@@ -233,6 +237,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _kernel_install(args)
     if args.command == "providers":
         return _providers(args, settings)
+    if args.command == "doctor":  # opens a damaged store itself
+        return _doctor(args, settings)
     from .api import NexusFS
 
     # This process exits right away: a hand-out from the warm pool is refilled by a
@@ -442,6 +448,30 @@ def _cmd_reap(nx: Any, args: argparse.Namespace) -> int:
     human = ", ".join(f"{k}: {len(v)}" for k, v in data.items())
     _emit(args, data, f"Reaped: {human}")
     return 0
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from .manager import doctor
+
+    data = doctor(settings, repair=args.repair)
+    lines = [f"store: {data['store']}"]
+    if data["damaged"]:
+        lines.append(f"damaged: {data['damaged']}" if not data["moved_aside"]
+                     else f"damaged, moved aside to {data['moved_aside']}")
+    labels = {"readopted": "re-adopted (running, records rebuilt)",
+              "adoptable": "running without a record (--repair re-adopts them)",
+              "not_adoptable": "running without a record, cannot be re-adopted (left to its TTL)",
+              "gone": "records whose sandbox is gone" + (" (marked stopped)" if args.repair else ""),
+              "orphans": "dead leftovers removed", "unreachable": "provider not reachable"}
+    for key, label in labels.items():
+        if data.get(key):
+            lines.append(f"{label}: {', '.join(data[key])}")
+    if len(lines) == 1:
+        lines.append("ok: the store and the providers agree")
+    _emit(args, data, "\n".join(lines))
+    problems = data["damaged"] and not data["moved_aside"] or data.get("adoptable") or (
+        data.get("gone") and not args.repair)
+    return 1 if problems else 0
 
 
 def _cmd_pool(nx: Any, args: argparse.Namespace) -> int:

@@ -122,3 +122,28 @@ class ProviderError(SandboxError):
 
 class AgentError(ProviderError):
     """The in-sandbox agent is unreachable or answered with an error."""
+
+
+class StoreError(SandboxError):
+    """The state store (``NEXUS_HOME/store``) cannot be used as asked."""
+
+
+class DiskFullError(StoreError, OSError):
+    """A write failed because the filesystem holding ``path`` is full. Reads, ``list``,
+    ``status`` and ``stop`` keep working; everything works again once space is freed."""
+
+    def __init__(self, path: object):
+        self.path = str(path)
+        super().__init__(
+            f"the disk holding {self.path} is full: free space there (nexus sandbox stop "
+            "removes a sandbox's files) and retry; list, status and stop still work")
+
+
+class StoreDamagedError(StoreError):
+    """The state database is truncated, garbage or unreadable; the message names the file."""
+
+    def __init__(self, path: object, detail: str):
+        self.path = str(path)
+        super().__init__(
+            f"the state database {self.path} is damaged ({detail}): run 'nexus sandbox doctor "
+            "--repair' to move it aside and rebuild the records from the running sandboxes")

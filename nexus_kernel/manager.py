@@ -9,6 +9,7 @@ from the manager's ``clock``.
 
 from __future__ import annotations
 
+import errno
 import secrets
 import threading
 import time
@@ -19,16 +20,18 @@ from .config import Settings
 from .errors import (
     CLI_COMMAND,
     AgentError,
+    DiskFullError,
     ExecutionTimeoutError,
     InvalidArgumentError,
     PermissionDeniedError,
     SandboxNotFoundError,
     SandboxStateError,
+    StoreDamagedError,
 )
 from .models import ExecResult, OutputEvent, SandboxRecord, SandboxSpec, Status, iso
 from .providers import Provider, provider_class
 from .reaper import Reaper
-from .store import Store, process_identity
+from .store import DB_NAME, Store, move_aside, process_identity
 from .ttl import Clock, expiry, watchdog_deadline
 from .validation import (
     MAX_CODE_BYTES,
@@ -210,8 +213,11 @@ class SandboxManager:
         )
         try:
             handle = backend.create(spec)
-        except BaseException:
+        except BaseException as exc:
             self.store.delete(sandbox_id)  # no resource exists: leave no trace
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = exc.filename or self.settings.sandboxes_dir
+                raise DiskFullError(where) from exc
             raise
         record = self._activate(sandbox_id, ttl, handle=handle)
         backend.extend(handle, watchdog_deadline(record.expires_at))
@@ -467,6 +473,11 @@ class SandboxManager:
         """Full reap: expired sandboxes, records whose resource is gone, unknown resources."""
         return self.reaper.reap()
 
+    def doctor(self, *, repair: bool = False) -> dict[str, list[str]]:
+        """Check the store against the providers' resources; ``repair`` makes them agree
+        (see :meth:`Reaper.doctor <nexus_kernel.reaper.Reaper.doctor>`)."""
+        return self.reaper.doctor(repair=repair)
+
     # ---------------------------------------------------------------- helpers
 
     def _require_active(self, sandbox_id: str) -> SandboxRecord:
@@ -538,6 +549,32 @@ def _event_payload(event: dict[str, Any]) -> Any:
     if event["ev"] in ("stdout", "stderr"):
         return event.get("data", "")
     return {k: v for k, v in event.items() if k not in ("id", "ev")}
+
+
+def doctor(settings: Settings | None = None, *, repair: bool = False,
+           **manager_options: Any) -> dict[str, Any]:
+    """``nexus sandbox doctor``: open the store even when its database is damaged or lost
+    and check it against the providers. With ``repair`` a damaged database is moved aside
+    (kept as ``cache.db.damaged-<time>``), a new one keeps the store's id, and the records
+    are rebuilt from what the providers still run."""
+    settings = settings or Settings.load()
+    report: dict[str, Any] = {"store": str(settings.store_dir / DB_NAME), "damaged": None,
+                              "moved_aside": None}
+    try:
+        store = Store(settings.store_dir)
+    except StoreDamagedError as exc:
+        report["damaged"] = str(exc)
+        if not repair:
+            return report
+        moved = move_aside(settings.store_dir)
+        report["moved_aside"] = str(moved) if moved else None
+        store = Store(settings.store_dir, check=False)
+    manager = SandboxManager(settings, store=store, is_admin=True, **manager_options)
+    try:
+        report.update(manager.doctor(repair=repair))
+    finally:
+        manager.close()
+    return report
 
 
 def describe(record: SandboxRecord, now: float | None = None) -> dict[str, Any]:

@@ -9,10 +9,12 @@ destroyed as orphans, and stopped records are pruned after ``STOPPED_RETENTION_S
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .config import STOPPED_RETENTION_SECONDS
-from .errors import SandboxNotFoundError
+from .errors import DiskFullError, SandboxNotFoundError
 from .models import SandboxRecord, Status
 from .store import process_alive
 from .ttl import STALE_CREATING_SECONDS
@@ -59,7 +61,8 @@ class Reaper:
             if live and self.reconcile(record).status is Status.STOPPED:
                 gone.append(record.sandbox_id)
         orphans = self._reap_orphans()
-        return {"expired": expired, "gone": gone, "orphans": orphans}
+        return {"expired": expired, "gone": gone, "orphans": orphans,
+                "leftovers": self._remove_leftovers()}
 
     # ---------------------------------------------------------------- one record
 
@@ -96,14 +99,24 @@ class Reaper:
         self.manager.forget_client(record.sandbox_id)
         with contextlib.suppress(Exception):  # clean what the dead sandbox left (files, cgroups)
             backend.destroy(record.handle)
-        return self._stopped(record.sandbox_id, error=ENDED_OUTSIDE)
+        try:
+            return self._stopped(record.sandbox_id, error=ENDED_OUTSIDE)
+        except DiskFullError:  # shown as it is now; recorded once space is freed
+            return dataclasses.replace(record, status=Status.STOPPED,
+                                       stopped_at=self.manager.clock(), error=ENDED_OUTSIDE)
 
     def end(self, record: SandboxRecord, reason: str | None) -> SandboxRecord:
         """Destroy the sandbox's resource and mark its record stopped (with ``reason``)."""
         self.manager.forget_client(record.sandbox_id)
         if record.handle:
             self.manager.provider(record.provider).destroy(record.handle)
-        return self._stopped(record.sandbox_id, error=reason)
+        try:
+            return self._stopped(record.sandbox_id, error=reason)
+        except DiskFullError:
+            # The resource is gone; the record cannot say so until space is freed, when
+            # reconcile (any status, list --all, reap) finds the resource gone and marks it.
+            return dataclasses.replace(record, status=Status.STOPPED,
+                                       stopped_at=self.manager.clock(), error=reason)
 
     # ---------------------------------------------------------------- internals
 
@@ -120,30 +133,103 @@ class Reaper:
         except Exception:
             return False  # provider unreachable: retried on the next reap
 
-    def _reap_orphans(self) -> list[str]:
-        orphans = []
+    def doctor(self, *, repair: bool = False) -> dict[str, list[str]]:
+        """Check the store against the providers' real resources (the survey reap uses) and,
+        with ``repair``, make them agree: a live resource the store does not know is
+        re-adopted when its handle lets nexus reach it again (a record owned by this
+        manager's user is rebuilt), records whose resource is gone become stopped, dead
+        resources are destroyed. A live resource that cannot be re-adopted is reported, never
+        destroyed here (its agent ends it at its TTL). Without ``repair`` nothing changes."""
+        report: dict[str, list[str]] = {"readopted": [], "adoptable": [], "not_adoptable": [],
+                                        "gone": [], "unreachable": [], "orphans": []}
+        for name, backend, resource in self._survey(report["unreachable"]):
+            if self.store.get(resource["sandbox_id"]) is not None:
+                continue
+            handle = resource["handle"]
+            try:
+                alive = backend.alive(handle)
+            except Exception:
+                alive = True  # cannot tell: treat as running, never destroy it
+            if not alive:
+                continue  # dead leftovers: removed below as orphans
+            if not handle.get("token"):
+                report["not_adoptable"].append(resource["sandbox_id"])
+            elif not repair:
+                report["adoptable"].append(resource["sandbox_id"])
+            else:
+                self._adopt(name, handle, resource["sandbox_id"])
+                report["readopted"].append(resource["sandbox_id"])
+        for data in self.store.records():
+            record = SandboxRecord.from_dict(data)
+            if record.status not in (Status.ACTIVE, Status.PAUSED) or not record.handle:
+                continue
+            if repair:
+                if self.reconcile(record).status is Status.STOPPED:
+                    report["gone"].append(record.sandbox_id)
+            else:
+                with contextlib.suppress(Exception):
+                    if not self.manager.provider(record.provider).alive(record.handle):
+                        report["gone"].append(record.sandbox_id)
+        if repair:
+            skip = set(report["not_adoptable"])
+            report["orphans"] = self._reap_orphans(skip=skip)
+        return report
+
+    def _adopt(self, provider: str, handle: dict[str, Any], sandbox_id: str) -> SandboxRecord:
+        """A new active record for a running sandbox the store lost, its TTL from now."""
+        settings = self.manager.settings
+        record = SandboxRecord.new(
+            sandbox_id=sandbox_id, name="readopted", owner=self.manager.user,
+            provider=provider, status=Status.ACTIVE, ttl_minutes=settings.ttl_minutes,
+            now=self.manager.clock(), handle=handle,
+            error="re-adopted by nexus doctor after the store lost its record")
+        self.store.insert(record.to_dict())
+        with contextlib.suppress(Exception):
+            self.manager.push_deadline(record)
+        return record
+
+    def _survey(self, unreachable: list[str] | None = None) -> Iterator[tuple[str, Any, dict]]:
+        """(provider name, provider, resource) for every resource the providers run for this
+        store, pooled ones left out (they wait for a user)."""
+        pooled = self.manager.pool.pooled_ids()
         for name in self._providers_in_use():
             try:
                 backend = self.manager.provider(name)
                 resources = backend.list_resources(self.store.store_id)
-            except Exception:
-                continue  # provider not reachable here: its agents end its sandboxes at TTL
-            pooled = self.manager.pool.pooled_ids()  # waiting for a user: not orphans
+            except Exception as exc:  # not reachable here: its agents end its sandboxes at TTL
+                if unreachable is not None and name == self.manager.settings.provider:
+                    unreachable.append(f"{name}: {exc}")
+                continue
             for resource in resources:
-                if resource["sandbox_id"] in pooled:
-                    continue
-                data = self.store.get(resource["sandbox_id"])
-                record = SandboxRecord.from_dict(data) if data else None
-                if (
-                    record is None
-                    or record.status is Status.STOPPED
-                    or self.is_expired(record, self.manager.clock())
-                ):
-                    backend.destroy(resource["handle"])
-                    orphans.append(resource["sandbox_id"])
-                    if record is not None and record.status is not Status.STOPPED:
-                        self._stopped(record.sandbox_id)
+                if resource["sandbox_id"] not in pooled:
+                    yield name, backend, resource
+
+    def _reap_orphans(self, skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Destroy resources of this store that no live record claims (``skip``: leave)."""
+        orphans = []
+        for _name, backend, resource in self._survey():
+            if resource["sandbox_id"] in skip:
+                continue
+            data = self.store.get(resource["sandbox_id"])
+            record = SandboxRecord.from_dict(data) if data else None
+            if (
+                record is None
+                or record.status is Status.STOPPED
+                or self.is_expired(record, self.manager.clock())
+            ):
+                backend.destroy(resource["handle"])
+                orphans.append(resource["sandbox_id"])
+                if record is not None and record.status is not Status.STOPPED:
+                    self._stopped(record.sandbox_id)
         return orphans
+
+    def _remove_leftovers(self) -> list[str]:
+        """Host-side state of no live sandbox of any store (see Provider.remove_leftovers)."""
+        removed: list[str] = []
+        for name in self._providers_in_use():
+            with contextlib.suppress(Exception):
+                removed += self.manager.provider(name).remove_leftovers()
+        return removed
 
     def _providers_in_use(self) -> list[str]:
         names = {self.manager.settings.provider, "local"} | self.manager.loaded_providers()

@@ -10,9 +10,12 @@ an evicted record would lose the handle needed to destroy a (possibly paid) sand
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,19 +25,146 @@ from typing import Any
 import diskcache
 
 from .config import private_dir
-from .errors import SandboxError
+from .errors import DiskFullError, SandboxError, StoreDamagedError, StoreError
 
 _PREFIX = "sandbox:"
 _STORE_ID_KEY = "meta:store_id"
+#: diskcache's database file, and the file beside it naming the store once it has records
+#: (so a deleted or emptied database is told apart from a new one).
+DB_NAME = "cache.db"
+MARKER_NAME = "store.id"
+#: Below this many free bytes a sqlite "disk I/O error" is taken for a full disk.
+_LOW_SPACE = 1 << 20
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def space_left(path: Path) -> int:
+    """Bytes an unprivileged writer can still write on the filesystem holding ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return _LOW_SPACE
+    return st.f_bavail * st.f_frsize
+
+
+def _classify(directory: Path, exc: BaseException) -> StoreError | None:
+    """The store error that ``exc`` (from sqlite or the filesystem) means, or None."""
+    if isinstance(exc, StoreError):
+        return exc
+    text = str(exc).lower()
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "database or disk is full" in text
+        or ("disk i/o error" in text and space_left(directory) < _LOW_SPACE)
+    ):
+        return DiskFullError(directory)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "encrypted" in text
+    ):
+        return StoreDamagedError(directory / DB_NAME, text)
+    return None
+
+
+def check_database(directory: Path) -> str | None:
+    """What is wrong with the store's database file (deleted, empty, garbage, truncated),
+    judged from the marker and the 100-byte SQLite header only; None when it looks whole."""
+    db = directory / DB_NAME
+    if not (directory / MARKER_NAME).exists():
+        return None  # a store that never held a sandbox: nothing to lose
+    try:
+        size = db.stat().st_size
+        with open(db, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return "it was deleted"
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror}"
+    if size == 0:
+        return "it is empty"
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        return "it is not a SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if size < page_size * pages:
+        return f"it is truncated: {size} of {page_size * pages} bytes"
+    return None
+
+
+class _ReadOnlyCache:
+    """Enough of ``diskcache.Cache`` to read the records when the database cannot be opened
+    for writing (a full disk): every write raises :class:`DiskFullError`."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._disk = diskcache.Disk(str(directory))
+        self._lock = threading.Lock()  # one connection, shared by this process's threads
+        db = directory / DB_NAME
+        options = {"uri": True, "isolation_level": None, "check_same_thread": False}
+        try:  # a live writer's WAL is honoured while its -shm exists ...
+            self._con = sqlite3.connect(f"file:{db}?mode=ro", **options)
+            self._con.execute("SELECT count(*) FROM Cache").fetchall()
+        except sqlite3.Error:  # ... else read the database file as it is
+            self._con = sqlite3.connect(f"file:{db}?immutable=1", **options)
+
+    def _full(self, *args: Any, **kwargs: Any) -> Any:
+        raise DiskFullError(self.directory)
+
+    add = set = delete = _full
+
+    def get(self, key: str, default: Any = None, retry: bool = False) -> Any:
+        db_key, raw = self._disk.put(key)
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)
+            ).fetchall()
+        if not rows:
+            return default
+        mode, filename, value = rows[0]
+        return self._disk.fetch(mode, filename, value, False)
+
+    def iterkeys(self) -> Iterator[Any]:
+        with self._lock:
+            rows = self._con.execute("SELECT key, raw FROM Cache ORDER BY rowid").fetchall()
+        for db_key, raw in rows:
+            yield self._disk.get(db_key, raw)
+
+    @contextmanager
+    def transact(self, retry: bool = False) -> Iterator[None]:
+        yield
+
+    def close(self) -> None:
+        self._con.close()
 
 
 class Store:
     """Sandbox records in one diskcache directory."""
 
-    def __init__(self, directory: Path | str):
+    def __init__(self, directory: Path | str, *, check: bool = True):
+        """Open the store in ``directory``. A deleted, emptied, garbage or truncated database
+        raises :class:`StoreDamagedError` naming the file (``check=False``: open anyway, for
+        ``nexus doctor``); a full disk opens it read-only (:attr:`read_only`), writes then
+        raise :class:`DiskFullError`."""
         self.directory = Path(directory)
-        private_dir(self.directory)
-        self._cache = diskcache.Cache(
+        self.read_only: DiskFullError | None = None
+        try:
+            private_dir(self.directory)
+        except OSError as exc:
+            raise (_classify(self.directory, exc) or exc) from exc
+        problem = check_database(self.directory) if check else None
+        if problem:
+            raise StoreDamagedError(self.directory / DB_NAME, problem)
+        try:
+            self._cache: Any = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            mapped = _classify(self.directory, exc)
+            if not isinstance(mapped, DiskFullError) or not (self.directory / DB_NAME).exists():
+                raise (mapped or exc) from exc
+            self.read_only = mapped
+            self._cache = _ReadOnlyCache(self.directory)
+        self._store_id: str | None = None
+
+    def _open(self) -> diskcache.Cache:
+        return diskcache.Cache(
             str(self.directory),
             eviction_policy="none",
             size_limit=2**40,
@@ -42,22 +172,60 @@ class Store:
             statistics=0,
             timeout=60,
         )
-        self._store_id: str | None = None
+
+    def _reopen_when_space_is_back(self) -> None:
+        """A store opened read-only on a full disk (a long-lived kernel, API object) becomes
+        writable again by itself once space is freed: no restart, no repair."""
+        if self.read_only is None or space_left(self.directory) < _LOW_SPACE:
+            return
+        try:
+            cache = self._open()
+        except (sqlite3.Error, OSError):
+            return
+        # the read-only reader is left to the collector: another thread may be reading
+        self._cache, self.read_only = cache, None
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """sqlite's and the filesystem's errors as one-line store errors."""
+        self._reopen_when_space_is_back()
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            mapped = _classify(self.directory, exc)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
 
     @property
     def store_id(self) -> str:
-        """A random id naming this store; providers label resources with it."""
+        """A random id naming this store; providers label resources with it. It is also
+        written beside the database (:data:`MARKER_NAME`), so a lost database is noticed and
+        ``nexus doctor`` finds the resources labelled with it."""
         if self._store_id is None:
-            self._cache.add(_STORE_ID_KEY, "st_" + secrets.token_hex(6))
-            self._store_id = self._cache.get(_STORE_ID_KEY)
+            with self._guard():
+                stored = self._cache.get(_STORE_ID_KEY)
+                if stored is None:
+                    self._cache.add(_STORE_ID_KEY, read_marker(self.directory)
+                                    or "st_" + secrets.token_hex(6))
+                    stored = self._cache.get(_STORE_ID_KEY)
+                marker = self.directory / MARKER_NAME
+                if self.read_only is None and read_marker(self.directory) != stored:
+                    tmp = marker.with_suffix(".tmp")
+                    tmp.write_text(stored + "\n")
+                    os.replace(tmp, marker)
+            self._store_id = stored
         return self._store_id
 
     def get(self, sandbox_id: str) -> dict[str, Any] | None:
-        return self._cache.get(_PREFIX + sandbox_id)
+        with self._guard():
+            return self._cache.get(_PREFIX + sandbox_id)
 
     def insert(self, record: dict[str, Any]) -> None:
         """Store a new record; refuses to overwrite an existing id."""
-        if not self._cache.add(_PREFIX + record["sandbox_id"], record):
+        with self._guard():
+            added = self._cache.add(_PREFIX + record["sandbox_id"], record)
+        if not added:
             raise SandboxError(f"sandbox id {record['sandbox_id']!r} already exists")
 
     def update(
@@ -66,7 +234,7 @@ class Store:
         """Apply ``change`` to the stored record atomically. ``change`` gets a copy and
         returns the new record, or None to leave it as is. Returns the stored record."""
         key = _PREFIX + sandbox_id
-        with self._cache.transact():
+        with self._guard(), self._cache.transact():
             current = self._cache.get(key)
             if current is None:
                 return None
@@ -77,42 +245,55 @@ class Store:
             return new
 
     def delete(self, sandbox_id: str) -> bool:
-        return self._cache.delete(_PREFIX + sandbox_id)
+        with self._guard():
+            return self._cache.delete(_PREFIX + sandbox_id)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every stored record (any owner), in no particular order."""
-        for key in list(self._cache.iterkeys()):
+        with self._guard():
+            keys = list(self._cache.iterkeys())
+        for key in keys:
             if isinstance(key, str) and key.startswith(_PREFIX):
-                record = self._cache.get(key)
+                record = self.get(key[len(_PREFIX):])
                 if record is not None:
                     yield record
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        return self._cache.get("meta:" + key, default)
+        with self._guard():
+            return self._cache.get("meta:" + key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._cache.set("meta:" + key, value)
+        with self._guard():
+            self._cache.set("meta:" + key, value)
 
     def meta_keys(self, prefix: str) -> list[str]:
         """Names (without ``meta:``) of the meta values whose name starts with ``prefix``."""
         full = "meta:" + prefix
-        return [k[5:] for k in list(self._cache.iterkeys()) if isinstance(k, str) and k.startswith(full)]
+        with self._guard():
+            keys = list(self._cache.iterkeys())
+        return [k[5:] for k in keys if isinstance(k, str) and k.startswith(full)]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic read-modify-write across keys (re-entrant; keep it short, no I/O)."""
-        with self._cache.transact():
+        with self._guard(), self._cache.transact():
             yield
 
     def claim(self, key: str, interval: float) -> bool:
         """True for at most one caller per ``interval`` seconds (throttles lazy reaping)."""
         now = time.time()
-        with self._cache.transact():
-            last = self._cache.get("meta:" + key, 0.0)
-            if now - last < interval:
-                return False
-            self._cache.set("meta:" + key, now)
-            return True
+        self._reopen_when_space_is_back()
+        if self.read_only is not None:
+            return False  # nothing can be recorded: let nobody start the throttled work
+        try:
+            with self._guard(), self._cache.transact():
+                last = self._cache.get("meta:" + key, 0.0)
+                if now - last < interval:
+                    return False
+                self._cache.set("meta:" + key, now)
+                return True
+        except DiskFullError:
+            return False
 
     @contextmanager
     def lock(self, sandbox_id: str, expire: float = 120.0) -> Iterator[None]:
@@ -121,7 +302,16 @@ class Store:
         key = "lock:" + sandbox_id
         me = {**process_identity(), "nonce": secrets.token_hex(4)}
         delay = 0.001
-        while not self._cache.add(key, me, expire=expire, retry=True):
+        while True:
+            try:
+                if self._locked_add(key, me, expire):
+                    break
+            except DiskFullError:
+                # Nothing can be written, so nothing can be locked: what still runs on a full
+                # disk (stop, reads) is idempotent, and the records it cannot update are
+                # reconciled once space is freed.
+                yield
+                return
             holder = self._cache.get(key, retry=True)
             if isinstance(holder, dict) and not process_alive(holder):
                 with self._cache.transact(retry=True):
@@ -137,8 +327,38 @@ class Store:
                 if self._cache.get(key) == me:
                     self._cache.delete(key)
 
+    def _locked_add(self, key: str, me: dict[str, Any], expire: float) -> bool:
+        self._reopen_when_space_is_back()
+        if self.read_only is not None:
+            raise self.read_only
+        with self._guard():
+            return self._cache.add(key, me, expire=expire, retry=True)
+
     def close(self) -> None:
         self._cache.close()
+
+
+def move_aside(directory: Path) -> Path | None:
+    """Rename a damaged database (and its -wal/-shm) to ``cache.db.damaged-<time>`` so a new
+    one can be made, keeping the old bytes for inspection; the new name, or None."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = Path(directory) / f"{DB_NAME}.damaged-{stamp}"
+    moved = None
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(directory) / (DB_NAME + suffix)
+        if source.exists():
+            os.replace(source, Path(str(target) + suffix))
+            moved = target if suffix == "" else moved or Path(str(target) + suffix)
+    return moved
+
+
+def read_marker(directory: Path) -> str | None:
+    """The store id written beside the database, or None."""
+    try:
+        text = (Path(directory) / MARKER_NAME).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.startswith("st_") else None
 
 
 def _start_time(pid: int) -> int | None:

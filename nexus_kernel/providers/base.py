@@ -114,6 +114,12 @@ class Provider(ABC):
     def alive(self, handle: Handle) -> bool:
         """True while the sandbox's resource exists (running or paused)."""
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove host-side state that no live sandbox of any store on this host uses (empty
+        cgroups, for the local provider); must be safe for other stores' live sandboxes.
+        Returns what was removed. Default: nothing to do."""
+        return []
+
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
         """Resources this provider runs for ``store_id``: [{"sandbox_id", "handle"}].
         Used by reconcile to find orphans; providers without labels return []."""

@@ -147,6 +147,42 @@ class Cgroup:
         return poll_until(attempt, timeout)
 
 
+#: An empty sandbox cgroup younger than this may be one whose sandbox is still starting.
+LEFTOVER_GRACE_SECONDS = 120.0
+
+
+def remove_leftovers(parent: str = "nexus", grace: float = LEFTOVER_GRACE_SECONDS) -> list[str]:
+    """Remove every ``<parent>/sb_*`` cgroup, in every hierarchy, that has no task left and
+    is older than ``grace`` s: what sandboxes of any store on this host left when nobody
+    destroyed them (their state directory was deleted, the host process was killed). The
+    kernel refuses to remove a cgroup that still has a task (EBUSY), and a live sandbox,
+    running or frozen, always has its agent in it, so no live sandbox of any store loses its
+    cgroup; the grace spares one being created. Returns the removed paths."""
+    removed = []
+    now = time.time()
+    for fstype, mount_point, _ in _mounts():
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        top = os.path.join(mount_point, parent)
+        try:
+            names = os.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(top, name)
+            if not name.startswith("sb_"):
+                continue
+            try:
+                if now - os.stat(path).st_mtime < grace or _read(
+                        os.path.join(path, "cgroup.procs")).strip():
+                    continue
+                os.rmdir(path)
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
+
+
 def poll_until(check: Any, timeout: float) -> bool:
     """Call ``check`` until it returns true or ``timeout`` passes; starts at 0.5 ms."""
     deadline = time.monotonic() + timeout

@@ -69,7 +69,7 @@ from .base import (
     Provider,
     scratch_mb,
 )
-from .cgroups import Cgroup, create_cgroup, poll_until
+from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
 from .removal import remove_tree
 from .seccomp import program_fd
 
@@ -547,6 +547,10 @@ class LocalProvider(Provider):
         """The jail's pid 1 still exists (start time checked, so a reused pid does not count)."""
         child = handle.get("child_pid")
         return bool(child) and _same_process(child, handle.get("child_start"))
+
+    def remove_leftovers(self) -> list[str]:
+        """Empty ``nexus/sb_*`` cgroups left by sandboxes of any store on this host."""
+        return remove_leftovers()
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
         """Sandboxes under ``settings.sandboxes_dir`` created for ``store_id``: running ones,

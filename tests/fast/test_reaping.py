@@ -76,7 +76,8 @@ def test_orphans_are_destroyed_and_known_sandboxes_kept(manager: SandboxManager,
                                          store_id=manager.store.store_id))
     elsewhere = backend.create(SandboxSpec(sandbox_id="sb_elsewhere", owner="tester",
                                            store_id="another-store"))
-    assert manager.reap() == {"expired": [], "gone": [], "orphans": ["sb_unknown"]}
+    assert manager.reap() == {"expired": [], "gone": [], "orphans": ["sb_unknown"],
+                              "leftovers": []}
     assert not backend.alive(unknown) and backend.alive(elsewhere)
     assert backend.alive(known.handle)
     backend.destroy(elsewhere)

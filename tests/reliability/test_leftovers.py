@@ -1,0 +1,65 @@
+"""Host-side leftovers: empty ``nexus/sb_*`` cgroups that no store will ever destroy (their
+state directory was deleted, their host process killed) are removed by any store's reap on
+the host, while another store's live sandbox keeps its cgroups and keeps working."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_kernel.config import Settings
+from nexus_kernel.manager import SandboxManager
+from nexus_kernel.providers import cgroups
+from nexus_kernel.providers.cgroups import Cgroup
+
+from ..security.conftest import ATTACK_LIMITS, provider_ready
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.bwrap]
+
+
+def manager(home: Path) -> SandboxManager:
+    settings = Settings.load(home=home, user="tester", provider="local", **ATTACK_LIMITS)
+    return SandboxManager(settings, is_admin=True)
+
+
+def stray_cgroup(age: float) -> list[str]:
+    """An empty ``nexus/sb_*`` cgroup in every hierarchy, ``age`` seconds old."""
+    name = "sb_stray" + secrets.token_hex(4)
+    made = []
+    for fstype, mount_point, _ in cgroups._mounts():
+        top = os.path.join(mount_point, "nexus")
+        if fstype in ("cgroup", "cgroup2") and os.path.isdir(top):
+            path = os.path.join(top, name)
+            os.mkdir(path)
+            then = time.time() - age
+            os.utime(path, (then, then))
+            made.append(path)
+    return made
+
+
+def test_any_stores_reap_removes_empty_sandbox_cgroups_and_spares_live_ones(tmp_path: Path):
+    provider_ready("local")
+    other = manager(tmp_path / "other")
+    live = other.create("live")
+    live_cgroup = Cgroup.from_dict(live.handle.get("cgroup"))
+    if live_cgroup is None:
+        pytest.skip("no usable cgroup hierarchy on this host")
+    stale = stray_cgroup(age=cgroups.LEFTOVER_GRACE_SECONDS + 60)
+    young = stray_cgroup(age=0)
+    assert stale and young, "cannot make cgroups here (needs root)"
+
+    report = manager(tmp_path / "mine").reap()
+
+    assert set(stale) <= set(report["leftovers"]), report
+    assert not any(os.path.isdir(p) for p in stale)
+    assert all(os.path.isdir(p) for p in young), "one being created must be spared"
+    assert all(os.path.isdir(p) for p in live_cgroup.paths.values())
+    assert other.run(live.sandbox_id, "python", "print(6*7)").stdout == "42\n"
+    other.stop(live.sandbox_id)
+    other.close()
+    for path in young:
+        os.rmdir(path)
