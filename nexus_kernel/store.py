@@ -35,7 +35,6 @@ DB_NAME = "cache.db"
 MARKER_NAME = "store.id"
 #: Below this many free bytes a sqlite "disk I/O error" is taken for a full disk.
 _LOW_SPACE = 1 << 20
-_SQLITE_MAGIC = b"SQLite format 3\0"
 
 
 def space_left(path: Path) -> int:
@@ -66,25 +65,35 @@ def _classify(directory: Path, exc: BaseException) -> StoreError | None:
 
 def check_database(directory: Path) -> str | None:
     """What is wrong with the store's database file (deleted, empty, garbage, truncated),
-    judged from the marker and the 100-byte SQLite header only; None when it looks whole."""
+    judged from the marker, the file's size and SQLite's own header fields; None when it
+    looks whole.
+
+    The file is read only through SQLite, never with plain ``open()``: closing such a
+    descriptor drops every POSIX lock this process holds on the file (SQLite's WAL locks
+    among them), after which another process may delete the WAL and this process's later
+    writes are lost. SQLite defers such closes itself. ``immutable=1`` takes no lock and
+    ignores the WAL, so the page count is the main file's header's own.
+    """
     db = directory / DB_NAME
     if not (directory / MARKER_NAME).exists():
         return None  # a store that never held a sandbox: nothing to lose
     try:
         size = db.stat().st_size
-        with open(db, "rb") as f:
-            header = f.read(100)
     except FileNotFoundError:
         return "it was deleted"
     except OSError as exc:
         return f"it cannot be read: {exc.strerror}"
     if size == 0:
         return "it is empty"
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+    try:
+        con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        try:
+            page_size = con.execute("PRAGMA page_size").fetchone()[0]
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
         return "it is not a SQLite database"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
     if size < page_size * pages:
         return f"it is truncated: {size} of {page_size * pages} bytes"
     return None
