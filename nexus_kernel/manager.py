@@ -446,7 +446,7 @@ class SandboxManager:
         records = [SandboxRecord.from_dict(d) for d in self.store.records()]
         if not all_users:
             records = [r for r in records if r.owner == self.user]
-        return sorted(records, key=lambda r: r.created_at)
+        return sorted(self.reaper.sweep(records), key=lambda r: r.created_at)
 
     def of_client(self, client_id: str) -> list[SandboxRecord]:
         """This user's active or paused sandboxes created for ``client_id``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import STOPPED_RETENTION_SECONDS
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 
 #: The error a record gets when reconcile finds its resource gone.
 ENDED_OUTSIDE = "the sandbox ended outside nexus (TTL watchdog, killed, or host restart)"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def host_boot_id() -> str:
+    """This boot of the host's kernel (a new value after every restart); "" where unknown."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 class Reaper:
@@ -36,7 +46,15 @@ class Reaper:
     # ---------------------------------------------------------------- entry points
 
     def reap_expired(self, *, force: bool = False) -> list[str]:
-        """Stop every expired sandbox of this store (throttled unless ``force``)."""
+        """Stop every expired sandbox of this store (throttled unless ``force``). The first
+        call after the host restarted runs a full :meth:`reap` instead (so no record claims
+        a sandbox that died with the host, and what the dead ones left is removed, whatever
+        command comes first)."""
+        if self._new_host_boot():
+            return self.reap()["expired"]
+        return self._reap_expired(force)
+
+    def _reap_expired(self, force: bool) -> list[str]:
         if not force and not self.store.claim("last_reap", self.manager.settings.reap_interval):
             return []
         reaped = []
@@ -53,7 +71,8 @@ class Reaper:
 
     def reap(self) -> dict[str, list[str]]:
         """Full reap: expired sandboxes, records whose resource is gone, unknown resources."""
-        expired = self.reap_expired(force=True)
+        self._new_host_boot()  # this is the reap a new boot asks for
+        expired = self._reap_expired(force=True)
         gone = []
         for data in self.store.records():
             record = SandboxRecord.from_dict(data)
@@ -63,6 +82,22 @@ class Reaper:
         orphans = self._reap_orphans()
         return {"expired": expired, "gone": gone, "orphans": orphans,
                 "leftovers": self._remove_leftovers()}
+
+    def _new_host_boot(self) -> bool:
+        """True for the first caller (of any process) that sees this host boot."""
+        boot = host_boot_id()
+        return bool(boot) and self.store.claim_change("host_boot", boot)
+
+    def sweep(self, records: list[SandboxRecord]) -> list[SandboxRecord]:
+        """``records`` reconciled where that is cheap (providers whose ``alive_is_cheap``):
+        a sandbox that ended without nexus (its jail or container killed, the host or the
+        engine restarted) is shown, and recorded, as stopped, and its leftovers are gone."""
+        swept = []
+        for record in records:
+            if record.status in (Status.ACTIVE, Status.PAUSED) and self._cheap(record.provider):
+                record = self.reconcile(record)
+            swept.append(record)
+        return swept
 
     # ---------------------------------------------------------------- one record
 
@@ -230,6 +265,12 @@ class Reaper:
             with contextlib.suppress(Exception):
                 removed += self.manager.provider(name).remove_leftovers()
         return removed
+
+    def _cheap(self, provider: str) -> bool:
+        try:
+            return self.manager.provider(provider).alive_is_cheap
+        except Exception:  # not usable here: nothing cheap to ask
+            return False
 
     def _providers_in_use(self) -> list[str]:
         names = {self.manager.settings.provider, "local"} | self.manager.loaded_providers()

@@ -304,6 +304,21 @@ class Store:
         except DiskFullError:
             return False
 
+    def claim_change(self, key: str, value: Any) -> bool:
+        """Set meta ``key`` to ``value``; True for the one caller that found it different
+        (the first process to see a new host boot does the reconcile)."""
+        self._reopen_when_space_is_back()
+        if self.read_only is not None:
+            return False
+        try:
+            with self._guard(), self._cache.transact():
+                if self._cache.get("meta:" + key) == value:
+                    return False
+                self._cache.set("meta:" + key, value)
+                return True
+        except DiskFullError:
+            return False
+
     @contextmanager
     def lock(self, sandbox_id: str, expire: float = 120.0) -> Iterator[None]:
         """Per-sandbox lock across processes and threads. A lock whose holder process is

@@ -68,6 +68,9 @@ class Provider(ABC):
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
+    #: ``alive()`` asks something on this host (``/proc``, the local Docker engine), so
+    #: ``list`` can afford to reconcile this provider's live records every time.
+    alive_is_cheap: bool = False
 
     def __init__(self, settings: Settings, **options: Any):
         self.settings = settings

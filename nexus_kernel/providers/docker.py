@@ -267,6 +267,7 @@ class DockerProvider(Provider):
 
     name = "docker"
     capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)

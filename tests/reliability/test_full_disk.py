@@ -34,12 +34,12 @@ def small_sandboxes_fs(tmp_path: Path):
     yield from mounted(tmp_path / "home" / "sandboxes")
 
 
-def mounted(mount: Path):
+def mounted(mount: Path, size: str = "16m"):
     provider_ready("local")
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")

@@ -106,7 +106,11 @@ def local_processes(handle: dict[str, Any]) -> dict[int, str]:
     from nexus_kernel.providers import local
     from nexus_kernel.providers.cgroups import Cgroup
 
-    pids = set(local._namespace_pids(handle)) if handle.get("child_pid") else set()
+    # Once the jail's pid 1 is gone the kernel has killed its namespace, whose inode number
+    # a later sandbox may then reuse: only a live pid 1's namespace is scanned.
+    child = handle.get("child_pid")
+    live = child and local._same_process(child, handle.get("child_start"))
+    pids = set(local._namespace_pids(handle)) if live else set()
     cgroup = Cgroup.from_dict(handle.get("cgroup"))
     if cgroup is not None:
         pids |= cgroup.pids()
