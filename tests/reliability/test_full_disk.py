@@ -205,3 +205,38 @@ def test_the_kernel_shows_a_full_disk_in_the_cell_and_stays_alive(small_fs: Path
     after = manager(home)
     assert all(r.status is Status.STOPPED for r in after.list())
     after.close()
+
+
+def test_the_magics_show_a_full_disk_in_one_line_and_keep_working(small_fs: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from magics import SandboxMagics
+
+    home = small_fs / "home"
+    for key, value in _Home(home).environ().items():
+        monkeypatch.setenv(key, value)
+    shell = InteractiveShell.instance()
+    magics = SandboxMagics(shell=shell)
+    shell.register_magics(magics)
+    try:
+        shell.run_line_magic("sandbox", "create kept")
+        filler = fill(small_fs)
+        with pytest.raises(UsageError) as info:
+            shell.run_line_magic("sandbox", "create more")
+        message = str(info.value)
+        assert "\n" not in message and "is full" in message and str(home) in message, message
+        listed = shell.run_line_magic("sandbox", "list")
+        assert "kept" in repr(listed), repr(listed)
+        filler.unlink()
+        with capture_output() as ran:
+            shell.run_cell_magic("sandbox", "run", "print(6*7)")
+        assert ran.stdout == "42\n"
+    finally:
+        for record in magics.manager.list():
+            if record.status is not Status.STOPPED:
+                magics.manager.stop(record.sandbox_id)
+        magics.close()
+        shell.configurables.remove(magics)
