@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -62,6 +63,7 @@ from .base import (
     Provider,
     scratch_mb,
 )
+from .cgroups import LEFTOVER_GRACE_SECONDS
 
 AGENT_DIR = "/opt/nexus-agent"
 RUN_DIR = "/run/nexus"
@@ -448,6 +450,26 @@ class DockerProvider(Provider):
         """True while the container exists and has not exited (running or paused).
         Raises ProviderUnavailableError when the daemon cannot be asked."""
         return self.state(handle) in ALIVE_STATES
+
+    def remove_leftovers(self, grace: float = LEFTOVER_GRACE_SECONDS) -> list[str]:
+        """Containers of any store's sandboxes that can never run again: created but never
+        started (their creator died in between) or exited yet not removed (auto-remove lost
+        to an engine restart), older than ``grace`` s. Running and paused ones are never
+        touched: they belong to a live sandbox of some store, or end at their TTL."""
+        host = self._host()
+        client = self._client(host)
+        with _api_errors(host, "list sandbox containers"):
+            rows = client.api.containers(
+                all=True, filters={"label": ["nexus.sandbox_id"],
+                                   "status": ["created", "exited", "dead"]})
+        removed = []
+        for row in rows:
+            if time.time() - row.get("Created", 0) < grace:
+                continue  # may be one whose creator is starting it right now
+            with suppress(Exception):  # gone meanwhile, or being removed by the engine
+                client.api.remove_container(row["Id"], force=True)
+                removed.append(f"container {row['Id'][:12]}")
+        return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
         """Containers labelled with ``nexus.store=store_id``, in any state."""

@@ -4,6 +4,7 @@ the host, while another store's live sandbox keeps its cgroups and keeps working
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -63,3 +64,37 @@ def test_any_stores_reap_removes_empty_sandbox_cgroups_and_spares_live_ones(tmp_
     other.close()
     for path in young:
         os.rmdir(path)
+
+
+@pytest.mark.docker
+def test_dead_sandbox_containers_of_any_store_are_removed_and_live_ones_spared(tmp_path: Path):
+    """A container created but never started (its creator died in between) and one exited
+    but not removed, both of a store that no longer exists, go at any store's reap; a live
+    sandbox of another store keeps running."""
+    provider_ready("docker")
+    settings = Settings.load(home=tmp_path / "other", user="tester", provider="docker",
+                             **ATTACK_LIMITS)
+    other = SandboxManager(settings, is_admin=True)
+    live = other.create("live")
+    backend = other.provider("docker")
+    api = backend._client(settings.docker_host).api
+    labels = {"nexus.sandbox_id": "sb_stray" + secrets.token_hex(4), "nexus.store": "gone"}
+    never_started = api.create_container(settings.docker_image, command=["true"],
+                                         labels=labels)["Id"]
+    exited = api.create_container(settings.docker_image, command=["true"], labels=labels)["Id"]
+    api.start(exited)
+    api.wait(exited, timeout=30)
+    try:
+        assert backend.remove_leftovers() == [], "younger than the grace period: kept"
+        removed = backend.remove_leftovers(grace=0)
+
+        assert {f"container {c[:12]}" for c in (never_started, exited)} <= set(removed)
+        assert backend.state({"container_id": never_started}) is None
+        assert backend.state({"container_id": exited}) is None
+        assert other.run(live.sandbox_id, "python", "print(6*7)").stdout == "42\n"
+    finally:
+        for container in (never_started, exited):
+            with contextlib.suppress(Exception):
+                api.remove_container(container, force=True)
+        other.stop(live.sandbox_id)
+        other.close()
