@@ -10,7 +10,8 @@ Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
 Isolation: new user/pid/ipc/uts/cgroup/net namespaces, read-only /usr,
 a hand-picked /etc, cleared environment, uid 1000 inside, no capabilities, no_new_privs, no
 nested user namespaces. When the caller is root the jail runs as an unprivileged host uid
-(65534 by default), never as host root. Limits: a cgroup (v2 or v1) where writable, else
+of its own, reserved for it from a range no account uses (``uids.py``), never as host root
+and never shared with another sandbox or a real account. Limits: a cgroup (v2 or v1) where writable, else
 rlimits (``handle["limits"]`` says which); every process at most OPEN_FILES fds. A seccomp
 filter (``seccomp.py``) refuses the kernel surface Docker's default profile refuses.
 
@@ -59,6 +60,7 @@ from ..agent.deploy import PACKAGE_DIR, agent_digest, package_files
 from ..config import Settings, private_dir
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
+from . import uids
 from ._launch import agent_command, serve_args, wait_for_ready
 from .base import (
     LEAN_TEMPLATES,
@@ -87,8 +89,6 @@ SLIRP_HINT = (
 SLIRP_DNS = "10.0.2.3"
 #: ioctl: the user namespace owning a namespace (linux/nsfs.h NS_GET_USERNS).
 NS_GET_USERNS = 0xB701
-#: Host uid the jail runs as when the caller is root (nobody).
-DEFAULT_SANDBOX_UID = 65534
 INNER_UID = 1000
 HOME = "/home/user"
 RUN_DIR = "/run/nexus"
@@ -170,7 +170,7 @@ class LocalProvider(Provider):
             raise ProviderUnavailableError(
                 f"no Python for sandboxes at {python}: install python3 or set NEXUS_LOCAL_PYTHON"
             )
-        uid = int(options.get("uid", DEFAULT_SANDBOX_UID)) if root else None
+        uid = int(options.get("uid", uids.UID_BASE)) if root else None
         key = (bwrap, uid)
         if key not in cls._probe_cache:
             cls._probe_cache[key] = _probe_userns(bwrap, uid)
@@ -185,9 +185,7 @@ class LocalProvider(Provider):
         self.check_available(self.settings, **self.options)
         self._template_dir(spec.template_id)  # a missing template fails before any work
         root = os.geteuid() == 0
-        uid = int(self.options.get("uid", DEFAULT_SANDBOX_UID)) if root else os.getuid()
-        gid = uid if root else os.getgid()
-        if root and uid == 0:
+        if root and "uid" in self.options and int(self.options["uid"]) == 0:
             raise ProviderError("refusing to run sandboxes as host root: pick another 'uid' option")
         if spec.network and _find_tool("slirp4netns") is None:
             raise ProviderUnavailableError(SLIRP_HINT)
@@ -207,6 +205,14 @@ class LocalProvider(Provider):
                 f"sandbox dir {sandbox_dir} already exists; destroy that sandbox first"
             ) from None
         os.chmod(sandbox_dir, 0o711)  # traversable by the jail uid, not listable
+        reserved = root and "uid" not in self.options
+        try:
+            uid = uids.reserve(spec.sandbox_id) if reserved else (
+                int(self.options["uid"]) if root else os.getuid())
+        except BaseException:
+            remove_tree(sandbox_dir)
+            raise
+        gid = uid if root else os.getgid()
         token = secrets.token_hex(32)
         cgroup: Cgroup | None = None
         proc: subprocess.Popen[bytes] | None = None
@@ -219,6 +225,7 @@ class LocalProvider(Provider):
             "limits": "rlimit",
             "disk": _scratch_kind(root, spec.limits),
             "uid": uid,
+            "uid_reserved": reserved,
             "network": "slirp4netns" if spec.network else "none",
         }
 
@@ -233,6 +240,8 @@ class LocalProvider(Provider):
                 slirp_start=info.get("slirp-start"),
             )
             _write_handle(sandbox_dir, spec.store_id, handle)
+            if reserved:
+                uids.bind(uid, spec.sandbox_id, handle["child_pid"], handle["child_start"])
 
         try:
             _make_dirs(sandbox_dir, uid, gid, token, scratch_on_disk=handle["disk"] == "host-dir")
@@ -252,6 +261,8 @@ class LocalProvider(Provider):
                 cgroup.kill(timeout=2.0)
                 cgroup.remove()
             remove_tree(sandbox_dir)
+            if reserved:
+                uids.release(uid, spec.sandbox_id)
             raise
         return handle
 
@@ -543,6 +554,8 @@ class LocalProvider(Provider):
             _kill_quietly(slirp)
         if handle.get("dir"):
             remove_tree(Path(handle["dir"]))
+        if handle.get("uid_reserved"):  # every process of the uid is gone: give it back
+            uids.release(handle["uid"], handle["sandbox_id"])
 
     def alive(self, handle: Handle) -> bool:
         """The jail's pid 1 still exists (start time checked, so a reused pid does not count)."""
@@ -550,8 +563,12 @@ class LocalProvider(Provider):
         return bool(child) and _same_process(child, handle.get("child_start"))
 
     def remove_leftovers(self) -> list[str]:
-        """Empty ``nexus/sb_*`` cgroups left by sandboxes of any store on this host."""
-        return remove_leftovers()
+        """Empty ``nexus/sb_*`` cgroups and uid reservations left by sandboxes of any store
+        on this host."""
+        removed = remove_leftovers()
+        if os.geteuid() == 0:
+            removed += [f"uid reservation {uid}" for uid in uids.remove_stale()]
+        return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
         """Sandboxes under ``settings.sandboxes_dir`` created for ``store_id``: running ones,

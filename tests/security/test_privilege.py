@@ -97,12 +97,10 @@ KILL_ALL = {
 
 
 @pytest.fixture
-def host_process(env):
+def host_process(env, box):
     """A host process running as the sandbox's host uid (the same uid as its code)."""
     if env.name == "local":
-        from nexus_kernel.providers.local import DEFAULT_SANDBOX_UID
-
-        uid = DEFAULT_SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+        uid = box.record.handle["uid"]
     else:
         uid = 1000  # the container user, without a user-namespace remap
     command = ["sleep", "120"]
