@@ -99,10 +99,8 @@ KILL_ALL = {
 @pytest.fixture
 def host_process(env, box):
     """A host process running as the sandbox's host uid (the same uid as its code)."""
-    if env.name == "local":
-        uid = box.record.handle["uid"]
-    else:
-        uid = 1000  # the container user, without a user-namespace remap
+    # docker: the container user, without a user-namespace remap
+    uid = box.record.handle["uid"] if env.name == "local" else 1000
     command = ["sleep", "120"]
     if os.geteuid() == 0 and shutil.which("setpriv"):
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
