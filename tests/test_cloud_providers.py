@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from nexus_kernel.models import Limits, SandboxSpec, Status
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
-from nexus_kernel.providers._stream import PumpChannel
+from nexus_kernel.providers._stream import QUEUED_CHUNKS, PumpChannel
 from nexus_kernel.providers.base import DATASCIENCE_PACKAGES
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
@@ -141,6 +142,52 @@ def test_e2b_streams_output_live_and_keeps_framing(e2b: E2BProvider) -> None:
         check_framing(client)
 
 
+def check_outlives_command_timeout(provider: E2BProvider) -> None:
+    """The agent and a relay outlive E2B's command timeout (the SDK's 60 s default ends a
+    command and its process unless ``timeout=0``; the fake runs it 50 times faster)."""
+    e2b_fake.COMMAND_SECONDS = 0.02
+    handle = provider.create(spec())
+    with client_for(provider, handle) as client:
+        slow = client.run("bash", "sleep 1.6; echo still here", timeout=30)  # one relay
+        assert slow["stdout"] == "still here\n", slow
+    with client_for(provider, handle) as client:  # the agent too
+        assert client.run("bash", "echo again", timeout=30)["stdout"] == "again\n"
+
+
+def test_e2b_agent_and_relay_outlive_the_command_timeout(e2b: E2BProvider) -> None:
+    check_outlives_command_timeout(e2b)
+
+
+def stream_output(provider: E2BProvider, megabytes: int) -> tuple[int, int]:
+    """Stream ``megabytes`` MB of a sandbox's output through a session; (characters the
+    SDK's command handles keep, bytes the client's memory grew by)."""
+    handle = provider.create(spec())
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    with client_for(provider, handle) as client:
+        client.hello()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(megabytes // 10):
+                result = client.run(
+                    "bash", "head -c 10000000 /dev/zero | tr '\\0' a", timeout=60
+                )
+                assert len(result["stdout"]) == 10_000_000, result["exit_code"]
+                del result
+            growth = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    return sum(h.retained for h in record.handles), growth
+
+
+def test_e2b_client_memory_stays_bounded_over_100_mb_of_output(e2b: E2BProvider) -> None:
+    """E2B's command handles keep every byte by default (``retain_output``); the agent's
+    stream lives as long as the manager, so the provider must turn that off."""
+    retained, growth = stream_output(e2b, 100)
+    assert retained < 64 * 1024, f"the SDK's handles kept {retained} characters"
+    assert growth < 8 * 1024 * 1024, f"the client grew by {growth} bytes for 100 MB streamed"
+
+
 def test_e2b_sessions_survive_reconnects(e2b: E2BProvider) -> None:
     handle = e2b.create(spec())
     with client_for(e2b, handle) as client:
@@ -186,6 +233,36 @@ def test_e2b_pause_and_resume_keep_memory_state(e2b: E2BProvider) -> None:
     with client_for(e2b, handle) as client:
         result = client.run("python", "counter + 1", session="s", timeout=30)
     assert result["result"] == {"text/plain": "42"}
+
+
+def live_relays(record) -> int:
+    """Relay processes still running in a fake E2B sandbox (its first command is the agent)."""
+    return sum(h._proc.poll() is None for h in record.handles[1:])
+
+
+def test_e2b_pause_ends_relays_first_and_asks_for_a_full_snapshot(
+    e2b: E2BProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay left to the pause could not be ended (its sandbox is paused) and held an
+    agent connection until the sandbox ended; the pause mode is not left to the API."""
+    monkeypatch.setattr(e2b_fake, "API_PAUSE_MODE", "filesystem")  # were the default to change
+    handle = e2b.create(spec())
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    client = client_for(e2b, handle)
+    client.run("python", "kept = 7", session="s", timeout=30)
+    assert live_relays(record) == 1
+    e2b.pause(handle)
+    client.close()  # as the manager does after a pause: the relay can no longer be reached
+    assert record.pause_modes == ["full"]
+    e2b.resume(handle)
+    deadline = time.monotonic() + 5
+    while live_relays(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_relays(record) == 0
+    with client_for(e2b, handle) as again:
+        assert again.run("python", "kept", session="s", timeout=30)["result"] == {
+            "text/plain": "7"
+        }
 
 
 def test_e2b_destroy_is_idempotent(e2b: E2BProvider) -> None:
@@ -658,6 +735,29 @@ def test_pump_channel_timeout_and_write_errors() -> None:
     channel.close()
     channel.settimeout(None)
     assert channel.recv(10) == b""  # close wakes a blocked reader
+
+
+def test_pump_channel_holds_back_a_stream_nobody_reads() -> None:
+    """A reader that falls behind holds the SDK's stream back: the client keeps at most
+    QUEUED_CHUNKS chunks, not everything the sandbox sent."""
+    produced = 0
+
+    def endless():
+        nonlocal produced
+        while True:
+            produced += 1
+            yield b"x" * 65536
+
+    channel = PumpChannel(endless(), lambda data: None)
+    time.sleep(0.5)
+    assert produced <= QUEUED_CHUNKS + 2, produced
+    assert channel.recv(10) == b"x" * 10
+    channel.close()
+    for _ in range(QUEUED_CHUNKS + 2):  # what was queued, then the end
+        if channel.recv(1 << 20) == b"":
+            break
+    else:
+        raise AssertionError("a closed channel never reported its end")
 
 
 def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, suppress
@@ -83,6 +84,8 @@ class CloudProvider(Provider):
         self._sandboxes: dict[str, Any] = {}
         #: sandbox id -> epoch seconds at which the service's timeout was last set to end it.
         self._ends: dict[str, float] = {}
+        #: sandbox id -> the streams this provider opened to its agent and not yet closed.
+        self._relays: dict[str, weakref.WeakSet[PumpChannel]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ availability
@@ -198,9 +201,21 @@ class CloudProvider(Provider):
                 f"cannot reach the agent of {self.service} sandbox {handle.get('sandbox_id')}: "
                 f"{exc}"
             ) from exc
-        return PumpChannel(
+        channel = PumpChannel(
             chunks, write, on_close=end, name=f"nexus-{self.name}-{handle.get('sandbox_id', '')}"
         )
+        with self._lock:
+            self._relays.setdefault(handle["sandbox_id"], weakref.WeakSet()).add(channel)
+        return channel
+
+    def close_relays(self, handle: Handle) -> None:
+        """End every stream this provider opened to the sandbox's agent (before a pause:
+        a relay can only be ended while the sandbox runs; left to the pause, it would hold
+        an agent connection until the sandbox ends)."""
+        with self._lock:
+            relays = list(self._relays.pop(handle.get("sandbox_id"), ()))
+        for channel in relays:
+            channel.close()
 
     def extend(self, handle: Handle, deadline: float) -> None:
         """Move the service's timeout to ``deadline`` + grace (best effort, never raises: a

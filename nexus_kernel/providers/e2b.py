@@ -9,7 +9,8 @@ Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID
 code-interpreter template; "minimal" = E2B's base), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
 ``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
 with ``files.write`` and started as a background command (``commands.run(background=True,
-stdin=True, timeout=0)``): a shell line reads the token from stdin into a 0600 file and
+stdin=True, timeout=0, retain_output=False)``: E2B's daemon would end it after the SDK's 60 s
+default, and the SDK's handle would keep every byte of its output): a shell line reads the token from stdin into a 0600 file and
 becomes the agent, which prints ``READY``; the command's stream is then detached (the
 process keeps running).
 
@@ -23,7 +24,8 @@ the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and
 :meth:`~nexus_kernel.providers.base.Provider.extend` (the manager calls it whenever the
 deadline moves) moves it with ``set_timeout``.
 
-Pause/resume: ``Sandbox.pause`` snapshots memory and filesystem (sessions survive);
+Pause/resume: the provider's relays end first (while the microVM still answers), then
+``Sandbox.pause(mode="full")`` snapshots memory and filesystem (sessions survive);
 ``Sandbox.connect`` resumes. Destroy: ``Sandbox.kill`` (idempotent). Reconcile:
 ``Sandbox.list(query=SandboxQuery(metadata={"nexus_store": ...}))``.
 
@@ -70,6 +72,8 @@ TIMEOUT_GRACE = 120
 #: E2B's longest sandbox timeout (Pro plan; Hobby allows 3600: E2B then refuses the create).
 DEFAULT_MAX_TIMEOUT = 24 * 3600
 READY_TIMEOUT = 60.0
+#: What a pause keeps: memory and filesystem (sessions survive), said explicitly.
+PAUSE_MODE = "full"
 #: Largest piece handed to one ``send_stdin`` call.
 STDIN_CHUNK = 512 * 1024
 STDERR_KEEP = 16 * 1024
@@ -216,7 +220,7 @@ class E2BProvider(CloudProvider):
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
         sandbox.files.write(AGENT_PATH, zipapp_bytes())
         command = sandbox.commands.run(
-            self.boot_script(deadline), background=True, stdin=True, timeout=0
+            self.boot_script(deadline), background=True, stdin=True, timeout=0, retain_output=False
         )
         command.send_stdin(token + "\n")
         stderr = bytearray()
@@ -241,7 +245,11 @@ class E2BProvider(CloudProvider):
         self, sandbox: Any
     ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
         command = sandbox.commands.run(
-            "exec " + shlex.join(self.relay_command()), background=True, stdin=True, timeout=0
+            "exec " + shlex.join(self.relay_command()),
+            background=True,
+            stdin=True,
+            timeout=0,
+            retain_output=False,
         )
         return _stdout_of(command, bytearray()), _stdin_writer(command), lambda: _end_command(command)
 
@@ -270,11 +278,13 @@ class E2BProvider(CloudProvider):
     # ------------------------------------------------------------------ lifecycle
 
     def pause(self, handle: Handle) -> None:
-        """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause``).
-        Idempotent: pausing a paused sandbox is a no-op."""
+        """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause`` with
+        ``mode="full"``, not the API's default, which may change). The relays this provider
+        opened end first. Idempotent: pausing a paused sandbox is a no-op."""
         sdk = self._reach()
+        self.close_relays(handle)
         with _sdk_errors(sdk, "pause the sandbox"):
-            sdk.Sandbox.pause(handle["sandbox_id"], **self._api())
+            sdk.Sandbox.pause(handle["sandbox_id"], mode=PAUSE_MODE, **self._api())
         self._forget(handle)
 
     def resume(self, handle: Handle) -> None:
