@@ -240,29 +240,32 @@ def live_relays(record) -> int:
     return sum(h._proc.poll() is None for h in record.handles[1:])
 
 
-def test_e2b_pause_ends_relays_first_and_asks_for_a_full_snapshot(
-    e2b: E2BProvider, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def check_pause_ends_relays_and_keeps_memory(provider: E2BProvider) -> None:
     """A relay left to the pause could not be ended (its sandbox is paused) and held an
-    agent connection until the sandbox ended; the pause mode is not left to the API."""
-    monkeypatch.setattr(e2b_fake, "API_PAUSE_MODE", "filesystem")  # were the default to change
-    handle = e2b.create(spec())
+    agent connection until the sandbox ended; the pause mode is not left to the API (were
+    its default to become a filesystem-only snapshot, sessions would be lost)."""
+    e2b_fake.API_PAUSE_MODE = "filesystem"
+    handle = provider.create(spec())
     record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
-    client = client_for(e2b, handle)
+    client = client_for(provider, handle)
     client.run("python", "kept = 7", session="s", timeout=30)
     assert live_relays(record) == 1
-    e2b.pause(handle)
+    provider.pause(handle)
     client.close()  # as the manager does after a pause: the relay can no longer be reached
     assert record.pause_modes == ["full"]
-    e2b.resume(handle)
-    deadline = time.monotonic() + 5
+    provider.resume(handle)
+    deadline = time.monotonic() + 3
     while live_relays(record) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert live_relays(record) == 0
-    with client_for(e2b, handle) as again:
+    with client_for(provider, handle) as again:
         assert again.run("python", "kept", session="s", timeout=30)["result"] == {
             "text/plain": "7"
         }
+
+
+def test_e2b_pause_ends_relays_first_and_asks_for_a_full_snapshot(e2b: E2BProvider) -> None:
+    check_pause_ends_relays_and_keeps_memory(e2b)
 
 
 def test_e2b_destroy_is_idempotent(e2b: E2BProvider) -> None:
@@ -293,6 +296,17 @@ def test_e2b_list_resources_by_metadata(e2b: E2BProvider) -> None:
     e2b.pause(handle)
     assert len(e2b.list_resources("store-a")) == 1  # paused sandboxes are resources too
     assert e2b.list_resources("store-c") == []
+
+
+def check_lists_every_page(provider: E2BProvider) -> None:
+    """E2B lists a page at a time: more sandboxes than a page are all found."""
+    for _ in range(e2b_fake.LIST_PAGE + 3):
+        e2b_fake.Sandbox.create(metadata={"nexus_store": "store-a"}, api_key="k")
+    assert len(provider.list_resources("store-a")) == e2b_fake.LIST_PAGE + 3
+
+
+def test_e2b_list_resources_reads_every_page(e2b: E2BProvider) -> None:
+    check_lists_every_page(e2b)
 
 
 def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:

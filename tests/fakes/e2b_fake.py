@@ -185,10 +185,10 @@ LIST_PAGE = 100
 
 
 def reset() -> None:
-    """Kill every fake sandbox and end any injected failure (test teardown)."""
-    global OUTAGE, _released, COMMAND_SECONDS
+    """Kill every fake sandbox, end any injected failure, restore the modelled defaults."""
+    global OUTAGE, _released, COMMAND_SECONDS, API_PAUSE_MODE
     OUTAGE = None
-    COMMAND_SECONDS = 1.0
+    COMMAND_SECONDS, API_PAUSE_MODE = 1.0, "full"
     REFUSED_KEYS.clear()
     _released.set()
     _released = threading.Event()
