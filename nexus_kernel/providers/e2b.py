@@ -254,7 +254,11 @@ class E2BProvider(CloudProvider):
         return _stdout_of(command, bytearray()), _stdin_writer(command), lambda: _end_command(command)
 
     def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
-        self.sdk.Sandbox.set_timeout(sandbox_id, seconds, **self._api())
+        """Bounded by REACH_SECONDS: the refresh runs with every request (SDK default: 60 s
+        per attempt, twice)."""
+        self.sdk.Sandbox.set_timeout(
+            sandbox_id, seconds, request_timeout=REACH_SECONDS / 2, **self._api()
+        )
 
     def _kill(self, sandbox_id: str) -> None:
         """``Sandbox.kill``; nothing when E2B does not know the sandbox."""
