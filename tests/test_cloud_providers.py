@@ -31,7 +31,7 @@ from nexus_kernel.errors import (
     UnsupportedOperationError,
 )
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import Limits, SandboxSpec, Status
+from nexus_kernel.models import HARD_END, Limits, SandboxSpec, Status, iso
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
@@ -113,7 +113,7 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     run_dir = record.vm.host_path(e2b_provider.RUN_DIR)
     assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
-    assert set(handle) == {"token", "sandbox_id", "template", "timeout"}
+    assert set(handle) == {"token", "sandbox_id", "template", "timeout", HARD_END}
     json.dumps(handle)
 
 
@@ -315,6 +315,38 @@ def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:
     assert e2b_fake.SANDBOXES == {}
 
 
+def test_e2b_runtime_cap_is_the_plans(tmp_path: Path) -> None:
+    """E2B runs a sandbox at most the plan's minutes without a pause (Hobby: 60), whatever
+    set_timeout asks: the handle carries that hard end, the timeout never passes it, a
+    resume restarts it, and the messages name it."""
+    settings = Settings.load(home=tmp_path, e2b_api_key="k", e2b_max_minutes=60)
+    provider = E2BProvider(settings, sdk=e2b_fake)
+    with pytest.raises(InvalidArgumentError) as info:
+        provider.create(spec(ttl=90 * 60))
+    assert str(info.value) == (
+        "E2B runs a sandbox at most 60 minutes without a pause (the plan's runtime cap, "
+        "NEXUS_E2B_MAX_MINUTES: 60 on Hobby, 1440 on Pro); use a shorter ttl_minutes"
+    )
+    start = time.time()
+    handle = provider.create(spec(ttl=30 * 60))
+    assert abs(handle[HARD_END] - (start + 3600)) < 3
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    provider.extend(handle, time.time() + 50 * 60)  # + grace would pass the cap
+    assert record.timeouts_set and record.timeouts_set[-1] <= 3600
+    provider.pause(handle)
+    time.sleep(1)
+    provider.resume(handle)
+    assert handle[HARD_END] >= start + 3601
+    record.end_at = time.time()  # E2B ends it at the cap
+    handle[HARD_END] = time.time() - 1
+    with pytest.raises(AgentError) as info:
+        provider.connect(handle)
+    assert str(info.value).endswith(
+        ": E2B ends a sandbox after 60 minutes of running (the plan's runtime cap; a pause "
+        "and resume restarts it)"
+    )
+
+
 def test_e2b_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
     provider = E2BProvider(settings, sdk=e2b_fake, python="python-does-not-exist")
     with pytest.raises(AgentError, match="exited during startup: .*python-does-not-exist"):
@@ -480,6 +512,18 @@ def test_modal_ttl_longer_than_modal_allows_is_refused(modal: ModalProvider) -> 
     assert modal_fake.SANDBOXES == {}
 
 
+def test_modal_runtime_cap_is_24_hours_from_start(modal: ModalProvider) -> None:
+    start = time.time()
+    handle = modal.create(spec())
+    assert abs(handle[HARD_END] - (start + 24 * 3600)) < 3
+    with pytest.raises(InvalidArgumentError) as info:
+        modal.create(spec(ttl=25 * 3600))
+    assert str(info.value) == (
+        "a Modal sandbox lives at most 1440 minutes after its start, whatever its TTL; use a "
+        "shorter ttl_minutes"
+    )
+
+
 def test_modal_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
     provider = ModalProvider(
         settings, sdk=modal_fake, token_id="a", token_secret="b", python="python-does-not-exist"
@@ -543,6 +587,8 @@ def test_manager_drives_e2b_end_to_end(settings: Settings) -> None:
     manager.store.update(record.sandbox_id, lambda d: {**d, "ttl_minutes": 30.0})
     manager.run(record.sandbox_id, "bash", "true")  # the run extends E2B's timeout too
     assert fake.end_at > before + 20 * 60
+    status = manager.status(record.sandbox_id).public(time.time())
+    assert status["hard_end_at"] == iso(record.handle[HARD_END])  # the platform's cap
     assert manager.pause(record.sandbox_id).status is Status.PAUSED
     assert fake.state is e2b_fake.SandboxState.PAUSED
     assert manager.resume(record.sandbox_id).status is Status.ACTIVE

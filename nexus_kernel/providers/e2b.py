@@ -52,7 +52,7 @@ from ..errors import (
     SandboxError,
     SandboxStateError,
 )
-from ..models import SandboxSpec
+from ..models import HARD_END, SandboxSpec
 from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
 from ._launch import resource_labels, wait_for_ready
 from .base import LEAN_TEMPLATES, Capabilities, Handle
@@ -141,7 +141,8 @@ class E2BProvider(CloudProvider):
 
     Options (``provider_options={"e2b": {...}}``): ``api_key`` (else ``e2b_api_key`` /
     ``E2B_API_KEY``), ``domain``, ``python`` (in the template, default ``python3``),
-    ``max_timeout`` (seconds, default 86400), ``ready_timeout``, ``sdk`` (an object with
+    ``max_timeout`` (the plan's runtime cap in seconds, else ``NEXUS_E2B_MAX_MINUTES``, default
+1440 minutes: Pro; Hobby is 60), ``ready_timeout``, ``sdk`` (an object with
     the e2b module's names, for tests).
     """
 
@@ -154,7 +155,14 @@ class E2BProvider(CloudProvider):
     grace = TIMEOUT_GRACE
     max_seconds_option = "max_timeout"
     default_max_seconds = DEFAULT_MAX_TIMEOUT
-    too_long = "E2B keeps a sandbox at most {minutes} minutes between runs; use a shorter ttl_minutes"
+    too_long = (
+        "E2B runs a sandbox at most {minutes} minutes without a pause (the plan's runtime "
+        "cap, NEXUS_E2B_MAX_MINUTES: 60 on Hobby, 1440 on Pro); use a shorter ttl_minutes"
+    )
+    capped = (
+        "E2B ends a sandbox after {minutes} minutes of running (the plan's runtime cap; a "
+        "pause and resume restarts it)"
+    )
     ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
@@ -164,6 +172,9 @@ class E2BProvider(CloudProvider):
     @classmethod
     def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
         return bool(_api_key(settings, options))
+
+    def _plan_seconds(self) -> float:
+        return self.settings.e2b_max_minutes * 60
 
     def _reach(self) -> Any:
         """The SDK, once E2B's API has accepted the key (checked once per provider).
@@ -295,10 +306,12 @@ class E2BProvider(CloudProvider):
         """Restore the paused microVM (``Sandbox.connect`` resumes); the agent and its
         sessions continue where they were. Idempotent on a running sandbox."""
         sdk = self._reach()
-        timeout = int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT)
+        now = time.time()
+        timeout = min(int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT), self._max_seconds)
         with _sdk_errors(sdk, "resume the sandbox"):
             sandbox = sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
-        self._remember(sandbox.sandbox_id, sandbox, time.time() + timeout)
+        handle[HARD_END] = round(now + self._max_seconds, 3)  # a resume restarts the window
+        self._remember(sandbox.sandbox_id, sandbox, now + timeout)
 
     def alive(self, handle: Handle) -> bool:
         """True while E2B knows the sandbox as running or paused."""

@@ -214,7 +214,11 @@ class ModalProvider(CloudProvider):
     grace = IDLE_GRACE
     max_seconds_option = "max_lifetime"
     default_max_seconds = MAX_LIFETIME
-    too_long = "a Modal sandbox lives at most {minutes} minutes; use a shorter ttl_minutes"
+    too_long = (
+        "a Modal sandbox lives at most {minutes} minutes after its start, whatever its TTL; "
+        "use a shorter ttl_minutes"
+    )
+    capped = "Modal ends a sandbox {minutes} minutes after its start, whatever its TTL"
     ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
