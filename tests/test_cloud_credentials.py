@@ -392,6 +392,26 @@ def test_real_sdk_at_a_closed_port(cli_env: dict[str, str], provider: str) -> No
     assert elapsed < BOUND, f"{elapsed:.1f} s"
 
 
+@pytest.mark.slow
+def test_live_modal_tests_find_the_token_in_modal_toml(tmp_path: Path, cli_env: dict) -> None:
+    """``modal token new`` writes ~/.modal.toml: the live tests use that token (here a fake
+    one, at a closed port) instead of skipping for want of MODAL_TOKEN_ID."""
+    pytest.importorskip("modal")
+    config = tmp_path / "modal.toml"
+    config.write_text('[default]\ntoken_id = "ak-file"\ntoken_secret = "as-file"\nactive = true\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**cli_env, "MODAL_CONFIG_PATH": str(config), "MODAL_SERVER_URL": f"http://127.0.0.1:{port}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_cloud_live.py::test_live_modal_destroy"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert "SKIPPED" not in done.stdout, done.stdout[-2000:]
+    assert "Modal's API at 127.0.0.1 could not be reached" in done.stdout, done.stdout[-2000:]
+
+
 class RefusingHandler(http.server.BaseHTTPRequestHandler):
     """E2B's API answering every request as for a bad key (status from the server)."""
 
