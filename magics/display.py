@@ -24,6 +24,7 @@ _CARD_FIELDS = (
     "created_at",
     "last_active_at",
     "expires_at",
+    "hard_end_at",
     "uptime_seconds",
     "error",
 )

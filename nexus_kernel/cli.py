@@ -427,7 +427,7 @@ _cmd_stop = _lifecycle("stop", "Stopped")
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     sb = nx.sandbox_status(args.sandbox_id)
     keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
-            "expires_at", "uptime_seconds", "error"]
+            "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
     _emit(args, sb, human)
     return 0

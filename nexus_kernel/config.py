@@ -81,6 +81,9 @@ class Settings:
     docker_host: str = ""
     e2b_api_key: str = ""
     e2b_template_id: str = ""
+    #: E2B: the plan's runtime cap, minutes a sandbox may run without a pause
+    #: (NEXUS_E2B_MAX_MINUTES; Hobby 60, Pro 1440).
+    e2b_max_minutes: float = 24 * 60.0
     modal_image: str = ""
     #: Kernel: template / image of the kernel's sandboxes (NEXUS_TEMPLATE; "" = the
     #: provider's default).

@@ -413,8 +413,10 @@ class SandboxManager:
                     "can be resumed (create a new one)"
                 )
             backend = self.provider(record.provider)
-            backend.resume(record.handle)
-            record = self._activate(sandbox_id, record.ttl_minutes, paused_at=None)
+            backend.resume(record.handle)  # may move the handle's hard end (E2B)
+            record = self._activate(
+                sandbox_id, record.ttl_minutes, paused_at=None, handle=record.handle
+            )
             self.push_deadline(record)
             return record
 

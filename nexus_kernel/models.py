@@ -35,6 +35,11 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: Key of a provider's handle: when the platform ends the sandbox whatever its TTL (epoch
+#: seconds; its runtime cap), for providers on a platform that has one.
+HARD_END = "hard_end"
+
+
 def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC string (offset-aware, so clients never mix naive/aware)."""
     if ts is None:
@@ -135,6 +140,7 @@ class SandboxRecord:
             "paused_at": iso(self.paused_at),
             "stopped_at": iso(self.stopped_at),
             "uptime_seconds": round(max(0.0, end - self.created_at), 3),
+            "hard_end_at": iso(self.handle.get(HARD_END)),
             "error": self.error,
         }
 

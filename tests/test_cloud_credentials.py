@@ -225,6 +225,51 @@ def test_modal_sdk_giving_up_is_one_line(tmp_path: Path, monkeypatch: pytest.Mon
     )
 
 
+def test_e2b_timeout_refresh_is_bounded_when_the_api_hangs(tmp_path: Path) -> None:
+    """extend runs with every request: an API that stops answering must not hold a run for
+    the SDK's 2 x 60 s."""
+    provider = e2b_with_key(tmp_path)
+    handle = provider.create(spec())
+    e2b_fake.OUTAGE = "hang"
+    start = time.monotonic()
+    thread = threading.Thread(
+        target=provider.extend, args=(handle, time.time() + 3600), daemon=True
+    )
+    thread.start()
+    thread.join(BOUND)
+    assert not thread.is_alive(), f"extend still waiting after {BOUND:g} s"
+    assert time.monotonic() - start <= e2b_provider.REACH_SECONDS + 1
+
+
+def test_modal_sandbox_never_scheduled_fails_within_ready_timeout(tmp_path: Path) -> None:
+    """Modal's default backend holds the token write until the sandbox has a machine, with
+    no deadline: the write shares ready_timeout with the READY wait."""
+    modal_fake.UNSCHEDULED = True
+    provider = ModalProvider(
+        Settings.load(home=tmp_path), sdk=modal_fake, token_id="a", token_secret="b",
+        ready_timeout=1,
+    )  # fmt: skip
+    outcome: list[BaseException | None] = []
+
+    def create() -> None:
+        try:
+            provider.create(spec())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    start = time.monotonic()
+    thread = threading.Thread(target=create, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    assert outcome, f"create still waiting after {BOUND:g} s"
+    assert isinstance(outcome[0], ProviderUnavailableError), outcome
+    message = str(outcome[0])
+    assert message.startswith("Modal did not start the sandbox within 1 s (no machine free")
+    assert "\n" not in message and time.monotonic() - start < 5
+    assert all(record.terminated for record in modal_fake.SANDBOXES.values())
+
+
 # ============================================================================ real SDKs
 
 
@@ -325,6 +370,46 @@ def test_real_sdk_at_a_host_that_never_answers(
     name = {"e2b": "E2B", "modal": "Modal"}[provider]
     assert message.startswith(f"{name}'s API at 127.0.0.1 could not be reached ("), message
     assert elapsed < BOUND, f"{elapsed:.1f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", ["e2b", "modal"])
+def test_real_sdk_at_a_closed_port(cli_env: dict[str, str], provider: str) -> None:
+    """Nothing listens at the API's address (connection refused): one line within BOUND."""
+    pytest.importorskip(provider)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed when the block ends: nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    env = {**cli_env, "E2B_API_KEY": "e2b_fake", "E2B_API_URL": url}
+    if provider == "modal":
+        env = {**cli_env, "MODAL_TOKEN_ID": "ak-fake", "MODAL_TOKEN_SECRET": "as-fake",
+               "MODAL_SERVER_URL": url}  # fmt: skip
+    done, elapsed = nexus_create(provider, env)
+    message = the_line(done)
+    name = {"e2b": "E2B", "modal": "Modal"}[provider]
+    assert message.startswith(f"{name}'s API at 127.0.0.1 could not be reached ("), message
+    assert elapsed < BOUND, f"{elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_live_modal_tests_find_the_token_in_modal_toml(tmp_path: Path, cli_env: dict) -> None:
+    """``modal token new`` writes ~/.modal.toml: the live tests use that token (here a fake
+    one, at a closed port) instead of skipping for want of MODAL_TOKEN_ID."""
+    pytest.importorskip("modal")
+    config = tmp_path / "modal.toml"
+    config.write_text('[default]\ntoken_id = "ak-file"\ntoken_secret = "as-file"\nactive = true\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**cli_env, "MODAL_CONFIG_PATH": str(config), "MODAL_SERVER_URL": f"http://127.0.0.1:{port}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_cloud_live.py::test_live_modal_destroy"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert "SKIPPED" not in done.stdout, done.stdout[-2000:]
+    assert "Modal's API at 127.0.0.1 could not be reached" in done.stdout, done.stdout[-2000:]
 
 
 class RefusingHandler(http.server.BaseHTTPRequestHandler):

@@ -1,16 +1,17 @@
 """The e2b and modal providers against the REAL services, with the checks the fake-SDK tests
 run (``cloud_contract.py``).
 
-Run only when credentials are present: ``E2B_API_KEY`` for E2B, ``MODAL_TOKEN_ID`` (with
-``MODAL_TOKEN_SECRET``, or a token in ~/.modal.toml) for Modal. Otherwise every test is
-reported as SKIPPED with the reason, never as passed. Each test creates sandboxes with a
+Run only when credentials are present where each SDK's own configuration puts them:
+``E2B_API_KEY`` (or nexus's ``e2b_api_key`` setting) for E2B; ``MODAL_TOKEN_ID`` with
+``MODAL_TOKEN_SECRET``, or the token ``modal token new`` writes to ~/.modal.toml
+(``MODAL_CONFIG_PATH``, ``MODAL_PROFILE``) for Modal. Otherwise every test is reported as
+SKIPPED with the reason, never as passed. Each test creates sandboxes with a
 short TTL under a store id of its own and destroys whatever carries that id at the end, so
 a failed run leaves nothing billing.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,22 @@ def _spec(store_id: str, ttl: float = TTL_SECONDS, **changes) -> SandboxSpec:
     )
 
 
+def _provider(kind: str, **options):
+    """The live provider of ``kind``, or a skip naming what is missing (the SDK, or the
+    credentials, looked up as the provider looks them up)."""
+    pytest.importorskip(kind, reason=f"the {kind} SDK is not installed: live tests not run")
+    from nexus_kernel.errors import MissingCredentialsError
+    from nexus_kernel.providers import e2b, modal
+
+    cls = {"e2b": e2b.E2BProvider, "modal": modal.ModalProvider}[kind]
+    settings = Settings.load()
+    try:
+        cls.check_available(settings, **options)
+    except MissingCredentialsError as exc:
+        pytest.skip(f"live {kind} tests not run: {exc}")
+    return cls(settings, **options)
+
+
 def _sweep(provider, store_id: str) -> None:
     """Destroy every resource this test run created (even after a failure)."""
     for row in provider.list_resources(store_id):
@@ -60,14 +77,7 @@ def store_id() -> str:
 
 @pytest.fixture(scope="module")
 def e2b(store_id: str) -> Iterator:
-    if not os.environ.get("E2B_API_KEY"):
-        pytest.skip("E2B_API_KEY not set: live E2B tests not run")
-    pytest.importorskip("e2b", reason="the e2b SDK is not installed: live E2B tests not run")
-    from nexus_kernel.providers.e2b import E2BProvider
-
-    settings = Settings.load()
-    E2BProvider.check_available(settings)
-    provider = E2BProvider(settings)
+    provider = _provider("e2b")
     yield provider
     _sweep(provider, store_id)
 
@@ -103,6 +113,43 @@ def test_live_e2b_pause_resume_keeps_state(e2b, e2b_handle: dict) -> None:
         }
 
 
+def test_live_e2b_pause_leaves_no_relay_behind(e2b, e2b_handle: dict) -> None:
+    """The relays this provider opened end before the pause (afterwards the paused VM
+    cannot be reached, and a relay held an agent connection until the sandbox ended)."""
+    import e2b as sdk
+
+    client = client_for(e2b, e2b_handle)
+    client.run("python", "kept = 1", session="s", timeout=60)
+    client.set_deadline(None)
+    e2b.pause(e2b_handle)
+    client.close()
+    e2b.resume(e2b_handle)
+    sandbox = sdk.Sandbox.connect(e2b_handle["sandbox_id"])
+    relays = [p for p in sandbox.commands.list() if "relay" in " ".join([p.cmd, *p.args])]
+    assert relays == [], relays
+    with client_for(e2b, e2b_handle) as again:
+        assert again.run("python", "kept", session="s", timeout=60)["result"] == {
+            "text/plain": "1"
+        }
+
+
+def test_live_e2b_timeout_never_passes_the_runtime_cap(store_id: str) -> None:
+    """With a runtime cap of 10 minutes (as a plan's), the handle says when E2B ends the
+    sandbox and the timeout the provider sets never passes it."""
+    from nexus_kernel.models import HARD_END
+
+    provider = _provider("e2b", max_timeout=600)
+    handle = provider.create(_spec(store_id))
+    try:
+        import e2b as sdk
+
+        provider.extend(handle, time.time() + 3600)
+        info = sdk.Sandbox.get_info(handle["sandbox_id"])
+        assert info.end_at.timestamp() <= handle[HARD_END] + 2
+    finally:
+        provider.destroy(handle)
+
+
 def test_live_e2b_timeout_follows_deadline_and_lists(e2b, e2b_handle: dict, store_id: str) -> None:
     import e2b as sdk
 
@@ -125,14 +172,7 @@ def test_live_e2b_destroy(e2b, store_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def modal(store_id: str) -> Iterator:
-    if not os.environ.get("MODAL_TOKEN_ID"):
-        pytest.skip("MODAL_TOKEN_ID not set: live Modal tests not run")
-    pytest.importorskip("modal", reason="the modal SDK is not installed: live Modal tests not run")
-    from nexus_kernel.providers.modal import ModalProvider
-
-    settings = Settings.load()
-    ModalProvider.check_available(settings)
-    provider = ModalProvider(settings)
+    provider = _provider("modal")
     yield provider
     _sweep(provider, store_id)
 

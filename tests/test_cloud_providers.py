@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,11 @@ from nexus_kernel.errors import (
     UnsupportedOperationError,
 )
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import Limits, SandboxSpec, Status
+from nexus_kernel.models import HARD_END, Limits, SandboxSpec, Status, iso
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
-from nexus_kernel.providers._stream import PumpChannel
+from nexus_kernel.providers._stream import QUEUED_CHUNKS, PumpChannel
 from nexus_kernel.providers.base import DATASCIENCE_PACKAGES
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
@@ -112,7 +113,7 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     run_dir = record.vm.host_path(e2b_provider.RUN_DIR)
     assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
-    assert set(handle) == {"token", "sandbox_id", "template", "timeout"}
+    assert set(handle) == {"token", "sandbox_id", "template", "timeout", HARD_END}
     json.dumps(handle)
 
 
@@ -139,6 +140,52 @@ def test_e2b_streams_output_live_and_keeps_framing(e2b: E2BProvider) -> None:
     with client_for(e2b, handle) as client:
         check_streaming(client)
         check_framing(client)
+
+
+def check_outlives_command_timeout(provider: E2BProvider) -> None:
+    """The agent and a relay outlive E2B's command timeout (the SDK's 60 s default ends a
+    command and its process unless ``timeout=0``; the fake runs it 50 times faster)."""
+    e2b_fake.COMMAND_SECONDS = 0.02
+    handle = provider.create(spec())
+    with client_for(provider, handle) as client:
+        slow = client.run("bash", "sleep 1.6; echo still here", timeout=30)  # one relay
+        assert slow["stdout"] == "still here\n", slow
+    with client_for(provider, handle) as client:  # the agent too
+        assert client.run("bash", "echo again", timeout=30)["stdout"] == "again\n"
+
+
+def test_e2b_agent_and_relay_outlive_the_command_timeout(e2b: E2BProvider) -> None:
+    check_outlives_command_timeout(e2b)
+
+
+def stream_output(provider: E2BProvider | ModalProvider, megabytes: int) -> tuple[int, int]:
+    """Stream ``megabytes`` MB of a sandbox's output through a session; (characters the
+    SDK's E2B command handles keep, bytes the client's memory grew by)."""
+    handle = provider.create(spec())
+    record = e2b_fake.SANDBOXES.get(handle["sandbox_id"])
+    with client_for(provider, handle) as client:
+        client.hello()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(megabytes // 10):
+                result = client.run(
+                    "bash", "head -c 10000000 /dev/zero | tr '\\0' a", timeout=60
+                )
+                assert len(result["stdout"]) == 10_000_000, result["exit_code"]
+                del result
+            growth = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    return sum(h.retained for h in record.handles) if record else 0, growth
+
+
+def test_e2b_client_memory_stays_bounded_over_100_mb_of_output(e2b: E2BProvider) -> None:
+    """E2B's command handles keep every byte by default (``retain_output``); the agent's
+    stream lives as long as the manager, so the provider must turn that off."""
+    retained, growth = stream_output(e2b, 100)
+    assert retained < 64 * 1024, f"the SDK's handles kept {retained} characters"
+    assert growth < 8 * 1024 * 1024, f"the client grew by {growth} bytes for 100 MB streamed"
 
 
 def test_e2b_sessions_survive_reconnects(e2b: E2BProvider) -> None:
@@ -188,6 +235,39 @@ def test_e2b_pause_and_resume_keep_memory_state(e2b: E2BProvider) -> None:
     assert result["result"] == {"text/plain": "42"}
 
 
+def live_relays(record) -> int:
+    """Relay processes still running in a fake E2B sandbox (its first command is the agent)."""
+    return sum(h._proc.poll() is None for h in record.handles[1:])
+
+
+def check_pause_ends_relays_and_keeps_memory(provider: E2BProvider) -> None:
+    """A relay left to the pause could not be ended (its sandbox is paused) and held an
+    agent connection until the sandbox ended; the pause mode is not left to the API (were
+    its default to become a filesystem-only snapshot, sessions would be lost)."""
+    e2b_fake.API_PAUSE_MODE = "filesystem"
+    handle = provider.create(spec())
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    client = client_for(provider, handle)
+    client.run("python", "kept = 7", session="s", timeout=30)
+    assert live_relays(record) == 1
+    provider.pause(handle)
+    client.close()  # as the manager does after a pause: the relay can no longer be reached
+    assert record.pause_modes == ["full"]
+    provider.resume(handle)
+    deadline = time.monotonic() + 3
+    while live_relays(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_relays(record) == 0
+    with client_for(provider, handle) as again:
+        assert again.run("python", "kept", session="s", timeout=30)["result"] == {
+            "text/plain": "7"
+        }
+
+
+def test_e2b_pause_ends_relays_first_and_asks_for_a_full_snapshot(e2b: E2BProvider) -> None:
+    check_pause_ends_relays_and_keeps_memory(e2b)
+
+
 def test_e2b_destroy_is_idempotent(e2b: E2BProvider) -> None:
     handle = e2b.create(spec())
     root = e2b_fake.SANDBOXES[handle["sandbox_id"]].vm.root
@@ -218,10 +298,53 @@ def test_e2b_list_resources_by_metadata(e2b: E2BProvider) -> None:
     assert e2b.list_resources("store-c") == []
 
 
+def check_lists_every_page(provider: E2BProvider) -> None:
+    """E2B lists a page at a time: more sandboxes than a page are all found."""
+    for _ in range(e2b_fake.LIST_PAGE + 3):
+        e2b_fake.Sandbox.create(metadata={"nexus_store": "store-a"}, api_key="k")
+    assert len(provider.list_resources("store-a")) == e2b_fake.LIST_PAGE + 3
+
+
+def test_e2b_list_resources_reads_every_page(e2b: E2BProvider) -> None:
+    check_lists_every_page(e2b)
+
+
 def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:
     with pytest.raises(InvalidArgumentError, match="at most 1440 minutes"):
         e2b.create(spec(ttl=2 * 24 * 3600))
     assert e2b_fake.SANDBOXES == {}
+
+
+def test_e2b_runtime_cap_is_the_plans(tmp_path: Path) -> None:
+    """E2B runs a sandbox at most the plan's minutes without a pause (Hobby: 60), whatever
+    set_timeout asks: the handle carries that hard end, the timeout never passes it, a
+    resume restarts it, and the messages name it."""
+    settings = Settings.load(home=tmp_path, e2b_api_key="k", e2b_max_minutes=60)
+    provider = E2BProvider(settings, sdk=e2b_fake)
+    with pytest.raises(InvalidArgumentError) as info:
+        provider.create(spec(ttl=90 * 60))
+    assert str(info.value) == (
+        "E2B runs a sandbox at most 60 minutes without a pause (the plan's runtime cap, "
+        "NEXUS_E2B_MAX_MINUTES: 60 on Hobby, 1440 on Pro); use a shorter ttl_minutes"
+    )
+    start = time.time()
+    handle = provider.create(spec(ttl=30 * 60))
+    assert abs(handle[HARD_END] - (start + 3600)) < 3
+    record = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    provider.extend(handle, time.time() + 50 * 60)  # + grace would pass the cap
+    assert record.timeouts_set and record.timeouts_set[-1] <= 3600
+    provider.pause(handle)
+    time.sleep(1)
+    provider.resume(handle)
+    assert handle[HARD_END] >= start + 3601
+    record.end_at = time.time()  # E2B ends it at the cap
+    handle[HARD_END] = time.time() - 1
+    with pytest.raises(AgentError) as info:
+        provider.connect(handle)
+    assert str(info.value).endswith(
+        ": E2B ends a sandbox after 60 minutes of running (the plan's runtime cap; a pause "
+        "and resume restarts it)"
+    )
 
 
 def test_e2b_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
@@ -389,6 +512,24 @@ def test_modal_ttl_longer_than_modal_allows_is_refused(modal: ModalProvider) -> 
     assert modal_fake.SANDBOXES == {}
 
 
+def test_modal_client_memory_stays_bounded_over_100_mb_of_output(modal: ModalProvider) -> None:
+    """Modal's stream readers keep nothing once read; nor does the client around them."""
+    _retained, growth = stream_output(modal, 100)
+    assert growth < 8 * 1024 * 1024, f"the client grew by {growth} bytes for 100 MB streamed"
+
+
+def test_modal_runtime_cap_is_24_hours_from_start(modal: ModalProvider) -> None:
+    start = time.time()
+    handle = modal.create(spec())
+    assert abs(handle[HARD_END] - (start + 24 * 3600)) < 3
+    with pytest.raises(InvalidArgumentError) as info:
+        modal.create(spec(ttl=25 * 3600))
+    assert str(info.value) == (
+        "a Modal sandbox lives at most 1440 minutes after its start, whatever its TTL; use a "
+        "shorter ttl_minutes"
+    )
+
+
 def test_modal_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None:
     provider = ModalProvider(
         settings, sdk=modal_fake, token_id="a", token_secret="b", python="python-does-not-exist"
@@ -452,6 +593,8 @@ def test_manager_drives_e2b_end_to_end(settings: Settings) -> None:
     manager.store.update(record.sandbox_id, lambda d: {**d, "ttl_minutes": 30.0})
     manager.run(record.sandbox_id, "bash", "true")  # the run extends E2B's timeout too
     assert fake.end_at > before + 20 * 60
+    status = manager.status(record.sandbox_id).public(time.time())
+    assert status["hard_end_at"] == iso(record.handle[HARD_END])  # the platform's cap
     assert manager.pause(record.sandbox_id).status is Status.PAUSED
     assert fake.state is e2b_fake.SandboxState.PAUSED
     assert manager.resume(record.sandbox_id).status is Status.ACTIVE
@@ -658,6 +801,29 @@ def test_pump_channel_timeout_and_write_errors() -> None:
     channel.close()
     channel.settimeout(None)
     assert channel.recv(10) == b""  # close wakes a blocked reader
+
+
+def test_pump_channel_holds_back_a_stream_nobody_reads() -> None:
+    """A reader that falls behind holds the SDK's stream back: the client keeps at most
+    QUEUED_CHUNKS chunks, not everything the sandbox sent."""
+    produced = 0
+
+    def endless():
+        nonlocal produced
+        while True:
+            produced += 1
+            yield b"x" * 65536
+
+    channel = PumpChannel(endless(), lambda data: None)
+    time.sleep(0.5)
+    assert produced <= QUEUED_CHUNKS + 2, produced
+    assert channel.recv(10) == b"x" * 10
+    channel.close()
+    for _ in range(QUEUED_CHUNKS + 2):  # what was queued, then the end
+        if channel.recv(1 << 20) == b"":
+            break
+    else:
+        raise AssertionError("a closed channel never reported its end")
 
 
 def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(

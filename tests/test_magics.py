@@ -309,6 +309,12 @@ def test_the_magics_own_views_escape_every_field():
         assert "<img" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
 
 
+def test_the_card_shows_a_platforms_hard_end():
+    info = {"sandbox_id": "sb_1", "name": "n", "status": "active", "provider": "e2b",
+            "expires_at": None, "hard_end_at": "2030-01-01T12:00:00+00:00", "uptime_seconds": 1}
+    assert ("hard_end_at", "2030-01-01 12:00:00 UTC") in SandboxCard(info).items()
+
+
 def test_explicit_display_calls_are_published_in_order(shell, magics, current):
     out = cell(
         shell,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from typing import Any
 
 import pytest
@@ -26,6 +27,19 @@ def _params(func: Any) -> dict[str, Param]:
     params.pop("self", None)
     params.pop("cls", None)
     return params
+
+
+def _same_default(real: Any, fake: Any) -> bool:
+    """Defaults agree: equal values, or the same SDK constant (an enum member, a sentinel)
+    stood in for by the fake's own object of that name."""
+    if real is Param.empty or fake is Param.empty:
+        return real is fake
+    try:
+        if real == fake:
+            return True
+    except Exception:
+        pass
+    return getattr(real, "name", repr(real)) == getattr(fake, "name", repr(fake))
 
 
 def assert_same_call(real: Any, fake: Any, used: set[str], via_kwargs: set[str] = frozenset()):
@@ -51,6 +65,10 @@ def assert_same_call(real: Any, fake: Any, used: set[str], via_kwargs: set[str] 
             continue
         assert name in rp, f"the fake {fake.__qualname__} invents parameter {name!r}"
         assert rp[name].kind == param.kind, f"{fake.__qualname__}.{name}: kind differs"
+        assert _same_default(rp[name].default, param.default), (
+            f"{fake.__qualname__}.{name}: the SDK's default is {rp[name].default!r}, "
+            f"the fake's {param.default!r}"
+        )
     real_named = [n for n, p in rp.items() if p.kind in NAMED[:2]]
     fake_named = [n for n, p in fp.items() if p.kind in NAMED[:2]]
     assert fake_named == real_named[: len(fake_named)], "positional order differs"
@@ -74,8 +92,8 @@ def test_e2b_api_params_carry_the_key() -> None:
         ("create", {"template", "timeout", "metadata", "envs", "allow_internet_access", "api_key"}),
         ("_cls_connect_sandbox", {"sandbox_id", "timeout", "api_key"}),
         ("_cls_kill", {"sandbox_id", "api_key"}),
-        ("_cls_pause", {"sandbox_id", "api_key"}),
-        ("_cls_set_timeout", {"sandbox_id", "timeout", "api_key"}),
+        ("_cls_pause", {"sandbox_id", "mode", "api_key"}),
+        ("_cls_set_timeout", {"sandbox_id", "timeout", "request_timeout", "api_key"}),
         ("_cls_get_info", {"sandbox_id", "api_key"}),
         ("list", {"query", "limit", "request_timeout", "api_key"}),
         ("connect", set()),
@@ -176,6 +194,48 @@ def test_e2b_api_failures_the_fake_injects() -> None:
         e2b.SandboxException.__init__, e2b_fake.SandboxException.__init__, {"status_code"}
     )
     assert REQUEST_TIMEOUT == 60.0
+
+
+def test_e2b_defaults_the_provider_overrides() -> None:
+    """The SDK defaults the e2b provider must override, read from the installed SDK (the
+    fake models each; an SDK upgrade that changes one fails here first)."""
+    from e2b.envd.utils import timeout_to_ms
+    from e2b.sandbox.sandbox_api import SnapshotMode
+    from e2b.sandbox_sync.commands.command import Commands
+
+    run = inspect.signature(Commands.run).parameters
+    # envd ends a command (and its process) after 60 s unless timeout=0 (or None): no limit
+    assert run["timeout"].default == 60 and timeout_to_ms(0) is None
+    # a command handle keeps every chunk of output unless retain_output=False
+    assert run["retain_output"].default is True
+    assert inspect.signature(e2b.CommandHandle.__init__).parameters["retain_output"].default
+    assert "self._stdout_chunks.append(out)" in inspect.getsource(e2b.CommandHandle)
+    fake_handle = e2b_fake.CommandHandle.__init__
+    assert inspect.signature(fake_handle).parameters["retain_output"].default is True
+    # pause with no mode leaves the snapshot kind to the API; "full" keeps memory
+    pause = inspect.signature(e2b.Sandbox._cls_pause).parameters
+    assert pause["mode"].default is None and pause["keep_memory"].default is None
+    assert typing.get_args(SnapshotMode) == ("full", "filesystem")
+    # a request to a paused sandbox's daemon: SandboxNotRunningException, a TimeoutException
+    for sdk in (e2b, e2b_fake):
+        assert issubclass(sdk.SandboxNotRunningException, sdk.TimeoutException)
+    # list pages: the paginator asks for `limit` (the API's default when unset) per page
+    assert inspect.signature(e2b.Sandbox.list).parameters["limit"].default is None
+    assert "next_token=self._next_token" in inspect.getsource(e2b.SandboxPaginator.next_items)
+
+
+def test_e2b_fake_pages_like_the_api() -> None:
+    e2b_fake.reset()
+    try:
+        for _ in range(5):
+            e2b_fake.Sandbox.create(metadata={"k": "v"}, api_key="k")
+        pages = e2b_fake.Sandbox.list(limit=2, api_key="k")
+        sizes = []
+        while pages.has_next:
+            sizes.append(len(pages.next_items()))
+        assert sizes == [2, 2, 1]
+    finally:
+        e2b_fake.reset()
 
 
 # =========================================================================== modal

@@ -7,11 +7,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..models import SandboxRecord, Status
+from ..models import HARD_END, SandboxRecord, Status, iso
 from .sandbox import KernelSandbox
 
 #: Warn this many seconds before expiry (at most half the TTL).
 WARN_LEAD_SECONDS = 60.0
+#: Warn this many seconds before the platform ends the sandbox at its runtime cap.
+CAP_LEAD_SECONDS = 600.0
 #: The timer runs at least this often (and every ``settings.reap_interval`` seconds).
 MAX_PERIOD_SECONDS = 60.0
 MIN_PERIOD_SECONDS = 0.5
@@ -27,6 +29,7 @@ class TtlKeeper:
         self.warn = warn
         self._stop = threading.Event()
         self._warned_for: float | None = None
+        self._warned_cap: float | None = None
         self._announced_stop: str | None = None
         self._thread = threading.Thread(target=self._loop, name="nexus-ttl-keeper", daemon=True)
 
@@ -64,8 +67,26 @@ class TtlKeeper:
                 manager.touch(sandbox_id)
             else:
                 wait = self._check_idle(manager.get(sandbox_id), period)
+            wait = min(wait, self._check_cap(manager.get(sandbox_id), period))
         manager.reap_expired()
         return wait
+
+    def _check_cap(self, record: SandboxRecord, period: float) -> float:
+        """Warn once, CAP_LEAD_SECONDS ahead, that the platform ends the sandbox at its
+        runtime cap (the handle's hard end) whatever its TTL; returns the next wait."""
+        end = record.handle.get(HARD_END)
+        if record.status is not Status.ACTIVE or end is None:
+            return period
+        left = end - self.sandbox.manager.clock()
+        if left > CAP_LEAD_SECONDS:
+            return min(period, left - CAP_LEAD_SECONDS)
+        if self._warned_cap != end:
+            self._warned_cap = end
+            self.warn(f"Nexus: {record.provider} ends sandbox {record.sandbox_id} in "
+                      f"{max(0, round(left / 60))} min ({iso(end)}), whatever its TTL: it "
+                      "reaches the platform's runtime cap. Save what you need; the next cell "
+                      "after that starts a new sandbox.\n")
+        return period
 
     def _check_idle(self, record: SandboxRecord, period: float) -> float:
         if record.status is Status.STOPPED:

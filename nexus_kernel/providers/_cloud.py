@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, suppress
@@ -21,7 +22,7 @@ from typing import Any
 from ..agent.deploy import ZIPAPP_NAME
 from ..config import Settings
 from ..errors import AgentError, InvalidArgumentError, MissingCredentialsError, SandboxError
-from ..models import SandboxSpec
+from ..models import HARD_END, SandboxSpec
 from ._launch import (
     agent_command,
     boot_script,
@@ -70,11 +71,13 @@ class CloudProvider(Provider):
     #: Seconds the service keeps the sandbox past the agent's deadline (the host reaper and
     #: the agent's watchdog act first; the service's own timeout is the last resort).
     grace = 120
-    #: Option naming the longest life (seconds) the service gives a sandbox, its default,
-    #: and the message for a longer TTL (``{minutes}``: that limit).
+    #: Option naming the platform's runtime cap (seconds a sandbox may run, whatever its
+    #: TTL), its default, and the message naming it (``{minutes}``): for a longer TTL, and
+    #: when a sandbox past it is gone.
     max_seconds_option = ""
     default_max_seconds = 24 * 3600
     too_long = ""
+    capped = ""
     #: Seconds to wait for the agent's READY line (option ``ready_timeout``).
     ready_timeout = 60.0
 
@@ -83,6 +86,8 @@ class CloudProvider(Provider):
         self._sandboxes: dict[str, Any] = {}
         #: sandbox id -> epoch seconds at which the service's timeout was last set to end it.
         self._ends: dict[str, float] = {}
+        #: sandbox id -> the streams this provider opened to its agent and not yet closed.
+        self._relays: dict[str, weakref.WeakSet[PumpChannel]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ availability
@@ -110,11 +115,26 @@ class CloudProvider(Provider):
 
     @property
     def _max_seconds(self) -> int:
-        return int(self.options.get(self.max_seconds_option) or self.default_max_seconds)
+        """The runtime cap (seconds): the provider option, else the plan's (settings)."""
+        return int(self.options.get(self.max_seconds_option) or self._plan_seconds())
 
-    def timeout_for(self, deadline: float | None, now: float) -> int:
-        """The service's timeout for the agent's ``deadline`` (see :func:`timeout_for`)."""
-        return timeout_for(deadline, now, self._max_seconds, self.grace)
+    def _plan_seconds(self) -> float:
+        return self.default_max_seconds
+
+    def timeout_for(self, deadline: float | None, now: float, hard_end: float | None = None) -> int:
+        """The service's timeout for the agent's ``deadline`` (see :func:`timeout_for`),
+        never past the sandbox's ``hard_end`` (the service would cut it there silently)."""
+        maximum = self._max_seconds
+        if hard_end is not None:
+            maximum = max(1, min(maximum, int(hard_end - now)))
+        return timeout_for(deadline, now, maximum, self.grace)
+
+    def _capped(self, handle: Handle) -> str:
+        """The runtime cap named, when the sandbox has passed its hard end; else ""."""
+        end = handle.get(HARD_END)
+        if end is None or time.time() < end:
+            return ""
+        return ": " + self.capped.format(minutes=self._max_seconds // 60)
 
     def boot_script(self, deadline: float | None) -> str:
         """The shell line that takes the token on stdin and becomes the agent."""
@@ -177,6 +197,7 @@ class CloudProvider(Provider):
         if spec.deadline is not None and spec.deadline - now > self._max_seconds:
             raise InvalidArgumentError(self.too_long.format(minutes=self._max_seconds // 60))
         sandbox, handle = self._new_sandbox(spec, now)
+        handle[HARD_END] = round(now + self._max_seconds, 3)
         try:
             with self._errors("start the sandbox agent"):
                 self._start_agent(sandbox, handle["token"], spec.deadline)
@@ -196,11 +217,23 @@ class CloudProvider(Provider):
             self._forget(handle)
             raise AgentError(
                 f"cannot reach the agent of {self.service} sandbox {handle.get('sandbox_id')}: "
-                f"{exc}"
+                f"{exc}{self._capped(handle)}"
             ) from exc
-        return PumpChannel(
+        channel = PumpChannel(
             chunks, write, on_close=end, name=f"nexus-{self.name}-{handle.get('sandbox_id', '')}"
         )
+        with self._lock:
+            self._relays.setdefault(handle["sandbox_id"], weakref.WeakSet()).add(channel)
+        return channel
+
+    def close_relays(self, handle: Handle) -> None:
+        """End every stream this provider opened to the sandbox's agent (before a pause:
+        a relay can only be ended while the sandbox runs; left to the pause, it would hold
+        an agent connection until the sandbox ends)."""
+        with self._lock:
+            relays = list(self._relays.pop(handle.get("sandbox_id"), ()))
+        for channel in relays:
+            channel.close()
 
     def extend(self, handle: Handle, deadline: float) -> None:
         """Move the service's timeout to ``deadline`` + grace (best effort, never raises: a
@@ -208,7 +241,7 @@ class CloudProvider(Provider):
         previous timeout). A deadline within REFRESH_SLACK of the last one set is skipped."""
         sandbox_id = handle.get("sandbox_id")
         now = time.time()
-        timeout = self.timeout_for(deadline, now)
+        timeout = self.timeout_for(deadline, now, handle.get(HARD_END))
         known = self._ends.get(sandbox_id)
         if known is not None and abs(now + timeout - known) < REFRESH_SLACK:
             return

@@ -1,8 +1,9 @@
 """:class:`PumpChannel`: the stream to the agent for the cloud providers (e2b, modal), whose
 only route in is the stdio of a process started through the provider's SDK.
 
-A daemon thread drains the SDK's output iterator into a queue of byte chunks that ``recv``
-hands out; ``sendall`` calls the SDK's stdin writer. Byte framing is kept: the agent's JSON
+A daemon thread drains the SDK's output iterator into a bounded queue of byte chunks
+(:data:`QUEUED_CHUNKS`: a reader that falls behind holds the SDK's stream back instead of
+growing the client's memory) that ``recv`` hands out; ``sendall`` calls the SDK's stdin writer. Byte framing is kept: the agent's JSON
 lines reach the client byte-exact, whatever chunking the SDK applies.
 """
 
@@ -12,6 +13,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+
+#: Chunks of the SDK's output held for ``recv`` at most (SDK chunks are at most a few
+#: hundred KiB: E2B's and Modal's are 64 KiB or less).
+QUEUED_CHUNKS = 64
 
 
 class PumpChannel:
@@ -32,7 +37,7 @@ class PumpChannel:
         on_close: Callable[[], None] | None = None,
         name: str = "nexus-pump",
     ):
-        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUED_CHUNKS)
         self._pending = b""
         self._eof = False
         self._timeout: float | None = None
@@ -47,12 +52,20 @@ class PumpChannel:
     def _pump(self, chunks: Iterable[bytes]) -> None:
         try:
             for chunk in chunks:
-                if chunk:
-                    self._queue.put(bytes(chunk))
+                if chunk and not self._put(bytes(chunk)):
+                    return  # closed: nobody reads any more
         except BaseException as exc:  # the SDK stream broke: readers see end of stream
             self.error = exc
         finally:
-            self._queue.put(None)
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> bool:
+        """Queue ``item``, waiting while the queue is full; False once the channel is closed."""
+        while not self._closed:
+            with suppress(queue.Full):
+                self._queue.put(item, timeout=0.2)
+                return True
+        return False
 
     def sendall(self, data: bytes) -> None:
         """Deliver ``data`` to the process's stdin."""
@@ -68,7 +81,7 @@ class PumpChannel:
         """Up to ``size`` bytes of the process's stdout; b"" at end of stream. Raises
         ``TimeoutError`` when a timeout is set (``settimeout``) and nothing arrives."""
         if not self._pending:
-            if self._eof:
+            if self._eof or (self._closed and self._queue.empty()):
                 return b""
             try:
                 chunk = self._queue.get(timeout=self._timeout)
@@ -93,4 +106,5 @@ class PumpChannel:
         if self._on_close is not None:
             with suppress(Exception):
                 self._on_close()
-        self._queue.put(None)
+        with suppress(queue.Full):  # full: a reader is not blocked
+            self._queue.put_nowait(None)

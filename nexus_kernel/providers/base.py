@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # the host client is imported where a stream is opened, not f
     from ..agent.client import Channel
 
 #: A provider's handle: a JSON-serialisable dict stored in the record; any process can
-#: re-attach to the sandbox from it. Always holds "token" (the agent's auth token).
+#: re-attach to the sandbox from it. Always holds "token" (the agent's auth token); a
+#: platform that ends sandboxes after a fixed runtime, whatever their TTL, adds "hard_end"
+#: (:data:`~nexus_kernel.models.HARD_END`: epoch seconds, shown by ``status``).
 Handle = dict[str, Any]
 
 #: The default environment of every provider (issue 10): what a sandbox created with no

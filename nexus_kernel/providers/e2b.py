@@ -9,7 +9,8 @@ Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID
 code-interpreter template; "minimal" = E2B's base), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
 ``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
 with ``files.write`` and started as a background command (``commands.run(background=True,
-stdin=True, timeout=0)``): a shell line reads the token from stdin into a 0600 file and
+stdin=True, timeout=0, retain_output=False)``: E2B's daemon would end it after the SDK's 60 s
+default, and the SDK's handle would keep every byte of its output): a shell line reads the token from stdin into a 0600 file and
 becomes the agent, which prints ``READY``; the command's stream is then detached (the
 process keeps running).
 
@@ -23,7 +24,8 @@ the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and
 :meth:`~nexus_kernel.providers.base.Provider.extend` (the manager calls it whenever the
 deadline moves) moves it with ``set_timeout``.
 
-Pause/resume: ``Sandbox.pause`` snapshots memory and filesystem (sessions survive);
+Pause/resume: the provider's relays end first (while the microVM still answers), then
+``Sandbox.pause(mode="full")`` snapshots memory and filesystem (sessions survive);
 ``Sandbox.connect`` resumes. Destroy: ``Sandbox.kill`` (idempotent). Reconcile:
 ``Sandbox.list(query=SandboxQuery(metadata={"nexus_store": ...}))``.
 
@@ -50,7 +52,7 @@ from ..errors import (
     SandboxError,
     SandboxStateError,
 )
-from ..models import SandboxSpec
+from ..models import HARD_END, SandboxSpec
 from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
 from ._launch import resource_labels, wait_for_ready
 from .base import LEAN_TEMPLATES, Capabilities, Handle
@@ -70,6 +72,8 @@ TIMEOUT_GRACE = 120
 #: E2B's longest sandbox timeout (Pro plan; Hobby allows 3600: E2B then refuses the create).
 DEFAULT_MAX_TIMEOUT = 24 * 3600
 READY_TIMEOUT = 60.0
+#: What a pause keeps: memory and filesystem (sessions survive), said explicitly.
+PAUSE_MODE = "full"
 #: Largest piece handed to one ``send_stdin`` call.
 STDIN_CHUNK = 512 * 1024
 STDERR_KEEP = 16 * 1024
@@ -137,7 +141,8 @@ class E2BProvider(CloudProvider):
 
     Options (``provider_options={"e2b": {...}}``): ``api_key`` (else ``e2b_api_key`` /
     ``E2B_API_KEY``), ``domain``, ``python`` (in the template, default ``python3``),
-    ``max_timeout`` (seconds, default 86400), ``ready_timeout``, ``sdk`` (an object with
+    ``max_timeout`` (the plan's runtime cap in seconds, else ``NEXUS_E2B_MAX_MINUTES``, default
+1440 minutes: Pro; Hobby is 60), ``ready_timeout``, ``sdk`` (an object with
     the e2b module's names, for tests).
     """
 
@@ -150,7 +155,14 @@ class E2BProvider(CloudProvider):
     grace = TIMEOUT_GRACE
     max_seconds_option = "max_timeout"
     default_max_seconds = DEFAULT_MAX_TIMEOUT
-    too_long = "E2B keeps a sandbox at most {minutes} minutes between runs; use a shorter ttl_minutes"
+    too_long = (
+        "E2B runs a sandbox at most {minutes} minutes without a pause (the plan's runtime "
+        "cap, NEXUS_E2B_MAX_MINUTES: 60 on Hobby, 1440 on Pro); use a shorter ttl_minutes"
+    )
+    capped = (
+        "E2B ends a sandbox after {minutes} minutes of running (the plan's runtime cap; a "
+        "pause and resume restarts it)"
+    )
     ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
@@ -160,6 +172,9 @@ class E2BProvider(CloudProvider):
     @classmethod
     def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
         return bool(_api_key(settings, options))
+
+    def _plan_seconds(self) -> float:
+        return self.settings.e2b_max_minutes * 60
 
     def _reach(self) -> Any:
         """The SDK, once E2B's API has accepted the key (checked once per provider).
@@ -216,7 +231,7 @@ class E2BProvider(CloudProvider):
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
         sandbox.files.write(AGENT_PATH, zipapp_bytes())
         command = sandbox.commands.run(
-            self.boot_script(deadline), background=True, stdin=True, timeout=0
+            self.boot_script(deadline), background=True, stdin=True, timeout=0, retain_output=False
         )
         command.send_stdin(token + "\n")
         stderr = bytearray()
@@ -241,12 +256,20 @@ class E2BProvider(CloudProvider):
         self, sandbox: Any
     ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
         command = sandbox.commands.run(
-            "exec " + shlex.join(self.relay_command()), background=True, stdin=True, timeout=0
+            "exec " + shlex.join(self.relay_command()),
+            background=True,
+            stdin=True,
+            timeout=0,
+            retain_output=False,
         )
         return _stdout_of(command, bytearray()), _stdin_writer(command), lambda: _end_command(command)
 
     def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
-        self.sdk.Sandbox.set_timeout(sandbox_id, seconds, **self._api())
+        """Bounded by REACH_SECONDS: the refresh runs with every request (SDK default: 60 s
+        per attempt, twice)."""
+        self.sdk.Sandbox.set_timeout(
+            sandbox_id, seconds, request_timeout=REACH_SECONDS / 2, **self._api()
+        )
 
     def _kill(self, sandbox_id: str) -> None:
         """``Sandbox.kill``; nothing when E2B does not know the sandbox."""
@@ -270,21 +293,25 @@ class E2BProvider(CloudProvider):
     # ------------------------------------------------------------------ lifecycle
 
     def pause(self, handle: Handle) -> None:
-        """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause``).
-        Idempotent: pausing a paused sandbox is a no-op."""
+        """Snapshot memory and filesystem and stop the microVM (``Sandbox.pause`` with
+        ``mode="full"``, not the API's default, which may change). The relays this provider
+        opened end first. Idempotent: pausing a paused sandbox is a no-op."""
         sdk = self._reach()
+        self.close_relays(handle)
         with _sdk_errors(sdk, "pause the sandbox"):
-            sdk.Sandbox.pause(handle["sandbox_id"], **self._api())
+            sdk.Sandbox.pause(handle["sandbox_id"], mode=PAUSE_MODE, **self._api())
         self._forget(handle)
 
     def resume(self, handle: Handle) -> None:
         """Restore the paused microVM (``Sandbox.connect`` resumes); the agent and its
         sessions continue where they were. Idempotent on a running sandbox."""
         sdk = self._reach()
-        timeout = int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT)
+        now = time.time()
+        timeout = min(int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT), self._max_seconds)
         with _sdk_errors(sdk, "resume the sandbox"):
             sandbox = sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
-        self._remember(sandbox.sandbox_id, sandbox, time.time() + timeout)
+        handle[HARD_END] = round(now + self._max_seconds, 3)  # a resume restarts the window
+        self._remember(sandbox.sandbox_id, sandbox, now + timeout)
 
     def alive(self, handle: Handle) -> bool:
         """True while E2B knows the sandbox as running or paused."""

@@ -13,7 +13,9 @@ agent file added with ``Image.add_local_file`` (mounted at start, no rebuild), t
 our ids, ``block_network`` unless network was asked, and cpu / memory as (request, limit)
 pairs from the limits (``gpu`` from the provider option). The entrypoint is a shell line that
 reads the token from the sandbox's stdin into a 0600 file and becomes the agent, so the
-sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox.
+sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox. The token
+write waits for Modal to give the sandbox a machine, with no deadline of its own: it shares
+``ready_timeout`` with the READY wait (:func:`_within`), and then fails with one line.
 
 Stream: every ``connect`` runs the agent's ``relay`` with ``Sandbox.exec(text=False)``;
 its ``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
@@ -41,6 +43,7 @@ import importlib
 import os
 import secrets
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -85,6 +88,10 @@ MISSING_TOKEN = (
 FIX_NETWORK = "check the network connection, and MODAL_SERVER_URL if you set it"
 FIX_ENV_TOKEN = (
     "export a valid MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or unset them and run 'modal token new'"
+)
+NOT_SCHEDULED = (
+    "Modal did not start the sandbox within {seconds:g} s (no machine free for its image, "
+    "cpu, memory or gpu): try again later, ask for fewer resources, or raise ready_timeout"
 )
 NO_PAUSE = (
     "the modal provider cannot pause or resume sandboxes (Modal has no pause for a running "
@@ -207,7 +214,11 @@ class ModalProvider(CloudProvider):
     grace = IDLE_GRACE
     max_seconds_option = "max_lifetime"
     default_max_seconds = MAX_LIFETIME
-    too_long = "a Modal sandbox lives at most {minutes} minutes; use a shorter ttl_minutes"
+    too_long = (
+        "a Modal sandbox lives at most {minutes} minutes after its start, whatever its TTL; "
+        "use a shorter ttl_minutes"
+    )
+    capped = "Modal ends a sandbox {minutes} minutes after its start, whatever its TTL"
     ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
@@ -309,11 +320,19 @@ class ModalProvider(CloudProvider):
         return sandbox, handle
 
     def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
-        sandbox.stdin.write((token + "\n").encode())
-        sandbox.stdin.drain()
+        """Write the token, then wait for READY: one budget (``ready_timeout``) for both, as
+        the write waits for Modal to schedule the sandbox, with no deadline of its own."""
+        budget = float(self.options.get("ready_timeout") or self.ready_timeout)
+        start = time.monotonic()
+
+        def hand_over() -> None:
+            sandbox.stdin.write((token + "\n").encode())
+            sandbox.stdin.drain()
+
+        _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
         wait_for_ready(
             iter(sandbox.stdout),
-            float(self.options.get("ready_timeout") or self.ready_timeout),
+            max(1.0, budget - (time.monotonic() - start)),
             stop=sandbox.terminate,
             detail=lambda: _read_briefly(sandbox.stderr),
         )
@@ -384,6 +403,27 @@ def _end_exec(process: Any) -> None:
     survive). Modal has no kill for an exec'd process."""
     process.stdin.write_eof()
     process.stdin.drain()
+
+
+def _within(call: Callable[[], None], seconds: float, late: str) -> None:
+    """``call()`` in a helper thread, waited for at most ``seconds``: its error is raised
+    here; ProviderUnavailableError(``late``) when it has not returned in time (the thread
+    is left to the SDK)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="nexus-modal-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ProviderUnavailableError(late)
+    if errors:
+        raise errors[0]
 
 
 def _read_briefly(stream: Any, seconds: float = 5.0) -> str:

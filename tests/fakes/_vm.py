@@ -84,6 +84,18 @@ class FakeVM:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def kill_tree(self, proc: subprocess.Popen) -> None:
+        """SIGKILL ``proc`` and all its descendants (a process ended by the platform)."""
+        for pid in self._all_pids(roots=[proc.pid]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def end_processes(self) -> None:
+        """SIGKILL every process, keeping the files (a cold boot from disk)."""
+        for pid in self._all_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def pause(self) -> None:
         self.signal_all(signal.SIGSTOP)
         self.paused = True
@@ -114,8 +126,8 @@ class FakeVM:
                         stream.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _all_pids(self) -> list[int]:
-        """Every live process started here, with all their descendants."""
+    def _all_pids(self, roots: list[int] | None = None) -> list[int]:
+        """Every live process started here (or the ``roots``), with all their descendants."""
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -130,7 +142,7 @@ class FakeVM:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry))
         found: list[int] = []
-        todo = [p.pid for p in self.processes if p.poll() is None]
+        todo = roots if roots is not None else [p.pid for p in self.processes if p.poll() is None]
         while todo:
             pid = todo.pop()
             if pid in found:

@@ -15,6 +15,13 @@ the open command streams (as a real pause drops connections); connect resumes (S
 The timeout is enforced lazily: a running sandbox past its end is killed on next access.
 Every call checks an API key (argument or ``E2B_API_KEY``) like the real control plane.
 
+The SDK defaults that matter are modelled, with the installed SDK's values (read from its
+signatures by ``test_sdk_fakes_match.py``): a command's ``timeout`` (60 s) ends it, killing its
+process, unless ``timeout=0`` (scaled by :data:`COMMAND_SECONDS` so tests see it fire); a
+command handle keeps all its output (``_stdout_chunks``) unless ``retain_output=False``;
+``pause`` with no ``mode`` takes the API's default snapshot (:data:`API_PAUSE_MODE`), and a
+``"filesystem"`` pause ends every process; ``Sandbox.list`` pages by :data:`LIST_PAGE`.
+
 Failures of the API are injected with :data:`OUTAGE` (no network) and :data:`REFUSED_KEYS`
 (a bad key), raising what the installed SDK raises (checked live by
 ``test_cloud_credentials.py``): ``httpx.ConnectError`` when the host name does not resolve,
@@ -60,6 +67,10 @@ class NotFoundException(SandboxException):
     pass
 
 
+class SandboxNotRunningException(TimeoutException):
+    pass
+
+
 class FileNotFoundException(NotFoundException):
     pass
 
@@ -69,6 +80,10 @@ class SandboxNotFoundException(NotFoundException):
 
 
 class AuthenticationException(Exception):
+    pass
+
+
+class InvalidArgumentException(SandboxException):
     pass
 
 
@@ -146,6 +161,8 @@ class _Record:
     state: SandboxState = SandboxState.RUNNING
     timeouts_set: list[int] = field(default_factory=list)
     handles: list[CommandHandle] = field(default_factory=list)
+    #: The snapshot kind of every pause ("full" or "filesystem"), the API's default applied.
+    pause_modes: list[str] = field(default_factory=list)
 
 
 SANDBOXES: dict[str, _Record] = {}
@@ -158,12 +175,20 @@ OUTAGE: str | None = None
 REFUSED_KEYS: dict[str, int] = {}
 #: Set by reset(): wakes requests waiting in a "hang" outage.
 _released = threading.Event()
+#: Real seconds per second of a command's ``timeout`` (tests shrink it: the SDK's 60 s
+#: default then fires within a test).
+COMMAND_SECONDS = 1.0
+#: What the API snapshots when ``pause`` is given no mode (currently memory and filesystem).
+API_PAUSE_MODE = "full"
+#: Sandboxes per page of ``Sandbox.list`` when no ``limit`` is given (the API's default).
+LIST_PAGE = 100
 
 
 def reset() -> None:
-    """Kill every fake sandbox and end any injected failure (test teardown)."""
-    global OUTAGE, _released
+    """Kill every fake sandbox, end any injected failure, restore the modelled defaults."""
+    global OUTAGE, _released, COMMAND_SECONDS, API_PAUSE_MODE
     OUTAGE = None
+    COMMAND_SECONDS, API_PAUSE_MODE = 1.0, "full"
     REFUSED_KEYS.clear()
     _released.set()
     _released = threading.Event()
@@ -252,16 +277,24 @@ class class_method_variant:  # noqa: N801 - the SDK's name
 class CommandHandle:
     """As e2b.CommandHandle (sync): iterate for ``(stdout, stderr, pty)`` str chunks."""
 
-    def __init__(self, proc, record: _Record):
+    def __init__(self, proc, record: _Record, retain_output: bool = True):
         self._proc = proc
         self._record = record
         self._disconnected = False
         self._broken: str | None = None
+        self._timed_out = False
         self._stdout_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stderr_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result: CommandResult | None = None
-        self._out: list[str] = []
-        self._err: list[str] = []
+        # as the SDK: every chunk kept for the result unless retain_output=False
+        self._stdout_chunks: list[str] | None = [] if retain_output else None
+        self._stderr_chunks: list[str] | None = [] if retain_output else None
+
+    @property
+    def retained(self) -> int:
+        """Characters of output this handle keeps (the SDK's ``_stdout_chunks`` and
+        ``_stderr_chunks``)."""
+        return sum(len(c) for c in (self._stdout_chunks or []) + (self._stderr_chunks or []))
 
     @property
     def pid(self) -> int:
@@ -278,6 +311,12 @@ class CommandHandle:
         while True:
             if self._disconnected:
                 return
+            if self._timed_out:
+                raise TimeoutException(
+                    "context deadline exceeded: This error is likely due to exceeding "
+                    "'timeout' - the total time a long running request (like command "
+                    "execution or directory watch) can be active."
+                )
             if self._broken:
                 raise SandboxException(f"stream closed: {self._broken}")
             if self._record.vm.paused:
@@ -294,15 +333,25 @@ class CommandHandle:
                     decoder = self._stdout_decoder if kind == "out" else self._stderr_decoder
                     text = decoder.decode(data)
                     if text:
-                        (self._out if kind == "out" else self._err).append(text)
+                        kept = self._stdout_chunks if kind == "out" else self._stderr_chunks
+                        if kept is not None:
+                            kept.append(text)
                         yield (text, None, None) if kind == "out" else (None, text, None)
                 continue
             code = self._proc.poll()
             if code is None:
                 time.sleep(0.05)  # output closed, process alive: the stream stays open
                 continue
-            self._result = CommandResult("".join(self._err), "".join(self._out), code, None)
+            self._result = CommandResult(
+                _joined(self._stderr_chunks), _joined(self._stdout_chunks), code, None
+            )
             return
+
+    def _time_out(self) -> None:
+        """The command's ``timeout`` passed: envd ends the process and the stream."""
+        if self._proc.poll() is None:
+            self._timed_out = True
+            self._record.vm.kill_tree(self._proc)
 
     def disconnect(self) -> None:
         self._disconnected = True
@@ -322,16 +371,34 @@ class CommandHandle:
         return self._result
 
     def kill(self) -> bool:
+        _reach_envd(self._record)
         if self._proc.poll() is not None:
             return False
         self._proc.kill()
         return True
 
     def send_stdin(self, data: str | bytes, request_timeout: float | None = None) -> None:
+        _reach_envd(self._record)
         _send(self._proc, self._broken, data)
 
     def close_stdin(self, request_timeout: float | None = None) -> None:
         self._proc.stdin.close()
+
+
+def _reach_envd(record: _Record) -> None:
+    """A request to the sandbox's daemon (envd): it cannot answer while the sandbox is
+    paused (the SDK's request fails; nothing happens in the sandbox)."""
+    if record.state is SandboxState.PAUSED or record.sandbox_id not in SANDBOXES:
+        raise SandboxNotRunningException(
+            f"The sandbox {record.sandbox_id} was not found: The sandbox was killed or reached "
+            "its timeout. You can modify the sandbox timeout by passing 'timeout' when "
+            "starting the sandbox or calling '.set_timeout' on the sandbox with the desired "
+            "timeout."
+        )
+
+
+def _joined(chunks: list[str] | None) -> str | None:
+    return None if chunks is None else "".join(chunks)
 
 
 def _send(proc, broken: str | None, data: str | bytes) -> None:
@@ -369,8 +436,12 @@ class Commands:
     ):
         record = _record(self._record.sandbox_id)
         proc = record.vm.spawn(["/bin/bash", "-c", cmd], stdin=bool(stdin), cwd=cwd)
-        handle = CommandHandle(proc, record)
+        handle = CommandHandle(proc, record, retain_output)
         record.handles.append(handle)
+        if timeout:  # the stream, and with it the process, ends after `timeout` (0: never)
+            timer = threading.Timer(timeout * COMMAND_SECONDS, handle._time_out)
+            timer.daemon = True
+            timer.start()
         if background:
             return handle
         return handle.wait(on_stdout=on_stdout, on_stderr=on_stderr)
@@ -435,6 +506,7 @@ class SandboxPaginator:
         self.limit = limit
         self._opts = opts
         self._has_next = True
+        self._next_token = next_token
 
     @property
     def has_next(self) -> bool:
@@ -444,7 +516,6 @@ class SandboxPaginator:
         if not self._has_next:
             raise Exception("No more items to fetch")
         _check_key({**self._opts, **opts})
-        self._has_next = False
         wanted = (self.query.metadata if self.query else None) or {}
         states = (self.query.state if self.query else None) or list(SandboxState)
         items = []
@@ -457,7 +528,11 @@ class SandboxPaginator:
                 record.metadata.get(k) == v for k, v in wanted.items()
             ):
                 items.append(_info(record))
-        return items
+        start = int(self._next_token or 0)
+        end = start + (self.limit or LIST_PAGE)
+        self._next_token = str(end) if end < len(items) else None
+        self._has_next = self._next_token is not None
+        return items[start:end]
 
 
 def _info(record: _Record) -> SandboxInfo:
@@ -598,9 +673,16 @@ class Sandbox:
         **opts: Any,
     ) -> bool:
         _check_key(opts)
+        if mode is not None and mode not in ("full", "filesystem"):
+            raise InvalidArgumentException(f"mode must be one of: full, filesystem (got {mode!r}).")
         record = _record(sandbox_id)
         if record.state is SandboxState.PAUSED:
             return False
+        if mode is None:  # keep_memory is the deprecated spelling; neither: the API decides
+            mode = API_PAUSE_MODE if keep_memory is None else "full" if keep_memory else "filesystem"
+        record.pause_modes.append(mode)
+        if mode == "filesystem":  # only the disk is kept: resume cold-boots, processes end
+            record.vm.end_processes()
         record.vm.pause()
         record.state = SandboxState.PAUSED
         for handle in record.handles:  # a pause drops every open connection
@@ -647,12 +729,14 @@ __all__ = [
     "CommandHandle",
     "CommandResult",
     "FileNotFoundException",
+    "InvalidArgumentException",
     "NotFoundException",
     "SANDBOXES",
     "Sandbox",
     "SandboxException",
     "SandboxInfo",
     "SandboxNotFoundException",
+    "SandboxNotRunningException",
     "SandboxPaginator",
     "SandboxQuery",
     "SandboxState",

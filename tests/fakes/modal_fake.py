@@ -17,7 +17,8 @@ at create (Modal mounts them at start). When the entrypoint exits, the sandbox i
 (as on Modal). Every call checks for a token (``MODAL_TOKEN_ID`` + ``MODAL_TOKEN_SECRET``, a
 client from ``Client.from_credentials``) like the real control plane.
 
-Failures are injected with :data:`UNREACHABLE` (no network) and :data:`REFUSED_TOKENS` (a bad
+Failures are injected with :data:`UNREACHABLE` (no network), :data:`UNSCHEDULED` (no
+machine free: writing to a new sandbox's stdin waits) and :data:`REFUSED_TOKENS` (a bad
 token), raising what the installed SDK raises (checked live by ``test_cloud_credentials.py``):
 opening a client (``Client.from_credentials``, or the environment's client on its first call)
 connects, and with no network the SDK retries for about a minute (:data:`CONNECT_GIVE_UP`)
@@ -100,6 +101,9 @@ class StreamType(enum.Enum):
 
 #: True: no network (opening a client fails after CONNECT_GIVE_UP seconds).
 UNREACHABLE = False
+#: True: no machine is free; a new sandbox's stdin waits (without a deadline, as on
+#: Modal's default backend) until reset().
+UNSCHEDULED = False
 #: Token ids the server refuses.
 REFUSED_TOKENS: set[str] = set()
 #: Seconds the SDK keeps retrying to connect (``create_channel_with_fallbacks``: 63 s).
@@ -237,12 +241,14 @@ MAX_BUFFER_SIZE = 2 * 1024 * 1024
 
 
 class StreamWriter:
-    """As modal.io_streams.StreamWriter over a process's stdin pipe."""
+    """As modal.io_streams.StreamWriter over a process's stdin pipe. ``scheduled``: set once
+    the sandbox runs on a machine (before that, ``drain`` waits, without a deadline)."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, scheduled: threading.Event | None = None):
         self._pipe = pipe
         self._buffer = bytearray()
         self._eof = False
+        self._scheduled = scheduled
 
     def write(self, data: bytes | bytearray | memoryview | str) -> None:
         if self._eof:
@@ -256,6 +262,8 @@ class StreamWriter:
         self._eof = True
 
     def drain(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.wait()
         data, self._buffer = bytes(self._buffer), bytearray()
         try:
             if data:
@@ -303,9 +311,9 @@ class StreamReader:
 class ContainerProcess:
     """As modal.container_process.ContainerProcess."""
 
-    def __init__(self, proc, text: bool):
+    def __init__(self, proc, text: bool, scheduled: threading.Event | None = None):
         self._proc = proc
-        self._stdin = StreamWriter(proc.stdin)
+        self._stdin = StreamWriter(proc.stdin, scheduled)
         self._stdout = StreamReader(proc.stdout, text)
         self._stderr = StreamReader(proc.stderr, text)
 
@@ -358,8 +366,8 @@ _lock = threading.Lock()
 
 def reset() -> None:
     """Terminate every fake sandbox and end any injected failure (test teardown)."""
-    global UNREACHABLE, _released
-    UNREACHABLE = False
+    global UNREACHABLE, UNSCHEDULED, _released
+    UNREACHABLE = UNSCHEDULED = False
     REFUSED_TOKENS.clear()
     _released.set()
     _released = threading.Event()
@@ -368,6 +376,15 @@ def reset() -> None:
         SANDBOXES.clear()
     for record in records:
         record.vm.kill()
+
+
+def _scheduled(record: _Record) -> threading.Event:
+    """Set when the sandbox gets a machine: at once, or (UNSCHEDULED) not before reset()."""
+    if not UNSCHEDULED:
+        scheduled = threading.Event()
+        scheduled.set()
+        return scheduled
+    return _released
 
 
 def _record(sandbox_id: str) -> _Record:
@@ -448,7 +465,9 @@ class Sandbox:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, target)
         if args:
-            record.entry = ContainerProcess(record.vm.spawn(list(args), stdin=True), text=True)
+            record.entry = ContainerProcess(
+                record.vm.spawn(list(args), stdin=True), text=True, scheduled=_scheduled(record)
+            )
         with _lock:
             SANDBOXES[record.object_id] = record
         return Sandbox(record)

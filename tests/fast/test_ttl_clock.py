@@ -17,7 +17,7 @@ from nexus_kernel.errors import InvalidArgumentError
 from nexus_kernel.kernel.keeper import TtlKeeper
 from nexus_kernel.kernel.sandbox import KernelSandbox
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import SandboxRecord, Status
+from nexus_kernel.models import HARD_END, SandboxRecord, Status, iso
 from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
 from nexus_kernel.validation import MAX_TIMEOUT
 
@@ -184,3 +184,27 @@ def test_keeper_warns_then_announces_expiry_on_the_fake_clock(
     keeper.tick()
     assert len(warnings) == 2 and f"sandbox {sandbox_id} expired" in warnings[1]
     assert manager.get(sandbox_id).status is Status.STOPPED
+
+
+def test_keeper_warns_once_ahead_of_the_platforms_runtime_cap(
+        manager: SandboxManager, clock: FakeClock) -> None:
+    """A provider's runtime cap (the handle's hard end, e.g. E2B's plan limit) ends the
+    sandbox whatever its TTL: the keeper warns ahead of it, busy or idle."""
+    warnings: list[str] = []
+    sandbox = KernelSandbox(manager, "kernel")
+    sandbox.ttl_minutes = 30
+    sandbox_id, _ = sandbox.ensure()
+    end = clock() + 1200
+    manager.store.update(
+        sandbox_id, lambda data: {**data, "handle": {**data["handle"], HARD_END: end}})
+    keeper = TtlKeeper(sandbox, warnings.append)
+    keeper.tick()
+    assert warnings == []
+    assert manager.status(sandbox_id).public(clock())["hard_end_at"] == iso(end)
+    sandbox.busy = True  # a long cell: the TTL moves, the cap does not
+    clock.advance(700)
+    keeper.tick()
+    assert len(warnings) == 1, warnings
+    assert f"ends sandbox {sandbox_id} in 8 min ({iso(end)}), whatever its TTL" in warnings[0]
+    keeper.tick()
+    assert len(warnings) == 1  # once per hard end
