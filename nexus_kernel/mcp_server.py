@@ -1,0 +1,356 @@
+"""``nexus mcp``: the sandboxes as an MCP server (official ``mcp`` SDK, extra ``[mcp]``).
+
+Transports: stdio (one client: the process that launched it) and streamable HTTP on
+127.0.0.1 behind a bearer token. Each MCP client connection sees only the sandboxes it
+created (``--admin``: every sandbox of the user); they are stopped when it disconnects
+unless created with ``keep=true``, and their TTL applies as everywhere. A run streams its
+output as progress notifications; a client's cancellation interrupts the run (a session
+keeps its variables). Bad arguments come back as tool errors with the one-line message.
+Runs are described for the model by :mod:`nexus_kernel.llm_output`.
+"""
+
+# No `from __future__ import annotations`: the SDK reads the tools' annotations at runtime
+# (the schemas, the Context parameter), and they name classes imported inside build_server.
+import base64
+import hmac
+import secrets
+import shlex
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from . import llm_output
+from .errors import MissingDependencyError, SandboxError, SandboxNotFoundError
+from .manager import SandboxManager, describe
+from .models import OutputEvent, Status
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+T = TypeVar("T")
+#: Characters of streamed output carried by one progress notification.
+PROGRESS_CHUNK = 4_000
+#: Characters of a file shown by sandbox_read_file unless the call asks for fewer.
+READ_LIMIT = 100_000
+#: Client id of requests that come without a connection of their own (2026-era stateless
+#: HTTP): they share one scope, ended when the server exits.
+STATELESS_CLIENT = "mcp:stateless"
+
+INSTRUCTIONS = """\
+Isolated, ephemeral sandboxes for running Python, JavaScript and Bash. Create a sandbox with
+sandbox_create, then call sandbox_run as often as needed: runs in the same `session` share
+variables (like notebook cells); files persist in the sandbox until it stops. Sandboxes have
+no network unless created with network=true, stop themselves after `ttl_minutes` idle, and
+are stopped when this client disconnects unless created with keep=true."""
+
+
+def _import_mcp() -> Any:
+    try:
+        import mcp.server.mcpserver as mcpserver
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the MCP server needs the mcp SDK: pip install 'nexus-kernel[mcp]'") from exc
+    return mcpserver
+
+
+class Scopes:
+    """Which MCP client created which sandbox, and which to keep when it disconnects."""
+
+    def __init__(self, manager: SandboxManager, admin: bool):
+        self.manager = manager
+        self.admin = admin
+        self.kept: set[str] = set()
+        self.clients: set[str] = {STATELESS_CLIENT}
+        self._lock = threading.Lock()
+
+    def check(self, client: str, sandbox_id: Any) -> str:
+        """``sandbox_id`` when this client may use it; a one-line error otherwise."""
+        try:
+            record = self.manager.get(sandbox_id)  # unknown, or another user's: not found
+        except SandboxNotFoundError:
+            record = None
+        if record is None or not (self.admin or record.client_id == client):
+            raise SandboxError(f"no sandbox {sandbox_id!r} for this MCP client; "
+                               "sandbox_list shows yours")
+        return record.sandbox_id
+
+    def visible(self, client: str) -> list[dict[str, Any]]:
+        now = self.manager.clock()
+        records = self.manager.list(all_users=self.admin and self.manager.is_admin)
+        return [describe(r, now) for r in records if self.admin or r.client_id == client]
+
+    def end(self, client: str) -> list[str]:
+        """Stop what ``client`` created and did not ask to keep; returns their ids."""
+        with self._lock:
+            self.clients.discard(client)
+            kept = set(self.kept)
+        stopped = []
+        for record in self.manager.of_client(client):
+            if record.sandbox_id not in kept:
+                self.manager.stop(record.sandbox_id)
+                stopped.append(record.sandbox_id)
+        return stopped
+
+
+def build_server(manager: SandboxManager | None = None, *, admin: bool = False) -> "MCPServer":
+    """The MCP server object (tools registered); ``serve`` runs it."""
+    mcpserver = _import_mcp()
+    from mcp.server.mcpserver import Context
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.types import CallToolResult, ImageContent, TextContent
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+    from pydantic import Field
+
+    manager = manager or SandboxManager()
+    scopes = Scopes(manager, admin)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[Scopes]:
+        try:
+            yield scopes
+        finally:  # the server exits: end every client still connected
+            import anyio
+
+            with anyio.CancelScope(shield=True):
+                for client in list(scopes.clients):
+                    await anyio.to_thread.run_sync(scopes.end, client)
+                manager.close()
+
+    server = mcpserver.MCPServer("nexus-sandbox", instructions=INSTRUCTIONS, lifespan=lifespan,
+                                 log_level="WARNING")
+
+    def client_of(ctx: Context) -> str:
+        # The SDK keeps per-connection state and teardown on its Connection, reached from the
+        # request's session (no public accessor in mcp 2.3).
+        connection = ctx.request_context.session._connection
+        if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return STATELESS_CLIENT
+        client = connection.state.get("nexus_client")
+        if client is None:
+            client = connection.state["nexus_client"] = "mcp:" + secrets.token_hex(8)
+            with scopes._lock:
+                scopes.clients.add(client)
+
+            async def disconnected() -> None:
+                import anyio
+
+                await anyio.to_thread.run_sync(scopes.end, client)
+
+            connection.exit_stack.push_async_callback(disconnected)
+        return client
+
+    async def call(fn: Callable[[], T]) -> T:
+        import anyio
+
+        try:
+            return await anyio.to_thread.run_sync(fn)
+        except SandboxError as exc:
+            raise ToolError(str(exc)) from None
+
+    SandboxId = Annotated[str, Field(description="the sandbox's id (sb_..., from sandbox_create "
+                                                 "or sandbox_list)")]
+
+    @server.tool(annotations={"title": "Create a sandbox"})
+    async def sandbox_create(
+        ctx: Context,
+        name: Annotated[str, Field(description="a short label for the sandbox")] = "mcp",
+        ttl_minutes: Annotated[float | None, Field(
+            gt=0, description="idle minutes before it stops itself; every run extends it "
+                              "(default: the server's setting, usually 10)")] = None,
+        template: Annotated[str | None, Field(
+            description="template (local provider) or image to start from; omit for the "
+                        "default environment")] = None,
+        network: Annotated[bool, Field(description="allow network access")] = False,
+        keep: Annotated[bool, Field(description="keep it running after this client "
+                                                "disconnects (its TTL still applies)")] = False,
+    ) -> dict[str, Any]:
+        """Create an isolated sandbox and return its description, including `sandbox_id`."""
+        client = client_of(ctx)
+        record = await call(lambda: manager.create(name, ttl_minutes, template, network=network,
+                                                   client_id=client))
+        if keep:
+            with scopes._lock:
+                scopes.kept.add(record.sandbox_id)
+        return {**describe(record, manager.clock()), "keep": keep}
+
+    @server.tool(annotations={"title": "Run code in a sandbox"})
+    async def sandbox_run(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        code: Annotated[str, Field(description="the code to run")],
+        language: Annotated[Literal["python", "javascript", "bash"], Field(
+            description="language of the code")] = "python",
+        session: Annotated[str | None, Field(
+            description="runs in the same session share variables, imports and the working "
+                        "directory (one interpreter per language); null runs a fresh process "
+                        "(files persist, variables do not)")] = "default",
+        timeout: Annotated[float | None, Field(
+            gt=0, description="seconds before the run is interrupted (default: the server's "
+                              "setting, usually 30)")] = None,
+    ) -> CallToolResult:
+        """Run code in a sandbox. Returns stdout, stderr, exit_code, execution_time, rich
+        outputs (images as image content, HTML/Markdown as text) and the error with its
+        traceback. Output streams as progress notifications while it runs."""
+        import anyio
+
+        client = client_of(ctx)
+        sandbox_id = await call(lambda: scopes.check(client, sandbox_id))
+        streamed = {"chars": 0, "cancelled": False}
+
+        def on_event(event: OutputEvent) -> None:
+            if streamed["cancelled"] or event.kind not in ("stdout", "stderr"):
+                return
+            text = str(event.data)[:PROGRESS_CHUNK]
+            streamed["chars"] += len(text)
+            try:
+                anyio.from_thread.run(ctx.report_progress, streamed["chars"], None, text)
+            except Exception:  # progress is advisory: a gone client must not break the run
+                streamed["cancelled"] = True
+
+        def run() -> llm_output.Outcome:
+            return llm_output.run(manager, sandbox_id, code, language, session=session,
+                                  timeout=timeout, on_event=on_event)
+
+        try:
+            outcome = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        except SandboxError as exc:
+            raise ToolError(str(exc)) from None
+        except anyio.get_cancelled_exc_class():
+            streamed["cancelled"] = True  # the client cancelled: interrupt, state kept
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lambda: manager.interrupt(sandbox_id, session))
+            raise
+        content: list[Any] = [TextContent(type="text", text=outcome.text)]
+        content += [ImageContent(type="image", data=image.data, mime_type=image.mime)
+                    for image in outcome.images]
+        return CallToolResult(content=content, structured_content=outcome.fields,
+                              is_error=outcome.is_error)
+
+    @server.tool(annotations={"title": "Write a file into a sandbox"})
+    async def sandbox_write_file(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        path: Annotated[str, Field(description="file path, relative to the sandbox's home")],
+        content: Annotated[str, Field(description="the file's content")],
+        encoding: Annotated[Literal["utf-8", "base64"], Field(
+            description="utf-8 for text, base64 for binary content")] = "utf-8",
+    ) -> dict[str, Any]:
+        """Write (create or replace) a file inside a sandbox."""
+        client = client_of(ctx)
+        try:
+            data = base64.b64decode(content, validate=True) if encoding == "base64" \
+                else content.encode()
+        except ValueError:
+            raise ToolError("content is not valid base64; send text with encoding utf-8") from None
+        size = await call(lambda: manager.put_file(scopes.check(client, sandbox_id), path, data))
+        return {"sandbox_id": sandbox_id, "path": path, "size": size}
+
+    @server.tool(annotations={"title": "Read a file from a sandbox", "readOnlyHint": True})
+    async def sandbox_read_file(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        path: Annotated[str, Field(description="file path, relative to the sandbox's home")],
+        encoding: Annotated[Literal["utf-8", "base64"], Field(
+            description="utf-8 for text, base64 for binary content")] = "utf-8",
+        max_chars: Annotated[int, Field(gt=0, le=10 * READ_LIMIT, description=(
+            "longest content returned; a longer file is cut (head and tail kept)"))] = READ_LIMIT,
+    ) -> dict[str, Any]:
+        """Read a file from inside a sandbox."""
+        client = client_of(ctx)
+        data = await call(lambda: manager.get_file(scopes.check(client, sandbox_id), path))
+        if encoding == "base64":
+            text = base64.b64encode(data).decode()
+        else:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                raise ToolError(f"{path} is not UTF-8 text; read it with encoding base64") \
+                    from None
+        return {"sandbox_id": sandbox_id, "path": path, "size": len(data),
+                "content": llm_output.clip(text, max_chars), "truncated": len(text) > max_chars}
+
+    @server.tool(annotations={"title": "List files in a sandbox", "readOnlyHint": True})
+    async def sandbox_list_files(
+        ctx: Context,
+        sandbox_id: SandboxId,
+        path: Annotated[str, Field(description="directory, relative to the sandbox's home")] = ".",
+    ) -> str:
+        """List a directory inside a sandbox (ls -la)."""
+        client = client_of(ctx)
+        outcome = await call(lambda: llm_output.run(
+            manager, scopes.check(client, sandbox_id), f"ls -la -- {shlex.quote(path)}",
+            "bash", session=None, timeout=30))
+        if outcome.is_error:
+            raise ToolError(llm_output.clip(outcome.fields["stderr"].strip() or outcome.text, 2000))
+        return outcome.fields["stdout"]
+
+    def lifecycle(name: str, title: str, doc: str, op: Callable[[str], Any]) -> None:
+        async def tool(ctx: Context, sandbox_id: SandboxId) -> dict[str, Any]:
+            client = client_of(ctx)
+            record = await call(lambda: op(scopes.check(client, sandbox_id)))
+            return describe(record, manager.clock())
+
+        tool.__name__, tool.__doc__ = name, doc
+        server.tool(name=name, annotations={"title": title})(tool)
+
+    lifecycle("sandbox_pause", "Pause a sandbox", "Freeze a sandbox (its TTL clock stops); "
+              "sandbox_resume continues it with its state.", manager.pause)
+    lifecycle("sandbox_resume", "Resume a sandbox", "Continue a paused sandbox.", manager.resume)
+    lifecycle("sandbox_stop", "Stop a sandbox", "Stop a sandbox for good: every process and "
+              "file in it is gone.", manager.stop)
+    lifecycle("sandbox_status", "Sandbox status", "The sandbox's status (active, paused, "
+              "stopped), TTL and expiry.", manager.status)
+
+    @server.tool(annotations={"title": "List sandboxes", "readOnlyHint": True})
+    async def sandbox_list(ctx: Context) -> dict[str, Any]:
+        """The sandboxes of this client (active, paused and recently stopped)."""
+        client = client_of(ctx)
+        found = await call(lambda: scopes.visible(client))
+        active = [s for s in found if s["status"] != Status.STOPPED.value]
+        return {"sandboxes": found, "count": len(found), "running": len(active)}
+
+    return server
+
+
+def _require_token(app: Any, token: str) -> Any:
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(given, expected):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"text/plain"),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body",
+                            "body": b"missing or wrong bearer token\n"})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def serve(transport: str = "stdio", *, port: int = 8765, token: str | None = None,
+          admin: bool = False, manager: SandboxManager | None = None) -> None:
+    """Run the server until stdin closes (stdio) or it is interrupted (http)."""
+    server = build_server(manager, admin=admin)
+    if transport == "stdio":
+        server.run("stdio")
+        return
+    import anyio
+    import uvicorn
+
+    token = token or secrets.token_urlsafe(24)
+    app = _require_token(server.streamable_http_app(host="127.0.0.1"), token)
+    url = f"http://127.0.0.1:{port}/mcp"
+    print(f"nexus mcp: listening on {url}\nnexus mcp: bearer token {token}", file=sys.stderr,
+          flush=True)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    anyio.run(uvicorn.Server(config).serve)
+
+
+__all__ = ["Scopes", "build_server", "serve"]
