@@ -21,10 +21,13 @@ from .models import ExecResult
 TEXT_LIMIT = 20_000
 #: Images returned per run (matplotlib loops can draw hundreds).
 IMAGE_LIMIT = 8
-#: Text MIME types a model can read, best first (Markdown is sanitised into text/html).
+#: Text MIME types a model can read, best first (Markdown is sanitised into text/html;
+#: a plain text that is only the default object repr gives way to the next).
 TEXT_MIMES = ("text/plain", "text/markdown", "text/html", "text/latex", "application/json")
 IMAGE_MIMES = ("image/png", "image/jpeg")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+#: ``<__main__.Page object at 0x7f…>``: a plain text that a richer MIME type should replace.
+_DEFAULT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>\Z")
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -128,6 +131,9 @@ def _image(bundle: dict[str, Any]) -> Image | None:
 
 
 def _text(bundle: dict[str, Any]) -> str:
+    plain = bundle.get("text/plain")
+    if isinstance(plain, str) and _DEFAULT_REPR.match(plain) and len(bundle) > 1:
+        bundle = {k: v for k, v in bundle.items() if k != "text/plain"}  # says nothing
     for mime in TEXT_MIMES:
         value = bundle.get(mime)
         if isinstance(value, str):

@@ -118,8 +118,16 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
                     await anyio.to_thread.run_sync(scopes.end, client)
                 manager.close()
 
+    async def one_line_errors(ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)  # a tools/call result arrives here as its wire dict
+        if ctx.method == "tools/call" and isinstance(result, dict) and result.get("isError"):
+            for block in result.get("content") or ():
+                if block.get("type") == "text":
+                    block["text"] = one_line(block["text"])
+        return result
+
     server = mcpserver.MCPServer("nexus-sandbox", instructions=INSTRUCTIONS, lifespan=lifespan,
-                                 log_level="WARNING")
+                                 log_level="WARNING", middleware=[one_line_errors])
 
     def client_of(ctx: Context) -> str:
         # The SDK keeps per-connection state and teardown on its Connection, reached from the
@@ -312,6 +320,22 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         return {"sandboxes": found, "count": len(found), "running": len(active)}
 
     return server
+
+
+def one_line(message: str) -> str:
+    """A tool error as one line: the SDK's report of arguments that fail the schema is
+    pydantic's multi-line text; keep each field and what it should be."""
+    head, _, rest = message.partition("\n")
+    if "validation error" not in head:
+        return message
+    prefix = head.split(":", 1)[0] if ":" in head else "invalid arguments"
+    problems, field = [], None
+    for line in rest.splitlines():
+        if not line.startswith(" "):
+            field = line.strip()
+        elif line.startswith("  ") and not line.startswith("    ") and field:
+            problems.append(f"{field}: {line.strip().split(' [type=')[0]}")
+    return f"{prefix}: invalid arguments: {'; '.join(problems) or head}"
 
 
 def _require_token(app: Any, token: str) -> Any:
