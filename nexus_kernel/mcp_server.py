@@ -12,6 +12,7 @@ Runs are described for the model by :mod:`nexus_kernel.llm_output`.
 # No `from __future__ import annotations`: the SDK reads the tools' annotations at runtime
 # (the schemas, the Context parameter), and they name classes imported inside build_server.
 import base64
+import contextlib
 import hmac
 import secrets
 import shlex
@@ -34,9 +35,6 @@ T = TypeVar("T")
 PROGRESS_CHUNK = 4_000
 #: Characters of a file shown by sandbox_read_file unless the call asks for fewer.
 READ_LIMIT = 100_000
-#: Client id of requests that come without a connection of their own (2026-era stateless
-#: HTTP): they share one scope, ended when the server exits.
-STATELESS_CLIENT = "mcp:stateless"
 
 INSTRUCTIONS = """\
 Isolated, ephemeral sandboxes for running Python, JavaScript and Bash. Create a sandbox with
@@ -61,9 +59,28 @@ class Scopes:
     def __init__(self, manager: SandboxManager, admin: bool):
         self.manager = manager
         self.admin = admin
-        self.kept: set[str] = set()
-        self.clients: set[str] = {STATELESS_CLIENT}
+        #: The scope of requests without a connection of their own (2026-era protocol: no
+        #: session to end), this server process's: ended when the server exits.
+        self.stateless = self.new_client()
+        self._kept: set[str] = set()
+        self._clients: set[str] = {self.stateless}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def new_client() -> str:
+        return "mcp:" + secrets.token_hex(8)
+
+    def join(self, client: str) -> None:
+        with self._lock:
+            self._clients.add(client)
+
+    def keep(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._kept.add(sandbox_id)
+
+    def connected(self) -> list[str]:
+        with self._lock:
+            return list(self._clients)
 
     def check(self, client: str, sandbox_id: Any) -> str:
         """``sandbox_id`` when this client may use it; a one-line error otherwise."""
@@ -81,17 +98,16 @@ class Scopes:
         records = self.manager.list(all_users=self.admin and self.manager.is_admin)
         return [describe(r, now) for r in records if self.admin or r.client_id == client]
 
-    def end(self, client: str) -> list[str]:
-        """Stop what ``client`` created and did not ask to keep; returns their ids."""
+    def end(self, client: str) -> None:
+        """Stop what ``client`` created and did not ask to keep (one that cannot be stopped
+        is left to its TTL; the others are still stopped)."""
         with self._lock:
-            self.clients.discard(client)
-            kept = set(self.kept)
-        stopped = []
+            self._clients.discard(client)
+            kept = set(self._kept)
         for record in self.manager.of_client(client):
             if record.sandbox_id not in kept:
-                self.manager.stop(record.sandbox_id)
-                stopped.append(record.sandbox_id)
-        return stopped
+                with contextlib.suppress(SandboxError):
+                    self.manager.stop(record.sandbox_id)
 
 
 def build_server(manager: SandboxManager | None = None, *, admin: bool = False) -> "MCPServer":
@@ -114,7 +130,7 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
             import anyio
 
             with anyio.CancelScope(shield=True):
-                for client in list(scopes.clients):
+                for client in scopes.connected():
                     await anyio.to_thread.run_sync(scopes.end, client)
                 manager.close()
 
@@ -134,12 +150,11 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         # request's session (no public accessor in mcp 2.3).
         connection = ctx.request_context.session._connection
         if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return STATELESS_CLIENT
+            return scopes.stateless
         client = connection.state.get("nexus_client")
         if client is None:
-            client = connection.state["nexus_client"] = "mcp:" + secrets.token_hex(8)
-            with scopes._lock:
-                scopes.clients.add(client)
+            client = connection.state["nexus_client"] = scopes.new_client()
+            scopes.join(client)
 
             async def disconnected() -> None:
                 import anyio
@@ -179,8 +194,7 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         record = await call(lambda: manager.create(name, ttl_minutes, template, network=network,
                                                    client_id=client))
         if keep:
-            with scopes._lock:
-                scopes.kept.add(record.sandbox_id)
+            scopes.keep(record.sandbox_id)
         return {**describe(record, manager.clock()), "keep": keep}
 
     @server.tool(annotations={"title": "Run code in a sandbox"})

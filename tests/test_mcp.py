@@ -23,10 +23,12 @@ from .conftest import ROOT
 pytestmark = pytest.mark.bwrap
 
 
-def stdio_client() -> Client:
+def stdio_client(mode: str = "legacy") -> Client:
+    """The SDK's client launching `nexus mcp`; "legacy" is the initialize handshake (the
+    2025 protocol most clients speak), "auto" the SDK's default (the 2026 protocol)."""
     params = StdioServerParameters(command=sys.executable, args=["-m", "nexus_kernel.cli", "mcp"],
                                    env=dict(os.environ), cwd=str(ROOT))
-    return Client(params, mode="legacy")
+    return Client(params, mode=mode)
 
 
 def status_of(sandbox_id: str) -> str:
@@ -59,6 +61,7 @@ def test_stdio_session(nexus_home: Path) -> None:
 
             created = await client.call_tool("sandbox_create", {"name": "agent", "ttl_minutes": 5})
             sid = created.structured_content["sandbox_id"]
+            assert created.structured_content["ttl_minutes"] == 5
             kept = await client.call_tool("sandbox_create", {"name": "kept", "keep": True})
             kept_id = kept.structured_content["sandbox_id"]
 
@@ -159,6 +162,34 @@ def test_stdio_session(nexus_home: Path) -> None:
     from nexus_kernel import NexusFS
 
     NexusFS().sandbox_stop(kept_id)
+
+
+def test_stdio_sdk_default_protocol(nexus_home: Path) -> None:
+    """The SDK's default negotiation picks the 2026 protocol (no connection state): runs
+    stream and the server process is the client's scope, ended with it."""
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    async def main() -> str:
+        async with stdio_client("auto") as client:
+            assert client.protocol_version in MODERN_PROTOCOL_VERSIONS
+            sid = (await client.call_tool("sandbox_create", {"name": "modern"})
+                   ).structured_content["sandbox_id"]
+            seen: list[str] = []
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                seen.append(message or "")
+
+            out = await client.call_tool("sandbox_run", {
+                "sandbox_id": sid, "code": "print('a', flush=True)\nprint('b')"},
+                progress_callback=progress)
+            assert out.structured_content["stdout"] == "a\nb\n"
+            assert "".join(seen) == "a\nb\n"
+            listed = await client.call_tool("sandbox_list", {})
+            assert [s["sandbox_id"] for s in listed.structured_content["sandboxes"]] == [sid]
+            assert status_of(sid) == "active"
+        return sid
+
+    assert status_of(anyio.run(main)) == "stopped"
 
 
 def test_image_content(nexus_home: Path, matplotlib_template: str | None) -> None:
