@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import secrets
 import shlex
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -383,12 +384,18 @@ def serve(transport: str = "stdio", *, port: int = 8765, token: str | None = Non
 
     token = token or secrets.token_urlsafe(24)
     app = _require_token(server.streamable_http_app(host="127.0.0.1"), token)
+    listener = socket.socket()
+    try:  # bound here, so a port in use is one line and "listening" is true when printed
+        listener.bind(("127.0.0.1", port))
+    except OSError as exc:
+        listener.close()
+        raise SandboxError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose "
+                           "another port with --port") from None
     url = f"http://127.0.0.1:{port}/mcp"
     print(f"nexus mcp: listening on {url}\nnexus mcp: bearer token {token}", file=sys.stderr,
           flush=True)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
-    anyio.run(uvicorn.Server(config).serve)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    anyio.run(lambda: uvicorn.Server(config).serve(sockets=[listener]))
 
 
 __all__ = ["Scopes", "build_server", "serve"]

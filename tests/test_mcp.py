@@ -18,7 +18,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from .conftest import ROOT
+from .conftest import ROOT, nexus
 
 pytestmark = pytest.mark.bwrap
 
@@ -238,6 +238,10 @@ def test_http_token_and_client_scopes(nexus_home: Path) -> None:
         line = server.stderr.readline()
         assert url in line, line
         assert httpx2.post(url, json={}).status_code == 401
+        busy = nexus("mcp", "--transport", "http", "--port", str(port))
+        assert busy.returncode == 1 and busy.stderr == (
+            f"nexus: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
+            "another port with --port\n")
         assert httpx2.post(url, json={}, headers={"Authorization": "Bearer wrong"}).status_code \
             == 401
 
