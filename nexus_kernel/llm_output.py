@@ -34,7 +34,8 @@ def clip(text: str, limit: int = TEXT_LIMIT) -> str:
     """``text`` cut to ``limit`` characters, head and tail kept, with a note of what was cut."""
     if len(text) <= limit:
         return text
-    head, tail = limit * 2 // 3, limit // 3
+    head = limit * 2 // 3
+    tail = limit - head
     return f"{text[:head]}\n[... {len(text) - head - tail} characters cut ...]\n{text[-tail:]}"
 
 
