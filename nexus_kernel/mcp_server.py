@@ -114,6 +114,7 @@ class Scopes:
 def build_server(manager: SandboxManager | None = None, *, admin: bool = False) -> "MCPServer":
     """The MCP server object (tools registered); ``serve`` runs it."""
     mcpserver = _import_mcp()
+    import anyio
     from mcp.server.mcpserver import Context
     from mcp.server.mcpserver.exceptions import ToolError
     from mcp.types import CallToolResult, ImageContent, TextContent
@@ -128,8 +129,6 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         try:
             yield scopes
         finally:  # the server exits: end every client still connected
-            import anyio
-
             with anyio.CancelScope(shield=True):
                 for client in scopes.connected():
                     await anyio.to_thread.run_sync(scopes.end, client)
@@ -158,16 +157,12 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
             scopes.join(client)
 
             async def disconnected() -> None:
-                import anyio
-
                 await anyio.to_thread.run_sync(scopes.end, client)
 
             connection.exit_stack.push_async_callback(disconnected)
         return client
 
     async def call(fn: Callable[[], T]) -> T:
-        import anyio
-
         try:
             return await anyio.to_thread.run_sync(fn)
         except SandboxError as exc:
@@ -216,21 +211,19 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         """Run code in a sandbox. Returns stdout, stderr, exit_code, execution_time, rich
         outputs (images as image content, HTML/Markdown as text) and the error with its
         traceback. Output streams as progress notifications while it runs."""
-        import anyio
-
         client = client_of(ctx)
         sandbox_id = await call(lambda: scopes.check(client, sandbox_id))
-        streamed = {"chars": 0, "cancelled": False}
+        streamed = {"chars": 0, "quiet": False}
 
         def on_event(event: OutputEvent) -> None:
-            if streamed["cancelled"] or event.kind not in ("stdout", "stderr"):
+            if streamed["quiet"] or event.kind not in ("stdout", "stderr"):
                 return
             text = str(event.data)[:PROGRESS_CHUNK]
             streamed["chars"] += len(text)
             try:
                 anyio.from_thread.run(ctx.report_progress, streamed["chars"], None, text)
             except Exception:  # progress is advisory: a gone client must not break the run
-                streamed["cancelled"] = True
+                streamed["quiet"] = True
 
         def run() -> llm_output.Outcome:
             return llm_output.run(manager, sandbox_id, code, language, session=session,
@@ -241,9 +234,14 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
         except SandboxError as exc:
             raise ToolError(str(exc)) from None
         except anyio.get_cancelled_exc_class():
-            streamed["cancelled"] = True  # the client cancelled: interrupt, state kept
+            streamed["quiet"] = True  # the client cancelled: interrupt, state kept
+
+            def interrupt() -> None:
+                with contextlib.suppress(SandboxError):  # it ended meanwhile
+                    manager.interrupt(sandbox_id, session)
+
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: manager.interrupt(sandbox_id, session))
+                await anyio.to_thread.run_sync(interrupt)
             raise
         content: list[Any] = [TextContent(type="text", text=outcome.text)]
         content += [ImageContent(type="image", data=image.data, mime_type=image.mime)
@@ -373,9 +371,9 @@ def _require_token(app: Any, token: str) -> Any:
 
 
 def serve(transport: str = "stdio", *, port: int = 8765, token: str | None = None,
-          admin: bool = False, manager: SandboxManager | None = None) -> None:
+          admin: bool = False) -> None:
     """Run the server until stdin closes (stdio) or it is interrupted (http)."""
-    server = build_server(manager, admin=admin)
+    server = build_server(admin=admin)
     if transport == "stdio":
         server.run("stdio")
         return

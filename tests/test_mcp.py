@@ -238,6 +238,9 @@ def test_http_token_and_client_scopes(nexus_home: Path) -> None:
         line = server.stderr.readline()
         assert url in line, line
         assert httpx2.post(url, json={}).status_code == 401
+        rebound = httpx2.post(url, json={}, headers={"Authorization": f"Bearer {token}",
+                                                     "Host": f"evil.example:{port}"})
+        assert rebound.status_code == 421  # the SDK's DNS-rebinding guard for a loopback bind
         busy = nexus("mcp", "--transport", "http", "--port", str(port))
         assert busy.returncode == 1 and busy.stderr == (
             f"nexus: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
