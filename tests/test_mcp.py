@@ -23,10 +23,11 @@ from .conftest import ROOT, nexus
 pytestmark = pytest.mark.bwrap
 
 
-def stdio_client(mode: str = "legacy") -> Client:
+def stdio_client(mode: str = "legacy", *options: str) -> Client:
     """The SDK's client launching `nexus mcp`; "legacy" is the initialize handshake (the
     2025 protocol most clients speak), "auto" the SDK's default (the 2026 protocol)."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "nexus_kernel.cli", "mcp"],
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-m", "nexus_kernel.cli", "mcp", *options],
                                    env=dict(os.environ), cwd=str(ROOT))
     return Client(params, mode=mode)
 
@@ -159,9 +160,18 @@ def test_stdio_session(nexus_home: Path) -> None:
     # the client went away: its sandbox is stopped, the one it asked to keep is not
     assert status_of(sid) == "stopped"
     assert status_of(kept_id) == "active"
-    from nexus_kernel import NexusFS
 
-    NexusFS().sandbox_stop(kept_id)
+    async def admin() -> None:  # an --admin server's client sees and uses every sandbox
+        async with stdio_client("legacy", "--admin") as client:
+            listed = await client.call_tool("sandbox_list", {})
+            assert {s["sandbox_id"] for s in listed.structured_content["sandboxes"]} == \
+                {sid, kept_id}
+            out = await run(client, kept_id, "print('kept')")
+            assert out.structured_content["stdout"] == "kept\n"
+            await client.call_tool("sandbox_stop", {"sandbox_id": kept_id})
+
+    anyio.run(admin)
+    assert status_of(kept_id) == "stopped"
 
 
 def test_stdio_sdk_default_protocol(nexus_home: Path) -> None:
