@@ -287,6 +287,23 @@ def test_http_token_and_client_scopes(nexus_home: Path) -> None:
                 assert status_of(bid) == "active"
                 out = await run(b, bid, "print('still serving')")
                 assert out.structured_content["stdout"] == "still serving\n"
+                # over HTTP too: output streams, a cancelled call interrupts the run
+                seen: list[str] = []
+
+                async def progress(value: float, total: float | None, message: str | None):
+                    seen.append(message or "")
+
+                await b.call_tool("sandbox_run", {"sandbox_id": bid, "code": "import time\n"
+                                  "for i in range(2):\n    print(i, flush=True); time.sleep(0.3)"},
+                                  progress_callback=progress)
+                assert "".join(seen) == "0\n1\n"
+                await run(b, bid, "x = 5")
+                started = time.monotonic()
+                with anyio.move_on_after(1.5):
+                    await run(b, bid, "import time\ntime.sleep(60)\nafter = 1")
+                out = await run(b, bid, "print(x, 'after' in dir())", timeout=10)
+                assert out.structured_content["stdout"] == "5 False\n"
+                assert time.monotonic() - started < 8
                 return bid
 
         bid = anyio.run(main)
