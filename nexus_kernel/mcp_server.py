@@ -14,8 +14,10 @@ Runs are described for the model by :mod:`nexus_kernel.llm_output`.
 import base64
 import contextlib
 import hmac
+import os
 import secrets
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -99,6 +101,12 @@ class Scopes:
         records = self.manager.list(all_users=self.admin and self.manager.is_admin)
         return [describe(r, now) for r in records if self.admin or r.client_id == client]
 
+    def close(self) -> None:
+        """End every client still connected, then the manager's connections."""
+        for client in self.connected():
+            self.end(client)
+        self.manager.close()
+
     def end(self, client: str) -> None:
         """Stop what ``client`` created and did not ask to keep (one that cannot be stopped
         is left to its TTL; the others are still stopped)."""
@@ -111,8 +119,8 @@ class Scopes:
                     self.manager.stop(record.sandbox_id)
 
 
-def build_server(manager: SandboxManager | None = None, *, admin: bool = False) -> "MCPServer":
-    """The MCP server object (tools registered); ``serve`` runs it."""
+def build_server(scopes: Scopes) -> "MCPServer":
+    """The MCP server object, its tools working on ``scopes``; ``serve`` runs it."""
     mcpserver = _import_mcp()
     import anyio
     from mcp.server.mcpserver import Context
@@ -121,8 +129,7 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
     from mcp_types.version import MODERN_PROTOCOL_VERSIONS
     from pydantic import Field
 
-    manager = manager or SandboxManager()
-    scopes = Scopes(manager, admin)
+    manager = scopes.manager
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[Scopes]:
@@ -130,9 +137,7 @@ def build_server(manager: SandboxManager | None = None, *, admin: bool = False) 
             yield scopes
         finally:  # the server exits: end every client still connected
             with anyio.CancelScope(shield=True):
-                for client in scopes.connected():
-                    await anyio.to_thread.run_sync(scopes.end, client)
-                manager.close()
+                await anyio.to_thread.run_sync(scopes.close)
 
     async def one_line_errors(ctx: Any, call_next: Any) -> Any:
         result = await call_next(ctx)  # a tools/call result arrives here as its wire dict
@@ -370,21 +375,46 @@ def _require_token(app: Any, token: str) -> Any:
     return guarded
 
 
+async def _stdio(server: "MCPServer", scopes: Scopes) -> None:
+    """The stdio transport, ended by EOF on stdin or by SIGINT/SIGTERM. The SDK reads stdin
+    in a worker thread that no cancellation reaches, so a signal ends the clients' sandboxes
+    here and leaves at once (as a client that killed us expects)."""
+    import anyio
+
+    async def on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(scopes.close)
+                sys.stderr.flush()
+                os._exit(128 + signum)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(on_signal)
+        await server.run_stdio_async()
+        group.cancel_scope.cancel()
+
+
 def serve(transport: str = "stdio", *, port: int = 8765, token: str | None = None,
           admin: bool = False) -> None:
-    """Run the server until stdin closes (stdio) or it is interrupted (http)."""
-    server = build_server(admin=admin)
-    if transport == "stdio":
-        server.run("stdio")
-        return
+    """Run the server until stdin closes (stdio) or it is interrupted (SIGINT, SIGTERM);
+    either way the sandboxes of its clients are stopped (those created with keep aside)."""
     import anyio
+
+    scopes = Scopes(SandboxManager(), admin)
+    server = build_server(scopes)
+    if transport == "stdio":
+        anyio.run(_stdio, server, scopes)
+        return
     import uvicorn
 
     token = token or secrets.token_urlsafe(24)
     app = _require_token(server.streamable_http_app(host="127.0.0.1"), token)
     listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart finds the port
     try:  # bound here, so a port in use is one line and "listening" is true when printed
         listener.bind(("127.0.0.1", port))
+        listener.listen(128)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
         listener.close()
         raise SandboxError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose "
@@ -392,7 +422,10 @@ def serve(transport: str = "stdio", *, port: int = 8765, token: str | None = Non
     url = f"http://127.0.0.1:{port}/mcp"
     print(f"nexus mcp: listening on {url}\nnexus mcp: bearer token {token}", file=sys.stderr,
           flush=True)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    # uvicorn ends on SIGINT/SIGTERM through the app's lifespan (which ends the clients);
+    # open SSE streams get 5 s to close first
+    config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
     anyio.run(lambda: uvicorn.Server(config).serve(sockets=[listener]))
 
 

@@ -5,7 +5,9 @@ the disconnect that stops a client's sandboxes."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -200,6 +202,31 @@ def test_stdio_sdk_default_protocol(nexus_home: Path) -> None:
         return sid
 
     assert status_of(anyio.run(main)) == "stopped"
+
+
+def test_stdio_server_terminated_stops_its_sandboxes(nexus_home: Path) -> None:
+    """Clients end a stdio server by closing stdin, then SIGTERM after a grace period (a user
+    by Ctrl-C: the same handler): the server stops its clients' sandboxes and exits at once."""
+    signum = signal.SIGTERM
+    server = subprocess.Popen([sys.executable, "-m", "nexus_kernel.cli", "mcp"], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+
+    def call(request: dict) -> dict | None:
+        server.stdin.write(json.dumps({"jsonrpc": "2.0", **request}) + "\n")
+        server.stdin.flush()
+        return json.loads(server.stdout.readline()) if "id" in request else None
+
+    call({"id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}})
+    call({"method": "notifications/initialized"})
+    created = call({"id": 2, "method": "tools/call", "params": {
+        "name": "sandbox_create", "arguments": {"name": "signalled"}}})
+    sid = created["result"]["structuredContent"]["sandbox_id"]
+    server.send_signal(signum)
+    assert server.wait(timeout=15) == 128 + signum
+    assert status_of(sid) == "stopped"
 
 
 def test_image_content(nexus_home: Path, matplotlib_template: str | None) -> None:
