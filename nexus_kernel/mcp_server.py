@@ -34,8 +34,10 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
 T = TypeVar("T")
-#: Characters of streamed output carried by one progress notification.
+#: Characters of streamed output carried by one progress notification, and in all per run
+#: (the result, at the end, holds the output anyway, bounded).
 PROGRESS_CHUNK = 4_000
+PROGRESS_LIMIT = 200_000
 #: Characters of a file shown by sandbox_read_file unless the call asks for fewer.
 READ_LIMIT = 100_000
 
@@ -224,6 +226,9 @@ def build_server(scopes: Scopes) -> "MCPServer":
             if streamed["quiet"] or event.kind not in ("stdout", "stderr"):
                 return
             text = str(event.data)[:PROGRESS_CHUNK]
+            if streamed["chars"] + len(text) > PROGRESS_LIMIT:
+                streamed["quiet"] = True
+                text = "[more output: the result has it, cut to its bounds]\n"
             streamed["chars"] += len(text)
             try:
                 anyio.from_thread.run(ctx.report_progress, streamed["chars"], None, text)
