@@ -418,6 +418,41 @@ def cli_rows(ctx: Context) -> list[Row]:
     return rows
 
 
+def mcp_rows(ctx: Context) -> list[Row]:
+    """An MCP ``sandbox_run`` of ``print(1)`` over stdio (``nexus mcp`` as the SDK's client
+    launches it) vs the same run through the manager, on the same sandbox and session."""
+    name, base_name = "MCP sandbox_run round trip (stdio)", "direct SandboxManager.run"
+    try:
+        from anyio.from_thread import start_blocking_portal
+        from mcp import Client, StdioServerParameters
+    except ImportError as exc:
+        return [unavailable("mcp", name, f"the mcp SDK is missing ({exc})", base_name)]
+    env = {**os.environ, "NEXUS_HOME": str(ctx.settings.home), "NEXUS_USER": ctx.user}
+    params = StdioServerParameters(command=sys.executable, args=["-c", NEXUS_SCRIPT, "mcp"],
+                                   env=env, cwd=str(ROOT))
+    mgr = ctx.manager()
+    ctx.log("[mcp] starting `nexus mcp` over stdio")
+    with start_blocking_portal() as portal, \
+            portal.wrap_async_context_manager(Client(params, mode="legacy")) as client:
+        created = portal.call(client.call_tool, "sandbox_create", {"name": "bench-mcp"})
+        sid = created.structured_content["sandbox_id"]
+        args = {"sandbox_id": sid, "code": "print(1)"}
+
+        def via_mcp() -> None:
+            out = portal.call(client.call_tool, "sandbox_run", args)
+            assert out.structured_content["stdout"] == "1\n", out
+
+        def direct() -> None:
+            assert mgr.run(sid, "python", "print(1)", session="default").stdout == "1\n"
+
+        ctx.log(f"[mcp] sandbox_run print(1) x{ctx.reps * 3}")
+        a, b = compare(via_mcp, direct, ctx.reps * 3, ctx.warmup + 3)
+        portal.call(client.call_tool, "sandbox_stop", {"sandbox_id": sid})
+    mgr.close()
+    return [Row("mcp", name, a, base_name, b,
+                note="JSON-RPC over the server's stdin/stdout, a thread hop in each process")]
+
+
 # --------------------------------------------------------------------------- concurrency
 
 

@@ -4,7 +4,7 @@
                           [--concurrency 1,10,50,100] [--only GROUPS] [--markdown PATH]
 
 Groups (``--only``): create, run, session, pause, memory, stop, provider (the provider alone,
-without the manager), kernel, cli, concurrency, store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
+without the manager), kernel, cli, mcp, concurrency, store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
 so the benchmark never touches your own sandboxes.
 """
 
@@ -30,7 +30,7 @@ from .timing import Row, unavailable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GROUPS = ("create", "run", "session", "pause", "memory", "stop", "provider", "kernel", "cli",
-          "concurrency", "store", "pool")
+          "mcp", "concurrency", "store", "pool")
 #: The groups of cases.provider_rows (through the manager).
 MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             if ctx.wants("provider"):
                 attempt(provider, cases.provider_level_rows, ctx, provider)
         for group, fn, *extra in (("pool", cases.pool_rows), ("kernel", cases.kernel_rows),
-                                  ("cli", cases.cli_rows),
+                                  ("cli", cases.cli_rows), ("mcp", cases.mcp_rows),
                                   ("concurrency", cases.concurrency_rows, levels),
                                   ("store", cases.store_rows)):
             if ctx.wants(group):

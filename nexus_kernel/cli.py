@@ -1,5 +1,5 @@
 """The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
-``nexus template ...`` and ``nexus kernel install``.
+``nexus template ...``, ``nexus kernel install`` and ``nexus mcp``.
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr;
 the exit codes are ``EXIT_CODES``. Options left out mean "from settings" (``NEXUS_*``), and
@@ -194,6 +194,23 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
     _add_json(p)
+
+    text = "serve the sandboxes to MCP clients (Claude Code, Cursor, agent frameworks)"
+    p = commands.add_parser("mcp", help=text, description=text + ": over stdio (the default) "
+                            "or streamable HTTP on 127.0.0.1 with a bearer token. Each client "
+                            "sees only its own sandboxes, stopped when it disconnects unless "
+                            "created with keep=true. Needs the extra: pip install "
+                            "'nexus-kernel[mcp]'")
+    p.set_defaults(command="serve")
+    p.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                   help="stdio (launched by the client) or http (default: stdio)")
+    p.add_argument("--port", type=int, default=8765,
+                   help="HTTP port on 127.0.0.1 (default: 8765)")
+    p.add_argument("--token", default=None,
+                   help="HTTP bearer token (default: NEXUS_MCP_TOKEN, else a new one printed "
+                        "on stderr)")
+    p.add_argument("--admin", action="store_true",
+                   help="every client sees and may use every sandbox of this user")
     return parser
 
 
@@ -235,6 +252,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _template(args, settings)
     if args.group == "kernel":
         return _kernel_install(args)
+    if args.group == "mcp":
+        return _mcp(args)
     if args.command == "providers":
         return _providers(args, settings)
     if args.command == "doctor":  # opens a damaged store itself
@@ -530,6 +549,16 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
     else:
         templates.remove_template(settings, args.name)
         _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a port number (1-65535)")
+    from .mcp_server import serve
+
+    serve(args.transport, port=args.port, admin=args.admin,
+          token=args.token or os.environ.get("NEXUS_MCP_TOKEN") or None)
     return 0
 
 

@@ -20,7 +20,8 @@ from .conftest import ROOT, needs_bwrap, nexus
 LEAF_COMMANDS = [
     ["sandbox", name] for name in
     ["create", "run", "pause", "resume", "stop", "status", "list", "reap", "pool", "providers"]
-] + [["template", "list"], ["template", "create"], ["template", "remove"], ["kernel", "install"]]
+] + [["template", "list"], ["template", "create"], ["template", "remove"], ["kernel", "install"],
+     ["mcp"]]
 
 
 def one_line(text: str) -> str:

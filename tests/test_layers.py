@@ -25,7 +25,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("nexus_kernel.providers",),
     ("nexus_kernel.pool", "nexus_kernel.templates"),
     ("nexus_kernel.manager", "nexus_kernel.reaper"),  # the reaper is the manager's delegate
-    ("nexus_kernel.api",),
+    ("nexus_kernel.api", "nexus_kernel.llm_output"),  # llm_output: a run described for a model
+    # agent-facing services on the API: the MCP server (launched by the CLI), framework tools
+    ("nexus_kernel.mcp_server", "nexus_kernel.integrations"),
     # the surfaces: each its own island (see SURFACES)
     ("nexus_kernel.cli", "nexus_kernel.kernel", "magics", "nexus_kernel.pool_fill"),
     # entry points: the package facade (lazy re-exports, `%load_ext nexus_kernel`), `python -m`
