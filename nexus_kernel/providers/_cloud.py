@@ -117,15 +117,17 @@ class CloudProvider(Provider):
         return timeout_for(deadline, now, self._max_seconds, self.grace)
 
     def boot_script(self, deadline: float | None) -> str:
-        """The shell line that takes the token on stdin and becomes the agent."""
+        """The shell line that becomes the agent, which takes its token on stdin."""
         command = agent_command(  # the uploaded zipapp, run as a script (no -I)
-            self._python, self.agent_path, *serve_args(self.run_dir, HOME, deadline), flags=()
+            self._python, self.agent_path,
+            *serve_args(HOME, deadline, socket=f"{self.run_dir}/agent.sock"), flags=()
         )
-        return boot_script(command, self.run_dir, make_dirs=(self.run_dir, HOME))
+        return boot_script(command, make_dirs=(self.run_dir, HOME))
 
     def relay_command(self) -> list[str]:
         """The command whose stdio is a stream to the agent."""
-        return agent_command(self._python, self.agent_path, *relay_args(self.run_dir), flags=())
+        return agent_command(self._python, self.agent_path,
+                             *relay_args(f"{self.run_dir}/agent.sock"), flags=())
 
     @property
     def agent_path(self) -> str:

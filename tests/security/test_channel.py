@@ -144,7 +144,7 @@ def test_an_impostor_socket_gets_no_token_no_code_and_cannot_stop_the_watchdog(e
         at = time.time() + 4
         with contextlib.suppress(AgentError):
             fresh.set_deadline(at)
-        secret_code = "print('code-for-the-agent-only-%d')" % os.getpid()
+        secret_code = f"print('code-for-the-agent-only-{os.getpid()}')"
         outcome = None
         with contextlib.suppress(AgentError):
             outcome = fresh.run("python", secret_code, timeout=10)
