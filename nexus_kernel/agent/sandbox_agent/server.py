@@ -70,7 +70,6 @@ class Connection:
         self.closed = False
         self.authenticated = False
         self.nonces: tuple | None = None  # (host nonce, agent nonce) of the auth under way
-        self.lines = LineBuffer(AUTH_MAX_LINE)
 
     def send(self, msg: dict) -> None:
         data = encode(msg)
@@ -83,17 +82,21 @@ class Connection:
                 self.closed = True
 
     def serve(self) -> None:
+        lines = LineBuffer()
         while not self.closed:
             try:
                 data = self.sock.recv(CHUNK)
-                lines = self.lines.feed(data)
-            except (OSError, ValueError):  # a long line before auth: a hostile peer
+            except OSError:
                 data = b""
             if not data:
                 break
-            for line in lines:
+            for line in lines.feed(data):
+                if not self.authenticated and len(line) > AUTH_MAX_LINE:
+                    self.close()  # before auth only short lines: a hostile peer
                 if line.strip() and not self.closed:
                     self.agent.dispatch(self, line)
+            if not self.authenticated and lines.pending > AUTH_MAX_LINE:
+                self.close()
         with self._state_lock:
             self._eof = True
             idle = self._inflight == 0
@@ -238,7 +241,6 @@ class Agent:
         if conn.nonces is not None and isinstance(theirs, str) and same_secret(
                 theirs, proof(self.token, "host", *conn.nonces)):
             conn.authenticated = True
-            conn.lines.max_line = None  # the host: requests carry code and files
             reply.event("done")
             return
         reply.event("fail", error="authentication failed", kind="auth")

@@ -121,6 +121,11 @@ class LineBuffer:
             self._check(self._pending)
         return lines
 
+    @property
+    def pending(self) -> int:
+        """Bytes of the unfinished line held."""
+        return self._pending
+
     def _check(self, size: int) -> None:
         if self.max_line is not None and size > self.max_line:
             raise ValueError(f"a line longer than {self.max_line} bytes")
