@@ -290,13 +290,12 @@ class LocalProvider(Provider):
 
         # Where bubblewrap finds our dirs: staged copies of the mounts when root.
         stage_items: list[str] = []
+        sb = str(sandbox_dir)  # its home/ and tmp/ are mounted only when not root (host-dir)
         if root:
-            sources = {"sb": str(sandbox_dir)}
-            sources.update({f"ro{i}": src for i, (src, _) in enumerate(extra_ro)})
+            sources = {f"ro{i}": src for i, (src, _) in enumerate(extra_ro)}
             staged = {name: _stage_dir(name) for name in sources}
             for name, src in sources.items():
                 stage_items += ["bind", src, staged[name]]
-            sb = staged["sb"]
             extra = [(staged[f"ro{i}"], dest) for i, (_, dest) in enumerate(extra_ro)]
             # The scratch tmpfs, with byte and inode caps bubblewrap cannot set.
             size = scratch_mb(spec.limits)
@@ -307,7 +306,6 @@ class LocalProvider(Provider):
                            f"mode={mode},uid={uid},gid={uid},nosuid,nodev")
                 stage_items += ["tmpfs", scratch[dest], options]
         else:
-            sb = str(sandbox_dir)
             extra = list(extra_ro)
             scratch = {}
 
