@@ -148,12 +148,15 @@ class AgentClient:
         finally:
             with self._lock:
                 self._pending.pop("auth", None)
-        answer = item[0] if item is not _CLOSED else {}
-        theirs, their_proof = answer.get("nonce"), answer.get("proof")
-        if item is _CLOSED or answer.get("ev") != "done":
+        if item is _CLOSED:
             raise AgentError("sandbox agent unreachable: the connection closed during "
-                             "authentication" if item is _CLOSED else
-                             f"the sandbox agent refused authentication: {answer.get('error')}")
+                             "authentication")
+        answer = item[0]
+        theirs, their_proof = answer.get("nonce"), answer.get("proof")
+        if answer.get("ev") != "done":
+            raise AgentError(f"the sandbox agent refused authentication ({answer.get('error')}): "
+                             "an agent older than this nexus-kernel? stop the sandbox and create "
+                             "a new one")
         if not (isinstance(theirs, str) and isinstance(their_proof, str) and same_secret(
                 their_proof, proof(self._token, "agent", mine, theirs))):
             raise AgentError("the sandbox's agent socket did not prove it is the agent (an "

@@ -64,7 +64,7 @@ class CloudProvider(Provider):
     service = ""
     #: MissingCredentialsError's message: how to set the credentials.
     missing_credentials = ""
-    #: Directory of the agent inside the sandbox, and of its socket and token.
+    #: Directory of the agent inside the sandbox, and of its socket.
     agent_dir = ""
     run_dir = ""
     #: Seconds the service keeps the sandbox past the agent's deadline (the host reaper and
