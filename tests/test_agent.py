@@ -26,7 +26,12 @@ from nexus_kernel.agent import (
     zipapp_argv,
     zipapp_bytes,
 )
-from nexus_kernel.agent.sandbox_agent.wire import INTERRUPT_GRACE_SECONDS, MAX_FILE_BYTES
+from nexus_kernel.agent.sandbox_agent.wire import (
+    AUTH_MAX_LINE,
+    INTERRUPT_GRACE_SECONDS,
+    MAX_FILE_BYTES,
+    proof,
+)
 from nexus_kernel.errors import AgentError, InvalidArgumentError
 
 TOKEN = "test-token-123"
@@ -56,15 +61,15 @@ class AgentProcess:
         self.home = home
         self.rundir = Path(tempfile.mkdtemp(prefix="nxa-", dir="/tmp"))  # short socket path
         self.socket = str(self.rundir / "agent.sock")
-        self.token_file = self.rundir / "token"
-        self.token_file.write_text(TOKEN + "\n")
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([os.path.dirname(AGENT_PYTHON), "/usr/bin", "/bin"])
-        argv = agent_argv("serve", "--socket", self.socket, "--token-file", str(self.token_file),
-                          "--home", str(home), zipapp=zipapp)
+        argv = agent_argv("serve", "--socket", self.socket, "--home", str(home), zipapp=zipapp)
         if deadline is not None:
             argv += ["--deadline", str(deadline)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                     start_new_session=True)
+        self.proc.stdin.write(TOKEN.encode() + b"\n")  # the token's one way in: stdin
+        self.proc.stdin.close()
         assert self.proc.stdout.readline() == b"READY\n"
         self.client = AgentClient(unix_connector(self.socket), TOKEN)
 
@@ -151,10 +156,44 @@ def start_and_wait_for_output(client, language: str, code: str, **kwargs):
     return pending
 
 
-def raw_exchange(path: str, *lines: bytes) -> list[dict]:
-    """Send raw request lines on a fresh socket and read one reply per line."""
+class RelayChannel:
+    """A channel through the agent's ``relay`` command (its stdin and stdout)."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+
+    def sendall(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self.proc.stdout.fileno(), size)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def authenticate(sock: socket.socket, token: str = TOKEN) -> None:
+    """The host's side of the ``auth`` handshake, by hand."""
+    mine = "ab" * 16
+    sock.sendall(json.dumps({"id": "a", "op": "auth", "nonce": mine}).encode() + b"\n")
+    answer = json.loads(sock.makefile("rb").readline())
+    assert answer["proof"] == proof(token, "agent", mine, answer["nonce"])
+    sock.sendall(json.dumps({"id": "a", "op": "auth",
+                             "proof": proof(token, "host", mine, answer["nonce"])}).encode() + b"\n")
+    assert json.loads(sock.makefile("rb").readline()) == {"id": "a", "ev": "done"}
+
+
+def raw_exchange(path: str, *lines: bytes, auth: bool = False) -> list[dict]:
+    """Send raw request lines on a fresh socket (authenticated first with ``auth``) and
+    read one reply per line."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
+        if auth:
+            authenticate(sock)
         sock.sendall(b"".join(lines))
         data = b""
         while data.count(b"\n") < len(lines):
@@ -172,15 +211,43 @@ def test_hello_startup_and_socket(agent, client):
     assert info["pid"] == agent.proc.pid
     assert {"python", "bash"} <= set(info["languages"])
     assert ("javascript" in info["languages"]) == HAVE_NODE
-    assert not agent.token_file.exists(), "the token file must be deleted"
-    assert os.stat(agent.socket).st_mode & 0o777 == 0o660  # the group: the docker relay runs under another uid
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o600
+    for what in ("cmdline", "environ"):
+        assert TOKEN.encode() not in Path(f"/proc/{agent.proc.pid}/{what}").read_bytes()
 
 
-def test_wrong_or_missing_token_fails_with_auth(agent):
-    with pytest.raises(AgentError, match="authentication"):
+def test_a_wrong_token_or_no_auth_gets_nothing(agent):
+    with pytest.raises(AgentError, match="did not prove it is the agent"):
         AgentClient(unix_connector(agent.socket), "wrong").hello()
     [reply] = raw_exchange(agent.socket, b'{"id": "x", "op": "hello"}\n')
     assert reply == {"id": "x", "ev": "fail", "error": reply["error"], "kind": "auth"}
+    # the token in a request, as protocol 1 sent it, is no way in either
+    [reply] = raw_exchange(agent.socket, json.dumps(
+        {"id": "y", "token": TOKEN, "op": "deadline", "at": None}).encode() + b"\n")
+    assert reply["ev"] == "fail" and reply["kind"] == "auth"
+
+
+def test_a_wrong_proof_ends_the_connection(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket)
+        sock.sendall(b'{"id": "a", "op": "auth", "nonce": "' + b"0" * 32 + b'"}\n')
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["ev"] == "done"
+        sock.sendall(b'{"id": "b", "op": "auth", "proof": "' + b"0" * 64 + b'"}\n'
+                     b'{"id": "c", "op": "hello"}\n')
+        assert json.loads(reader.readline())["kind"] == "auth"
+        assert reader.readline() == b""  # closed: the hello got no answer
+
+
+def test_an_unauthenticated_peer_cannot_make_the_agent_buffer(agent, client):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket)
+        with contextlib.suppress(OSError):  # the agent hangs up past AUTH_MAX_LINE
+            for _ in range(64):
+                sock.sendall(b"x" * AUTH_MAX_LINE)
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    assert client.hello()["pid"] == agent.proc.pid
 
 
 def test_invalid_requests_fail_without_crashing(agent, client):
@@ -193,9 +260,9 @@ def test_invalid_requests_fail_without_crashing(agent, client):
     with pytest.raises(InvalidArgumentError, match="timeout"):
         client.run("python", "1", timeout=-1)
     replies = raw_exchange(
-        agent.socket, b"this is not json\n", b"[1, 2]\n", b'{"id": 1, "token": 5}\n'
+        agent.socket, b"this is not json\n", b"[1, 2]\n", b'{"id": 1, "op": "auth"}\n', auth=True
     )
-    assert [r["kind"] for r in replies] == ["invalid", "invalid", "auth"]
+    assert [r["kind"] for r in replies] == ["invalid", "invalid", "invalid"]
     assert replies[0]["id"] is None and "\n" not in replies[0]["error"]
     assert client.hello()["pid"] == agent.proc.pid
 
@@ -556,17 +623,29 @@ def test_shutdown_kills_everything(client, agent):
 
 
 def test_relay_pumps_stdio_to_the_socket(agent):
-    relay = subprocess.Popen(
-        agent_argv("relay", "--socket", agent.socket),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    request = {"id": "r", "token": TOKEN, "op": "run", "language": "bash", "code": "echo via relay"}
-    out, _ = relay.communicate(json.dumps(request).encode() + b"\n", timeout=20)
-    events = [json.loads(line) for line in out.splitlines()]
-    assert events[0] == {"id": "r", "ev": "stdout", "data": "via relay\n"}
-    assert events[-1]["ev"] == "done" and events[-1]["exit_code"] == 0
-    assert relay.returncode == 0
+    argv = agent_argv("relay", "--socket", agent.socket, "--peer-pid", str(agent.proc.pid))
+    with AgentClient(lambda: RelayChannel(argv), TOKEN) as relayed:
+        result = relayed.run("bash", "echo via relay")
+    assert (result["stdout"], result["exit_code"]) == ("via relay\n", 0)
+
+
+def test_the_relay_refuses_a_socket_another_process_listens_on(agent, tmp_path):
+    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    impostor.bind(str(tmp_path / "impostor.sock"))
+    impostor.listen(1)
+    try:
+        relay = subprocess.run(
+            agent_argv("relay", "--socket", str(tmp_path / "impostor.sock"),
+                       "--peer-pid", str(agent.proc.pid)),
+            input=b'{"id": "r", "op": "hello"}\n', capture_output=True, timeout=20)
+        assert relay.returncode == 1 and b"refusing it" in relay.stderr
+        impostor.settimeout(1)
+        conn, _ = impostor.accept()  # it connected, and sent nothing
+        conn.settimeout(1)
+        assert conn.recv(100) == b""
+        conn.close()
+    finally:
+        impostor.close()
 
 
 def test_client_reconnects_and_reports_an_unreachable_agent(client, agent):
@@ -596,12 +675,9 @@ def test_the_zipapp_serves_sessions_and_relays(tmp_path):
             assert found["matches"] == ["bit_length"] and found["cursor_start"] == 2
         else:
             assert found["matches"] == ["x.bit_length"]
-        relay = subprocess.Popen(agent_argv("relay", "--socket", agent.socket, zipapp=zipapp),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        request = {"id": "r", "token": TOKEN, "op": "run", "language": "python",
-                   "code": "print(x + 1)", "session": "s"}
-        out, _ = relay.communicate(json.dumps(request).encode() + b"\n", timeout=20)
-        assert json.loads(out.splitlines()[0]) == {"id": "r", "ev": "stdout", "data": "43\n"}
+        argv = agent_argv("relay", "--socket", agent.socket, zipapp=zipapp)
+        with AgentClient(lambda: RelayChannel(argv), TOKEN) as relayed:
+            assert relayed.run("python", "print(x + 1)", session="s")["stdout"] == "43\n"
         unreachable = agent_argv("relay", "--socket", str(tmp_path / "none"), zipapp=zipapp)
         assert subprocess.run(unreachable, capture_output=True).returncode == 1  # status kept
     finally:

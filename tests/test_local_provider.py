@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from nexus_kernel.agent.client import AgentClient
+from nexus_kernel.agent.sandbox_agent.wire import proof
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import AgentError, ProviderError, ProviderUnavailableError
 from nexus_kernel.models import Limits, SandboxSpec
@@ -42,11 +44,14 @@ class Agent:
     def __init__(self, provider: LocalProvider, handle: dict[str, Any]):
         self.sock = provider.connect(handle)
         self.file = self.sock.makefile("rwb")
-        self.token = handle["token"]
+        token, mine = handle["token"], "cd" * 16
+        _, answer = self.request("auth", nonce=mine)
+        assert answer["proof"] == proof(token, "agent", mine, answer["nonce"]), answer
+        self.request("auth", proof=proof(token, "host", mine, answer["nonce"]))
 
     def request(self, op: str, **args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         rid = uuid.uuid4().hex
-        self.file.write((json.dumps({"id": rid, "token": self.token, "op": op, **args}) + "\n").encode())
+        self.file.write((json.dumps({"id": rid, "op": op, **args}) + "\n").encode())
         self.file.flush()
         events = []
         while True:
@@ -167,7 +172,9 @@ def test_handle_shape(shared: tuple[dict[str, Any], Agent], settings: Settings) 
     assert set(handle) >= {"token", "socket", "dir", "pid", "child_pid", "cgroup", "uid", "limits"}
     assert Path(handle["dir"]) == settings.sandboxes_dir / handle["sandbox_id"]
     assert json.loads(json.dumps(handle)) == handle
-    assert not (Path(handle["dir"]) / "run" / "token").exists(), "the agent deletes the token file"
+    assert not [p for p in Path(handle["dir"]).rglob("*") if p.name == "token"], "no token file"
+    sock = Path(handle["socket"])
+    assert sock.parent.stat().st_mode & 0o777 == 0o700 and sock.lstat().st_uid == os.geteuid()
 
 
 def test_identity_and_privileges(shared: tuple[dict[str, Any], Agent]) -> None:
@@ -290,9 +297,8 @@ def test_second_process_reattaches_from_the_handle(
         "handle = json.loads(sys.argv[1])\n"
         "p = LocalProvider(Settings.load(home=Path(sys.argv[2])))\n"
         "assert p.alive(handle)\n"
-        "s = p.connect(handle)\n"
-        "s.sendall((json.dumps({'id': 'x', 'token': handle['token'], 'op': 'hello'}) + '\\n').encode())\n"
-        "print(s.makefile('rb').readline().decode())\n"
+        "from nexus_kernel.agent.client import AgentClient\n"
+        "print(json.dumps(AgentClient(lambda: p.connect(handle), handle['token']).hello()))\n"
     )
     r = subprocess.run(
         [sys.executable, "-c", script, json.dumps(handle), str(settings.home)],
@@ -300,18 +306,14 @@ def test_second_process_reattaches_from_the_handle(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    event = json.loads(r.stdout)
-    assert event["id"] == "x" and event["ev"] == "done"
+    assert json.loads(r.stdout)["pid"] == 1  # the jail's init
 
 
 def test_wrong_token_is_refused(shared: tuple[dict[str, Any], Agent], provider: LocalProvider) -> None:
     handle, _ = shared
-    other = Agent(provider, {**handle, "token": "0" * 64})
-    try:
-        _, end = other.request("hello")
-        assert end["ev"] == "fail"
-    finally:
-        other.close()
+    with (AgentClient(lambda: provider.connect(handle), "0" * 64) as other,
+          pytest.raises(AgentError, match="did not prove it is the agent")):
+        other.hello()
 
 
 def test_list_resources(shared: tuple[dict[str, Any], Agent], provider: LocalProvider) -> None:

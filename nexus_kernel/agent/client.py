@@ -2,7 +2,9 @@
 
 One :class:`AgentClient` talks to one sandbox over one byte stream (a unix socket, an exec
 stdio pipe, ...). Several threads may use it at once: requests carry ids, and one reader
-thread routes every event to the queue of the request it belongs to.
+thread routes every event to the queue of the request it belongs to. Each new stream is
+authenticated first (``auth``): the agent proves it holds the token before the client sends
+anything else, and the token itself never travels.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import contextlib
 import itertools
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -19,7 +22,15 @@ from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
 from .hints import missing_module_hint
-from .sandbox_agent.wire import LineBuffer, decode, encode
+from .sandbox_agent.wire import (
+    AUTH_MAX_LINE,
+    NONCE_HEX,
+    LineBuffer,
+    decode,
+    encode,
+    proof,
+    same_secret,
+)
 
 __all__ = ["AgentClient", "Channel", "unix_connector"]
 
@@ -36,6 +47,8 @@ JSON_EXPANSION = 8
 RUN_SLACK_BYTES = 16 * 1024 * 1024
 #: How long a file transfer may take.
 FILE_WAIT = 300.0
+#: How long the agent may take to answer the ``auth`` challenge of a new stream.
+AUTH_WAIT = 30.0
 
 _CLOSED = object()  # queued to pending requests when their channel ends
 
@@ -78,14 +91,15 @@ class AgentClient:
     """Talks to one sandbox agent.
 
     ``connect()`` returns a new :class:`Channel`; it is called lazily on the first request
-    and again (once per request) when the channel has died. ``token`` authenticates every
-    request.
+    and again (once per request) when the channel has died. ``token`` is the secret the
+    agent and the client prove to each other on every new channel.
     """
 
     def __init__(self, connect: Callable[[], Channel], token: str):
         self._connect = connect
         self._token = token
         self._lock = threading.Lock()  # guards _channel and _pending
+        self._connect_lock = threading.Lock()  # one new channel at a time
         self._send_lock = threading.Lock()
         self._channel: Channel | None = None
         self._pending: dict[str, tuple[queue.SimpleQueue, Channel]] = {}
@@ -94,18 +108,65 @@ class AgentClient:
     # -- plumbing ---------------------------------------------------------------------
 
     def _ensure_channel(self) -> Channel:
-        with self._lock:
-            if self._channel is not None:
-                return self._channel
+        with self._connect_lock:
+            with self._lock:
+                if self._channel is not None:
+                    return self._channel
             try:
                 channel = self._connect()
             except Exception as exc:
                 raise AgentError(f"sandbox agent unreachable: {exc}") from exc
-            self._channel = channel
-        threading.Thread(
-            target=self._read_loop, args=(channel,), name="nexus-agent-reader", daemon=True
-        ).start()
-        return channel
+            lines = LineBuffer(AUTH_MAX_LINE)  # short lines until the agent is proven
+            threading.Thread(target=self._read_loop, args=(channel, lines),
+                             name="nexus-agent-reader", daemon=True).start()
+            try:
+                self._authenticate(channel)
+            except BaseException:
+                self._drop(channel)
+                raise
+            lines.max_line = MAX_LINE_BYTES
+            with self._lock:
+                self._channel = channel
+            return channel
+
+    def _authenticate(self, channel: Channel) -> None:
+        """The ``auth`` handshake (``docs/agent-protocol.md``): the agent proves it holds the
+        token for our nonce and its own; only then does the client send its proof, and
+        requests after it. A peer that is not the agent (an impostor socket) learns nothing."""
+        mine = secrets.token_hex(NONCE_HEX // 2)
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            self._pending["auth"] = (q, channel)
+        try:
+            channel.sendall(encode({"id": "auth", "op": "auth", "nonce": mine}))
+            item = q.get(timeout=AUTH_WAIT)
+        except queue.Empty:
+            raise AgentError(
+                f"sandbox agent did not answer the authentication within {AUTH_WAIT:g} s") from None
+        except OSError as exc:
+            raise AgentError(f"sandbox agent unreachable: {exc}") from exc
+        finally:
+            with self._lock:
+                self._pending.pop("auth", None)
+        if item is _CLOSED:
+            raise AgentError("sandbox agent unreachable: the connection closed during "
+                             "authentication")
+        answer = item[0]
+        theirs, their_proof = answer.get("nonce"), answer.get("proof")
+        if answer.get("ev") != "done":
+            raise AgentError(f"the sandbox agent refused authentication ({answer.get('error')}): "
+                             "an agent older than this nexus-kernel? stop the sandbox and create "
+                             "a new one")
+        if not (isinstance(theirs, str) and isinstance(their_proof, str) and same_secret(
+                their_proof, proof(self._token, "agent", mine, theirs))):
+            raise AgentError("the sandbox's agent socket did not prove it is the agent (an "
+                             "impostor inside the sandbox?): nothing was sent; stop the sandbox")
+        try:
+            with self._send_lock:
+                channel.sendall(encode({"id": "auth2", "op": "auth",
+                                        "proof": proof(self._token, "host", mine, theirs)}))
+        except OSError as exc:
+            raise AgentError(f"sandbox agent unreachable: {exc}") from exc
 
     def _drop(self, channel: Channel) -> None:
         """Forget a dead channel and fail every request still waiting on it."""
@@ -117,8 +178,7 @@ class AgentClient:
             q.put(_CLOSED)
         _close_channel(channel)
 
-    def _read_loop(self, channel: Channel) -> None:
-        lines = LineBuffer(MAX_LINE_BYTES)
+    def _read_loop(self, channel: Channel, lines: LineBuffer) -> None:
         try:
             while True:
                 data = channel.recv(65536)
@@ -171,7 +231,7 @@ class AgentClient:
         """Send ``op`` and wait for its ``done``; fails when it takes longer than ``wait``
         seconds or its messages carry more than ``max_bytes`` bytes (None = unbounded)."""
         rid = f"c{next(self._ids)}"
-        msg = {"id": rid, "token": self._token, "op": op}
+        msg = {"id": rid, "op": op}
         msg.update(args)
         q: queue.SimpleQueue = queue.SimpleQueue()
         self._send(rid, encode(msg), q)

@@ -2,9 +2,9 @@
 
 Two forms, one program:
 
-- a **directory** (:data:`PACKAGE_DIR`) where the provider can mount one (local: a
-  read-only bind of a copy with bytecode compiled by the sandbox's python; docker: copied
-  into the image), started by :func:`dir_argv`;
+- a **directory** (:data:`PACKAGE_DIR`) where the provider can place one (local: a copy
+  with bytecode compiled by the sandbox's python, copied into a read-only tmpfs; docker:
+  copied into the image), started by :func:`dir_argv`;
 - a **zipapp** where one file must be uploaded (e2b, modal), built in memory by
   :func:`zipapp_bytes` and started by :func:`zipapp_argv` (``python3 PATH ARGS``).
 

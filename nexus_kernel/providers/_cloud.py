@@ -65,7 +65,7 @@ class CloudProvider(Provider):
     service = ""
     #: MissingCredentialsError's message: how to set the credentials.
     missing_credentials = ""
-    #: Directory of the agent inside the sandbox, and of its socket and token.
+    #: Directory of the agent inside the sandbox, and of its socket.
     agent_dir = ""
     run_dir = ""
     #: Seconds the service keeps the sandbox past the agent's deadline (the host reaper and
@@ -137,15 +137,17 @@ class CloudProvider(Provider):
         return ": " + self.capped.format(minutes=self._max_seconds // 60)
 
     def boot_script(self, deadline: float | None) -> str:
-        """The shell line that takes the token on stdin and becomes the agent."""
+        """The shell line that becomes the agent, which takes its token on stdin."""
         command = agent_command(  # the uploaded zipapp, run as a script (no -I)
-            self._python, self.agent_path, *serve_args(self.run_dir, HOME, deadline), flags=()
+            self._python, self.agent_path,
+            *serve_args(HOME, deadline, socket=f"{self.run_dir}/agent.sock"), flags=()
         )
-        return boot_script(command, self.run_dir, make_dirs=(self.run_dir, HOME))
+        return boot_script(command, make_dirs=(self.run_dir, HOME))
 
     def relay_command(self) -> list[str]:
         """The command whose stdio is a stream to the agent."""
-        return agent_command(self._python, self.agent_path, *relay_args(self.run_dir), flags=())
+        return agent_command(self._python, self.agent_path,
+                             *relay_args(f"{self.run_dir}/agent.sock"), flags=())
 
     @property
     def agent_path(self) -> str:

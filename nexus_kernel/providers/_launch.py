@@ -2,7 +2,8 @@
 
 - :func:`agent_command`: the one command line that runs the agent (``serve`` to start it,
   ``relay`` to open a stream to it), wherever the agent is installed in the sandbox.
-- :func:`boot_script`: the shell line that hands the agent its token on stdin and becomes it.
+- :func:`boot_script`: the shell line that makes the agent's dirs and becomes the agent, which
+  reads its token from stdin.
 - :func:`wait_for_ready`: the one wait (bounded) for the agent's ``READY`` line.
 - :func:`resource_labels`: the labels (tags, metadata) reconcile finds our sandboxes by.
 - :func:`import_sdk` / :func:`require_sdk`: the lazy import of a provider's SDK, with
@@ -39,35 +40,39 @@ def agent_command(
     return dir_argv(python, location, *args, flags=tuple(flags))
 
 
-def serve_args(run_dir: str, home: str, deadline: float | None) -> list[str]:
-    """Arguments of ``agent serve``: socket and one-shot token file in ``run_dir``, the
-    sandbox's home, and the watchdog deadline (epoch seconds) when there is one."""
-    args = ["serve", "--socket", f"{run_dir}/agent.sock", "--token-file", f"{run_dir}/token",
-            "--home", home]  # fmt: skip
+def serve_args(
+    home: str,
+    deadline: float | None,
+    *,
+    socket: str | None = None,
+    listen_fd: int | None = None,
+    token_fd: int | None = None,
+) -> list[str]:
+    """Arguments of ``agent serve``: where it listens (``socket``: a path or ``@name``, an
+    abstract socket; or ``listen_fd``, a listening socket the host made), where it reads
+    its token (``token_fd``; default stdin: never a file, a command line or the
+    environment), the sandbox's home, and the watchdog deadline (epoch s) when there is one."""
+    args = ["serve", *(["--socket", socket] if listen_fd is None else ["--listen-fd", str(listen_fd)])]
+    if token_fd is not None:
+        args += ["--token-fd", str(token_fd)]
+    args += ["--home", home]
     if deadline is not None:
         args += ["--deadline", f"{deadline:.3f}"]
     return args
 
 
-def relay_args(run_dir: str) -> list[str]:
-    """Arguments of ``agent relay``: its stdio becomes a stream to the agent's socket."""
-    return ["relay", "--socket", f"{run_dir}/agent.sock"]
+def relay_args(socket: str, peer_pid: int | None = None) -> list[str]:
+    """Arguments of ``agent relay``: its stdio becomes a stream to the agent's ``socket``;
+    with ``peer_pid``, only when the agent (that pid) is the one listening there."""
+    return ["relay", "--socket", socket, *([] if peer_pid is None else ["--peer-pid", str(peer_pid)])]
 
 
-def boot_script(
-    command: Sequence[str], run_dir: str, *, make_dirs: Sequence[str] = (), group_mode: bool = False
-) -> str:
-    """A POSIX shell line: read the token from stdin into ``run_dir/token`` (mode 0600),
-    then exec ``command`` (the agent). The token never appears in a command line or the
-    environment. ``make_dirs`` are created first; ``group_mode`` opens ``run_dir`` to its
-    group (0750), for relays that run under another uid of that group."""
-    token_path = shlex.quote(f"{run_dir}/token")
+def boot_script(command: Sequence[str], make_dirs: Sequence[str] = ()) -> str:
+    """A POSIX shell line: create ``make_dirs`` (private), then exec ``command`` (the agent,
+    which reads its token from the stdin it inherits)."""
     steps = ["umask 077"]
     if make_dirs:
         steps.append(f"mkdir -p {' '.join(map(shlex.quote, make_dirs))} || exit 69")
-    steps += ["IFS= read -r t || exit 70", f"printf '%s' \"$t\" > {token_path} || exit 71", "t="]
-    if group_mode:
-        steps.append(f"chmod 0750 {shlex.quote(run_dir)} || exit 72")
     steps.append(f"exec {shlex.join(command)}")
     return "; ".join(steps)
 

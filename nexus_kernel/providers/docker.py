@@ -8,22 +8,22 @@ even when no client is alive, and ``auto_remove`` deletes it then.
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
 no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
-(the working directory), ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their pages
-count against the memory cap) and ``/run/nexus`` (the agent's socket), user 1000:1000, no
-host mounts and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
+(the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their pages
+count against the memory cap), user 1000:1000, no host mounts and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
 ``nexus.expires_at`` for reconcile.
 
-The agent's token never touches the image, the container config or a disk: the container
-starts with ``sh`` reading one line from its stdin, writing it to the tmpfs
-``/run/nexus/token`` (mode 0600) and exec-ing the agent, which reads and deletes that file
-before it accepts anything and before any user code runs. The host writes the token over a
-``docker attach`` stream opened before start, and reads the agent's ``READY`` line on the
-same stream.
+The agent's token never touches the image, the container config or any file: the agent
+(the container's command) reads it as one line from its stdin before any user code runs;
+the host writes it over a ``docker attach`` stream opened before start, and reads the
+agent's ``READY`` line on the same stream.
 
-The stream to the agent is a ``docker exec -i`` of the agent's ``relay`` (it works
-against remote engines too), run as RELAY_USER: another uid in the sandbox user's group, so
-sandbox code can neither kill it nor read the token from its memory; the container's
-command opens ``/run/nexus`` to that group. :class:`DockerStreamChannel` removes Docker's
+The agent listens on the abstract unix socket SOCKET (in the container's network namespace):
+no file sandbox code could rename, replace or point elsewhere, and bound before any user
+code runs, so no one else can hold the name. The stream to the agent is a ``docker exec -i``
+of the agent's ``relay`` (it works against remote engines too), which talks only to a socket
+whose listener is pid 1, the agent (SO_PEERCRED), run as RELAY_USER: another uid, so sandbox
+code can neither kill it nor read its memory. Each stream then authenticates the agent (the
+``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes Docker's
 stream framing.
 """
 
@@ -48,7 +48,6 @@ from ..errors import (
 from ..models import Limits, SandboxSpec
 from ._launch import (
     agent_command,
-    boot_script,
     import_sdk,
     relay_args,
     resource_labels,
@@ -66,13 +65,14 @@ from .base import (
 from .cgroups import LEFTOVER_GRACE_SECONDS
 
 AGENT_DIR = "/opt/nexus-agent"
-RUN_DIR = "/run/nexus"
+#: The agent's abstract unix socket, and its pid (the container's init).
+SOCKET = "@nexus-agent"
+AGENT_PID = 1
 HOME = "/home/user"
 PYTHON = "python3"
 USER = "1000:1000"
-#: The relay of each stream runs under another uid (in the sandbox user's group, which may
-#: connect to the agent's socket), so sandbox code cannot kill it (``kill -9 -1``) or read
-#: its memory (requests carry the token).
+#: The relay of each stream runs under another uid, so sandbox code cannot kill it
+#: (``kill -9 -1``) or read its memory (requests carry the user's code and files).
 RELAY_USER = "1001:1000"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
@@ -226,11 +226,9 @@ def _underlying_socket(raw: Any) -> Any:
 
 
 def container_command(deadline: float | None) -> list[str]:
-    """The container's command: read the token from stdin into the tmpfs token file, then
-    become the agent (so the container lives exactly as long as the agent). The relay's
-    group may reach the socket: the image's dir mode is copied up (0700), so it is opened."""
-    serve = agent_command(PYTHON, AGENT_DIR, *serve_args(RUN_DIR, HOME, deadline))
-    return ["/bin/sh", "-c", boot_script(serve, RUN_DIR, group_mode=True)]
+    """The container's command: the agent (so the container lives exactly as long as the
+    agent), which reads its token from stdin."""
+    return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
 
 
 def hardening(limits: Limits, network: bool) -> dict[str, Any]:
@@ -251,7 +249,6 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
             "/tmp": f"{scratch},mode=1777",
             "/dev/shm": f"{scratch},mode=1777",
             HOME: f"{scratch},uid=1000,gid=1000,mode=0755",
-            RUN_DIR: "rw,nosuid,nodev,noexec,size=1m,uid=1000,gid=1000,mode=0750",
         },
         "ulimits": [{"Name": "nofile", "Soft": OPEN_FILES, "Hard": OPEN_FILES}],
         # No --init: the agent is pid 1 (see the module doc).
@@ -377,7 +374,7 @@ class DockerProvider(Provider):
         host = self._host(handle)
         client = self._client(host)
         container_id = handle["container_id"]
-        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(RUN_DIR))
+        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=AGENT_PID))
         with _api_errors(host, "open a stream to the sandbox"):
             try:
                 exec_id = client.api.exec_create(

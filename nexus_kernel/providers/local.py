@@ -2,7 +2,7 @@
 
 Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
 
-    run/    bound read-write at /run/nexus (agent socket + one-shot token file)
+    sock/   the agent's socket (0700, the caller's; never mounted in the jail)
     etc/    synthesised passwd, group, hosts ... (copied into the jail, never bound)
     agent.log   the agent's (and bubblewrap's) stderr
     handle.json the handle plus store_id, for reconcile
@@ -33,6 +33,13 @@ The agent is the jail's pid 1 (``--as-pid-1``): sandbox code cannot SIGKILL it (
 spares a namespace's init) and it reaps every orphan. The memory cgroup is visible read-only
 at /sys/fs/cgroup, so the agent can tell a run that the OOM killer ended it.
 
+The channel: the host creates the agent's listening socket in ``sock/`` and hands the agent
+its fd, and the token through a pipe; nothing of either is in the jail's file system, so
+sandbox code cannot rename, replace or redirect the socket (the host also connects through
+an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent package is
+copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
+host path of the sandbox's state.
+
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
 """
@@ -40,6 +47,7 @@ creator killed in the middle of ``create`` leaves a sandbox the reaper can find 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -49,6 +57,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -91,12 +100,13 @@ SLIRP_DNS = "10.0.2.3"
 NS_GET_USERNS = 0xB701
 INNER_UID = 1000
 HOME = "/home/user"
-RUN_DIR = "/run/nexus"
 AGENT_DIR = "/opt/nexus-agent"
 TEMPLATE_DIR = "/opt/template"
 #: Root-owned empty mount points for staging (see ``_WRAPPER_SCRIPT``).
 STAGE_DIR = "/run/nexus-kernel/stage"
 READY_TIMEOUT = 30.0
+#: The agent's socket in the sandbox dir's ``sock/``.
+SOCKET_NAME = "agent.sock"
 #: Writable scratch mounts of the jail and the mode of each tmpfs root.
 SCRATCH_MOUNTS = {HOME: "0700", "/tmp": "1777", "/dev/shm": "1777"}
 
@@ -219,7 +229,7 @@ class LocalProvider(Provider):
         handle: Handle = {
             "sandbox_id": spec.sandbox_id,
             "token": token,
-            "socket": str(sandbox_dir / "run" / "agent.sock"),
+            "socket": str(sandbox_dir / "sock" / SOCKET_NAME),
             "dir": str(sandbox_dir),
             "cgroup": None,
             "limits": "rlimit",
@@ -244,7 +254,7 @@ class LocalProvider(Provider):
                 uids.bind(uid, spec.sandbox_id, handle["child_pid"], handle["child_start"])
 
         try:
-            _make_dirs(sandbox_dir, uid, gid, token, scratch_on_disk=handle["disk"] == "host-dir")
+            _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
             etc_files = _write_etc(sandbox_dir / "etc", spec.network)
             if self.options.get("cgroups", True):
                 cgroup = create_cgroup(spec.sandbox_id, spec.limits)
@@ -253,7 +263,7 @@ class LocalProvider(Provider):
             # From here on a creator killed mid-create leaves a sandbox the reaper can find.
             _write_handle(sandbox_dir, spec.store_id, handle)
             proc, _ = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid,
-                                   started=started)
+                                   token, started=started)
         except BaseException:
             if proc is not None:
                 _kill_quietly(proc.pid)
@@ -275,6 +285,7 @@ class LocalProvider(Provider):
         cgroup: Cgroup | None,
         root: bool,
         uid: int,
+        token: str,
         started: Any = None,
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         """Spawn [unshare ->] [sh wrapper ->] [prlimit ->] [setpriv ->] bwrap -> agent (all
@@ -291,13 +302,12 @@ class LocalProvider(Provider):
 
         # Where bubblewrap finds our dirs: staged copies of the mounts when root.
         stage_items: list[str] = []
+        sb = str(sandbox_dir)  # its home/ and tmp/ are mounted only when not root (host-dir)
         if root:
-            sources = {"sb": str(sandbox_dir), "agent": str(agent_dir)}
-            sources.update({f"ro{i}": src for i, (src, _) in enumerate(extra_ro)})
+            sources = {f"ro{i}": src for i, (src, _) in enumerate(extra_ro)}
             staged = {name: _stage_dir(name) for name in sources}
             for name, src in sources.items():
                 stage_items += ["bind", src, staged[name]]
-            sb, agent = staged["sb"], staged["agent"]
             extra = [(staged[f"ro{i}"], dest) for i, (_, dest) in enumerate(extra_ro)]
             # The scratch tmpfs, with byte and inode caps bubblewrap cannot set.
             size = scratch_mb(spec.limits)
@@ -308,7 +318,6 @@ class LocalProvider(Provider):
                            f"mode={mode},uid={uid},gid={uid},nosuid,nodev")
                 stage_items += ["tmpfs", scratch[dest], options]
         else:
-            sb, agent = str(sandbox_dir), str(agent_dir)
             extra = list(extra_ro)
             scratch = {}
 
@@ -319,13 +328,22 @@ class LocalProvider(Provider):
         data_fds: list[int] = []
         log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            bwrap = self._bwrap_args(spec, sb, agent, extra, etc_files, data_fds, info_w,
+            # The channel: a listening socket where the jail cannot reach, and the token
+            # through a pipe (64 hex characters: the pipe buffer holds them).
+            data_fds.append(_listen(sandbox_dir / "sock"))
+            token_r, token_w = os.pipe()
+            data_fds.append(token_r)
+            with os.fdopen(token_w, "w") as pipe:
+                pipe.write(token + "\n")
+            bwrap = self._bwrap_args(spec, sb, agent_dir, extra, etc_files, data_fds, info_w,
                                      scratch, cgroup)
             # Imported as a module, so Python loads the bytecode of ``_agent_with_bytecode``
             # instead of compiling the source at every start (~12 ms). -S: the agent is
             # stdlib only, so skip site (a few ms); run code keeps site.
-            agent_cmd = agent_command(python, AGENT_DIR, *serve_args(RUN_DIR, HOME, spec.deadline),
-                                      flags=("-I", "-S", "-B"))
+            agent_cmd = agent_command(
+                python, AGENT_DIR,
+                *serve_args(HOME, spec.deadline, listen_fd=data_fds[0], token_fd=token_r),
+                flags=("-I", "-S", "-B"))
             command = bwrap + ["--", *agent_cmd]
             if root:
                 command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
@@ -424,7 +442,7 @@ class LocalProvider(Provider):
         self,
         spec: SandboxSpec,
         sb: str,
-        agent: str,
+        agent_dir: Path,
         extra: list[tuple[str, str]],
         etc_files: dict[str, Path],
         data_fds: list[int],
@@ -465,8 +483,16 @@ class LocalProvider(Provider):
             fd = os.open(path, os.O_RDONLY)
             data_fds.append(fd)
             args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
-        args += ["--bind", f"{sb}/run", RUN_DIR, "--ro-bind", agent, AGENT_DIR,
-                 "--symlink", "/tmp", "/var/tmp"]  # fmt: skip
+        # The agent, copied into a tmpfs of its own made read-only: no host path shows.
+        args += ["--perms", "0755", "--tmpfs", AGENT_DIR]
+        files = _agent_files(agent_dir)
+        for folder in sorted({os.path.dirname(relative) for relative, _ in files}):
+            args += ["--perms", "0755", "--dir", f"{AGENT_DIR}/{folder}"]
+        for relative, source in files:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            data_fds.append(fd)
+            args += ["--perms", "0644", "--file", str(fd), f"{AGENT_DIR}/{relative}"]
+        args += ["--remount-ro", AGENT_DIR, "--symlink", "/tmp", "/var/tmp"]
         for src, dest in extra:
             args += ["--ro-bind", src, dest]
         if cgroup is not None:  # read-only: lets the agent see the OOM killer's count
@@ -474,7 +500,7 @@ class LocalProvider(Provider):
             dest = "/sys/fs/cgroup" if "unified" in cgroup.paths else "/sys/fs/cgroup/memory"
             if memory:
                 args += ["--ro-bind-try", memory, dest]
-        # Only home, /tmp, /run/nexus and /dev/shm stay writable.
+        # Only home, /tmp and /dev/shm stay writable.
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
         args += ["--chdir", HOME, "--info-fd", str(info_fd)]
         seccomp = program_fd()
@@ -486,24 +512,28 @@ class LocalProvider(Provider):
     # ---------------------------------------------------------------- lifecycle
 
     def connect(self, handle: Handle) -> socket.socket:
-        """A unix socket connected to the agent."""
+        """A unix socket connected to the agent: through an ``O_NOFOLLOW`` handle on the
+        socket's directory, and only to a socket this host uid made (never a link)."""
         path = handle["socket"]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dir_fd = -1
         try:
-            if len(os.fsencode(path)) < 100:
-                sock.connect(path)
-            else:  # sun_path is ~108 bytes: go through a short /proc/self/fd path instead
-                dir_fd = os.open(os.path.dirname(path), os.O_PATH)
-                try:
-                    sock.connect(f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}")
-                finally:
-                    os.close(dir_fd)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            dir_fd = os.open(os.path.dirname(path),
+                             os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            name = os.path.basename(path)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "not a socket of this user")
+            sock.connect(f"/proc/self/fd/{dir_fd}/{name}")
+        except OSError as exc:
             sock.close()
             raise AgentError(
                 f"sandbox {handle.get('sandbox_id', '?')} is not running (no agent at {path}: "
-                f"{exc.strerror}); stop it and create a new one"
+                f"{exc.strerror or exc}); stop it and create a new one"
             ) from None
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
         return sock
 
     def pause(self, handle: Handle) -> None:
@@ -714,22 +744,42 @@ def _probe_userns(bwrap: str, uid: int | None) -> str | None:
     return None
 
 
-def _make_dirs(sandbox_dir: Path, uid: int, gid: int, token: str, scratch_on_disk: bool) -> None:
-    """run/ (and home/, tmp/ when they are not tmpfs) owned by the jail's host uid, and the
-    one-shot token file."""
-    names = (("home", 0o700), ("tmp", 0o1777)) if scratch_on_disk else ()
-    for name, mode in (*names, ("run", 0o700)):
+def _make_dirs(sandbox_dir: Path, uid: int, gid: int, scratch_on_disk: bool) -> None:
+    """sock/ (the caller's, 0700), and home/, tmp/ owned by the jail's host uid when they
+    are not tmpfs."""
+    (sandbox_dir / "sock").mkdir(mode=0o700)
+    for name, mode in (("home", 0o700), ("tmp", 0o1777)) if scratch_on_disk else ():
         path = sandbox_dir / name
         path.mkdir()
         os.chmod(path, mode)
         if os.geteuid() == 0:
             os.chown(path, uid, gid)
-    token_file = sandbox_dir / "run" / "token"
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    if os.geteuid() == 0:
-        os.chown(token_file, uid, gid)
+
+
+def _listen(folder: Path) -> int:
+    """A listening unix socket at ``folder/SOCKET_NAME`` (bound through a short
+    ``/proc/self/fd`` path: sun_path holds ~108 bytes); its fd, inheritable."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        sock.bind(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return sock.detach()
+
+
+def _agent_files(agent_dir: Path) -> list[tuple[str, Path]]:
+    """(path under AGENT_DIR, host file) of the agent package and its bytecode."""
+    package = agent_dir / PACKAGE_DIR.name
+    files = [(f"{package.name}/{p.name}", p) for p in package_files(package)]
+    cache = package / "__pycache__"
+    if cache.is_dir():
+        files += [(f"{package.name}/__pycache__/{p.name}", p) for p in sorted(cache.glob("*.pyc"))]
+    return files
 
 
 def _write_etc(etc: Path, network: bool) -> dict[str, Path]:

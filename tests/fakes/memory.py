@@ -6,12 +6,13 @@ Test-only: it is never registered for users; tests register it for their own dur
 
 A sandbox is a :class:`MemorySandbox` in this process (create, pause, resume, destroy, alive,
 list_resources and extend only change it), so a create and a stop start no process. Its
-channel answers the agent's control requests itself (``deadline``, recorded as the watchdog
-deadline; ``interrupt`` and ``sessions``, which have nothing to act on yet) as long as no
-code has run. The first request it cannot answer (a run, a file, a wrong token, a malformed
-request ...) starts the REAL agent lazily, as a host subprocess in a private directory
+channel answers the ``auth`` handshake as the agent would (it holds the token) and the
+agent's control requests itself (``deadline``, recorded as the watchdog deadline;
+``interrupt`` and ``sessions``, which have nothing to act on yet) as long as no code has
+run. The first request it cannot answer (a run, a file, a malformed request ...) starts the
+REAL agent lazily, as a host subprocess in a private directory
 (:class:`~tests.fakes._vm.FakeVM`, as the e2b and modal fakes do), with the recorded
-deadline, and from then on every channel forwards bytes both ways.
+deadline; the channel authenticates to it, and from then on forwards bytes both ways.
 
 Not a jail: the agent and the code it runs are plain host processes, with the host's network
 and no resource caps; pause is SIGSTOP/SIGCONT. Sandboxes live in this process only (another
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nexus_kernel.agent.deploy import PACKAGE_DIR
+from nexus_kernel.agent.sandbox_agent.wire import proof
 from nexus_kernel.config import Settings
 from nexus_kernel.models import SandboxSpec
 from nexus_kernel.providers import register_provider, unregister_provider
@@ -44,7 +46,7 @@ from nexus_kernel.providers.base import Capabilities, Handle, Provider
 from ._vm import FakeVM
 
 NAME = "memory"
-#: Where the agent keeps its socket and one-shot token file, inside its FakeVM.
+#: Where the agent keeps its socket, inside its FakeVM.
 RUN_DIR = "/run/nexus"
 READY_TIMEOUT = 30.0
 
@@ -98,7 +100,7 @@ class MemorySandbox:
             msg = json.loads(line)
         except ValueError:
             return None
-        if not isinstance(msg, dict) or msg.get("token") != self.token:
+        if not isinstance(msg, dict):
             return None  # the agent says what is wrong, in its own words
         op = msg.get("op")
         with self.lock:
@@ -130,13 +132,12 @@ class MemorySandbox:
         vm = FakeVM("nexus-mem-")
         run_dir = vm.host_path(RUN_DIR)
         run_dir.mkdir(mode=0o700, parents=True)
-        token_file = run_dir / "token"
-        token_file.write_text(self.token)
-        token_file.chmod(0o600)
         argv = agent_command(sys.executable, str(PACKAGE_DIR.parent),
-                             *serve_args(RUN_DIR, "/home/user", self.deadline))
-        agent = vm.spawn(argv, stdin=False)
+                             *serve_args("/home/user", self.deadline, socket=f"{RUN_DIR}/agent.sock"))
+        agent = vm.spawn(argv, stdin=True)
         try:
+            agent.stdin.write(self.token.encode() + b"\n")
+            agent.stdin.close()
             wait_for_ready(iter(lambda: os.read(agent.stdout.fileno(), 4096), b""), READY_TIMEOUT,
                            stop=agent.kill, detail=lambda: agent.stderr.read(4096).decode())
         except BaseException:
@@ -171,6 +172,8 @@ class MemoryChannel:
         self._replies = b""
         self._sock: socket.socket | None = None
         self._closed = False
+        self._nonces: tuple[str, str] | None = None  # of the auth handshake answered here
+        self._authenticated = False
 
     def sendall(self, data: bytes) -> None:
         with self._cond:
@@ -181,7 +184,9 @@ class MemoryChannel:
                 self._unsent += data
                 while sock is None and b"\n" in self._unsent:
                     line, _, rest = self._unsent.partition(b"\n")
-                    reply = self._sandbox.answer(line)
+                    reply = self._auth(line)
+                    if reply is None and self._authenticated:
+                        reply = self._sandbox.answer(line)
                     if reply is None:
                         sock = self._sock = self._open()
                         data = self._unsent  # this line and whatever follows it
@@ -194,10 +199,38 @@ class MemoryChannel:
                 self._unsent = b""
         sock.sendall(data)
 
+    def _auth(self, line: bytes) -> bytes | None:
+        """The agent's side of the ``auth`` handshake, answered here; None for other lines."""
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(msg, dict) or msg.get("op") != "auth" or self._authenticated:
+            return None
+        token = self._sandbox.token
+        if self._nonces is None and isinstance(msg.get("nonce"), str):
+            self._nonces = (msg["nonce"], secrets.token_hex(16))
+            reply = {"nonce": self._nonces[1], "proof": proof(token, "agent", *self._nonces)}
+        elif self._nonces is not None and msg.get("proof") == proof(token, "host", *self._nonces):
+            self._authenticated = True
+            reply = {}
+        else:
+            return None  # the agent refuses it, in its own words
+        return json.dumps({"id": msg.get("id"), "ev": "done", **reply}).encode() + b"\n"
+
     def _open(self) -> socket.socket:
+        """A socket to the real agent, authenticated when this channel is."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self._sandbox.agent_socket())
+            if self._authenticated:
+                token, mine = self._sandbox.token, secrets.token_hex(16)
+                sock.sendall(json.dumps({"id": "fake", "op": "auth", "nonce": mine}).encode() + b"\n")
+                answer = json.loads(sock.makefile("rb").readline())
+                assert answer["proof"] == proof(token, "agent", mine, answer["nonce"]), answer
+                sock.sendall(json.dumps({"id": "fake", "op": "auth",
+                                         "proof": proof(token, "host", mine, answer["nonce"])}
+                                        ).encode() + b"\n")
         except BaseException:
             sock.close()
             raise

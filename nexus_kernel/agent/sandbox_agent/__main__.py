@@ -1,9 +1,13 @@
 """Command-line entry point of the agent (``python3 -m sandbox_agent ARGS``, or ``python3
 sandbox_agent.pyz ARGS`` for the zipapp)::
 
-    serve --socket PATH --token-file PATH [--home DIR] [--deadline EPOCH]
-    relay --socket PATH
+    serve (--socket ADDRESS | --listen-fd FD) [--token-fd FD] [--home DIR] [--deadline EPOCH]
+    relay --socket ADDRESS [--peer-pid PID]
     worker-python
+
+ADDRESS is a path or ``@name`` (an abstract unix socket). ``--listen-fd``: a listening socket
+the host made (local provider). ``--token-fd``: where the token's line is read (default 0,
+stdin). ``--peer-pid``: the relay talks only to a socket whose listener is that pid.
 
 Each command imports only its own part of the package.
 """
@@ -13,8 +17,9 @@ from __future__ import annotations
 import sys
 
 _USAGE = """usage:
-  sandbox_agent serve --socket PATH --token-file PATH [--home DIR] [--deadline EPOCH]
-  sandbox_agent relay --socket PATH"""
+  sandbox_agent serve (--socket ADDRESS | --listen-fd FD) [--token-fd FD] [--home DIR]
+                      [--deadline EPOCH]
+  sandbox_agent relay --socket ADDRESS [--peer-pid PID]"""
 
 
 def _parse_options(args: list[str], known: dict) -> dict:
@@ -29,6 +34,15 @@ def _parse_options(args: list[str], known: dict) -> dict:
     return options
 
 
+def _int(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"sandbox_agent: {name} must be a number") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -38,23 +52,24 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main()
     if command == "relay":
-        options = _parse_options(args, {"--socket": "socket"})
+        options = _parse_options(args, {"--socket": "socket", "--peer-pid": "peer_pid"})
         if "socket" not in options:
             raise SystemExit(_USAGE)
         from .relay import relay
 
-        return relay(options["socket"])
+        return relay(options["socket"], _int(options.get("peer_pid"), "--peer-pid"))
     if command == "serve":
         options = _parse_options(
             args,
             {
                 "--socket": "socket",
-                "--token-file": "token_file",
+                "--listen-fd": "listen_fd",
+                "--token-fd": "token_fd",
                 "--home": "home",
                 "--deadline": "deadline",
             },
         )
-        if "socket" not in options or "token_file" not in options:
+        if ("socket" in options) == ("listen_fd" in options):
             raise SystemExit(_USAGE)
         deadline = options.get("deadline")
         try:
@@ -63,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("sandbox_agent: --deadline must be epoch seconds") from None
         from .server import serve
 
-        return serve(options["socket"], options["token_file"], options.get("home"), at)
+        token_fd = _int(options.get("token_fd"), "--token-fd")
+        return serve(options.get("socket"), _int(options.get("listen_fd"), "--listen-fd"),
+                     0 if token_fd is None else token_fd, options.get("home"), at)
     raise SystemExit(_USAGE)
 
 

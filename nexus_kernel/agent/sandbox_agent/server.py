@@ -1,6 +1,8 @@
 """The agent server, the sandbox's long-lived process (pid 1 of local and docker sandboxes):
-it listens on a unix socket, authenticates every request by its token, and serves runs,
-sessions, files and the deadline watchdog (``serve``, see ``docs/agent-protocol.md``)."""
+it listens on a unix socket (a listening fd the host made, an abstract name or a path),
+authenticates each connection with a challenge on its token (``auth``: the token never
+travels), and serves runs, sessions, files and the deadline watchdog (``serve``, see
+``docs/agent-protocol.md``)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,20 @@ from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
 from .wire import (
     AGENT_VERSION,
+    AUTH_MAX_LINE,
     CHUNK,
     DEFAULT_OUTPUT_LIMIT,
+    MAX_TOKEN_BYTES,
+    NONCE_HEX,
     PROTOCOL_VERSION,
     Failure,
     Invalid,
     LineBuffer,
     decode,
     encode,
+    proof,
+    same_secret,
+    unix_address,
 )
 
 #: language -> interpreter program looked up on PATH.
@@ -49,7 +57,8 @@ def _is_number(value) -> bool:
 
 
 class Connection:
-    """One client connection: a reader thread, a writer lock, closes when idle after EOF."""
+    """One client connection: a reader thread, a writer lock, closes when idle after EOF.
+    Until it has authenticated (``auth``) it may send only short lines and only ``auth``."""
 
     def __init__(self, agent, sock) -> None:
         self.agent = agent
@@ -59,6 +68,8 @@ class Connection:
         self._inflight = 0
         self._eof = False
         self.closed = False
+        self.authenticated = False
+        self.nonces: tuple | None = None  # (host nonce, agent nonce) of the auth under way
 
     def send(self, msg: dict) -> None:
         data = encode(msg)
@@ -72,7 +83,7 @@ class Connection:
 
     def serve(self) -> None:
         lines = LineBuffer()
-        while True:
+        while not self.closed:
             try:
                 data = self.sock.recv(CHUNK)
             except OSError:
@@ -80,8 +91,12 @@ class Connection:
             if not data:
                 break
             for line in lines.feed(data):
-                if line.strip():
+                if not self.authenticated and len(line) > AUTH_MAX_LINE:
+                    self.close()  # before auth only short lines: a hostile peer
+                if line.strip() and not self.closed:
                     self.agent.dispatch(self, line)
+            if not self.authenticated and lines.pending > AUTH_MAX_LINE:
+                self.close()
         with self._state_lock:
             self._eof = True
             idle = self._inflight == 0
@@ -113,7 +128,7 @@ class Agent:
     INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply")
 
     def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
-        self.token = token.encode()
+        self.token = token
         self.home = home
         self.socket_path = socket_path
         self.procs = ProcessTable()
@@ -185,11 +200,10 @@ class Agent:
             conn.send({"id": None, "ev": "fail", "error": f"bad request: {exc}", "kind": "invalid"})
             return
         reply = Reply(conn, msg.get("id"))
-        token = msg.get("token")
-        if not isinstance(token, str) or not _compare(token.encode(), self.token):
-            reply.event("fail", error="authentication failed: wrong or missing token", kind="auth")
-            return
         op = msg.get("op")
+        if not conn.authenticated:
+            self.authenticate(conn, reply, msg)
+            return
         handler = self._ops.get(op) if isinstance(op, str) else None
         if handler is None:
             reply.event(
@@ -207,6 +221,30 @@ class Agent:
         except RuntimeError as exc:  # e.g. the sandbox's pids limit
             reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
             conn.end()
+
+    def authenticate(self, conn: Connection, reply: Reply, msg: dict) -> None:
+        """The ``auth`` handshake, in two messages from the host: ``{"nonce": H}`` is
+        answered with the agent's nonce A and ``proof(token, "agent", H, A)``, which the host
+        checks before it sends anything else; ``{"proof": proof(token, "host", H, A)}``
+        authenticates the connection. Anything else, or a wrong proof, ends it."""
+        if msg.get("op") != "auth":
+            reply.event("fail", error="authentication failed: this connection has not "
+                        "authenticated (op 'auth' first)", kind="auth")
+            conn.close()
+            return
+        nonce, theirs = msg.get("nonce"), msg.get("proof")
+        if conn.nonces is None and _is_nonce(nonce):
+            mine = os.urandom(NONCE_HEX // 2).hex()
+            conn.nonces = (nonce, mine)
+            reply.event("done", nonce=mine, proof=proof(self.token, "agent", nonce, mine))
+            return
+        if conn.nonces is not None and isinstance(theirs, str) and same_secret(
+                theirs, proof(self.token, "host", *conn.nonces)):
+            conn.authenticated = True
+            reply.event("done")
+            return
+        reply.event("fail", error="authentication failed", kind="auth")
+        conn.close()
 
     def _handle(self, reply: Reply, handler, msg: dict) -> None:
         try:
@@ -470,14 +508,9 @@ class Agent:
             os._exit(0)
 
 
-def _compare(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison. ``_operator``'s is the one ``hmac`` exposes, without the
-    ~3 ms OpenSSL load ``import hmac`` costs the first request."""
-    try:
-        from _operator import _compare_digest
-    except ImportError:  # not CPython
-        from hmac import compare_digest as _compare_digest
-    return _compare_digest(a, b)
+def _is_nonce(value) -> bool:
+    return (isinstance(value, str) and len(value) == NONCE_HEX
+            and all(c in "0123456789abcdef" for c in value))
 
 
 #: Signals that shut the agent down (``docker stop`` sends SIGTERM).
@@ -499,19 +532,57 @@ def _stop_on_signals(agent) -> None:
             agent.terminate()
 
 
-def serve(socket_path: str, token_file: str, home: str | None, deadline: float | None) -> int:
-    """Run the agent server: print ``READY`` once listening, then serve until terminated."""
+def _read_token(fd: int) -> str:
+    """The token: the first line read from ``fd`` (a pipe or the process's stdin, which
+    the host writes it to), at most MAX_TOKEN_BYTES; ``fd`` is closed after."""
+    data = b""
+    try:
+        while b"\n" not in data and len(data) <= MAX_TOKEN_BYTES:
+            chunk = os.read(fd, 256)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        if fd > 2:
+            os.close(fd)
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+
+
+def _listen(address: str | None, listen_fd: int | None):
+    """The listening socket: ``listen_fd``, one the host made and listens on (its path is
+    where sandbox code cannot reach), else a new one bound to ``address`` (``@name``: an
+    abstract socket, nothing in the file system to rename or replace)."""
     import socket
 
+    if listen_fd is not None:
+        listener = socket.socket(fileno=listen_fd)
+        os.set_inheritable(listen_fd, False)  # never passed on to sandbox code
+        if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
+            raise OSError(f"fd {listen_fd} is not a unix stream socket")
+        return listener
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if not address.startswith("@"):
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+    old_umask = os.umask(0o177)
     try:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        os.unlink(token_file)
+        listener.bind(unix_address(address))
+        listener.listen(64)
+    finally:
+        os.umask(old_umask)
+    return listener
+
+
+def serve(address: str | None, listen_fd: int | None, token_fd: int, home: str | None,
+          deadline: float | None) -> int:
+    """Run the agent server: print ``READY`` once listening, then serve until terminated."""
+    try:
+        token = _read_token(token_fd)
     except OSError as exc:
-        sys.stderr.write(f"sandbox_agent: cannot read the token file: {exc}\n")
+        sys.stderr.write(f"sandbox_agent: cannot read the token: {exc}\n")
         return 2
     if not token:
-        sys.stderr.write("sandbox_agent: the token file is empty\n")
+        sys.stderr.write("sandbox_agent: no token on the token fd\n")
         return 2
     home = os.path.abspath(home or os.getcwd())
     try:
@@ -522,21 +593,14 @@ def serve(socket_path: str, token_file: str, home: str | None, deadline: float |
     harden()
     # Before any thread starts: every thread inherits the block (see _stop_on_signals).
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    agent = Agent(token, home, socket_path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(OSError):
-        os.unlink(socket_path)
-    old_umask = os.umask(0o177)
+    owned = address if listen_fd is None and not address.startswith("@") else None
+    agent = Agent(token, home, owned)
     try:
-        listener.bind(socket_path)
-        # 0660: the sandbox user's group may connect too (the docker relay, under another uid)
-        os.chmod(socket_path, 0o660)
-        listener.listen(64)
+        listener = _listen(address, listen_fd)
     except OSError as exc:
-        sys.stderr.write(f"sandbox_agent: cannot listen on {socket_path!r}: {exc}\n")
+        where = f"fd {listen_fd}" if listen_fd is not None else repr(address)
+        sys.stderr.write(f"sandbox_agent: cannot listen on {where}: {exc}\n")
         return 2
-    finally:
-        os.umask(old_umask)
     threading.Thread(target=_stop_on_signals, args=(agent,), name="signals", daemon=True).start()
     agent.set_deadline(deadline)
     threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()

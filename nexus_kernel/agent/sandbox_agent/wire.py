@@ -11,8 +11,8 @@ import contextlib
 import json
 import os
 
-AGENT_VERSION = "1.0"
-PROTOCOL_VERSION = 1
+AGENT_VERSION = "1.1"
+PROTOCOL_VERSION = 2
 
 #: exit_code reported when a run passes its timeout (like coreutils ``timeout``).
 TIMEOUT_EXIT_CODE = 124
@@ -32,6 +32,43 @@ MARKER_PREFIX = b"\x00nexus-end:"
 EVENT_PREFIX = b"\x00nexus-ev:"
 #: Bytes read from a pipe or socket at a time.
 CHUNK = 65536
+#: Longest line a connection may send before it has authenticated (``auth`` messages are
+#: short): an unauthenticated peer cannot make the agent or the host buffer more.
+AUTH_MAX_LINE = 4096
+#: Length (hex characters) of each side's nonce in the ``auth`` handshake.
+NONCE_HEX = 32
+#: Longest token the agent reads from its token fd (bytes).
+MAX_TOKEN_BYTES = 1024
+
+
+def proof(token: str, role: str, host_nonce: str, agent_nonce: str) -> str:
+    """What proves knowledge of the token in the ``auth`` handshake without revealing it:
+    a MAC (keyed BLAKE2b, 32 bytes, hex) of the role ("agent" or "host": one side's proof is
+    never valid as the other's) and both nonces. ``_blake2`` is imported directly:
+    ``hashlib``/``hmac`` would load OpenSSL (~3 ms) into the agent."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:  # not CPython
+        from hashlib import blake2b
+    key = blake2b(token.encode("utf-8"), digest_size=32).digest()
+    data = "\0".join((role, host_nonce, agent_nonce)).encode("utf-8")
+    return blake2b(data, key=key, digest_size=32).hexdigest()
+
+
+def same_secret(a: str, b: str) -> bool:
+    """Constant-time string comparison. ``_operator``'s is the one ``hmac`` exposes,
+    without the OpenSSL load ``import hmac`` costs."""
+    try:
+        from _operator import _compare_digest
+    except ImportError:  # not CPython
+        from hmac import compare_digest as _compare_digest
+    return _compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def unix_address(address: str) -> str:
+    """A unix socket address for ``bind``/``connect``: ``@name`` is the abstract socket
+    ``name`` (no file anyone could rename, replace or redirect), anything else a path."""
+    return "\0" + address[1:] if address.startswith("@") else address
 
 
 def encode(msg: dict) -> bytes:
@@ -53,12 +90,13 @@ def decode(line: bytes | str) -> dict:
 class LineBuffer:
     """Splits a byte stream into lines (without the ``\\n``); keeps the unfinished tail.
     A line longer than ``max_line`` bytes (None = unbounded) raises ValueError: the peer is
-    broken or hostile, and the stream cannot be trusted past it."""
+    broken or hostile, and the stream cannot be trusted past it. ``max_line`` may be changed
+    between feeds (e.g. raised once the peer has authenticated)."""
 
     def __init__(self, max_line: int | None = None) -> None:
         self._parts: list[bytes] = []
         self._pending = 0
-        self._max = max_line
+        self.max_line = max_line
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the complete lines it finished (may be empty)."""
@@ -77,15 +115,20 @@ class LineBuffer:
         self._pending = len(tail)
         if tail:
             self._parts.append(tail)
-        if self._max is not None:
+        if self.max_line is not None:
             for line in lines:
                 self._check(len(line))
             self._check(self._pending)
         return lines
 
+    @property
+    def pending(self) -> int:
+        """Bytes of the unfinished line held."""
+        return self._pending
+
     def _check(self, size: int) -> None:
-        if self._max is not None and size > self._max:
-            raise ValueError(f"a line longer than {self._max} bytes")
+        if self.max_line is not None and size > self.max_line:
+            raise ValueError(f"a line longer than {self.max_line} bytes")
 
 
 def write_all(fd: int, data: bytes) -> None:
