@@ -30,7 +30,8 @@ ENVIRONMENT = {
         "    except OSError:\n"
         "        pass\n"
     ),
-    "bash": "env\nfor f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f 2>/dev/null; done\n",
+    # unreadable ones (the agent's, the relay's) fail their redirect: not an error here
+    "bash": "env\nfor f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; true\n",
     "javascript": (
         "const fs = require('fs');\n"
         "console.log(JSON.stringify(process.env));\n"

@@ -174,8 +174,19 @@ class ProcessTable:
         return {pid for pid in chosen if _alive(pid)}
 
     def kill(self, roots=(), tag: str | None = None, everything: bool = False, limit=5.0) -> None:
-        """SIGKILL the selection again and again until nothing of it is left alive."""
+        """Stop the selection until it stops growing (a stopped process cannot fork: a fork
+        bomb would otherwise refill each pid a kill frees), then SIGKILL it again and again
+        until nothing of it is left alive."""
         end = time.monotonic() + limit
+        stopped: set[int] = set()
+        while time.monotonic() < end:
+            fresh = self.select(roots, tag, everything) - stopped
+            if not fresh:
+                break
+            for pid in fresh:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= fresh
         pause = 0.001
         while True:
             pids = self.select(roots, tag, everything)
