@@ -9,6 +9,7 @@ defaults) and the parsed arguments.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nexus_kernel import sandbox_lines
 from nexus_kernel.errors import UsageError
 from nexus_kernel.manager import describe
+from nexus_kernel.models import HARD_END, cap_warning
 from nexus_kernel.untrusted import TRUST_OFF, TRUST_WARNING
 from nexus_kernel.validation import normalize_language
 
@@ -113,6 +115,7 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
     """Run the cell's body in the sandbox, streaming its output into the cell."""
     sandbox_id = magics.resolve(args.sandbox)
     language = normalize_language(args.language or magics.language)
+    _warn_of_the_cap(magics, sandbox_id)
     result = run_in_cell(
         magics.manager,
         sandbox_id,
@@ -125,6 +128,16 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
     )
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
+
+
+def _warn_of_the_cap(magics: SandboxMagics, sandbox_id: str) -> None:
+    """Once per sandbox, ahead of its platform's runtime cap: say it ends whatever its TTL."""
+    record = magics.manager.get(sandbox_id)
+    warning = cap_warning(record, magics.manager.clock())
+    key = (sandbox_id, record.handle.get(HARD_END))
+    if warning is not None and key not in magics.warned_caps:
+        magics.warned_caps.add(key)
+        sys.stderr.write(warning)
 
 
 def cmd_trust(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:

@@ -71,6 +71,8 @@ class SandboxMagics(Magics):
         self._manager: SandboxManager | None = None
         #: Id of this notebook's current sandbox (set by create and use).
         self.current: str | None = None
+        #: (sandbox id, hard end) of the runtime-cap warnings already shown.
+        self.warned_caps: set[tuple[str, float]] = set()
 
     @validate("language")
     def _check_language(self, proposal: dict[str, Any]) -> str:

@@ -183,3 +183,19 @@ class ExecResult:
         data = asdict(self)
         data["display"] = list(self.display)
         return data
+
+
+#: Warn this many seconds before a platform ends a sandbox at its runtime cap.
+CAP_LEAD_SECONDS = 600.0
+
+
+def cap_warning(record: SandboxRecord, now: float) -> str | None:
+    """The one-time warning for a sandbox within CAP_LEAD_SECONDS of its platform's runtime
+    cap (the handle's hard end), whatever its TTL; None when there is nothing to say."""
+    end = record.handle.get(HARD_END) if record.handle else None
+    if record.status is not Status.ACTIVE or end is None or end - now > CAP_LEAD_SECONDS:
+        return None
+    return (f"Nexus: {record.provider} ends sandbox {record.sandbox_id} in "
+            f"{max(0, round((end - now) / 60))} min ({iso(end)}), whatever its TTL: it reaches "
+            "the platform's runtime cap. Save what you need; the next cell after that starts "
+            "a new sandbox.\n")

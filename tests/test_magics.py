@@ -553,3 +553,19 @@ def test_the_readme_jupyter_cells_work_when_pasted(shell, magics):
     for source in cells:
         result = shell.run_cell(source)
         assert result.success, (source, result.error_before_exec or result.error_in_exec)
+
+
+def test_a_run_warns_once_ahead_of_the_platforms_runtime_cap(shell, magics, current):
+    """A provider's runtime cap (the handle's hard end, e.g. E2B's plan limit) ends the
+    sandbox whatever its TTL: the magics say so once, ten minutes ahead, like the kernel."""
+    end = magics.manager.clock() + 300
+
+    def capped(data):
+        data["handle"] = {**data["handle"], "hard_end": end}
+        return data
+
+    magics.manager.store.update(current, capped)
+    first = cell(shell, "", "print(1)")
+    second = cell(shell, "", "print(2)")
+    assert "runtime cap" in first.stderr and "in 5 min" in first.stderr, first.stderr
+    assert "runtime cap" not in second.stderr and second.stdout == "2\n"

@@ -7,13 +7,11 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..models import HARD_END, SandboxRecord, Status, iso
+from ..models import CAP_LEAD_SECONDS, HARD_END, SandboxRecord, Status, cap_warning
 from .sandbox import KernelSandbox
 
 #: Warn this many seconds before expiry (at most half the TTL).
 WARN_LEAD_SECONDS = 60.0
-#: Warn this many seconds before the platform ends the sandbox at its runtime cap.
-CAP_LEAD_SECONDS = 600.0
 #: The timer runs at least this often (and every ``settings.reap_interval`` seconds).
 MAX_PERIOD_SECONDS = 60.0
 MIN_PERIOD_SECONDS = 0.5
@@ -77,15 +75,13 @@ class TtlKeeper:
         end = record.handle.get(HARD_END)
         if record.status is not Status.ACTIVE or end is None:
             return period
-        left = end - self.sandbox.manager.clock()
-        if left > CAP_LEAD_SECONDS:
-            return min(period, left - CAP_LEAD_SECONDS)
+        now = self.sandbox.manager.clock()
+        warning = cap_warning(record, now)
+        if warning is None:
+            return min(period, end - now - CAP_LEAD_SECONDS)
         if self._warned_cap != end:
             self._warned_cap = end
-            self.warn(f"Nexus: {record.provider} ends sandbox {record.sandbox_id} in "
-                      f"{max(0, round(left / 60))} min ({iso(end)}), whatever its TTL: it "
-                      "reaches the platform's runtime cap. Save what you need; the next cell "
-                      "after that starts a new sandbox.\n")
+            self.warn(warning)
         return period
 
     def _check_idle(self, record: SandboxRecord, period: float) -> float:
