@@ -214,6 +214,7 @@ class NexusKernel(Kernel):
                     sandbox_id, cell.language, cell.code, self.sandbox.cell_timeout,
                     session=SESSION, stdin=allow_stdin, stderr_traceback=False,
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
+                    execution_count=self.execution_count,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
                 )
         except KeyboardInterrupt:

@@ -97,6 +97,10 @@ def make_shell(worker):
             worker.emit({"ev": "error", "ename": getattr(etype, "__name__", str(etype)),
                          "evalue": str(evalue), "traceback": list(stb)})
 
+        def show_usage_error(self, exc) -> None:  # an error event, not a bare exit code 1
+            worker._flush_streams()
+            worker.report_hint(str(exc))
+
         def enable_gui(self, gui=None) -> None:
             if gui not in (None, "inline"):
                 from IPython.core.error import UsageError
