@@ -62,7 +62,7 @@ def parse_cell(source: str) -> Cell:
     magic = _MAGIC.match(rest[0]) if rest else None
     if magic is not None and magic.group(1) == "%%" and magic.group(2) in CELL_MAGICS:
         language = CELL_MAGICS[magic.group(2)]
-        if not (language == "bash" and rest[0][magic.end():].strip()):
+        if not (language == "bash" and rest[0][magic.end():].strip().startswith("-")):
             return Cell(tuple(commands), language, "".join(rest[1:]))
         # ``%%bash --out x --bg ...``: options only IPython's script magic understands
     return Cell(tuple(commands), "python", "\n" * index + "".join(rest))

@@ -101,6 +101,14 @@ def make_shell(worker):
             worker._flush_streams()
             worker.report_hint(str(exc))
 
+        def enable_matplotlib(self, gui=None):
+            if gui in ("notebook", "nbagg", "widget", "ipympl"):
+                from IPython.core.error import UsageError
+
+                raise UsageError(f"%matplotlib {gui} needs Jupyter comms, which do not reach a "
+                                 f"sandbox; use %matplotlib inline")
+            return super().enable_matplotlib(gui)
+
         def enable_gui(self, gui=None) -> None:
             if gui not in (None, "inline"):
                 from IPython.core.error import UsageError

@@ -245,7 +245,7 @@ class Agent:
                 raise Invalid(f"{flag} must be true or false")
             if value is not default:
                 options[flag] = value
-        count = msg.get("execution_count")  # a python session's IPython numbers the cell so
+        count = msg.get("execution_count")  # In[N] of the cell in a python session's IPython
         if count is not None:
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise Invalid("execution_count must be a positive integer or null")
