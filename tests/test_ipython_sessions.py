@@ -236,5 +236,8 @@ def test_kernel_numbers_cells_as_it_counts_them_and_gives_bash_options_to_ipytho
     assert reply["content"]["ename"] == "UsageError"
     assert [m["content"]["evalue"] for m in out if m["msg_type"] == "error"] == [
         "Line magic function `%no_such_magic` not found."]
+    reply, out = kernel.execute("n = 1\n%pinfo len")  # the pager, as ipykernel: a payload
+    assert [p["source"] for p in reply["content"]["payload"]] == ["page"] and out == []
+    assert "Return the number of items" in reply["content"]["payload"][0]["data"]["text/plain"]
     reply, out = kernel.execute("%matplotlib notebook")  # nbagg: comms, not in a sandbox
     assert reply["content"]["ename"] == "UsageError" and "%matplotlib inline" in str(out)

@@ -101,6 +101,7 @@ class _CellState:
     def __init__(self) -> None:
         self.error: dict[str, Any] | None = None
         self.output: str | None = None
+        self.payload: list[dict[str, Any]] = []  # pager text, as ipykernel's page payloads
 
 
 class NexusKernel(Kernel):
@@ -228,10 +229,11 @@ class NexusKernel(Kernel):
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
         if state.error is not None:
-            return {"status": "error", "execution_count": self.execution_count, **state.error}
+            return {"status": "error", "execution_count": self.execution_count, **state.error,
+                    "payload": state.payload}
         if result.exit_code != 0:
             return self._error(*exit_error(cell.language, result), silent)
-        return self._ok()
+        return {**self._ok(), "payload": state.payload}
 
     def _forward(self, event: OutputEvent, sandbox_id: str, state: _CellState, silent: bool,
                  guard: InterruptGuard) -> None:
@@ -251,6 +253,9 @@ class NexusKernel(Kernel):
             }
             if not silent:
                 self.send_response(self.iopub_socket, "error", state.error)
+            return
+        if kind == "display" and data.get("page"):
+            state.payload.append({"source": "page", "data": data.get("data") or {}, "start": 0})
             return
         if kind == "result":
             state.output = (data.get("data") or {}).get("text/plain")

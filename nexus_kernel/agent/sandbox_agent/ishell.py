@@ -3,7 +3,7 @@
 One :class:`InteractiveShell` per session, built like ipykernel's ZMQInteractiveShell but with
 the worker's event channel: the display publisher and the displayhook emit the worker's
 ``display`` / ``clear_output`` / ``result`` events, tracebacks become ``error`` events (ANSI
-coloured, the cell named ``In[N]``), the pager's text is a display, ``!cmd`` runs on the
+coloured, the cell named ``In[N]``), the pager's text is a display flagged ``page``, ``!cmd`` runs on the
 session's real stdout/stderr. IPython is imported only here, and only when present.
 """
 
@@ -145,12 +145,14 @@ def _major() -> int:
 
 
 def _pager(worker):
-    """``obj?`` / ``%pdoc`` text -> a display in the cell (ipykernel sends it to the pager)."""
+    """``obj?`` / ``%pinfo`` / ``%pdoc`` text -> a display flagged ``page``: the kernel makes it
+    a pager payload as ipykernel does, other clients show it in the cell."""
 
     def show_in_pager(self, data, start=0, screen_lines=0):
         bundle = data if isinstance(data, dict) else {"text/plain": str(data)}
         worker.emit({"ev": "display", "data": {k: v for k, v in bundle.items()
-                                               if isinstance(v, str)}, "metadata": {}})
+                                               if isinstance(v, str)}, "metadata": {},
+                     "page": True})
 
     return show_in_pager
 
