@@ -244,9 +244,12 @@ def _session_rows(ctx: Context, mgr: SandboxManager, provider: str, sid: str) ->
     ctx.log(f"[{provider}] session round trip x{ctx.reps * 3}")
     first = Sample()
     first.add(timed_ms(lambda: mgr.run(sid, "python", "print(1)", session="bench")))
+    has_ipython = mgr.run(sid, "python", "print('get_ipython' in globals())",
+                          session="bench").stdout.strip() == "True"
     a, b = compare(lambda: mgr.run(sid, "python", "print(1)", session="bench"),
                    lambda: ipy.execute("print(1)"), ctx.reps * 3, ctx.warmup + 3)
-    rows = [Row(provider, "session round trip (python)", a, "plain ipykernel execute", b,
+    name = "IPython session round trip" if has_ipython else "session round trip (plain python)"
+    rows = [Row(provider, name, a, "plain ipykernel execute", b,
                 target=TARGETS.get((provider, "session")))]
     # Diagnostic: the same cell straight through the agent client (no store, no TTL work).
     client = mgr._client(mgr._load(sid))

@@ -237,6 +237,7 @@ class SandboxManager:
         reserve_timeout: bool = True,
         trusted_output: bool | None = None,
         input_data: str | None = None,
+        execution_count: int | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -251,7 +252,8 @@ class SandboxManager:
         :mod:`nexus_kernel.untrusted` unless ``trusted_output`` (default: the
         ``trusted_output`` setting, off) says the caller trusts this sandbox.
 
-        ``input_data``: standard input of a stateless run (``session=None`` only)."""
+        ``input_data``: standard input of a stateless run (``session=None`` only).
+        ``execution_count``: the number IPython in a python session gives the cell."""
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
@@ -293,6 +295,7 @@ class SandboxManager:
                 stderr_traceback=stderr_traceback,
                 deadline=deadline,
                 input_data=input_data,
+                execution_count=execution_count,
             )
         except AgentError as exc:
             self.forget_client(sandbox_id)

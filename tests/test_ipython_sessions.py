@@ -209,3 +209,35 @@ def test_kernel_forwards_magics_to_the_sandbox_ipython(start_kernel,  # noqa: F8
     assert "line 3" in text and "sandbox_agent" not in text
     found = kernel.shell("complete", "%timei", 6)
     assert "%timeit" in found["matches"]
+
+
+def test_kernel_numbers_cells_as_it_counts_them_and_gives_bash_options_to_ipython(
+        start_kernel, datascience):  # noqa: F811
+    """Cells that never reach the python session (kernel lines, %%bash) still count, as in
+    ipykernel; %%bash with options is IPython's script magic (the corpus's Script Magics)."""
+    kernel = start_kernel()
+    kernel.execute("%sandbox ttl 30", timeout=120)  # In[1]: the kernel's own line
+    kernel.execute("%%bash\necho plain")  # In[2]: the bash session
+    reply, out = kernel.execute("6 * 7")
+    assert [m["content"]["execution_count"] for m in out
+            if m["msg_type"] == "execute_result"] == [reply["content"]["execution_count"]] == [3]
+    _, out = kernel.execute("print(Out[3], _3, repr(In[3]), repr(In[1]))")
+    assert "".join(m["content"]["text"] for m in out if m["msg_type"] == "stream") == \
+        "42 42 '6 * 7' ''\n"
+    reply, out = kernel.execute("1/0")
+    [error] = [m for m in out if m["msg_type"] == "error"]
+    assert "In[5], line 1" in re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+    reply, out = kernel.execute("%%bash --out captured --err problems\necho via-ipython\necho e >&2")
+    assert reply["content"]["status"] == "ok" and out == []
+    _, out = kernel.execute("print(captured.strip(), problems.strip())")
+    assert "".join(m["content"]["text"] for m in out if m["msg_type"] == "stream") == \
+        "via-ipython e\n"
+    reply, out = kernel.execute("%no_such_magic")  # IPython's UsageError, by name
+    assert reply["content"]["ename"] == "UsageError"
+    assert [m["content"]["evalue"] for m in out if m["msg_type"] == "error"] == [
+        "Line magic function `%no_such_magic` not found."]
+    reply, out = kernel.execute("n = 1\n%pinfo len")  # the pager, as ipykernel: a payload
+    assert [p["source"] for p in reply["content"]["payload"]] == ["page"] and out == []
+    assert "Return the number of items" in reply["content"]["payload"][0]["data"]["text/plain"]
+    reply, out = kernel.execute("%matplotlib notebook")  # nbagg: comms, not in a sandbox
+    assert reply["content"]["ename"] == "UsageError" and "%matplotlib inline" in str(out)

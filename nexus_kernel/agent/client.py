@@ -304,6 +304,7 @@ class AgentClient:
         stderr_traceback: bool = True,
         deadline: float | None = None,
         input_data: str | None = None,
+        execution_count: int | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
 
@@ -318,7 +319,8 @@ class AgentClient:
         ``stderr_traceback=False``: errors come only as the ``error`` event, not on stderr.
         ``deadline`` (epoch s): moves the agent's watchdog first, as :meth:`set_deadline`
         does, in the same round trip (None = leave it). ``input_data``: the standard input
-        of a stateless run (read to its end, then EOF)."""
+        of a stateless run (read to its end, then EOF). ``execution_count``: the number a
+        python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks)."""
         stdout: list[str] = []
         stderr: list[str] = []
         display: list[dict] = []
@@ -362,6 +364,8 @@ class AgentClient:
             args["stderr_traceback"] = False
         if input_data is not None:
             args["input"] = input_data
+        if execution_count is not None:
+            args["execution_count"] = execution_count
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
         done = self._call("run", args, collect, wait, max_bytes=budget)

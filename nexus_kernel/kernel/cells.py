@@ -2,9 +2,10 @@
 
 A cell may start with ``%sandbox ...`` lines (handled by the kernel itself), then either a
 cell magic naming the language (``%%bash``, ``%%javascript``, ``%%python``) or Python code.
-Every other magic (``%timeit``, ``%%time``, ``%matplotlib inline``, ``!cmd`` ...) is Python
-code for the sandbox's session, which runs it through IPython when the sandbox has IPython
-and otherwise says in one line how to get it there.
+A ``%%bash`` line with options (``--out``, ``--bg`` ...) goes to IPython's script magic in the
+Python session. Every other magic (``%timeit``, ``%%time``, ``%matplotlib inline``, ``!cmd``
+...) is Python code for the sandbox's session, which runs it through IPython when the sandbox
+has IPython and otherwise says in one line how to get it there.
 The ``%sandbox`` lines themselves are parsed by :mod:`nexus_kernel.sandbox_lines`.
 """
 
@@ -60,5 +61,8 @@ def parse_cell(source: str) -> Cell:
     rest = lines[index:]
     magic = _MAGIC.match(rest[0]) if rest else None
     if magic is not None and magic.group(1) == "%%" and magic.group(2) in CELL_MAGICS:
-        return Cell(tuple(commands), CELL_MAGICS[magic.group(2)], "".join(rest[1:]))
+        language = CELL_MAGICS[magic.group(2)]
+        if not (language == "bash" and rest[0][magic.end():].strip().startswith("-")):
+            return Cell(tuple(commands), language, "".join(rest[1:]))
+        # ``%%bash --out x --bg ...``: options only IPython's script magic understands
     return Cell(tuple(commands), "python", "\n" * index + "".join(rest))

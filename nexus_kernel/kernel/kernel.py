@@ -101,6 +101,7 @@ class _CellState:
     def __init__(self) -> None:
         self.error: dict[str, Any] | None = None
         self.output: str | None = None
+        self.payload: list[dict[str, Any]] = []  # pager text, as ipykernel's page payloads
 
 
 class NexusKernel(Kernel):
@@ -214,6 +215,7 @@ class NexusKernel(Kernel):
                     sandbox_id, cell.language, cell.code, self.sandbox.cell_timeout,
                     session=SESSION, stdin=allow_stdin, stderr_traceback=False,
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
+                    execution_count=self.execution_count,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
                 )
         except KeyboardInterrupt:
@@ -227,10 +229,11 @@ class NexusKernel(Kernel):
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
         if state.error is not None:
-            return {"status": "error", "execution_count": self.execution_count, **state.error}
+            return {"status": "error", "execution_count": self.execution_count, **state.error,
+                    "payload": state.payload}
         if result.exit_code != 0:
             return self._error(*exit_error(cell.language, result), silent)
-        return self._ok()
+        return {**self._ok(), "payload": state.payload}
 
     def _forward(self, event: OutputEvent, sandbox_id: str, state: _CellState, silent: bool,
                  guard: InterruptGuard) -> None:
@@ -250,6 +253,9 @@ class NexusKernel(Kernel):
             }
             if not silent:
                 self.send_response(self.iopub_socket, "error", state.error)
+            return
+        if kind == "display" and data.get("page"):
+            state.payload.append({"source": "page", "data": data.get("data") or {}, "start": 0})
             return
         if kind == "result":
             state.output = (data.get("data") or {}).get("text/plain")

@@ -79,7 +79,8 @@ def _safe_metadata(metadata: Any, kept: dict[str, Any]) -> dict[str, Any]:
 
 
 def safe_bundle(payload: Any) -> dict[str, Any]:
-    """A display / result event's payload (``{"data", "metadata", "transient", "update"}``)
+    """A display / result event's payload (``{"data", "metadata", "transient", "update",
+    "page"}``)
     with only inert, displayable content."""
     if not isinstance(payload, dict):
         return {"data": {}, "metadata": {}}
@@ -89,4 +90,6 @@ def safe_bundle(payload: Any) -> dict[str, Any]:
     if isinstance(transient, dict) and isinstance(transient.get("display_id"), str):
         out["transient"] = {"display_id": transient["display_id"][:_MAX_DISPLAY_ID]}
         out["update"] = bool(payload.get("update"))
+    if payload.get("page") is True:  # pager text (IPython's ``obj?``): the kernel's pager
+        out["page"] = True
     return out

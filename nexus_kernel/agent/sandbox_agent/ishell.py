@@ -3,7 +3,7 @@
 One :class:`InteractiveShell` per session, built like ipykernel's ZMQInteractiveShell but with
 the worker's event channel: the display publisher and the displayhook emit the worker's
 ``display`` / ``clear_output`` / ``result`` events, tracebacks become ``error`` events (ANSI
-coloured, the cell named ``In[N]``), the pager's text is a display, ``!cmd`` runs on the
+coloured, the cell named ``In[N]``), the pager's text is a display flagged ``page``, ``!cmd`` runs on the
 session's real stdout/stderr. IPython is imported only here, and only when present.
 """
 
@@ -97,6 +97,18 @@ def make_shell(worker):
             worker.emit({"ev": "error", "ename": getattr(etype, "__name__", str(etype)),
                          "evalue": str(evalue), "traceback": list(stb)})
 
+        def show_usage_error(self, exc) -> None:  # an error event, not a bare exit code 1
+            worker._flush_streams()
+            worker.report_hint(str(exc))
+
+        def enable_matplotlib(self, gui=None):
+            if gui in ("notebook", "nbagg", "widget", "ipympl"):
+                from IPython.core.error import UsageError
+
+                raise UsageError(f"%matplotlib {gui} needs Jupyter comms, which do not reach a "
+                                 f"sandbox; use %matplotlib inline")
+            return super().enable_matplotlib(gui)
+
         def enable_gui(self, gui=None) -> None:
             if gui not in (None, "inline"):
                 from IPython.core.error import UsageError
@@ -133,12 +145,14 @@ def _major() -> int:
 
 
 def _pager(worker):
-    """``obj?`` / ``%pdoc`` text -> a display in the cell (ipykernel sends it to the pager)."""
+    """``obj?`` / ``%pinfo`` / ``%pdoc`` text -> a display flagged ``page``: the kernel makes it
+    a pager payload as ipykernel does, other clients show it in the cell."""
 
     def show_in_pager(self, data, start=0, screen_lines=0):
         bundle = data if isinstance(data, dict) else {"text/plain": str(data)}
         worker.emit({"ev": "display", "data": {k: v for k, v in bundle.items()
-                                               if isinstance(v, str)}, "metadata": {}})
+                                               if isinstance(v, str)}, "metadata": {},
+                     "page": True})
 
     return show_in_pager
 

@@ -283,6 +283,11 @@ class Agent:
                 raise Invalid(f"{flag} must be true or false")
             if value is not default:
                 options[flag] = value
+        count = msg.get("execution_count")  # In[N] of the cell in a python session's IPython
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise Invalid("execution_count must be a positive integer or null")
+            options["execution_count"] = count
         if language not in INTERPRETERS:
             raise Invalid(
                 "unknown language {!r}; use one of {}".format(language, ", ".join(INTERPRETERS))

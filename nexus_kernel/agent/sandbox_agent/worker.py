@@ -138,6 +138,8 @@ class PythonWorker:
         self.run_id = cmd.get("id", "")
         self.stdin = cmd.get("stdin") is True
         self.stderr_traceback = cmd.get("stderr_traceback") is not False
+        if self.shell is not None and isinstance(cmd.get("execution_count"), int):
+            self.number_cell(cmd["execution_count"])
         try:
             code = self.execute(cmd.get("code", ""))
             if self.shell is None or os.environ.get("MPLBACKEND") == MATPLOTLIB_BACKEND:
@@ -145,6 +147,15 @@ class PythonWorker:
         finally:
             self.stdin = False
         self.finish(self.run_id, code)
+
+    def number_cell(self, count: int) -> None:
+        """The next cell is ``In[count]`` (the client's count, which also counts cells that
+        never reached this session); ``In`` gets blank entries for the skipped numbers."""
+        history = self.shell.history_manager
+        for hist in (history.input_hist_parsed, history.input_hist_raw):
+            while len(hist) < count:
+                hist.append("")
+        self.shell.execution_count = count
 
     # -- rich output --------------------------------------------------------------------
 
