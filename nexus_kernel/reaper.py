@@ -84,9 +84,13 @@ class Reaper:
                 "leftovers": self._remove_leftovers()}
 
     def _new_host_boot(self) -> bool:
-        """True for the first caller (of any process) that sees this host boot."""
+        """True for the first caller (of any process) that sees this host boot, when the store
+        holds records (a store that never had one has nothing a restart could have left, and
+        its first command must not survey the providers: an unreachable cloud would stall it)."""
         boot = host_boot_id()
-        return bool(boot) and self.store.claim_change("host_boot", boot)
+        if not boot or not self.store.claim_change("host_boot", boot):
+            return False
+        return next(iter(self.store.records()), None) is not None
 
     def sweep(self, records: list[SandboxRecord]) -> list[SandboxRecord]:
         """``records`` reconciled where that is cheap (providers whose ``alive_is_cheap``):
