@@ -5,11 +5,17 @@ installed with ``pip install --target`` by the same python3 the sandboxes use, s
 wheels match) and ``template.json``. The network is used only here, at build time; the
 sandbox that mounts the template still has none. Docker, E2B and Modal map ``template_id``
 onto their own images instead.
+
+pip runs on the host (as root under CI), so it installs wheels only: unpacking a wheel runs
+none of the package's code, while building a source distribution, a directory or a VCS
+checkout runs its setup code here. Every package given is checked first
+(:func:`wheel_only`) and pip is told ``--only-binary=:all:`` for what the index resolves.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError, ProviderError
@@ -33,6 +41,33 @@ RECIPES = {
 LEAN = LEAN_TEMPLATES
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Names pip takes as a file to build (not a project on the index) when they exist.
+_ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar", ".zip")
+_WHEELS_ONLY = (
+    "templates are built from wheels only, so no package's setup code runs on this host: "
+    "give a project name (pip takes its wheel from the index) or a .whl file (build one "
+    "elsewhere with 'pip wheel')"
+)
+
+
+def wheel_only(spec: str) -> str:
+    """``spec`` when pip can only install it from a wheel: a requirement naming a project on
+    the index (``pandas``, ``numpy>=2``) or a ``.whl`` file or URL. A source archive, a
+    directory, a VCS or non-wheel URL, or a pip option is an InvalidArgumentError."""
+    text = spec.strip() if isinstance(spec, str) else ""
+    if not text or text.startswith("-"):
+        raise InvalidArgumentError(f"{spec!r} is not a package: {_WHEELS_ONLY}")
+    if text.endswith(".whl") and os.path.isfile(text):
+        return os.path.abspath(text)
+    if os.sep in text or os.path.exists(text) or text.lower().endswith(_ARCHIVES):
+        raise InvalidArgumentError(f"{spec!r} is a file or directory but not a .whl: {_WHEELS_ONLY}")
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        raise InvalidArgumentError(f"{spec!r} is not a package name: {_WHEELS_ONLY}") from None
+    if requirement.url and not requirement.url.split("#")[0].split("?")[0].endswith(".whl"):
+        raise InvalidArgumentError(f"{spec!r} points to a source, not a wheel: {_WHEELS_ONLY}")
+    return text
 
 
 def template_dir(settings: Settings, name: str) -> Path:
@@ -69,6 +104,7 @@ def create_template(
         raise InvalidArgumentError(
             f"give packages to install (--pip PKG ...) or use a recipe: {', '.join(RECIPES)}"
         )
+    wheels = [wheel_only(spec) for spec in packages]
     built = _read_meta(target)
     if built is not None and built.get("packages") == packages and (target / "lib").is_dir():
         return {**built, "cached": True}
@@ -82,7 +118,7 @@ def create_template(
     private_dir(building.parent)
     building.mkdir()
     command = [*_pip_install(python), "--no-input", "--disable-pip-version-check",
-               "--target", str(building / "lib"), *packages]
+               "--only-binary=:all:", "--target", str(building / "lib"), *wheels]
     if quiet:
         command.insert(command.index("install") + 1, "--quiet")
     started = time.monotonic()
@@ -122,7 +158,7 @@ def remove_template(settings: Settings, name: str) -> None:
 def _pip_install(python: str) -> list[str]:
     """``pip install`` for the sandbox's ``python``: its own pip, else this process's
     (Debian's python3 has no pip without python3-pip; nexus' own environment has one),
-    told the sandbox python's version and to take wheels only when the two differ."""
+    told the sandbox python's version when the two differ (every build takes wheels only)."""
     if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
         return [python, "-m", "pip", "install"]
     try:
@@ -133,7 +169,7 @@ def _pip_install(python: str) -> list[str]:
     own = [sys.executable, "-m", "pip", "install"]
     if version == "{}.{}".format(*sys.version_info[:2]):
         return own
-    return [*own, "--python-version", version, "--only-binary=:all:"]
+    return [*own, "--python-version", version]
 
 
 def installed_versions(lib: Path) -> dict[str, str]:
