@@ -14,9 +14,13 @@ engine; skipped when it is missing, a failure under NEXUS_REQUIRE_DOCKER=1 as in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +36,7 @@ from nexus_kernel.errors import ExecutionTimeoutError
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import ExecResult, SandboxRecord, Status
 
-from ..conftest import docker_not_ready, docker_problem
+from ..conftest import ROOT, docker_not_ready, docker_problem
 
 PROVIDERS = ("local", "docker")
 #: The provider parameter of every test, marked so `-m "not docker"` selects local only.
@@ -52,6 +56,37 @@ ATTACK_LIMITS: dict[str, Any] = {
 CANARY_MAX_RTT = 3.0
 #: How long the host waits for a sandbox to be back to its agent alone after a run.
 SETTLE_SECONDS = 5.0
+
+#: The tests that act as an unprivileged caller (uid 65534) need root to become it.
+needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                   reason="needs root to act as an unprivileged caller")
+
+
+def run_as_nobody(script: str, timeout: float, **values: Any) -> dict[str, Any]:
+    """Run the Python ``script`` as uid 65534, an unprivileged caller with a nexus of its own,
+    and return the JSON object its last stdout line prints. The script finds ``ROOT`` (the
+    project), ``HOME`` (a private NEXUS_HOME it owns), ``DEPS`` (the pure-Python packages the
+    manager needs, copied where it can read them: the host interpreter's live under root's
+    0700 home) and each keyword of ``values`` defined; ``sys.path`` is left to it."""
+    outer = Path(tempfile.mkdtemp(dir="/var/tmp"))  # reachable by uid 65534, unlike /tmp/pytest-*
+    try:
+        outer.chmod(0o755)
+        home = outer / "home"
+        home.mkdir(mode=0o700)
+        import diskcache
+
+        shutil.copytree(Path(diskcache.__file__).parent, outer / "deps" / "diskcache")
+        os.chown(home, 65534, 65534)
+        names = {"ROOT": str(ROOT), "HOME": str(home), "DEPS": str(outer / "deps"), **values}
+        prelude = "".join(f"{name} = {value!r}\n" for name, value in names.items())
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", prelude + script], capture_output=True,
+                             text=True, cwd=outer, timeout=timeout,
+                             env={"PATH": os.environ["PATH"], "NEXUS_DEFAULT_TEMPLATE": "minimal"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(outer)
 
 
 def provider_ready(name: str) -> None:

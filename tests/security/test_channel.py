@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +22,7 @@ import pytest
 
 from nexus_kernel.errors import AgentError
 
-from .conftest import wait_until
+from .conftest import needs_setpriv, run_as_nobody, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -246,37 +244,17 @@ try:
     seen = before.run("python", "import os\nprint(open('/tmp/impostor.log').read() if os.path.exists('/tmp/impostor.log') else '')")["stdout"]
     mountinfo = before.run("bash", "cat /proc/self/mountinfo")["stdout"]
     print(json.dumps({"armed": armed, "out": out, "seen": seen, "token": record.handle["token"],
-                      "mountinfo": mountinfo}))
+                      "mountinfo": mountinfo, "home": str(HOME)}))
 finally:
     manager.stop(record.sandbox_id)
 '''
 
 
 @pytest.mark.bwrap
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root to act as an unprivileged caller")
+@needs_setpriv
 def test_an_unprivileged_callers_channel_is_out_of_reach_too():
-    root = str(Path(__file__).resolve().parents[2])
-    outer = Path(tempfile.mkdtemp(dir="/var/tmp"))  # reachable by uid 65534
-    try:
-        outer.chmod(0o755)
-        home = outer / "home"
-        home.mkdir(mode=0o700)
-        import diskcache
-
-        shutil.copytree(Path(diskcache.__file__).parent, outer / "deps" / "diskcache")
-        os.chown(home, 65534, 65534)
-        script = (f"ROOT = {root!r}\nHOME = {str(home)!r}\nDEPS = {str(outer / 'deps')!r}\n"
-                  f"IMPOSTOR = {IMPOSTOR!r}\n{NOBODY_SCRIPT}")
-        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              sys.executable, "-c", script], capture_output=True, text=True,
-                             cwd=outer, timeout=100,
-                             env={"PATH": os.environ["PATH"], "NEXUS_DEFAULT_TEMPLATE": "minimal"})
-        assert run.returncode == 0, run.stderr[-2000:]
-        found = json.loads(run.stdout.strip().splitlines()[-1])
-        assert found["token"] not in found["seen"], found["seen"]
-        assert "code-for-the-agent-only" not in found["seen"], found["seen"]
-        assert found["out"] == "code-for-the-agent-only\n", found
-        assert str(home) not in found["mountinfo"]
-    finally:
-        shutil.rmtree(outer)
+    found = run_as_nobody(NOBODY_SCRIPT, timeout=100, IMPOSTOR=IMPOSTOR)
+    assert found["token"] not in found["seen"], found["seen"]
+    assert "code-for-the-agent-only" not in found["seen"], found["seen"]
+    assert found["out"] == "code-for-the-agent-only\n", found
+    assert found["home"] not in found["mountinfo"]

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from nexus_kernel.errors import ProviderUnavailableError
 from nexus_kernel.providers import local
 
-from .conftest import Env, provider_ready, wait_until
+from .conftest import Env, needs_setpriv, provider_ready, run_as_nobody, wait_until
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,30 +253,9 @@ finally:
 
 
 @needs_slirp
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root to act as an unprivileged caller")
+@needs_setpriv
 def test_an_unprivileged_callers_sandbox_reaches_none_of_the_host() -> None:
-    outer = Path(tempfile.mkdtemp(dir="/var/tmp"))  # reachable by uid 65534
-    try:
-        outer.chmod(0o755)
-        home = outer / "home"
-        home.mkdir(mode=0o700)
-        # the host interpreter's packages live under root's 0700 home: copy the pure-Python
-        # ones the manager needs where uid 65534 can read them
-        import diskcache
-
-        shutil.copytree(Path(diskcache.__file__).parent, outer / "deps" / "diskcache")
-        os.chown(home, 65534, 65534)
-        with host_listeners() as host:
-            script = (f"ROOT = {str(ROOT)!r}\nHOME = {str(home)!r}\nDEPS = {str(outer / 'deps')!r}\n"
-                      f"PROBE_CODE = {probe_code(host['targets'])!r}\n{NOBODY_SCRIPT}")
-            run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                  sys.executable, "-c", script], capture_output=True, text=True,
-                                 cwd=outer, timeout=120,
-                                 env={"PATH": os.environ["PATH"], "NEXUS_DEFAULT_TEMPLATE": "minimal"})
-            assert run.returncode == 0, run.stderr[-2000:]
-            found = json.loads(run.stdout.strip().splitlines()[-1])
-            assert found["probe"] and not any(found["probe"].values()), found
-            assert found["slirp"] and not local._same_process(found["slirp"], found["start"])
-    finally:
-        shutil.rmtree(outer)
+    with host_listeners() as host:
+        found = run_as_nobody(NOBODY_SCRIPT, timeout=120, PROBE_CODE=probe_code(host["targets"]))
+    assert found["probe"] and not any(found["probe"].values()), found
+    assert found["slirp"] and not local._same_process(found["slirp"], found["start"])
