@@ -23,6 +23,17 @@ if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
 bash scripts/install-host.sh --docker --browser
 $sudo bash scripts/start-dockerd.sh
 NEXUS_VENV="$VENV" bash scripts/install-venv.sh '.[all,test]'
+# CrewAI's own environment (tests/crewai_env.py: crewai pins mcp<2), for the whole suite only
+# (a selection builds it when it needs it): in the background, beside the image and template
+# builds, which mostly wait on the disk and the network.
+TEST_CACHE="${NEXUS_TEST_CACHE:-$PWD/.pytest_cache/nexus-test}"
+crew_pid=
+if (($# == 0)); then
+  crew_log="$(mktemp)"
+  echo "==> building CrewAI's environment for the tests in the background (log: $crew_log)"
+  NEXUS_TEST_CACHE="$TEST_CACHE" "$VENV/bin/python" -m tests.crewai_env >"$crew_log" 2>&1 &
+  crew_pid=$!
+fi
 # the image's data-science layer is fetched by the environment's pip (the system python3
 # may have none), with the user's pip settings (index, CA bundle, proxy: sudo drops them;
 # not the cache directory, which root would fill with files the user cannot write)
@@ -38,7 +49,12 @@ $sudo env "${pip_env[@]}" NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/buil
 # The default sandbox environment, in the tests' template cache (tests/conftest.py): built
 # once (~30 s), skipped when built with the same recipe; pip's wheel cache serves rebuilds.
 echo "==> building the default sandbox environment 'datascience' for the tests"
-NEXUS_HOME="${NEXUS_TEST_CACHE:-$PWD/.pytest_cache/nexus-test}" "$VENV/bin/nexus" template create datascience
+NEXUS_HOME="$TEST_CACHE" "$VENV/bin/nexus" template create datascience
+if [[ -n "$crew_pid" ]] && ! wait "$crew_pid"; then
+  tail -20 "$crew_log" >&2
+  echo "test.sh: CrewAI's environment could not be built (above)" >&2
+  exit 1
+fi
 
 as_docker=()
 if [[ $(id -u) -ne 0 ]] && ! docker info >/dev/null 2>&1; then

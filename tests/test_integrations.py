@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from .conftest import ROOT, TEMPLATE_CACHE
 
@@ -102,22 +99,10 @@ def test_smolagents_code_agent_step(nx, matplotlib_template: str | None) -> None
 
 @pytest.fixture(scope="session")
 def crewai_python() -> str:
-    """A python with CrewAI and nexus' dependencies (nexus itself from this tree, by
-    PYTHONPATH): an environment of its own, as CrewAI pins mcp<2 where nexus' [mcp] extra
-    needs 2.x. Built once in the tests' cache (~1.5 min, ~1 GB), rebuilt when the pins change."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["crewai"]]
-    venv = TEMPLATE_CACHE / "crewai-venv"
-    python, marker = venv / "bin" / "python", venv / "nexus-requirements.json"
-    if not marker.is_file() or json.loads(marker.read_text()) != wanted:
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                              "--disable-pip-version-check", *wanted],
-                             capture_output=True, text=True, timeout=900)
-        assert pip.returncode == 0, pip.stderr[-3000:]
-        marker.write_text(json.dumps(wanted))
-    return str(python)
+    """A python with CrewAI (tests/crewai_env.py: an environment of its own)."""
+    from .crewai_env import ensure
+
+    return str(ensure(TEMPLATE_CACHE))
 
 
 def test_seed_example_3_crewai_crew_runs_its_code_in_a_sandbox(crewai_python: str,
