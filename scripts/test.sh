@@ -2,7 +2,8 @@
 # One command from a fresh machine to a passing test suite: host packages (bubblewrap, the
 # Docker engine, headless Chromium), the offline sandbox image, the Python package with its
 # test extras in the project's virtual environment .venv, the default sandbox environment
-# (template "datascience"), then ruff and pytest from it.
+# (template "datascience") and CrewAI's test environment (both for the whole suite; a test
+# selection builds them when it needs them), then ruff and pytest from it.
 #
 #   bash scripts/test.sh [PYTEST_ARGS...]
 #   bash scripts/test.sh --install-only      # everything up to, not including, ruff and pytest
@@ -48,8 +49,11 @@ done
 $sudo env "${pip_env[@]}" NEXUS_HOST_PYTHON="$VENV/bin/python" bash scripts/build-image.sh
 # The default sandbox environment, in the tests' template cache (tests/conftest.py): built
 # once (~30 s), skipped when built with the same recipe; pip's wheel cache serves rebuilds.
-echo "==> building the default sandbox environment 'datascience' for the tests"
-NEXUS_HOME="$TEST_CACHE" "$VENV/bin/nexus" template create datascience
+# For the whole suite only: a selection builds it when a selected test needs it.
+if (($# == 0)); then
+  echo "==> building the default sandbox environment 'datascience' for the tests"
+  NEXUS_HOME="$TEST_CACHE" "$VENV/bin/nexus" template create datascience
+fi
 if [[ -n "$crew_pid" ]] && ! wait "$crew_pid"; then
   tail -20 "$crew_log" >&2
   echo "test.sh: CrewAI's environment could not be built (above)" >&2
