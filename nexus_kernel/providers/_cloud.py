@@ -164,7 +164,7 @@ class CloudProvider(Provider):
         command = agent_command(  # the uploaded zipapp, run as a script (no -I)
             self._python, self.agent_path,
             *serve_args(HOME, deadline, socket=socket, token_fd=token_fd), flags=()
-        )  # fmt: skip
+        )
         return boot_script(command, make_dirs=(HOME,), token_file=token_file, token_fd=TOKEN_FD,
                            announce_pid=announce_pid)
 
