@@ -3,7 +3,9 @@
 Each case copies ``nexus_kernel/providers/e2b.py``, removes one argument the live service
 needs (``timeout=0``: E2B's daemon would end the agent or a relay after the SDK's 60 s;
 ``retain_output=False``: the SDK's handles would keep every byte of output; the pause mode;
-ending relays before a pause; reading every page of a listing), imports the mutant
+ending relays before a pause; reading every page of a listing; ``user="root"`` of the
+agent's file and of the relays: the sandbox user could replace the one and hijack the
+other through its dotfiles), imports the mutant
 in-process and runs the fake-SDK check that guards it: the check must fail. A case whose
 text is no longer in the source fails too, so a refactor cannot silently disarm it.
 """
@@ -22,6 +24,10 @@ from nexus_kernel.errors import SandboxError
 from nexus_kernel.providers import e2b as e2b_provider
 
 from .fakes import e2b_fake
+from .security.test_cloud_channel import (
+    check_agent_file_is_roots,
+    check_relays_skip_the_users_dotfiles,
+)
 from .test_cloud_providers import (
     check_lists_every_page,
     check_outlives_command_timeout,
@@ -41,14 +47,14 @@ def check_keeps_no_output(provider) -> None:
 MUTATIONS: list[tuple[str, str, str, Callable]] = [
     (
         "agent without timeout=0",
-        "background=True, stdin=True, timeout=0, retain_output=False\n",
-        "background=True, stdin=True, retain_output=False\n",
+        "background=True, user=USER, timeout=0, retain_output=False,\n",
+        "background=True, user=USER, retain_output=False,\n",
         check_outlives_command_timeout,
     ),
     (
         "relay without timeout=0",
-        "            stdin=True,\n            timeout=0,\n",
-        "            stdin=True,\n",
+        "            user=ROOT,\n            timeout=0,\n",
+        "            user=ROOT,\n",
         check_outlives_command_timeout,
     ),
     (
@@ -74,6 +80,18 @@ MUTATIONS: list[tuple[str, str, str, Callable]] = [
         "while pages.has_next:",
         "if pages.has_next:",
         check_lists_every_page,
+    ),
+    (
+        "agent file written as the sandbox user",
+        "zipapp_bytes(), user=ROOT)",
+        "zipapp_bytes())",
+        check_agent_file_is_roots,
+    ),
+    (
+        "relays run as the sandbox user",
+        "            user=ROOT,\n            timeout=0,\n",
+        "            timeout=0,\n",
+        check_relays_skip_the_users_dotfiles,
     ),
 ]
 

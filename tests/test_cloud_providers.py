@@ -110,10 +110,15 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     assert abs(record.end_at - (s.deadline + e2b_provider.TIMEOUT_GRACE)) < 3
     uploaded = record.vm.host_path(e2b_provider.AGENT_PATH)
     assert uploaded.read_bytes() == zipapp_bytes()
-    run_dir = record.vm.host_path(e2b_provider.RUN_DIR)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
-    assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
-    assert set(handle) == {"token", "sandbox_id", "template", "timeout", HARD_END}
+    assert record.owners[e2b_provider.AGENT_PATH] == "root"
+    assert oct(uploaded.stat().st_mode & 0o777) == "0o644"
+    assert oct(uploaded.parent.stat().st_mode & 0o777) == "0o755"
+    home = record.vm.host_path("/home/user")
+    assert not [p for p in home.iterdir() if p.name.startswith(".nexus")]  # token file deleted
+    assert set(handle) == {"token", "sandbox_id", "template", "timeout", HARD_END, "socket",
+                           "agent_pid"}
+    assert handle["socket"].startswith("@nexus-") and len(handle["socket"]) == 23
+    assert handle["agent_pid"] == record.handles[1].pid  # the boot command: seal, boot
     json.dumps(handle)
 
 
@@ -236,8 +241,9 @@ def test_e2b_pause_and_resume_keep_memory_state(e2b: E2BProvider) -> None:
 
 
 def live_relays(record) -> int:
-    """Relay processes still running in a fake E2B sandbox (its first command is the agent)."""
-    return sum(h._proc.poll() is None for h in record.handles[1:])
+    """Relay processes still running in a fake E2B sandbox (root's commands: the agent runs
+    as the sandbox user, and root's other command, the seal, has ended)."""
+    return sum(h._proc.poll() is None for h in record.handles if h.user == "root")
 
 
 def check_pause_ends_relays_and_keeps_memory(provider: E2BProvider) -> None:
@@ -416,8 +422,8 @@ def test_modal_create_maps_the_spec_onto_the_sdk(modal: ModalProvider) -> None:
                                       ("pip_install", DATASCIENCE_PACKAGES)]
     agent = zipapp_file(modal.settings.home / "agent-cache")
     assert record.image.files == {modal_provider.AGENT_PATH: str(agent)}
-    run_dir = record.vm.host_path(modal_provider.RUN_DIR)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["agent.sock"]  # token file deleted
+    assert handle["socket"].startswith("@nexus-") and handle["socket"] in record.entrypoint[2]
+    assert handle["agent_pid"] == record.entry._proc.pid  # the entrypoint execs the agent
     json.dumps(handle)
 
 

@@ -130,10 +130,12 @@ def test_e2b_commands_files_and_handle() -> None:
     from e2b.sandbox_sync.commands.command import Commands
     from e2b.sandbox_sync.filesystem.filesystem import Filesystem
 
-    assert_same_call(Commands.run, e2b_fake.Commands.run, {"cmd", "background", "stdin", "timeout"})
+    assert_same_call(
+        Commands.run, e2b_fake.Commands.run, {"cmd", "background", "stdin", "timeout", "user"}
+    )
     assert_same_call(Commands.send_stdin, e2b_fake.Commands.send_stdin, {"pid", "data"})
     assert_same_call(Commands.kill, e2b_fake.Commands.kill, {"pid"})
-    assert_same_call(Filesystem.write, e2b_fake.Filesystem.write, {"path", "data"})
+    assert_same_call(Filesystem.write, e2b_fake.Filesystem.write, {"path", "data", "user"})
     handle = e2b.CommandHandle
     for name, used in [
         ("send_stdin", {"data"}),
@@ -153,6 +155,17 @@ def test_e2b_commands_files_and_handle() -> None:
     assert "data.encode() if isinstance(data, str) else data" in inspect.getsource(
         Commands.send_stdin
     )
+
+
+def test_e2b_users_and_login_shell() -> None:
+    """What the fake models of E2B's users: the default user, and commands run by a login
+    shell of that user (which reads the user's dotfiles first)."""
+    from e2b.connection_config import default_username
+    from e2b.sandbox_sync.commands.command import Commands
+
+    assert default_username == e2b_fake.DEFAULT_USER == "user"
+    assert 'cmd="/bin/bash"' in inspect.getsource(Commands._start)
+    assert 'args=["-l", "-c", cmd]' in inspect.getsource(Commands._start)
 
 
 def test_e2b_data_shapes_and_errors() -> None:

@@ -6,11 +6,18 @@ It holds the common shape: the credential check, the TTL check and the mapping o
 agent's deadline onto the service's own timeout (at create and on :meth:`extend`), the agent
 started and awaited with cleanup on failure, the relay stream, the cache of SDK sandbox
 objects, destroy and the reconcile listing. A subclass says how its SDK does each step.
+
+The channel: the agent listens on an abstract unix socket named per sandbox
+(:func:`new_socket`, in the handle as ``socket``): nothing in the file system for sandbox
+code to rename or replace, and bound before any user code runs. Every relay is started with
+``--peer-pid`` of the agent (``agent_pid`` in the handle), so it refuses a socket that
+another process listens on (SO_PEERCRED), before the ``auth`` handshake.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 import weakref
@@ -42,6 +49,14 @@ REACH_SECONDS = 5.0
 HOME = "/home/user"
 #: A new deadline closer than this to the timeout already set does not call the service.
 REFRESH_SLACK = 60.0
+#: The fd on which a boot line opens a token file for the agent (``--token-fd``).
+TOKEN_FD = 3
+
+
+def new_socket() -> str:
+    """A new agent socket name: abstract, unique per sandbox (names are per network
+    namespace, and the fakes run many sandboxes in one)."""
+    return f"@nexus-{secrets.token_hex(8)}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -65,9 +80,8 @@ class CloudProvider(Provider):
     service = ""
     #: MissingCredentialsError's message: how to set the credentials.
     missing_credentials = ""
-    #: Directory of the agent inside the sandbox, and of its socket.
+    #: Directory of the agent inside the sandbox.
     agent_dir = ""
-    run_dir = ""
     #: Seconds the service keeps the sandbox past the agent's deadline (the host reaper and
     #: the agent's watchdog act first; the service's own timeout is the last resort).
     grace = 120
@@ -136,18 +150,36 @@ class CloudProvider(Provider):
             return ""
         return ": " + self.capped.format(minutes=self._max_seconds // 60)
 
-    def boot_script(self, deadline: float | None) -> str:
-        """The shell line that becomes the agent, which takes its token on stdin."""
+    def boot_script(
+        self,
+        deadline: float | None,
+        socket: str,
+        *,
+        token_file: str | None = None,
+        announce_pid: bool = False,
+    ) -> str:
+        """The shell line that becomes the agent listening on ``socket``: it takes its token
+        on stdin, or from ``token_file`` (opened, then deleted before the agent starts)."""
+        token_fd = None if token_file is None else TOKEN_FD
         command = agent_command(  # the uploaded zipapp, run as a script (no -I)
             self._python, self.agent_path,
-            *serve_args(HOME, deadline, socket=f"{self.run_dir}/agent.sock"), flags=()
+            *serve_args(HOME, deadline, socket=socket, token_fd=token_fd), flags=()
         )
-        return boot_script(command, make_dirs=(self.run_dir, HOME))
+        return boot_script(command, make_dirs=(HOME,), token_file=token_file, token_fd=TOKEN_FD,
+                           announce_pid=announce_pid)
 
-    def relay_command(self) -> list[str]:
-        """The command whose stdio is a stream to the agent."""
+    def relay_command(self, handle: Handle) -> list[str]:
+        """The command whose stdio is a stream to the handle's agent (``--peer-pid``: only
+        to a socket the agent listens on). It may run as root: isolated mode and no
+        ``site`` (no PYTHON* variables, no .pth file of a writable site-packages runs)."""
+        socket, pid = handle.get("socket"), handle.get("agent_pid")
+        if not socket or not pid:
+            raise AgentError(
+                f"{self.service} sandbox {handle.get('sandbox_id')} was started by an older "
+                "nexus-kernel (its agent listens on a file socket): stop it and create a new one"
+            )
         return agent_command(self._python, self.agent_path,
-                             *relay_args(f"{self.run_dir}/agent.sock"), flags=())
+                             *relay_args(socket, peer_pid=int(pid)), flags=("-I", "-S"))
 
     @property
     def agent_path(self) -> str:
@@ -166,8 +198,10 @@ class CloudProvider(Provider):
         """Create the service's sandbox; (SDK sandbox object, handle with a token)."""
 
     @abstractmethod
-    def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
-        """Hand the agent its token and wait for its READY line."""
+    def _start_agent(self, sandbox: Any, handle: Handle, deadline: float | None) -> None:
+        """Start the agent with ``handle["token"]`` on a socket of :func:`new_socket` (set
+        here or by :meth:`_new_sandbox`, as ``handle["socket"]``), wait for its READY line
+        and set ``handle["agent_pid"]``."""
 
     @abstractmethod
     def _attach(self, sandbox_id: str) -> Any:
@@ -175,9 +209,10 @@ class CloudProvider(Provider):
 
     @abstractmethod
     def _open_relay(
-        self, sandbox: Any
+        self, sandbox: Any, argv: list[str]
     ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
-        """Start a relay: (its stdout as bytes, a stdin writer, a function ending it)."""
+        """Start the relay ``argv``: (its stdout as bytes, a stdin writer, a function
+        ending it)."""
 
     @abstractmethod
     def _set_timeout(self, sandbox_id: str, seconds: int) -> None:
@@ -202,7 +237,7 @@ class CloudProvider(Provider):
         handle[HARD_END] = round(now + self._max_seconds, 3)
         try:
             with self._errors("start the sandbox agent"):
-                self._start_agent(sandbox, handle["token"], spec.deadline)
+                self._start_agent(sandbox, handle, spec.deadline)
         except BaseException:
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
@@ -211,10 +246,11 @@ class CloudProvider(Provider):
 
     def connect(self, handle: Handle) -> PumpChannel:
         """A new stream to the agent: a relay process's stdin/stdout, through the SDK."""
+        argv = self.relay_command(handle)
         errors = self._errors("open a stream to the sandbox")
         try:
             with errors:
-                chunks, write, end = self._open_relay(self._sandbox(handle))
+                chunks, write, end = self._open_relay(self._sandbox(handle), argv)
         except SandboxError as exc:
             self._forget(handle)
             raise AgentError(

@@ -3,7 +3,7 @@
 - :func:`agent_command`: the one command line that runs the agent (``serve`` to start it,
   ``relay`` to open a stream to it), wherever the agent is installed in the sandbox.
 - :func:`boot_script`: the shell line that makes the agent's dirs and becomes the agent, which
-  reads its token from stdin.
+  reads its token from stdin or from a file it opens and deletes first.
 - :func:`wait_for_ready`: the one wait (bounded) for the agent's ``READY`` line.
 - :func:`resource_labels`: the labels (tags, metadata) reconcile finds our sandboxes by.
 - :func:`import_sdk` / :func:`require_sdk`: the lazy import of a provider's SDK, with
@@ -67,14 +67,39 @@ def relay_args(socket: str, peer_pid: int | None = None) -> list[str]:
     return ["relay", "--socket", socket, *([] if peer_pid is None else ["--peer-pid", str(peer_pid)])]
 
 
-def boot_script(command: Sequence[str], make_dirs: Sequence[str] = ()) -> str:
-    """A POSIX shell line: create ``make_dirs`` (private), then exec ``command`` (the agent,
-    which reads its token from the stdin it inherits)."""
+def boot_script(
+    command: Sequence[str],
+    make_dirs: Sequence[str] = (),
+    *,
+    token_file: str | None = None,
+    token_fd: int = 3,
+    announce_pid: bool = False,
+) -> str:
+    """A POSIX shell line: create ``make_dirs`` (private), then exec ``command`` (the agent).
+
+    The agent reads its token from the stdin it inherits, or with ``token_file``, from that
+    file opened on ``token_fd`` and deleted before the agent starts (``command`` must say
+    ``--token-fd``). With ``announce_pid``, it first prints ``PID <n>``: the agent's pid, as
+    ``exec`` keeps it, for relays started with ``--peer-pid``."""
     steps = ["umask 077"]
     if make_dirs:
         steps.append(f"mkdir -p {' '.join(map(shlex.quote, make_dirs))} || exit 69")
+    if token_file is not None:
+        path = shlex.quote(token_file)
+        steps.append(f"{{ exec {token_fd}<{path} && rm -f {path}; }} || exit 69")
+    if announce_pid:
+        steps.append('echo "PID $$"')
     steps.append(f"exec {shlex.join(command)}")
     return "; ".join(steps)
+
+
+def announced_pid(lines: Iterable[str]) -> int | None:
+    """The pid a boot line with ``announce_pid`` printed, among ``lines``; None if none."""
+    for line in lines:
+        word, _, value = line.strip().partition(" ")
+        if word == "PID" and value.isdigit():
+            return int(value)
+    return None
 
 
 # ---------------------------------------------------------------------------- READY
@@ -87,15 +112,16 @@ def wait_for_ready(
     stop: Callable[[], None] | None = None,
     detail: Callable[[], str] = lambda: "",
     hint: str = "",
-) -> None:
+) -> list[str]:
     """Read ``output`` (the agent's stdout during startup, any chunking) until a ``READY``
-    line. A helper thread reads it and stops reading at that line.
+    line; return the lines before it (at most the last 4 KiB). A helper thread reads it and
+    stops reading at that line.
 
     Raises AgentError when ``timeout`` seconds pass first (``stop()`` is called then, to
     unblock the reader) or when the output ends first: the message ends with the last line
     of ``detail()`` (e.g. the agent's stderr) and ``hint`` (what to fix)."""
     done = threading.Event()
-    state: dict[str, Any] = {"ready": False, "error": None}
+    state: dict[str, Any] = {"ready": False, "error": None, "lines": []}
 
     def watch() -> None:
         seen = ""
@@ -103,8 +129,10 @@ def wait_for_ready(
             for chunk in output:
                 text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk
                 seen = (seen + text)[-4096:]
-                if any(line.strip() == "READY" for line in seen.split("\n")[:-1]):
+                lines = seen.split("\n")[:-1]
+                if any(line.strip() == "READY" for line in lines):
                     state["ready"] = True
+                    state["lines"] = lines[: [line.strip() for line in lines].index("READY")]
                     return
         except Exception as exc:  # the stream broke: as an end of output
             state["error"] = exc
@@ -118,7 +146,7 @@ def wait_for_ready(
                 stop()
         raise AgentError(f"timed out: the sandbox agent did not start within {timeout:g}s")
     if state["ready"]:
-        return
+        return state["lines"]
     why = ""
     with suppress(Exception):
         lines = detail().strip().splitlines()

@@ -7,17 +7,31 @@ says how E2B's SDK does each step.
 
 Start: ``Sandbox.create`` with the template (``template_id`` > ``E2B_TEMPLATE_ID`` > E2B's
 code-interpreter template; "minimal" = E2B's base), ``timeout`` mapped from the TTL, ``metadata`` carrying our ids for reconcile and
-``allow_internet_access`` following the sandbox's network setting. The agent file is uploaded
-with ``files.write`` and started as a background command (``commands.run(background=True,
-stdin=True, timeout=0, retain_output=False)``: E2B's daemon would end it after the SDK's 60 s
-default, and the SDK's handle would keep every byte of its output): a shell line reads the token from stdin into a 0600 file and
-becomes the agent, which prints ``READY``; the command's stream is then detached (the
-process keeps running).
+``allow_internet_access`` following the sandbox's network setting.
 
-Stream: every ``connect`` starts the agent's ``relay`` as another background command;
-its stdout (the SDK hands it over as ``str``, decoded incrementally as UTF-8) is re-encoded
-to bytes, and ``send_stdin`` takes bytes. The agent only writes valid UTF-8 JSON lines, so
-the round trip is byte-exact and framing is intact (file contents travel base64 inside JSON).
+Agent: its zipapp is written as root (``files.write(user="root")``) into AGENT_DIR, made
+0755 / 0644 by a root command: the sandbox user can run it, not replace it. The token is
+never sent on stdin (E2B's daemon, envd, logs a command's stdin at debug level): it is
+written as a file of the sandbox user's (a random name in the home), which the boot line
+opens on fd 3 and deletes before it becomes the agent (``--token-fd 3``), so it is gone
+before any user code runs. The agent runs as the sandbox user, as a background command
+(``commands.run(background=True, timeout=0, retain_output=False)``: E2B's daemon would end
+it after the SDK's 60 s default, and the SDK's handle would keep every byte of its output)
+whose shell execs into it, so the command's ``pid`` is the agent's (``agent_pid`` in the
+handle). It listens on an abstract socket named per sandbox and prints ``READY``; the
+command's stream is then detached (the process keeps running).
+
+Stream: every ``connect`` starts the agent's ``relay --peer-pid <agent>`` as another
+background command, as root: the sandbox user can neither kill it, read its memory, nor
+change what its login shell runs (``bash -l`` reads the user's dotfiles, not root's). Its
+stdout (the SDK hands it over as ``str``, decoded incrementally as UTF-8) is re-encoded to
+bytes, and ``send_stdin`` takes bytes. The agent only writes valid UTF-8 JSON lines, so the
+round trip is byte-exact and framing is intact (file contents travel base64 inside JSON).
+What passes a relay (code, files) is protocol traffic on its stdin, which envd may log.
+
+E2B's templates give the sandbox user passwordless sudo: code that uses it can reach the
+agent and its channel as root can. The host never trusts the agent beyond the stream's
+bounds and the ``auth`` handshake, and E2B's own timeout ends the microVM from outside.
 
 TTL: E2B's own timeout is the backstop that ends the microVM (the agent's watchdog only ends
 the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and every
@@ -53,7 +67,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import HARD_END, SandboxSpec
-from ._cloud import HOME, REACH_SECONDS, CloudProvider, one_line
+from ._cloud import HOME, REACH_SECONDS, CloudProvider, new_socket, one_line
 from ._launch import resource_labels, wait_for_ready
 from .base import LEAN_TEMPLATES, Capabilities, Handle
 
@@ -61,10 +75,15 @@ from .base import LEAN_TEMPLATES, Capabilities, Handle
 #: as a local sandbox's "datascience" template. ``--template minimal`` gives E2B's "base".
 DEFAULT_TEMPLATE = "code-interpreter-v1"
 LEAN_TEMPLATE = "base"
-#: Agent file and run dir live under the sandbox user's home: no root needed, any template.
-BASE_DIR = f"{HOME}/.nexus"
-AGENT_PATH = f"{BASE_DIR}/{ZIPAPP_NAME}"
-RUN_DIR = f"{BASE_DIR}/run"
+#: The agent's zipapp: root's, in a root directory, out of the sandbox user's reach.
+AGENT_DIR = "/opt/nexus-agent"
+AGENT_PATH = f"{AGENT_DIR}/{ZIPAPP_NAME}"
+#: E2B's users: root, and the sandbox user that runs the agent and user code.
+ROOT = "root"
+USER = "user"
+#: Run as root after the upload: the agent's dir and file are root's whatever envd's modes.
+SEAL_AGENT = f"chmod 0755 {shlex.quote(AGENT_DIR)} && chmod 0644 {shlex.quote(AGENT_PATH)}"
+SEAL_TIMEOUT = 30
 
 #: Seconds E2B keeps the microVM past the agent's deadline (the host reaper and the agent's
 #: watchdog act first; E2B's timeout is the last resort).
@@ -150,8 +169,7 @@ class E2BProvider(CloudProvider):
     service = "E2B"
     capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
     missing_credentials = MISSING_KEY
-    agent_dir = BASE_DIR
-    run_dir = RUN_DIR
+    agent_dir = AGENT_DIR
     grace = TIMEOUT_GRACE
     max_seconds_option = "max_timeout"
     default_max_seconds = DEFAULT_MAX_TIMEOUT
@@ -228,12 +246,18 @@ class E2BProvider(CloudProvider):
         self._remember(sandbox.sandbox_id, sandbox, now + timeout)
         return sandbox, handle
 
-    def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
-        sandbox.files.write(AGENT_PATH, zipapp_bytes())
+    def _start_agent(self, sandbox: Any, handle: Handle, deadline: float | None) -> None:
+        sandbox.files.write(AGENT_PATH, zipapp_bytes(), user=ROOT)
+        sandbox.commands.run(SEAL_AGENT, user=ROOT, timeout=SEAL_TIMEOUT)
+        # never stdin (envd logs it): a file the boot line opens and deletes first
+        token_file = f"{HOME}/.nexus-token-{secrets.token_hex(8)}"
+        sandbox.files.write(token_file, handle["token"] + "\n", user=USER)
+        handle["socket"] = new_socket()
         command = sandbox.commands.run(
-            self.boot_script(deadline), background=True, stdin=True, timeout=0, retain_output=False
-        )
-        command.send_stdin(token + "\n")
+            self.boot_script(deadline, handle["socket"], token_file=token_file),
+            background=True, user=USER, timeout=0, retain_output=False,
+        )  # fmt: skip
+        handle["agent_pid"] = command.pid  # the shell execs into the agent: the same pid
         stderr = bytearray()
         wait_for_ready(
             _stdout_of(command, stderr),
@@ -253,12 +277,14 @@ class E2BProvider(CloudProvider):
         return self.sdk.Sandbox.connect(sandbox_id, **self._api())
 
     def _open_relay(
-        self, sandbox: Any
+        self, sandbox: Any, argv: list[str]
     ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
+        """The relay as a root background command (see the module doc)."""
         command = sandbox.commands.run(
-            "exec " + shlex.join(self.relay_command()),
+            "exec " + shlex.join(argv),
             background=True,
             stdin=True,
+            user=ROOT,
             timeout=0,
             retain_output=False,
         )

@@ -12,13 +12,26 @@ data-science packages of ``DATASCIENCE_PACKAGES``, "minimal" without them;
 agent file added with ``Image.add_local_file`` (mounted at start, no rebuild), tags carrying
 our ids, ``block_network`` unless network was asked, and cpu / memory as (request, limit)
 pairs from the limits (``gpu`` from the provider option). The entrypoint is a shell line that
-reads the token from the sandbox's stdin into a 0600 file and becomes the agent, so the
-sandbox lives exactly as long as the agent: its deadline watchdog ends the sandbox. The token
-write waits for Modal to give the sandbox a machine, with no deadline of its own: it shares
-``ready_timeout`` with the READY wait (:func:`_within`), and then fails with one line.
+prints its pid and execs into the agent, so the sandbox lives exactly as long as the agent
+(its deadline watchdog ends the sandbox) and that pid is the agent's (``agent_pid`` in the
+handle: whether Modal's entrypoint is the container's pid 1 is not documented, so it is not
+assumed). The agent listens on an abstract socket named per sandbox and reads its token
+from the sandbox's stdin: Modal carries it through its API (``SandboxStdinWrite``) to the
+entrypoint; the documented outputs of a sandbox (logs) are its stdout and stderr, and there
+is no more private documented channel (secrets are environment variables, files go
+through the same API). The token write waits for Modal to give the sandbox a machine, with
+no deadline of its own: it shares ``ready_timeout`` with the READY wait (:func:`_within`),
+and then fails with one line.
 
-Stream: every ``connect`` runs the agent's ``relay`` with ``Sandbox.exec(text=False)``;
-its ``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
+Stream: every ``connect`` runs the agent's ``relay --peer-pid <agent>`` with
+``Sandbox.exec(text=False)`` (in the same container, so the same pid namespace); its
+``stdout`` iterator yields bytes and ``stdin.write`` + ``drain`` take bytes.
+
+Modal runs the entrypoint and every exec as root in the container: sandbox code is root
+there and can reach the agent, read its memory and kill it. The abstract socket and
+``--peer-pid`` keep the channel from being taken by renaming a file or binding a name; the
+host never trusts the agent beyond the stream's bounds and the ``auth`` handshake, and
+Modal's timeouts end the sandbox from outside.
 
 TTL: Modal's ``timeout`` (a hard lifetime, at most 24 h, fixed at create) is set to that
 maximum; ``idle_timeout`` (restarted by every exec and stdin write) is the TTL plus grace. The
@@ -52,6 +65,7 @@ from typing import Any
 from ..agent.deploy import ZIPAPP_NAME, zipapp_file
 from ..config import Settings
 from ..errors import (
+    AgentError,
     MissingCredentialsError,
     ProviderError,
     ProviderUnavailableError,
@@ -60,8 +74,9 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..models import SandboxSpec
-from ._cloud import REACH_SECONDS, CloudProvider, one_line
+from ._cloud import REACH_SECONDS, CloudProvider, new_socket, one_line
 from ._launch import (
+    announced_pid,
     import_sdk,
     resource_labels,
     wait_for_ready,
@@ -71,7 +86,6 @@ from .base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES, Capabilities, Handle
 APP_NAME = "nexus-kernel"
 AGENT_DIR = "/opt/nexus-agent"
 AGENT_PATH = f"{AGENT_DIR}/{ZIPAPP_NAME}"
-RUN_DIR = "/run/nexus"
 PYTHON_VERSION = "3.12"
 
 #: Modal's longest sandbox lifetime (``timeout``), seconds.
@@ -210,7 +224,6 @@ class ModalProvider(CloudProvider):
     capabilities = Capabilities(pause=False, resume=False, network=True, gpu=True)
     missing_credentials = MISSING_TOKEN
     agent_dir = AGENT_DIR
-    run_dir = RUN_DIR
     grace = IDLE_GRACE
     max_seconds_option = "max_lifetime"
     default_max_seconds = MAX_LIFETIME
@@ -299,9 +312,10 @@ class ModalProvider(CloudProvider):
 
     def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
         """The sandbox with the agent as its entrypoint (it lives as long as the agent)."""
+        socket = new_socket()
         with _sdk_errors(self.sdk, "create the sandbox"):
             sandbox = self.sdk.Sandbox.create(
-                "/bin/sh", "-c", self.boot_script(spec.deadline),
+                "/bin/sh", "-c", self.boot_script(spec.deadline, socket, announce_pid=True),
                 app=self._app(),
                 image=self._image(spec),
                 tags=resource_labels(spec),
@@ -315,36 +329,42 @@ class ModalProvider(CloudProvider):
             "token": secrets.token_urlsafe(32),
             "sandbox_id": sandbox.object_id,
             "app": self.options.get("app_name") or APP_NAME,
+            "socket": socket,
         }
         self._remember(sandbox.object_id, sandbox)
         return sandbox, handle
 
-    def _start_agent(self, sandbox: Any, token: str, deadline: float | None) -> None:
+    def _start_agent(self, sandbox: Any, handle: Handle, deadline: float | None) -> None:
         """Write the token, then wait for READY: one budget (``ready_timeout``) for both, as
-        the write waits for Modal to schedule the sandbox, with no deadline of its own."""
+        the write waits for Modal to schedule the sandbox, with no deadline of its own. The
+        agent's pid is the one its boot line printed before it (no user code ran yet)."""
         budget = float(self.options.get("ready_timeout") or self.ready_timeout)
         start = time.monotonic()
 
         def hand_over() -> None:
-            sandbox.stdin.write((token + "\n").encode())
+            sandbox.stdin.write((handle["token"] + "\n").encode())
             sandbox.stdin.drain()
 
         _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
-        wait_for_ready(
+        before = wait_for_ready(
             iter(sandbox.stdout),
             max(1.0, budget - (time.monotonic() - start)),
             stop=sandbox.terminate,
             detail=lambda: _read_briefly(sandbox.stderr),
         )
+        pid = announced_pid(before)
+        if pid is None:
+            raise AgentError("the sandbox agent started without its boot line's PID line")
+        handle["agent_pid"] = pid
 
     def _attach(self, sandbox_id: str) -> Any:
         return self.sdk.Sandbox.from_id(sandbox_id, client=self._client())
 
     def _open_relay(
-        self, sandbox: Any
+        self, sandbox: Any, argv: list[str]
     ) -> tuple[Iterable[bytes], Callable[[bytes], None], Callable[[], None]]:
         """``Sandbox.exec`` of the relay, bytes both ways."""
-        process = sandbox.exec(*self.relay_command(), text=False)
+        process = sandbox.exec(*argv, text=False)
         return iter(process.stdout), _stdin_writer(process), lambda: _end_exec(process)
 
     def _set_timeout(self, sandbox_id: str, seconds: int) -> None:

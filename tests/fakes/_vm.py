@@ -63,8 +63,12 @@ class FakeVM:
 
     # ------------------------------------------------------------------ processes
 
-    def spawn(self, argv: list[str], *, stdin: bool, cwd: str | None = None) -> subprocess.Popen:
-        """Start ``argv`` (sandbox paths mapped) with piped stdout/stderr."""
+    def spawn(
+        self, argv: list[str], *, stdin: bool, cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        """Start ``argv`` (sandbox paths mapped) with piped stdout/stderr; ``env`` adds to
+        (or replaces in) the sandbox's environment."""
         if self.killed:
             raise RuntimeError("the fake sandbox was killed")
         proc = subprocess.Popen(
@@ -73,7 +77,7 @@ class FakeVM:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=str(self.host_path(cwd)) if cwd else str(self.root / "home/user"),
-            env=self.env,
+            env={**self.env, **(env or {})},
             start_new_session=True,
         )
         self.processes.append(proc)

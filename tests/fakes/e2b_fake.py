@@ -9,6 +9,16 @@ SDK's ``class_method_variant`` does), ``Sandbox.list`` returning a paginator of
 ``(stdout, stderr, pty)`` tuples of *str* decoded incrementally as UTF-8, ``send_stdin`` taking
 str or bytes, and ``files.write``.
 
+Users, as far as one host uid allows: ``user=`` ("user" by default, or "root") is recorded
+(``_Record.owners``, ``CommandHandle.user``); a command runs as ``bash -l -c`` does, after the
+first of its user's ``~/.bash_profile``, ``~/.bash_login``, ``~/.profile`` (root's home is
+a directory of its own; the host's ``/etc/profile`` is not read: it would reset PATH);
+``files.write`` as "user" over a path "root" wrote is refused (envd runs it as that user).
+Every process still runs as the test's uid, so the kernel enforces nothing between the two
+users here. ``CommandHandle.pid`` is the real pid of the process the command started. The
+daemon's log (:attr:`_Record.daemon_log`) gets every command line and every stdin byte, as
+envd logs them at debug level.
+
 A sandbox is a :class:`~fakes._vm.FakeVM`; commands really run (``/bin/bash -c``), so the
 real agent serves real protocol traffic. Pause sends SIGSTOP to every process and breaks
 the open command streams (as a real pause drops connections); connect resumes (SIGCONT).
@@ -163,9 +173,21 @@ class _Record:
     handles: list[CommandHandle] = field(default_factory=list)
     #: The snapshot kind of every pause ("full" or "filesystem"), the API's default applied.
     pause_modes: list[str] = field(default_factory=list)
+    #: What envd logs: ("run", user, command line) and ("stdin", pid, the bytes sent).
+    daemon_log: list[tuple[str, Any, Any]] = field(default_factory=list)
+    #: Sandbox path -> the user files.write wrote it as.
+    owners: dict[str, str] = field(default_factory=dict)
 
 
 SANDBOXES: dict[str, _Record] = {}
+#: envd's default user (``e2b.connection_config.default_username``) and its home.
+DEFAULT_USER = "user"
+HOME = "/home/user"
+#: What ``bash -l`` runs before a command: the first of the user's dotfiles it finds.
+LOGIN = (
+    'for f in "$HOME/.bash_profile" "$HOME/.bash_login" "$HOME/.profile"; '
+    'do if [ -r "$f" ]; then . "$f"; break; fi; done; '
+)
 _ids = itertools.count(1)
 _lock = threading.Lock()
 
@@ -277,9 +299,11 @@ class class_method_variant:  # noqa: N801 - the SDK's name
 class CommandHandle:
     """As e2b.CommandHandle (sync): iterate for ``(stdout, stderr, pty)`` str chunks."""
 
-    def __init__(self, proc, record: _Record, retain_output: bool = True):
+    def __init__(self, proc, record: _Record, retain_output: bool = True, user: str = "user"):
         self._proc = proc
         self._record = record
+        #: The user the command runs as (tests read it; every process has the host's uid).
+        self.user = user
         self._disconnected = False
         self._broken: str | None = None
         self._timed_out = False
@@ -379,7 +403,9 @@ class CommandHandle:
 
     def send_stdin(self, data: str | bytes, request_timeout: float | None = None) -> None:
         _reach_envd(self._record)
-        _send(self._proc, self._broken, data)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        self._record.daemon_log.append(("stdin", self.pid, raw))
+        _send(self._proc, self._broken, raw)
 
     def close_stdin(self, request_timeout: float | None = None) -> None:
         self._proc.stdin.close()
@@ -435,8 +461,14 @@ class Commands:
         retain_output: bool = True,
     ):
         record = _record(self._record.sandbox_id)
-        proc = record.vm.spawn(["/bin/bash", "-c", cmd], stdin=bool(stdin), cwd=cwd)
-        handle = CommandHandle(proc, record, retain_output)
+        user = user or DEFAULT_USER
+        record.daemon_log.append(("run", user, cmd))
+        home = record.vm.root / "root" if user == "root" else record.vm.host_path(HOME)
+        home.mkdir(mode=0o700, exist_ok=True)
+        proc = record.vm.spawn(
+            ["/bin/bash", "-c", LOGIN + cmd], stdin=bool(stdin), cwd=cwd, env={"HOME": str(home)}
+        )
+        handle = CommandHandle(proc, record, retain_output, user)
         record.handles.append(handle)
         if timeout:  # the stream, and with it the process, ends after `timeout` (0: never)
             timer = threading.Timer(timeout * COMMAND_SECONDS, handle._time_out)
@@ -478,8 +510,13 @@ class Filesystem:
         use_octet_stream: bool | None = None,
         metadata: dict[str, str] | None = None,
     ) -> WriteInfo:
-        target = _record(self._record.sandbox_id).vm.host_path(path)
+        record = _record(self._record.sandbox_id)
+        user = user or DEFAULT_USER
+        if user != "root" and record.owners.get(path) == "root":
+            raise SandboxException(f"failed to write to file {path}: permission denied")
+        target = record.vm.host_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        record.owners[path] = user
         if isinstance(data, str):
             data = data.encode()
         elif not isinstance(data, (bytes, bytearray)):
