@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 
 from nexus_kernel.config import Settings
-from nexus_kernel.errors import ProviderUnavailableError, SandboxError, SandboxStateError
+from nexus_kernel.errors import (
+    ProviderError,
+    ProviderUnavailableError,
+    SandboxError,
+    SandboxStateError,
+)
 from nexus_kernel.models import SandboxSpec
 
 from .conftest import docker_not_ready, docker_problem
@@ -83,7 +88,8 @@ def inspect(provider, handle: dict[str, Any]) -> dict[str, Any]:
 def docker_exec(provider, handle: dict[str, Any], *cmd: str) -> str:
     """Output of a command run in the sandbox out of band (as its user, like `docker exec`)."""
     client = provider._client(handle["docker_host"])
-    result = client.containers.get(handle["container_id"]).exec_run(list(cmd), user="1000:1000")
+    user = f"{handle['uid']}:{handle['uid']}"
+    result = client.containers.get(handle["container_id"]).exec_run(list(cmd), user=user)
     return result.output.decode()
 
 
@@ -109,7 +115,8 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert info["Mounts"] == []  # no host mounts, no volumes, no docker socket
     assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/dev/shm"}  # the socket is abstract
     assert all("nr_inodes=" in host["Tmpfs"][path] for path in ("/tmp", "/home/user", "/dev/shm"))
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == f"{handle['uid']}:{handle['uid']}"
+    assert info["Config"]["Labels"]["nexus.uid"] == str(handle["uid"])
     assert info["Config"]["WorkingDir"] == "/home/user"
     labels = info["Config"]["Labels"]
     assert labels["nexus.sandbox_id"].startswith("sb_")
@@ -126,7 +133,7 @@ def test_inside_the_container(provider, handle):
         "touch /rootfs-write 2>&1 || true; ls /var/run/docker.sock 2>&1 || true",
     )  # fmt: skip
     lines = out.splitlines()
-    assert lines[0] == "1000"
+    assert lines[0] == str(handle["uid"])
     assert lines[1].split()[1] == "0000000000000000"
     assert lines[2] == "abstract"  # the agent's socket: no file of it anywhere
     assert "Read-only file system" in out
@@ -142,7 +149,7 @@ def test_hello_and_runs_over_the_exec_relay(provider, handle):
         hello = client.hello()
         assert set(hello["languages"]) >= {"python", "javascript", "bash"}
         assert client.run("python", "import os; print(os.getuid(), os.getcwd())")["stdout"] == (
-            "1000 /home/user\n"
+            f"{handle['uid']} /home/user\n"
         )
         assert client.run("javascript", "console.log(6 * 7)")["stdout"] == "42\n"
         assert client.run("bash", "echo $((20 + 22))")["stdout"] == "42\n"
@@ -229,6 +236,42 @@ def test_pause_blocks_and_resume_restores(provider, handle):
         assert provider.state(handle) == "running"
     finally:
         client.close()
+
+
+def test_uids_come_in_free_pairs_from_a_range_of_their_own():
+    from nexus_kernel.providers import docker, uids
+
+    assert docker.UID_BASE >= uids.UID_BASE + uids.UID_COUNT  # disjoint from local's range
+    pairs = set(range(docker.UID_BASE, docker.UID_BASE + docker.UID_COUNT, 2))
+    last = docker.UID_BASE + 2 * 1234
+    assert docker.pick_uid(pairs - {last}) == last
+    with pytest.raises(ProviderError, match="in use"):
+        docker.pick_uid(pairs)
+
+
+def test_a_create_that_lost_its_uid_to_a_racing_create_picks_another(provider, store_id,
+                                                                      monkeypatch):
+    """A create whose listing missed a container with the same uid (another create, racing)
+    sees it once its own container exists: it removes its own and picks again."""
+    from nexus_kernel.providers import docker
+
+    client = provider._client(provider.settings.docker_host)
+    taken = docker.pick_uid(set(docker.labelled_uids(client).values()))
+    rival = client.api.create_container(
+        provider.settings.docker_image, command=["true"], labels={docker.UID_LABEL: str(taken)}
+    )["Id"]
+    picks, pick = iter([taken]), docker.pick_uid
+    monkeypatch.setattr(docker, "pick_uid", lambda in_use: next(picks, None) or pick(in_use))
+    try:
+        h = provider.create(make_spec(store_id))
+        try:
+            assert h["uid"] != taken and provider.alive(h)
+            assert inspect(provider, h)["Config"]["Labels"][docker.UID_LABEL] == str(h["uid"])
+            assert set(docker.labelled_uids(client, taken)) == {rival}  # its own is removed
+        finally:
+            provider.destroy(h)
+    finally:
+        client.api.remove_container(rival, force=True)
 
 
 def test_destroy_removes_the_container_and_is_idempotent(provider, store_id):

@@ -8,9 +8,21 @@ even when no client is alive, and ``auto_remove`` deletes it then.
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
 no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
-(the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their pages
-count against the memory cap), user 1000:1000, no host mounts and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
+(the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their
+pages count against the memory cap), a host uid of the sandbox's own (below), no host mounts
+and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
 ``nexus.expires_at`` for reconcile.
+
+One host identity per sandbox: each container runs as a uid (and gid) U of its own, and its
+relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for nexus, beside
+the local provider's range (``providers/uids.py``), no account's. So kernel per-uid quotas
+(inotify instances, keys, ``RLIMIT_NPROC``), keyrings and ptrace-by-uid never cross
+sandboxes or reach a real account. The pair lives in the engine, so a remote engine works
+too: the container's label ``nexus.uid``, picked at random among the pairs no container of
+the engine is labelled with, and checked after create: a creator that then sees another
+container with its uid removes its own and picks again (of two racing creates at most one
+keeps the uid). No /etc/passwd entry names U (the root is the image's, read-only): HOME,
+USER and LOGNAME are set in the environment (``whoami`` finds no name).
 
 The agent's token never touches the image, the container config or any file: the agent
 (the container's command) reads it as one line from its stdin before any user code runs;
@@ -21,10 +33,10 @@ The agent listens on the abstract unix socket SOCKET (in the container's network
 no file sandbox code could rename, replace or point elsewhere, and bound before any user
 code runs, so no one else can hold the name. The stream to the agent is a ``docker exec -i``
 of the agent's ``relay`` (it works against remote engines too), which talks only to a socket
-whose listener is pid 1, the agent (SO_PEERCRED), run as RELAY_USER: another uid, so sandbox
-code can neither kill it nor read its memory. Each stream then authenticates the agent (the
-``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes Docker's
-stream framing.
+whose listener is pid 1, the agent (SO_PEERCRED), run as the sandbox's uid + 1: another uid,
+so sandbox code can neither kill it nor read its memory. Each stream then authenticates the
+agent (the ``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes
+Docker's stream framing.
 """
 
 from __future__ import annotations
@@ -70,10 +82,21 @@ SOCKET = "@nexus-agent"
 AGENT_PID = 1
 HOME = "/home/user"
 PYTHON = "python3"
-USER = "1000:1000"
-#: The relay of each stream runs under another uid, so sandbox code cannot kill it
+#: The host uids of docker sandboxes (see the module doc): pairs U (even offset: the sandbox's
+#: uid and gid) and U+1 (its relays'). Disjoint from ``uids.py``'s local range.
+UID_BASE = 2_000_100_000
+UID_COUNT = 65_536
+UID_LABEL = "nexus.uid"
+#: Creates that lost their uid to a racing create and picked again, before giving up.
+UID_ATTEMPTS = 8
+#: The sandbox's environment: no /etc/passwd entry names its uid (Docker would set HOME=/).
+SANDBOX_ENV = {"HOME": HOME, "USER": "user", "LOGNAME": "user"}
+#: The relay of each stream runs as the sandbox's uid + 1, so sandbox code cannot kill it
 #: (``kill -9 -1``) or read its memory (requests carry the user's code and files).
-RELAY_USER = "1001:1000"
+RELAY_ENV = {"HOME": "/", "USER": "relay", "LOGNAME": "relay"}
+#: The relay of a container made before sandboxes had uids of their own (no ``uid`` in the
+#: handle; they ran as 1000:1000), until its TTL ends it.
+LEGACY_RELAY_USER = "1001:1000"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 #: Seconds to wait for the agent's READY line after the container starts.
@@ -231,9 +254,9 @@ def container_command(deadline: float | None) -> list[str]:
     return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
 
 
-def hardening(limits: Limits, network: bool) -> dict[str, Any]:
-    """docker-py ``create_host_config`` keyword arguments that confine one sandbox (the
-    container-level ones, user 1000:1000 and working dir /home/user, are set in create)."""
+def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
+    """docker-py ``create_host_config`` keyword arguments that confine one sandbox running as
+    ``uid`` (the container-level ones, its user and working dir /home/user, are set in create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
@@ -248,7 +271,7 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
         "tmpfs": {
             "/tmp": f"{scratch},mode=1777",
             "/dev/shm": f"{scratch},mode=1777",
-            HOME: f"{scratch},uid=1000,gid=1000,mode=0755",
+            HOME: f"{scratch},uid={uid},gid={uid},mode=0755",
         },
         "ulimits": [{"Name": "nofile", "Soft": OPEN_FILES, "Hard": OPEN_FILES}],
         # No --init: the agent is pid 1 (see the module doc).
@@ -259,6 +282,29 @@ def hardening(limits: Limits, network: bool) -> dict[str, Any]:
     if limits.cpus and limits.cpus > 0:
         options["nano_cpus"] = int(limits.cpus * 1e9)
     return options
+
+
+def pick_uid(in_use: set[int]) -> int:
+    """A sandbox uid U at random among the range's pairs (U, U+1) whose U is not ``in_use``."""
+    pairs = UID_COUNT // 2
+    start = secrets.randbelow(pairs)
+    for offset in range(pairs):
+        uid = UID_BASE + 2 * ((start + offset) % pairs)
+        if uid not in in_use:
+            return uid
+    raise ProviderError(
+        f"all {pairs} docker sandbox uids are in use: stop some sandboxes (nexus sandbox list)")
+
+
+def labelled_uids(client: Any, uid: int | None = None) -> dict[str, int]:
+    """Container id -> ``nexus.uid`` of every container of the engine (any state, any store)
+    carrying that label (with value ``uid`` when given)."""
+    label = UID_LABEL if uid is None else f"{UID_LABEL}={uid}"
+    found = {}
+    for row in client.api.containers(all=True, filters={"label": [label]}):
+        with suppress(TypeError, ValueError):
+            found[row["Id"]] = int((row.get("Labels") or {}).get(UID_LABEL))
+    return found
 
 
 class DockerProvider(Provider):
@@ -304,38 +350,28 @@ class DockerProvider(Provider):
 
     def create(self, spec: SandboxSpec) -> Handle:
         """Start a hardened container running the agent; return once the agent is READY."""
-        docker = import_sdk("docker", "docker")
         host = self._host()
         client = self._client(host)
         image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
-        host_config = client.api.create_host_config(
-            auto_remove=True,
-            log_config=docker.types.LogConfig(
-                type="json-file", config={"max-size": "1m", "max-file": "1"}
-            ),
-            **hardening(spec.limits, spec.network),
-        )
         with _api_errors(host, "create the sandbox container"):
-            try:
-                container_id = client.api.create_container(
-                    image,
-                    command=container_command(spec.deadline),
-                    user=USER,
-                    working_dir=HOME,
-                    hostname="sandbox",
-                    labels=resource_labels(spec, "."),
-                    stdin_open=True,  # and, as detach=False, StdinOnce: EOF after the token
-                    tty=False,
-                    host_config=host_config,
-                )["Id"]
-            except docker.errors.ImageNotFound:
-                raise _image_missing(image) from None
+            for _ in range(UID_ATTEMPTS):
+                uid = pick_uid(set(labelled_uids(client).values()))
+                container_id = self._create_container(client, spec, image, uid)
+                if set(labelled_uids(client, uid)) == {container_id}:
+                    break
+                # a racing create took the same uid: both back off, at most one keeps it
+                client.api.remove_container(container_id, force=True)
+            else:
+                raise ProviderError(
+                    f"no free docker sandbox uid after {UID_ATTEMPTS} attempts (too many "
+                    "concurrent creates on this engine): retry")
         handle = {
             "token": token,
             "container_id": container_id,
             "image": image,
             "docker_host": host,
+            "uid": uid,
         }
         try:
             self._start_agent(client, container_id, token, image)
@@ -344,6 +380,32 @@ class DockerProvider(Provider):
                 self.destroy(handle)
             raise
         return handle
+
+    def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int) -> str:
+        """Create (not start) the sandbox's container, running as ``uid``; its id."""
+        docker = import_sdk("docker", "docker")
+        host_config = client.api.create_host_config(
+            auto_remove=True,
+            log_config=docker.types.LogConfig(
+                type="json-file", config={"max-size": "1m", "max-file": "1"}
+            ),
+            **hardening(spec.limits, spec.network, uid),
+        )
+        try:
+            return client.api.create_container(
+                image,
+                command=container_command(spec.deadline),
+                user=f"{uid}:{uid}",
+                environment=SANDBOX_ENV,
+                working_dir=HOME,
+                hostname="sandbox",
+                labels={**resource_labels(spec, "."), UID_LABEL: str(uid)},
+                stdin_open=True,  # and, as detach=False, StdinOnce: EOF after the token
+                tty=False,
+                host_config=host_config,
+            )["Id"]
+        except docker.errors.ImageNotFound:
+            raise _image_missing(image) from None
 
     def _start_agent(self, client: Any, container_id: str, token: str, image: str) -> None:
         """Start the container, hand the agent its token on stdin, wait for READY."""
@@ -375,11 +437,13 @@ class DockerProvider(Provider):
         client = self._client(host)
         container_id = handle["container_id"]
         relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=AGENT_PID))
+        uid = handle.get("uid")
+        user = LEGACY_RELAY_USER if uid is None else f"{uid + 1}:{uid + 1}"
         with _api_errors(host, "open a stream to the sandbox"):
             try:
                 exec_id = client.api.exec_create(
                     container_id, relay, stdin=True, stdout=True, stderr=True, tty=False,
-                    user=RELAY_USER,
+                    user=user, environment=RELAY_ENV,
                 )["Id"]  # fmt: skip
                 raw = client.api.exec_start(exec_id, socket=True)
             except docker.errors.NotFound:

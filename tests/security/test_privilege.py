@@ -43,7 +43,9 @@ IDENTITY = {
 def test_code_runs_unprivileged(env, shared_box, language):
     uid, euid, gid, cap_eff, cap_prm, cap_bnd, no_new_privs = shared_box.ok(
         language, IDENTITY[language]).split()
-    assert (uid, euid, gid) == ("1000", "1000", "1000")
+    # local: 1000 in the jail's user namespace; docker: the host uid of the sandbox's own
+    inner = "1000" if env.name == "local" else str(shared_box.record.handle["uid"])
+    assert (uid, euid, gid) == (inner, inner, inner)
     assert int(cap_eff, 16) == 0 and int(cap_prm, 16) == 0 and int(cap_bnd, 16) == 0
     assert no_new_privs == "1"
     # seen from the host: no process of the sandbox runs as root
@@ -99,8 +101,7 @@ KILL_ALL = {
 @pytest.fixture
 def host_process(env, box):
     """A host process running as the sandbox's host uid (the same uid as its code)."""
-    # docker: the container user, without a user-namespace remap
-    uid = box.record.handle["uid"] if env.name == "local" else 1000
+    uid = box.record.handle["uid"]  # docker: the container user, without a user-namespace remap
     command = ["sleep", "120"]
     if os.geteuid() == 0 and shutil.which("setpriv"):
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
