@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 import pytest
@@ -920,6 +921,22 @@ def test_e2b_cap_resume_that_fails_names_the_cap(e2b: E2BProvider) -> None:
     assert str(info.value).endswith(
         ": E2B paused it after 1440 minutes of running (the plan's runtime cap) and it could "
         "not be resumed")
+
+
+def test_e2b_sdk_without_lifecycle_keeps_the_kill_and_says_so(settings: Settings) -> None:
+    class OldSandbox(e2b_fake.Sandbox):  # create as before the SDK had `lifecycle`
+        @classmethod
+        def create(cls, template=None, timeout=None, metadata=None, envs=None,
+                   allow_internet_access=None, **opts):
+            return super().create(template, timeout, metadata, envs,
+                                  allow_internet_access=allow_internet_access, **opts)
+
+    names = {name: getattr(e2b_fake, name) for name in e2b_fake.__all__}
+    provider = E2BProvider(settings, sdk=types.SimpleNamespace(**{**names, "Sandbox": OldSandbox}))
+    with pytest.warns(RuntimeWarning, match="no lifecycle option: a sandbox reaching the runtime"):
+        handle = provider.create(spec())
+    assert handle[AT_CAP] == "end"
+    assert e2b_fake.SANDBOXES[handle["sandbox_id"]].on_timeout == ("kill", "")
 
 
 @pytest.mark.parametrize("sweep", ["reap", "list", "reboot"])
