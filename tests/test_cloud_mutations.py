@@ -3,7 +3,8 @@
 Each case copies ``nexus_kernel/providers/e2b.py``, removes one argument the live service
 needs (``timeout=0``: E2B's daemon would end the agent or a relay after the SDK's 60 s;
 ``retain_output=False``: the SDK's handles would keep every byte of output; the pause mode;
-ending relays before a pause; reading every page of a listing), imports the mutant
+ending relays before a pause; reading every page of a listing; the auto-pause lifecycle at
+create and its snapshot mode), imports the mutant
 in-process and runs the fake-SDK check that guards it: the check must fail. A case whose
 text is no longer in the source fails too, so a refactor cannot silently disarm it.
 """
@@ -23,6 +24,7 @@ from nexus_kernel.providers import e2b as e2b_provider
 
 from .fakes import e2b_fake
 from .test_cloud_providers import (
+    check_cap_pause_keeps_the_session,
     check_lists_every_page,
     check_outlives_command_timeout,
     check_pause_ends_relays_and_keeps_memory,
@@ -74,6 +76,18 @@ MUTATIONS: list[tuple[str, str, str, Callable]] = [
         "while pages.has_next:",
         "if pages.has_next:",
         check_lists_every_page,
+    ),
+    (
+        "created without the auto-pause lifecycle",
+        "                **lifecycle,\n",
+        "",
+        check_cap_pause_keeps_the_session,
+    ),
+    (
+        "auto-pause mode left to the API",
+        '{"action": "pause", "mode": PAUSE_MODE}',
+        '{"action": "pause"}',
+        check_cap_pause_keeps_the_session,
     ),
 ]
 

@@ -879,19 +879,25 @@ def test_e2b_cap_pauses_and_the_next_run_resumes_the_session(tmp_path: Path) -> 
     later.close()
 
 
-def test_e2b_cap_resumes_the_sandbox_a_provider_holds(e2b: E2BProvider) -> None:
-    """The same process (a kernel) at the cap: its cached SDK object is of the paused
+def check_cap_pause_keeps_the_session(provider: E2BProvider) -> None:
+    """The same process (a kernel) at the cap: E2B paused the sandbox (create's lifecycle,
+    a full snapshot whatever the API's default), its cached SDK object is of the paused
     microVM; the next stream resumes it and the session is intact."""
-    handle = e2b.create(spec())
-    with client_for(e2b, handle) as client:
+    e2b_fake.API_PAUSE_MODE = "filesystem"
+    handle = provider.create(spec())
+    with client_for(provider, handle) as client:
         client.run("python", "n = 6", session="s", timeout=30)
     fake = e2b_fake.SANDBOXES[handle["sandbox_id"]]
-    e2b.extend(handle, time.time() + 600)
+    provider.extend(handle, time.time() + 600)
     fake.end_at = time.time()
     handle[HARD_END] = time.time() - 1
-    with client_for(e2b, handle) as client:
+    with client_for(provider, handle) as client:
         assert client.run("python", "print(n)", session="s", timeout=30)["stdout"] == "6\n"
     assert fake.pause_modes == ["full"] and handle[HARD_END] > time.time() + 3000
+
+
+def test_e2b_cap_resumes_the_sandbox_a_provider_holds(e2b: E2BProvider) -> None:
+    check_cap_pause_keeps_the_session(e2b)
 
 
 def test_e2b_cap_without_auto_pause_ends_the_sandbox(tmp_path: Path) -> None:
