@@ -929,6 +929,24 @@ def test_e2b_cap_resume_that_fails_names_the_cap(e2b: E2BProvider) -> None:
         "not be resumed")
 
 
+def test_modal_cap_reached_the_next_run_names_it(settings: Settings) -> None:
+    """Modal kills a sandbox 24 h after its start: the next run says so in one line."""
+    manager = manager_for(settings)
+    record = manager.create("capped", provider="modal")
+    manager.store.update(record.sandbox_id, lambda d: {
+        **d, "handle": {**d["handle"], HARD_END: time.time() - 1}})
+    fake = modal_fake.SANDBOXES[record.handle["sandbox_id"]]
+    fake.terminated = True  # Modal ends it at the cap
+    fake.vm.kill()
+    manager.close()
+    later = manager_for(settings)
+    with pytest.raises(SandboxStateError) as info:
+        later.run(record.sandbox_id, "python", "print(1)")
+    assert str(info.value) == (f"sandbox {record.sandbox_id} is stopped: Modal ends a sandbox "
+                               "1440 minutes after its start, whatever its TTL")
+    later.close()
+
+
 def test_e2b_sdk_without_lifecycle_keeps_the_kill_and_says_so(settings: Settings) -> None:
     class OldSandbox(e2b_fake.Sandbox):  # create as before the SDK had `lifecycle`
         @classmethod
