@@ -84,6 +84,9 @@ class Settings:
     #: E2B: the plan's runtime cap, minutes a sandbox may run without a pause
     #: (NEXUS_E2B_MAX_MINUTES; Hobby 60, Pro 1440).
     e2b_max_minutes: float = 24 * 60.0
+    #: E2B: a sandbox reaching the runtime cap is paused (memory kept) and resumed by the
+    #: next run, instead of ended (NEXUS_E2B_AUTO_PAUSE; option ``auto_pause``).
+    e2b_auto_pause: bool = True
     modal_image: str = ""
     #: Kernel: template / image of the kernel's sandboxes (NEXUS_TEMPLATE; "" = the
     #: provider's default).

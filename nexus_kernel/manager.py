@@ -43,7 +43,7 @@ from .validation import (
 )
 
 if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
-    from .agent.client import AgentClient
+    from .agent.client import AgentClient, Channel
     from .pool import WarmPool
 
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
@@ -107,7 +107,14 @@ class SandboxManager:
         handle = record.handle
         from .agent.client import AgentClient
 
-        client = AgentClient(lambda: provider.connect(handle), handle["token"])
+        def connect() -> Channel:
+            before = dict(handle)
+            channel = provider.connect(handle)
+            if handle != before:  # the provider moved it (E2B resumed the sandbox at its cap)
+                self._save(record.sandbox_id, handle=dict(handle))
+            return channel
+
+        client = AgentClient(connect, handle["token"])
         with self._lock:
             return self._clients.setdefault(record.sandbox_id, client)
 
@@ -521,8 +528,10 @@ class SandboxManager:
         while True:
             record = self.status(sandbox_id)
             if record.status is not Status.ACTIVE:
+                why = self.provider(record.provider).cap_reached(record.handle)
                 raise SandboxStateError(
-                    f"sandbox {sandbox_id} is {record.status.value}: it ended during the run"
+                    f"sandbox {sandbox_id} is {record.status.value}: "
+                    + (why or "it ended during the run")
                 ) from exc
             if time.monotonic() >= deadline:
                 return

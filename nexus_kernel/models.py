@@ -38,6 +38,9 @@ class Status(str, enum.Enum):
 #: Key of a provider's handle: when the platform ends the sandbox whatever its TTL (epoch
 #: seconds; its runtime cap), for providers on a platform that has one.
 HARD_END = "hard_end"
+#: Key of such a handle: what the platform does at the hard end, "pause" (the next run
+#: resumes the sandbox, its memory kept) or "end".
+AT_CAP = "at_cap"
 
 
 def iso(ts: float | None) -> str | None:
@@ -191,11 +194,16 @@ CAP_LEAD_SECONDS = 600.0
 
 def cap_warning(record: SandboxRecord, now: float) -> str | None:
     """The one-time warning for a sandbox within CAP_LEAD_SECONDS of its platform's runtime
-    cap (the handle's hard end), whatever its TTL; None when there is nothing to say."""
+    cap (the handle's hard end), whatever its TTL, saying what happens there (the handle's
+    AT_CAP); None when there is nothing to say."""
     end = record.handle.get(HARD_END) if record.handle else None
     if record.status is not Status.ACTIVE or end is None or end - now > CAP_LEAD_SECONDS:
         return None
-    return (f"Nexus: {record.provider} ends sandbox {record.sandbox_id} in "
-            f"{max(0, round((end - now) / 60))} min ({iso(end)}), whatever its TTL: it reaches "
+    when = f"in {max(0, round((end - now) / 60))} min ({iso(end)}), whatever its TTL"
+    if record.handle.get(AT_CAP) == "pause":
+        return (f"Nexus: {record.provider} pauses sandbox {record.sandbox_id} {when}: it "
+                "reaches the platform's runtime cap. The next cell resumes it where it was "
+                "(variables kept); a cell still running then is cut off.\n")
+    return (f"Nexus: {record.provider} ends sandbox {record.sandbox_id} {when}: it reaches "
             "the platform's runtime cap. Save what you need; the next cell after that starts "
             "a new sandbox.\n")

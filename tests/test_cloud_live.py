@@ -150,6 +150,33 @@ def test_live_e2b_timeout_never_passes_the_runtime_cap(store_id: str) -> None:
         provider.destroy(handle)
 
 
+def test_live_e2b_cap_pauses_and_the_next_stream_resumes(store_id: str) -> None:
+    """A runtime cap of one minute: E2B pauses the sandbox there (create's lifecycle), and
+    the next stream resumes it with the session's variables and a new hard end (~80 s)."""
+    import e2b as sdk
+
+    from nexus_kernel.models import HARD_END
+
+    provider = _provider("e2b", max_timeout=60)
+    handle = provider.create(_spec(store_id, ttl=50))
+    try:
+        with client_for(provider, handle) as client:
+            client.run("python", "kept = 1", session="s", timeout=30)
+            client.set_deadline(None)  # the TTL cannot pass the cap: the cap comes first
+        first_end = handle[HARD_END]
+        deadline = time.time() + 60 + 30
+        while str(sdk.Sandbox.get_info(handle["sandbox_id"]).state.value) != "paused":
+            assert time.time() < deadline, "E2B did not pause the sandbox at its timeout"
+            time.sleep(3)
+        with client_for(provider, handle) as client:
+            assert client.run("python", "kept", session="s", timeout=60)["result"] == {
+                "text/plain": "1"
+            }
+        assert handle[HARD_END] > first_end
+    finally:
+        provider.destroy(handle)
+
+
 def test_live_e2b_timeout_follows_deadline_and_lists(e2b, e2b_handle: dict, store_id: str) -> None:
     import e2b as sdk
 

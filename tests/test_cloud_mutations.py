@@ -5,7 +5,8 @@ needs (``timeout=0``: E2B's daemon would end the agent or a relay after the SDK'
 ``retain_output=False``: the SDK's handles would keep every byte of output; the pause mode;
 ending relays before a pause; reading every page of a listing; ``user="root"`` of the
 agent's file and of the relays: the sandbox user could replace the one and hijack the
-other through its dotfiles), imports the mutant
+other through its dotfiles; the auto-pause lifecycle at create and its snapshot mode),
+imports the mutant
 in-process and runs the fake-SDK check that guards it: the check must fail. A case whose
 text is no longer in the source fails too, so a refactor cannot silently disarm it.
 """
@@ -29,6 +30,7 @@ from .security.test_cloud_channel import (
     check_relays_skip_the_users_dotfiles,
 )
 from .test_cloud_providers import (
+    check_cap_pause_keeps_the_session,
     check_lists_every_page,
     check_outlives_command_timeout,
     check_pause_ends_relays_and_keeps_memory,
@@ -92,6 +94,18 @@ MUTATIONS: list[tuple[str, str, str, Callable]] = [
         "            user=ROOT,\n            timeout=0,\n",
         "            timeout=0,\n",
         check_relays_skip_the_users_dotfiles,
+    ),
+    (
+        "created without the auto-pause lifecycle",
+        "                **lifecycle,\n",
+        "",
+        check_cap_pause_keeps_the_session,
+    ),
+    (
+        "auto-pause mode left to the API",
+        '{"action": "pause", "mode": PAUSE_MODE}',
+        '{"action": "pause"}',
+        check_cap_pause_keeps_the_session,
     ),
 ]
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,12 @@ from nexus_kernel.errors import (
     InvalidArgumentError,
     MissingCredentialsError,
     MissingDependencyError,
+    SandboxError,
     SandboxStateError,
     UnsupportedOperationError,
 )
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import HARD_END, Limits, SandboxSpec, Status, iso
+from nexus_kernel.models import AT_CAP, HARD_END, Limits, SandboxSpec, Status, iso
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
@@ -116,9 +118,10 @@ def test_e2b_create_maps_the_spec_onto_the_sdk(e2b: E2BProvider) -> None:
     home = record.vm.host_path("/home/user")
     assert not [p for p in home.iterdir() if p.name.startswith(".nexus")]  # token file deleted
     assert set(handle) == {"token", "sandbox_id", "template", "timeout", HARD_END, "socket",
-                           "agent_pid"}
+                           "agent_pid", AT_CAP}
     assert handle["socket"].startswith("@nexus-") and len(handle["socket"]) == 23
     assert handle["agent_pid"] == record.handles[1].pid  # the boot command: seal, boot
+    assert handle[AT_CAP] == "pause" and record.on_timeout == ("pause", "full")  # lifecycle
     json.dumps(handle)
 
 
@@ -324,9 +327,9 @@ def test_e2b_ttl_longer_than_e2b_allows_is_refused(e2b: E2BProvider) -> None:
 def test_e2b_runtime_cap_is_the_plans(tmp_path: Path) -> None:
     """E2B runs a sandbox at most the plan's minutes without a pause (Hobby: 60), whatever
     set_timeout asks: the handle carries that hard end, the timeout never passes it, a
-    resume restarts it, and the messages name it."""
+    resume restarts it, and the messages name it (auto-pause off: E2B ends it at the cap)."""
     settings = Settings.load(home=tmp_path, e2b_api_key="k", e2b_max_minutes=60)
-    provider = E2BProvider(settings, sdk=e2b_fake)
+    provider = E2BProvider(settings, sdk=e2b_fake, auto_pause=False)
     with pytest.raises(InvalidArgumentError) as info:
         provider.create(spec(ttl=90 * 60))
     assert str(info.value) == (
@@ -841,3 +844,176 @@ def test_agent_client_over_a_modal_channel_sees_utf8_split_across_chunks(
     text = "😀" * 5000  # 20000 bytes: crosses the fake's 8 KiB reads mid-character
     assert client.run("python", f"print({text!r})", timeout=30)["stdout"] == text + "\n"
     client.close()
+
+
+# ============================================================================ E2B at its cap
+
+
+def capped_settings(tmp_path: Path, **changes) -> Settings:
+    return Settings.load(home=tmp_path / "nexus", user="tester", e2b_api_key="e2b_test_key",
+                         e2b_max_minutes=60, **changes)
+
+
+def reach_the_cap(manager: SandboxManager, sandbox_id: str) -> e2b_fake._Record:
+    """The plan's cap passes: E2B's timeout (bounded by the hard end) fires, and the stored
+    hard end is behind us. Returns the fake's record of the sandbox."""
+    now = time.time()
+    manager.store.update(sandbox_id, lambda d: {**d, "handle": {**d["handle"], HARD_END: now - 1}})
+    fake = e2b_fake.SANDBOXES[manager.get(sandbox_id).handle["sandbox_id"]]
+    fake.end_at = now
+    return fake
+
+
+def test_e2b_cap_pauses_and_the_next_run_resumes_the_session(tmp_path: Path) -> None:
+    """At the runtime cap E2B pauses the sandbox (create's lifecycle), not kills it; the next
+    run (another process) resumes it with the session's variables, restarts the hard end
+    (stored) and bounds E2B's timeout by the TTL again."""
+    manager = manager_for(capped_settings(tmp_path))
+    sandbox_id = manager.create("capped", ttl_minutes=30, provider="e2b").sandbox_id
+    assert manager.run(sandbox_id, "python", "n = 6", session="s").exit_code == 0
+    fake = reach_the_cap(manager, sandbox_id)
+    assert e2b_fake.Sandbox.get_info(fake.sandbox_id, api_key="k").state is e2b_fake.SandboxState.PAUSED
+    assert fake.pause_modes == ["full"]
+    manager.close()
+    later = manager_for(capped_settings(tmp_path))
+    start = time.time()
+    assert later.run(sandbox_id, "python", "print(n * 7)", session="s").stdout == "42\n"
+    assert fake.state is e2b_fake.SandboxState.RUNNING
+    hard_end = later.get(sandbox_id).handle[HARD_END]
+    assert start + 3600 <= hard_end < time.time() + 3600  # the plan's window restarted
+    assert start + 30 * 60 < fake.end_at <= hard_end  # the TTL's timeout, within the cap
+    later.close()
+
+
+def check_cap_pause_keeps_the_session(provider: E2BProvider) -> None:
+    """The same process (a kernel) at the cap: E2B paused the sandbox (create's lifecycle,
+    a full snapshot whatever the API's default), its cached SDK object is of the paused
+    microVM; the next stream resumes it and the session is intact."""
+    e2b_fake.API_PAUSE_MODE = "filesystem"
+    handle = provider.create(spec())
+    with client_for(provider, handle) as client:
+        client.run("python", "n = 6", session="s", timeout=30)
+    fake = e2b_fake.SANDBOXES[handle["sandbox_id"]]
+    provider.extend(handle, time.time() + 600)
+    fake.end_at = time.time()
+    handle[HARD_END] = time.time() - 1
+    with client_for(provider, handle) as client:
+        assert client.run("python", "print(n)", session="s", timeout=30)["stdout"] == "6\n"
+    assert fake.pause_modes == ["full"] and handle[HARD_END] > time.time() + 3000
+
+
+def test_e2b_cap_resumes_the_sandbox_a_provider_holds(e2b: E2BProvider) -> None:
+    check_cap_pause_keeps_the_session(e2b)
+
+
+def test_e2b_cap_without_auto_pause_ends_the_sandbox(tmp_path: Path) -> None:
+    """auto_pause off (NEXUS_E2B_AUTO_PAUSE=0): E2B kills the sandbox at the cap, and the
+    next run fails with one line naming the cap."""
+    manager = manager_for(capped_settings(tmp_path, e2b_auto_pause=False))
+    record = manager.create("capped", ttl_minutes=30, provider="e2b")
+    assert record.handle[AT_CAP] == "end"
+    fake = reach_the_cap(manager, record.sandbox_id)
+    assert fake.on_timeout == ("kill", "")
+    manager.close()
+    later = manager_for(capped_settings(tmp_path, e2b_auto_pause=False))
+    with pytest.raises(SandboxError) as info:
+        later.run(record.sandbox_id, "python", "print(1)")
+    assert "E2B ends a sandbox after 60 minutes of running (the plan's runtime cap" in str(
+        info.value) and "\n" not in str(info.value)
+    assert fake.sandbox_id not in e2b_fake.SANDBOXES
+    later.close()
+
+
+def test_e2b_cap_resume_that_fails_names_the_cap(e2b: E2BProvider) -> None:
+    handle = e2b.create(spec())
+    handle[HARD_END] = time.time() - 1
+    e2b_fake.SANDBOXES.pop(handle["sandbox_id"]).vm.kill()  # E2B lost the paused snapshot
+    with pytest.raises(AgentError) as info:
+        e2b.connect(handle)
+    assert str(info.value).endswith(
+        ": E2B paused it after 1440 minutes of running (the plan's runtime cap) and it could "
+        "not be resumed")
+
+
+def test_modal_cap_reached_the_next_run_names_it(settings: Settings) -> None:
+    """Modal kills a sandbox 24 h after its start: the next run says so in one line."""
+    manager = manager_for(settings)
+    record = manager.create("capped", provider="modal")
+    manager.store.update(record.sandbox_id, lambda d: {
+        **d, "handle": {**d["handle"], HARD_END: time.time() - 1}})
+    fake = modal_fake.SANDBOXES[record.handle["sandbox_id"]]
+    fake.terminated = True  # Modal ends it at the cap
+    fake.vm.kill()
+    manager.close()
+    later = manager_for(settings)
+    with pytest.raises(SandboxStateError) as info:
+        later.run(record.sandbox_id, "python", "print(1)")
+    assert str(info.value) == (f"sandbox {record.sandbox_id} is stopped: Modal ends a sandbox "
+                               "1440 minutes after its start, whatever its TTL")
+    later.close()
+
+
+def test_e2b_sdk_without_lifecycle_keeps_the_kill_and_says_so(settings: Settings) -> None:
+    class OldSandbox(e2b_fake.Sandbox):  # create as before the SDK had `lifecycle`
+        @classmethod
+        def create(cls, template=None, timeout=None, metadata=None, envs=None,
+                   allow_internet_access=None, **opts):
+            return super().create(template, timeout, metadata, envs,
+                                  allow_internet_access=allow_internet_access, **opts)
+
+    names = {name: getattr(e2b_fake, name) for name in e2b_fake.__all__}
+    provider = E2BProvider(settings, sdk=types.SimpleNamespace(**{**names, "Sandbox": OldSandbox}))
+    with pytest.warns(RuntimeWarning, match="no lifecycle option: a sandbox reaching the runtime"):
+        handle = provider.create(spec())
+    assert handle[AT_CAP] == "end"
+    assert e2b_fake.SANDBOXES[handle["sandbox_id"]].on_timeout == ("kill", "")
+
+
+@pytest.mark.parametrize("sweep", ["reap", "list", "reboot"])
+def test_e2b_expired_sandbox_paused_by_e2b_is_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    """No nexus process alive at its TTL: E2B's timeout paused it (auto-pause); the next
+    nexus command (reap, list, the after-reboot reap) kills it and stops the record."""
+    manager = manager_for(capped_settings(tmp_path))
+    record = manager.create("idle", ttl_minutes=5, provider="e2b")
+    fake = e2b_fake.SANDBOXES[record.handle["sandbox_id"]]
+    fake.end_at = time.time()  # TTL + grace passed with nobody to reap it: E2B pauses it
+    assert e2b_fake.Sandbox.get_info(fake.sandbox_id, api_key="k").state is e2b_fake.SandboxState.PAUSED
+    manager.store.update(record.sandbox_id, lambda d: {**d, "expires_at": time.time() - 1})
+    manager.close()
+    # list reaps lazily, at most every reap_interval: here the last reap is long past
+    later = manager_for(capped_settings(tmp_path, reap_interval=0 if sweep == "list" else 600))
+    if sweep == "reap":
+        assert later.reap()["expired"] == [record.sandbox_id]
+    elif sweep == "list":
+        assert [r.status for r in later.list()] == [Status.STOPPED]
+    else:
+        monkeypatch.setattr("nexus_kernel.reaper.host_boot_id", lambda: "a-new-boot")
+        later.reap_expired()
+    assert fake.sandbox_id not in e2b_fake.SANDBOXES  # killed while paused
+    assert later.get(record.sandbox_id).status is Status.STOPPED
+    later.close()
+
+
+def test_e2b_user_paused_sandbox_is_never_resumed_behind_the_user(tmp_path: Path) -> None:
+    """A sandbox the user paused, past its hard end: reap, list, status and run leave it
+    paused on E2B (a run says to resume it first)."""
+    manager = manager_for(capped_settings(tmp_path))
+    record = manager.create("paused", ttl_minutes=30, provider="e2b")
+    manager.run(record.sandbox_id, "python", "n = 6", session="s")
+    manager.pause(record.sandbox_id)
+    manager.store.update(record.sandbox_id,
+                         lambda d: {**d, "handle": {**d["handle"], HARD_END: time.time() - 1}})
+    fake = e2b_fake.SANDBOXES[record.handle["sandbox_id"]]
+    manager.close()
+    later = manager_for(capped_settings(tmp_path))
+    later.reap()
+    assert [r.status for r in later.list()] == [Status.PAUSED]
+    assert later.status(record.sandbox_id).status is Status.PAUSED
+    with pytest.raises(SandboxStateError, match="resume it first"):
+        later.run(record.sandbox_id, "python", "print(n)", session="s")
+    assert fake.state is e2b_fake.SandboxState.PAUSED and fake.pause_modes == ["full"]
+    assert later.resume(record.sandbox_id).status is Status.ACTIVE  # the user's own resume
+    assert later.run(record.sandbox_id, "python", "print(n)", session="s").stdout == "6\n"
+    later.close()

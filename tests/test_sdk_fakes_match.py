@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from nexus_kernel.providers.e2b import LIFECYCLE
+
 from .fakes import e2b_fake, modal_fake
 
 Param = inspect.Parameter
@@ -89,7 +91,11 @@ def test_e2b_api_params_carry_the_key() -> None:
 @pytest.mark.parametrize(
     ("name", "used"),
     [
-        ("create", {"template", "timeout", "metadata", "envs", "allow_internet_access", "api_key"}),
+        (
+            "create",
+            {"template", "timeout", "metadata", "envs", "allow_internet_access", "lifecycle",
+             "api_key"},
+        ),
         ("_cls_connect_sandbox", {"sandbox_id", "timeout", "api_key"}),
         ("_cls_kill", {"sandbox_id", "api_key"}),
         ("_cls_pause", {"sandbox_id", "mode", "api_key"}),
@@ -232,6 +238,23 @@ def test_e2b_defaults_the_provider_overrides() -> None:
     # a request to a paused sandbox's daemon: SandboxNotRunningException, a TimeoutException
     for sdk in (e2b, e2b_fake):
         assert issubclass(sdk.SandboxNotRunningException, sdk.TimeoutException)
+    # create with no lifecycle leaves the timeout's action to the API, which kills (the
+    # fake's API_ON_TIMEOUT); the provider's lifecycle is one the SDK accepts, and it and
+    # the fake read every lifecycle alike: auto-pause, its memory, no auto-resume
+    from e2b.sandbox.sandbox_api import SandboxLifecycle, build_lifecycle_config
+
+    assert inspect.signature(e2b.Sandbox.create).parameters["lifecycle"].default is None
+    said = " ".join(inspect.getdoc(SandboxLifecycle).split())
+    assert 'leaves the choice to the API (currently `"kill"`)' in said
+    assert e2b_fake.API_ON_TIMEOUT == "kill"
+    for lifecycle in (None, {"on_timeout": "pause"}, {"on_timeout": {"action": "kill"}},
+                      {"on_timeout": {"action": "pause", "mode": "filesystem"}}, LIFECYCLE):
+        body = build_lifecycle_config(lifecycle)
+        action, mode = e2b_fake._on_timeout(lifecycle)
+        assert (body.auto_pause is True) == (action == "pause"), lifecycle
+        if isinstance(body.auto_pause_memory, bool):  # else the API's default mode
+            assert body.auto_pause_memory == (mode == "full"), lifecycle
+    assert build_lifecycle_config(LIFECYCLE).auto_resume.enabled is False
     # list pages: the paginator asks for `limit` (the API's default when unset) per page
     assert inspect.signature(e2b.Sandbox.list).parameters["limit"].default is None
     assert "next_token=self._next_token" in inspect.getsource(e2b.SandboxPaginator.next_items)

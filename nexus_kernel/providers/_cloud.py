@@ -29,7 +29,7 @@ from typing import Any
 from ..agent.deploy import ZIPAPP_NAME
 from ..config import Settings
 from ..errors import AgentError, InvalidArgumentError, MissingCredentialsError, SandboxError
-from ..models import HARD_END, SandboxSpec
+from ..models import AT_CAP, HARD_END, SandboxSpec
 from ._launch import (
     agent_command,
     boot_script,
@@ -57,6 +57,9 @@ def new_socket() -> str:
     """A new agent socket name: abstract, unique per sandbox (names are per network
     namespace, and the fakes run many sandboxes in one)."""
     return f"@nexus-{secrets.token_hex(8)}"
+#: Seconds before its hard end from which a sandbox may already have been paused or ended
+#: at its cap (the service's timeout is whole seconds from a request's start).
+CAP_SLACK = 5.0
 
 
 def one_line(exc: BaseException) -> str:
@@ -92,6 +95,10 @@ class CloudProvider(Provider):
     default_max_seconds = 24 * 3600
     too_long = ""
     capped = ""
+    #: What the service does at the cap (the handle's AT_CAP): "end", or "pause" (the next
+    #: stream resumes it); then ``capped_paused`` names the cap when that resume fails.
+    at_cap = "end"
+    capped_paused = ""
     #: Seconds to wait for the agent's READY line (option ``ready_timeout``).
     ready_timeout = 60.0
 
@@ -143,12 +150,14 @@ class CloudProvider(Provider):
             maximum = max(1, min(maximum, int(hard_end - now)))
         return timeout_for(deadline, now, maximum, self.grace)
 
-    def _capped(self, handle: Handle) -> str:
-        """The runtime cap named, when the sandbox has passed its hard end; else ""."""
+    def cap_reached(self, handle: Handle) -> str:
+        """The runtime cap named (``capped``, or ``capped_paused`` for a sandbox the service
+        pauses there), once the sandbox has passed its hard end; else ""."""
         end = handle.get(HARD_END)
-        if end is None or time.time() < end:
+        if end is None or time.time() < end - CAP_SLACK:
             return ""
-        return ": " + self.capped.format(minutes=self._max_seconds // 60)
+        text = self.capped_paused if handle.get(AT_CAP) == "pause" else self.capped
+        return text.format(minutes=self._max_seconds // 60)
 
     def boot_script(
         self,
@@ -235,6 +244,7 @@ class CloudProvider(Provider):
             raise InvalidArgumentError(self.too_long.format(minutes=self._max_seconds // 60))
         sandbox, handle = self._new_sandbox(spec, now)
         handle[HARD_END] = round(now + self._max_seconds, 3)
+        handle.setdefault(AT_CAP, self.at_cap)
         try:
             with self._errors("start the sandbox agent"):
                 self._start_agent(sandbox, handle, spec.deadline)
@@ -255,7 +265,7 @@ class CloudProvider(Provider):
             self._forget(handle)
             raise AgentError(
                 f"cannot reach the agent of {self.service} sandbox {handle.get('sandbox_id')}: "
-                f"{exc}{self._capped(handle)}"
+                + ": ".join(filter(None, (str(exc), self.cap_reached(handle))))
             ) from exc
         channel = PumpChannel(
             chunks, write, on_close=end, name=f"nexus-{self.name}-{handle.get('sandbox_id', '')}"
@@ -276,10 +286,14 @@ class CloudProvider(Provider):
     def extend(self, handle: Handle, deadline: float) -> None:
         """Move the service's timeout to ``deadline`` + grace (best effort, never raises: a
         failed refresh must not fail the run; the service then ends the sandbox at the
-        previous timeout). A deadline within REFRESH_SLACK of the last one set is skipped."""
+        previous timeout). A deadline within REFRESH_SLACK of the last one set is skipped, as
+        is a sandbox at its hard end (paused or ended there; a resume sets the timeout)."""
         sandbox_id = handle.get("sandbox_id")
         now = time.time()
-        timeout = self.timeout_for(deadline, now, handle.get(HARD_END))
+        end = handle.get(HARD_END)
+        if end is not None and now >= end - CAP_SLACK:
+            return
+        timeout = self.timeout_for(deadline, now, end)
         known = self._ends.get(sandbox_id)
         if known is not None and abs(now + timeout - known) < REFRESH_SLACK:
             return

@@ -119,6 +119,11 @@ class Provider(ABC):
     def alive(self, handle: Handle) -> bool:
         """True while the sandbox's resource exists (running or paused)."""
 
+    def cap_reached(self, handle: Handle) -> str:
+        """The platform's runtime cap, named, once the sandbox has passed its hard end (it
+        may have ended there); "" otherwise and for providers without a cap."""
+        return ""
+
     def remove_leftovers(self) -> list[str]:
         """Remove host-side state that no live sandbox of any store on this host uses (empty
         cgroups, for the local provider); must be safe for other stores' live sandboxes.

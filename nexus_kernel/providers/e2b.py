@@ -38,6 +38,16 @@ the agent): at create it is the agent's deadline plus :data:`TIMEOUT_GRACE`, and
 :meth:`~nexus_kernel.providers.base.Provider.extend` (the manager calls it whenever the
 deadline moves) moves it with ``set_timeout``.
 
+Runtime cap: the handle's hard end (the plan's cap after create or resume) bounds the
+timeout. By default the sandbox is created with ``lifecycle={"on_timeout": {"action":
+"pause", "mode": "full"}, "auto_resume": False}``: E2B pauses it at its timeout, whether
+the cap or the TTL's, instead of killing it. A stream opened to a sandbox past its hard end
+that E2B shows paused resumes it (``Sandbox.connect`` with the timeout), restarting the hard
+end; the sessions continue. A sandbox paused at its TTL is ended by the next nexus command's
+reap (``Sandbox.kill`` ends paused sandboxes too); one the user paused is never resumed here
+(the manager opens streams to active sandboxes only). Option ``auto_pause=False`` or
+``NEXUS_E2B_AUTO_PAUSE=0`` (or an SDK without ``lifecycle``) keeps E2B's kill.
+
 Pause/resume: the provider's relays end first (while the microVM still answers), then
 ``Sandbox.pause(mode="full")`` snapshots memory and filesystem (sessions survive);
 ``Sandbox.connect`` resumes. Destroy: ``Sandbox.kill`` (idempotent). Reconcile:
@@ -50,10 +60,12 @@ one line within :data:`~._cloud.REACH_SECONDS`, naming ``E2B_API_KEY`` or ``E2B_
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 import shlex
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -66,8 +78,8 @@ from ..errors import (
     SandboxError,
     SandboxStateError,
 )
-from ..models import HARD_END, SandboxSpec
-from ._cloud import HOME, REACH_SECONDS, CloudProvider, new_socket, one_line
+from ..models import AT_CAP, HARD_END, SandboxSpec
+from ._cloud import CAP_SLACK, HOME, REACH_SECONDS, CloudProvider, new_socket, one_line
 from ._launch import resource_labels, wait_for_ready
 from .base import LEAN_TEMPLATES, Capabilities, Handle
 
@@ -93,6 +105,14 @@ DEFAULT_MAX_TIMEOUT = 24 * 3600
 READY_TIMEOUT = 60.0
 #: What a pause keeps: memory and filesystem (sessions survive), said explicitly.
 PAUSE_MODE = "full"
+#: ``Sandbox.create``'s lifecycle with auto-pause: at its timeout E2B pauses the sandbox
+#: (memory kept) instead of killing it; no resume on traffic (nexus resumes it, so the hard
+#: end and the TTL stay its own).
+LIFECYCLE = {"on_timeout": {"action": "pause", "mode": PAUSE_MODE}, "auto_resume": False}
+NO_LIFECYCLE = (
+    "the installed e2b SDK has no lifecycle option: a sandbox reaching the runtime cap is "
+    "ended, not paused (pip install 'nexus-kernel[e2b]' installs one that has it)"
+)
 #: Largest piece handed to one ``send_stdin`` call.
 STDIN_CHUNK = 512 * 1024
 STDERR_KEEP = 16 * 1024
@@ -161,7 +181,8 @@ class E2BProvider(CloudProvider):
     Options (``provider_options={"e2b": {...}}``): ``api_key`` (else ``e2b_api_key`` /
     ``E2B_API_KEY``), ``domain``, ``python`` (in the template, default ``python3``),
     ``max_timeout`` (the plan's runtime cap in seconds, else ``NEXUS_E2B_MAX_MINUTES``, default
-1440 minutes: Pro; Hobby is 60), ``ready_timeout``, ``sdk`` (an object with
+    1440 minutes: Pro; Hobby is 60), ``auto_pause`` (pause at the cap and resume on the next
+    run, else ``NEXUS_E2B_AUTO_PAUSE``, default on), ``ready_timeout``, ``sdk`` (an object with
     the e2b module's names, for tests).
     """
 
@@ -181,11 +202,31 @@ class E2BProvider(CloudProvider):
         "E2B ends a sandbox after {minutes} minutes of running (the plan's runtime cap; a "
         "pause and resume restarts it)"
     )
+    capped_paused = (
+        "E2B paused it after {minutes} minutes of running (the plan's runtime cap) and it "
+        "could not be resumed"
+    )
     ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
         self._reached = False
+        #: sandbox id -> the agent's deadline last asked by extend (a resume at the cap
+        #: sets E2B's timeout from it).
+        self._deadlines: dict[str, float] = {}
+
+    @property
+    def at_cap(self) -> str:  # type: ignore[override]
+        """"pause" when sandboxes are created with E2B's auto-pause (see the module doc)."""
+        wanted = self.options.get("auto_pause")
+        if wanted is None:
+            wanted = self.settings.e2b_auto_pause
+        if not wanted:
+            return "end"
+        if "lifecycle" not in inspect.signature(self.sdk.Sandbox.create).parameters:
+            warnings.warn(NO_LIFECYCLE, RuntimeWarning, stacklevel=2)
+            return "end"
+        return "pause"
 
     @classmethod
     def _has_credentials(cls, settings: Settings, options: dict[str, Any]) -> bool:
@@ -228,6 +269,8 @@ class E2BProvider(CloudProvider):
         template = spec.template_id or self.settings.e2b_template_id or DEFAULT_TEMPLATE
         if template in LEAN_TEMPLATES:
             template = LEAN_TEMPLATE
+        at_cap = self.at_cap
+        lifecycle = {"lifecycle": LIFECYCLE} if at_cap == "pause" else {}
         with _sdk_errors(sdk, "create the sandbox"):
             sandbox = sdk.Sandbox.create(
                 template=template,
@@ -235,6 +278,7 @@ class E2BProvider(CloudProvider):
                 metadata=resource_labels(spec),
                 envs={},
                 allow_internet_access=bool(spec.network),
+                **lifecycle,
                 **self._api(),
             )
         handle = {
@@ -242,6 +286,7 @@ class E2BProvider(CloudProvider):
             "sandbox_id": sandbox.sandbox_id,
             "template": template or "",
             "timeout": timeout,
+            AT_CAP: at_cap,
         }
         self._remember(sandbox.sandbox_id, sandbox, now + timeout)
         return sandbox, handle
@@ -298,7 +343,8 @@ class E2BProvider(CloudProvider):
         )
 
     def _kill(self, sandbox_id: str) -> None:
-        """``Sandbox.kill``; nothing when E2B does not know the sandbox."""
+        """``Sandbox.kill`` (running or paused); nothing when E2B does not know the sandbox."""
+        self._deadlines.pop(sandbox_id, None)
         sdk = self._reach()
         with _sdk_errors(sdk, "kill the sandbox"):
             try:
@@ -327,17 +373,50 @@ class E2BProvider(CloudProvider):
         with _sdk_errors(sdk, "pause the sandbox"):
             sdk.Sandbox.pause(handle["sandbox_id"], mode=PAUSE_MODE, **self._api())
         self._forget(handle)
+        self._deadlines.pop(handle["sandbox_id"], None)
 
     def resume(self, handle: Handle) -> None:
         """Restore the paused microVM (``Sandbox.connect`` resumes); the agent and its
         sessions continue where they were. Idempotent on a running sandbox."""
         sdk = self._reach()
-        now = time.time()
-        timeout = min(int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT), self._max_seconds)
         with _sdk_errors(sdk, "resume the sandbox"):
-            sandbox = sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
-        handle[HARD_END] = round(now + self._max_seconds, 3)  # a resume restarts the window
+            self._resumed(handle, None)
+
+    def extend(self, handle: Handle, deadline: float) -> None:
+        """As :meth:`CloudProvider.extend`; the deadline is kept for a resume at the cap."""
+        self._deadlines[handle.get("sandbox_id")] = deadline
+        super().extend(handle, deadline)
+
+    def _sandbox(self, handle: Handle) -> Any:
+        """The SDK object, as :meth:`CloudProvider._sandbox`; a sandbox at its hard end is
+        looked up again: E2B paused it there (auto-pause), so it is resumed, or it still
+        runs. A user's pause never gets here (the manager streams to active sandboxes)."""
+        end = handle.get(HARD_END)
+        if end is None or time.time() < end - CAP_SLACK:
+            return super()._sandbox(handle)
+        self._forget(handle)  # a cached object may be that of the paused microVM
+        sandbox_id = handle["sandbox_id"]
+        info = self.sdk.Sandbox.get_info(sandbox_id, **self._api())
+        if _state_name(info.state) == "paused":
+            return self._resumed(handle, self._deadlines.get(sandbox_id))
+        sandbox = self.sdk.Sandbox.connect(sandbox_id, **self._api())
+        self._remember(sandbox_id, sandbox)
+        return sandbox
+
+    def _resumed(self, handle: Handle, deadline: float | None) -> Any:
+        """``Sandbox.connect`` with a timeout (it resumes a paused sandbox); the hard end
+        restarts (a resume restarts the plan's window). The timeout follows ``deadline`` when
+        known, else the one set at create."""
+        now = time.time()
+        end = now + self._max_seconds
+        if deadline is None:
+            timeout = min(int(handle.get("timeout") or DEFAULT_MAX_TIMEOUT), self._max_seconds)
+        else:
+            timeout = self.timeout_for(deadline, now, end)
+        sandbox = self.sdk.Sandbox.connect(handle["sandbox_id"], timeout=timeout, **self._api())
+        handle[HARD_END] = round(end, 3)
         self._remember(sandbox.sandbox_id, sandbox, now + timeout)
+        return sandbox
 
     def alive(self, handle: Handle) -> bool:
         """True while E2B knows the sandbox as running or paused."""

@@ -22,7 +22,10 @@ envd logs them at debug level.
 A sandbox is a :class:`~fakes._vm.FakeVM`; commands really run (``/bin/bash -c``), so the
 real agent serves real protocol traffic. Pause sends SIGSTOP to every process and breaks
 the open command streams (as a real pause drops connections); connect resumes (SIGCONT).
-The timeout is enforced lazily: a running sandbox past its end is killed on next access.
+The timeout is enforced lazily: a running sandbox past its end is killed on next access, or
+paused when ``create`` was given ``lifecycle={"on_timeout": "pause"}`` (either form; the
+API's default, :data:`API_ON_TIMEOUT`, kills); ``connect`` resumes it. ``auto_resume`` (a
+request to a paused sandbox resuming it) is not modelled: the fake refuses it.
 Every call checks an API key (argument or ``E2B_API_KEY``) like the real control plane.
 
 The SDK defaults that matter are modelled, with the installed SDK's values (read from its
@@ -177,6 +180,8 @@ class _Record:
     daemon_log: list[tuple[str, Any, Any]] = field(default_factory=list)
     #: Sandbox path -> the user files.write wrote it as.
     owners: dict[str, str] = field(default_factory=dict)
+    #: What its timeout does, from create's ``lifecycle``: ("kill", "") or ("pause", mode).
+    on_timeout: tuple[str, str] = ("kill", "")
 
 
 SANDBOXES: dict[str, _Record] = {}
@@ -202,15 +207,17 @@ _released = threading.Event()
 COMMAND_SECONDS = 1.0
 #: What the API snapshots when ``pause`` is given no mode (currently memory and filesystem).
 API_PAUSE_MODE = "full"
+#: What a sandbox's timeout does when create's ``lifecycle`` does not say (the API kills).
+API_ON_TIMEOUT = "kill"
 #: Sandboxes per page of ``Sandbox.list`` when no ``limit`` is given (the API's default).
 LIST_PAGE = 100
 
 
 def reset() -> None:
     """Kill every fake sandbox, end any injected failure, restore the modelled defaults."""
-    global OUTAGE, _released, COMMAND_SECONDS, API_PAUSE_MODE
+    global OUTAGE, _released, COMMAND_SECONDS, API_PAUSE_MODE, API_ON_TIMEOUT
     OUTAGE = None
-    COMMAND_SECONDS, API_PAUSE_MODE = 1.0, "full"
+    COMMAND_SECONDS, API_PAUSE_MODE, API_ON_TIMEOUT = 1.0, "full", "kill"
     REFUSED_KEYS.clear()
     _released.set()
     _released = threading.Event()
@@ -258,9 +265,42 @@ def _record(sandbox_id: str) -> _Record:
     if record is None:
         raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
     if record.state is SandboxState.RUNNING and time.time() >= record.end_at:
+        action, mode = record.on_timeout
+        if action == "pause":  # lifecycle: E2B pauses the sandbox at its timeout
+            _pause_record(record, mode)
+            return record
         _kill_record(record)  # E2B ends a sandbox at its timeout
         raise SandboxNotFoundException(f"Sandbox {sandbox_id} not found")
     return record
+
+
+def _on_timeout(lifecycle: dict[str, Any] | None) -> tuple[str, str]:
+    """(action, pause mode) of create's ``lifecycle``, validated as the SDK's
+    ``build_lifecycle_config`` does; unset: the API's defaults."""
+    raw = (lifecycle or {}).get("on_timeout")
+    if raw is None:
+        action, options = API_ON_TIMEOUT, {}
+    elif isinstance(raw, dict):
+        action, options = raw.get("action"), raw
+    else:
+        action, options = raw, {}
+    if action not in ("pause", "kill"):
+        raise InvalidArgumentException(f"on_timeout must be one of: pause, kill (got {action!r}).")
+    if "mode" in options and action != "pause":
+        raise InvalidArgumentException("mode is only allowed when on_timeout action is 'pause'.")
+    if (lifecycle or {}).get("auto_resume"):
+        raise NotImplementedError("the fake does not model auto_resume")
+    return action, (options.get("mode") or API_PAUSE_MODE) if action == "pause" else ""
+
+
+def _pause_record(record: _Record, mode: str) -> None:
+    record.pause_modes.append(mode)
+    if mode == "filesystem":  # only the disk is kept: resume cold-boots, processes end
+        record.vm.end_processes()
+    record.vm.pause()
+    record.state = SandboxState.PAUSED
+    for handle in record.handles:  # a pause drops every open connection
+        handle._break("sandbox was paused")
 
 
 def _kill_record(record: _Record) -> None:
@@ -634,6 +674,7 @@ class Sandbox:
         **opts: Any,
     ) -> Sandbox:
         _check_key(opts)
+        on_timeout = _on_timeout(lifecycle)
         sandbox_id = f"fake{next(_ids):04d}{os.getpid() % 1000:03d}"
         record = _Record(
             sandbox_id=sandbox_id,
@@ -643,6 +684,7 @@ class Sandbox:
             envs=dict(envs or {}),
             allow_internet_access=allow_internet_access,
             end_at=time.time() + (300 if timeout is None else timeout),
+            on_timeout=on_timeout,
         )
         with _lock:
             SANDBOXES[sandbox_id] = record
@@ -717,13 +759,7 @@ class Sandbox:
             return False
         if mode is None:  # keep_memory is the deprecated spelling; neither: the API decides
             mode = API_PAUSE_MODE if keep_memory is None else "full" if keep_memory else "filesystem"
-        record.pause_modes.append(mode)
-        if mode == "filesystem":  # only the disk is kept: resume cold-boots, processes end
-            record.vm.end_processes()
-        record.vm.pause()
-        record.state = SandboxState.PAUSED
-        for handle in record.handles:  # a pause drops every open connection
-            handle._break("sandbox was paused")
+        _pause_record(record, mode)
         return True
 
     @class_method_variant("_cls_set_timeout")

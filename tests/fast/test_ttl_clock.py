@@ -17,7 +17,7 @@ from nexus_kernel.errors import InvalidArgumentError
 from nexus_kernel.kernel.keeper import TtlKeeper
 from nexus_kernel.kernel.sandbox import KernelSandbox
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import HARD_END, SandboxRecord, Status, iso
+from nexus_kernel.models import AT_CAP, HARD_END, SandboxRecord, Status, iso
 from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
 from nexus_kernel.validation import MAX_TIMEOUT
 
@@ -208,3 +208,12 @@ def test_keeper_warns_once_ahead_of_the_platforms_runtime_cap(
     assert f"ends sandbox {sandbox_id} in 8 min ({iso(end)}), whatever its TTL" in warnings[0]
     keeper.tick()
     assert len(warnings) == 1  # once per hard end
+    # E2B with auto-pause: the warning says what happens there; a resume at the cap moves
+    # the hard end, and the next one is warned of again
+    end = clock() + 540
+    manager.store.update(sandbox_id, lambda data: {
+        **data, "handle": {**data["handle"], HARD_END: end, AT_CAP: "pause"}})
+    keeper.tick()
+    assert len(warnings) == 2, warnings
+    assert f"pauses sandbox {sandbox_id} in 9 min ({iso(end)}), whatever its TTL" in warnings[1]
+    assert "The next cell resumes it where it was (variables kept)" in warnings[1]
