@@ -28,6 +28,11 @@ PACKAGE_NAME = "sandbox_agent"
 PACKAGE_DIR = Path(__file__).resolve().with_name(PACKAGE_NAME)
 #: The zipapp's file name (the name shows in ``ps`` output inside the sandbox).
 ZIPAPP_NAME = f"{PACKAGE_NAME}.pyz"
+#: The oldest python3 the agent runs on; an older one exits with TOO_OLD + its version.
+MIN_PYTHON = (3, 8)
+TOO_OLD = "nexus: the sandbox agent needs python3 >= 3.8, this python3 is "
+
+
 def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """The package's source files, sorted by name (the package has no subdirectories)."""
     files = sorted(package_dir.glob("*.py"), key=lambda p: p.name)
@@ -81,7 +86,8 @@ def dir_argv(python: str, root: str, *args: str, flags: tuple[str, ...] = ()) ->
     """The command that runs the agent with ``args`` from the directory ``root`` holding
     the ``sandbox_agent`` package (importing it, so precompiled bytecode is used)."""
     boot = (
-        f"import sys; sys.path.insert(0, {root!r}); from {PACKAGE_NAME}.__main__ import run; run()"
+        f"import sys; sys.version_info >= {MIN_PYTHON!r} or sys.exit({TOO_OLD!r} + sys.version.split()[0]); "
+        f"sys.path.insert(0, {root!r}); from {PACKAGE_NAME}.__main__ import run; run()"
     )
     return [python, *flags, "-c", boot, *args]
 
