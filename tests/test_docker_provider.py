@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from nexus_kernel.agent import agent_digest
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import ProviderUnavailableError, SandboxError, SandboxStateError
 from nexus_kernel.models import SandboxSpec
@@ -69,6 +70,15 @@ def handle(provider, store_id: str):
     provider.destroy(h)
 
 
+@pytest.fixture(params=["default image", "foreign image"])
+def any_handle(request, provider, store_id: str):
+    """A sandbox of the default image, then of an image with no project code in it."""
+    image = request.getfixturevalue("foreign_image") if "foreign" in request.param else None
+    h = provider.create(make_spec(store_id, template_id=image))
+    yield h
+    provider.destroy(h)
+
+
 def agent_client(provider, handle: dict[str, Any], token: str | None = None):
     from nexus_kernel.agent.client import AgentClient
 
@@ -90,7 +100,8 @@ def docker_exec(provider, handle: dict[str, Any], *cmd: str) -> str:
 # ------------------------------------------------------------------ hardening
 
 
-def test_docker_inspect_shows_the_hardening(provider, handle):
+def test_docker_inspect_shows_the_hardening(provider, any_handle):
+    handle = any_handle
     info = inspect(provider, handle)
     host = info["HostConfig"]
     assert host["NetworkMode"] == "none"
@@ -106,7 +117,12 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
     assert host["Privileged"] is False
     assert not host.get("Binds")
-    assert info["Mounts"] == []  # no host mounts, no volumes, no docker socket
+    # no host mounts, no docker socket: only the agent's volume, read-only, not seeded
+    [mount] = info["Mounts"]
+    assert mount["Type"] == "volume" and mount["RW"] is False
+    assert mount["Destination"] == "/opt/nexus-agent"
+    assert mount["Name"] == f"nexus-agent-{agent_digest()[:12]}"
+    assert [m["VolumeOptions"]["NoCopy"] for m in host["Mounts"]] == [True]
     assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/dev/shm"}  # the socket is abstract
     assert all("nr_inodes=" in host["Tmpfs"][path] for path in ("/tmp", "/home/user", "/dev/shm"))
     assert info["Config"]["User"] == "1000:1000"
@@ -119,17 +135,23 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert handle["token"] not in json.dumps(info)  # the token is in no config
 
 
-def test_inside_the_container(provider, handle):
+def test_inside_the_container(provider, any_handle):
+    handle = any_handle
     out = docker_exec(
         provider, handle, "sh", "-c",
         "id -u; grep CapEff /proc/self/status; grep -q @nexus-agent /proc/net/unix && echo abstract; "
-        "touch /rootfs-write 2>&1 || true; ls /var/run/docker.sock 2>&1 || true",
+        "tr '\\0' ' ' </proc/1/cmdline | cut -c1-10; echo $HOME; "
+        "touch /rootfs-write 2>&1 || true; touch /opt/nexus-agent/sandbox_agent/x.py 2>&1 || true; "
+        "ls /var/run/docker.sock 2>&1 || true",
     )  # fmt: skip
     lines = out.splitlines()
     assert lines[0] == "1000"
     assert lines[1].split()[1] == "0000000000000000"
     assert lines[2] == "abstract"  # the agent's socket: no file of it anywhere
-    assert "Read-only file system" in out
+    assert lines[3] == "python3 -I"  # the agent is pid 1, whatever the image's entrypoint
+    assert lines[4] == "/home/user"
+    assert "/rootfs-write': Read-only file system" in out
+    assert "x.py': Read-only file system" in out  # the agent's volume, shared by every sandbox
     assert "No such file" in lines[-1]
 
 
@@ -251,6 +273,8 @@ def test_the_deadline_ends_the_container_on_its_own(provider, store_id):
         while provider.alive(h) and time.monotonic() < limit:
             time.sleep(0.5)
         assert not provider.alive(h)
+        while provider.state(h) == "removing" and time.monotonic() < limit:
+            time.sleep(0.2)  # auto-removal unmounts the agent's volume too: a moment
         assert provider.state(h) is None  # auto-removed: nothing left behind
     finally:
         provider.destroy(h)
@@ -344,21 +368,96 @@ def test_a_missing_image_says_how_to_build_it(provider, store_id):
     assert "scripts/build-image.sh" in message and "docker build" in message
 
 
-def test_an_image_without_the_agent_fails_clearly(provider, store_id):
-    import docker
+def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store_id):
+    import io
+    import tarfile
 
-    base = "nexus-base:bookworm"  # made by scripts/build-image.sh: python3, no agent
-    try:
-        provider._client(provider.settings.docker_host).images.get(base)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"{base} is only present where scripts/build-image.sh ran")
+    data = io.BytesIO()  # an image of one text file: no python3, no shell
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    api = provider._client(provider.settings.docker_host).api
+    api.import_image_from_data(data.getvalue(), repository="nexus-nopython", tag="test")
+    image = "nexus-nopython:test"
     with pytest.raises(SandboxError) as info:
-        provider.create(make_spec(store_id, template_id=base))
-    assert "/opt/nexus-agent/sandbox_agent" in str(info.value)
+        provider.create(make_spec(store_id, template_id=image))
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"the image {image!r} has no python3" in message and "python3 >= 3.8" in message
     limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
-    while any(r["handle"]["image"] == base for r in provider.list_resources(store_id)):
+    while any(r["handle"]["image"] == image for r in provider.list_resources(store_id)):
         assert time.monotonic() < limit, "the failed container was not removed"
         time.sleep(0.2)
+
+
+def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_image):
+    """Two processes create the first sandbox of an agent version (its volume absent) at the
+    same moment: both sandboxes run (neither saw a half-filled volume), no fill helper is left."""
+    short = "test" + secrets.token_hex(4)  # a version of its own: the volume is absent
+    start = time.time() + 3  # both are past their imports by then
+    child = (
+        "import json, secrets, sys, time\n"
+        "from nexus_kernel.agent.client import AgentClient\n"
+        "from nexus_kernel.config import Settings\n"
+        "from nexus_kernel.models import SandboxSpec\n"
+        "from nexus_kernel.providers import docker_agent\n"
+        "from nexus_kernel.providers.docker import DockerProvider\n"
+        f"docker_agent.digest12 = lambda: {short!r}\n"
+        "p = DockerProvider(Settings.load())\n"
+        f"spec = SandboxSpec(sandbox_id='sb_' + secrets.token_hex(4), owner='tester',\n"
+        f"                   store_id={store_id!r}, deadline=time.time() + 60,\n"
+        f"                   template_id={foreign_image!r})\n"
+        f"time.sleep(max(0, {start!r} - time.time()))\n"
+        "h = p.create(spec)\n"
+        "c = AgentClient(lambda: p.connect(h), h['token'])\n"
+        "print(c.run('python', 'print(6 * 7)')['stdout'], end='')\n"
+        "c.close(); p.destroy(h)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+            for _ in range(2)]  # fmt: skip
+    api = provider._client(provider.settings.docker_host).api
+    try:
+        outcomes = [run.communicate(timeout=90) for run in runs]
+        assert [(run.returncode, out) for run, (out, _) in zip(runs, outcomes, strict=True)] == [
+            (0, "42\n"), (0, "42\n")], [err[-500:] for _, err in outcomes]  # fmt: skip
+        assert api.containers(all=True, filters={"name": f"nexus-agent-fill-{short}"}) == []
+    finally:
+        for name in (f"nexus-agent-{short}", f"nexus-agent-{short}.ready"):
+            limit = time.monotonic() + 10  # the sandboxes' auto-removal may be finishing
+            while True:
+                try:
+                    api.remove_volume(name)
+                    break
+                except Exception:
+                    if time.monotonic() > limit:
+                        break
+                    time.sleep(0.2)
+
+
+def test_old_agent_volumes_go_when_no_container_uses_them(provider):
+    from nexus_kernel.providers.docker_agent import LABEL, agent_mount, ready_name, volume_name
+
+    api = provider._client(provider.settings.docker_host).api
+    unused, used = ("old" + secrets.token_hex(4) for _ in range(2))
+    for short in (unused, used):
+        api.create_volume(volume_name(short), labels={LABEL: short})
+        api.create_volume(ready_name(short), labels={LABEL: short})
+    user = api.create_container(provider.settings.docker_image, command=["true"],
+                                host_config=api.create_host_config(mounts=[agent_mount(used)]))
+    try:
+        removed = provider.remove_leftovers()
+        names = {v["Name"] for v in api.volumes(filters={"label": LABEL})["Volumes"]}
+        assert f"volume {volume_name(unused)}" in removed
+        assert not names & {volume_name(unused), ready_name(unused)}
+        assert {volume_name(used), ready_name(used)} <= names  # in use: kept, with its marker
+        assert f"nexus-agent-{agent_digest()[:12]}" in names  # the current version stays
+    finally:
+        api.remove_container(user["Id"], force=True)
+        for name in (volume_name(used), ready_name(used)):
+            api.remove_volume(name)
 
 
 def test_an_unreachable_daemon_is_one_clear_line():
