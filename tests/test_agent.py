@@ -20,7 +20,6 @@ import pytest
 from nexus_kernel.agent import (
     PACKAGE_DIR,
     AgentClient,
-    agent_digest,
     dir_argv,
     unix_connector,
     zipapp_argv,
@@ -698,12 +697,6 @@ def test_the_host_imports_only_the_wire_format():
                          check=True, cwd=ROOT).stdout
     assert out.strip() == str(["nexus_kernel.agent.sandbox_agent",
                                "nexus_kernel.agent.sandbox_agent.wire"])
-
-
-def test_the_digest_is_the_one_build_image_labels():
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), "--agent-digest"],
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == agent_digest()
 
 
 def test_a_python3_older_than_the_agent_needs_exits_with_one_line(monkeypatch, tmp_path):

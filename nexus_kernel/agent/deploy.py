@@ -4,11 +4,11 @@ Two forms, one program:
 
 - a **directory** (:data:`PACKAGE_DIR`) where the provider can place one (local: a copy
   with bytecode compiled by the sandbox's python, copied into a read-only tmpfs; docker:
-  copied into the image), started by :func:`dir_argv`;
+  a read-only volume, see ``providers/docker_agent.py``), started by :func:`dir_argv`;
 - a **zipapp** where one file must be uploaded (e2b, modal), built in memory by
   :func:`zipapp_bytes` and started by :func:`zipapp_argv` (``python3 PATH ARGS``).
 
-:func:`agent_digest` names the package's content (image labels, cache directories).
+:func:`agent_digest` names the package's content (docker volumes, cache directories).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 def agent_digest(package_dir: Path = PACKAGE_DIR) -> str:
     """sha256 over the package's files, the same as ``cd DIR; sha256sum *.py | sha256sum``
-    with ``LC_ALL=C`` (what ``scripts/build-image.sh`` labels the docker image with)."""
+    with ``LC_ALL=C``."""
     lines = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
         for p in package_files(package_dir)
