@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from nexus_kernel.agent import agent_digest
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import ProviderUnavailableError, SandboxError, SandboxStateError
 from nexus_kernel.models import SandboxSpec
+from nexus_kernel.providers.docker_agent import agent_version
 
 from .conftest import docker_not_ready, docker_problem
 
@@ -121,7 +121,7 @@ def test_docker_inspect_shows_the_hardening(provider, any_handle):
     [mount] = info["Mounts"]
     assert mount["Type"] == "volume" and mount["RW"] is False
     assert mount["Destination"] == "/opt/nexus-agent"
-    assert mount["Name"] == f"nexus-agent-{agent_digest()[:12]}"
+    assert mount["Name"] == f"nexus-agent-{agent_version()}"
     assert [m["VolumeOptions"]["NoCopy"] for m in host["Mounts"]] == [True]
     assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/dev/shm"}  # the socket is abstract
     assert all("nr_inodes=" in host["Tmpfs"][path] for path in ("/tmp", "/home/user", "/dev/shm"))
@@ -404,7 +404,7 @@ def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_im
         "from nexus_kernel.models import SandboxSpec\n"
         "from nexus_kernel.providers import docker_agent\n"
         "from nexus_kernel.providers.docker import DockerProvider\n"
-        f"docker_agent.digest12 = lambda: {short!r}\n"
+        f"docker_agent.agent_version = lambda: {short!r}\n"
         "fill, filled = docker_agent._fill, []  # observed: True = this process filled\n"
         "docker_agent._fill = lambda *a: filled.append(fill(*a)) or filled[-1]\n"
         "p = DockerProvider(Settings.load())\n"
@@ -457,7 +457,7 @@ def test_old_agent_volumes_go_when_no_container_uses_them(provider):
         assert f"volume {volume_name(unused)}" in removed
         assert not names & {volume_name(unused), ready_name(unused)}
         assert {volume_name(used), ready_name(used)} <= names  # in use: kept, with its marker
-        assert f"nexus-agent-{agent_digest()[:12]}" in names  # the current version stays
+        assert volume_name(agent_version()) in names  # the current version stays
     finally:
         api.remove_container(user["Id"], force=True)
         for name in (volume_name(used), ready_name(used)):

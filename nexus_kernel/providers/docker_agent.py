@@ -1,26 +1,34 @@
 """How the agent package reaches every docker sandbox, whatever its image: a docker volume.
 
-One volume per agent version, ``nexus-agent-<digest12>`` (``nexus.agent_sha256`` label),
+One volume per agent version, ``nexus-agent-<version>`` (label ``nexus.agent_version``; the
+version is the package's digest, 12 hex digits, and this host python's cache tag),
 mounted read-only (and ``NoCopy``: the image's own files at the agent dir never seed it) at
 the agent dir of every sandbox container. It is filled through the engine's archive API, so
 no host path is mounted and a remote engine (``DOCKER_HOST``) works too: ``put_archive`` of
 the package's sources into a helper container of the sandbox's image that mounts the volume
 read-write and is created, never started (no code of the image runs), then removed.
 
-Concurrent first creates: the helper's name, ``nexus-agent-fill-<digest12>``, is the lock (the
+Concurrent first creates: the helper's name, ``nexus-agent-fill-<version>``, is the lock (the
 engine refuses a second container of one name); the one holding it fills, the others wait for
-the marker. The marker is a second, empty volume ``nexus-agent-<digest12>.ready`` created
+the marker. The marker is a second, empty volume ``nexus-agent-<version>.ready`` created
 only after the fill succeeded: no container references it, so only that create makes it,
 and checking it is one cheap ``inspect``. A filler that died leaves its helper behind: after
 FILL_STALE_SECONDS it is removed and the volume filled again (same bytes).
 
-Only sources are shipped: each start compiles the agent in memory (about 10 ms).
+Bytecode: the volume holds the sources and their bytecode compiled by this host's python
+(hash-checked ``.pyc`` files); an image whose python3 has the same version (cache tag) uses
+it, another one compiles the agent in memory at each start (the volume is read-only): about
+10 ms per agent start and per python worker.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import py_compile
+import sys
 import tarfile
+import tempfile
 import time
 from contextlib import suppress
 from datetime import datetime, timezone
@@ -33,8 +41,8 @@ from ._launch import import_sdk
 
 #: Where the volume is mounted in every sandbox container.
 AGENT_DIR = "/opt/nexus-agent"
-LABEL = "nexus.agent_sha256"
-#: The helpers' label (value: the digest), for remove_leftovers.
+LABEL = "nexus.agent_version"
+#: The helpers' label (value: the version), for remove_leftovers.
 FILL_LABEL = "nexus.agent_fill"
 #: A fill lock older than this belongs to a creator that died: it is broken.
 FILL_STALE_SECONDS = 60.0
@@ -42,78 +50,92 @@ FILL_STALE_SECONDS = 60.0
 FILL_WAIT_SECONDS = 120.0
 
 
-def digest12() -> str:
-    """The current agent package's short digest (names its volume)."""
-    return agent_digest()[:12]
+def agent_version() -> str:
+    """The current agent's volume version: ``<digest12>-<cache tag>`` (the bytecode in it)."""
+    return f"{agent_digest()[:12]}-{sys.implementation.cache_tag or 'source'}"
 
 
-def volume_name(short: str) -> str:
-    """The agent volume of the version ``short`` (digest12)."""
-    return f"nexus-agent-{short}"
+def volume_name(version: str) -> str:
+    """The agent volume of ``version`` (see agent_version)."""
+    return f"nexus-agent-{version}"
 
 
-def ready_name(short: str) -> str:
-    """The marker volume that exists once ``volume_name(short)`` is complete."""
-    return f"{volume_name(short)}.ready"
+def ready_name(version: str) -> str:
+    """The marker volume that exists once ``volume_name(version)`` is complete."""
+    return f"{volume_name(version)}.ready"
 
 
-def agent_mount(short: str, read_only: bool = True) -> Any:
+def agent_mount(version: str, read_only: bool = True) -> Any:
     """The docker-py ``Mount`` of the agent volume at AGENT_DIR."""
     docker = import_sdk("docker", "docker")
     return docker.types.Mount(
-        AGENT_DIR, volume_name(short), type="volume", read_only=read_only, no_copy=True,
-        labels={LABEL: short},
+        AGENT_DIR, volume_name(version), type="volume", read_only=read_only, no_copy=True,
+        labels={LABEL: version},
     )  # fmt: skip
 
 
 @lru_cache(maxsize=2)
-def _archive(short: str) -> bytes:
-    """The package's sources as a tar for AGENT_DIR: root-owned, world-readable."""
+def _archive(version: str) -> bytes:
+    """The package as a tar for AGENT_DIR: its sources and this python's bytecode of them,
+    root-owned, world-readable."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        folder = tarfile.TarInfo(PACKAGE_NAME)
-        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(folder)
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar, \
+            tempfile.TemporaryDirectory() as scratch:
+        for folder in (PACKAGE_NAME, f"{PACKAGE_NAME}/__pycache__"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
         for path in package_files():
-            data = path.read_bytes()
-            info = tarfile.TarInfo(f"{PACKAGE_NAME}/{path.name}")
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
+            name = f"{PACKAGE_NAME}/{path.name}"
+            _add(tar, name, path.read_bytes())
+            if sys.implementation.cache_tag is None:
+                continue  # this python writes no bytecode
+            compiled = f"{scratch}/{path.name}c"
+            py_compile.compile(str(path), compiled, dfile=f"{AGENT_DIR}/{name}", doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+            with open(compiled, "rb") as f:
+                _add(tar, importlib.util.cache_from_source(name), f.read())
     return buffer.getvalue()
 
 
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
 def ensure_agent_volume(api: Any, image: str) -> str:
-    """The short digest of the agent volume, complete (filled now if needed, through a
+    """The version of the agent volume, complete (filled now if needed, through a
     helper container of ``image``). Raises ProviderError when another creator's fill does
     not finish in FILL_WAIT_SECONDS; docker-py errors otherwise."""
     docker = import_sdk("docker", "docker")
-    short = digest12()
+    version = agent_version()
     limit = time.monotonic() + FILL_WAIT_SECONDS
     while True:
         try:
-            api.inspect_volume(ready_name(short))
-            return short
+            api.inspect_volume(ready_name(version))
+            return version
         except docker.errors.NotFound:
             pass
-        if _fill(api, image, short):
-            return short
+        if _fill(api, image, version):
+            return version
         if time.monotonic() > limit:
             raise ProviderError(
-                f"the agent volume {volume_name(short)} is being filled by another process "
-                f"that does not finish: docker rm -f nexus-agent-fill-{short}, then retry"
+                f"the agent volume {volume_name(version)} is being filled by another process "
+                f"that does not finish: docker rm -f nexus-agent-fill-{version}, then retry"
             )
         time.sleep(0.1)
 
 
-def _fill(api: Any, image: str, short: str) -> bool:
+def _fill(api: Any, image: str, version: str) -> bool:
     """Fill the volume under the lock; False when another creator holds it (still fresh)."""
     docker = import_sdk("docker", "docker")
-    lock = f"nexus-agent-fill-{short}"
+    lock = f"nexus-agent-fill-{version}"
     try:
         helper = api.create_container(
             image, command=["nexus-agent-fill"], name=lock, network_disabled=True,
-            labels={FILL_LABEL: short},
-            host_config=api.create_host_config(mounts=[agent_mount(short, read_only=False)]),
+            labels={FILL_LABEL: version},
+            host_config=api.create_host_config(mounts=[agent_mount(version, read_only=False)]),
         )["Id"]  # fmt: skip
     except docker.errors.APIError as exc:
         if exc.status_code != 409:  # 409: the name is taken, someone is filling
@@ -121,9 +143,9 @@ def _fill(api: Any, image: str, short: str) -> bool:
         _break_if_stale(api, lock)
         return False
     try:
-        if not api.put_archive(helper, AGENT_DIR, _archive(short)):
-            raise ProviderError(f"docker could not fill the agent volume {volume_name(short)}")
-        api.create_volume(ready_name(short), labels={LABEL: short})
+        if not api.put_archive(helper, AGENT_DIR, _archive(version)):
+            raise ProviderError(f"docker could not fill the agent volume {volume_name(version)}")
+        api.create_volume(ready_name(version), labels={LABEL: version})
     finally:
         with suppress(docker.errors.APIError):
             api.remove_container(helper, force=True)
@@ -147,7 +169,7 @@ def remove_old_volumes(api: Any) -> list[str]:
     """Agent volumes of other versions that no container uses (with their markers), and
     fill helpers left by dead creators."""
     docker = import_sdk("docker", "docker")
-    current = digest12()
+    current = agent_version()
     removed = []
     for row in api.containers(all=True, filters={"label": [FILL_LABEL]}):
         if time.time() - row.get("Created", 0) > FILL_STALE_SECONDS:
@@ -155,13 +177,13 @@ def remove_old_volumes(api: Any) -> list[str]:
                 api.remove_container(row["Id"], force=True)
                 removed.append(f"container {row['Id'][:12]}")
     volumes = api.volumes(filters={"label": LABEL}).get("Volumes") or []
-    for short in sorted({(v.get("Labels") or {}).get(LABEL, "") for v in volumes} - {current, ""}):
+    for version in sorted({(v.get("Labels") or {}).get(LABEL, "") for v in volumes} - {current, ""}):
         try:  # the content first: in use means the marker must stay
             with suppress(docker.errors.NotFound):
-                api.remove_volume(volume_name(short))
+                api.remove_volume(volume_name(version))
             with suppress(docker.errors.NotFound):
-                api.remove_volume(ready_name(short))
+                api.remove_volume(ready_name(version))
         except docker.errors.APIError:
             continue  # a container still uses it
-        removed.append(f"volume {volume_name(short)}")
+        removed.append(f"volume {volume_name(version)}")
     return removed
