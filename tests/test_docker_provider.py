@@ -452,7 +452,8 @@ def test_old_agent_volumes_go_when_no_container_uses_them(provider):
     user = api.create_container(provider.settings.docker_image, command=["true"],
                                 host_config=api.create_host_config(mounts=[agent_mount(used)]))
     try:
-        removed = provider.remove_leftovers()
+        assert f"volume {volume_name(unused)}" not in provider.remove_leftovers()  # too young
+        removed = provider.remove_leftovers(grace=0)
         names = {v["Name"] for v in api.volumes(filters={"label": LABEL})["Volumes"]}
         assert f"volume {volume_name(unused)}" in removed
         assert not names & {volume_name(unused), ready_name(unused)}

@@ -479,7 +479,7 @@ class DockerProvider(Provider):
         started (their creator died in between) or exited yet not removed (auto-remove lost
         to an engine restart), older than ``grace`` s. Running and paused ones are never
         touched: they belong to a live sandbox of some store, or end at their TTL. Also the
-        agent volumes of other agent versions that no container uses."""
+        agent volumes of other agent versions that no container uses (older than ``grace``)."""
         host = self._host()
         client = self._client(host)
         with _api_errors(host, "list sandbox containers"):
@@ -494,7 +494,7 @@ class DockerProvider(Provider):
                 client.api.remove_container(row["Id"], force=True)
                 removed.append(f"container {row['Id'][:12]}")
         with _api_errors(host, "remove old agent volumes"):
-            removed += remove_old_volumes(client.api)
+            removed += remove_old_volumes(client.api, grace)
         return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:

@@ -165,19 +165,24 @@ def _age(created: str) -> float:
     return time.time() - then.timestamp()
 
 
-def remove_old_volumes(api: Any) -> list[str]:
-    """Agent volumes of other versions that no container uses (with their markers), and
-    fill helpers left by dead creators."""
+def remove_old_volumes(api: Any, grace: float) -> list[str]:
+    """Agent volumes of other versions (with their markers) made over ``grace`` s ago that
+    no container uses, and fill helpers left by dead creators."""
     docker = import_sdk("docker", "docker")
-    current = agent_version()
     removed = []
     for row in api.containers(all=True, filters={"label": [FILL_LABEL]}):
-        if time.time() - row.get("Created", 0) > FILL_STALE_SECONDS:
+        if time.time() - row.get("Created", 0) > max(grace, FILL_STALE_SECONDS):
             with suppress(docker.errors.APIError):
                 api.remove_container(row["Id"], force=True)
-                removed.append(f"container {row['Id'][:12]}")
-    volumes = api.volumes(filters={"label": LABEL}).get("Volumes") or []
-    for version in sorted({(v.get("Labels") or {}).get(LABEL, "") for v in volumes} - {current, ""}):
+                removed.append(f"agent fill helper {row['Id'][:12]}")
+    youngest: dict[str, float] = {}
+    for volume in api.volumes(filters={"label": LABEL}).get("Volumes") or []:
+        version = (volume.get("Labels") or {}).get(LABEL, "")
+        age = _age(volume.get("CreatedAt") or "1970-01-01T00:00:00")
+        youngest[version] = min(age, youngest.get(version, age))
+    for version, age in sorted(youngest.items()):
+        if version in ("", agent_version()) or age < grace:
+            continue
         try:  # the content first: in use means the marker must stay
             with suppress(docker.errors.NotFound):
                 api.remove_volume(volume_name(version))
