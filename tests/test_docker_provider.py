@@ -253,10 +253,12 @@ def test_pause_blocks_and_resume_restores(provider, handle):
         client.close()
 
 
-def test_destroy_removes_the_container_and_is_idempotent(provider, store_id):
+@pytest.mark.parametrize("foreign", [False, True], ids=["default image", "foreign image"])
+def test_destroy_removes_the_container_and_is_idempotent(provider, store_id, foreign, request):
     import docker
 
-    h = provider.create(make_spec(store_id))
+    image = request.getfixturevalue("foreign_image") if foreign else None
+    h = provider.create(make_spec(store_id, template_id=image))
     provider.destroy(h)
     assert not provider.alive(h)
     with pytest.raises(docker.errors.NotFound):
@@ -280,7 +282,10 @@ def test_the_deadline_ends_the_container_on_its_own(provider, store_id):
         provider.destroy(h)
 
 
-def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, store_id):
+@pytest.mark.parametrize("foreign", [False, True], ids=["default image", "foreign image"])
+def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, store_id, foreign,
+                                                                    request):
+    image = request.getfixturevalue("foreign_image") if foreign else None
     creator = (
         "import json, sys, time\n"
         "from nexus_kernel.agent.client import AgentClient\n"
@@ -289,7 +294,7 @@ def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, sto
         "from nexus_kernel.providers.docker import DockerProvider\n"
         "p = DockerProvider(Settings.load())\n"
         f"spec = SandboxSpec(sandbox_id='sb_killed', owner='tester', store_id={store_id!r},\n"
-        "                   deadline=time.time() + 4)\n"
+        f"                   deadline=time.time() + 4, template_id={image!r})\n"
         "h = p.create(spec)\n"
         "print(json.dumps(h), flush=True)\n"
         "c = AgentClient(lambda: p.connect(h), h['token'])\n"

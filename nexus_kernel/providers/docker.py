@@ -9,7 +9,8 @@ Hardening applied to every container (checked by ``tests/test_docker_provider.py
 no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
 (the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their pages
-count against the memory cap), user 1000:1000, no host mounts and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
+count against the memory cap), user 1000:1000, no host mounts (only the agent's read-only volume)
+and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
 ``nexus.expires_at`` for reconcile.
 
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
@@ -244,8 +245,8 @@ def container_command(deadline: float | None) -> list[str]:
 
 def hardening(limits: Limits, network: bool) -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox (the
-    container-level ones, user 1000:1000 and working dir /home/user, are set in create;
-    the agent volume is mounted read-only at AGENT_DIR)."""
+    container-level ones, user 1000:1000 and working dir /home/user, and the agent's
+    read-only volume are set in create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
