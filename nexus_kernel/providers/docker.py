@@ -323,10 +323,10 @@ class DockerProvider(Provider):
         image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         with _api_errors(host, "fill the agent volume"):
-            try:
-                version = ensure_agent_volume(client.api, image)
+            try:  # through the default image: a hostile one never touches the shared volume
+                version = ensure_agent_volume(client.api, self.settings.docker_image)
             except docker.errors.ImageNotFound:
-                raise _image_missing(image) from None
+                raise _image_missing(self.settings.docker_image) from None
         host_config = client.api.create_host_config(
             auto_remove=True,
             log_config=docker.types.LogConfig(

@@ -5,8 +5,9 @@ version is the package's digest, 12 hex digits, and this host python's cache tag
 mounted read-only (and ``NoCopy``: the image's own files at the agent dir never seed it) at
 the agent dir of every sandbox container. It is filled through the engine's archive API, so
 no host path is mounted and a remote engine (``DOCKER_HOST``) works too: ``put_archive`` of
-the package's sources into a helper container of the sandbox's image that mounts the volume
-read-write and is created, never started (no code of the image runs), then removed.
+the package into a helper container that mounts the volume read-write and is created, never
+started (no code of its image runs), then removed. The provider makes it of the default
+image, so a sandbox's own image (maybe hostile) never has the volume writable.
 
 Concurrent first creates: the helper's name, ``nexus-agent-fill-<version>``, is the lock (the
 engine refuses a second container of one name); the one holding it fills, the others wait for
@@ -105,9 +106,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def ensure_agent_volume(api: Any, image: str) -> str:
-    """The version of the agent volume, complete (filled now if needed, through a
-    helper container of ``image``). Raises ProviderError when another creator's fill does
-    not finish in FILL_WAIT_SECONDS; docker-py errors otherwise."""
+    """The version of the agent volume, complete (filled now if needed, through a helper
+    container of ``image``, which must exist). Raises ProviderError when another creator's
+    fill does not finish in FILL_WAIT_SECONDS; docker-py errors otherwise."""
     docker = import_sdk("docker", "docker")
     version = agent_version()
     limit = time.monotonic() + FILL_WAIT_SECONDS
