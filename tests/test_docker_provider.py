@@ -6,6 +6,7 @@ that is a failure. Prepare with: bash scripts/start-dockerd.sh && bash scripts/b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -434,16 +435,56 @@ def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_im
         assert sorted(out for out, _ in outcomes) == ["42\n0\n", "42\n1\n"]  # one filled
         assert api.containers(all=True, filters={"name": f"nexus-agent-fill-{short}"}) == []
     finally:
-        for name in (f"nexus-agent-{short}", f"nexus-agent-{short}.ready"):
-            limit = time.monotonic() + 10  # the sandboxes' auto-removal may be finishing
-            while True:
-                try:
-                    api.remove_volume(name)
+        _remove_volumes(api, f"nexus-agent-{short}", f"nexus-agent-{short}.ready")
+
+
+def _remove_volumes(api, *names: str) -> None:
+    """Remove test volumes once the sandboxes' auto-removal has let go of them."""
+    for name in names:
+        limit = time.monotonic() + 10
+        while True:
+            try:
+                api.remove_volume(name)
+                break
+            except Exception:
+                if time.monotonic() > limit:
                     break
-                except Exception:
-                    if time.monotonic() > limit:
-                        break
-                    time.sleep(0.2)
+                time.sleep(0.2)
+
+
+def test_a_dead_fillers_lock_is_taken_over(provider, store_id, monkeypatch):
+    """A creator that died while filling leaves its helper (the lock) and a half-filled
+    volume: once the lock is stale, the next creator removes it and fills the volume."""
+    from nexus_kernel.providers import docker_agent
+
+    version = "dead" + secrets.token_hex(4)
+    monkeypatch.setattr(docker_agent, "agent_version", lambda: version)
+    monkeypatch.setattr(docker_agent, "FILL_STALE_SECONDS", 3.0)
+    api = provider._client(provider.settings.docker_host).api
+    image = provider.settings.docker_image
+    dead = api.create_container(
+        image, command=["x"], name=f"nexus-agent-fill-{version}",
+        labels={docker_agent.FILL_LABEL: version},
+        host_config=api.create_host_config(mounts=[docker_agent.agent_mount(version, False)]),
+    )["Id"]  # fmt: skip
+    h = None
+    try:
+        with contextlib.suppress(Exception):  # cut short: the engine extracts what it got
+            api.put_archive(dead, docker_agent.AGENT_DIR, docker_agent._archive(version)[:4096])
+        started = time.monotonic()
+        assert docker_agent.ensure_agent_volume(api, image) == version
+        assert 1.0 <= time.monotonic() - started < 15  # waited for the lock to go stale (3 s)
+        assert api.containers(all=True, filters={"id": dead}) == []
+        h = provider.create(make_spec(store_id))
+        client = agent_client(provider, h)
+        assert client.run("python", "print(6 * 7)")["stdout"] == "42\n"
+        client.close()
+    finally:
+        if h is not None:
+            provider.destroy(h)
+        with contextlib.suppress(Exception):
+            api.remove_container(dead, force=True)
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
 
 
 def test_old_agent_volumes_go_when_no_container_uses_them(provider):
