@@ -386,15 +386,19 @@ def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store
     api = provider._client(provider.settings.docker_host).api
     api.import_image_from_data(data.getvalue(), repository="nexus-nopython", tag="test")
     image = "nexus-nopython:test"
-    with pytest.raises(SandboxError) as info:
-        provider.create(make_spec(store_id, template_id=image))
-    message = str(info.value)
-    assert "\n" not in message
-    assert f"the image {image!r} has no python3" in message and "python3 >= 3.8" in message
-    limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
-    while any(r["handle"]["image"] == image for r in provider.list_resources(store_id)):
-        assert time.monotonic() < limit, "the failed container was not removed"
-        time.sleep(0.2)
+    try:
+        with pytest.raises(SandboxError) as info:
+            provider.create(make_spec(store_id, template_id=image))
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"the image {image!r} has no python3" in message and "python3 >= 3.8" in message
+        limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
+        while any(r["handle"]["image"] == image for r in provider.list_resources(store_id)):
+            assert time.monotonic() < limit, "the failed container was not removed"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
 
 
 def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_image):
