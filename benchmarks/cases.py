@@ -51,6 +51,9 @@ TARGETS = {
     ("cli", "list"): 4.0,
 }
 IDLE_RSS_LIMIT_MB = 15.0
+#: An image with python3 and no project code (scripts/build-image.sh's base) for the docker
+#: row "create -> ready (foreign image)"; NEXUS_BENCH_FOREIGN_IMAGE picks another.
+FOREIGN_IMAGE = os.environ.get("NEXUS_BENCH_FOREIGN_IMAGE") or "nexus-base:bookworm"
 STATELESS = {  # language: (code in the sandbox, the bare command it is compared with)
     "python": ("print(1)", ["{python}", "-c", "print(1)"]),
     "javascript": ("console.log(1)", ["node", "-e", "console.log(1)"]),
@@ -129,6 +132,8 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
                     _clean_up(ctx, lean, mgr.stop, str)
                 rows.append(Row(provider, "create -> ready (--template minimal)", a, base_name, b,
                                 target=TARGETS.get((provider, "create"))))
+            if docker is not None:
+                rows.append(_foreign_create_row(ctx, mgr, reps))
         else:
             make()
         sid = created[-1]
@@ -149,6 +154,31 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
         if docker is not None:
             docker.cleanup()
     return rows
+
+
+def _foreign_create_row(ctx: Context, mgr: SandboxManager, reps: int) -> Row:
+    """docker create -> ready of FOREIGN_IMAGE (the agent comes from its volume) against
+    docker-py ``containers.run`` of the same image, measured interleaved."""
+    name = f"create -> ready (foreign image {FOREIGN_IMAGE})"
+    base_name = "docker-py containers.run(python3 -c pass)"
+    try:
+        plain = DockerBaseline(FOREIGN_IMAGE, ctx.settings.docker_host)
+    except Exception as exc:
+        return unavailable("docker", name, str(exc), base_name, TARGETS[("docker", "create")])
+    made: list[str] = []
+    try:
+        plain.client.images.get(FOREIGN_IMAGE)
+        ctx.log(f"[docker] create -> ready (foreign image {FOREIGN_IMAGE}) x{reps}")
+        a, b = compare(lambda: made.append(mgr.create(
+            "bench-foreign", template_id=FOREIGN_IMAGE, provider="docker").sandbox_id),
+            plain.run_to_exit, reps, warmup=1)
+    except Exception as exc:  # the image is missing, or it does not run
+        return unavailable("docker", name, str(exc).splitlines()[0], base_name,
+                           TARGETS[("docker", "create")])
+    finally:
+        _clean_up(ctx, made, mgr.stop, str)
+        plain.cleanup()
+    return Row("docker", name, a, base_name, b, target=TARGETS[("docker", "create")])
 
 
 def _clean_up(ctx: Context, items: list, end, name) -> None:

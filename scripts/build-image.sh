@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Docker sandbox image offline (no registry needed), reusing what is already built.
 #
-#   bash scripts/build-image.sh [--base-only] [--lean] [--force] [--rebuild-base] [--agent-digest]
+#   bash scripts/build-image.sh [--base-only] [--lean] [--force] [--rebuild-base]
 #
 # Three layers:
 #   1. nexus-base:bookworm ($NEXUS_DOCKER_BASE): a minimal Debian bookworm made with
@@ -16,20 +16,18 @@
 #      only, fetched by this host's pip for the image's python version and platform (a
 #      package registry is the only network used; pip's cache serves rebuilds); labelled
 #      with its recipe, rebuilt only when that changes. --lean skips it.
-#   3. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM layer 2 (or 1), adds the agent package
-#      (nexus_kernel/agent/sandbox_agent/) at /opt/nexus-agent/sandbox_agent/ with its
-#      bytecode and labels the image with the package's digest (nexus.agent_sha256: the
-#      sha256 of `sha256sum *.py` in the package, as nexus_kernel.agent.agent_digest()).
-# Reuse: when the image exists with the current agent's digest nothing is done; when only
-# the agent changed, only layer 3 is rebuilt (seconds).
+#   3. nexus-sandbox:latest ($NEXUS_DOCKER_IMAGE): FROM layer 2 (or 1), the environment
+#      (HOME, LANG, user 1000, working dir /home/user). No agent: the docker provider mounts
+#      it from a volume into every image (nexus_kernel/providers/docker_agent.py), so a
+#      change of the agent needs no rebuild.
+# Reuse: each layer is rebuilt only when its recipe (labelled on it) changes.
 #
 # Options: --base-only (stop after layer 1), --lean (no layer 2: the lean image, e.g. with
 # NEXUS_DOCKER_IMAGE=nexus-sandbox:lean), --force (rebuild layer 3 even when current),
-# --rebuild-base (debootstrap again, ignoring the cached rootfs and base image),
-# --agent-digest (print the agent package's digest and exit).
+# --rebuild-base (debootstrap again, ignoring the cached rootfs and base image).
 # Env: NEXUS_DOCKER_IMAGE, NEXUS_DOCKER_BASE, NEXUS_DOCKER_DATASCIENCE, NEXUS_IMAGE_CACHE,
-#      NEXUS_DEBIAN_MIRROR, NEXUS_AGENT_DIR (the agent package directory), NEXUS_HOST_PYTHON
-#      (the python whose pip fetches the wheels; default python3).
+#      NEXUS_DEBIAN_MIRROR, NEXUS_HOST_PYTHON (the python whose pip fetches the wheels;
+#      default python3).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,18 +37,12 @@ IMAGE="${NEXUS_DOCKER_IMAGE:-nexus-sandbox:latest}"
 BASE="${NEXUS_DOCKER_BASE:-nexus-base:bookworm}"
 CACHE="${NEXUS_IMAGE_CACHE:-/var/cache/nexus}"
 MIRROR="${NEXUS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-AGENT="${NEXUS_AGENT_DIR:-$ROOT/nexus_kernel/agent/sandbox_agent}"
 DATASCIENCE="${NEXUS_DOCKER_DATASCIENCE:-nexus-datascience:bookworm}"
 HOST_PYTHON="${NEXUS_HOST_PYTHON:-python3}"
 SUITE=bookworm
 PACKAGES="python3,nodejs,bash,procps,ca-certificates"
 # Bump when the recipe below changes, so a stale cached rootfs is not reused.
 RECIPE_VERSION=1
-
-# The agent package's digest: sha256 over `sha256sum` of its files in C order.
-agent_digest() {
-    (export LC_ALL=C; cd "$AGENT" && sha256sum -- *.py) | sha256sum | cut -d' ' -f1
-}
 
 BASE_ONLY=0 FORCE=0 REBUILD_BASE=0 LEAN=0
 for arg in "$@"; do
@@ -59,8 +51,7 @@ for arg in "$@"; do
         --lean) LEAN=1 ;;
         --force) FORCE=1 ;;
         --rebuild-base) REBUILD_BASE=1 ;;
-        --agent-digest) agent_digest; exit 0 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "build-image: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -222,46 +213,37 @@ build_datascience() {
     step "$DATASCIENCE: $(docker image inspect --format '{{.Size}}' "$DATASCIENCE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
-# ---- layer 3: the agent ---------------------------------------------------------------
+# ---- layer 3: the environment ---------------------------------------------------------
 
-agent_dockerfile() {
+sandbox_dockerfile() {
     cat <<EOF
 FROM $FROM
-COPY sandbox_agent /opt/nexus-agent/sandbox_agent
-RUN python3 -m compileall -q /opt/nexus-agent
 ENV HOME=/home/user LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /home/user
 USER 1000:1000
-CMD ["sh", "-c", "cd /opt/nexus-agent && exec python3 -m sandbox_agent --help"]
+CMD ["bash"]
 EOF
 }
 
 build_sandbox() {
-    [ -f "$AGENT/__main__.py" ] || die "the agent package $AGENT is missing"
-    local sha recipe ctx
-    sha="$(agent_digest)"
+    local recipe ctx
     # the top layer's recipe: the layer below (its image id) and this Dockerfile
-    recipe="$RECIPE_HASH-$( (docker image inspect --format '{{.Id}}' "$FROM"; agent_dockerfile) \
+    recipe="$RECIPE_HASH-$( (docker image inspect --format '{{.Id}}' "$FROM"; sandbox_dockerfile) \
         | sha256sum | cut -c1-12)"
     if [ "$FORCE" = 0 ] && image_exists "$IMAGE" \
-        && [ "$(image_label "$IMAGE" nexus.agent_sha256)" = "$sha" ] \
         && [ "$(image_label "$IMAGE" nexus.image_recipe)" = "$recipe" ]; then
-        step "$IMAGE is up to date (agent digest ${sha:0:12})"
+        step "$IMAGE is up to date (recipe $recipe)"
         return
     fi
     ctx="$(mktemp -d)"
     # shellcheck disable=SC2064
     trap "rm -rf '$ctx'" EXIT
-    mkdir "$ctx/sandbox_agent"
-    cp "$AGENT"/*.py "$ctx/sandbox_agent/"
-    chmod 0755 "$ctx/sandbox_agent"
-    chmod 0644 "$ctx/sandbox_agent"/*.py
-    agent_dockerfile >"$ctx/Dockerfile"
-    step "docker build $IMAGE (agent digest ${sha:0:12})"
+    sandbox_dockerfile >"$ctx/Dockerfile"
+    step "docker build $IMAGE"
     # Without the buildx plugin, the legacy builder is the one that works (FROM a local image).
     local builder_env=()
     docker buildx version >/dev/null 2>&1 || builder_env=(env DOCKER_BUILDKIT=0)
-    if ! "${builder_env[@]}" docker build --quiet --label "nexus.agent_sha256=$sha" \
+    if ! "${builder_env[@]}" docker build --quiet \
         --label "nexus.image_recipe=$recipe" -t "$IMAGE" "$ctx" >"$ctx/build.log" 2>&1; then
         cat "$ctx/build.log" >&2
         die "docker build of $IMAGE failed"

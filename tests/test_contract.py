@@ -33,7 +33,8 @@ from nexus_kernel.models import Limits, Status
 from .conftest import ROOT, docker_not_ready, docker_problem
 from .fakes import e2b_fake, memory, modal_fake
 
-PROVIDERS = ["local", "docker", "e2b", "modal", "memory"]
+#: "docker-foreign": docker on an image with no project code (tests/conftest.py FOREIGN_IMAGE).
+PROVIDERS = ["local", "docker", "docker-foreign", "e2b", "modal", "memory"]
 FAKE_OPTIONS = {
     "e2b": {"sdk": e2b_fake},
     "modal": {"sdk": modal_fake, "token_id": "ak-test", "token_secret": "as-test"},
@@ -43,8 +44,11 @@ CROSS_PROCESS = {"local", "docker"}
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_name(request, tmp_path):
+def provider_name(request, tmp_path, monkeypatch):
     name = request.param
+    if name == "docker-foreign":
+        monkeypatch.setenv("NEXUS_DOCKER_IMAGE", request.getfixturevalue("foreign_image"))
+        name = "docker"
     if name == "local" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
     if name == "docker":
@@ -89,6 +93,8 @@ def out(manager, sandbox, language, code, **kw) -> str:
 def test_lifecycle(manager, sandbox):
     record = manager.status(sandbox)
     assert record.status is Status.ACTIVE and record.provider == manager.settings.provider
+    if record.provider == "docker":  # the configured image (docker-foreign: no project code)
+        assert record.handle["image"] == manager.settings.docker_image
     assert [r.sandbox_id for r in manager.list()] == [sandbox]
     assert manager.stop(sandbox).status is Status.STOPPED
     assert manager.stop(sandbox).status is Status.STOPPED  # idempotent

@@ -6,6 +6,7 @@ that is a failure. Prepare with: bash scripts/start-dockerd.sh && bash scripts/b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from nexus_kernel.errors import (
     SandboxStateError,
 )
 from nexus_kernel.models import SandboxSpec
+from nexus_kernel.providers.docker_agent import agent_version
 
 from .conftest import docker_not_ready, docker_problem
 
@@ -74,6 +76,15 @@ def handle(provider, store_id: str):
     provider.destroy(h)
 
 
+@pytest.fixture(params=["default image", "foreign image"])
+def any_handle(request, provider, store_id: str):
+    """A sandbox of the default image, then of an image with no project code in it."""
+    image = request.getfixturevalue("foreign_image") if "foreign" in request.param else None
+    h = provider.create(make_spec(store_id, template_id=image))
+    yield h
+    provider.destroy(h)
+
+
 def agent_client(provider, handle: dict[str, Any], token: str | None = None):
     from nexus_kernel.agent.client import AgentClient
 
@@ -96,7 +107,8 @@ def docker_exec(provider, handle: dict[str, Any], *cmd: str) -> str:
 # ------------------------------------------------------------------ hardening
 
 
-def test_docker_inspect_shows_the_hardening(provider, handle):
+def test_docker_inspect_shows_the_hardening(provider, any_handle):
+    handle = any_handle
     info = inspect(provider, handle)
     host = info["HostConfig"]
     assert host["NetworkMode"] == "none"
@@ -112,7 +124,12 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
     assert host["Privileged"] is False
     assert not host.get("Binds")
-    assert info["Mounts"] == []  # no host mounts, no volumes, no docker socket
+    # no host mounts, no docker socket: only the agent's volume, read-only, not seeded
+    [mount] = info["Mounts"]
+    assert mount["Type"] == "volume" and mount["RW"] is False
+    assert mount["Destination"] == "/opt/nexus-agent"
+    assert mount["Name"] == f"nexus-agent-{agent_version()}"
+    assert [m["VolumeOptions"]["NoCopy"] for m in host["Mounts"]] == [True]
     assert set(host["Tmpfs"]) == {"/tmp", "/home/user", "/dev/shm"}  # the socket is abstract
     assert all("nr_inodes=" in host["Tmpfs"][path] for path in ("/tmp", "/home/user", "/dev/shm"))
     assert info["Config"]["User"] == f"{handle['uid']}:{handle['uid']}"
@@ -126,17 +143,23 @@ def test_docker_inspect_shows_the_hardening(provider, handle):
     assert handle["token"] not in json.dumps(info)  # the token is in no config
 
 
-def test_inside_the_container(provider, handle):
+def test_inside_the_container(provider, any_handle):
+    handle = any_handle
     out = docker_exec(
         provider, handle, "sh", "-c",
         "id -u; grep CapEff /proc/self/status; grep -q @nexus-agent /proc/net/unix && echo abstract; "
-        "touch /rootfs-write 2>&1 || true; ls /var/run/docker.sock 2>&1 || true",
+        "tr '\\0' ' ' </proc/1/cmdline | cut -c1-10; echo $HOME; "
+        "touch /rootfs-write 2>&1 || true; touch /opt/nexus-agent/sandbox_agent/x.py 2>&1 || true; "
+        "ls /var/run/docker.sock 2>&1 || true",
     )  # fmt: skip
     lines = out.splitlines()
     assert lines[0] == str(handle["uid"])
     assert lines[1].split()[1] == "0000000000000000"
     assert lines[2] == "abstract"  # the agent's socket: no file of it anywhere
-    assert "Read-only file system" in out
+    assert lines[3] == "python3 -I"  # the agent is pid 1, whatever the image's entrypoint
+    assert lines[4] == "/home/user"
+    assert "/rootfs-write': Read-only file system" in out
+    assert "x.py': Read-only file system" in out  # the agent's volume, shared by every sandbox
     assert "No such file" in lines[-1]
 
 
@@ -274,10 +297,12 @@ def test_a_create_that_lost_its_uid_to_a_racing_create_picks_another(provider, s
         client.api.remove_container(rival, force=True)
 
 
-def test_destroy_removes_the_container_and_is_idempotent(provider, store_id):
+@pytest.mark.parametrize("foreign", [False, True], ids=["default image", "foreign image"])
+def test_destroy_removes_the_container_and_is_idempotent(provider, store_id, foreign, request):
     import docker
 
-    h = provider.create(make_spec(store_id))
+    image = request.getfixturevalue("foreign_image") if foreign else None
+    h = provider.create(make_spec(store_id, template_id=image))
     provider.destroy(h)
     assert not provider.alive(h)
     with pytest.raises(docker.errors.NotFound):
@@ -294,12 +319,17 @@ def test_the_deadline_ends_the_container_on_its_own(provider, store_id):
         while provider.alive(h) and time.monotonic() < limit:
             time.sleep(0.5)
         assert not provider.alive(h)
+        while provider.state(h) == "removing" and time.monotonic() < limit:
+            time.sleep(0.2)  # auto-removal unmounts the agent's volume too: a moment
         assert provider.state(h) is None  # auto-removed: nothing left behind
     finally:
         provider.destroy(h)
 
 
-def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, store_id):
+@pytest.mark.parametrize("foreign", [False, True], ids=["default image", "foreign image"])
+def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, store_id, foreign,
+                                                                    request):
+    image = request.getfixturevalue("foreign_image") if foreign else None
     creator = (
         "import json, sys, time\n"
         "from nexus_kernel.agent.client import AgentClient\n"
@@ -308,7 +338,7 @@ def test_the_container_ends_at_its_ttl_after_its_creator_is_killed(provider, sto
         "from nexus_kernel.providers.docker import DockerProvider\n"
         "p = DockerProvider(Settings.load())\n"
         f"spec = SandboxSpec(sandbox_id='sb_killed', owner='tester', store_id={store_id!r},\n"
-        "                   deadline=time.time() + 4)\n"
+        f"                   deadline=time.time() + 4, template_id={image!r})\n"
         "h = p.create(spec)\n"
         "print(json.dumps(h), flush=True)\n"
         "c = AgentClient(lambda: p.connect(h), h['token'])\n"
@@ -387,21 +417,145 @@ def test_a_missing_image_says_how_to_build_it(provider, store_id):
     assert "scripts/build-image.sh" in message and "docker build" in message
 
 
-def test_an_image_without_the_agent_fails_clearly(provider, store_id):
-    import docker
+def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store_id):
+    import io
+    import tarfile
 
-    base = "nexus-base:bookworm"  # made by scripts/build-image.sh: python3, no agent
+    data = io.BytesIO()  # an image of one text file: no python3, no shell
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    api = provider._client(provider.settings.docker_host).api
+    api.import_image_from_data(data.getvalue(), repository="nexus-nopython", tag="test")
+    image = "nexus-nopython:test"
     try:
-        provider._client(provider.settings.docker_host).images.get(base)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"{base} is only present where scripts/build-image.sh ran")
-    with pytest.raises(SandboxError) as info:
-        provider.create(make_spec(store_id, template_id=base))
-    assert "/opt/nexus-agent/sandbox_agent" in str(info.value)
-    limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
-    while any(r["handle"]["image"] == base for r in provider.list_resources(store_id)):
-        assert time.monotonic() < limit, "the failed container was not removed"
-        time.sleep(0.2)
+        with pytest.raises(SandboxError) as info:
+            provider.create(make_spec(store_id, template_id=image))
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"the image {image!r} has no python3" in message and "python3 >= 3.8" in message
+        limit = time.monotonic() + 10  # destroy may leave the daemon's auto-removal finishing
+        while any(r["handle"]["image"] == image for r in provider.list_resources(store_id)):
+            assert time.monotonic() < limit, "the failed container was not removed"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
+
+
+def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_image):
+    """Two processes create the first sandbox of an agent version (its volume absent) at the
+    same moment: both sandboxes run (neither saw a half-filled volume), one of them filled it,
+    no fill helper is left."""
+    short = "test" + secrets.token_hex(4)  # a version of its own: the volume is absent
+    start = time.time() + 2  # both are past their imports by then
+    child = (
+        "import json, secrets, sys, time\n"
+        "from nexus_kernel.agent.client import AgentClient\n"
+        "from nexus_kernel.config import Settings\n"
+        "from nexus_kernel.models import SandboxSpec\n"
+        "from nexus_kernel.providers import docker_agent\n"
+        "from nexus_kernel.providers.docker import DockerProvider\n"
+        f"docker_agent.agent_version = lambda: {short!r}\n"
+        "fill, filled = docker_agent._fill, []  # observed: True = this process filled\n"
+        "docker_agent._fill = lambda *a: filled.append(fill(*a)) or filled[-1]\n"
+        "p = DockerProvider(Settings.load())\n"
+        f"spec = SandboxSpec(sandbox_id='sb_' + secrets.token_hex(4), owner='tester',\n"
+        f"                   store_id={store_id!r}, deadline=time.time() + 60,\n"
+        f"                   template_id={foreign_image!r})\n"
+        f"time.sleep(max(0, {start!r} - time.time()))\n"
+        "h = p.create(spec)\n"
+        "c = AgentClient(lambda: p.connect(h), h['token'])\n"
+        "print(c.run('python', 'print(6 * 7)')['stdout'], end='')\n"
+        "print(filled.count(True))\n"
+        "c.close(); p.destroy(h)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+            for _ in range(2)]  # fmt: skip
+    api = provider._client(provider.settings.docker_host).api
+    try:
+        outcomes = [run.communicate(timeout=90) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], [err[-500:] for _, err in outcomes]
+        assert sorted(out for out, _ in outcomes) == ["42\n0\n", "42\n1\n"]  # one filled
+        assert api.containers(all=True, filters={"name": f"nexus-agent-fill-{short}"}) == []
+    finally:
+        _remove_volumes(api, f"nexus-agent-{short}", f"nexus-agent-{short}.ready")
+
+
+def _remove_volumes(api, *names: str) -> None:
+    """Remove test volumes once the sandboxes' auto-removal has let go of them."""
+    for name in names:
+        limit = time.monotonic() + 10
+        while True:
+            try:
+                api.remove_volume(name)
+                break
+            except Exception:
+                if time.monotonic() > limit:
+                    break
+                time.sleep(0.2)
+
+
+def test_a_dead_fillers_lock_is_taken_over(provider, store_id, monkeypatch):
+    """A creator that died while filling leaves its helper (the lock) and a half-filled
+    volume: once the lock is stale, the next creator removes it and fills the volume."""
+    from nexus_kernel.providers import docker_agent
+
+    version = "dead" + secrets.token_hex(4)
+    monkeypatch.setattr(docker_agent, "agent_version", lambda: version)
+    monkeypatch.setattr(docker_agent, "FILL_STALE_SECONDS", 3.0)
+    api = provider._client(provider.settings.docker_host).api
+    image = provider.settings.docker_image
+    dead = api.create_container(
+        image, command=["x"], name=f"nexus-agent-fill-{version}",
+        labels={docker_agent.FILL_LABEL: version},
+        host_config=api.create_host_config(mounts=[docker_agent.agent_mount(version, False)]),
+    )["Id"]  # fmt: skip
+    h = None
+    try:
+        with contextlib.suppress(Exception):  # cut short: the engine extracts what it got
+            api.put_archive(dead, docker_agent.AGENT_DIR, docker_agent._archive(version)[:4096])
+        started = time.monotonic()
+        assert docker_agent.ensure_agent_volume(api, image) == version
+        assert 1.0 <= time.monotonic() - started < 15  # waited for the lock to go stale (3 s)
+        assert api.containers(all=True, filters={"id": dead}) == []
+        h = provider.create(make_spec(store_id))
+        client = agent_client(provider, h)
+        assert client.run("python", "print(6 * 7)")["stdout"] == "42\n"
+        client.close()
+    finally:
+        if h is not None:
+            provider.destroy(h)
+        with contextlib.suppress(Exception):
+            api.remove_container(dead, force=True)
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
+
+
+def test_old_agent_volumes_go_when_no_container_uses_them(provider):
+    from nexus_kernel.providers.docker_agent import LABEL, agent_mount, ready_name, volume_name
+
+    api = provider._client(provider.settings.docker_host).api
+    unused, used = ("old" + secrets.token_hex(4) for _ in range(2))
+    for short in (unused, used):
+        api.create_volume(volume_name(short), labels={LABEL: short})
+        api.create_volume(ready_name(short), labels={LABEL: short})
+    user = api.create_container(provider.settings.docker_image, command=["true"],
+                                host_config=api.create_host_config(mounts=[agent_mount(used)]))
+    try:
+        assert f"volume {volume_name(unused)}" not in provider.remove_leftovers()  # too young
+        removed = provider.remove_leftovers(grace=0)
+        names = {v["Name"] for v in api.volumes(filters={"label": LABEL})["Volumes"]}
+        assert f"volume {volume_name(unused)}" in removed
+        assert not names & {volume_name(unused), ready_name(unused)}
+        assert {volume_name(used), ready_name(used)} <= names  # in use: kept, with its marker
+        assert volume_name(agent_version()) in names  # the current version stays
+    finally:
+        api.remove_container(user["Id"], force=True)
+        for name in (volume_name(used), ready_name(used)):
+            api.remove_volume(name)
 
 
 def test_an_unreachable_daemon_is_one_clear_line():

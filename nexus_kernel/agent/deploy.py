@@ -4,11 +4,11 @@ Two forms, one program:
 
 - a **directory** (:data:`PACKAGE_DIR`) where the provider can place one (local: a copy
   with bytecode compiled by the sandbox's python, copied into a read-only tmpfs; docker:
-  copied into the image), started by :func:`dir_argv`;
+  a read-only volume, see ``providers/docker_agent.py``), started by :func:`dir_argv`;
 - a **zipapp** where one file must be uploaded (e2b, modal), built in memory by
   :func:`zipapp_bytes` and started by :func:`zipapp_argv` (``python3 PATH ARGS``).
 
-:func:`agent_digest` names the package's content (image labels, cache directories).
+:func:`agent_digest` names the package's content (docker volumes, cache directories).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ PACKAGE_NAME = "sandbox_agent"
 PACKAGE_DIR = Path(__file__).resolve().with_name(PACKAGE_NAME)
 #: The zipapp's file name (the name shows in ``ps`` output inside the sandbox).
 ZIPAPP_NAME = f"{PACKAGE_NAME}.pyz"
+#: The oldest python3 the agent runs on; an older one exits with TOO_OLD + its version.
+MIN_PYTHON = (3, 8)
+TOO_OLD = "nexus: the sandbox agent needs python3 >= 3.8, this python3 is "
+
+
 def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """The package's source files, sorted by name (the package has no subdirectories)."""
     files = sorted(package_dir.glob("*.py"), key=lambda p: p.name)
@@ -40,7 +45,7 @@ def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 def agent_digest(package_dir: Path = PACKAGE_DIR) -> str:
     """sha256 over the package's files, the same as ``cd DIR; sha256sum *.py | sha256sum``
-    with ``LC_ALL=C`` (what ``scripts/build-image.sh`` labels the docker image with)."""
+    with ``LC_ALL=C``."""
     lines = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
         for p in package_files(package_dir)
@@ -81,7 +86,8 @@ def dir_argv(python: str, root: str, *args: str, flags: tuple[str, ...] = ()) ->
     """The command that runs the agent with ``args`` from the directory ``root`` holding
     the ``sandbox_agent`` package (importing it, so precompiled bytecode is used)."""
     boot = (
-        f"import sys; sys.path.insert(0, {root!r}); from {PACKAGE_NAME}.__main__ import run; run()"
+        f"import sys; sys.version_info >= {MIN_PYTHON!r} or sys.exit({TOO_OLD!r} + sys.version.split()[0]); "
+        f"sys.path.insert(0, {root!r}); from {PACKAGE_NAME}.__main__ import run; run()"
     )
     return [python, *flags, "-c", boot, *args]
 

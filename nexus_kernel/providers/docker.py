@@ -10,8 +10,13 @@ no network unless asked, every capability dropped, ``no-new-privileges``, pids /
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
 (the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their
 pages count against the memory cap), a host uid of the sandbox's own (below), no host mounts
-and no docker socket, plus labels ``nexus.sandbox_id`` / ``nexus.owner`` / ``nexus.store`` /
-``nexus.expires_at`` for reconcile.
+(only the agent's read-only volume) and no docker socket, plus labels ``nexus.sandbox_id`` /
+``nexus.owner`` / ``nexus.store`` / ``nexus.expires_at`` for reconcile.
+
+Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
+read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
+The image's entrypoint is replaced by the agent; an image without python3 fails create in
+one line. The default image (``nexus-sandbox:latest``) is only the default environment.
 
 One host identity per sandbox: each container runs as a uid (and gid) U of its own, and its
 relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for nexus, beside
@@ -49,7 +54,6 @@ import time
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from ..agent.deploy import PACKAGE_NAME
 from ..config import Settings
 from ..errors import (
     AgentError,
@@ -75,8 +79,8 @@ from .base import (
     scratch_mb,
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
+from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
 
-AGENT_DIR = "/opt/nexus-agent"
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
 AGENT_PID = 1
@@ -123,8 +127,15 @@ def _unreachable(host: str) -> ProviderUnavailableError:
 
 def _image_missing(image: str) -> ProviderUnavailableError:
     return ProviderUnavailableError(
-        f"the Docker image {image!r} does not exist: build it with 'bash scripts/build-image.sh' "
-        f"(offline) or 'docker build -t {image} -f docker/Dockerfile .'"
+        f"the Docker image {image!r} does not exist: docker pull it, or build the default image "
+        "with 'bash scripts/build-image.sh' (offline) or 'docker build -f docker/Dockerfile .'"
+    )
+
+
+def _needs_python(image: str) -> ProviderError:
+    return ProviderError(
+        f"the image {image!r} has no python3 on its PATH: a docker template needs python3 >= 3.8 "
+        "(install it in the image, e.g. apt-get install python3) or use the default image"
     )
 
 
@@ -256,7 +267,8 @@ def container_command(deadline: float | None) -> list[str]:
 
 def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox running as
-    ``uid`` (the container-level ones, its user and working dir /home/user, are set in create)."""
+    ``uid`` (the container-level ones, its user and working dir /home/user, and the agent's
+    read-only volume are set in create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
@@ -354,10 +366,16 @@ class DockerProvider(Provider):
         client = self._client(host)
         image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
+        docker = import_sdk("docker", "docker")
+        with _api_errors(host, "fill the agent volume"):
+            try:  # through the default image: a hostile one never touches the shared volume
+                version = ensure_agent_volume(client.api, self.settings.docker_image)
+            except docker.errors.ImageNotFound:
+                raise _image_missing(self.settings.docker_image) from None
         with _api_errors(host, "create the sandbox container"):
             for _ in range(UID_ATTEMPTS):
                 uid = pick_uid(set(labelled_uids(client).values()))
-                container_id = self._create_container(client, spec, image, uid)
+                container_id = self._create_container(client, spec, image, uid, version)
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
                 # a racing create took the same uid: both back off, at most one keeps it
@@ -381,20 +399,24 @@ class DockerProvider(Provider):
             raise
         return handle
 
-    def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int) -> str:
-        """Create (not start) the sandbox's container, running as ``uid``; its id."""
+    def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int,
+                          agent_version: str) -> str:
+        """Create (not start) the sandbox's container, running as ``uid`` with the agent's
+        volume of ``agent_version``; its id."""
         docker = import_sdk("docker", "docker")
         host_config = client.api.create_host_config(
             auto_remove=True,
             log_config=docker.types.LogConfig(
                 type="json-file", config={"max-size": "1m", "max-file": "1"}
             ),
+            mounts=[agent_mount(agent_version)],
             **hardening(spec.limits, spec.network, uid),
         )
         try:
             return client.api.create_container(
                 image,
-                command=container_command(spec.deadline),
+                # the agent is the entrypoint: an image's own entrypoint never wraps it
+                entrypoint=container_command(spec.deadline),
                 user=f"{uid}:{uid}",
                 environment=SANDBOX_ENV,
                 working_dir=HOME,
@@ -409,6 +431,7 @@ class DockerProvider(Provider):
 
     def _start_agent(self, client: Any, container_id: str, token: str, image: str) -> None:
         """Start the container, hand the agent its token on stdin, wait for READY."""
+        docker = import_sdk("docker", "docker")
         host = self._host()
         with _api_errors(host, "start the sandbox container"):
             raw = client.api.attach_socket(
@@ -416,7 +439,12 @@ class DockerProvider(Provider):
             )
             stream = DockerStreamChannel(raw)
             try:
-                client.api.start(container_id)
+                try:
+                    client.api.start(container_id)
+                except docker.errors.APIError as exc:
+                    if "executable file not found" in _explain(exc):
+                        raise _needs_python(image) from None
+                    raise
                 stream.sendall(token.encode() + b"\n")
                 stream.shutdown_write()
                 wait_for_ready(
@@ -424,8 +452,8 @@ class DockerProvider(Provider):
                     READY_TIMEOUT,
                     stop=stream.close,
                     detail=lambda: bytes(stream.stderr).decode("utf-8", "replace"),
-                    hint=f"the image {image!r} needs python3 and {AGENT_DIR}/{PACKAGE_NAME}: "
-                    "build it FROM the nexus image or with docker/Dockerfile",
+                    hint=f"the image {image!r} needs a python3 >= 3.8 that runs the agent "
+                    f"(mounted at {AGENT_DIR})",
                 )
             finally:
                 stream.close()
@@ -516,7 +544,8 @@ class DockerProvider(Provider):
         """Containers of any store's sandboxes that can never run again: created but never
         started (their creator died in between) or exited yet not removed (auto-remove lost
         to an engine restart), older than ``grace`` s. Running and paused ones are never
-        touched: they belong to a live sandbox of some store, or end at their TTL."""
+        touched: they belong to a live sandbox of some store, or end at their TTL. Also the
+        agent volumes of other agent versions that no container uses (older than ``grace``)."""
         host = self._host()
         client = self._client(host)
         with _api_errors(host, "list sandbox containers"):
@@ -530,6 +559,8 @@ class DockerProvider(Provider):
             with suppress(Exception):  # gone meanwhile, or being removed by the engine
                 client.api.remove_container(row["Id"], force=True)
                 removed.append(f"container {row['Id'][:12]}")
+        with _api_errors(host, "remove old agent volumes"):
+            removed += remove_old_volumes(client.api, grace)
         return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:

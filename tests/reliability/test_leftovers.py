@@ -85,7 +85,8 @@ def test_dead_sandbox_containers_of_any_store_are_removed_and_live_ones_spared(t
     api.start(exited)
     api.wait(exited, timeout=30)
     try:
-        assert backend.remove_leftovers() == [], "younger than the grace period: kept"
+        early = backend.remove_leftovers()  # (old agent volumes may go: not containers)
+        assert not [r for r in early if r.startswith("container ")], "younger than the grace: kept"
         removed = backend.remove_leftovers(grace=0)
 
         assert {f"container {c[:12]}" for c in (never_started, exited)} <= set(removed)
