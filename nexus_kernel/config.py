@@ -81,6 +81,9 @@ class Settings:
     docker_host: str = ""
     e2b_api_key: str = ""
     e2b_template_id: str = ""
+    #: E2B: the deployment's domain (E2B_DOMAIN, the SDK's own variable; default e2b.app):
+    #: a self-hosted, E2B-compatible fleet is reached at ``api.<domain>``.
+    e2b_domain: str = ""
     #: E2B: the plan's runtime cap, minutes a sandbox may run without a pause
     #: (NEXUS_E2B_MAX_MINUTES; Hobby 60, Pro 1440).
     e2b_max_minutes: float = 24 * 60.0
@@ -158,6 +161,7 @@ class Settings:
 _ENV_NAMES = {
     "e2b_api_key": "E2B_API_KEY",
     "e2b_template_id": "E2B_TEMPLATE_ID",
+    "e2b_domain": "E2B_DOMAIN",
     "docker_host": "DOCKER_HOST",
 }
 

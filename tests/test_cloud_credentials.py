@@ -450,3 +450,68 @@ def test_real_e2b_sdk_with_a_refused_key(cli_env: dict[str, str], status: int) -
     assert message.startswith(f"E2B refused the API key ({status}: "), message
     assert message.endswith("set a valid E2B_API_KEY or pass e2b_api_key= to NexusFS")
     assert elapsed < BOUND, f"{elapsed:.1f} s"
+
+
+class SelfHostedHandler(http.server.BaseHTTPRequestHandler):
+    """A self-hosted, E2B-compatible API that lists no sandboxes and cannot create one (no
+    capacity): enough to see which deployment the real SDK talks to, with which key."""
+
+    seen: list[tuple[str, str, str]]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._answer(200, [])
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer(503, {"code": 503, "message": "no capacity on this self-hosted fleet"})
+
+    def _answer(self, status: int, payload: object) -> None:
+        self.seen.append((self.command, self.path.split("?")[0], self.headers.get("X-API-Key", "")))
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_real_e2b_sdk_reaches_a_self_hosted_deployment(cli_env: dict[str, str]) -> None:
+    """E2B_API_URL (the SDK's own setting) sends every call of the real SDK to another
+    deployment, with the key: the reach check lists there, create asks there, and the
+    deployment's refusal is one line."""
+    pytest.importorskip("e2b")
+    handler = type("Handler", (SelfHostedHandler,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done, _ = nexus_create("e2b", {**cli_env, "E2B_API_KEY": "e2b_selfhosted",
+                                       "E2B_API_URL": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ("GET", "/v2/sandboxes", "e2b_selfhosted") in handler.seen, handler.seen
+    assert ("POST", "/v2/sandboxes", "e2b_selfhosted") in handler.seen, handler.seen
+    assert "no capacity on this self-hosted fleet" in the_line(done)
+
+
+def test_e2b_domain_setting_reaches_the_sdk(tmp_path: Path, monkeypatch) -> None:
+    """NexusFS(e2b_domain=...) and E2B_DOMAIN name the deployment the SDK builds its API URL
+    from (https://api.<domain>); the provider option wins over both."""
+    pytest.importorskip("e2b")
+    from e2b import ConnectionConfig
+
+    from nexus_kernel.api import NexusFS
+
+    nx = NexusFS(sandbox_provider="e2b", e2b_api_key="k", e2b_domain="sandboxes.example.org",
+                 home=tmp_path)
+    params = E2BProvider(nx.settings)._api()
+    assert params["domain"] == "sandboxes.example.org"
+    assert ConnectionConfig(**params).api_url == "https://api.sandboxes.example.org"
+    monkeypatch.setenv("E2B_DOMAIN", "fleet.internal")
+    assert E2BProvider(Settings.load(home=tmp_path))._api()["domain"] == "fleet.internal"
+    option = E2BProvider(Settings.load(home=tmp_path), domain="other.example")._api()
+    assert option["domain"] == "other.example"

@@ -179,7 +179,8 @@ class E2BProvider(CloudProvider):
     """Sandboxes as E2B cloud sandboxes running the agent (see the module doc).
 
     Options (``provider_options={"e2b": {...}}``): ``api_key`` (else ``e2b_api_key`` /
-    ``E2B_API_KEY``), ``domain``, ``python`` (in the template, default ``python3``),
+    ``E2B_API_KEY``), ``domain`` (else ``e2b_domain`` / ``E2B_DOMAIN``: a self-hosted,
+    E2B-compatible deployment; the SDK's own ``E2B_API_URL`` is honoured too), ``python`` (in the template, default ``python3``),
     ``max_timeout`` (the plan's runtime cap in seconds, else ``NEXUS_E2B_MAX_MINUTES``, default
     1440 minutes: Pro; Hobby is 60), ``auto_pause`` (pause at the cap and resume on the next
     run, else ``NEXUS_E2B_AUTO_PAUSE``, default on), ``ready_timeout``, ``sdk`` (an object with
@@ -253,8 +254,9 @@ class E2BProvider(CloudProvider):
 
     def _api(self) -> dict[str, Any]:
         params = {"api_key": _api_key(self.settings, self.options)}
-        if self.options.get("domain"):
-            params["domain"] = self.options["domain"]
+        domain = self.options.get("domain") or self.settings.e2b_domain
+        if domain:
+            params["domain"] = domain
         return params
 
     def _errors(self, what: str) -> Any:
