@@ -14,9 +14,10 @@ import threading
 import time
 
 from .files import read_file, write_file
-from .procs import TAG_VAR, ProcessTable, Reaper, harden, oom_kills
+from .procs import TAG_VAR, ProcessTable, Reaper, harden
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
+from .usage import Meter
 from .wire import (
     AGENT_VERSION,
     AUTH_MAX_LINE,
@@ -311,13 +312,12 @@ class Agent:
         self.interpreter(language)
         if deadline is not None:
             self.set_deadline(deadline)
-        before = oom_kills()
+        meter = Meter()
         if session is None:
             result = self._run_stateless(reply, language, code, timeout, limit, input_data)
         else:
             result = self._run_session(reply, session, language, code, timeout, limit, options)
-        if before is not None and (oom_kills() or 0) > before:
-            result["oom_killed"] = True  # the memory limit ended a process during the run
+        meter.finish(result)
         return result
 
     def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
