@@ -197,6 +197,32 @@ def usage_summary(ended_by: str, usage: dict[str, Any] | None) -> str:
     ])
 
 
+#: How many finished runs ``%sandbox usage`` shows (the kernel and the magics keep as many).
+USAGE_LOG_SIZE = 20
+
+
+def usage_table(runs: list[tuple[str, str, dict[str, Any] | None]]) -> str:
+    """A text table of finished runs, given as (label, ended_by, usage), oldest first."""
+    if not runs:
+        return "No runs yet.\n"
+    rows = [("RUN", "ENDED BY", "WALL S", "CPU S", "PEAK MB", "PROCESSES", "SOURCE")]
+    for label, ended_by, usage in runs:
+        usage = usage or {}
+        wall, peak = usage.get("wall_s"), usage.get("peak_memory_bytes")
+        processes = usage.get("processes")
+        cpu = (None if not usage else
+               (usage.get("cpu_user_s") or 0) + (usage.get("cpu_system_s") or 0))
+        rows.append((label, ended_by, "?" if wall is None else f"{wall:.2f}",
+                     "?" if cpu is None else f"{cpu:.2f}",
+                     "?" if peak is None else f"{peak / 1e6:.1f}",
+                     "?" if processes is None else str(processes),
+                     usage.get("source") or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows)
+    return "".join(line + "\n" for line in lines)
+
+
 def totals_summary(totals: dict[str, Any] | None) -> str:
     """One line of a sandbox's run totals: ``3 runs · 1.20 s CPU · max peak 23.1 MB``."""
     totals = run_totals(totals)
