@@ -518,8 +518,12 @@ def test_usage_of_a_busy_loop_and_of_a_sleep(box, language, session):
 
 
 def test_usage_in_a_session_memory_bomb_timeout_and_interrupts(box):
-    """A session's run ends by oom (peak near the cap), timeout and interrupt; a stateless
-    run by interrupt too."""
+    """A session run's peak is its own (reset before each run); a session's run ends by oom
+    (peak near the cap), timeout and interrupt; a stateless run by interrupt too."""
+    transient = box.run("python", "x = bytearray(100 * 2**20)\ndel x", session="s")
+    assert transient.usage["peak_memory_bytes"] >= 100 * 2**20, transient.usage
+    after = box.run("python", "1", session="s")
+    assert after.usage["peak_memory_bytes"] < 100 * 2**20, after.usage  # the run's own peak
     bomb = box.run("python", MEMORY_BOMB["python"], timeout=30, session="s")
     assert bomb.ended_by == "oom" and bomb.usage["source"] == "cgroup", bomb
     _assert_peak_near_the_cap(bomb)

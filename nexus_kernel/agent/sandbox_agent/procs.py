@@ -1,6 +1,6 @@
 """Processes below the agent: the process table (by ancestry and by run tag), the reaper
-that spawns and reaps every child, the OOM counter, and the prctl hardening that makes the
-agent a child subreaper.
+that spawns and reaps every child, and the prctl hardening that makes the agent a child
+subreaper.
 
 Every process the agent starts gets ``NEXUS_RUN_TAG=<random>`` in its environment. The
 agent is a child subreaper, so processes that double-fork or ``setsid`` reparent to it and
@@ -32,7 +32,7 @@ def _exit_code(status: int) -> int:
     return 1
 
 
-def read_proc(path: str) -> bytes:
+def _read_proc(path: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -52,7 +52,7 @@ def read_proc(path: str) -> bytes:
 
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of a process, or None when it is gone."""
-    data = read_proc(f"/proc/{pid}/stat")
+    data = _read_proc(f"/proc/{pid}/stat")
     if not data:
         return None
     fields = data[data.rfind(b")") + 2 :].split()
@@ -64,7 +64,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
 
 def _pgid(pid: int) -> int | None:
     """The process group of a process (a zombie's too), or None when it is gone."""
-    data = read_proc(f"/proc/{pid}/stat")
+    data = _read_proc(f"/proc/{pid}/stat")
     fields = data[data.rfind(b")") + 2 :].split()
     try:
         return int(fields[2])
@@ -99,7 +99,7 @@ def _child_pids(pid: int) -> list[int]:
         return []
     kids: list[int] = []
     for tid in tasks:
-        kids.extend(int(x) for x in read_proc(f"/proc/{pid}/task/{tid}/children").split())
+        kids.extend(int(x) for x in _read_proc(f"/proc/{pid}/task/{tid}/children").split())
     return kids
 
 
@@ -132,22 +132,7 @@ def process_tree(root: int, use_children_files: bool = True) -> dict[int, list[i
 
 def _has_tag(pid: int, tag: str) -> bool:
     needle = f"\0{TAG_VAR}={tag}\0".encode()
-    return needle in b"\0" + read_proc(f"/proc/{pid}/environ") + b"\0"
-
-
-#: The sandbox's OOM-kill counter: cgroup v2 and v1 files, where the providers mount them.
-OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
-
-
-def oom_kills():
-    """Processes the OOM killer has killed at the sandbox's memory limit so far (None when
-    the sandbox's memory cgroup is not visible)."""
-    for path in OOM_COUNTERS:
-        for line in read_proc(path).decode("ascii", "replace").splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value)
-    return None
+    return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
 
 
 def _oom_first(pid: int) -> None:
