@@ -13,32 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nexus_kernel.config import Settings
 from nexus_kernel.manager import SandboxManager
 
-from .timing import Sample, _no_gc
+from .timing import alternating
 
 #: What may be added to a session round trip (ratio of medians, this agent / the baseline).
 SESSION_TARGET = 1.05
-
-
-def alternating(a: Callable[[], Any], b: Callable[[], Any], reps: int,
-                warmup: int = 5) -> tuple[Sample, Sample]:
-    """Time ``a`` and ``b`` ``reps`` times each, in the order A B, then B A, and so on."""
-    samples: dict[Any, Sample] = {a: Sample(), b: Sample()}
-    with _no_gc():
-        for i in range(warmup + reps):
-            for fn in ((a, b) if i % 2 else (b, a)):
-                start = time.perf_counter()
-                fn()
-                if i >= warmup:
-                    samples[fn].add((time.perf_counter() - start) * 1000.0)
-    return samples[a], samples[b]
 
 
 def main(argv: list[str] | None = None) -> int:
