@@ -93,6 +93,21 @@ def compare(
     return a, b
 
 
+def alternating(a: Callable[[], Any], b: Callable[[], Any], reps: int,
+                warmup: int = 5) -> tuple[Sample, Sample]:
+    """Time ``a`` and ``b`` ``reps`` times each, in the order A B, then B A, and so on (so
+    an order effect, such as the second call finding warm caches, hits both alike)."""
+    samples: dict[Any, Sample] = {a: Sample(), b: Sample()}
+    with _no_gc():
+        for i in range(warmup + reps):
+            for fn in ((a, b) if i % 2 else (b, a)):
+                start = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    samples[fn].add((time.perf_counter() - start) * 1000.0)
+    return samples[a], samples[b]
+
+
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     """Collect once, then keep the cyclic GC out of the timed loop (as ``timeit`` does). A

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nexus_kernel import sandbox_lines
 from nexus_kernel.errors import UsageError
 from nexus_kernel.manager import describe
-from nexus_kernel.models import HARD_END, cap_warning
+from nexus_kernel.models import HARD_END, cap_warning, usage_table
 from nexus_kernel.untrusted import TRUST_OFF, TRUST_WARNING
 from nexus_kernel.validation import normalize_language
 
@@ -111,6 +111,11 @@ def cmd_interrupt(magics: SandboxMagics, args: argparse.Namespace, cell: str | N
     print(f"interrupted {count} run(s) in {sandbox_id}")
 
 
+def cmd_usage(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    """Print why this notebook's last ``%%sandbox`` runs ended and what they cost."""
+    print(usage_table(list(magics.usage_log)), end="")
+
+
 def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
     """Run the cell's body in the sandbox, streaming its output into the cell."""
     sandbox_id = magics.resolve(args.sandbox)
@@ -125,6 +130,7 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
         session=magics.run_session(args.session, args.fresh),
         output=CellOutput(magics.shell),
         trusted_output=magics.trusted_output,
+        on_result=lambda result: magics.log_usage(sandbox_id, result),
     )
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
@@ -153,6 +159,7 @@ HANDLERS: dict[str, Handler] = {
     "create": cmd_create, "list": cmd_list, "status": cmd_status, "pause": cmd_pause,
     "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
     "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
+    "usage": cmd_usage,
 }
 
 

@@ -9,6 +9,7 @@ IPython profile) changes them. Parsing and the subcommands live in :mod:`magics.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from IPython.core.error import UsageError as IPythonUsageError
@@ -17,6 +18,7 @@ from traitlets import Bool, Float, TraitError, Unicode, validate
 
 from nexus_kernel.errors import SandboxError, SandboxNotFoundError, UsageError
 from nexus_kernel.manager import SandboxManager
+from nexus_kernel.models import USAGE_LOG_SIZE, ExecResult
 from nexus_kernel.validation import normalize_language
 
 from . import commands
@@ -73,6 +75,10 @@ class SandboxMagics(Magics):
         self.current: str | None = None
         #: (sandbox id, hard end) of the runtime-cap warnings already shown.
         self.warned_caps: set[tuple[str, float]] = set()
+        #: The last runs' (label, ended_by, usage), for ``%sandbox usage``.
+        self.usage_log: deque[tuple[str, str, dict[str, Any] | None]] = deque(
+            maxlen=USAGE_LOG_SIZE)
+        self._runs = 0
 
     @validate("language")
     def _check_language(self, proposal: dict[str, Any]) -> str:
@@ -134,6 +140,11 @@ class SandboxMagics(Magics):
             if len(named) == 1:
                 return named[0]
             raise
+
+    def log_usage(self, sandbox_id: str, result: ExecResult) -> None:
+        """Remember a finished run's ``ended_by`` and ``usage`` for ``%sandbox usage``."""
+        self._runs += 1
+        self.usage_log.append((f"{self._runs} {sandbox_id}", result.ended_by, result.usage))
 
     def run_session(self, session: str | None, fresh: bool) -> str | None:
         """The session a run uses: none when fresh, else the option, else the default."""

@@ -137,11 +137,13 @@ def run_in_cell(
     session: str | None,
     output: CellOutput,
     trusted_output: bool | None = None,
+    on_result: Callable[[ExecResult], None] | None = None,
 ) -> ExecResult:
     """Run ``code`` in the sandbox, rendering its events into the cell while it runs.
 
     Re-raises whatever the run raised (SandboxError …); raises SandboxInterrupted after a
-    KeyboardInterrupt has been forwarded to the sandbox."""
+    KeyboardInterrupt has been forwarded to the sandbox. ``on_result`` gets the run's
+    result whenever there is one (a timeout's and an interrupted run's too)."""
     events: queue.SimpleQueue = queue.SimpleQueue()
     outcome: dict[str, Any] = {}
     stdin = session is not None and language == "python"
@@ -165,6 +167,9 @@ def run_in_cell(
     output.finish()
     sys.stdout.flush()
     sys.stderr.flush()
+    finished = outcome.get("result") or getattr(outcome.get("error"), "result", None)
+    if on_result is not None and isinstance(finished, ExecResult):
+        on_result(finished)
     if interrupted:
         result = outcome.get("result")
         if result is not None and result.session_restarted:

@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
 from .errors import ExecutionTimeoutError, SandboxError, UsageError
+from .models import totals_summary, usage_summary
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -131,6 +132,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="write the code's output to a terminal byte for byte (by default "
                         "control sequences other than colours are shown escaped, so sandbox "
                         "output cannot drive your terminal)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="after the run, print on stderr why it ended and what it cost (wall, "
+                        "CPU, peak memory, processes)")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
@@ -325,6 +329,9 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
             print(json.dumps(data, default=str))
         else:
             print(f"nexus: {exc}", file=sys.stderr)
+            if args.verbose and exc.result is not None:
+                print(f"nexus: {usage_summary(exc.result.ended_by, exc.result.usage)}",
+                      file=sys.stderr)
         return EXIT_TIMEOUT
     if args.json:
         print(json.dumps(result, default=str))
@@ -337,6 +344,9 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
         if result.get("oom_killed"):
             print("nexus: out of memory: the sandbox's memory limit was reached and a "
                   "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
+        if args.verbose:
+            print(f"nexus: {usage_summary(result['ended_by'], result['usage'])}",
+                  file=sys.stderr)
     if result.get("interrupted"):
         return EXIT_INTERRUPTED
     return result["exit_code"] if 0 <= result["exit_code"] <= 255 else 1
@@ -448,6 +458,7 @@ def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
+    human += f"\nusage: {totals_summary(sb['usage_totals'])}"
     _emit(args, sb, human)
     return 0
 

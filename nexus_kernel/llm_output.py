@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ExecutionTimeoutError
 from .manager import EventCallback, SandboxManager
-from .models import ExecResult
+from .models import ExecResult, usage_summary
 
 #: Characters of one text part (stdout, stderr, a traceback, one rich output) shown to a model.
 TEXT_LIMIT = 20_000
@@ -119,6 +119,8 @@ def describe(result: ExecResult | None, note: str | None = None) -> Outcome:
         "images": len(images),
         "error": error,
         "notes": notes,
+        "ended_by": result.ended_by,
+        "usage": result.usage,
     }
     failed = bool(error) or result.exit_code != 0 or result.timed_out
     return Outcome(text=_render(fields), images=tuple(images), fields=fields, is_error=failed)
@@ -159,6 +161,7 @@ def _render(fields: dict[str, Any]) -> str:
         error = fields["error"]
         parts.append(f"error: {error['ename']}: {error['evalue']}\n{error['traceback'].rstrip()}")
     parts.extend(f"note: {line}" for line in fields["notes"])
+    parts.append(f"usage: {usage_summary(fields['ended_by'], fields['usage'])}")
     return "\n".join(parts)
 
 

@@ -28,7 +28,15 @@ from .errors import (
     SandboxStateError,
     StoreDamagedError,
 )
-from .models import ExecResult, OutputEvent, SandboxRecord, SandboxSpec, Status, iso
+from .models import (
+    ExecResult,
+    OutputEvent,
+    SandboxRecord,
+    SandboxSpec,
+    Status,
+    add_usage,
+    iso,
+)
 from .providers import Provider, provider_class
 from .reaper import Reaper
 from .store import DB_NAME, Store, move_aside, process_identity
@@ -308,7 +316,7 @@ class SandboxManager:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record)
+        self._touch(record, finished=raw)
         result = ExecResult(
             stdout=raw["stdout"],
             stderr=raw["stderr"],
@@ -322,6 +330,8 @@ class SandboxManager:
             result=None if raw.get("result") is None else clean(raw["result"]),
             oom_killed=bool(raw.get("oom_killed")),
             session_restarted=bool(raw.get("session_restarted")),
+            usage=raw.get("usage"),
+            ended_by=raw.get("ended_by", "exit"),
         )
         if result.timed_out:
             raise ExecutionTimeoutError(timeout, result)
@@ -507,8 +517,11 @@ class SandboxManager:
         raise SandboxStateError(f"sandbox {sandbox_id} is {record.status.value}{why}; {hint}",
                                 command=command)
 
-    def _touch(self, record: SandboxRecord, extra: float = 0.0) -> SandboxRecord:
-        """Extend the TTL from now (plus ``extra`` seconds of run time)."""
+    def _touch(self, record: SandboxRecord, extra: float = 0.0,
+               finished: dict[str, Any] | None = None) -> SandboxRecord:
+        """Extend the TTL from now (plus ``extra`` seconds of run time); the ``usage`` of
+        the ``finished`` run (the agent client's result) is added to the record's totals in
+        the same update."""
         now = self.clock()
 
         def apply(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -516,6 +529,8 @@ class SandboxManager:
                 return None
             data["last_active_at"] = now
             data["expires_at"] = expiry(now, data["ttl_minutes"], extra)
+            if finished is not None:
+                data["usage_totals"] = add_usage(data.get("usage_totals"), finished.get("usage"))
             return data
 
         data = self.store.update(record.sandbox_id, apply)

@@ -98,6 +98,9 @@ class SandboxRecord:
     #: Who is creating it (host, pid, start time): a creating record whose creator died is
     #: reaped at once instead of after STALE_CREATING_SECONDS.
     creator: dict[str, Any] | None = None
+    #: What its runs cost so far: ``{"runs", "cpu_s", "max_peak_memory_bytes"}`` (see
+    #: :func:`add_usage`).
+    usage_totals: dict[str, Any] = field(default_factory=dict)
     #: Who uses it, when that is a long-lived client (``jupyter-kernel:<kernel id>``): a
     #: restarted kernel finds the sandbox of its previous run by it.
     client_id: str | None = None
@@ -145,7 +148,103 @@ class SandboxRecord:
             "uptime_seconds": round(max(0.0, end - self.created_at), 3),
             "hard_end_at": iso(self.handle.get(HARD_END)),
             "error": self.error,
+            "usage_totals": run_totals(self.usage_totals),
         }
+
+
+#: Why a run ended (``ExecResult.ended_by``): a cap it hit, how it was ended, or its exit.
+ENDED_BY = ("exit", "timeout", "oom", "interrupt", "output_cap", "pids_cap", "stopped")
+#: The numeric fields of ``ExecResult.usage``.
+USAGE_NUMBERS = ("wall_s", "cpu_user_s", "cpu_system_s", "peak_memory_bytes", "processes")
+#: Where ``usage`` came from: the sandbox's cgroup counters (oom, pids cap) or rusage only.
+USAGE_SOURCES = ("cgroup", "rusage")
+
+
+def ended_by_flags(*, timed_out: bool, interrupted: bool, truncated: bool,
+                   oom_killed: bool) -> str:
+    """``ended_by`` from a result's flags (agents that do not report it)."""
+    if oom_killed:
+        return "oom"
+    if timed_out:
+        return "timeout"
+    if interrupted:
+        return "interrupt"
+    return "output_cap" if truncated else "exit"
+
+
+def run_totals(totals: dict[str, Any] | None) -> dict[str, Any]:
+    """A record's run totals with every key present (zero before the first run)."""
+    totals = totals or {}
+    return {"runs": int(totals.get("runs", 0)), "cpu_s": round(totals.get("cpu_s", 0.0), 3),
+            "max_peak_memory_bytes": totals.get("max_peak_memory_bytes")}
+
+
+def _megabytes(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1e6:.1f} MB"
+
+
+def usage_summary(ended_by: str, usage: dict[str, Any] | None) -> str:
+    """One line: ``ended by exit · 0.41 s wall · 0.38 s CPU · peak 23.1 MB · 3 processes``."""
+    if not usage:
+        return f"ended by {ended_by} · usage not measured (the sandbox's agent is older)"
+    cpu = (usage.get("cpu_user_s") or 0) + (usage.get("cpu_system_s") or 0)
+    wall = usage.get("wall_s")
+    processes = usage.get("processes")
+    return " · ".join([
+        f"ended by {ended_by}",
+        "? s wall" if wall is None else f"{wall:.2f} s wall",
+        f"{cpu:.2f} s CPU",
+        f"peak {_megabytes(usage.get('peak_memory_bytes'))}",
+        "? processes" if processes is None else
+        f"{processes} process{'' if processes == 1 else 'es'}",
+    ])
+
+
+#: How many finished runs ``%sandbox usage`` shows (the kernel and the magics keep as many).
+USAGE_LOG_SIZE = 20
+
+
+def usage_table(runs: list[tuple[str, str, dict[str, Any] | None]]) -> str:
+    """A text table of finished runs, given as (label, ended_by, usage), oldest first."""
+    if not runs:
+        return "No runs yet.\n"
+    rows = [("RUN", "ENDED BY", "WALL S", "CPU S", "PEAK MB", "PROCESSES", "SOURCE")]
+    for label, ended_by, usage in runs:
+        usage = usage or {}
+        wall, peak = usage.get("wall_s"), usage.get("peak_memory_bytes")
+        processes = usage.get("processes")
+        cpu = (None if not usage else
+               (usage.get("cpu_user_s") or 0) + (usage.get("cpu_system_s") or 0))
+        rows.append((label, ended_by, "?" if wall is None else f"{wall:.2f}",
+                     "?" if cpu is None else f"{cpu:.2f}",
+                     "?" if peak is None else f"{peak / 1e6:.1f}",
+                     "?" if processes is None else str(processes),
+                     usage.get("source") or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows)
+    return "".join(line + "\n" for line in lines)
+
+
+def totals_summary(totals: dict[str, Any] | None) -> str:
+    """One line of a sandbox's run totals: ``3 runs · 1.20 s CPU · max peak 23.1 MB``."""
+    totals = run_totals(totals)
+    runs = totals["runs"]
+    return (f"{runs} run{'' if runs == 1 else 's'} · {totals['cpu_s']:.2f} s CPU · "
+            f"max peak {_megabytes(totals['max_peak_memory_bytes'])}")
+
+
+def add_usage(totals: dict[str, Any] | None, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """``totals`` with one more run of ``usage`` (None: counted, cost unknown)."""
+    out = run_totals(totals)
+    out["runs"] += 1
+    if usage:
+        out["cpu_s"] = round(out["cpu_s"] + (usage.get("cpu_user_s") or 0)
+                             + (usage.get("cpu_system_s") or 0), 3)
+        peak = usage.get("peak_memory_bytes")
+        if peak is not None:
+            out["max_peak_memory_bytes"] = max(peak, out["max_peak_memory_bytes"] or 0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,6 +280,12 @@ class ExecResult:
     #: The session had to be killed to end the run (its code ignored the interrupt or the
     #: timeout's interrupt): its variables are gone, the next run starts it fresh.
     session_restarted: bool = False
+    #: What the run cost, measured in the sandbox: ``wall_s``, ``cpu_user_s``,
+    #: ``cpu_system_s``, ``peak_memory_bytes``, ``processes`` (None where unknown) and
+    #: ``source`` (``cgroup`` / ``rusage``); None from an agent that does not measure.
+    usage: dict[str, Any] | None = None
+    #: Why it ended: one of :data:`ENDED_BY`.
+    ended_by: str = "exit"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -206,6 +206,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
                value=("keep", "on|off", on_off)),
     Subcommand("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.",
                value=("trust", "on|off", on_off)),
+    Subcommand("usage", "Show why the last runs ended and what they cost (wall, CPU, peak "
+               "memory, processes).", _BOTH),
     Subcommand("help", "Show this help."),
 )}
 

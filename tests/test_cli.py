@@ -157,3 +157,26 @@ def test_bad_language_and_timeout_on_a_real_sandbox(nexus_home):
     # nothing lost: the record is still there, stopped
     status = json.loads(nexus("sandbox", "status", sandbox_id, "--json").stdout)
     assert status["status"] == "stopped"
+
+
+def test_run_reports_usage_in_json_and_verbose_and_status_keeps_totals(nexus_home):
+    sandbox_id = create()
+    data = json.loads(nexus("sandbox", "run", sandbox_id, "--json", "-c", "print(1)").stdout)
+    assert data["ended_by"] == "exit" and data["stdout"] == "1\n"
+    assert set(data["usage"]) == {"wall_s", "cpu_user_s", "cpu_system_s", "peak_memory_bytes",
+                                  "processes", "source"}
+    late = nexus("sandbox", "run", sandbox_id, "--verbose", "--timeout", "1", "-l", "bash",
+                 "-c", "while :; do :; done")
+    assert late.returncode == 124
+    summary = late.stderr.splitlines()[-1]
+    assert summary.startswith("nexus: ended by timeout · ") and " s CPU · peak " in summary
+    assert summary.endswith(" 1 process")
+    plain = nexus("sandbox", "run", sandbox_id, "-c", "print(2)")
+    assert (plain.stdout, plain.stderr) == ("2\n", "")  # without --verbose: nothing more
+    status = json.loads(nexus("sandbox", "status", sandbox_id, "--json").stdout)
+    totals = status["usage_totals"]
+    assert totals["runs"] == 3 and 0.5 < totals["cpu_s"] < 2
+    assert totals["max_peak_memory_bytes"] >= data["usage"]["peak_memory_bytes"]
+    human = nexus("sandbox", "status", sandbox_id).stdout
+    assert human.splitlines()[-1].startswith("usage: 3 runs · ")
+    nexus("sandbox", "stop", sandbox_id)

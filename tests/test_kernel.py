@@ -279,6 +279,20 @@ def test_a_restarted_kernel_can_continue_in_its_sandbox(start_kernel) -> None:
     assert out[-1]["content"]["data"]["text/plain"] == "42" and kernel.sandbox_id() == first
 
 
+def test_a_cells_usage_is_in_its_reply_metadata_and_in_sandbox_usage(kernel: Kernel) -> None:
+    reply, _ = kernel.execute("x = bytearray(50 * 2**20); len(x)")
+    nexus = reply["metadata"]["nexus"]
+    assert nexus["ended_by"] == "exit" and nexus["usage"]["peak_memory_bytes"] > 50 * 2**20
+    reply, _ = kernel.execute("%sandbox timeout 1\nimport time; time.sleep(5)")
+    assert reply["metadata"]["nexus"]["ended_by"] == "timeout"
+    reply, out = kernel.execute("%sandbox usage")
+    assert "nexus" not in reply["metadata"]  # no code ran
+    rows = texts(out).splitlines()
+    assert rows[0].split()[:3] == ["RUN", "ENDED", "BY"]
+    assert [row.split()[:3] for row in rows[1:]] == [["In", "[1]", "exit"],
+                                                    ["In", "[2]", "timeout"]]
+
+
 def test_sandbox_lines_take_trailing_comments(kernel: Kernel) -> None:
     reply, out = kernel.execute("%sandbox ttl 30  # the notebook's own TTL\n1")
     assert reply["content"]["status"] == "ok" and "TTL is now 30 min" in texts(out)

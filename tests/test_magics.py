@@ -200,6 +200,19 @@ def test_run_keeps_session_state_and_runs_every_language(shell, magics, current)
     assert cell(shell, "--session other", "print('x' in globals())").stdout == "False\n"
 
 
+def test_usage_shows_the_last_runs(shell, magics, current):
+    _, empty = line(shell, "usage")
+    assert empty.stdout == "No runs yet.\n"
+    cell(shell, "", "import time; time.sleep(0.3)")
+    with pytest.raises(UsageError, match="exceeded 1 second timeout"):
+        cell(shell, "--timeout 1 -l bash", "sleep 5")
+    _, shown = line(shell, "usage")
+    header, sleep, late = shown.stdout.splitlines()
+    assert header.split()[:3] == ["RUN", "ENDED", "BY"]
+    assert sleep.split()[:3] == ["1", current, "exit"] and float(sleep.split()[3]) >= 0.3
+    assert late.split()[:3] == ["2", current, "timeout"] and late.split()[-1] == "cgroup"
+
+
 def test_output_streams_into_the_cell_while_the_code_runs(shell, magics, current, monkeypatch):
     class Recorder(io.StringIO):
         def __init__(self):

@@ -73,6 +73,9 @@ def test_stdio_session(nexus_home: Path) -> None:
             out = await run(client, sid, "print(x + 1)")
             assert out.structured_content["stdout"] == "42\n", out.content
             assert "stdout:\n42" in out.content[0].text
+            assert out.structured_content["ended_by"] == "exit"
+            assert out.structured_content["usage"]["wall_s"] > 0
+            assert "usage: ended by exit · " in out.content[0].text
             out = await run(client, sid, "console.log([1, 2].map(n => n * 2).join(','))",
                             language="javascript")
             assert out.structured_content["stdout"] == "2,4\n"

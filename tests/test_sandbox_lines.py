@@ -28,6 +28,7 @@ SHARED = {
     "trust on": ("trust", {"trust": True}),
     "trust OFF  # with 'quotes' in the comment": ("trust", {"trust": False}),
     "trust yes": ("trust", {"trust": True}),
+    "usage": ("usage", {}),
 }
 #: Lines both surfaces reject, and the start of the one message both give.
 BAD = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import math
 import queue
 import secrets
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
+from ..models import ENDED_BY, USAGE_NUMBERS, USAGE_SOURCES, ended_by_flags
 from .hints import missing_module_hint
 from .sandbox_agent.wire import (
     AUTH_MAX_LINE,
@@ -382,6 +384,8 @@ class AgentClient:
             "truncated": bool(done.get("truncated")),
             "session_restarted": bool(done.get("session_restarted")),
             "oom_killed": bool(done.get("oom_killed")),
+            "usage": _usage(done.get("usage")),
+            "ended_by": _ended_by(done),
             "display": display,
             "result": found["result"],
             "error": found["error"],
@@ -453,3 +457,30 @@ class AgentClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _usage(raw: Any) -> dict[str, Any] | None:
+    """The agent's ``usage`` report, kept to its known keys and sane numbers (None from an
+    agent that does not measure)."""
+    if not isinstance(raw, dict):
+        return None
+    usage: dict[str, Any] = {}
+    for key in USAGE_NUMBERS:
+        value = raw.get(key)
+        sane = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and 0 <= value < 1e15)
+        usage[key] = value if sane else None
+    source = raw.get("source")
+    usage["source"] = source if source in USAGE_SOURCES else "rusage"
+    return usage
+
+
+def _ended_by(done: dict[str, Any]) -> str:
+    """The agent's ``ended_by``, else derived from the run's flags (an older agent)."""
+    value = done.get("ended_by")
+    if value in ENDED_BY:
+        return value
+    return ended_by_flags(timed_out=bool(done.get("timed_out")),
+                          interrupted=bool(done.get("interrupted")),
+                          truncated=bool(done.get("truncated")),
+                          oom_killed=bool(done.get("oom_killed")))

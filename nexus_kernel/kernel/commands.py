@@ -8,7 +8,7 @@ import argparse
 
 from .. import sandbox_lines
 from ..errors import UsageError
-from ..models import Status
+from ..models import Status, usage_table
 from ..untrusted import TRUST_OFF, TRUST_WARNING
 from ..validation import MAX_TIMEOUT, check_timeout, check_ttl
 from .sandbox import KernelSandbox
@@ -34,6 +34,9 @@ class SandboxCommands:
 
     def cmd_status(self, args: argparse.Namespace) -> str:
         return self.sandbox.describe()
+
+    def cmd_usage(self, args: argparse.Namespace) -> str:
+        return usage_table(list(self.sandbox.usage_log))
 
     def cmd_pause(self, args: argparse.Namespace) -> str:
         record = self.sandbox.manager.pause(self._need())

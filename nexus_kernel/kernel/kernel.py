@@ -135,6 +135,7 @@ class NexusKernel(Kernel):
         self._closed = threading.Lock()
         self._is_complete = None
         self._first_note = ""
+        self._cell_result: ExecResult | None = None  # the last cell's, for its reply
         try:
             self.sandbox = KernelSandbox(SandboxManager(), name=self._sandbox_name(),
                                          client_id=self._client_id())
@@ -169,6 +170,7 @@ class NexusKernel(Kernel):
         """Run a cell in the sandbox, forwarding its output live; reply ok / error / abort."""
         self._allow_stdin = allow_stdin
         self._last_parent = self.get_parent("shell")
+        self._cell_result = None
         state = _CellState()
         try:
             reply = self._execute(code, silent, allow_stdin, state)
@@ -223,9 +225,11 @@ class NexusKernel(Kernel):
                 return self._abort(silent)
             return self._error("KeyboardInterrupt", "Interrupted by user", silent)
         except ExecutionTimeoutError as exc:
+            self._finished(exc.result)
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
+        self._finished(result)
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
         if state.error is not None:
@@ -234,6 +238,21 @@ class NexusKernel(Kernel):
         if result.exit_code != 0:
             return self._error(*exit_error(cell.language, result), silent)
         return {**self._ok(), "payload": state.payload}
+
+    def _finished(self, result: ExecResult | None) -> None:
+        """Keep the cell's result for its reply's metadata and ``%sandbox usage``."""
+        assert self.sandbox is not None
+        self._cell_result = result
+        if result is not None:
+            self.sandbox.log_usage(f"In [{self.execution_count}]", result)
+
+    def finish_metadata(self, parent: Any, metadata: dict[str, Any],
+                        reply_content: dict[str, Any]) -> dict[str, Any]:
+        """The execute reply's metadata: ``nexus: {usage, ended_by}`` of a cell that ran."""
+        result, self._cell_result = self._cell_result, None
+        if result is not None:
+            metadata["nexus"] = {"usage": result.usage, "ended_by": result.ended_by}
+        return metadata
 
     def _forward(self, event: OutputEvent, sandbox_id: str, state: _CellState, silent: bool,
                  guard: InterruptGuard) -> None:

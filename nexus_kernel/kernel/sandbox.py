@@ -14,9 +14,12 @@ read from the kernelspec's ``env`` or the notebook server's): the ``NEXUS_*`` se
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from ..errors import SandboxError
 from ..manager import SandboxManager
-from ..models import SandboxRecord, Status
+from ..models import USAGE_LOG_SIZE, ExecResult, SandboxRecord, Status
 
 #: Every cell of a kernel runs in this session of its sandbox (one per language).
 SESSION = "kernel"
@@ -46,6 +49,13 @@ class KernelSandbox:
         self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
         self.busy = False
+        #: The last cells' (``In [N]``, ended_by, usage), for ``%sandbox usage``.
+        self.usage_log: deque[tuple[str, str, dict[str, Any] | None]] = deque(
+            maxlen=USAGE_LOG_SIZE)
+
+    def log_usage(self, label: str, result: ExecResult) -> None:
+        """Remember a finished cell's ``ended_by`` and ``usage`` for ``%sandbox usage``."""
+        self.usage_log.append((label, result.ended_by, result.usage))
 
     # ------------------------------------------------------------------ lifecycle
 

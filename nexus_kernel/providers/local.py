@@ -30,8 +30,9 @@ bubblewrap's ``--size`` caps the bytes only; a bubblewrap older than 0.8 leaves 
 dirs with a per-file size rlimit (``handle["disk"]`` says which).
 
 The agent is the jail's pid 1 (``--as-pid-1``): sandbox code cannot SIGKILL it (``kill -9 -1``
-spares a namespace's init) and it reaps every orphan. The memory cgroup is visible read-only
-at /sys/fs/cgroup, so the agent can tell a run that the OOM killer ended it.
+spares a namespace's init) and it reaps every orphan. The memory and pids cgroups are visible
+read-only at /sys/fs/cgroup, so the agent can tell a run that the OOM killer or the pids cap
+ended it.
 
 The channel: the host creates the agent's listening socket in ``sock/`` and hands the agent
 its fd, and the token through a pipe; nothing of either is in the jail's file system, so
@@ -495,11 +496,13 @@ class LocalProvider(Provider):
         args += ["--remount-ro", AGENT_DIR, "--symlink", "/tmp", "/var/tmp"]
         for src, dest in extra:
             args += ["--ro-bind", src, dest]
-        if cgroup is not None:  # read-only: lets the agent see the OOM killer's count
-            memory = cgroup.paths.get("unified") or cgroup.paths.get("memory")
-            dest = "/sys/fs/cgroup" if "unified" in cgroup.paths else "/sys/fs/cgroup/memory"
-            if memory:
-                args += ["--ro-bind-try", memory, dest]
+        if cgroup is not None:  # read-only: the agent sees the OOM kills and refused forks
+            if "unified" in cgroup.paths:
+                args += ["--ro-bind-try", cgroup.paths["unified"], "/sys/fs/cgroup"]
+            else:
+                for name in ("memory", "pids"):
+                    if name in cgroup.paths:
+                        args += ["--ro-bind-try", cgroup.paths[name], f"/sys/fs/cgroup/{name}"]
         # Only home, /tmp and /dev/shm stay writable.
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
         args += ["--chdir", HOME, "--info-fd", str(info_fd)]

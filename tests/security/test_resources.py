@@ -14,6 +14,7 @@ size), fills end at the 64 MB scratch cap of ATTACK_LIMITS.
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import pytest
 
@@ -52,6 +53,11 @@ def test_fork_bomb_is_capped_and_ends_at_the_timeout(box, canary, language):
     assert (result.timed_out and result.exit_code == 124) or (
         result.oom_killed and result.exit_code == 137
     ), result
+    # the refused forks are counted by the sandbox's pids cgroup (read-only inside it), and
+    # the agent saw at least a cap's worth of processes started
+    assert result.ended_by == ("oom" if result.oom_killed else "pids_cap"), result.usage
+    assert result.usage["source"] == "cgroup"
+    assert result.usage["processes"] >= ATTACK_LIMITS["pids"] - 16, result.usage
     box.assert_settles()
     assert box.ok("bash", "echo alive") == "alive\n"
 
@@ -73,6 +79,8 @@ def test_memory_bomb_is_killed_at_the_limit_and_says_so(box, canary, language):
     assert not result.timed_out
     assert result.exit_code == 137, result  # SIGKILL from the kernel's OOM killer
     assert result.oom_killed, "the result must say the memory limit was hit"
+    assert result.ended_by == "oom"
+    _assert_peak_near_the_cap(result)
     box.assert_settles()
     assert box.ok("bash", "echo alive") == "alive\n"  # the agent survived: not its memory
 
@@ -90,6 +98,7 @@ def test_busy_loop_ends_at_the_timeout(box, canary, language):
         result = box.run(language, BUSY_LOOP[language], timeout=2)
     assert result.timed_out and result.exit_code == 124
     assert 2 <= result.execution_time < 8
+    assert result.ended_by == "timeout"
     box.assert_settles()
 
 
@@ -407,6 +416,7 @@ def test_output_flood_is_truncated_at_the_cap(box, canary, language):
     cap = ATTACK_LIMITS["output_bytes"]
     assert 0 < len(result.stdout.encode()) + len(result.stderr.encode()) <= cap
     assert result.execution_time < 30
+    assert result.ended_by == "output_cap"
     box.assert_settles()
 
 
@@ -437,4 +447,95 @@ def test_binary_and_invalid_utf8_output_keeps_the_stream_intact(box, canary, lan
     if session:
         with box.env.client(box.record) as client:
             client.close_session(session)
+    box.assert_settles()
+
+
+# -- accounting: what a run cost and why it ended (issue 15) ------------------------------
+
+#: Busy for 1.5 s, then print the CPU seconds the code itself measured (its own clock).
+SELF_TIMED_BUSY_LOOP = {
+    "python": (
+        "import time\n"
+        "start, end = time.process_time(), time.monotonic() + 1.5\n"
+        "while time.monotonic() < end:\n"
+        "    pass\n"
+        "print(time.process_time() - start)\n"
+    ),
+    "bash": (
+        "read -ra a < /proc/$$/stat\n"
+        "end=$((SECONDS + 2))\n"
+        "while ((SECONDS < end)); do :; done\n"
+        "read -ra b < /proc/$$/stat\n"
+        "echo $(( (b[13] + b[14] - a[13] - a[14]) ))e-2\n"
+    ),
+    "javascript": (
+        "const start = process.cpuUsage(), end = Date.now() + 1500;\n"
+        "while (Date.now() < end) {}\n"
+        "const used = process.cpuUsage(start);\n"
+        "console.log((used.user + used.system) / 1e6);\n"
+    ),
+}
+SLEEP_ONE_SECOND = {
+    "python": "import time\ntime.sleep(1)\n",
+    "bash": "sleep 1",
+    "javascript": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);\n",
+}
+
+
+def _cpu(result) -> float:
+    return result.usage["cpu_user_s"] + result.usage["cpu_system_s"]
+
+
+def _assert_peak_near_the_cap(result) -> None:
+    cap = ATTACK_LIMITS["memory_mb"] * 2**20
+    assert 0.75 * cap <= result.usage["peak_memory_bytes"] <= 1.1 * cap, result.usage
+
+
+@pytest.mark.parametrize("session", [None, "s"], ids=["stateless", "session"])
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_usage_of_a_busy_loop_and_of_a_sleep(box, language, session):
+    """A busy loop's CPU is the CPU the code measured itself (at most its wall time: 1 CPU);
+    a sleep costs next to no CPU. (The host is shared: CPU vs wall depends on its load, so
+    the loop's own clock is the reference; the ratio is in the assertion's message.)"""
+    if session:  # a session's first run also pays for its interpreter's start
+        box.run(language, "true" if language == "bash" else "1", timeout=20, session=session)
+    busy = box.run(language, SELF_TIMED_BUSY_LOOP[language], timeout=20, session=session)
+    assert busy.exit_code == 0 and busy.ended_by == "exit", busy
+    own = float(busy.stdout)
+    ratio = f"cpu/wall {_cpu(busy) / busy.usage['wall_s']:.2f}, usage {busy.usage}, own {own}"
+    assert abs(_cpu(busy) - own) <= 0.1 * own + 0.05, ratio  # + startup (stateless)
+    assert _cpu(busy) <= busy.usage["wall_s"] * 1.05, ratio
+    assert busy.usage["processes"] >= (0 if session else 1)
+    idle = box.run(language, SLEEP_ONE_SECOND[language], timeout=20, session=session)
+    assert idle.exit_code == 0 and idle.ended_by == "exit", idle
+    assert idle.usage["wall_s"] >= 1.0
+    assert _cpu(idle) < (0.05 if session else 0.3), idle.usage  # stateless: + startup
+    assert 0 < idle.usage["peak_memory_bytes"] < 200 * 2**20
+    if session:
+        with box.env.client(box.record) as client:
+            client.close_session(session)
+    box.assert_settles()
+
+
+def test_usage_in_a_session_memory_bomb_timeout_and_interrupts(box):
+    """A session run's peak is its own (reset before each run); a session's run ends by oom
+    (peak near the cap), timeout and interrupt; a stateless run by interrupt too."""
+    transient = box.run("python", "x = bytearray(100 * 2**20)\ndel x", session="s")
+    assert transient.usage["peak_memory_bytes"] >= 100 * 2**20, transient.usage
+    after = box.run("python", "1", session="s")
+    assert after.usage["peak_memory_bytes"] < 100 * 2**20, after.usage  # the run's own peak
+    bomb = box.run("python", MEMORY_BOMB["python"], timeout=30, session="s")
+    assert bomb.ended_by == "oom" and bomb.usage["source"] == "cgroup", bomb
+    _assert_peak_near_the_cap(bomb)
+    assert box.run("python", "1", session="s").ended_by == "exit"  # restarted: warm it again
+    late = box.run("python", "import time\ntime.sleep(30)", timeout=1, session="s")
+    assert late.ended_by == "timeout" and _cpu(late) < 0.3, late  # + IPython's traceback
+    for session in ("s", None):
+        timer = threading.Timer(0.5, box.env.manager.interrupt, (box.id, session))
+        timer.start()
+        stopped = box.run("python", "import time\ntime.sleep(30)", timeout=20, session=session)
+        timer.join()
+        assert stopped.interrupted and stopped.ended_by == "interrupt", stopped
+    with box.env.client(box.record) as client:
+        client.close_session("s")
     box.assert_settles()

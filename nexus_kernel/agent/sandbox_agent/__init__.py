@@ -6,7 +6,8 @@ It is deployed as this directory (mounted, then started with ``python3 -c`` impo
 ``nexus_kernel/agent/deploy.py``. One module per part:
 
 - :mod:`.wire`: framing, protocol constants and limits (the only module the host imports)
-- :mod:`.procs`: process table, reaper, subreaper, OOM counter
+- :mod:`.procs`: process table, reaper, subreaper
+- :mod:`.usage`: what a run cost and why it ended (rusage, /proc, cgroup counters)
 - :mod:`.output`: per-run byte cap, end-marker and in-band event scanners
 - :mod:`.runs`, :mod:`.sessions`, :mod:`.drivers`: stateless runs, persistent sessions
 - :mod:`.files`: the file transfer ops

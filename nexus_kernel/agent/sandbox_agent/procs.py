@@ -1,6 +1,6 @@
 """Processes below the agent: the process table (by ancestry and by run tag), the reaper
-that spawns and reaps every child, the OOM counter, and the prctl hardening that makes the
-agent a child subreaper.
+that spawns and reaps every child, and the prctl hardening that makes the agent a child
+subreaper.
 
 Every process the agent starts gets ``NEXUS_RUN_TAG=<random>`` in its environment. The
 agent is a child subreaper, so processes that double-fork or ``setsid`` reparent to it and
@@ -58,6 +58,16 @@ def _stat(pid: int) -> tuple[str, int] | None:
     fields = data[data.rfind(b")") + 2 :].split()
     try:
         return fields[0].decode(), int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pgid(pid: int) -> int | None:
+    """The process group of a process (a zombie's too), or None when it is gone."""
+    data = _read_proc(f"/proc/{pid}/stat")
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[2])
     except (IndexError, ValueError):
         return None
 
@@ -125,21 +135,6 @@ def _has_tag(pid: int, tag: str) -> bool:
     return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
 
 
-#: The sandbox's OOM-kill counter: cgroup v2 and v1 files, where the providers mount them.
-OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
-
-
-def oom_kills():
-    """Processes the OOM killer has killed at the sandbox's memory limit so far (None when
-    the sandbox's memory cgroup is not visible)."""
-    for path in OOM_COUNTERS:
-        for line in _read_proc(path).decode("ascii", "replace").splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value)
-    return None
-
-
 def _oom_first(pid: int) -> None:
     """Make a child (and all it forks) the OOM killer's first choice: at the memory limit
     user code is killed, never the agent. Raising oom_score_adj needs no privilege."""
@@ -204,8 +199,10 @@ class ProcessTable:
 class Reaper:
     """Spawns every child of the agent and reaps every child (including adopted orphans).
 
-    One thread blocks in ``waitpid(-1)``; the exit code of a process we spawned goes to the
-    ``on_exit`` callback given at spawn time (called in the reaper thread: keep it short)."""
+    One thread blocks in ``waitid(-1)``; the exit code and ``wait4`` rusage of a process we
+    spawned go to the ``on_exit`` callback given at spawn time (called in the reaper thread:
+    keep it short). The rusage of an adopted orphan goes to the :class:`~.usage.Tally`
+    tracked for its process group, if any (how a run counts the CPU of what it left)."""
 
     _RESET_SIGNALS = (
         signal.SIGINT,
@@ -220,14 +217,16 @@ class Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict = {}
+        self._groups: dict = {}  # process group -> Tally of its reaped orphans
         self._have_children = threading.Event()
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         threading.Thread(target=self._loop, name="reaper", daemon=True).start()
 
     def spawn(self, argv: list[str], env: dict, stdout: int, stderr: int, extra=(), on_exit=None,
-              stdin: int | None = None):
+              stdin: int | None = None, tally=None):
         """Start ``argv`` in its own process group with stdin (default /dev/null), the given
-        stdout/stderr and ``extra`` fds as 3, 4, ...; returns the pid."""
+        stdout/stderr and ``extra`` fds as 3, 4, ...; returns the pid. ``tally``: tracked for
+        the new process group from the start (see :meth:`track`)."""
         sources = [self._devnull if stdin is None else stdin, stdout, stderr] + list(extra)
         high = max(sources) + 1
         actions = [(os.POSIX_SPAWN_DUP2, fd, high + i) for i, fd in enumerate(sources)]
@@ -244,25 +243,48 @@ class Reaper:
                 setsigdef=self._RESET_SIGNALS,
             )
             self._waiters[pid] = on_exit
+            if tally is not None:
+                self._groups[pid] = tally
             _oom_first(pid)
         self._have_children.set()
         return pid
 
+    def track(self, pgid: int, tally) -> None:
+        """Add the rusage of orphans of process group ``pgid`` reaped from now on to ``tally``
+        (replacing the group's previous one)."""
+        with self._lock:
+            self._groups[pgid] = tally
+
+    def untrack(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.pop(pgid, None)
+
     def _loop(self) -> None:
         while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
+            try:  # peek first: an orphan's process group is readable only until it is reaped
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
                 self._have_children.wait()
                 self._have_children.clear()
                 continue
             except InterruptedError:
                 continue
+            if info is None:
+                continue
+            pid = info.si_pid
             with self._lock:
                 on_exit = self._waiters.pop(pid, None)
+                tally = None if on_exit is not None or not self._groups else self._groups.get(
+                    _pgid(pid))
+            try:
+                _, status, rusage = os.wait4(pid, 0)
+            except ChildProcessError:
+                continue
+            if tally is not None:
+                tally.add(rusage)
             if on_exit is not None:
                 with contextlib.suppress(Exception):
-                    on_exit(_exit_code(status))
+                    on_exit(_exit_code(status), rusage)
 
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 
 from .output import RunOutput
+from .usage import Tally, measured
 from .wire import CHUNK, INTERRUPT_GRACE_SECONDS, TIMEOUT_EXIT_CODE, Failure, close_fds, write_all
 
 
@@ -82,6 +83,8 @@ class StatelessRun:
         self.pid = 0
         self.interrupted = False
         self._status: list[int] = []
+        self._rusage: list = []
+        self._orphans = Tally()
 
     def interrupt(self) -> bool:
         """SIGINT to the run's process group; its tree is killed if it has not ended
@@ -105,7 +108,8 @@ class StatelessRun:
         err_r, err_w = os.pipe()
         wake_r, wake_w = os.pipe()
 
-        def on_exit(code: int) -> None:
+        def on_exit(code: int, rusage) -> None:
+            self._rusage.append(rusage)
             self._status.append(code)
             os.write(wake_w, b"x")
 
@@ -116,7 +120,7 @@ class StatelessRun:
         try:
             self.pid = self.agent.reaper.spawn(
                 self.argv, self.agent.child_env(self.tag), out_w, err_w, on_exit=on_exit,
-                stdin=in_r,
+                stdin=in_r, tally=self._orphans,
             )
         except OSError as exc:
             close_fds(out_r, out_w, err_r, err_w, wake_r, wake_w, *filter(None, (in_r, in_w)))
@@ -130,9 +134,22 @@ class StatelessRun:
             timed_out = self._pump({out_r: "stdout", err_r: "stderr"}, wake_r, started)
         finally:
             close_fds(out_r, err_r, wake_r, wake_w)
+            self.agent.reaper.untrack(self.pid)
         self.output.finish()
         code = self._status[0] if self._status else 1
-        return run_result(code, started, timed_out, self.interrupted, self.output.truncated)
+        result = run_result(code, started, timed_out, self.interrupted, self.output.truncated)
+        result["usage"] = self._usage()
+        return result
+
+    def _usage(self) -> dict:
+        """CPU and peak memory of the root process (with all it waited for) and its orphans."""
+        tally = self._orphans
+        user, system, peak = tally.user, tally.system, tally.peak
+        for rusage in self._rusage:
+            user += rusage.ru_utime
+            system += rusage.ru_stime
+            peak = max(peak, rusage.ru_maxrss * 1024)
+        return measured(user, system, peak)
 
     def _pump(self, streams: dict, wake_r: int, started: float) -> bool:
         """Forward output until the process exited and its pipes closed; True if timed out."""

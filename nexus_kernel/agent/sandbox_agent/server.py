@@ -14,9 +14,10 @@ import threading
 import time
 
 from .files import read_file, write_file
-from .procs import TAG_VAR, ProcessTable, Reaper, harden, oom_kills
+from .procs import TAG_VAR, ProcessTable, Reaper, harden
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
+from .usage import Meter
 from .wire import (
     AGENT_VERSION,
     AUTH_MAX_LINE,
@@ -311,13 +312,14 @@ class Agent:
         self.interpreter(language)
         if deadline is not None:
             self.set_deadline(deadline)
-        before = oom_kills()
+        meter = Meter()  # the run starts it
         if session is None:
-            result = self._run_stateless(reply, language, code, timeout, limit, input_data)
+            result = self._run_stateless(reply, language, code, timeout, limit, meter,
+                                         input_data)
         else:
-            result = self._run_session(reply, session, language, code, timeout, limit, options)
-        if before is not None and (oom_kills() or 0) > before:
-            result["oom_killed"] = True  # the memory limit ended a process during the run
+            result = self._run_session(reply, session, language, code, timeout, limit, meter,
+                                       options)
+        meter.finish(result)
         return result
 
     def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
@@ -336,12 +338,14 @@ class Agent:
             return [exe, script] if script else [exe, "-e", code], script
         return [exe, script] if script else [exe, "-c", code], script
 
-    def _run_stateless(self, reply, language, code, timeout, limit, input_data=None) -> dict:
+    def _run_stateless(self, reply, language, code, timeout, limit, meter,
+                       input_data=None) -> dict:
         argv, script = self._stateless_argv(language, code)
         run = StatelessRun(self, reply, argv, timeout, limit, input_data)
         with self._lock:
             self._runs.add(run)
         try:
+            meter.start()
             return run.execute()
         finally:
             with self._lock:
@@ -350,13 +354,14 @@ class Agent:
                 with contextlib.suppress(OSError):
                     os.unlink(script)
 
-    def _run_session(self, reply, name, language, code, timeout, limit, options=None) -> dict:
+    def _run_session(self, reply, name, language, code, timeout, limit, meter,
+                     options=None) -> dict:
         gone = None
         for _attempt in range(3):
             session = self._session(name, language)
             with session.run_lock:
                 try:
-                    return session.run(reply, code, timeout, limit, options)
+                    return session.run(reply, code, timeout, limit, meter, options)
                 except SessionGone as exc:
                     gone = exc
         detail = bytes(gone.args[0] if gone else b"").decode("utf-8", "replace").strip()

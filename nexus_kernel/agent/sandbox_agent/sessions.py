@@ -13,6 +13,7 @@ import time
 from .drivers import session_argv
 from .output import EventScanner, MarkerScanner, RunOutput, read_burst
 from .runs import Reply, after_grace, random_id, run_result
+from .usage import Tally, measured, peak_memory, proc_stat, reset_peak
 from .wire import (
     CHUNK,
     INTERRUPT_GRACE_SECONDS,
@@ -71,6 +72,7 @@ class Session:
         self.current: SessionRun | None = None
         self.pid = 0
         self.status: int | None = None
+        self.exit_rusage = None  # the worker's wait4 rusage, once it is dead
         self._lock = threading.Lock()
         self._cmd_lock = threading.Lock()  # the command pipe is closed only under it
         self._startup_err = b""
@@ -105,7 +107,8 @@ class Session:
             close_fds(out_w, err_w, cmd_r, ctl_w)
         threading.Thread(target=self._read_loop, name="session-" + self.name, daemon=True).start()
 
-    def _on_exit(self, code: int) -> None:
+    def _on_exit(self, code: int, rusage) -> None:
+        self.exit_rusage = rusage
         self.status = code
         os.write(self._wake_w, b"x")
 
@@ -123,8 +126,9 @@ class Session:
 
     # -- runs -------------------------------------------------------------------------
 
-    def run(self, reply: Reply, code: str, timeout, limit: int, options=None) -> dict:
-        """Execute ``code`` in the session (the caller holds ``run_lock``)."""
+    def run(self, reply: Reply, code: str, timeout, limit: int, meter, options=None) -> dict:
+        """Execute ``code`` in the session (the caller holds ``run_lock``); ``meter`` is
+        started once the command is on its way."""
         cur = SessionRun(reply, limit)
         cur.options = dict(options or {})
         with self._lock:
@@ -132,11 +136,18 @@ class Session:
                 raise SessionGone(self._startup_err)
             self.current = cur
             self._ran = True
+        orphans = Tally()
+        self.agent.reaper.track(self.pid, orphans)
         started = time.monotonic()
         # If the worker died, the reader completes the run with its exit status.
         with self._cmd_lock, contextlib.suppress(OSError):
             if self._cmd_w >= 0:
                 write_all(self._cmd_w, self._command(cur, code))
+        # The baselines are read while the worker decodes and compiles the command, off the
+        # round trip's path (its code starts later; CPU is counted in clock ticks anyway).
+        before = proc_stat(self.pid)
+        reset_peak(self.pid)
+        meter.start()
         if not cur.done.wait(timeout):
             cur.timed_out = True  # interrupt first: the session keeps its state if it stops
             if not (self._signal(cur) and cur.done.wait(INTERRUPT_GRACE_SECONDS)):
@@ -144,8 +155,29 @@ class Session:
             if not cur.done.wait(10):
                 self._finish(cur)
         exit_code = cur.exit_code if cur.exit_code is not None else 1
-        return run_result(exit_code, started, cur.timed_out, cur.interrupted,
-                           cur.output.truncated, cur.restarted)
+        result = run_result(exit_code, started, cur.timed_out, cur.interrupted,
+                            cur.output.truncated, cur.restarted)
+        self.agent.reaper.untrack(self.pid)
+        result["usage"] = self._usage(before, orphans)
+        return result
+
+    def _usage(self, before, orphans: Tally) -> dict:
+        """The worker's CPU (with what it waited for) since ``before``, its peak since the
+        run began (its whole life's when it died), plus its reaped orphans."""
+        rusage = self.exit_rusage
+        user, system = orphans.user, orphans.system
+        if rusage is not None:
+            now, peak = (rusage.ru_utime, rusage.ru_stime), rusage.ru_maxrss * 1024
+        else:
+            now = proc_stat(self.pid)
+            if now is not None and before is not None and now[2] == before[2]:
+                peak = before[3]  # no page fault: its resident size did not grow
+            else:
+                peak = peak_memory(self.pid)
+        if now is not None and before is not None:
+            user += max(0.0, now[0] - before[0])
+            system += max(0.0, now[1] - before[1])
+        return measured(user, system, max(peak or 0, orphans.peak))
 
     def _command(self, cur: SessionRun, code: str) -> bytes:
         if self.language != "bash":
