@@ -220,7 +220,8 @@ class Store:
                     stored = self._cache.get(_STORE_ID_KEY)
                 marker = self.directory / MARKER_NAME
                 if self.read_only is None and read_marker(self.directory) != stored:
-                    tmp = marker.with_suffix(".tmp")
+                    # a temp file per writer: several can write the (same) marker at once
+                    tmp = marker.with_name(f".{MARKER_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
                     tmp.write_text(stored + "\n")
                     os.replace(tmp, marker)
             self._store_id = stored

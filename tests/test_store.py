@@ -73,3 +73,31 @@ def test_claim_throttles(tmp_path):
     store = Store(tmp_path)
     assert store.claim("reap", 60) is True
     assert store.claim("reap", 60) is False
+
+
+def test_stores_opened_at_once_agree_on_one_id_and_write_the_marker_safely(tmp_path):
+    """Several stores of one new directory (threads of one process, as pool fillers are) ask
+    for the store id at once: each writes the marker through a temp file of its own, so none
+    moves another's away (it raised FileNotFoundError), and all see the same id."""
+    import threading
+
+    for round_ in range(20):
+        directory = tmp_path / f"store-{round_}"
+        stores = [Store(directory) for _ in range(8)]
+        start, ids, errors = threading.Barrier(len(stores)), [], []
+
+        def ask(store: Store) -> None:
+            start.wait()
+            try:
+                ids.append(store.store_id)
+            except Exception as exc:  # the assertion below shows it
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=ask, args=(store,)) for store in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == [] and len(set(ids)) == 1 and len(ids) == len(stores), (errors, ids)
+        assert (directory / "store.id").read_text().strip() == ids[0]
+        assert not [p.name for p in directory.iterdir() if p.name.startswith(".store.id")]
