@@ -86,7 +86,7 @@ def test_stores_opened_at_once_agree_on_one_id_and_write_the_marker_safely(tmp_p
         stores = [Store(directory) for _ in range(8)]
         start, ids, errors = threading.Barrier(len(stores)), [], []
 
-        def ask(store: Store) -> None:
+        def ask(store: Store, start=start, ids=ids, errors=errors) -> None:
             start.wait()
             try:
                 ids.append(store.store_id)
