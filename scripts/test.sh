@@ -7,21 +7,17 @@
 #
 #   bash scripts/test.sh [PYTEST_ARGS...]
 #   bash scripts/test.sh --install-only      # everything up to, not including, ruff and pytest
-#   bash scripts/test.sh --sdk-range [...]   # CI (.ci/run): also the cloud SDKs at both ends
-#                                            # of their allowed ranges (test-sdk-range.sh)
 #
 # As root or as a user with sudo: apt, dockerd and debootstrap run through sudo; a user who
 # cannot reach the Docker engine is added to the docker group (Docker's own post-install
 # step) and the tests run under that group.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-install_only=0 sdk_range=0
-case "${1:-}" in
-  --install-only) install_only=1; shift ;;
-  --sdk-range) sdk_range=1; shift ;;
-esac
-#: Seconds the SDK-range job may take (about 1.5 min per SDK end here, most of it pip).
-SDK_RANGE_SECONDS="${NEXUS_SDK_RANGE_SECONDS:-600}"
+install_only=0
+if [[ "${1:-}" == --install-only ]]; then
+  install_only=1
+  shift
+fi
 VENV="${NEXUS_VENV:-$PWD/.venv}"
 if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
 
@@ -80,9 +76,6 @@ NEXUS_VENV="$VENV" bash scripts/install-venv.sh --where
 export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
 export NEXUS_REQUIRE_DOCKER=1 NEXUS_REQUIRE_BROWSER=1
 python3 -m ruff check .
-if ((sdk_range)); then
-  NEXUS_HOST_PYTHON="$VENV/bin/python" timeout "$SDK_RANGE_SECONDS" bash scripts/test-sdk-range.sh
-fi
 if ((${#as_docker[@]})); then
   exec "${as_docker[@]}" "$(printf '%q ' python3 -m pytest -q -p no:cacheprovider "$@")"
 fi
