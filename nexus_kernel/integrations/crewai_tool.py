@@ -13,26 +13,17 @@ CrewAI pins ``mcp<2`` while ``nexus mcp`` needs 2.x: install it in its own envir
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from .sandbox import AgentSandbox, missing
 
 try:
     from crewai.tools import BaseTool
     from pydantic import BaseModel, ConfigDict, Field
+
+    from .schema import DESCRIPTION, RunCode
 except ImportError as exc:
     raise missing("crewai", "crewai") from exc
-
-DESCRIPTION = (
-    "Run code in an isolated sandbox and get its stdout, stderr, exit code, rich outputs and "
-    "errors with tracebacks. Variables, imports and files persist between calls (like notebook "
-    "cells). No network unless the sandbox was created with it.")
-
-
-class RunCode(BaseModel):
-    code: str = Field(description="the code to run")
-    language: Literal["python", "javascript", "bash"] = Field(
-        "python", description="language of the code")
 
 
 class NexusSandboxTool(BaseTool):

@@ -19,19 +19,10 @@ from .sandbox import AgentSandbox, missing
 try:
     from langchain_core.tools import BaseTool
     from pydantic import BaseModel, ConfigDict, Field
+
+    from .schema import DESCRIPTION, RunCode
 except ImportError as exc:
     raise missing("langchain-core", "langchain") from exc
-
-DESCRIPTION = (
-    "Run code in an isolated sandbox and get its stdout, stderr, exit code, rich outputs and "
-    "errors with tracebacks. Variables, imports and files persist between calls (like notebook "
-    "cells). No network unless the sandbox was created with it.")
-
-
-class RunCode(BaseModel):
-    code: str = Field(description="the code to run")
-    language: Literal["python", "javascript", "bash"] = Field(
-        "python", description="language of the code")
 
 
 class NexusSandboxTool(BaseTool):
