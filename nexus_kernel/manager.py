@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+from .egress import parse_allow, parse_policy
 from .errors import (
     CLI_COMMAND,
     AgentError,
@@ -27,15 +28,19 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStateError,
     StoreDamagedError,
+    UnsupportedOperationError,
 )
 from .models import (
+    RUN_WINDOWS,
     ExecResult,
     OutputEvent,
     SandboxRecord,
     SandboxSpec,
     Status,
     add_usage,
+    attribute_runs,
     iso,
+    run_totals,
 )
 from .providers import Provider, provider_class
 from .reaper import Reaper
@@ -181,22 +186,33 @@ class SandboxManager:
         template_id: str | None = None,
         *,
         provider: str | None = None,
-        network: bool | None = None,
+        network: Any = None,
         client_id: str | None = None,
     ) -> SandboxRecord:
-        """Start a sandbox and return its record (status active). ``client_id`` names the
-        long-lived client using it (see :meth:`of_client`)."""
+        """Start a sandbox and return its record (status active). ``network``: the policy,
+        False/"none", True/"all", or an allow-list of host names and host:port (a list, or
+        one string of them; see :mod:`nexus_kernel.egress`); None: the ``network`` and
+        ``network_allow`` settings. ``client_id`` names the long-lived client using it
+        (see :meth:`of_client`)."""
         name = check_name(name)
         ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
         if template_id is not None and (not isinstance(template_id, str) or not template_id):
             raise InvalidArgumentError("template_id must be a non-empty string")
-        network = self.settings.network if network is None else bool(network)
+        if network is None:
+            network = self.settings.network
+            allow = () if network else parse_allow(self.settings.network_allow)
+        else:
+            network, allow = parse_policy(network)
         provider_name = provider or self.settings.provider
         backend = self.provider(provider_name)  # fails here, before anything is stored
         if network and not backend.capabilities.network:
             raise InvalidArgumentError(f"the {provider_name} provider cannot enable network")
+        if allow and not backend.capabilities.egress_allow:
+            raise UnsupportedOperationError(
+                f"the {provider_name} provider cannot enforce a network allow-list; use the "
+                "local provider, or network 'all' / 'none' here")
         self.reap_expired()
-        if self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
+        if not allow and self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
             pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
                                      template_id=template_id, network=network)
             if pooled is not None:
@@ -213,6 +229,7 @@ class SandboxManager:
             now=self.clock(),
             template_id=template_id,
             network=network,
+            network_allow=list(allow),
             creator=process_identity(),
             client_id=client_id,
         )
@@ -222,6 +239,7 @@ class SandboxManager:
             owner=self.user,
             template_id=template_id,
             network=network,
+            allow=allow,
             limits=self.settings.limits,
             deadline=watchdog_deadline(record.expires_at),
             store_id=self.store.store_id,
@@ -298,6 +316,7 @@ class SandboxManager:
                     payload = _safe_bundle(payload)
                 on_event(OutputEvent(event["ev"], payload))
 
+        started = time.time()  # the egress proxy's clock: wall time, not the manager's
         try:
             raw = client.run(
                 language,
@@ -316,7 +335,13 @@ class SandboxManager:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record, finished=raw)
+        window = [started, time.time()]
+        record = self._touch(record, finished=raw, window=window)
+        denials: list[dict[str, Any]] = []
+        if record.network_allow:
+            number = run_totals(record.usage_totals)["runs"]
+            denials = [{**event, "run": number} for event in self.provider(record.provider)
+                       .network_events(record.handle, since=started) if event["time"] <= window[1]]
         result = ExecResult(
             stdout=raw["stdout"],
             stderr=raw["stderr"],
@@ -332,6 +357,7 @@ class SandboxManager:
             session_restarted=bool(raw.get("session_restarted")),
             usage=raw.get("usage"),
             ended_by=raw.get("ended_by", "exit"),
+            network_denials=tuple(denials),
         )
         if result.timed_out:
             raise ExecutionTimeoutError(timeout, result)
@@ -448,6 +474,15 @@ class SandboxManager:
         with self.store.lock(sandbox_id):
             return self.reaper.end(self._load(sandbox_id), reason=None)
 
+    def network_events(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's egress denials, oldest first: ``{time, host, port, reason, run}``
+        (``run``: the number of the run it happened in, None between runs)."""
+        record = self._load(sandbox_id)
+        if not record.network_allow or record.status is Status.STOPPED:
+            return []
+        events = self.provider(record.provider).network_events(record.handle)
+        return attribute_runs(events, record.run_windows)
+
     def get(self, sandbox_id: str) -> SandboxRecord:
         """The stored record after the expiry check, without asking the provider whether
         the resource still exists (cheap enough for every kernel cell; :meth:`status` asks)."""
@@ -518,10 +553,11 @@ class SandboxManager:
                                 command=command)
 
     def _touch(self, record: SandboxRecord, extra: float = 0.0,
-               finished: dict[str, Any] | None = None) -> SandboxRecord:
+               finished: dict[str, Any] | None = None,
+               window: list[float] | None = None) -> SandboxRecord:
         """Extend the TTL from now (plus ``extra`` seconds of run time); the ``usage`` of
         the ``finished`` run (the agent client's result) is added to the record's totals in
-        the same update."""
+        the same update, and its ``window`` ([start, end]) to the record's run windows."""
         now = self.clock()
 
         def apply(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -531,6 +567,10 @@ class SandboxManager:
             data["expires_at"] = expiry(now, data["ttl_minutes"], extra)
             if finished is not None:
                 data["usage_totals"] = add_usage(data.get("usage_totals"), finished.get("usage"))
+                if window is not None and data.get("network_allow"):
+                    number = run_totals(data["usage_totals"])["runs"]
+                    data["run_windows"] = [*(data.get("run_windows") or []),
+                                           [*window, number]][-RUN_WINDOWS:]
             return data
 
         data = self.store.update(record.sandbox_id, apply)
