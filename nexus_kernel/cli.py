@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
+from .egress import denial_line, events_table
 from .errors import ExecutionTimeoutError, SandboxError, UsageError
 from .models import totals_summary, usage_summary
 
@@ -110,7 +111,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--provider", metavar="NAME",
                    help=f"where it runs: local, docker, e2b or modal {provider}")
     p.add_argument("--network", action=argparse.BooleanOptionalAction,
-                   help=f"allow network access {network}")
+                   help=f"allow all network access {network}")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="allow only this host (a bare name: ports 80 and 443; *.example.org: "
+                        "its subdomains); repeat for more. Denied requests are listed by "
+                        "'nexus sandbox events' " + _default(settings, "network_allow",
+                                                              settings.network_allow or "none"))
 
     p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
     sandbox_id(p)
@@ -137,7 +143,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "CPU, peak memory, processes)")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
-                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
+                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox"),
+                       ("events", "network requests its allow-list denied (--allow)")]:
         sandbox_id(command(name, text))
 
     hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
@@ -194,6 +201,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "lean local sandboxes (sets NEXUS_TEMPLATE)")
     p.add_argument("--network", action="store_true",
                    help="this kernel's sandboxes have network (sets NEXUS_NETWORK=1)")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="this kernel's sandboxes reach only this host (bare name: ports 80 and "
+                        "443); repeat for more (sets NEXUS_NETWORK_ALLOW)")
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
@@ -283,8 +293,11 @@ def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
     from .validation import check_ttl
 
     ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
+    if args.allow and args.network:
+        raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+    network = args.allow if args.allow else args.network
     sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
-                           provider=args.provider, network=args.network)
+                           provider=args.provider, network=network)
     _emit(args, sb, f"Created sandbox: {sb['sandbox_id']}")
     return 0
 
@@ -344,6 +357,8 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
         if result.get("oom_killed"):
             print("nexus: out of memory: the sandbox's memory limit was reached and a "
                   "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
+        for event in result.get("network_denials") or ():
+            print(denial_line(event), file=sys.stderr)
         if args.verbose:
             print(f"nexus: {usage_summary(result['ended_by'], result['usage'])}",
                   file=sys.stderr)
@@ -451,6 +466,15 @@ def _lifecycle(verb: str, done: str):
 _cmd_pause = _lifecycle("pause", "Paused")
 _cmd_resume = _lifecycle("resume", "Resumed")
 _cmd_stop = _lifecycle("stop", "Stopped")
+
+
+def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
+    events = nx.sandbox_events(args.sandbox_id)
+    if args.json:
+        print(json.dumps(events))
+        return 0
+    print(events_table(events), end="")
+    return 0
 
 
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
@@ -638,10 +662,19 @@ def _kernel_install(args: argparse.Namespace) -> int:
         raise UsageError(f"--template {args.template!r} is not a template or image name")
     name = args.name or KERNEL_NAME + "".join(
         f"-{part}" for part in (args.provider, args.template and _spec_part(args.template),
-                                args.network and "network", args.trusted_output and "trusted")
+                                args.network and "network", args.allow and "allow",
+                                args.trusted_output and "trusted")
         if part)
     spec = kernel_spec(sys.executable, args.provider, args.trusted_output, args.template,
                        args.network)
+    if args.allow:
+        from .egress import parse_allow
+
+        if args.network:
+            raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+        allow = " ".join(parse_allow(args.allow))
+        spec["display_name"] += " (allow-list)"
+        spec["env"]["NEXUS_NETWORK_ALLOW"] = allow
     if args.display_name:
         spec["display_name"] = args.display_name
     prefix = sys.prefix if args.sys_prefix else args.prefix

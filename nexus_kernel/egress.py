@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from .errors import InvalidArgumentError
+from .models import iso
 
 #: Ports a bare host name allows.
 DEFAULT_PORTS = (80, 443)
@@ -88,11 +89,22 @@ def parse_policy(value: Any) -> tuple[bool, tuple[str, ...]]:
     return False, parse_allow(value)
 
 
-def describe_policy(all_network: bool, allow: tuple[str, ...] | list[str]) -> str:
-    """``all``, ``none``, or ``allow pypi.org, api.example.com:443``."""
-    if all_network:
-        return "all"
-    return f"allow {', '.join(allow)}" if allow else "none"
+def network_text(network: bool | tuple[str, ...] | list[str]) -> str:
+    """``on``, ``off``, or ``allow pypi.org, api.example.com:443`` for a network value."""
+    if network is True:
+        return "on"
+    return f"allow {', '.join(network)}" if network else "off"
+
+
+def events_table(events: list[dict[str, Any]]) -> str:
+    """Denial events as text lines (time, run, what was denied), or a line saying none."""
+    if not events:
+        return "no denied network requests\n"
+    lines = []
+    for event in events:
+        run = f"run {event['run']}" if event.get("run") else "-"
+        lines.append(f"{iso(event['time'])}  {run:>7}  {denial_line(event)[len('Nexus: '):]}\n")
+    return "".join(lines)
 
 
 def denial_line(event: dict[str, Any]) -> str:

@@ -991,10 +991,17 @@ def read_events(path: Path, since: float | None = None) -> list[dict[str, Any]]:
             continue
         if (isinstance(event, dict) and isinstance(event.get("time"), (int, float))
                 and (since is None or event["time"] >= since)):
-            events.append({"time": event["time"], "host": str(event.get("host"))[:255],
+            events.append({"time": event["time"], "host": _printable(event.get("host"), 255),
                            "port": event.get("port") if isinstance(event.get("port"), int) else None,
-                           "reason": str(event.get("reason"))[:200]})
+                           "reason": _printable(event.get("reason"), 200)})
     return events[-MAX_EVENTS:]
+
+
+def _printable(value: Any, limit: int) -> str:
+    """``value`` as ASCII text with anything else escaped (names come from sandbox code)."""
+    text = str(value)[:limit]
+    return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def _read_info(fd: int, deadline: float) -> dict[str, Any]:
