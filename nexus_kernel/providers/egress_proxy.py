@@ -18,11 +18,14 @@ as one JSON line ``{time, host, port, reason}`` to the events file the host open
 (bounded: past MAX_EVENT_BYTES it is rewritten with the newest MAX_EVENTS). The proxy ends
 when the exit pipe (held by the jail's outer bubblewrap) reaches EOF.
 
-Usage: ``python -I -S egress_proxy.py CONFIG_JSON`` with the fds it names inherited.
+Usage: ``python -I -S egress_proxy.py CONFIG_JSON`` with the fds it names inherited; run by
+the sandbox's python (>= 3.8, like the agent), which the jail's uid can read, so it also
+works where the host's own python lives in a directory only root reads.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import concurrent.futures.thread  # noqa: F401 (lazy in asyncio; see main)
@@ -311,13 +314,18 @@ def bind_in_namespace(net_fd: int, user_fd: int) -> tuple[socket.socket, socket.
             tcp.listen(128)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.bind(("127.0.0.1", DNS_PORT))
-            socket.send_fds(child, [b"1"], [tcp.fileno(), udp.fileno()])
+            fds = array.array("i", [tcp.fileno(), udp.fileno()])
+            child.sendmsg([b"1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
             code = 0
         except BaseException as exc:
             os.write(2, f"nexus egress proxy: cannot bind in the sandbox's network: {exc}\n".encode())
         os._exit(code)
     child.close()
-    _, fds, _, _ = socket.recv_fds(parent, 16, 2)
+    _, ancillary, _, _ = parent.recvmsg(16, socket.CMSG_SPACE(2 * array.array("i").itemsize))
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     os.waitpid(pid, 0)
     parent.close()
     if len(fds) != 2:

@@ -64,7 +64,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from functools import partial
@@ -413,8 +412,8 @@ class LocalProvider(Provider):
                 if started is not None:
                     started(proc, info)
             elif spec.allow:  # the same moment: loopback is up
-                egress, ready_r = _start_egress(info["child-pid"], exit_r, root, sandbox_dir,
-                                                spec.allow, _test_hosts(self.settings))
+                egress, ready_r = _start_egress(python, info["child-pid"], exit_r, root,
+                                                sandbox_dir, spec.allow, _test_hosts(self.settings))
                 info.update({"egress-pid": egress.pid, "egress-start": _start_time(egress.pid)})
                 if started is not None:
                     started(proc, info)
@@ -937,7 +936,7 @@ def _test_hosts(settings: Settings) -> dict[str, str]:
     return {name.lower(): address for name, _, address in pairs if name and address}
 
 
-def _start_egress(jail_pid: int, exit_fd: int, root: bool, sandbox_dir: Path,
+def _start_egress(python: str, jail_pid: int, exit_fd: int, root: bool, sandbox_dir: Path,
                   allow: tuple[str, ...], hosts: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     """The egress proxy for the jail's network namespace (see ``egress_proxy.py``): returns
     the process and the read end of its ready pipe. Like slirp4netns it gets the namespace
@@ -959,7 +958,7 @@ def _start_egress(jail_pid: int, exit_fd: int, root: bool, sandbox_dir: Path,
         log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(EGRESS_PROXY), json.dumps(config)],
+                [python, "-I", "-S", str(EGRESS_PROXY), json.dumps(config)],
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                 pass_fds=[fd for fd in (exit_fd, *fds) if fd >= 0], start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})

@@ -23,6 +23,7 @@ from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import SandboxRecord
 
 from ..conftest import nexus
+from .conftest import needs_setpriv, run_as_nobody
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.timeout(120)]
 
@@ -115,9 +116,8 @@ def test_allowed_name_reaches_its_server_and_the_rest_is_denied_and_recorded(box
 
 def test_sandbox_code_cannot_stop_or_bypass_the_proxy(box, server):
     manager, record = box
-    escape = ("kill -9 -1 2>/dev/null; ls /proc | grep -c '^[0-9]' >/dev/null; "
-              "unset http_proxy HTTP_PROXY; python3 -c \"import socket; "
-              "socket.create_connection(('127.0.0.1', %d), timeout=2)\" 2>&1 | tail -1" % server)
+    escape = ("kill -9 -1 2>/dev/null; python3 -c \"import socket; "
+              f"socket.create_connection(('127.0.0.1', {server}), timeout=2)\" 2>&1 | tail -1")
     out = manager.run(record.sandbox_id, "bash", escape, timeout=30)
     assert "Connection refused" in out.stdout  # the jail's own loopback, not the host's
     again = manager.run(record.sandbox_id, "python",
@@ -191,3 +191,35 @@ def test_pip_install_through_the_allow_list(tmp_path):
         for record in manager.list():
             manager.stop(record.sandbox_id)
         manager.close()
+
+
+NOBODY_SCRIPT = r'''
+import json, sys
+sys.path[:0] = [ROOT, DEPS]
+from pathlib import Path
+from nexus_kernel.config import Settings
+from nexus_kernel.manager import SandboxManager
+settings = Settings.load(home=Path(HOME), user="nobody", provider="local",
+                         egress_test_hosts=f"allowed.test=127.0.0.1")
+manager = SandboxManager(settings, is_admin=True)
+record = manager.create("nobody-egress", network=[f"allowed.test:{PORT}"])
+try:
+    code = ("import urllib.request\n"
+            "for host in ('allowed.test', 'denied.test'):\n"
+            "    try: print(urllib.request.urlopen(f'http://{host}:%d/n', timeout=5).read().decode())\n"
+            "    except Exception as exc: print(host, exc)\n" % PORT)
+    result = manager.run(record.sandbox_id, "python", code, timeout=30)
+    print(json.dumps({"out": result.stdout, "denied": [e["host"] for e in result.network_denials],
+                      "uid": Path(f"/proc/{record.handle['egress_pid']}").stat().st_uid}))
+finally:
+    manager.stop(record.sandbox_id)
+'''
+
+
+@needs_setpriv
+def test_an_unprivileged_callers_proxy(server):
+    """The proxy of an unprivileged caller joins the user namespace owning the jail's netns
+    to bind there (no root anywhere)."""
+    found = run_as_nobody(NOBODY_SCRIPT, timeout=120, PORT=server)
+    assert "hello /n" in found["out"] and "denied.test HTTP Error 403" in found["out"], found
+    assert found["denied"] == ["denied.test"] and found["uid"] == 65534
