@@ -62,12 +62,13 @@ def _entry(raw: str) -> str:
 
 
 def parse_allow(value: Any) -> tuple[str, ...]:
-    """An allow-list from a list of entries or one string of them (comma or space
-    separated), normalised, duplicates dropped; empty when there is none."""
+    """An allow-list from a list of entries (each may hold several, comma separated) or one
+    string of them (comma or space separated), normalised, duplicates dropped; empty when
+    there is none."""
     if isinstance(value, str):
         items = value.replace(",", " ").split()
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        items = [part for v in value for part in v.replace(",", " ").split()]
+        items = [part.strip() for v in value for part in v.split(",") if part.strip()]
     else:
         raise InvalidArgumentError(f"network allow-list must be host names (strings); {_HELP}")
     entries = tuple(dict.fromkeys(_entry(item) for item in items))
