@@ -172,7 +172,7 @@ HANDLERS: dict[str, Handler] = {
     "create": cmd_create, "list": cmd_list, "status": cmd_status, "pause": cmd_pause,
     "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
     "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
-    "usage": cmd_usage,
+    "usage": cmd_usage, "events": cmd_events,
 }
 
 

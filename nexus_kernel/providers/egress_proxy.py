@@ -16,7 +16,8 @@ The jail's namespace has no other interface than loopback: a direct connection t
 address fails at once (no route). Each refusal is written, before the client hears of it,
 as one JSON line ``{time, host, port, reason}`` to the events file the host opened for it
 (bounded: past MAX_EVENT_BYTES it is rewritten with the newest MAX_EVENTS). The proxy ends
-when the exit pipe (held by the jail's outer bubblewrap) reaches EOF.
+when the exit pipe (held by the jail's outer bubblewrap) reaches EOF, or when the process it
+watches (a container's init) is gone.
 
 Usage: ``python -I -S egress_proxy.py CONFIG_JSON`` with the fds it names inherited; run by
 the sandbox's python (>= 3.8, like the agent), which the jail's uid can read, so it also
@@ -53,6 +54,8 @@ DNS_TTL = 30
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
+#: Seconds between checks that the watched process (a container's init) still runs.
+WATCH_INTERVAL = 1.0
 
 
 class Policy:
@@ -340,11 +343,29 @@ async def serve(config: dict, tcp: socket.socket, udp: socket.socket) -> None:
     done = loop.create_future()
     server = await asyncio.start_server(proxy.serve_client, sock=tcp, limit=HEAD_LIMIT)
     await loop.create_datagram_endpoint(lambda: _Dns(proxy), sock=udp)
-    loop.add_reader(config["exit_fd"], lambda: done.done() or done.set_result(None))
+    if config["exit_fd"] >= 0:
+        loop.add_reader(config["exit_fd"], lambda: done.done() or done.set_result(None))
+    if config.get("watch"):
+        asyncio.ensure_future(_watch(*config["watch"], done))
     os.write(config["ready_fd"], b"1")
     os.close(config["ready_fd"])
     async with server:
         await done
+
+
+async def _watch(pid: int, start: int | None, done: asyncio.Future) -> None:
+    """Resolve ``done`` once process ``pid`` (started at ``start``) is gone."""
+    while not done.done():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            alive = fields[0] not in (b"Z", b"X") and (start is None or int(fields[19]) == start)
+        except (OSError, IndexError, ValueError):
+            alive = False
+        if not alive:
+            done.set_result(None)
+            return
+        await asyncio.sleep(WATCH_INTERVAL)
 
 
 def main(argv: list[str]) -> None:

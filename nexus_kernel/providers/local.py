@@ -72,7 +72,6 @@ from typing import Any
 
 from ..agent.deploy import PACKAGE_DIR, agent_digest, package_files
 from ..config import Settings, private_dir
-from ..egress import MAX_EVENTS
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
 from . import uids
@@ -87,6 +86,7 @@ from .base import (
     scratch_mb,
 )
 from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
+from .egress import PROXY_ENV, override_hosts, read_events, start_proxy
 from .removal import remove_tree
 from .seccomp import program_fd
 
@@ -102,9 +102,6 @@ SLIRP_HINT = (
 )
 #: The jail's DNS forwarder (slirp4netns's default 10.0.2.0/24 network).
 SLIRP_DNS = "10.0.2.3"
-#: The jail's resolver and HTTP proxy with an allow-list (both served by the egress proxy).
-PROXY_URL = "http://127.0.0.1:3128"
-EGRESS_PROXY = Path(__file__).with_name("egress_proxy.py")
 #: The denials the egress proxy writes (in the sandbox dir, never mounted in the jail).
 EVENTS_FILE = "egress.jsonl"
 #: ioctl: the user namespace owning a namespace (linux/nsfs.h NS_GET_USERNS).
@@ -412,8 +409,10 @@ class LocalProvider(Provider):
                 if started is not None:
                     started(proc, info)
             elif spec.allow:  # the same moment: loopback is up
-                egress, ready_r = _start_egress(python, info["child-pid"], exit_r, root,
-                                                sandbox_dir, spec.allow, _test_hosts(self.settings))
+                egress, ready_r = start_proxy(
+                    python, info["child-pid"], spec.allow, override_hosts(self.settings),
+                    events=sandbox_dir / EVENTS_FILE, log=sandbox_dir / "agent.log",
+                    exit_fd=exit_r, join_userns=not root)
                 info.update({"egress-pid": egress.pid, "egress-start": _start_time(egress.pid)})
                 if started is not None:
                     started(proc, info)
@@ -500,10 +499,8 @@ class LocalProvider(Provider):
                 args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev"]
         if spec.allow and not spec.network:  # what pip, curl, requests and urllib follow
-            for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-                args += ["--setenv", key, PROXY_URL]
-            for key in ("NO_PROXY", "no_proxy"):
-                args += ["--setenv", key, "localhost,127.0.0.1,::1"]
+            for key, value in PROXY_ENV.items():
+                args += ["--setenv", key, value]
         args += _scratch_args(_scratch_kind(bool(scratch), spec.limits), spec.limits, scratch, sb)
         wanted = list(ETC_ALWAYS) + glob.glob("python3.*", root_dir="/etc")
         if spec.network or spec.allow:
@@ -926,81 +923,6 @@ def _start_slirp(
             os.close(fd)
     threading.Thread(target=proc.wait, name=f"nexus-slirp-{proc.pid}", daemon=True).start()
     return proc, ready_r
-
-
-def _test_hosts(settings: Settings) -> dict[str, str]:
-    """``NEXUS_EGRESS_TEST_HOSTS`` (``name=address,...``): names the egress proxy resolves to
-    the given address, loopback included (tests point an allowed name at their own server).
-    A host setting: nothing in a sandbox can set it."""
-    pairs = [item.partition("=") for item in settings.egress_test_hosts.replace(",", " ").split()]
-    return {name.lower(): address for name, _, address in pairs if name and address}
-
-
-def _start_egress(python: str, jail_pid: int, exit_fd: int, root: bool, sandbox_dir: Path,
-                  allow: tuple[str, ...], hosts: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    """The egress proxy for the jail's network namespace (see ``egress_proxy.py``): returns
-    the process and the read end of its ready pipe. Like slirp4netns it gets the namespace
-    (and, unprivileged, the user namespace owning it) as open fds."""
-    import fcntl
-
-    net_fd = os.open(f"/proc/{jail_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    fds = [net_fd]
-    try:
-        user_fd = -1 if root else fcntl.ioctl(net_fd, NS_GET_USERNS)
-        if user_fd >= 0:
-            fds.append(user_fd)
-        ready_r, ready_w = os.pipe()
-        fds.append(ready_w)
-        events_fd = os.open(sandbox_dir / EVENTS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fds.append(events_fd)
-        config = {"allow": list(allow), "hosts": hosts, "net_fd": net_fd, "user_fd": user_fd,
-                  "exit_fd": exit_fd, "ready_fd": ready_w, "events_fd": events_fd}
-        log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", str(EGRESS_PROXY), json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                pass_fds=[fd for fd in (exit_fd, *fds) if fd >= 0], start_new_session=True,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(log_fd)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    threading.Thread(target=proc.wait, name=f"nexus-egress-{proc.pid}", daemon=True).start()
-    return proc, ready_r
-
-
-def read_events(path: Path, since: float | None = None) -> list[dict[str, Any]]:
-    """Denial events of an events file (JSON lines; a torn or foreign line is skipped),
-    at most ``egress.MAX_EVENTS``, newest last."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(256 * 1024)
-    except OSError:
-        return []
-    events = []
-    for line in data.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if (isinstance(event, dict) and isinstance(event.get("time"), (int, float))
-                and (since is None or event["time"] >= since)):
-            events.append({"time": event["time"], "host": _printable(event.get("host"), 255),
-                           "port": event.get("port") if isinstance(event.get("port"), int) else None,
-                           "reason": _printable(event.get("reason"), 200)})
-    return events[-MAX_EVENTS:]
-
-
-def _printable(value: Any, limit: int) -> str:
-    """``value`` as ASCII text with anything else escaped (names come from sandbox code)."""
-    text = str(value)[:limit]
-    return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" if ord(c) < 256
-                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def _read_info(fd: int, deadline: float) -> dict[str, Any]:

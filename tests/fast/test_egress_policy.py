@@ -122,7 +122,7 @@ def test_the_events_file_stays_bounded(tmp_path):
     for i in range(5000):
         p.deny(f"host{i}.test", 443, "host not in the allow-list")
     assert (tmp_path / "events").stat().st_size <= proxy.MAX_EVENT_BYTES
-    from nexus_kernel.providers.local import read_events
+    from nexus_kernel.providers.egress import read_events
 
     kept = read_events(tmp_path / "events")
     assert kept[-1]["host"] == "host4999.test" and len(kept) <= proxy.MAX_EVENTS
