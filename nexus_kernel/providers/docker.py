@@ -62,6 +62,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
+from . import docker_egress
 from ._launch import (
     agent_command,
     import_sdk,
@@ -323,7 +324,7 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):
@@ -367,6 +368,8 @@ class DockerProvider(Provider):
         image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        if spec.allow:
+            docker_egress.check(self.settings)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
@@ -393,6 +396,9 @@ class DockerProvider(Provider):
         }
         try:
             self._start_agent(client, container_id, token, image)
+            if spec.allow:  # before any user code: the agent has only just said READY
+                pid = client.api.inspect_container(container_id)["State"]["Pid"]
+                handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
@@ -411,6 +417,7 @@ class DockerProvider(Provider):
             ),
             mounts=[agent_mount(agent_version)],
             **hardening(spec.limits, spec.network, uid),
+            **docker_egress.host_options(spec.allow),
         )
         try:
             return client.api.create_container(
@@ -418,7 +425,7 @@ class DockerProvider(Provider):
                 # the agent is the entrypoint: an image's own entrypoint never wraps it
                 entrypoint=container_command(spec.deadline),
                 user=f"{uid}:{uid}",
-                environment=SANDBOX_ENV,
+                environment={**SANDBOX_ENV, **docker_egress.environment(spec.allow)},
                 working_dir=HOME,
                 hostname="sandbox",
                 labels={**resource_labels(spec, "."), UID_LABEL: str(uid)},
@@ -511,6 +518,7 @@ class DockerProvider(Provider):
         """Kill and remove the container at once (SIGKILL, no stop grace). Idempotent."""
         docker = import_sdk("docker", "docker")
         container_id = handle.get("container_id")
+        docker_egress.stop(handle)
         if not container_id:
             return
         host = self._host(handle)
@@ -523,6 +531,10 @@ class DockerProvider(Provider):
                 if exc.status_code == 409 and "in progress" in _explain(exc):
                     return  # auto-remove (agent deadline) got there first
                 raise
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """The egress proxy's denials (see :mod:`.docker_egress`)."""
+        return docker_egress.events(handle, since)
 
     def state(self, handle: Handle) -> str | None:
         """Docker's state of the container ("running", "paused", "exited", …), None if gone."""

@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,9 @@ from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import SandboxRecord
 
 from ..conftest import nexus
-from .conftest import needs_setpriv, run_as_nobody
+from .conftest import PROVIDER_PARAMS, needs_setpriv, provider_ready, run_as_nobody, wait_until
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -49,10 +50,12 @@ def server() -> Iterator[int]:
     httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def box(server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxManager, SandboxRecord]]:
+@pytest.fixture(scope="module", params=PROVIDER_PARAMS)
+def box(request: pytest.FixtureRequest, server: int,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SandboxManager, SandboxRecord]]:
+    provider_ready(request.param)
     settings = Settings.load(home=tmp_path_factory.mktemp("egress") / "home",
-                             egress_test_hosts="allowed.test=127.0.0.1")
+                             provider=request.param, egress_test_hosts="allowed.test=127.0.0.1")
     manager = SandboxManager(settings)
     record = manager.create("egress", network=[f"allowed.test:{server}"])
     yield manager, record
@@ -131,14 +134,33 @@ def test_sandbox_code_cannot_stop_or_bypass_the_proxy(box, server):
         assert os.stat(f"/proc/{pid}").st_uid == 65534 != record.handle["uid"]
 
 
-def test_the_proxy_ends_with_the_sandbox(tmp_path, server):
-    manager = SandboxManager(Settings.load(home=tmp_path / "home"))
-    record = manager.create("short", network="pypi.org")
-    pid = record.handle["egress_pid"]
-    assert Path(f"/proc/{pid}").exists()
-    manager.stop(record.sandbox_id)
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-    manager.close()
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("provider", PROVIDER_PARAMS)
+def test_the_proxy_ends_with_the_sandbox_however_it_ends(tmp_path, provider):
+    provider_ready(provider)
+    manager = SandboxManager(Settings.load(home=tmp_path / "home", provider=provider))
+    try:
+        stopped = manager.create("short", network="pypi.org")
+        assert not _gone(stopped.handle["egress_pid"])
+        manager.stop(stopped.sandbox_id)
+        assert _gone(stopped.handle["egress_pid"])
+        # killed behind nexus's back: the jail's exit pipe / the container's init is watched
+        killed = manager.create("short", network="pypi.org")
+        if provider == "local":
+            os.kill(killed.handle["child_pid"], 9)
+        else:
+            subprocess.run(["docker", "kill", killed.handle["container_id"]], capture_output=True)
+        assert wait_until(lambda: _gone(killed.handle["egress_pid"]), 5.0)
+    finally:
+        for record in manager.list():
+            manager.stop(record.sandbox_id)
+        manager.close()
 
 
 def test_cli_allow_and_events(nexus_home: Path, server: int):
