@@ -14,7 +14,7 @@ import ipaddress
 import re
 from typing import Any
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UnsupportedOperationError
 from .models import iso
 
 #: Ports a bare host name allows.
@@ -88,6 +88,20 @@ def parse_policy(value: Any) -> tuple[bool, tuple[str, ...]]:
     if isinstance(value, str) and value.strip().lower() in ("all", "on", "true", "1", "yes"):
         return True, ()
     return False, parse_allow(value)
+
+
+def by_host_only(allow: tuple[str, ...], service: str) -> tuple[list[str], list[str]]:
+    """``(names, ip_addresses)`` of an allow-list for a platform that filters by host, not
+    port (E2B, Modal): an entry with a port is refused in one line, since there every port
+    of a listed host is open."""
+    with_port = [e for e in allow if e.rsplit("]", 1)[-1].count(":") == 1]
+    if with_port:
+        raise UnsupportedOperationError(
+            f"{service} filters egress by host, not port: give {with_port[0]!r} without its "
+            "port (every port of a listed host is then open), or use the local or docker "
+            "provider, which filter ports too")
+    names = [e for e in allow if not e.startswith("[") and not e.replace(".", "").isdigit()]
+    return names, [e.strip("[]") for e in allow if e not in names]
 
 
 def network_text(network: bool | tuple[str, ...] | list[str]) -> str:
