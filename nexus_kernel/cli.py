@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
-from .egress import denial_line, events_table
+from .egress import denial_line, events_table, network_text
 from .errors import ExecutionTimeoutError, SandboxError, UsageError
 from .models import totals_summary, usage_summary
 
@@ -482,6 +482,7 @@ def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
+    human += f"\nnetwork: {network_text(sb.get('network_allow') or sb['network'])}"
     human += f"\nusage: {totals_summary(sb['usage_totals'])}"
     _emit(args, sb, human)
     return 0

@@ -6,7 +6,8 @@ ends when the agent ends: the agent's deadline watchdog enforces the TTL inside 
 even when no client is alive, and ``auto_remove`` deletes it then.
 
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
-no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
+no network unless asked (an allow-list: ``network none`` plus the host-side egress proxy of
+:mod:`.docker_egress`), every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
 (the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their
 pages count against the memory cap), a host uid of the sandbox's own (below), no host mounts
