@@ -293,6 +293,21 @@ def test_a_cells_usage_is_in_its_reply_metadata_and_in_sandbox_usage(kernel: Ker
                                                     ["In", "[2]", "timeout"]]
 
 
+def test_a_cells_network_denials_show_under_it(start_kernel) -> None:
+    kernel = start_kernel(NEXUS_NETWORK_ALLOW="allowed.test:9")
+    reply, out = kernel.execute("import urllib.request\ntry: urllib.request.urlopen("
+                                "'http://unlisted.test/', timeout=5)\nexcept Exception as e: "
+                                "print(type(e).__name__)")
+    assert texts(out) == "HTTPError\n"
+    assert texts(out, "stderr") == ("Nexus: network denied unlisted.test:80: host not in the "
+                                    "allow-list\n")
+    assert [e["host"] for e in reply["metadata"]["nexus"]["network_denials"]] == ["unlisted.test"]
+    _, out = kernel.execute("%sandbox events")
+    assert "run 1" in texts(out) and "unlisted.test:80" in texts(out)
+    _, out = kernel.execute("%sandbox status")
+    assert "network allow allowed.test:9" in texts(out)
+
+
 def test_sandbox_lines_take_trailing_comments(kernel: Kernel) -> None:
     reply, out = kernel.execute("%sandbox ttl 30  # the notebook's own TTL\n1")
     assert reply["content"]["status"] == "ok" and "TTL is now 30 min" in texts(out)
