@@ -32,6 +32,7 @@ import collections
 import concurrent.futures.thread  # noqa: F401 (lazy in asyncio; see main)
 import ctypes
 import encodings.idna  # noqa: F401 (lazy in socket; see main)
+import errno
 import ipaddress
 import json
 import os
@@ -54,6 +55,8 @@ DNS_TTL = 30
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
+#: Seconds to wait for the namespace's loopback to be up before binding.
+BIND_WAIT = 10.0
 #: Seconds between checks that the watched process (a container's init) still runs.
 WATCH_INTERVAL = 1.0
 
@@ -299,6 +302,19 @@ class _Dns(asyncio.DatagramProtocol):
             task.add_done_callback(self.pending.discard)
 
 
+def _bind(sock: socket.socket, port: int) -> None:
+    """Bind to 127.0.0.1:port, waiting (up to BIND_WAIT s) for the namespace's loopback to
+    come up: the proxy may start while bubblewrap still sets the namespace up."""
+    deadline = time.monotonic() + BIND_WAIT
+    while True:
+        try:
+            return sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
 def bind_in_namespace(net_fd: int, user_fd: int) -> tuple[socket.socket, socket.socket]:
     """The proxy's TCP and DNS sockets, bound in the jail's network namespace by a child
     that enters it (joining first the user namespace owning it when ``user_fd`` >= 0)."""
@@ -313,10 +329,10 @@ def bind_in_namespace(net_fd: int, user_fd: int) -> tuple[socket.socket, socket.
                     raise OSError(ctypes.get_errno(), "setns")
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind(("127.0.0.1", PROXY_PORT))
+            _bind(tcp, PROXY_PORT)
             tcp.listen(128)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", DNS_PORT))
+            _bind(udp, DNS_PORT)
             fds = array.array("i", [tcp.fileno(), udp.fileno()])
             child.sendmsg([b"1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
             code = 0

@@ -395,6 +395,12 @@ class LocalProvider(Provider):
         ready_r = -1
         try:
             info = _read_info(info_r, deadline)
+            if spec.allow and not spec.network:  # starts while the agent does (~0.1 s saved)
+                egress, ready_r = start_proxy(
+                    python, info["child-pid"], spec.allow, override_hosts(self.settings),
+                    events=sandbox_dir / EVENTS_FILE, log=sandbox_dir / "agent.log",
+                    exit_fd=exit_r, join_userns=not root)
+                info.update({"egress-pid": egress.pid, "egress-start": _start_time(egress.pid)})
             if started is not None:
                 started(proc, info)
             assert proc.stdout is not None
@@ -406,14 +412,6 @@ class LocalProvider(Provider):
                 slirp, ready_r = _start_slirp(info["child-pid"], exit_r, uid if root else None,
                                               sandbox_dir / "agent.log")
                 info.update({"slirp-pid": slirp.pid, "slirp-start": _start_time(slirp.pid)})
-                if started is not None:
-                    started(proc, info)
-            elif spec.allow:  # the same moment: loopback is up
-                egress, ready_r = start_proxy(
-                    python, info["child-pid"], spec.allow, override_hosts(self.settings),
-                    events=sandbox_dir / EVENTS_FILE, log=sandbox_dir / "agent.log",
-                    exit_fd=exit_r, join_userns=not root)
-                info.update({"egress-pid": egress.pid, "egress-start": _start_time(egress.pid)})
                 if started is not None:
                     started(proc, info)
             if spec.network and _read_some(ready_r, deadline, "slirp4netns to set up the network") != b"1":

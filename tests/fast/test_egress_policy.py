@@ -5,20 +5,23 @@ proxy refusing what is not listed and recording it."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
 from nexus_kernel.egress import parse_allow, parse_policy
 from nexus_kernel.errors import InvalidArgumentError, UnsupportedOperationError
+from nexus_kernel.providers.egress import EGRESS_PROXY, read_events
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "nexus_kernel" / "providers"))
-import egress_proxy as proxy  # noqa: E402 (run by path in production, as here)
+# Loaded by path, as production runs it (and without putting providers/ on sys.path, where
+# its docker.py would shadow the docker SDK).
+_spec = importlib.util.spec_from_file_location("egress_proxy", EGRESS_PROXY)
+proxy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(proxy)
 
 
 def test_policies_and_their_aliases():
@@ -122,7 +125,5 @@ def test_the_events_file_stays_bounded(tmp_path):
     for i in range(5000):
         p.deny(f"host{i}.test", 443, "host not in the allow-list")
     assert (tmp_path / "events").stat().st_size <= proxy.MAX_EVENT_BYTES
-    from nexus_kernel.providers.egress import read_events
-
     kept = read_events(tmp_path / "events")
     assert kept[-1]["host"] == "host4999.test" and len(kept) <= proxy.MAX_EVENTS
