@@ -27,20 +27,13 @@ works where the host's own python lives in a directory only root reads.
 from __future__ import annotations
 
 import array
-import asyncio
-import collections
-import concurrent.futures.thread  # noqa: F401 (lazy in asyncio; see main)
 import ctypes
-import encodings.idna  # noqa: F401 (lazy in socket; see main)
 import errno
-import ipaddress
 import json
 import os
 import socket
-import struct
 import sys
 import time
-from urllib.parse import urlsplit
 
 PROXY_PORT = 3128
 DNS_PORT = 53
@@ -59,6 +52,73 @@ NOBODY = 65534
 BIND_WAIT = 10.0
 #: Seconds between checks that the watched process (a container's init) still runs.
 WATCH_INTERVAL = 1.0
+
+
+def _bind(sock: socket.socket, port: int) -> None:
+    """Bind to 127.0.0.1:port, waiting (up to BIND_WAIT s) for the namespace's loopback to
+    come up: the proxy may start while bubblewrap still sets the namespace up."""
+    deadline = time.monotonic() + BIND_WAIT
+    while True:
+        try:
+            return sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
+def bind_in_namespace(net_fd: int, user_fd: int) -> tuple[socket.socket, socket.socket]:
+    """The proxy's TCP and DNS sockets, bound in the jail's network namespace by a child
+    that enters it (joining first the user namespace owning it when ``user_fd`` >= 0)."""
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits without returning
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for fd, kind in ((user_fd, CLONE_NEWUSER), (net_fd, CLONE_NEWNET)):
+                if fd >= 0 and libc.setns(fd, kind) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _bind(tcp, PROXY_PORT)
+            tcp.listen(128)
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            _bind(udp, DNS_PORT)
+            fds = array.array("i", [tcp.fileno(), udp.fileno()])
+            child.sendmsg([b"1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            code = 0
+        except BaseException as exc:
+            os.write(2, f"nexus egress proxy: cannot bind in the sandbox's network: {exc}\n".encode())
+        os._exit(code)
+    child.close()
+    _, ancillary, _, _ = parent.recvmsg(16, socket.CMSG_SPACE(2 * array.array("i").itemsize))
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    os.waitpid(pid, 0)
+    parent.close()
+    if len(fds) != 2:
+        raise SystemExit(1)
+    return (socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fds[0]),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=fds[1]))
+
+
+if __name__ == "__main__":  # bound and ready before the slow imports (asyncio: ~75 ms)
+    CONFIG = json.loads(sys.argv[1])
+    SOCKETS = bind_in_namespace(CONFIG["net_fd"], CONFIG.get("user_fd", -1))
+    os.write(CONFIG["ready_fd"], b"1")  # connections queue in the backlog until it serves
+    os.close(CONFIG["ready_fd"])
+
+# Loaded before the proxy drops root: the host's python may live where nobody cannot read.
+import asyncio  # noqa: E402
+import collections  # noqa: E402
+import concurrent.futures.thread  # noqa: E402,F401 (lazy in asyncio's getaddrinfo)
+import encodings.idna  # noqa: E402,F401 (lazy in socket)
+import ipaddress  # noqa: E402
+import struct  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 
 class Policy:
@@ -302,57 +362,6 @@ class _Dns(asyncio.DatagramProtocol):
             task.add_done_callback(self.pending.discard)
 
 
-def _bind(sock: socket.socket, port: int) -> None:
-    """Bind to 127.0.0.1:port, waiting (up to BIND_WAIT s) for the namespace's loopback to
-    come up: the proxy may start while bubblewrap still sets the namespace up."""
-    deadline = time.monotonic() + BIND_WAIT
-    while True:
-        try:
-            return sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
-                raise
-            time.sleep(0.002)
-
-
-def bind_in_namespace(net_fd: int, user_fd: int) -> tuple[socket.socket, socket.socket]:
-    """The proxy's TCP and DNS sockets, bound in the jail's network namespace by a child
-    that enters it (joining first the user namespace owning it when ``user_fd`` >= 0)."""
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child exits without returning
-        code = 1
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            for fd, kind in ((user_fd, CLONE_NEWUSER), (net_fd, CLONE_NEWNET)):
-                if fd >= 0 and libc.setns(fd, kind) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            _bind(tcp, PROXY_PORT)
-            tcp.listen(128)
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            _bind(udp, DNS_PORT)
-            fds = array.array("i", [tcp.fileno(), udp.fileno()])
-            child.sendmsg([b"1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-            code = 0
-        except BaseException as exc:
-            os.write(2, f"nexus egress proxy: cannot bind in the sandbox's network: {exc}\n".encode())
-        os._exit(code)
-    child.close()
-    _, ancillary, _, _ = parent.recvmsg(16, socket.CMSG_SPACE(2 * array.array("i").itemsize))
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    os.waitpid(pid, 0)
-    parent.close()
-    if len(fds) != 2:
-        raise SystemExit(1)
-    return (socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fds[0]),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=fds[1]))
-
-
 async def serve(config: dict, tcp: socket.socket, udp: socket.socket) -> None:
     proxy = Proxy(Policy(config["allow"], config.get("hosts") or {}), config["events_fd"])
     loop = asyncio.get_running_loop()
@@ -363,8 +372,6 @@ async def serve(config: dict, tcp: socket.socket, udp: socket.socket) -> None:
         loop.add_reader(config["exit_fd"], lambda: done.done() or done.set_result(None))
     if config.get("watch"):
         asyncio.ensure_future(_watch(*config["watch"], done))
-    os.write(config["ready_fd"], b"1")
-    os.close(config["ready_fd"])
     async with server:
         await done
 
@@ -384,9 +391,7 @@ async def _watch(pid: int, start: int | None, done: asyncio.Future) -> None:
         await asyncio.sleep(WATCH_INTERVAL)
 
 
-def main(argv: list[str]) -> None:
-    config = json.loads(argv[1])
-    tcp, udp = bind_in_namespace(config["net_fd"], config.get("user_fd", -1))
+def main(config: dict, tcp: socket.socket, udp: socket.socket) -> None:
     for fd in (config["net_fd"], config.get("user_fd", -1)):
         if fd >= 0:
             os.close(fd)
@@ -400,4 +405,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(CONFIG, *SOCKETS)
