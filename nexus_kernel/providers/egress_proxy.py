@@ -1,8 +1,9 @@
 """The egress proxy of one sandbox with an allow-list (standard library only, run by path).
 
-Started by the local provider outside the jail's pid namespace (as the caller; when that is
-root, it drops to ``nobody`` once its sockets are bound), it enters the jail's network
-namespace in a short-lived child only to bind two sockets there, which the child hands back:
+Started by ``providers/egress.py`` for the local provider (a jail) and the docker provider (a
+container), outside the sandbox's pid namespace (as the caller; when that is root, it drops
+to ``nobody`` once its sockets are bound), it enters the sandbox's network namespace in a
+short-lived child only to bind two sockets there, which the child hands back:
 
 - ``127.0.0.1:PROXY_PORT`` (TCP): an HTTP proxy (``CONNECT host:port`` and absolute-form
   plain HTTP). It resolves names itself, host side, and connects only to an allowed
@@ -19,9 +20,9 @@ as one JSON line ``{time, host, port, reason}`` to the events file the host open
 when the exit pipe (held by the jail's outer bubblewrap) reaches EOF, or when the process it
 watches (a container's init) is gone.
 
-Usage: ``python -I -S egress_proxy.py CONFIG_JSON`` with the fds it names inherited; run by
-the sandbox's python (>= 3.8, like the agent), which the jail's uid can read, so it also
-works where the host's own python lives in a directory only root reads.
+Usage: ``python -I -S egress_proxy.py CONFIG_JSON`` with the fds it names inherited (python
+>= 3.8, like the agent). Local runs it with the sandbox's python, which an unprivileged
+caller can read even where the host's own python lives in a directory only root reads.
 """
 
 from __future__ import annotations
