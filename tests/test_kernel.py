@@ -151,6 +151,19 @@ def test_provider_variant_and_bad_input(tmp_path: Path) -> None:
     assert both.returncode == 2
 
 
+def test_allow_list_variant(tmp_path: Path) -> None:
+    out = nexus("kernel", "install", "--prefix", str(tmp_path), "--allow", "PyPI.org",
+                "--allow", "api.example.com:443", "--json")
+    assert out.returncode == 0, out.stderr
+    installed = json.loads(out.stdout)
+    assert installed["name"] == "nexus-sandbox-allow"
+    spec = json.loads((Path(installed["path"]) / "kernel.json").read_text())
+    assert spec["env"] == {"NEXUS_NETWORK_ALLOW": "pypi.org api.example.com:443"}
+    assert spec["display_name"] == "Nexus Sandbox (allow-list)"
+    bad = nexus("kernel", "install", "--prefix", str(tmp_path), "--allow", "a..b")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
 def test_trusted_output_variant(tmp_path: Path) -> None:
     out = nexus("kernel", "install", "--prefix", str(tmp_path), "--trusted-output", "--json")
     assert out.returncode == 0, out.stderr
