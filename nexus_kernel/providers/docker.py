@@ -80,6 +80,7 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
+from .docker_template import resolve as template_image
 
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
@@ -127,8 +128,10 @@ def _unreachable(host: str) -> ProviderUnavailableError:
 
 def _image_missing(image: str) -> ProviderUnavailableError:
     return ProviderUnavailableError(
-        f"the Docker image {image!r} does not exist: docker pull it, or build the default image "
-        "with 'bash scripts/build-image.sh' (offline) or 'docker build -f docker/Dockerfile .'"
+        f"the Docker image {image!r} does not exist and is no template: docker pull it, build a "
+        "template (nexus template create NAME --provider docker --pip PKG ...), or build the "
+        "default image with 'bash scripts/build-image.sh' (offline) or 'docker build -f "
+        "docker/Dockerfile .'"
     )
 
 
@@ -364,9 +367,10 @@ class DockerProvider(Provider):
         """Start a hardened container running the agent; return once the agent is READY."""
         host = self._host()
         client = self._client(host)
-        image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        with _api_errors(host, "find the template's image"):  # a docker template, or an image
+            image = template_image(client.api, spec.template_id or self.settings.docker_image)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
