@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-
 import pytest
 
 from nexus_kernel import templates
@@ -13,23 +11,6 @@ from nexus_kernel.errors import InvalidArgumentError
 from .conftest import ROOT, needs_bwrap, nexus
 
 pytestmark = needs_bwrap
-
-
-@pytest.fixture
-def tiny_package(tmp_path):
-    """A local pure-Python wheel, so the build needs no network."""
-    wheel = tmp_path / "tinypkg-1.0-py3-none-any.whl"
-    info = "tinypkg-1.0.dist-info"
-    files = {
-        "tinypkg/__init__.py": "ANSWER = 42\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-        archive.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n")
-    return wheel
 
 
 def test_template_is_built_listed_mounted_and_removed(nexus_home, nx, tiny_package):
