@@ -127,3 +127,22 @@ def test_bad_templates_fail_in_one_line(nexus_home, nx, engine):
         assert not engine.containers(all=True, filters={"ancestor": image})  # probe removed
     finally:
         engine.remove_image(image, force=True)
+
+
+def test_wheel_tags_and_labels_are_read_defensively():
+    from nexus_kernel.errors import ProviderError
+    from nexus_kernel.providers import docker_template as dt
+
+    glibc = dt.platforms({"machine": "x86_64", "glibc": "2.36", "musl": ""})
+    assert glibc[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in glibc
+    assert glibc[-3:] == ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    musl = dt.platforms({"machine": "aarch64", "glibc": "", "musl": "1.2"})
+    assert musl == ["musllinux_1_2_aarch64", "musllinux_1_1_aarch64", "musllinux_1_0_aarch64"]
+    with pytest.raises(ProviderError, match="neither glibc nor musl"):
+        dt.platforms({"machine": "x86_64", "glibc": "", "musl": ""})
+    target = dt.pip_target({"version": [3, 13], "free_threaded": True, "platforms": glibc[:1]})
+    assert target[:6] == ["--python-version", "3.13", "--implementation", "cp", "--abi", "cp313t"]
+    # anyone can label an image nexus.template: odd metadata never breaks `template list`
+    hostile = {"nexus.template": "x", "nexus.template.meta": '{"versions": [1], "size_mb": "9"}'}
+    meta = dt._meta(hostile, 2**20, "nexus-template/x:latest")
+    assert meta["versions"] == {} and meta["packages"] == [] and meta["size_mb"] == 1.0

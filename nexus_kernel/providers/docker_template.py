@@ -41,6 +41,9 @@ META_LABEL = "nexus.template.meta"
 REPOSITORY = "nexus-template"
 #: A docker repository path component (stricter than the template name rule).
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+#: The keys of META_LABEL's JSON and their types.
+_META_TYPES = {"packages": list, "versions": dict, "base": str, "python": str,
+               "created_at": (int, float)}
 #: Seconds the probe and the bytecode compile may take.
 PROBE_TIMEOUT = 60
 COMPILE_TIMEOUT = 600
@@ -240,12 +243,19 @@ def described(api: Any, tag: str) -> dict[str, Any] | None:
 
 
 def _meta(labels: dict[str, str], size: int, tag: str) -> dict[str, Any]:
+    """A template image's description from its labels (anyone can label an image: only
+    the expected keys and types are kept)."""
     try:
         meta = json.loads(labels.get(META_LABEL) or "{}")
     except ValueError:
         meta = {}
     meta = meta if isinstance(meta, dict) else {}
-    return {**meta, "name": labels.get(LABEL, ""), "provider": "docker", "image": tag,
+    kept: dict[str, Any] = {
+        key: meta[key] for key, kind in _META_TYPES.items() if isinstance(meta.get(key), kind)
+    }
+    kept["packages"] = [str(p) for p in kept.get("packages", [])]
+    kept["versions"] = {str(k): str(v) for k, v in kept.get("versions", {}).items()}
+    return {**kept, "name": str(labels.get(LABEL, "")), "provider": "docker", "image": tag,
             "size_mb": round(size / 2**20, 1)}
 
 
