@@ -16,7 +16,9 @@ pages count against the memory cap), a host uid of the sandbox's own (below), no
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
 read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
 The image's entrypoint is replaced by the agent; an image without python3 fails create in
-one line. The default image (``nexus-sandbox:latest``) is only the default environment.
+one line. The default image (``nexus-sandbox:latest``) is only the default environment. A
+``template_id`` naming a docker template (``nexus template create NAME --provider docker``,
+:mod:`.docker_template`) runs that template's image.
 
 One host identity per sandbox: each container runs as a uid (and gid) U of its own, and its
 relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for nexus, beside
