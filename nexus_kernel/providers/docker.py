@@ -82,6 +82,7 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
+from .docker_template import remove_build_leftovers
 from .docker_template import resolve as template_image
 
 #: The agent's abstract unix socket, and its pid (the container's init).
@@ -551,7 +552,8 @@ class DockerProvider(Provider):
         started (their creator died in between) or exited yet not removed (auto-remove lost
         to an engine restart), older than ``grace`` s. Running and paused ones are never
         touched: they belong to a live sandbox of some store, or end at their TTL. Also the
-        agent volumes of other agent versions that no container uses (older than ``grace``)."""
+        agent volumes of other agent versions that no container uses (older than ``grace``),
+        and template build containers of builds that died."""
         host = self._host()
         client = self._client(host)
         with _api_errors(host, "list sandbox containers"):
@@ -567,6 +569,7 @@ class DockerProvider(Provider):
                 removed.append(f"container {row['Id'][:12]}")
         with _api_errors(host, "remove old agent volumes"):
             removed += remove_old_volumes(client.api, grace)
+            removed += remove_build_leftovers(client.api, grace)
         return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:

@@ -27,7 +27,9 @@ import io
 import json
 import re
 import tarfile
+import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ from ._launch import import_sdk
 TEMPLATE_DIR = "/opt/nexus-template"
 LABEL = "nexus.template"
 META_LABEL = "nexus.template.meta"
+#: The label of the build's throwaway containers (value: "probe" or the template name).
+BUILD_LABEL = "nexus.template.build"
 REPOSITORY = "nexus-template"
 #: A docker repository path component (stricter than the template name rule).
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
@@ -47,6 +51,8 @@ _META_TYPES = {"packages": list, "versions": dict, "base": str, "python": str,
 #: Seconds the probe and the bytecode compile may take.
 PROBE_TIMEOUT = 60
 COMPILE_TIMEOUT = 600
+#: A build container older than this belongs to a build that died (probe, copy, compile).
+BUILD_STALE_SECONDS = 900.0
 #: Bytes of the probe's output read (it prints one short JSON line).
 PROBE_MAX = 4096
 
@@ -107,7 +113,7 @@ def probe(api: Any, image: str) -> dict[str, Any]:
     try:
         helper = api.create_container(
             image, entrypoint=["python3", "-I", "-c", _PROBE], user="65534:65534",
-            network_disabled=True, labels={LABEL + ".build": "probe"},
+            network_disabled=True, labels={BUILD_LABEL: "probe"},
             host_config=_confined(api, read_only=True),
         )["Id"]  # fmt: skip
     except docker.errors.ImageNotFound:
@@ -204,7 +210,7 @@ def build(api: Any, name: str, base: str, lib: Path, meta: dict[str, Any],
     env += [f"PATH={TEMPLATE_DIR}/lib/bin:{path}", f"PYTHONPATH={python_path}"]
     helper = api.create_container(
         base, entrypoint=["python3", "-I", "-m", "compileall", "-q", f"{TEMPLATE_DIR}/lib"],
-        user="0:0", network_disabled=True, labels={LABEL + ".build": name},
+        user="0:0", network_disabled=True, labels={BUILD_LABEL: name},
         host_config=_confined(api),
     )["Id"]  # fmt: skip
     try:
@@ -289,3 +295,15 @@ def remove(api: Any, name: str) -> bool:
     api.remove_image(tag)
     return True
 
+
+
+def remove_build_leftovers(api: Any, grace: float) -> list[str]:
+    """Build containers left by a build that died (older than BUILD_STALE_SECONDS)."""
+    docker = import_sdk("docker", "docker")
+    removed = []
+    for row in api.containers(all=True, filters={"label": [BUILD_LABEL]}):
+        if time.time() - row.get("Created", 0) > max(grace, BUILD_STALE_SECONDS):
+            with suppress(docker.errors.APIError):
+                api.remove_container(row["Id"], force=True)
+                removed.append(f"template build container {row['Id'][:12]}")
+    return removed
