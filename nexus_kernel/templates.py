@@ -59,6 +59,8 @@ ELSEWHERE = {
              "packages (e.g. a docker template, nexus-template/NAME) to a registry, then "
              "--provider modal --template <registry/image:tag> (or an im-... image id)",
 }
+#: Seconds one engine call of a docker build may take (committing a large layer).
+BUILD_API_TIMEOUT = 900
 #: Template ids meaning "no template": the lean sandbox (the sandbox's python alone).
 LEAN = LEAN_TEMPLATES
 
@@ -113,7 +115,7 @@ def list_templates(settings: Settings, skipped: list[str] | None = None) -> list
         for meta in sorted(settings.templates_dir.glob("*/template.json")):
             found.append({**json.loads(meta.read_text()), "provider": "local"})
     try:
-        with _docker(settings, "list template images") as api:
+        with _docker(settings, "list template images", timeout=10) as api:
             found += docker_template.list_images(api)
     except ProviderUnavailableError as exc:
         if skipped is not None:
@@ -190,7 +192,7 @@ def _create_docker(settings: Settings, name: str, packages: list[str], wheels: l
         if not quiet:
             print(line, file=sys.stderr, flush=True)
 
-    with _docker(settings, "build the template image") as api:
+    with _docker(settings, "build the template image", timeout=BUILD_API_TIMEOUT) as api:
         built = docker_template.described(api, tag)
         if built is not None:
             if built.get("packages") == packages and built.get("base") == base:
@@ -241,16 +243,17 @@ def remove_template(settings: Settings, name: str, provider: str | None = None) 
 def _docker_known(settings: Settings) -> bool:
     """Whether docker can be asked (SDK installed, daemon up): remove without --provider."""
     try:
-        with _docker(settings, "reach the engine"):
+        with _docker(settings, "reach the engine", timeout=10):
             return True
     except ProviderUnavailableError:
         return False
 
 
 @contextmanager
-def _docker(settings: Settings, what: str) -> Iterator[Any]:
-    """A docker-py low-level client of the configured engine, errors as nexus errors."""
-    client = open_client(settings.docker_host)
+def _docker(settings: Settings, what: str, timeout: float = 60) -> Iterator[Any]:
+    """A docker-py low-level client of the configured engine (``timeout`` s per API call),
+    errors as nexus errors."""
+    client = open_client(settings.docker_host, timeout=timeout)
     try:
         with _api_errors(settings.docker_host, what):
             yield client.api
