@@ -159,18 +159,28 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    _default(settings, "pool_size", settings.pool_size))
     command("providers", "which providers are installed, configured, and what they support")
 
-    template = commands.add_parser("template", help="prepared environments for local sandboxes")
+    template = commands.add_parser("template", help="prepared package sets (local) and images "
+                                   "(docker) for sandboxes")
     template.set_defaults(show_help=template.print_help)
     tsub = template.add_subparsers(dest="command", parser_class=_Parser)
-    p = tsub.add_parser("list", help="list built templates", description="list built templates")
+    text = "list every provider's built templates (local, docker) with size and contents"
+    p = tsub.add_parser("list", help=text, description=text)
     _add_json(p)
     text = "build a template (network is used at build time only)"
     p = tsub.add_parser("create", help=text, description=text)
     p.add_argument("name", help="template name; 'datascience' (the default environment) has a recipe")
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="packages to install")
+    p.add_argument("--provider", default="local", metavar="NAME",
+                   help="local (a package directory, default) or docker (an image "
+                        "nexus-template/NAME); e2b and modal build their own")
+    p.add_argument("--from", dest="base", default=None, metavar="IMAGE",
+                   help="docker: the base image (any with python3 >= 3.8; default: the "
+                        "provider's image)")
     _add_json(p)
     p = tsub.add_parser("remove", help="delete a template", description="delete a template")
     p.add_argument("name", help="the template to delete")
+    p.add_argument("--provider", default=None, metavar="NAME",
+                   help="only this provider's template (default: every provider's)")
     _add_json(p)
 
     kernel = commands.add_parser("kernel", help="the 'Nexus Sandbox' Jupyter kernel")
@@ -547,19 +557,34 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
     from . import templates
 
     if args.command == "list":
-        found = templates.list_templates(settings)
-        rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]
-        _emit(args, {"templates": found}, "\n".join(rows) or "No templates.")
+        skipped: list[str] = []
+        found = templates.list_templates(settings, skipped)
+        rows = [("NAME", "PROVIDER", "SIZE", "CONTENTS")] + [
+            (t["name"], t["provider"], f"{t.get('size_mb', '?')} MB",
+             " ".join(f"{k}=={v}" for k, v in (t.get("versions") or {}).items())
+             or " ".join(t.get("packages") or []))
+            for t in found]
+        text = _table(rows) if found else "No templates."
+        if sys.stdout.isatty():
+            from .terminal import for_terminal
+
+            text = for_terminal(text)  # image labels are anyone's text
+        _emit(args, {"templates": found, "skipped": skipped}, text)
+        for note in skipped:
+            print(f"nexus: {note}", file=sys.stderr)
     elif args.command == "create":
-        print(f"Building template {args.name!r} (pip output follows; skipped when built "
-              f"already) ...", file=sys.stderr)
-        meta = templates.create_template(settings, args.name, args.pip)
+        print(f"Building {args.provider} template {args.name!r} (pip output follows; skipped "
+              "when built already) ...", file=sys.stderr)
+        meta = templates.create_template(settings, args.name, args.pip, provider=args.provider,
+                                         base=args.base)
         state = "Template already built" if meta.get("cached") else "Created template"
-        _emit(args, meta, f"{state}: {meta['name']} ({meta['size_mb']} MB, "
-                          f"{meta['build_seconds']} s to build)")
+        where = f", image {meta['image']}" if meta.get("image") else ""
+        _emit(args, meta, f"{state}: {meta['name']} ({args.provider}{where}, "
+                          f"{meta['size_mb']} MB, {meta.get('build_seconds', 0)} s to build)")
     else:
-        templates.remove_template(settings, args.name)
-        _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")
+        removed = templates.remove_template(settings, args.name, args.provider)
+        _emit(args, {"name": args.name, "removed": True, "providers": removed},
+              f"Removed template: {args.name} ({', '.join(removed)})")
     return 0
 
 
