@@ -1,0 +1,174 @@
+"""The run registry: every run keeps its events in a bounded buffer, so it outlives the
+connection that started it (a run started with ``detach`` answers at once and has none) and
+any connection can replay it from the start and follow it to its end (``attach``), list the
+runs (``runs``) or interrupt one (``interrupt`` with ``run_id``).
+
+The run's own connection, if any, is sent to directly, as before (its pace holds the run's
+output back); a follower reads the buffer from a thread of its own and never slows the run.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+from .wire import REPLAY_BYTES
+
+#: Finished runs kept for ``attach`` and ``runs`` (the oldest is dropped first).
+KEEP_FINISHED = 16
+#: Fields of a run's ``done`` given in ``runs`` (output is in ``attach`` only).
+SUMMARY_FIELDS = ("exit_code", "ended_by", "usage", "timed_out", "interrupted", "truncated")
+
+
+def _size(fields: dict) -> int:
+    """What an event costs in the buffer: its text (outputs), else its fields' lengths."""
+    data = fields.get("data")
+    if isinstance(data, str) and len(fields) == 1:
+        return len(data) + 32
+    return 32 + sum(len(str(v)) for v in fields.values())
+
+
+class RunEntry:
+    """One run: its buffered events, its state and, once ended, its ``done`` fields."""
+
+    def __init__(self, run_id: str, language: str, session, timeout, detached: bool) -> None:
+        self.id = run_id
+        self.language = language
+        self.session = session
+        self.timeout = timeout
+        self.detached = detached
+        self.started = time.time()
+        self.ended: float | None = None
+        self.done: dict | None = None  # the run's ``done`` fields once it ended
+        self.error: str | None = None  # why it failed (no ``done``)
+        self.interrupter = None  # callable: interrupt this run while it runs
+        self._cond = threading.Condition()
+        self._events: collections.deque = collections.deque()  # (seq, ev, fields, size)
+        self._next = 0  # seq of the next event
+        self._bytes = 0
+        self.dropped_bytes = 0  # of events dropped from the start of the buffer
+
+    @property
+    def finished(self) -> bool:
+        return self.done is not None or self.error is not None
+
+    def add(self, ev: str, fields: dict) -> None:
+        size = _size(fields)
+        with self._cond:
+            self._events.append((self._next, ev, fields, size))
+            self._next += 1
+            self._bytes += size
+            while self._bytes > REPLAY_BYTES and len(self._events) > 1:
+                old = self._events.popleft()
+                self._bytes -= old[3]
+                self.dropped_bytes += old[3]
+            self._cond.notify_all()
+
+    def finish(self, done: dict | None = None, error: str | None = None) -> None:
+        with self._cond:
+            self.done, self.error = done, error
+            self.ended = time.time()
+            self.interrupter = None
+            self._cond.notify_all()
+
+    def interrupt(self) -> bool:
+        stop = self.interrupter
+        return bool(stop and stop())
+
+    def info(self) -> dict:
+        state = "running" if not self.finished else ("failed" if self.error else "finished")
+        info = {"run_id": self.id, "state": state, "language": self.language,
+                "session": self.session, "timeout": self.timeout, "detached": self.detached,
+                "started_at": self.started, "ended_at": self.ended}
+        if self.done is not None:
+            info.update((k, self.done.get(k)) for k in SUMMARY_FIELDS)
+        if self.error is not None:
+            info["error"] = self.error
+        return info
+
+    def replay(self, reply, follow: bool) -> dict:
+        """Send the buffered events (from the start) on ``reply``, then, with ``follow``,
+        the new ones until the run ends or the connection closes. Returns the ``done``
+        fields: the run's own once it ended (with ``state``), and ``dropped_bytes``, what
+        this replay misses (cut from the buffer's start, or passed while it fell behind)."""
+        seq, missed = 0, 0
+        while True:
+            with self._cond:
+                while (follow and not self.finished and self._next == seq
+                       and not reply.conn.closed):
+                    self._cond.wait(1.0)
+                batch = [e for e in self._events if e[0] >= seq]
+                first = batch[0][0] if batch else self._next
+                if first > seq:  # left the buffer before this replay read them
+                    missed += self._gap(seq, first)
+                seq = self._next
+                ended = self.finished
+            for _, ev, fields, _ in batch:
+                reply.event(ev, **fields)
+            if ended or not follow or reply.conn.closed:
+                break
+        with self._cond:
+            if self.error is not None and ended:
+                raise RunFailed(self.error)
+            done = dict(self.done) if ended and self.done is not None else {}
+        done["state"] = "finished" if ended else "running"
+        done["dropped_bytes"] = missed
+        return done
+
+    def _gap(self, start: int, end: int) -> int:
+        """Bytes of the events ``start`` .. ``end`` - 1 that left the buffer (the caller
+        holds the lock): their count times the mean event size dropped so far."""
+        dropped_events = self._next - len(self._events)
+        mean = self.dropped_bytes / dropped_events if dropped_events else 0
+        return int((end - start) * mean)
+
+
+class RunFailed(Exception):
+    """The run ended without a result (the agent could not do it)."""
+
+
+class Registry:
+    """The sandbox's runs, by id: the running ones and the last KEEP_FINISHED finished."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict = {}  # insertion order = start order
+
+    def start(self, language: str, session, timeout, detached: bool) -> RunEntry:
+        entry = RunEntry("r" + os.urandom(6).hex(), language, session, timeout, detached)
+        with self._lock:
+            self._runs[entry.id] = entry
+            finished = [e for e in self._runs.values() if e.finished]
+            for old in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+                del self._runs[old.id]
+        return entry
+
+    def get(self, run_id) -> RunEntry | None:
+        with self._lock:
+            return self._runs.get(run_id) if isinstance(run_id, str) else None
+
+    def list(self) -> list:
+        with self._lock:
+            entries = list(self._runs.values())
+        return [e.info() for e in entries]
+
+
+class Tee:
+    """A run's reply: every event goes to its entry's buffer and, unless the run was
+    started detached, to the connection that started it."""
+
+    def __init__(self, entry: RunEntry, reply=None) -> None:
+        self.entry = entry
+        self.reply = reply
+
+    def event(self, ev: str, **fields) -> None:
+        self.entry.add(ev, fields)
+        if self.reply is not None:
+            self.reply.event(ev, **fields)
+
+    def output(self, stream: str, text: str) -> None:
+        self.entry.add(stream, {"data": text})
+        if self.reply is not None:
+            self.reply.output(stream, text)
