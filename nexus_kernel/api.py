@@ -202,7 +202,12 @@ class NexusFS:
     def sandbox_status(self, sandbox_id: str) -> dict[str, Any]:
         return self._describe(self.manager.status(sandbox_id))
 
-    def sandbox_interrupt(self, sandbox_id: str, session: str | None = None) -> dict[str, Any]:
+    def sandbox_interrupt(self, sandbox_id: str, session: str | None = None,
+                          run_id: str | None = None) -> dict[str, Any]:
+        """Interrupt the code running in ``session`` (None: every run of the sandbox), or
+        only the run ``run_id``."""
+        if run_id is not None:
+            return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt_run(run_id)}
         return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt(sandbox_id, session)}
 
     def sandbox_upload(self, sandbox_id: str, path: str, data: bytes | str) -> dict[str, Any]:

@@ -567,6 +567,8 @@ def _run_info(raw: dict[str, Any]) -> dict[str, Any]:
         else:
             ok = isinstance(value, kind)
         info[key] = (value[:500] if isinstance(value, str) else value) if ok else None
+    if not _is_run_id(info["run_id"]):
+        info["run_id"] = None
     if info["state"] not in RUN_STATES:
         info["state"] = None
     if info["ended_by"] not in ENDED_BY:
