@@ -36,8 +36,8 @@ exit codes:
        state; a second Ctrl-C detaches: the run ends in the sandbox, and
        `nexus sandbox logs RUN_ID --follow` shows the rest)
   141  the reader of the output went away (closed pipe)
-`nexus sandbox run` (and `logs` of a finished run) otherwise exits with the code's own
-exit code."""
+`nexus sandbox run` otherwise exits with the code's own exit code (`logs`: the
+replayed run's)."""
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
@@ -142,6 +142,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "command (until its timeout; the sandbox's TTL waits for it): "
                         "'nexus sandbox logs RUN_ID --follow' shows its output")
 
+    for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
+                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
+        sandbox_id(command(name, text))
+
     p = command("logs", "replay a run's output from its start and its exit code (any "
                 "process may, with the run id alone)", epilog=EXIT_CODES, formatter_class=raw)
     p.add_argument("run_id", help="the run's id (sb_...:r..., from run --detach or runs)")
@@ -156,10 +160,6 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p = command("runs", "list a sandbox's runs: running ones and the last 16 finished, "
                 "with state, exit code and usage")
     sandbox_id(p)
-
-    for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
-                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
-        sandbox_id(command(name, text))
 
     hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
     p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
