@@ -79,7 +79,7 @@ def test_run_outlives_a_killed_cli_and_is_replayed_and_followed(cli_sandbox):
     assert follower.stdout.readline() == "first\n"  # replayed from the start
     nx.sandbox_upload(cli_sandbox, "go", "")
     assert follower.stdout.readline() == "live\n"  # live, while the run still waits for `end`
-    assert runs(cli_sandbox)[0]["state"] == "running"
+    assert nx.sandbox_runs(cli_sandbox)["runs"][0]["state"] == "running"
     nx.sandbox_upload(cli_sandbox, "end", "")
     rest, err = follower.communicate(timeout=30)
     assert (rest, follower.returncode) == ("last\n", 7)
@@ -88,7 +88,7 @@ def test_run_outlives_a_killed_cli_and_is_replayed_and_followed(cli_sandbox):
     again = nexus("sandbox", "logs", run["run_id"])  # a second process: the whole run
     assert (again.stdout, again.returncode) == ("first\nlive\nlast\n", 7)
     assert again.stderr == "to stderr\n"
-    [run] = runs(cli_sandbox)
+    [run] = nx.sandbox_runs(cli_sandbox)["runs"]
     assert (run["state"], run["exit_code"], run["ended_by"]) == ("finished", 7, "exit")
     assert run["usage"]["wall_s"] > 0
     nx.close()
@@ -164,3 +164,22 @@ def test_a_detached_run_holds_the_ttl_until_its_timeout(nexus_home):
     finally:
         manager.stop(sandbox_id)
         manager.close()
+
+
+@needs_bwrap
+def test_second_ctrl_c_detaches_and_says_how_to_reattach(sandbox):
+    code = ("import time\nprint('first', flush=True)\ntry:\n    time.sleep(30)\n"
+            "except KeyboardInterrupt:\n    print('caught', flush=True)\n    time.sleep(1.5)\n"
+            "    print('after', flush=True)\n")
+    client = popen("sandbox", "run", sandbox, "-c", code)
+    assert client.stdout.readline() == "first\n"
+    client.send_signal(signal.SIGINT)  # interrupts the run, which catches it
+    assert client.stdout.readline() == "caught\n"
+    client.send_signal(signal.SIGINT)  # detaches
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 130
+    [command] = [line for line in err.splitlines() if "detached" in line]
+    run_id = command.split("nexus sandbox logs ")[1].split()[0]
+    assert run_id.startswith(sandbox + ":")
+    rest = nexus("sandbox", "logs", run_id, "--follow")
+    assert (rest.stdout, rest.returncode) == ("first\ncaught\nafter\n", 130)

@@ -22,12 +22,17 @@ KEEP_FINISHED = 16
 SUMMARY_FIELDS = ("exit_code", "ended_by", "usage", "timed_out", "interrupted", "truncated")
 
 
-def _size(fields: dict) -> int:
-    """What an event costs in the buffer: its text (outputs), else its fields' lengths."""
+#: What keeping one event costs beyond its text (its dict and tuple), so that the buffer's
+#: bound is about its memory even for a run of many tiny writes.
+EVENT_OVERHEAD = 256
+
+
+def _text_size(fields: dict) -> int:
+    """An event's size: its text (outputs), else its fields' lengths."""
     data = fields.get("data")
     if isinstance(data, str) and len(fields) == 1:
-        return len(data) + 32
-    return 32 + sum(len(str(v)) for v in fields.values())
+        return len(data)
+    return sum(len(str(v)) for v in fields.values())
 
 
 class RunEntry:
@@ -46,6 +51,7 @@ class RunEntry:
         self.interrupter = None  # callable: interrupt this run while it runs
         self._cond = threading.Condition()
         self._events: collections.deque = collections.deque()  # (seq, ev, fields, size)
+        self._dropped_events = 0
         self._next = 0  # seq of the next event
         self._bytes = 0
         self.dropped_bytes = 0  # of events dropped from the start of the buffer
@@ -55,15 +61,16 @@ class RunEntry:
         return self.done is not None or self.error is not None
 
     def add(self, ev: str, fields: dict) -> None:
-        size = _size(fields)
+        size = _text_size(fields)
         with self._cond:
             self._events.append((self._next, ev, fields, size))
             self._next += 1
-            self._bytes += size
+            self._bytes += size + EVENT_OVERHEAD
             while self._bytes > REPLAY_BYTES and len(self._events) > 1:
                 old = self._events.popleft()
-                self._bytes -= old[3]
+                self._bytes -= old[3] + EVENT_OVERHEAD
                 self.dropped_bytes += old[3]
+                self._dropped_events += 1
             self._cond.notify_all()
 
     def finish(self, done: dict | None = None, error: str | None = None) -> None:
@@ -120,8 +127,7 @@ class RunEntry:
     def _gap(self, start: int, end: int) -> int:
         """Bytes of the events ``start`` .. ``end`` - 1 that left the buffer (the caller
         holds the lock): their count times the mean event size dropped so far."""
-        dropped_events = self._next - len(self._events)
-        mean = self.dropped_bytes / dropped_events if dropped_events else 0
+        mean = self.dropped_bytes / self._dropped_events if self._dropped_events else 0
         return int((end - start) * mean)
 
 
