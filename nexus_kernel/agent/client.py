@@ -337,7 +337,9 @@ class AgentClient:
         caller that stops waiting can :meth:`attach` to it later."""
         args = _run_args(language, code, timeout, session, output_limit, stdin,
                          stderr_traceback, deadline, input_data, execution_count)
-        collector = _Collector(on_event, on_run_id)
+        collector = _Collector(on_event, args["run_id"])
+        if on_run_id is not None:
+            on_run_id(args["run_id"])
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
         return collector.result(self._call("run", args, collector, wait, max_bytes=budget))
@@ -350,11 +352,10 @@ class AgentClient:
         args = _run_args(language, code, timeout, session, output_limit, False, True,
                          deadline, input_data, None)
         done = self._call("run", {**args, "detach": True}, None, 30.0)
-        run_id = done.get("run_id")
-        if not _is_run_id(run_id):
+        if done.get("run_id") != args["run_id"]:
             raise AgentError("the sandbox's agent cannot detach runs (it is older than this "
                              "nexus-kernel): stop the sandbox and create a new one")
-        return run_id
+        return args["run_id"]
 
     def attach(self, run_id: str, *, follow: bool = True, wait: float | None = None,
                output_limit: int = DEFAULT_OUTPUT_LIMIT,
@@ -363,7 +364,7 @@ class AgentClient:
         live until it ends: the result of :meth:`run` plus ``state`` (``finished`` or, not
         following, ``running``) and ``dropped_bytes`` (output the replay misses: the
         agent's buffer keeps the last few MiB of a run). ``wait``: seconds to wait at most."""
-        collector = _Collector(on_event, None)
+        collector = _Collector(on_event, run_id)
         budget = JSON_EXPANSION * (output_limit + REPLAY_BYTES) + RUN_SLACK_BYTES
         done = self._call("attach", {"run_id": run_id, "follow": follow}, collector, wait,
                           max_bytes=budget)
@@ -455,9 +456,10 @@ class AgentClient:
 def _run_args(language: str, code: str, timeout: float | None, session: str | None,
               output_limit: int, stdin: bool, stderr_traceback: bool, deadline: float | None,
               input_data: str | None, execution_count: int | None) -> dict[str, Any]:
-    """The fields of a ``run`` request."""
+    """The fields of a ``run`` request, with a new run id."""
     args: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
     args |= {
+        "run_id": "r" + secrets.token_hex(6),
         "language": language,
         "code": code,
         "timeout": timeout,
@@ -476,14 +478,12 @@ def _run_args(language: str, code: str, timeout: float | None, session: str | No
 
 
 class _Collector:
-    """Gathers a run's events into its result, passing each on to ``on_event``; the
-    ``run`` event (the run's id, sent first) goes to ``on_run_id``."""
+    """Gathers the events of run ``run_id`` into its result, passing each on to
+    ``on_event``."""
 
-    def __init__(self, on_event: Callable[[dict], None] | None,
-                 on_run_id: Callable[[str], None] | None) -> None:
+    def __init__(self, on_event: Callable[[dict], None] | None, run_id: str) -> None:
         self.on_event = on_event
-        self.on_run_id = on_run_id
-        self.run_id: str | None = None
+        self.run_id = run_id
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.display: list[dict] = []
@@ -491,12 +491,6 @@ class _Collector:
 
     def __call__(self, event: dict) -> None:
         kind = event.get("ev")
-        if kind == "run":
-            if _is_run_id(event.get("run_id")) and self.run_id is None:
-                self.run_id = event["run_id"]
-                if self.on_run_id is not None:
-                    self.on_run_id(self.run_id)
-            return
         if kind == "stdout":
             self.stdout.append(event.get("data", ""))
         elif kind == "stderr":

@@ -131,6 +131,16 @@ class RunEntry:
         return int((end - start) * mean)
 
 
+def new_run_id() -> str:
+    """``r`` and 12 random hex digits."""
+    return "r" + os.urandom(6).hex()
+
+
+def is_run_id(value) -> bool:
+    return (isinstance(value, str) and len(value) == 13 and value[0] == "r"
+            and all(c in "0123456789abcdef" for c in value[1:]))
+
+
 class RunFailed(Exception):
     """The run ended without a result (the agent could not do it)."""
 
@@ -142,9 +152,12 @@ class Registry:
         self._lock = threading.Lock()
         self._runs: dict = {}  # insertion order = start order
 
-    def start(self, language: str, session, timeout, detached: bool) -> RunEntry:
-        entry = RunEntry("r" + os.urandom(6).hex(), language, session, timeout, detached)
+    def start(self, run_id, language: str, session, timeout, detached: bool) -> RunEntry | None:
+        """A new run's entry (``run_id`` None: a new id); None when ``run_id`` is in use."""
+        entry = RunEntry(run_id or new_run_id(), language, session, timeout, detached)
         with self._lock:
+            if entry.id in self._runs:
+                return None
             self._runs[entry.id] = entry
             finished = [e for e in self._runs.values() if e.finished]
             for old in finished[: max(0, len(finished) - KEEP_FINISHED)]:

@@ -15,7 +15,7 @@ import time
 
 from .files import read_file, write_file
 from .procs import TAG_VAR, ProcessTable, Reaper, harden
-from .registry import KEEP_FINISHED, Registry, RunFailed, Tee
+from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
 from .usage import Meter
@@ -316,13 +316,17 @@ class Agent:
         detach = msg.get("detach", False)
         if not isinstance(detach, bool):
             raise Invalid("detach must be true or false")
+        run_id = msg.get("run_id")  # the client's choice, so it knows it before any event
+        if run_id is not None and not is_run_id(run_id):
+            raise Invalid("run_id must be 'r' and 12 lowercase hex digits, or null")
         self.interpreter(language)
         if deadline is not None:
             self.set_deadline(deadline)
-        entry = self.registry.start(language, session, timeout, detach)
+        entry = self.registry.start(run_id, language, session, timeout, detach)
+        if entry is None:
+            raise Invalid(f"run_id {run_id!r} is in use in this sandbox")
         args = (entry, language, code, timeout, session, limit, input_data, options)
         if not detach:
-            reply.event("run", run_id=entry.id)
             return self._execute(Tee(entry, reply), *args)
         try:
             threading.Thread(target=self._detached, args=args, daemon=True).start()
