@@ -145,6 +145,10 @@ class NexusFS:
         TTL waits for it) and :meth:`sandbox_attach` gives its result. ``on_run_id`` is
         called with the run id as soon as a waited-for run started."""
         if not wait:
+            if on_event is not None or on_run_id is not None:
+                raise InvalidArgumentError(
+                    "on_event and on_run_id are for a run you wait for; with wait=False "
+                    "stream its events with sandbox_attach(run_id, on_event=...)")
             run_id = self.manager.start(sandbox_id, language, code, timeout, session=session,
                                         input_data=input_data)
             return {"sandbox_id": sandbox_id, "run_id": run_id, "state": "running"}

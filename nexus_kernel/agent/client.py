@@ -351,7 +351,7 @@ class AgentClient:
         once; :meth:`attach` replays and follows it."""
         args = _run_args(language, code, timeout, session, output_limit, False, True,
                          deadline, input_data, None)
-        done = self._call("run", {**args, "detach": True}, None, 30.0)
+        done = self._call("run", {**args, "detach": True}, None, 30.0, max_bytes=MAX_RUNS_BYTES)
         if done.get("run_id") != args["run_id"]:
             raise AgentError("the sandbox's agent cannot detach runs (it is older than this "
                              "nexus-kernel): stop the sandbox and create a new one")

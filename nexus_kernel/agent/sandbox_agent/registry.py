@@ -50,10 +50,11 @@ class RunEntry:
         self.error: str | None = None  # why it failed (no ``done``)
         self.interrupter = None  # callable: interrupt this run while it runs
         self._cond = threading.Condition()
-        self._events: collections.deque = collections.deque()  # (seq, ev, fields, size)
-        self._dropped_events = 0
+        #: (seq, ev, fields, size, offset: the text bytes of the run before this event)
+        self._events: collections.deque = collections.deque()
         self._next = 0  # seq of the next event
-        self._bytes = 0
+        self._total = 0  # text bytes of every event so far
+        self._bytes = 0  # what the buffer holds, EVENT_OVERHEAD included
         self.dropped_bytes = 0  # of events dropped from the start of the buffer
 
     @property
@@ -63,14 +64,14 @@ class RunEntry:
     def add(self, ev: str, fields: dict) -> None:
         size = _text_size(fields)
         with self._cond:
-            self._events.append((self._next, ev, fields, size))
+            self._events.append((self._next, ev, fields, size, self._total))
             self._next += 1
+            self._total += size
             self._bytes += size + EVENT_OVERHEAD
             while self._bytes > REPLAY_BYTES and len(self._events) > 1:
                 old = self._events.popleft()
                 self._bytes -= old[3] + EVENT_OVERHEAD
                 self.dropped_bytes += old[3]
-                self._dropped_events += 1
             self._cond.notify_all()
 
     def finish(self, done: dict | None = None, error: str | None = None) -> None:
@@ -100,19 +101,18 @@ class RunEntry:
         the new ones until the run ends or the connection closes. Returns the ``done``
         fields: the run's own once it ended (with ``state``), and ``dropped_bytes``, what
         this replay misses (cut from the buffer's start, or passed while it fell behind)."""
-        seq, missed = 0, 0
+        seq, offset, missed = 0, 0, 0  # offset: text bytes of the events before seq
         while True:
             with self._cond:
                 while (follow and not self.finished and self._next == seq
                        and not reply.conn.closed):
                     self._cond.wait(1.0)
                 batch = [e for e in self._events if e[0] >= seq]
-                first = batch[0][0] if batch else self._next
-                if first > seq:  # left the buffer before this replay read them
-                    missed += self._gap(seq, first)
-                seq = self._next
+                # what left the buffer before this replay read it:
+                missed += (batch[0][4] if batch else self._total) - offset
+                seq, offset = self._next, self._total
                 ended = self.finished
-            for _, ev, fields, _ in batch:
+            for _, ev, fields, _, _ in batch:
                 reply.event(ev, **fields)
             if ended or not follow or reply.conn.closed:
                 break
@@ -123,12 +123,6 @@ class RunEntry:
         done["state"] = "finished" if ended else "running"
         done["dropped_bytes"] = missed
         return done
-
-    def _gap(self, start: int, end: int) -> int:
-        """Bytes of the events ``start`` .. ``end`` - 1 that left the buffer (the caller
-        holds the lock): their count times the mean event size dropped so far."""
-        mean = self.dropped_bytes / self._dropped_events if self._dropped_events else 0
-        return int((end - start) * mean)
 
 
 def new_run_id() -> str:
