@@ -377,7 +377,6 @@ class SandboxManager:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        raw["run_id"] = rid
         return (_exec_result(sandbox_id, raw, trusted),
                 {"state": raw["state"], "dropped_bytes": raw["dropped_bytes"]})
 

@@ -10,6 +10,7 @@ output back); a follower reads the buffer from a thread of its own and never slo
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
@@ -107,7 +108,8 @@ class RunEntry:
                 while (follow and not self.finished and self._next == seq
                        and not reply.conn.closed):
                     self._cond.wait(1.0)
-                batch = [e for e in self._events if e[0] >= seq]
+                skip = seq - self._events[0][0] if self._events else 0
+                batch = list(itertools.islice(self._events, max(0, skip), None))
                 # what left the buffer before this replay read it:
                 missed += (batch[0][4] if batch else self._total) - offset
                 seq, offset = self._next, self._total
