@@ -18,7 +18,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
@@ -366,8 +366,9 @@ class AgentClient:
         agent's buffer keeps the last few MiB of a run). ``wait``: seconds to wait at most."""
         collector = _Collector(on_event, run_id)
         budget = JSON_EXPANSION * (output_limit + REPLAY_BYTES) + RUN_SLACK_BYTES
-        done = self._call("attach", {"run_id": run_id, "follow": follow}, collector, wait,
-                          max_bytes=budget)
+        with _older_agent("attach"):
+            done = self._call("attach", {"run_id": run_id, "follow": follow}, collector, wait,
+                              max_bytes=budget)
         result = collector.result(done)
         result["state"] = "running" if done.get("state") == "running" else "finished"
         dropped = done.get("dropped_bytes")
@@ -377,7 +378,8 @@ class AgentClient:
     def runs(self) -> list[dict]:
         """The sandbox's runs (running, and the last finished ones), oldest first: see
         :func:`_run_info` for the keys."""
-        done = self._call("runs", {}, None, 30.0, max_bytes=MAX_RUNS_BYTES)
+        with _older_agent("runs"):
+            done = self._call("runs", {}, None, 30.0, max_bytes=MAX_RUNS_BYTES)
         raw = done.get("runs")
         return [_run_info(r) for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
 
@@ -451,6 +453,18 @@ class AgentClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _older_agent(op: str) -> Iterator[None]:
+    """An agent that does not know ``op`` (older than this client) as one AgentError."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        if not str(exc).startswith(f"unknown op {op!r}"):
+            raise
+        raise AgentError("this sandbox's agent is older than this nexus-kernel and keeps no "
+                         "runs to list or replay: stop the sandbox and create a new one") from None
 
 
 def _run_args(language: str, code: str, timeout: float | None, session: str | None,
