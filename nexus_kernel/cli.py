@@ -1,4 +1,4 @@
-"""The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
+"""The ``nexus`` command: ``nexus sandbox create|run|logs|runs|pause|resume|stop|list|status|reap``,
 ``nexus template ...``, ``nexus kernel install`` and ``nexus mcp``.
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr;
