@@ -117,8 +117,8 @@ def events_table(events: list[dict[str, Any]]) -> str:
         return "no denied network requests\n"
     lines = []
     for event in events:
-        run = f"run {event['run']}" if event.get("run") else "-"
-        lines.append(f"{iso(event['time'])}  {run:>7}  {denial_line(event)[len('Nexus: '):]}\n")
+        run = f"run {event['run']}" if event.get("run") else "between runs"
+        lines.append(f"{iso(event['time'])}  {run}  {denial_line(event)[len('Nexus: '):]}\n")
     return "".join(lines)
 
 

@@ -105,9 +105,6 @@ class SandboxRecord:
     #: What its runs cost so far: ``{"runs", "cpu_s", "max_peak_memory_bytes"}`` (see
     #: :func:`add_usage`).
     usage_totals: dict[str, Any] = field(default_factory=dict)
-    #: ``[start, end, run number]`` of its last RUN_WINDOWS runs (epoch seconds): which run
-    #: an egress denial happened in.
-    run_windows: list[list[float]] = field(default_factory=list)
     #: Who uses it, when that is a long-lived client (``jupyter-kernel:<kernel id>``): a
     #: restarted kernel finds the sandbox of its previous run by it.
     client_id: str | None = None
@@ -160,19 +157,16 @@ class SandboxRecord:
         }
 
 
-#: Run windows a record keeps (``SandboxRecord.run_windows``).
-RUN_WINDOWS = 64
-
-
-def attribute_runs(events: list[dict[str, Any]], windows: list[list[float]]) -> list[dict[str, Any]]:
-    """``events`` (each with a ``time``) with ``run``: the number of the run whose window
-    holds it (the latest such run), or None."""
+def attribute_runs(events: list[dict[str, Any]],
+                   windows: list[tuple[float, float, str]]) -> list[dict[str, Any]]:
+    """``events`` (each with a ``time``) with ``run``: the id of the run whose window
+    ``(start, end, run_id)`` holds it (the latest such run), or None."""
     out = []
     for event in events:
         run = None
-        for start, end, number in windows:
+        for start, end, run_id in windows:
             if start <= event["time"] <= end:
-                run = int(number)
+                run = run_id
         out.append({**event, "run": run})
     return out
 
@@ -314,6 +308,8 @@ class ExecResult:
     #: Connections and DNS lookups the egress policy refused during the run:
     #: ``{time, host, port, reason, run}`` each (port None for a lookup).
     network_denials: tuple[dict[str, Any], ...] = ()
+    #: The run's id (``sb_…:r…``): ``sandbox_attach`` / ``nexus sandbox logs`` replay it.
+    run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -316,7 +316,8 @@ def test_a_cells_network_denials_show_under_it(start_kernel) -> None:
                                     "allow-list\n")
     assert [e["host"] for e in reply["metadata"]["nexus"]["network_denials"]] == ["unlisted.test"]
     _, out = kernel.execute("%sandbox events")
-    assert "run 1" in texts(out) and "unlisted.test:80" in texts(out)
+    run_id = reply["metadata"]["nexus"]["network_denials"][0]["run"]
+    assert f"run {run_id}" in texts(out) and "unlisted.test:80" in texts(out)
     _, out = kernel.execute("%sandbox status")
     assert "network allow allowed.test:9" in texts(out)
 

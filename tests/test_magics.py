@@ -220,7 +220,7 @@ def test_an_allow_list_sandbox_shows_its_denials(shell, magics):
     assert out.stdout == "403"
     assert out.stderr == "Nexus: network denied example.net:80: host not in the allow-list\n"
     _, shown = line(shell, "events")
-    assert "run 1" in shown.stdout and "example.net:80" in shown.stdout
+    assert f"run {card['sandbox_id']}:r" in shown.stdout and "example.net:80" in shown.stdout
 
 
 def test_output_streams_into_the_cell_while_the_code_runs(shell, magics, current, monkeypatch):

@@ -112,6 +112,7 @@ def test_allowed_name_reaches_its_server_and_the_rest_is_denied_and_recorded(box
     # A direct connection never reaches the proxy: it fails (no route), unrecorded.
     assert all(e["host"] != "10.1.2.3" or e["port"] == 80 for e in result.network_denials)
     run = result.network_denials[0]["run"]
+    assert run == result.run_id and run.startswith(record.sandbox_id + ":")
     events = manager.network_events(record.sandbox_id)
     assert {(e["host"], e["port"], e["run"]) for e in events} >= {(h, p, run) for h, p in denied}
     assert all(set(e) == {"time", "host", "port", "reason", "run"} for e in events)
@@ -178,7 +179,9 @@ def test_cli_allow_and_events(nexus_home: Path, server: int):
         assert run.stdout == "403", run
         assert f"Nexus: network denied elsewhere.test:{server}: host not in the allow-list" in run.stderr
         events = nexus("sandbox", "events", sid, "--json")
-        assert [(e["host"], e["run"]) for e in json.loads(events.stdout)] == [("elsewhere.test", 1)]
+        found = json.loads(events.stdout)
+        assert [e["host"] for e in found] == ["elsewhere.test"]
+        assert found[0]["run"].startswith(sid + ":r")  # the run's id (nexus sandbox logs ID)
     finally:
         nexus("sandbox", "stop", sid)
 
