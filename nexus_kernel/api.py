@@ -111,12 +111,21 @@ class NexusFS:
         ttl_minutes: float | None = None,
         template_id: str | None = None,
         provider: str | None = None,
-        network: bool | None = None,
+        network: bool | str | list[str] | None = None,
     ) -> dict[str, Any]:
         """Create a sandbox; returns its description (``sandbox_id``, ``status`` …).
-        ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10)."""
+        ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10).
+        ``network``: False/"none", True/"all", or an allow-list such as
+        ``["pypi.org", "api.example.com:443"]`` (a bare name allows ports 80 and 443);
+        None: ``NEXUS_NETWORK`` / ``NEXUS_NETWORK_ALLOW``."""
         return self._describe(self.manager.create(name, ttl_minutes, template_id,
                                                   provider=provider, network=network))
+
+    def sandbox_events(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """Network requests the sandbox's allow-list refused, oldest first:
+        ``{time, host, port, reason, run}`` (``port`` None for a DNS lookup, ``run`` the
+        id of the run it happened in)."""
+        return self.manager.network_events(sandbox_id)
 
     def sandbox_run(
         self,

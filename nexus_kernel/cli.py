@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
+from .egress import denial_line, events_table, network_text
 from .errors import ExecutionTimeoutError, SandboxError, UsageError
 from .models import totals_summary, usage_summary
 
@@ -112,7 +113,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--provider", metavar="NAME",
                    help=f"where it runs: local, docker, e2b or modal {provider}")
     p.add_argument("--network", action=argparse.BooleanOptionalAction,
-                   help=f"allow network access {network}")
+                   help=f"allow all network access {network}")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="allow only this host (a bare name: ports 80 and 443; *.example.org: "
+                        "its subdomains); repeat for more. Denied requests are listed by "
+                        "'nexus sandbox events' " + _default(settings, "network_allow",
+                                                              settings.network_allow or "none"))
 
     p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
     sandbox_id(p)
@@ -143,7 +149,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "'nexus sandbox logs RUN_ID --follow' shows its output")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
-                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
+                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox"),
+                       ("events", "network requests its allow-list denied (--allow)")]:
         sandbox_id(command(name, text))
 
     p = command("logs", "replay a run's output from its start and its exit code (any "
@@ -225,6 +232,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "lean local sandboxes (sets NEXUS_TEMPLATE)")
     p.add_argument("--network", action="store_true",
                    help="this kernel's sandboxes have network (sets NEXUS_NETWORK=1)")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="this kernel's sandboxes reach only this host (bare name: ports 80 and "
+                        "443); repeat for more (sets NEXUS_NETWORK_ALLOW)")
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
@@ -314,8 +324,11 @@ def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
     from .validation import check_ttl
 
     ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
+    if args.allow and args.network:
+        raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+    network = args.allow if args.allow else args.network
     sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
-                           provider=args.provider, network=args.network)
+                           provider=args.provider, network=network)
     _emit(args, sb, f"Created sandbox: {sb['sandbox_id']}")
     return 0
 
@@ -386,6 +399,8 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
         if result.get("oom_killed"):
             print("nexus: out of memory: the sandbox's memory limit was reached and a "
                   "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
+        for event in result.get("network_denials") or ():
+            print(denial_line(event), file=sys.stderr)
         if args.verbose:
             print(f"nexus: {usage_summary(result['ended_by'], result['usage'])}",
                   file=sys.stderr)
@@ -537,11 +552,21 @@ _cmd_resume = _lifecycle("resume", "Resumed")
 _cmd_stop = _lifecycle("stop", "Stopped")
 
 
+def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
+    events = nx.sandbox_events(args.sandbox_id)
+    if args.json:
+        print(json.dumps(events))
+        return 0
+    print(events_table(events), end="")
+    return 0
+
+
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     sb = nx.sandbox_status(args.sandbox_id)
     keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
+    human += f"\nnetwork: {network_text(sb.get('network_allow') or sb['network'])}"
     human += f"\nusage: {totals_summary(sb['usage_totals'])}"
     _emit(args, sb, human)
     return 0
@@ -737,10 +762,19 @@ def _kernel_install(args: argparse.Namespace) -> int:
         raise UsageError(f"--template {args.template!r} is not a template or image name")
     name = args.name or KERNEL_NAME + "".join(
         f"-{part}" for part in (args.provider, args.template and _spec_part(args.template),
-                                args.network and "network", args.trusted_output and "trusted")
+                                args.network and "network", args.allow and "allow",
+                                args.trusted_output and "trusted")
         if part)
     spec = kernel_spec(sys.executable, args.provider, args.trusted_output, args.template,
                        args.network)
+    if args.allow:
+        from .egress import parse_allow
+
+        if args.network:
+            raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+        allow = " ".join(parse_allow(args.allow))
+        spec["display_name"] += " (allow-list)"
+        spec["env"]["NEXUS_NETWORK_ALLOW"] = allow
     if args.display_name:
         spec["display_name"] = args.display_name
     prefix = sys.prefix if args.sys_prefix else args.prefix

@@ -14,9 +14,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+from .egress import parse_allow, parse_policy
 from .errors import (
     CLI_COMMAND,
     AgentError,
@@ -27,6 +29,7 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStateError,
     StoreDamagedError,
+    UnsupportedOperationError,
 )
 from .models import (
     ExecResult,
@@ -35,6 +38,7 @@ from .models import (
     SandboxSpec,
     Status,
     add_usage,
+    attribute_runs,
     iso,
 )
 from .providers import Provider, provider_class
@@ -184,22 +188,33 @@ class SandboxManager:
         template_id: str | None = None,
         *,
         provider: str | None = None,
-        network: bool | None = None,
+        network: Any = None,
         client_id: str | None = None,
     ) -> SandboxRecord:
-        """Start a sandbox and return its record (status active). ``client_id`` names the
-        long-lived client using it (see :meth:`of_client`)."""
+        """Start a sandbox and return its record (status active). ``network``: the policy,
+        False/"none", True/"all", or an allow-list of host names and host:port (a list, or
+        one string of them; see :mod:`nexus_kernel.egress`); None: the ``network`` and
+        ``network_allow`` settings. ``client_id`` names the long-lived client using it
+        (see :meth:`of_client`)."""
         name = check_name(name)
         ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
         if template_id is not None and (not isinstance(template_id, str) or not template_id):
             raise InvalidArgumentError("template_id must be a non-empty string")
-        network = self.settings.network if network is None else bool(network)
+        if network is None:
+            network = self.settings.network
+            allow = () if network else parse_allow(self.settings.network_allow)
+        else:
+            network, allow = parse_policy(network)
         provider_name = provider or self.settings.provider
         backend = self.provider(provider_name)  # fails here, before anything is stored
         if network and not backend.capabilities.network:
             raise InvalidArgumentError(f"the {provider_name} provider cannot enable network")
+        if allow and not backend.capabilities.egress_allow:
+            raise UnsupportedOperationError(
+                f"the {provider_name} provider cannot enforce a network allow-list; use the "
+                "local provider, or network 'all' / 'none' here")
         self.reap_expired()
-        if self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
+        if not allow and self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
             pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
                                      template_id=template_id, network=network)
             if pooled is not None:
@@ -216,6 +231,7 @@ class SandboxManager:
             now=self.clock(),
             template_id=template_id,
             network=network,
+            network_allow=list(allow),
             creator=process_identity(),
             client_id=client_id,
         )
@@ -225,6 +241,7 @@ class SandboxManager:
             owner=self.user,
             template_id=template_id,
             network=network,
+            allow=allow,
             limits=self.settings.limits,
             deadline=watchdog_deadline(record.expires_at),
             store_id=self.store.store_id,
@@ -279,6 +296,7 @@ class SandboxManager:
         record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
                                                      else 0.0)
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+        started = time.time()  # the egress proxy's clock: wall time, not the manager's
         try:
             raw = client.run(
                 language,
@@ -301,6 +319,11 @@ class SandboxManager:
             raise
         self._touch(record, finished=raw)
         result = _exec_result(sandbox_id, raw, trusted)
+        if record.network_allow:
+            ended = time.time()
+            result = replace(result, network_denials=tuple(
+                {**event, "run": result.run_id} for event in self.provider(record.provider)
+                .network_events(record.handle, since=started) if event["time"] <= ended))
         if result.timed_out:
             raise ExecutionTimeoutError(timeout, result)
         return result
@@ -510,6 +533,21 @@ class SandboxManager:
             return record
         with self.store.lock(sandbox_id):
             return self.reaper.end(self._load(sandbox_id), reason=None)
+
+    def network_events(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's egress denials, oldest first: ``{time, host, port, reason, run}``
+        (``run``: the id of the run it happened in, among the runs the agent still keeps;
+        None between runs)."""
+        record = self._load(sandbox_id)
+        if not record.network_allow or record.status is Status.STOPPED:
+            return []
+        events = self.provider(record.provider).network_events(record.handle)
+        if not events or record.status is not Status.ACTIVE:
+            return attribute_runs(events, [])
+        now = time.time()
+        windows = [(run["started_at"], run.get("ended_at") or now, run["run_id"])
+                   for run in self.runs(sandbox_id) if run.get("started_at")]
+        return attribute_runs(events, windows)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         """The stored record after the expiry check, without asking the provider whether

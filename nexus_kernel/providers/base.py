@@ -56,6 +56,8 @@ class Capabilities:
     pause: bool = True
     resume: bool = True
     network: bool = True
+    #: Can enforce an egress allow-list (``SandboxSpec.allow``).
+    egress_allow: bool = False
     gpu: bool = False
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
@@ -118,6 +120,11 @@ class Provider(ABC):
     @abstractmethod
     def alive(self, handle: Handle) -> bool:
         """True while the sandbox's resource exists (running or paused)."""
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """Egress denials of the sandbox (``{time, host, port, reason}``, newest last) from
+        ``since`` (epoch seconds) on. Default: none (providers without an allow-list)."""
+        return []
 
     def cap_reached(self, handle: Handle) -> str:
         """The platform's runtime cap, named, once the sandbox has passed its hard end (it

@@ -6,7 +6,8 @@ ends when the agent ends: the agent's deadline watchdog enforces the TTL inside 
 even when no client is alive, and ``auto_remove`` deletes it then.
 
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
-no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
+no network unless asked (an allow-list: ``network none`` plus the host-side egress proxy of
+:mod:`.docker_egress`), every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
 (the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their
 pages count against the memory cap), a host uid of the sandbox's own (below), no host mounts
@@ -64,6 +65,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
+from . import docker_egress
 from ._launch import (
     agent_command,
     import_sdk,
@@ -329,7 +331,7 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):
@@ -372,6 +374,8 @@ class DockerProvider(Provider):
         client = self._client(host)
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        if spec.allow:
+            docker_egress.check(self.settings)
         with _api_errors(host, "find the template's image"):  # a docker template, or an image
             image = template_image(client.api, spec.template_id or self.settings.docker_image)
         with _api_errors(host, "fill the agent volume"):
@@ -400,6 +404,9 @@ class DockerProvider(Provider):
         }
         try:
             self._start_agent(client, container_id, token, image)
+            if spec.allow:  # before any user code: the agent has only just said READY
+                pid = client.api.inspect_container(container_id)["State"]["Pid"]
+                handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
@@ -418,6 +425,7 @@ class DockerProvider(Provider):
             ),
             mounts=[agent_mount(agent_version)],
             **hardening(spec.limits, spec.network, uid),
+            **docker_egress.host_options(spec.allow),
         )
         try:
             return client.api.create_container(
@@ -425,7 +433,7 @@ class DockerProvider(Provider):
                 # the agent is the entrypoint: an image's own entrypoint never wraps it
                 entrypoint=container_command(spec.deadline),
                 user=f"{uid}:{uid}",
-                environment=SANDBOX_ENV,
+                environment={**SANDBOX_ENV, **docker_egress.environment(spec.allow)},
                 working_dir=HOME,
                 hostname="sandbox",
                 labels={**resource_labels(spec, "."), UID_LABEL: str(uid)},
@@ -518,6 +526,7 @@ class DockerProvider(Provider):
         """Kill and remove the container at once (SIGKILL, no stop grace). Idempotent."""
         docker = import_sdk("docker", "docker")
         container_id = handle.get("container_id")
+        docker_egress.stop(handle)
         if not container_id:
             return
         host = self._host(handle)
@@ -530,6 +539,10 @@ class DockerProvider(Provider):
                 if exc.status_code == 409 and "in progress" in _explain(exc):
                     return  # auto-remove (agent deadline) got there first
                 raise
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """The egress proxy's denials (see :mod:`.docker_egress`)."""
+        return docker_egress.events(handle, since)
 
     def state(self, handle: Handle) -> str | None:
         """Docker's state of the container ("running", "paused", "exited", …), None if gone."""
