@@ -10,7 +10,6 @@ from the manager's ``clock``.
 from __future__ import annotations
 
 import errno
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -201,6 +200,8 @@ class SandboxManager:
                                      template_id=template_id, network=network)
             if pooled is not None:
                 return self._save(pooled.sandbox_id, client_id=client_id) if client_id else pooled
+
+        import secrets  # (hashlib, random): not for commands that only read
 
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = SandboxRecord.new(
