@@ -82,6 +82,7 @@ class SandboxManager:
         self.store = store or Store(self.settings.store_dir)
         self._provider_options = provider_options or {}
         self._providers: dict[str, Provider] = {}
+        self._checked: set[str] = set()  # providers whose check_available passed
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
         self._pool: WarmPool | None = None
@@ -89,14 +90,17 @@ class SandboxManager:
 
     # ----------------------------------------------------------------- plumbing
 
-    def provider(self, name: str) -> Provider:
-        """The (cached) provider instance called ``name``."""
+    def provider(self, name: str, *, check: bool = True) -> Provider:
+        """The (cached) provider instance called ``name``, its ``check_available`` passed.
+        ``check=False`` skips that check (local's probes bubblewrap with a jail): for what
+        only asks a sandbox's liveness or removes what it left (reconcile, ``list``)."""
+        options = self._provider_options.get(name, {})
         with self._lock:
+            if check and name not in self._checked:
+                provider_class(name).check_available(self.settings, **options)
+                self._checked.add(name)
             if name not in self._providers:
-                cls = provider_class(name)
-                options = self._provider_options.get(name, {})
-                cls.check_available(self.settings, **options)
-                self._providers[name] = cls(self.settings, **options)
+                self._providers[name] = provider_class(name)(self.settings, **options)
             return self._providers[name]
 
     def loaded_providers(self) -> set[str]:

@@ -18,7 +18,7 @@ from nexus_kernel.models import SandboxRecord, Status
 from nexus_kernel.reaper import host_boot_id
 from nexus_kernel.store import Store
 
-from .conftest import ROOT
+from .conftest import ROOT, needs_bwrap
 
 #: Never imported by a command that does not use them.
 HEAVY = ["docker", "e2b", "modal", "IPython", "ipykernel", "jupyter_client", "zmq", "asyncio",
@@ -36,17 +36,25 @@ except SystemExit as exc:  # --help
     code = exc.code
 heavy = json.loads(sys.argv[1])
 loaded = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))
-print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+local = sys.modules.get("nexus_kernel.providers.local")
+probes = len(local.LocalProvider._probe_cache) if local else 0  # bubblewrap jails started
+print(json.dumps({"code": code, "loaded": loaded, "probes": probes}), file=sys.stderr)
 """
 
 
-def loaded_by(*argv: str) -> list[str]:
+def probe(*argv: str) -> dict:
+    """``nexus ARGV`` in a fresh process: its exit code, the heavy modules it loaded, and
+    how many bubblewrap availability probes it ran."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY + WRITERS), *argv],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["code"] == 0, done.stderr
-    return report["loaded"]
+    return report
+
+
+def loaded_by(*argv: str) -> list[str]:
+    return probe(*argv)["loaded"]
 
 
 @pytest.fixture
@@ -81,3 +89,15 @@ def test_a_due_reap_writes_through_diskcache(used_home):
     store.set_meta("last_reap", 0.0)
     store.close()
     assert "diskcache" in loaded_by("sandbox", "list", "--json")
+
+
+@needs_bwrap
+def test_list_asks_a_local_sandbox_liveness_without_probing_bubblewrap(nx):
+    """Liveness is a /proc read: ``list`` and ``status`` do not start the jail that
+    ``check_available`` starts to see that bubblewrap works (create still does)."""
+    sandbox_id = nx.sandbox_create("live")["sandbox_id"]
+    for argv in (["sandbox", "list", "--json"], ["sandbox", "status", sandbox_id, "--json"]):
+        report = probe(*argv)
+        assert report["probes"] == 0 and "nexus_kernel.providers.local" in report["loaded"]
+        assert "nexus_kernel.agent.client" not in report["loaded"]  # no connection is made
+    assert nx.sandbox_status(sandbox_id)["status"] == "active"
