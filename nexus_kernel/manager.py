@@ -92,8 +92,8 @@ class SandboxManager:
 
     def provider(self, name: str, *, check: bool = True) -> Provider:
         """The (cached) provider instance called ``name``, its ``check_available`` passed.
-        ``check=False`` skips that check (local's probes bubblewrap with a jail): for what
-        only asks a sandbox's liveness or removes what it left (reconcile, ``list``)."""
+        ``check=False`` skips that check, for a liveness question the provider answers
+        without it (``Provider.alive_without_check``) and the cleanup of a dead sandbox."""
         options = self._provider_options.get(name, {})
         with self._lock:
             if check and name not in self._checked:

@@ -130,7 +130,8 @@ class Reaper:
         if record.status not in (Status.ACTIVE, Status.PAUSED) or not record.handle:
             return record
         try:
-            backend = self.manager.provider(record.provider, check=False)
+            check = not provider_class(record.provider).alive_without_check
+            backend = self.manager.provider(record.provider, check=check)
             alive = backend.alive(record.handle)
         except Exception:
             return record  # cannot tell right now; keep the record as it is

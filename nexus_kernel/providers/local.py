@@ -157,6 +157,7 @@ class LocalProvider(Provider):
     name = "local"
     capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
     alive_is_cheap = True
+    alive_without_check = True
 
     _probe_cache: dict[tuple[str, int | None], str | None] = {}
 
