@@ -24,8 +24,8 @@ from .conftest import ROOT, needs_bwrap
 HEAVY = ["docker", "e2b", "modal", "IPython", "ipykernel", "jupyter_client", "zmq", "asyncio",
          "subprocess", "nexus_kernel.providers.local", "nexus_kernel.providers.docker",
          "nexus_kernel.agent.client", "nexus_kernel.pool", "nexus_kernel.untrusted"]
-#: Imported by the first write only (diskcache's open, new ids, lock owners).
-WRITERS = ["diskcache", "secrets", "socket"]
+#: Imported by the first write only (diskcache's open, new ids and tokens, lock owners).
+WRITERS = ["diskcache", "secrets", "hashlib", "socket"]
 #: Runs ``nexus ARGV`` in-process, then prints the exit code and the heavy modules it loaded.
 PROBE = """
 import json, sys
@@ -100,4 +100,5 @@ def test_list_asks_a_local_sandbox_liveness_without_probing_bubblewrap(nx):
         report = probe(*argv)
         assert report["probes"] == 0 and "nexus_kernel.providers.local" in report["loaded"]
         assert "nexus_kernel.agent.client" not in report["loaded"]  # no connection is made
+        assert "hashlib" not in report["loaded"]  # nor a token, a digest or a deploy
     assert nx.sandbox_status(sandbox_id)["status"] == "active"
