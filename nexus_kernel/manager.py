@@ -10,7 +10,6 @@ from the manager's ``clock``.
 from __future__ import annotations
 
 import errno
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -90,6 +89,7 @@ class SandboxManager:
         self.store = store or Store(self.settings.store_dir)
         self._provider_options = provider_options or {}
         self._providers: dict[str, Provider] = {}
+        self._checked: set[str] = set()  # providers whose check_available passed
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
         self._pool: WarmPool | None = None
@@ -97,14 +97,17 @@ class SandboxManager:
 
     # ----------------------------------------------------------------- plumbing
 
-    def provider(self, name: str) -> Provider:
-        """The (cached) provider instance called ``name``."""
+    def provider(self, name: str, *, check: bool = True) -> Provider:
+        """The (cached) provider instance called ``name``, its ``check_available`` passed.
+        ``check=False`` skips that check, for a liveness question the provider answers
+        without it (``Provider.alive_without_check``) and the cleanup of a dead sandbox."""
+        options = self._provider_options.get(name, {})
         with self._lock:
+            if check and name not in self._checked:
+                provider_class(name).check_available(self.settings, **options)
+                self._checked.add(name)
             if name not in self._providers:
-                cls = provider_class(name)
-                options = self._provider_options.get(name, {})
-                cls.check_available(self.settings, **options)
-                self._providers[name] = cls(self.settings, **options)
+                self._providers[name] = provider_class(name)(self.settings, **options)
             return self._providers[name]
 
     def loaded_providers(self) -> set[str]:
@@ -219,6 +222,8 @@ class SandboxManager:
                                      template_id=template_id, network=network)
             if pooled is not None:
                 return self._save(pooled.sandbox_id, client_id=client_id) if client_id else pooled
+
+        import secrets  # (hashlib, random): not for commands that only read
 
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = SandboxRecord.new(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from typing import Any
 
 from .ttl import expiry
@@ -47,6 +46,8 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC string (offset-aware, so clients never mix naive/aware)."""
     if ts is None:
         return None
+    from datetime import datetime, timezone  # not for `nexus --help` or an empty list
+
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 

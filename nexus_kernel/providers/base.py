@@ -75,6 +75,10 @@ class Provider(ABC):
     #: ``alive()`` asks something on this host (``/proc``, the local Docker engine), so
     #: ``list`` can afford to reconcile this provider's live records every time.
     alive_is_cheap: bool = False
+    #: ``alive()`` needs no ``check_available`` first (local's reads ``/proc``; its check
+    #: starts a bubblewrap jail): ``list`` and ``status`` skip the check for it. Left False
+    #: where the check bounds the wait for an unreachable service (docker's 10 s ping).
+    alive_without_check: bool = False
 
     def __init__(self, settings: Settings, **options: Any):
         self.settings = settings
