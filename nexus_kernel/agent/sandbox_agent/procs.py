@@ -249,6 +249,15 @@ class Reaper:
         self._have_children.set()
         return pid
 
+    def adopt(self, pid: int, on_exit, tally=None) -> None:
+        """Like :meth:`spawn` for ``pid``, a process that has not exited yet and becomes our
+        child when its parent exits (we are a subreaper): its exit goes to ``on_exit``."""
+        with self._lock:
+            self._waiters[pid] = on_exit
+            if tally is not None:
+                self._groups[pid] = tally
+        self._have_children.set()
+
     def track(self, pgid: int, tally) -> None:
         """Add the rusage of orphans of process group ``pgid`` reaped from now on to ``tally``
         (replacing the group's previous one)."""
