@@ -22,8 +22,8 @@ from nexus_kernel.models import Status
 from .conftest import docker_not_ready, docker_problem
 from .test_agent import AgentProcess
 
-#: A run forked by the zygote shows the zygote's command line (its boot code).
-FORKED = "import sys; print('_nx' in open('/proc/self/cmdline').read())"
+#: A run forked by the zygote shows the zygote's command line, its mark rewritten.
+FORKED = "print('#nexus-forked' in open('/proc/self/cmdline').read())"
 
 LEAK = """
 import json, os, random, sys, threading, time

@@ -32,28 +32,30 @@ import threading
 from array import array
 
 #: Runs inside the zygote (``python3 -u -c``). Everything lives in one function's locals:
-#: its globals are the run's ``__main__``.
-_BOOT = r"""
+#: its globals are the run's ``__main__``. Its command line starts with ZYGOTE_MARK (a run
+#: forked from it shows ``#nexus-forked`` there instead).
+_BOOT = r"""#nexus-zygote
 def _nx(main):
     import os, sys
     had_socket = '_socket' in sys.modules
     import _socket
     main.pop('_nx', None)
     ours = (sys._getframe(0).f_code, sys._getframe(1).f_code)
-    var = b'\0NEXUS_RUN_TAG='
-
-    def set_tag(tag):
+    def poke(at, needle, value):  # rewrite the bytes after needle in /proc/self/{cmdline,environ}
         with open('/proc/self/stat', 'rb') as f:
             stat = f.read()
         fields = stat[stat.rfind(b')') + 2:].split()
-        start, end = int(fields[47]), int(fields[48])
+        start, end = int(fields[at]), int(fields[at + 1])
         with open('/proc/self/mem', 'r+b', buffering=0) as mem:
             mem.seek(start)
-            at = (b'\0' + mem.read(end - start)).find(var)
-            if at < 0:
-                raise OSError('no run tag in the environment block')
-            mem.seek(start + at + len(var) - 1)
-            mem.write(tag)
+            found = (b'\0' + mem.read(end - start)).find(needle)
+            if found < 0:
+                raise OSError('not found: %r' % needle)
+            mem.seek(start + found + len(needle) - 1)
+            mem.write(value)
+
+    def set_tag(tag):
+        poke(47, b'\0NEXUS_RUN_TAG=', tag)
 
     def exit_status(exc):
         code = exc.code
@@ -115,6 +117,7 @@ def _nx(main):
     tag, code = body[:16], os.fsdecode(body[16:])
     os.environ['NEXUS_RUN_TAG'] = tag.decode()
     set_tag(tag)
+    poke(45, b'#nexus-', b'forked')  # ps tells the zygote (infrastructure) from its runs
     if not os.read(go, 1):
         os._exit(1)
     sock.detach()
@@ -168,6 +171,8 @@ def _nx(main):
 _nx(dict(globals()))
 """
 
+#: How ``ps`` tells the zygote: the start of its command line's code.
+ZYGOTE_MARK = "#nexus-zygote"
 #: Seconds the agent waits for the zygote to report a forked child.
 _FORK_TIMEOUT = 5.0
 #: Boot failures after which the zygote is not started again.
