@@ -13,11 +13,13 @@ environment (and in the block ``/proc/PID/environ`` shows, so the kill by tag fi
 ``sys.modules`` as the zygote had it before it imported anything; it waits for "go" (the
 agent tracks its pid first), then runs the code and exits as ``python3 -c`` would
 (traceback without the zygote's frames, exit codes, KeyboardInterrupt -> 130, atexit and
-thread shutdown). ``random`` and ``tempfile`` reseed after fork; ``os.urandom``, ``uuid`` and
-``secrets`` use the kernel.
+thread shutdown) but without tearing the heap down (each page it would touch is the
+zygote's, copied on write: that cost more than the run). ``random`` and ``tempfile`` reseed
+after fork; ``os.urandom``, ``uuid`` and ``secrets`` use the kernel.
 
 Not fresh: the string hash seed is the zygote's, so runs forked from one zygote share it
-(the order of a set of strings is the same from run to run). If the zygote is missing,
+(the order of a set of strings is the same from run to run), and ``/proc/self/cmdline``
+shows the zygote's boot code. If the zygote is missing,
 busy starting, dies or misbehaves, the run starts a fresh interpreter as before and a new
 zygote is started for the next runs; where it cannot work (no subreaper, no writable
 ``/proc/self/mem``) it is not used again.
