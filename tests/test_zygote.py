@@ -208,3 +208,24 @@ def test_interrupt_a_forked_run(runner):
     result = results[0]
     assert result["interrupted"] is True and result["exit_code"] == 130
     assert "KeyboardInterrupt" in result["stderr"]
+
+
+def test_a_dead_zygote_means_a_fresh_interpreter_then_a_new_zygote(runner):
+    kill = (
+        "import os, signal\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        line = open('/proc/%s/cmdline' % pid).read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if '-c\\0#nexus-zygote' in line:\n"
+        "        os.kill(int(pid), signal.SIGKILL)\n"
+        "        print('killed')\n"
+    )
+    assert runner.run(kill)["stdout"] == "killed\n"
+    after = runner.run("print(1)")
+    assert (after["exit_code"], after["stdout"]) == (0, "1\n")
+    deadline = time.monotonic() + 20
+    while runner.run(FORKED)["stdout"] != "True\n":
+        assert time.monotonic() < deadline, "no new zygote"
+        time.sleep(0.05)
