@@ -27,6 +27,7 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStateError,
     StoreDamagedError,
+    UnsupportedOperationError,
 )
 from .models import (
     ExecResult,
@@ -484,6 +485,33 @@ class SandboxManager:
     def get_file(self, sandbox_id: str, path: str) -> bytes:
         """Read ``path`` from inside the sandbox."""
         return self._client(self._require_active(sandbox_id)).read_file(path)
+
+    # ---------------------------------------------------------------- snapshots
+
+    def _snapshot_client(self, sandbox_id: str) -> AgentClient:
+        record = self._require_active(sandbox_id)
+        if not self.provider(record.provider).capabilities.snapshots:
+            raise UnsupportedOperationError(
+                f"the {record.provider} provider has no snapshots yet: use a local or docker "
+                "sandbox (--provider local|docker)")
+        return self._client(record)
+
+    def snapshot(self, sandbox_id: str, name: str | None = None) -> dict[str, Any]:
+        """Snapshot every python session's state and the sandbox's home directory (see
+        ``sandbox_agent/snapshots.py``); refused while the sandbox runs code."""
+        return self._snapshot_client(sandbox_id).snapshot(name)
+
+    def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
+        """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""
+        return self._snapshot_client(sandbox_id).restore(snapshot)
+
+    def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's snapshots, oldest first (they end with the sandbox)."""
+        return self._snapshot_client(sandbox_id).snapshots()
+
+    def delete_snapshot(self, sandbox_id: str, snapshot: str) -> str:
+        """Delete snapshot ``snapshot`` (id or name) of the sandbox; its id."""
+        return self._snapshot_client(sandbox_id).delete_snapshot(snapshot)
 
     # ---------------------------------------------------------------- reaping
 

@@ -440,6 +440,25 @@ class AgentClient:
         """The content of ``path`` (relative to the sandbox home)."""
         return base64.b64decode(self._call("read_file", {"path": path}, None, FILE_WAIT)["data"])
 
+    def snapshot(self, name: str | None = None) -> dict:
+        """Snapshot every python session's state and the home directory's files:
+        ``{"snapshot_id", "name", "created", "size", "memory", "sessions", "not_captured",
+        "lost_threads", "lost_processes"}``."""
+        return self._call("snapshot", {"name": name}, None, FILE_WAIT)
+
+    def restore(self, snapshot: str) -> dict:
+        """Put the sandbox back as snapshot ``snapshot`` (id or name) was:
+        ``{"snapshot_id", "name", "sessions", "restarted"}``."""
+        return self._call("restore", {"snapshot": snapshot}, None, FILE_WAIT)
+
+    def snapshots(self) -> list[dict]:
+        """The sandbox's snapshots, oldest first."""
+        return list(self._call("snapshots", {}, None, 30.0)["snapshots"])
+
+    def delete_snapshot(self, snapshot: str) -> str:
+        """Delete a snapshot (id or name); its id."""
+        return str(self._call("delete_snapshot", {"snapshot": snapshot}, None, 60.0)["deleted"])
+
     def shutdown(self) -> None:
         """Make the agent kill everything in the sandbox and exit."""
         self._call("shutdown", {}, None, 30.0)

@@ -57,6 +57,7 @@ class Capabilities:
     resume: bool = True
     network: bool = True
     gpu: bool = False
+    snapshots: bool = False  # the agent's snapshots (a session's state held by a fork)
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
     def to_dict(self) -> dict[str, Any]:

@@ -323,7 +323,8 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False,
+                                snapshots=True)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):

@@ -155,7 +155,8 @@ class LocalProvider(Provider):
     root), ``agent_dir``, ``ready_timeout``, ``cgroups`` (False forces the rlimit fallback)."""
 
     name = "local"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False,
+                                snapshots=True)
     alive_is_cheap = True
 
     _probe_cache: dict[tuple[str, int | None], str | None] = {}

@@ -249,6 +249,18 @@ class Reaper:
         self._have_children.set()
         return pid
 
+    def adopt(self, pid: int, on_exit) -> None:
+        """Give ``on_exit`` the exit of ``pid``, an orphan the agent adopted (a session
+        worker forked by a snapshot's holder)."""
+        with self._lock:
+            self._waiters[pid] = on_exit
+        self._have_children.set()
+        if not os.path.exists(f"/proc/{pid}"):  # reaped before it was known: it died
+            with self._lock:
+                early = self._waiters.pop(pid, None)
+            if early is not None:
+                early(1, None)
+
     def track(self, pgid: int, tally) -> None:
         """Add the rusage of orphans of process group ``pgid`` reaped from now on to ``tally``
         (replacing the group's previous one)."""

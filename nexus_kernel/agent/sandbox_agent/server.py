@@ -17,6 +17,7 @@ from .files import read_file, write_file
 from .procs import TAG_VAR, ProcessTable, Reaper, harden
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
+from .snapshots import Snapshots
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
@@ -157,7 +158,12 @@ class Agent:
             "input_reply": self.op_input_reply,
             "complete": self.op_complete,
             "inspect": self.op_inspect,
+            "snapshot": self.op_snapshot,
+            "restore": self.op_restore,
+            "snapshots": self.op_snapshots,
+            "delete_snapshot": self.op_delete_snapshot,
         }
+        self.snapshots = Snapshots(self)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -313,12 +319,13 @@ class Agent:
         if deadline is not None:
             self.set_deadline(deadline)
         meter = Meter()  # the run starts it
-        if session is None:
-            result = self._run_stateless(reply, language, code, timeout, limit, meter,
-                                         input_data)
-        else:
-            result = self._run_session(reply, session, language, code, timeout, limit, meter,
-                                       options)
+        with self.snapshots.gate.run():
+            if session is None:
+                result = self._run_stateless(reply, language, code, timeout, limit, meter,
+                                             input_data)
+            else:
+                result = self._run_session(reply, session, language, code, timeout, limit,
+                                           meter, options)
         meter.finish(result)
         return result
 
@@ -472,6 +479,39 @@ class Agent:
             s.dead = True
             s.kill()
         return {"closed": len(doomed)}
+
+    def op_snapshot(self, reply, msg) -> dict:
+        return self.snapshots.take(msg.get("name"))
+
+    def op_restore(self, reply, msg) -> dict:
+        return self.snapshots.restore(msg.get("snapshot"))
+
+    def op_snapshots(self, reply, msg) -> dict:
+        return {"snapshots": self.snapshots.list()}
+
+    def op_delete_snapshot(self, reply, msg) -> dict:
+        return self.snapshots.delete(msg.get("snapshot"))
+
+    def live_sessions(self) -> list:
+        with self._lock:
+            return [s for s in self._sessions.values() if not s.dead]
+
+    def end_sessions(self, sessions) -> None:
+        """Kill ``sessions`` (a restore replaces them)."""
+        with self._lock:
+            for s in sessions:
+                if self._sessions.get((s.name, s.language)) is s:
+                    del self._sessions[(s.name, s.language)]
+        for s in sessions:
+            s.dead = True
+            s.kill()
+
+    def thaw_session(self, name: str, holder: str) -> None:
+        """Python session ``name`` from a snapshot's holder (see :mod:`.snapshots`)."""
+        session = Session(self, name, "python")
+        session.start(holder=holder)
+        with self._lock:
+            self._sessions[(name, "python")] = session
 
     def op_shutdown(self, reply, msg) -> dict:
         reply.event("done")

@@ -3,7 +3,7 @@ Jupyter-style, in its own interpreter. When that interpreter has IPython, cells 
 one IPython shell (:mod:`.ishell`: magics, ``!cmd``, IPython's display and tracebacks);
 without it, through the plain exec loop here, where a magic line says how to get IPython.
 It imports only this module, the wire format, rich-output capture and ``ishell``
-(introspection on the first query), never the server.
+(introspection on the first query, :mod:`.freeze` on the first snapshot), never the server.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ class PythonWorker:
                 self.run(cmd)
             elif op in ("complete", "inspect"):
                 self.answer(cmd)
+            elif op == "snapshot":
+                self.snapshot(cmd)
             # anything else (a late input_reply) has nobody waiting for it: dropped
 
     def _next_command(self) -> dict | None:
@@ -270,6 +272,16 @@ class PythonWorker:
             found = {}
         found.update(ev="reply", id=cmd.get("id"))
         self.emit(found)
+
+    def snapshot(self, cmd: dict) -> None:
+        """Fork a holder of this session's state (:mod:`.freeze`) and reply with its pid;
+        a worker restored from the holder returns here and goes on serving."""
+        from .freeze import snapshot
+
+        found = snapshot(self, cmd)
+        if found is not None:
+            found.update(ev="reply", id=cmd.get("id"))
+            self.emit(found)
 
     def finish(self, run_id: str, exit_code: int) -> None:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):

@@ -1,0 +1,294 @@
+"""Snapshots of a sandbox, agent side: the state of every python session (a holder process
+per session, see :mod:`.freeze`) plus a copy of the home directory's files, kept in the
+agent's temp directory (on the sandbox's capped /tmp: it counts against the sandbox's
+caps) until deleted or the sandbox ends.
+
+A snapshot is taken and restored only while nothing runs: :class:`Gate` refuses it during
+a run, and runs that arrive meanwhile wait until it is done. Bash and JavaScript sessions
+are not captured: a restore ends them (their next run starts a fresh interpreter, and the
+restore result lists them in ``restarted``), as it ends python sessions the snapshot does
+not have. Files outside the home directory (/tmp) are not part of a snapshot.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import threading
+import time
+
+from .runs import random_id
+from .wire import Failure, Invalid, encode
+
+#: Most snapshots a sandbox keeps at once.
+MAX_SNAPSHOTS = 64
+#: How long a session may take to fork its holder, and a holder to fork a worker.
+FORK_WAIT = 30.0
+#: How long a snapshot waits for a session busy answering a completion.
+SESSION_WAIT = 12.0
+#: Free space a snapshot's files leave on the file system that holds them.
+SPACE_MARGIN = 1024 * 1024
+
+
+class Gate:
+    """Runs pass together; a snapshot or restore passes alone and only when no run is
+    under way (it is refused then, not queued); runs arriving meanwhile wait for it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._runs = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def run(self):
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._runs -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self, what: str):
+        with self._cond:
+            if self._runs or self._closed:
+                raise Invalid(f"cannot {what} while the sandbox runs code: wait until the "
+                              "run ends, or interrupt it")
+            self._closed = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
+
+
+def thaw(path: str, tag: str, fds: tuple) -> int:
+    """Ask the holder listening on ``path`` for a new worker on ``fds`` (commands, control,
+    stdout, stderr) with process tag ``tag``; its pid."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(FORK_WAIT)
+        conn.connect(path)
+        conn.sendmsg([encode({"op": "fork", "tag": tag})],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        data = b""
+        while not data.endswith(b"\n") and len(data) < 64:
+            chunk = conn.recv(64)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        return int(data)
+    except ValueError:
+        raise OSError("the snapshot's holder did not answer") from None
+
+
+class Snapshot:
+    def __init__(self, snap_id: str, name: str | None, folder: str) -> None:
+        self.id = snap_id
+        self.name = name
+        self.folder = folder
+        self.created = time.time()
+        self.holders: dict = {}  # python session name -> {"pid", "path"}
+        self.files_bytes = 0
+        self.memory_bytes = 0
+        self.not_captured: list = []  # "name (language)" of bash/javascript sessions
+        self.lost_threads: dict = {}
+        self.lost_processes: dict = {}
+
+    def info(self) -> dict:
+        return {"snapshot_id": self.id, "name": self.name, "created": self.created,
+                "size": self.files_bytes, "memory": self.memory_bytes,
+                "sessions": sorted(self.holders), "not_captured": self.not_captured,
+                "lost_threads": self.lost_threads, "lost_processes": self.lost_processes}
+
+    def discard(self) -> None:
+        for holder in self.holders.values():
+            with contextlib.suppress(OSError):
+                os.kill(holder["pid"], signal.SIGKILL)  # the agent's reaper reaps it
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Snapshots:
+    """The agent's snapshots: take, restore, list, delete."""
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+        self.gate = Gate()
+        self._lock = threading.Lock()
+        self._all: dict = {}  # id -> Snapshot, oldest first
+
+    def _base(self) -> str:
+        base = self.agent.temp_path("snapshots")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(base, 0o700)
+        return base
+
+    def find(self, ref) -> Snapshot:
+        if not isinstance(ref, str) or not ref:
+            raise Invalid("snapshot must be a snapshot id or name")
+        with self._lock:
+            found = self._all.get(ref) or next(
+                (s for s in reversed(list(self._all.values())) if s.name == ref), None)
+        if found is None:
+            raise Invalid(f"no snapshot {ref!r} in this sandbox; list them with "
+                          "`nexus sandbox snapshots ID`")
+        return found
+
+    def list(self) -> list:
+        with self._lock:
+            return [s.info() for s in self._all.values()]
+
+    def delete(self, ref) -> dict:
+        snap = self.find(ref)
+        with self._lock:
+            self._all.pop(snap.id, None)
+        snap.discard()
+        return {"deleted": snap.id}
+
+    def take(self, name) -> dict:
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
+            raise Invalid("name must be a non-empty string of at most 200 characters, or null")
+        with self._lock:
+            if len(self._all) >= MAX_SNAPSHOTS:
+                raise Invalid(f"this sandbox holds {MAX_SNAPSHOTS} snapshots, the most it "
+                              "keeps: delete some first")
+        with self.gate.alone("take a snapshot"), self._sessions_held() as sessions:
+            base = self._base()
+            snap = Snapshot("snap-" + random_id()[:12], name, os.path.join(base, random_id()))
+            os.mkdir(snap.folder, 0o700)
+            try:
+                snap.files_bytes = copy_tree(self.agent.home, os.path.join(snap.folder, "files"),
+                                             skip=base)
+                for session in sessions:
+                    self._capture(snap, session)
+            except BaseException:
+                snap.discard()
+                raise
+        with self._lock:
+            old = [s for s in self._all.values() if name is not None and s.name == name]
+            for s in old:  # a name names one snapshot: the newest
+                self._all.pop(s.id, None)
+            self._all[snap.id] = snap
+        for s in old:
+            s.discard()
+        return snap.info()
+
+    def _capture(self, snap: Snapshot, session) -> None:
+        label = f"{session.name} ({session.language})"
+        if session.language != "python":
+            snap.not_captured.append(label)
+            return
+        path = os.path.join(snap.folder, f"{len(snap.holders)}.sock")
+        answer = session.ask({"op": "snapshot", "path": path, "tag": random_id()}, FORK_WAIT)
+        if not answer or not isinstance(answer.get("pid"), int):
+            why = (answer or {}).get("error") or "it did not answer"
+            raise Failure(f"cannot snapshot session {label}: {why}")
+        snap.holders[session.name] = {"pid": answer["pid"], "path": path}
+        snap.memory_bytes += int(answer.get("rss") or 0)
+        for key in ("lost_threads", "lost_processes"):
+            if answer.get(key):
+                getattr(snap, key)[session.name] = list(answer[key])
+
+    def restore(self, ref) -> dict:
+        snap = self.find(ref)
+        with self.gate.alone("restore a snapshot"), self._sessions_held() as sessions:
+            if not os.path.isdir(os.path.join(snap.folder, "files")):
+                raise Failure(f"snapshot {snap.id}'s files are gone (deleted from inside "
+                              "the sandbox): delete the snapshot")
+            restarted = sorted(f"{s.name} ({s.language})" for s in sessions
+                               if s.language != "python" or s.name not in snap.holders)
+            self.agent.end_sessions(sessions)
+            replace_tree(os.path.join(snap.folder, "files"), self.agent.home, skip=self._base())
+            for name, holder in snap.holders.items():
+                self.agent.thaw_session(name, holder["path"])
+        return {"snapshot_id": snap.id, "name": snap.name, "sessions": sorted(snap.holders),
+                "restarted": restarted}
+
+    @contextlib.contextmanager
+    def _sessions_held(self):
+        """The live sessions, each with its run lock held (none can start a run)."""
+        held = []
+        try:
+            for session in self.agent.live_sessions():
+                if not session.run_lock.acquire(timeout=SESSION_WAIT):
+                    raise Invalid(f"session {session.name} is busy: try again")
+                held.append(session)
+            yield [s for s in held if not s.dead]
+        finally:
+            for session in held:
+                session.run_lock.release()
+
+
+def _copy_regular(src: str, dst: str) -> None:
+    """Copy a regular file with its metadata; sockets, fifos and devices are skipped."""
+    if stat.S_ISREG(os.lstat(src).st_mode):
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _tree_bytes(root: str, skip: str) -> int:
+    total = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) != skip]
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
+
+
+def copy_tree(src: str, dst: str, skip: str) -> int:
+    """Copy ``src`` to the new directory ``dst`` (symlinks as links, ``skip`` left out);
+    its size in bytes. Refused when it would not fit in the free space where ``dst`` is."""
+    size = _tree_bytes(src, skip)
+    fs = os.statvfs(os.path.dirname(dst))
+    free = fs.f_bavail * fs.f_frsize
+    if size + SPACE_MARGIN > free:
+        raise Invalid(f"the sandbox's files ({size // 2**20} MB) do not fit in its free "
+                      f"space ({free // 2**20} MB) for a snapshot: delete files or snapshots")
+    skipped = os.path.abspath(skip)
+
+    def ignore(folder, names):
+        return [n for n in names if os.path.join(os.path.abspath(folder), n) == skipped]
+
+    try:
+        shutil.copytree(src, dst, symlinks=True, ignore=ignore, copy_function=_copy_regular)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise Failure(f"cannot copy the sandbox's files: {_first_error(exc)}") from None
+    return size
+
+
+def replace_tree(src: str, dst: str, skip: str) -> None:
+    """Make the directory ``dst`` hold what ``src`` holds (``skip`` left alone)."""
+    skipped = os.path.abspath(skip)
+    for entry in os.scandir(dst):
+        path = os.path.abspath(entry.path)
+        if path == skipped:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    try:
+        shutil.copytree(src, dst, symlinks=True, copy_function=_copy_regular, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as exc:
+        raise Failure(f"cannot restore the sandbox's files: {_first_error(exc)}") from None
+
+
+def _first_error(exc: BaseException) -> str:
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        src, _dst, why = exc.args[0][0]
+        return f"{src}: {why}"
+    return str(exc)
