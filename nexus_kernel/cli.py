@@ -140,6 +140,18 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
         sandbox_id(command(name, text))
 
+    p = command("snapshot", "snapshot a sandbox: its python sessions' variables and its "
+                "home directory's files (refused while it runs code)")
+    sandbox_id(p)
+    p.add_argument("--name", help="a name to restore it by (replaces an older one of that name)")
+    p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    p = command("snapshot-delete", "delete a snapshot of a sandbox")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
+
     hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
     p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
     p.add_argument("--all", action="store_true", help="every user's sandboxes (needs admin: NEXUS_ADMIN=1)")
@@ -268,7 +280,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # detached `python -m nexus_kernel.pool_fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
     nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
-    handler = globals()["_cmd_" + args.command]
+    handler = globals()["_cmd_" + args.command.replace("-", "_")]
     return handler(nx, args)
 
 
@@ -451,6 +463,36 @@ def _lifecycle(verb: str, done: str):
 _cmd_pause = _lifecycle("pause", "Paused")
 _cmd_resume = _lifecycle("resume", "Resumed")
 _cmd_stop = _lifecycle("stop", "Stopped")
+
+
+def _cmd_snapshot(nx: Any, args: argparse.Namespace) -> int:
+    snap = nx.sandbox_snapshot(args.sandbox_id, args.name)
+    lost = ", ".join(f"{k}: threads {', '.join(v)}" for k, v in snap["lost_threads"].items())
+    human = f"Snapshot: {snap['snapshot_id']} ({snap['size']} bytes of files)"
+    _emit(args, snap, human + (f"; not kept: {lost}" if lost else ""))
+    return 0
+
+
+def _cmd_restore(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_restore(args.sandbox_id, args.snapshot)
+    fresh = f"; started fresh: {', '.join(done['restarted'])}" if done["restarted"] else ""
+    _emit(args, done, f"Restored {done['snapshot_id']} in sandbox {args.sandbox_id}{fresh}")
+    return 0
+
+
+def _cmd_snapshots(nx: Any, args: argparse.Namespace) -> int:
+    data = nx.sandbox_snapshots(args.sandbox_id)
+    rows = [("SNAPSHOT_ID", "NAME", "CREATED", "SIZE", "MEMORY")]
+    rows += [(s["snapshot_id"], s["name"] or "-", s["created"], s["size"], s["memory"])
+             for s in data["snapshots"]]
+    _emit(args, data, _table(rows) if data["snapshots"] else "No snapshots.")
+    return 0
+
+
+def _cmd_snapshot_delete(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_snapshot_delete(args.sandbox_id, args.snapshot)
+    _emit(args, done, f"Deleted snapshot: {done['deleted']}")
+    return 0
 
 
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:

@@ -499,7 +499,7 @@ class SandboxManager:
     def snapshot(self, sandbox_id: str, name: str | None = None) -> dict[str, Any]:
         """Snapshot every python session's state and the sandbox's home directory (see
         ``sandbox_agent/snapshots.py``); refused while the sandbox runs code."""
-        return self._snapshot_client(sandbox_id).snapshot(name)
+        return _snapshot_out(self._snapshot_client(sandbox_id).snapshot(name))
 
     def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
         """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""
@@ -507,7 +507,7 @@ class SandboxManager:
 
     def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
         """The sandbox's snapshots, oldest first (they end with the sandbox)."""
-        return self._snapshot_client(sandbox_id).snapshots()
+        return [_snapshot_out(s) for s in self._snapshot_client(sandbox_id).snapshots()]
 
     def delete_snapshot(self, sandbox_id: str, snapshot: str) -> str:
         """Delete snapshot ``snapshot`` (id or name) of the sandbox; its id."""
@@ -584,6 +584,12 @@ class SandboxManager:
         """Close agent connections held by this manager."""
         for sandbox_id in list(self._clients):
             self.forget_client(sandbox_id)
+
+
+def _snapshot_out(snap: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's description with its ``created`` time as ISO-8601 UTC."""
+    created = snap.get("created")
+    return {**snap, "created": iso(created) if isinstance(created, (int, float)) else None}
 
 
 def _keep(bundle: Any) -> Any:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -42,6 +43,7 @@ def snapshot(worker, cmd: dict) -> dict | None:
     lost_threads = sorted(t.name for t in threading.enumerate()
                           if t is not threading.main_thread() and t.is_alive())
     lost_processes = _children()
+    offsets = _file_offsets()
     worker._flush_streams()
     agent_pid = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -54,7 +56,7 @@ def snapshot(worker, cmd: dict) -> dict | None:
         return {"error": f"cannot fork the session: {exc.strerror or exc}"}
     if holder == 0:
         try:
-            _hold(worker, listener, tag, agent_pid)  # returns only in a restored worker
+            _hold(worker, listener, tag, agent_pid, offsets)  # returns only in a new worker
         except BaseException:
             os._exit(1)
         return None
@@ -96,7 +98,7 @@ def _detached_fork() -> int:
     return int(data)
 
 
-def _hold(worker, listener, tag: str, agent_pid: int) -> None:
+def _hold(worker, listener, tag: str, agent_pid: int, offsets: dict) -> None:
     """The holder's life: wait for the agent's requests; return only in a new worker."""
     os.setsid()  # out of the session's process group: an interrupt never reaches it
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -128,7 +130,7 @@ def _hold(worker, listener, tag: str, agent_pid: int) -> None:
             if pid == 0:
                 listener.close()
                 conn.close()
-                _become_worker(worker, fds, str(request.get("tag", "")))
+                _become_worker(worker, fds, str(request.get("tag", "")), offsets)
                 return
             conn.sendall(b"%d\n" % pid)
         except OSError:
@@ -140,8 +142,13 @@ def _hold(worker, listener, tag: str, agent_pid: int) -> None:
             conn.close()
 
 
-def _become_worker(worker, fds: list, tag: str) -> None:
-    """Take over the session's new pipes as its worker (stdout and stderr included)."""
+def _become_worker(worker, fds: list, tag: str, offsets: dict) -> None:
+    """Take over the session's new pipes as its worker (stdout and stderr included), with
+    its open files at the offsets they had at the snapshot (a forked process shares
+    them with the holder and every worker before it)."""
+    for fd, pos in offsets.items():
+        with contextlib.suppress(OSError):
+            os.lseek(fd, pos, os.SEEK_SET)
     cmd, ctl, out, err = (os.dup(fd) for fd in fds)
     for fd in fds:
         os.close(fd)
@@ -211,6 +218,18 @@ def _children() -> list:
             with contextlib.suppress(OSError):
                 pids.extend(int(p) for p in _read(f"/proc/self/task/{tid}/children").split())
     return sorted(pids)
+
+
+def _file_offsets() -> dict:
+    """fd -> offset of this process's open regular files (fds 0-2 are the session's)."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            with contextlib.suppress(OSError, ValueError):
+                if fd > 2 and stat.S_ISREG(os.fstat(fd).st_mode):
+                    found[fd] = os.lseek(fd, 0, os.SEEK_CUR)
+    return found
 
 
 def _rss() -> int:

@@ -208,7 +208,7 @@ class Snapshots:
             restarted = sorted(f"{s.name} ({s.language})" for s in sessions
                                if s.language != "python" or s.name not in snap.holders)
             self.agent.end_sessions(sessions)
-            replace_tree(os.path.join(snap.folder, "files"), self.agent.home, skip=self._base())
+            sync_tree(os.path.join(snap.folder, "files"), self.agent.home, skip=self._base())
             for name, holder in snap.holders.items():
                 self.agent.thaw_session(name, holder["path"])
         return {"snapshot_id": snap.id, "name": snap.name, "sessions": sorted(snap.holders),
@@ -269,22 +269,60 @@ def copy_tree(src: str, dst: str, skip: str) -> int:
     return size
 
 
-def replace_tree(src: str, dst: str, skip: str) -> None:
-    """Make the directory ``dst`` hold what ``src`` holds (``skip`` left alone)."""
-    skipped = os.path.abspath(skip)
-    for entry in os.scandir(dst):
-        path = os.path.abspath(entry.path)
-        if path == skipped:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+def sync_tree(src: str, dst: str, skip: str) -> None:
+    """Make the directory ``dst`` hold what ``src`` holds (``skip`` left alone). A regular
+    file in both is rewritten in place: files a restored session holds open see the
+    snapshot's content."""
     try:
-        shutil.copytree(src, dst, symlinks=True, copy_function=_copy_regular, dirs_exist_ok=True)
-    except (OSError, shutil.Error) as exc:
-        raise Failure(f"cannot restore the sandbox's files: {_first_error(exc)}") from None
+        _sync(src, dst, os.path.abspath(skip))
+    except OSError as exc:
+        raise Failure(f"cannot restore the sandbox's files: {exc}") from None
+
+
+def _kind(mode: int) -> str:
+    return "dir" if stat.S_ISDIR(mode) else "reg" if stat.S_ISREG(mode) else "other"
+
+
+def _sync(src: str, dst: str, skip: str) -> None:
+    wanted = {entry.name: entry.stat(follow_symlinks=False) for entry in os.scandir(src)}
+    for entry in os.scandir(dst):
+        if os.path.abspath(entry.path) == skip:
+            continue
+        info = wanted.get(entry.name)
+        mine = entry.stat(follow_symlinks=False).st_mode
+        if info is None or _kind(info.st_mode) != _kind(mine) or _kind(mine) == "other":
+            if stat.S_ISDIR(mine):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+    for name, info in wanted.items():
+        source, target = os.path.join(src, name), os.path.join(dst, name)
+        if stat.S_ISDIR(info.st_mode):
+            if not os.path.lexists(target):
+                os.mkdir(target, 0o700)
+            _sync(source, target, skip)
+            shutil.copystat(source, target, follow_symlinks=False)
+        elif stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif os.path.lexists(target) and _rewrite(source, target):
+            shutil.copystat(source, target, follow_symlinks=False)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _rewrite(source: str, target: str) -> bool:
+    """Give the existing file ``target`` (same inode) the content of ``source``; False
+    when it cannot be opened for writing."""
+    try:
+        fout = open(target, "r+b")  # noqa: SIM115 - closed below
+    except PermissionError:
+        return False
+    with fout, open(source, "rb") as fin:
+        fout.truncate(0)
+        shutil.copyfileobj(fin, fout, 1024 * 1024)
+    return True
 
 
 def _first_error(exc: BaseException) -> str:
