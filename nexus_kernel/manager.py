@@ -496,10 +496,13 @@ class SandboxManager:
                 "sandbox (--provider local|docker)")
         return self._client(record)
 
-    def snapshot(self, sandbox_id: str, name: str | None = None) -> dict[str, Any]:
+    def snapshot(self, sandbox_id: str, name: str | None = None, *,
+                 keep_auto: int | None = None) -> dict[str, Any]:
         """Snapshot every python session's state and the sandbox's home directory (see
-        ``sandbox_agent/snapshots.py``); refused while the sandbox runs code."""
-        return _snapshot_out(self._snapshot_client(sandbox_id).snapshot(name))
+        ``sandbox_agent/snapshots.py``); refused while the sandbox runs code. ``keep_auto``:
+        an automatic checkpoint; the sandbox keeps the newest ``keep_auto`` of them."""
+        client = self._snapshot_client(sandbox_id)
+        return _snapshot_out(client.snapshot(name, keep_auto))
 
     def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
         """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""

@@ -440,11 +440,15 @@ class AgentClient:
         """The content of ``path`` (relative to the sandbox home)."""
         return base64.b64decode(self._call("read_file", {"path": path}, None, FILE_WAIT)["data"])
 
-    def snapshot(self, name: str | None = None) -> dict:
+    def snapshot(self, name: str | None = None, keep_auto: int | None = None) -> dict:
         """Snapshot every python session's state and the home directory's files:
-        ``{"snapshot_id", "name", "created", "size", "memory", "sessions", "not_captured",
-        "lost_threads", "lost_processes"}``."""
-        return self._call("snapshot", {"name": name}, None, FILE_WAIT)
+        ``{"snapshot_id", "name", "auto", "created", "size", "memory", "sessions",
+        "not_captured", "lost_threads", "lost_processes", "dropped"}``; ``keep_auto``: an
+        automatic checkpoint, of which the agent keeps the newest ``keep_auto``."""
+        args: dict[str, Any] = {"name": name}
+        if keep_auto is not None:
+            args["keep_auto"] = keep_auto
+        return self._call("snapshot", args, None, FILE_WAIT)
 
     def restore(self, snapshot: str) -> dict:
         """Put the sandbox back as snapshot ``snapshot`` (id or name) was:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .. import sandbox_lines
+from ..checkpoints import check_keep
 from ..errors import UsageError
 from ..models import Status, usage_table
 from ..untrusted import TRUST_OFF, TRUST_WARNING
@@ -95,6 +96,20 @@ class SandboxCommands:
     def cmd_trust(self, args: argparse.Namespace) -> str:
         self.sandbox.trusted_output = args.trust
         return TRUST_WARNING if args.trust else TRUST_OFF
+
+    def cmd_undo(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.undo(self._need())
+
+    def cmd_checkpoint(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.save(self._need(), args.name, self.sandbox.last_cell)
+
+    def cmd_restore(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.restore(self._need(), args.name)
+
+    def cmd_checkpoints(self, args: argparse.Namespace) -> str:
+        if args.keep is not None:
+            self.sandbox.checkpoints.keep = check_keep(args.keep)
+        return self.sandbox.checkpoints.describe(self.sandbox.sandbox_id)
 
     def cmd_keep(self, args: argparse.Namespace) -> str:
         self.sandbox.keep = args.keep

@@ -207,6 +207,8 @@ class NexusKernel(Kernel):
         if self.sandbox.trusted_output and not self._trust_warned:
             self._trust_warned = True
             note = TRUST_WARNING + note
+        self.sandbox.last_cell = label = f"In [{self.execution_count}]"
+        note += self.sandbox.checkpoints.before_cell(sandbox_id, label)
         if note:
             self._stream("stderr", note, silent)
         guard = InterruptGuard(lambda: self._interrupt(sandbox_id))

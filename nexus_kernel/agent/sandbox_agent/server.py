@@ -481,7 +481,7 @@ class Agent:
         return {"closed": len(doomed)}
 
     def op_snapshot(self, reply, msg) -> dict:
-        return self.snapshots.take(msg.get("name"))
+        return self.snapshots.take(msg.get("name"), msg.get("keep_auto"))
 
     def op_restore(self, reply, msg) -> dict:
         return self.snapshots.restore(msg.get("snapshot"))

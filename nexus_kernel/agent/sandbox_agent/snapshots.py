@@ -104,9 +104,11 @@ class Snapshot:
         self.not_captured: list = []  # "name (language)" of bash/javascript sessions
         self.lost_threads: dict = {}
         self.lost_processes: dict = {}
+        self.auto = False  # an automatic checkpoint: only the newest few are kept
 
     def info(self) -> dict:
-        return {"snapshot_id": self.id, "name": self.name, "created": self.created,
+        return {"snapshot_id": self.id, "name": self.name, "auto": self.auto,
+                "created": self.created,
                 "size": self.files_bytes, "memory": self.memory_bytes,
                 "sessions": sorted(self.holders), "not_captured": self.not_captured,
                 "lost_threads": self.lost_threads, "lost_processes": self.lost_processes}
@@ -155,9 +157,14 @@ class Snapshots:
         snap.discard()
         return {"deleted": snap.id}
 
-    def take(self, name) -> dict:
+    def take(self, name, keep_auto=None) -> dict:
+        """A new snapshot; ``keep_auto``: it is an automatic one, and only the newest
+        ``keep_auto`` automatic ones are kept (the others' ids are in ``dropped``)."""
         if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
             raise Invalid("name must be a non-empty string of at most 200 characters, or null")
+        if keep_auto is not None and (not isinstance(keep_auto, int) or isinstance(
+                keep_auto, bool) or not 1 <= keep_auto <= MAX_SNAPSHOTS // 2):
+            raise Invalid(f"keep_auto must be 1 .. {MAX_SNAPSHOTS // 2} or null")
         with self._lock:
             if len(self._all) >= MAX_SNAPSHOTS:
                 raise Invalid(f"this sandbox holds {MAX_SNAPSHOTS} snapshots, the most it "
@@ -174,14 +181,18 @@ class Snapshots:
             except BaseException:
                 snap.discard()
                 raise
+        snap.auto = keep_auto is not None
         with self._lock:
             old = [s for s in self._all.values() if name is not None and s.name == name]
+            if snap.auto:
+                autos = [s for s in self._all.values() if s.auto and s not in old]
+                old += autos[:max(0, len(autos) + 1 - keep_auto)]
             for s in old:  # a name names one snapshot: the newest
                 self._all.pop(s.id, None)
             self._all[snap.id] = snap
         for s in old:
             s.discard()
-        return snap.info()
+        return dict(snap.info(), dropped=[s.id for s in old])
 
     def _capture(self, snap: Snapshot, session) -> None:
         label = f"{session.name} ({session.language})"
