@@ -5,6 +5,7 @@ the state now corresponds to."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from .errors import SandboxError, UnsupportedOperationError, UsageError
@@ -36,6 +37,17 @@ class CellCheckpoints:
         self.keep = check_keep(keep)
         self._undo: list[Mark] = []
         self._named: dict[str, Mark] = {}
+
+    def set_keep(self, keep: int, sandbox_id: str | None) -> None:
+        """Keep the last ``keep`` cells' automatic checkpoints (0: none); older ones of
+        ``sandbox_id`` are deleted now."""
+        self.keep = check_keep(keep)
+        marks = [m for m in self._undo if m.sandbox_id == sandbox_id]
+        doomed = marks[:len(marks) - keep] if keep else marks
+        for mark in doomed:
+            with contextlib.suppress(SandboxError):
+                self.manager.delete_snapshot(mark.sandbox_id, mark.snapshot_id)
+        self._undo = [m for m in marks if m not in doomed]
 
     def before_cell(self, sandbox_id: str, cell: str) -> str:
         """Take the automatic checkpoint before ``cell``; a note for the user when none

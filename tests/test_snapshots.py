@@ -162,3 +162,46 @@ def test_docker_undo(nexus_home):
     finally:
         nx.sandbox_stop(sb)
         nx.close()
+
+
+def test_magics_undo_checkpoint_and_restore(nexus_home):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from magics import SandboxMagics
+
+    shell = InteractiveShell.instance()
+    magics = SandboxMagics(shell=shell)
+    shell.register_magics(magics)
+
+    def line(text: str) -> str:
+        with capture_output() as cap:
+            shell.run_line_magic("sandbox", text)
+        return cap.stdout
+
+    def cell(body: str) -> str:
+        with capture_output() as cap:
+            shell.run_cell_magic("sandbox", "", body)
+        return cap.stdout
+
+    try:
+        line("create magic-undo")
+        cell("x = 1")
+        cell("x = 2; open('f', 'w').write('two')")
+        assert line("undo").startswith("Undone: variables and files are as they were before")
+        assert cell("import os; print(x, os.path.exists('f'))") == "1 False\n"
+        line("checkpoint one")
+        cell("x = 3")
+        assert line("restore one").startswith("Restored checkpoint 'one'")
+        assert cell("print(x)") == "1\n"
+        assert "keeping the last 5 cells" in line("checkpoints")
+        assert "off" in line("checkpoints off")
+        cell("x = 4")
+        with pytest.raises(Exception, match="automatic checkpoints are off"):
+            shell.run_line_magic("sandbox", "undo")
+    finally:
+        for record in magics.manager.list():
+            if record.status.value != "stopped":
+                magics.manager.stop(record.sandbox_id)
+        magics.close()
+        shell.configurables.remove(magics)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 from .. import sandbox_lines
-from ..checkpoints import check_keep
 from ..errors import UsageError
 from ..models import Status, usage_table
 from ..untrusted import TRUST_OFF, TRUST_WARNING
@@ -108,7 +107,7 @@ class SandboxCommands:
 
     def cmd_checkpoints(self, args: argparse.Namespace) -> str:
         if args.keep is not None:
-            self.sandbox.checkpoints.keep = check_keep(args.keep)
+            self.sandbox.checkpoints.set_keep(args.keep, self.sandbox.sandbox_id)
         return self.sandbox.checkpoints.describe(self.sandbox.sandbox_id)
 
     def cmd_keep(self, args: argparse.Namespace) -> str:
