@@ -122,20 +122,21 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
     language = normalize_language(args.language or magics.language)
     _warn_of_the_cap(magics, sandbox_id)
     magics.last_cell = label = f"In [{magics.shell.execution_count}]" if magics.shell else "a cell"
-    note = magics.checkpoints.before_cell(sandbox_id, label)
+    note, checkpoint = magics.checkpoints.before_cell(sandbox_id, label)
     if note:
         sys.stderr.write(note)
-    result = run_in_cell(
-        magics.manager,
-        sandbox_id,
-        language,
-        cell or "",
-        timeout=args.timeout if args.timeout is not None else magics.timeout,
-        session=magics.run_session(args.session, args.fresh),
-        output=CellOutput(magics.shell),
-        trusted_output=magics.trusted_output,
-        on_result=lambda result: magics.log_usage(sandbox_id, result),
-    )
+    try:
+        result = run_in_cell(
+            magics.manager, sandbox_id, language, cell or "",
+            timeout=args.timeout if args.timeout is not None else magics.timeout,
+            session=magics.run_session(args.session, args.fresh),
+            output=CellOutput(magics.shell),
+            trusted_output=magics.trusted_output,
+            on_result=lambda result: magics.log_usage(sandbox_id, result),
+            checkpoint=checkpoint,
+        )
+    finally:
+        magics.checkpoints.after_cell(sandbox_id, checkpoint)
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
 

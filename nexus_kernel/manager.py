@@ -254,6 +254,7 @@ class SandboxManager:
         trusted_output: bool | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        checkpoint: dict[str, Any] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -269,7 +270,9 @@ class SandboxManager:
         ``trusted_output`` setting, off) says the caller trusts this sandbox.
 
         ``input_data``: standard input of a stateless run (``session=None`` only).
-        ``execution_count``: the number IPython in a python session gives the cell."""
+        ``execution_count``: the number IPython in a python session gives the cell.
+        ``checkpoint`` (``{"name", "keep_auto"}``): an automatic snapshot once the run is
+        done, taken by the agent after its answer (see :meth:`snapshot`)."""
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
@@ -284,6 +287,8 @@ class SandboxManager:
                 raise InvalidArgumentError(
                     f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
         record = self._require_active(sandbox_id)
+        if checkpoint is not None and not self.provider(record.provider).capabilities.snapshots:
+            self._snapshot_client(sandbox_id)  # raises its explanation
         record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
         deadline = watchdog_deadline(record.expires_at)  # travels in the run request
         self.provider(record.provider).extend(record.handle, deadline)
@@ -312,6 +317,7 @@ class SandboxManager:
                 deadline=deadline,
                 input_data=input_data,
                 execution_count=execution_count,
+                checkpoint=checkpoint,
             )
         except AgentError as exc:
             self.forget_client(sandbox_id)

@@ -307,6 +307,7 @@ class AgentClient:
         deadline: float | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        checkpoint: dict[str, Any] | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
 
@@ -322,7 +323,9 @@ class AgentClient:
         ``deadline`` (epoch s): moves the agent's watchdog first, as :meth:`set_deadline`
         does, in the same round trip (None = leave it). ``input_data``: the standard input
         of a stateless run (read to its end, then EOF). ``execution_count``: the number a
-        python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks)."""
+        python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks).
+        ``checkpoint`` (``{"name", "keep_auto"}``): the agent snapshots the sandbox once the
+        run is done, after its answer (unless another run is under way then)."""
         stdout: list[str] = []
         stderr: list[str] = []
         display: list[dict] = []
@@ -368,6 +371,8 @@ class AgentClient:
             args["input"] = input_data
         if execution_count is not None:
             args["execution_count"] = execution_count
+        if checkpoint is not None:
+            args["checkpoint"] = checkpoint
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
         done = self._call("run", args, collect, wait, max_bytes=budget)

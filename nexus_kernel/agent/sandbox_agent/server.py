@@ -17,7 +17,7 @@ from .files import read_file, write_file
 from .procs import TAG_VAR, ProcessTable, Reaper, harden
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
-from .snapshots import Snapshots
+from .snapshots import Snapshots, check_request
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
@@ -257,6 +257,9 @@ class Agent:
         try:
             result = handler(reply, msg) or {}
             reply.event("done", **result)
+            if reply.after is not None:
+                with contextlib.suppress(Exception):  # nobody waits for it: see its op
+                    reply.after()
         except Invalid as exc:
             reply.event("fail", error=str(exc), kind="invalid")
         except Failure as exc:
@@ -315,17 +318,29 @@ class Agent:
         deadline = msg.get("deadline")  # the `deadline` op folded into the run: one round trip
         if deadline is not None and not _is_number(deadline):
             raise Invalid("deadline must be an epoch time in seconds or null")
+        checkpoint = msg.get("checkpoint")  # {"name", "keep_auto"}: a snapshot after the run
+        if checkpoint is not None:
+            if not isinstance(checkpoint, dict):
+                raise Invalid("checkpoint must be an object {name, keep_auto} or null")
+            check_request(checkpoint.get("name"), checkpoint.get("keep_auto"))
         self.interpreter(language)
         if deadline is not None:
             self.set_deadline(deadline)
         meter = Meter()  # the run starts it
-        with self.snapshots.gate.run():
+        gate = self.snapshots.gate
+        gate.enter()
+        try:
             if session is None:
                 result = self._run_stateless(reply, language, code, timeout, limit, meter,
                                              input_data)
             else:
                 result = self._run_session(reply, session, language, code, timeout, limit,
                                            meter, options)
+        finally:
+            reserved = gate.leave(reserve=checkpoint is not None)
+        if reserved:  # taken once ``done`` is sent: off the run's round trip
+            reply.after = lambda: self.snapshots.take(
+                checkpoint.get("name"), checkpoint.get("keep_auto"), reserved=True)
         meter.finish(result)
         return result
 

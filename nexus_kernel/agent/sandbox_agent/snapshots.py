@@ -37,39 +37,58 @@ SPACE_MARGIN = 1024 * 1024
 
 class Gate:
     """Runs pass together; a snapshot or restore passes alone and only when no run is
-    under way (it is refused then, not queued); runs arriving meanwhile wait for it."""
+    under way (it is refused then, not queued); runs arriving meanwhile wait for it. A run
+    that ends with a checkpoint hands the gate straight to it (:meth:`leave`)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._runs = 0
         self._closed = False
 
-    @contextlib.contextmanager
-    def run(self):
+    def enter(self) -> None:
         with self._cond:
             while self._closed:
                 self._cond.wait()
             self._runs += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._runs -= 1
-                self._cond.notify_all()
+
+    def leave(self, reserve: bool = False) -> bool:
+        """A run ends; ``reserve``: close the gate for a snapshot if no other run is under
+        way (True: the caller takes it, then calls :meth:`release`)."""
+        with self._cond:
+            self._runs -= 1
+            if reserve and not self._runs and not self._closed:
+                self._closed = True
+                return True
+            self._cond.notify_all()
+            return False
+
+    def release(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
 
     @contextlib.contextmanager
     def alone(self, what: str):
+        """Pass alone: after another snapshot or restore (waited for), never during a run."""
         with self._cond:
-            if self._runs or self._closed:
+            while self._closed:
+                self._cond.wait()
+            if self._runs:
                 raise Invalid(f"cannot {what} while the sandbox runs code: wait until the "
                               "run ends, or interrupt it")
             self._closed = True
         try:
             yield
         finally:
-            with self._cond:
-                self._closed = False
-                self._cond.notify_all()
+            self.release()
+
+    @contextlib.contextmanager
+    def reserved(self):
+        """The gate a run reserved (:meth:`leave`): released at the end."""
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def thaw(path: str, tag: str, fds: tuple) -> int:
@@ -157,19 +176,21 @@ class Snapshots:
         snap.discard()
         return {"deleted": snap.id}
 
-    def take(self, name, keep_auto=None) -> dict:
+    def take(self, name, keep_auto=None, reserved: bool = False) -> dict:
         """A new snapshot; ``keep_auto``: it is an automatic one, and only the newest
-        ``keep_auto`` automatic ones are kept (the others' ids are in ``dropped``)."""
-        if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
-            raise Invalid("name must be a non-empty string of at most 200 characters, or null")
-        if keep_auto is not None and (not isinstance(keep_auto, int) or isinstance(
-                keep_auto, bool) or not 1 <= keep_auto <= MAX_SNAPSHOTS // 2):
-            raise Invalid(f"keep_auto must be 1 .. {MAX_SNAPSHOTS // 2} or null")
-        with self._lock:
-            if len(self._all) >= MAX_SNAPSHOTS:
-                raise Invalid(f"this sandbox holds {MAX_SNAPSHOTS} snapshots, the most it "
-                              "keeps: delete some first")
-        with self.gate.alone("take a snapshot"), self._sessions_held() as sessions:
+        ``keep_auto`` automatic ones are kept (the others' ids are in ``dropped``).
+        ``reserved``: the gate was handed over by a run (see :meth:`Gate.leave`)."""
+        gate = self.gate.reserved() if reserved else self.gate.alone("take a snapshot")
+        with gate:
+            check_request(name, keep_auto)
+            with self._lock:
+                if len(self._all) >= MAX_SNAPSHOTS:
+                    raise Invalid(f"this sandbox holds {MAX_SNAPSHOTS} snapshots, the most it "
+                                  "keeps: delete some first")
+            return self._take(name, keep_auto)
+
+    def _take(self, name, keep_auto) -> dict:
+        with self._sessions_held() as sessions:
             base = self._base()
             snap = Snapshot("snap-" + random_id()[:12], name, os.path.join(base, random_id()))
             os.mkdir(snap.folder, 0o700)
@@ -238,6 +259,15 @@ class Snapshots:
         finally:
             for session in held:
                 session.run_lock.release()
+
+
+def check_request(name, keep_auto) -> None:
+    """A snapshot's name (or None) and ``keep_auto`` (or None), checked."""
+    if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
+        raise Invalid("name must be a non-empty string of at most 200 characters, or null")
+    if keep_auto is not None and (not isinstance(keep_auto, int) or isinstance(
+            keep_auto, bool) or not 1 <= keep_auto <= MAX_SNAPSHOTS // 2):
+        raise Invalid(f"keep_auto must be 1 .. {MAX_SNAPSHOTS // 2} or null")
 
 
 def _copy_regular(src: str, dst: str) -> None:
