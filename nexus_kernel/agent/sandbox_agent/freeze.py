@@ -65,8 +65,13 @@ def snapshot(worker, cmd: dict) -> dict | None:
             "rss": _rss()}
 
 
+#: Middle processes of double forks not reaped yet (see :func:`_detached_fork`).
+_middles: list = []
+
+
 def _detached_fork() -> int:
-    """Fork a grandchild that the agent adopts: 0 in it, its pid in the caller."""
+    """Fork a grandchild that the agent adopts: 0 in it, its pid in the caller. The middle
+    process exits right after the fork; it is reaped later, not waited for."""
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():  # "fork() in a multi-threaded process": see the docstring
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -79,21 +84,26 @@ def _detached_fork() -> int:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
             if pid > 0:
-                os.write(write_end, b"%d" % pid)
+                os.write(write_end, b"%d\n" % pid)
         if pid != 0:
             os._exit(0)
         os.close(write_end)
         return 0
     os.close(write_end)
-    os.waitpid(middle, 0)
     data = b""
-    while True:
+    while not data.endswith(b"\n"):  # not EOF: the middle's exit is not waited for
         chunk = os.read(read_end, 64)
         if not chunk:
             break
         data += chunk
     os.close(read_end)
-    if not data:
+    _middles.append(middle)
+    for pid in list(_middles):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        _middles.remove(pid)
+    if not data.endswith(b"\n"):
         raise OSError("fork failed")
     return int(data)
 

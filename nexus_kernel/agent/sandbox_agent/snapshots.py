@@ -187,9 +187,12 @@ class Snapshots:
                 if len(self._all) >= MAX_SNAPSHOTS:
                     raise Invalid(f"this sandbox holds {MAX_SNAPSHOTS} snapshots, the most it "
                                   "keeps: delete some first")
-            return self._take(name, keep_auto)
+            snap, old = self._take(name, keep_auto)
+        for s in old:  # after the gate: the next run need not wait for it
+            s.discard()
+        return dict(snap.info(), dropped=[s.id for s in old])
 
-    def _take(self, name, keep_auto) -> dict:
+    def _take(self, name, keep_auto) -> tuple:
         with self._sessions_held() as sessions:
             base = self._base()
             snap = Snapshot("snap-" + random_id()[:12], name, os.path.join(base, random_id()))
@@ -211,9 +214,7 @@ class Snapshots:
             for s in old:  # a name names one snapshot: the newest
                 self._all.pop(s.id, None)
             self._all[snap.id] = snap
-        for s in old:
-            s.discard()
-        return dict(snap.info(), dropped=[s.id for s in old])
+        return snap, old
 
     def _capture(self, snap: Snapshot, session) -> None:
         label = f"{session.name} ({session.language})"
