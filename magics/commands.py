@@ -170,6 +170,12 @@ def cmd_restore(magics: SandboxMagics, args: argparse.Namespace, cell: str | Non
     print(magics.checkpoints.restore(magics.resolve(None), args.name), end="")
 
 
+def cmd_fork(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    print(magics.checkpoints.fork(magics.resolve(None), "%sandbox use {0} makes it the current "
+                                  "sandbox here; the Nexus Sandbox kernel: %sandbox attach {0}"),
+          end="")
+
+
 def cmd_checkpoints(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
     if args.keep is not None:
         magics.checkpoints.set_keep(args.keep, magics.current)
@@ -184,7 +190,7 @@ HANDLERS: dict[str, Handler] = {
     "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
     "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
     "usage": cmd_usage, "undo": cmd_undo, "checkpoint": cmd_checkpoint,
-    "restore": cmd_restore, "checkpoints": cmd_checkpoints,
+    "restore": cmd_restore, "checkpoints": cmd_checkpoints, "fork": cmd_fork,
 }
 
 

@@ -189,6 +189,17 @@ class NexusFS:
         snapshots = self.manager.snapshots(sandbox_id)
         return {"sandbox_id": sandbox_id, "snapshots": snapshots, "count": len(snapshots)}
 
+    def sandbox_fork(self, sandbox_id: str, snapshot_id: str | None = None,
+                     count: int = 1) -> dict[str, Any]:
+        """``count`` new sandboxes with the sandbox's files and python variables (now, or
+        as snapshot ``snapshot_id`` had them), each with a fresh agent token and its own
+        TTL. Process memory does not cross sandboxes: variables are pickled (cloudpickle or
+        dill when the sandbox has them); ``skipped`` lists what could not be, ``failed``
+        what a fork could not load; threads, processes, open files and bash/javascript
+        state do not carry."""
+        forks, report = self.manager.fork(sandbox_id, snapshot_id, count)
+        return {"sandbox_id": sandbox_id, "forks": [self._describe(r) for r in forks], **report}
+
     def sandbox_snapshot_delete(self, sandbox_id: str, snapshot_id: str) -> dict[str, Any]:
         return {"sandbox_id": sandbox_id,
                 "deleted": self.manager.delete_snapshot(sandbox_id, snapshot_id)}

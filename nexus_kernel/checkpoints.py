@@ -145,6 +145,14 @@ class CellCheckpoints:
                  if done.get("restarted") else "")
         return f"Restored checkpoint {name!r}{when}{fresh}\n"
 
+    def fork(self, sandbox_id: str, attach: str) -> str:
+        """``%sandbox fork``: a new sandbox with this one's state; says how to use it."""
+        forks, report = self.manager.fork(sandbox_id)
+        new = forks[0].sandbox_id
+        lost = "".join(f"; not carried from session {k}: {', '.join(v)}"
+                       for k, v in report["skipped"].items())
+        return f"Forked sandbox {new}{lost}. {attach.format(new)}\n"
+
     def describe(self, sandbox_id: str | None) -> str:
         """What ``%sandbox checkpoints`` prints."""
         state = f"keeping the last {self.keep} cells" if self.keep else "off"

@@ -148,6 +148,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     sandbox_id(p)
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
     sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
+                "threads, processes, open files and bash/javascript state do not carry)")
+    sandbox_id(p)
+    p.add_argument("--snapshot", metavar="SNAP", help="fork the state of this snapshot (id or "
+                   "name) instead of the current one")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="how many (default 1)")
     p = command("snapshot-delete", "delete a snapshot of a sandbox")
     sandbox_id(p)
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
@@ -486,6 +492,14 @@ def _cmd_snapshots(nx: Any, args: argparse.Namespace) -> int:
     rows += [(s["snapshot_id"], s["name"] or "-", s["created"], s["size"], s["memory"])
              for s in data["snapshots"]]
     _emit(args, data, _table(rows) if data["snapshots"] else "No snapshots.")
+    return 0
+
+
+def _cmd_fork(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_fork(args.sandbox_id, args.snapshot, args.count)
+    lines = [f"Forked sandbox: {f['sandbox_id']}" for f in done["forks"]]
+    lines += [f"not carried from session {k}: {', '.join(v)}" for k, v in done["skipped"].items()]
+    _emit(args, done, "\n".join(lines))
     return 0
 
 

@@ -55,6 +55,9 @@ if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
     from .agent.client import AgentClient, Channel
     from .pool import WarmPool
 
+#: Most sandboxes one fork call makes, and the most state (bytes of the archive) it carries.
+MAX_FORKS = 8
+MAX_FORK_BYTES = 48 * 2**20
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
 GONE_GRACE_SECONDS = 2.0
 
@@ -517,6 +520,51 @@ class SandboxManager:
     def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
         """The sandbox's snapshots, oldest first (they end with the sandbox)."""
         return [_snapshot_out(s) for s in self._snapshot_client(sandbox_id).snapshots()]
+
+    def fork(self, sandbox_id: str, snapshot: str | None = None,
+             count: int = 1) -> tuple[list[SandboxRecord], dict[str, Any]]:
+        """``count`` new sandboxes (this user's, each with its own agent token and TTL) with
+        the sandbox's state now, or snapshot ``snapshot``'s: its home directory and its
+        python sessions' variables, pickled in the sandbox (cloudpickle, else dill, else
+        pickle) and loaded in each fork. What does not carry (open files, threads,
+        processes, unpicklable values, bash/javascript state) is reported: ``skipped``
+        (per session), ``failed`` (per fork and session)."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
+            raise InvalidArgumentError(f"count must be 1 .. {MAX_FORKS}")
+        client = self._snapshot_client(sandbox_id)
+        source = self._load(sandbox_id)
+        if source.owner != self.user:  # a fork is the caller's: never another user's state
+            raise PermissionDeniedError(
+                f"sandbox {sandbox_id} belongs to {source.owner!r}: only its owner can fork it")
+        exported = client.request("export", timeout=300.0, snapshot=snapshot)
+        try:
+            if exported["size"] > MAX_FORK_BYTES:
+                raise InvalidArgumentError(
+                    f"the sandbox's state is {exported['size'] // 2**20} MB, more than a fork "
+                    f"carries ({MAX_FORK_BYTES // 2**20} MB): delete files or variables first")
+            archive = client.read_file(exported["archive"])
+        finally:
+            client.request("drop_export", timeout=60.0, archive=exported["archive"])
+        forks: list[SandboxRecord] = []
+        failed: dict[str, Any] = {}
+        try:
+            for _ in range(count):
+                record = self.create(f"{source.name}-fork", source.ttl_minutes,
+                                     source.template_id, provider=source.provider,
+                                     network=source.network)
+                forks.append(record)
+                fork = self._client(record)
+                path = f"/tmp/nexus-fork-{secrets.token_hex(8)}.tar"
+                fork.write_file(path, archive)
+                loaded = fork.request("import", timeout=300.0, archive=path)
+                if loaded.get("failed"):
+                    failed[record.sandbox_id] = loaded["failed"]
+        except BaseException:
+            for record in forks:
+                self.stop(record.sandbox_id)
+            raise
+        return forks, {"sessions": exported["sessions"], "skipped": exported["skipped"],
+                       "failed": failed, "size": exported["size"]}
 
     def delete_snapshot(self, sandbox_id: str, snapshot: str) -> str:
         """Delete snapshot ``snapshot`` (id or name) of the sandbox; its id."""

@@ -228,6 +228,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
                _BOTH, value=("name", "NAME", str)),
     Subcommand("restore", "Put the sandbox back as checkpoint NAME had it.", _BOTH,
                value=("name", "NAME", str)),
+    Subcommand("fork", "Start a new sandbox with this one's files and variables (pickled).",
+               _BOTH),
     Subcommand("checkpoints", "List the checkpoints; with N, keep the last N cells' "
                "automatic ones (off: none).", _BOTH, _checkpoints),
     Subcommand("usage", "Show why the last runs ended and what they cost (wall, CPU, peak "

@@ -10,7 +10,11 @@ import time
 
 import pytest
 
-from nexus_kernel.errors import InvalidArgumentError, SandboxNotFoundError
+from nexus_kernel.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    SandboxNotFoundError,
+)
 
 from .conftest import docker_not_ready, docker_problem, needs_bwrap, nexus
 
@@ -114,19 +118,24 @@ def test_another_users_sandbox_is_refused(nexus_home):
 
     owner = NexusFS(backend=LocalBackend(nexus_home / "files"), user="alice", is_admin=False)
     other = NexusFS(backend=LocalBackend(nexus_home / "files"), user="mallory", is_admin=False)
+    admin = NexusFS(backend=LocalBackend(nexus_home / "files"), user="root", is_admin=True)
     sb = owner.sandbox_create("mine")["sandbox_id"]
     try:
         snap = owner.sandbox_snapshot(sb)
         for call in (lambda: other.sandbox_snapshot(sb),
                      lambda: other.sandbox_restore(sb, snap["snapshot_id"]),
                      lambda: other.sandbox_snapshots(sb),
-                     lambda: other.sandbox_snapshot_delete(sb, snap["snapshot_id"])):
+                     lambda: other.sandbox_snapshot_delete(sb, snap["snapshot_id"]),
+                     lambda: other.sandbox_fork(sb)):
             with pytest.raises(SandboxNotFoundError):
                 call()
+        with pytest.raises(PermissionDeniedError, match="only its owner can fork it"):
+            admin.sandbox_fork(sb)
     finally:
         owner.sandbox_stop(sb)
         owner.close()
         other.close()
+        admin.close()
 
 
 def test_cli_snapshot_restore_and_list(nx, sandbox):
@@ -140,6 +149,10 @@ def test_cli_snapshot_restore_and_list(nx, sandbox):
     done = nexus("sandbox", "restore", sandbox, "cp")
     assert done.returncode == 0 and f"Restored {snap_id}" in done.stdout
     assert value(nx, sandbox, "v") == "before"
+    forked = nexus("sandbox", "fork", sandbox, "--snapshot", "cp", "--json")
+    assert forked.returncode == 0, forked.stderr
+    fork_id = json.loads(forked.stdout)["forks"][0]["sandbox_id"]
+    assert value(nx, fork_id, "v") == "before"
     missing = nexus("sandbox", "restore", sandbox, "nope")
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
 
@@ -195,6 +208,8 @@ def test_magics_undo_checkpoint_and_restore(nexus_home):
         assert line("restore one").startswith("Restored checkpoint 'one'")
         assert cell("print(x)") == "1\n"
         assert "keeping the last 5 cells" in line("checkpoints")
+        forked = line("fork")
+        assert forked.startswith("Forked sandbox sb_") and "%sandbox use sb_" in forked
         assert "off" in line("checkpoints off")
         cell("x = 4")
         with pytest.raises(Exception, match="automatic checkpoints are off"):
@@ -205,3 +220,30 @@ def test_magics_undo_checkpoint_and_restore(nexus_home):
                 magics.manager.stop(record.sandbox_id)
         magics.close()
         shell.configurables.remove(magics)
+
+
+def test_fork_copies_files_and_variables_and_diverges(nx, sandbox):
+    sb = sandbox
+    run(nx, sb, "import json\nx = [1, 2]\nfh = open('data.txt', 'w'); fh.write('d'); fh.flush()")
+    snap = nx.sandbox_snapshot(sb)
+    run(nx, sb, "x.append('later')")
+    done = nx.sandbox_fork(sb, count=4)  # the agent pattern: one state, four branches
+    assert done["sessions"] == ["kernel"] and done["skipped"] == {"kernel": ["fh"]}
+    forks = [f["sandbox_id"] for f in done["forks"]]
+    assert len({sb, *forks}) == 5
+    for fork in forks:
+        assert value(nx, fork, "x, json.dumps(x), open('data.txt').read()") == \
+            "([1, 2, 'later'], '[1, 2, \"later\"]', 'd')"
+    for n, fork in enumerate(forks):
+        run(nx, fork, f"x.append({n}); open('data.txt', 'w').write('branch {n}')")
+    for n, fork in enumerate(forks):
+        assert value(nx, fork, "x, open('data.txt').read()") == f"([1, 2, 'later', {n}], 'branch {n}')"
+    assert value(nx, sb, "x, open('data.txt').read()") == "([1, 2, 'later'], 'd')"
+    first, second = forks[:2]
+    # from a snapshot: the state it had; the parent is unchanged
+    from_snap = nx.sandbox_fork(sb, snap["snapshot_id"])["forks"][0]["sandbox_id"]
+    assert value(nx, from_snap, "x") == "[1, 2]"
+    assert value(nx, sb, "x") == "[1, 2, 'later']"
+    # each fork has its own agent token
+    tokens = {nx.manager.get(s).handle["token"] for s in (sb, first, second)}
+    assert len(tokens) == 3

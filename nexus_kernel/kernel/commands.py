@@ -105,6 +105,11 @@ class SandboxCommands:
     def cmd_restore(self, args: argparse.Namespace) -> str:
         return self.sandbox.checkpoints.restore(self._need(), args.name)
 
+    def cmd_fork(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.fork(
+            self._need(), "A second notebook on the Nexus Sandbox kernel works in it after "
+            "%sandbox attach {0} (nexus sandbox run {0} --session kernel from a shell)")
+
     def cmd_checkpoints(self, args: argparse.Namespace) -> str:
         if args.keep is not None:
             self.sandbox.checkpoints.set_keep(args.keep, self.sandbox.sandbox_id)

@@ -69,6 +69,82 @@ def snapshot(worker, cmd: dict) -> dict | None:
 _middles: list = []
 
 
+#: Names in a session's namespace that are the session's own, never exported.
+_SESSION_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "display",
+                            "clear_output"})
+
+
+def _pickler():
+    """cloudpickle, else dill, else pickle (functions and classes defined in cells need
+    one of the first two)."""
+    import importlib
+
+    for name in ("cloudpickle", "dill"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    import pickle
+
+    return pickle
+
+
+def export(worker, cmd: dict) -> dict:
+    """Pickle the session's variables into ``path`` (for a fork into another sandbox):
+    modules by name, every other value one by one; what cannot be pickled is listed."""
+    import pickle
+    import types
+
+    path = cmd.get("path")
+    if not isinstance(path, str):
+        return {"error": "export needs a path"}
+    pickler = _pickler()
+    state, modules, skipped = {}, {}, []
+    for name, value in list(worker.namespace.items()):
+        if name.startswith("_") or name in _SESSION_NAMES:
+            continue
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+            continue
+        try:
+            state[name] = pickler.dumps(value)
+        except Exception:
+            skipped.append(name)
+    blob = pickle.dumps({"pickler": pickler.__name__, "modules": modules, "state": state})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as f:
+        f.write(blob)
+    return {"skipped": sorted(skipped), "pickler": pickler.__name__, "size": len(blob)}
+
+
+def load(worker, cmd: dict) -> dict:
+    """Put the variables an :func:`export` wrote to ``path`` into this session."""
+    import importlib
+    import pickle
+
+    path = cmd.get("path")
+    if not isinstance(path, str):
+        return {"error": "load needs a path"}
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    failed = []
+    try:
+        loader = importlib.import_module(data["pickler"])
+    except ImportError:
+        return {"error": f"{data['pickler']} is not installed in this sandbox"}
+    for name, module in data["modules"].items():
+        try:
+            worker.namespace[name] = importlib.import_module(module)
+        except Exception:
+            failed.append(name)
+    for name, blob in data["state"].items():
+        try:
+            worker.namespace[name] = loader.loads(blob)
+        except Exception:
+            failed.append(name)
+    return {"failed": sorted(failed)}
+
+
 def _detached_fork() -> int:
     """Fork a grandchild that the agent adopts: 0 in it, its pid in the caller. The middle
     process exits right after the fork; it is reaped later, not waited for."""

@@ -162,6 +162,9 @@ class Agent:
             "restore": self.op_restore,
             "snapshots": self.op_snapshots,
             "delete_snapshot": self.op_delete_snapshot,
+            "export": self.op_export,
+            "drop_export": self.op_drop_export,
+            "import": self.op_import,
         }
         self.snapshots = Snapshots(self)
 
@@ -506,6 +509,26 @@ class Agent:
 
     def op_delete_snapshot(self, reply, msg) -> dict:
         return self.snapshots.delete(msg.get("snapshot"))
+
+    def op_export(self, reply, msg) -> dict:
+        return self.snapshots.export(msg.get("snapshot"))
+
+    def op_drop_export(self, reply, msg) -> dict:
+        return self.snapshots.drop_export(msg.get("archive"))
+
+    def op_import(self, reply, msg) -> dict:
+        return self.snapshots.load(msg.get("archive"))
+
+    def session(self, name: str, language: str) -> Session:
+        """The live session (name, language), started if needed."""
+        return self._session(name, language)
+
+    def spare_session(self, holder: str) -> Session:
+        """A python worker forked from a snapshot's holder, in no session's place (the
+        caller kills it)."""
+        session = Session(self, "spare-" + random_id(), "python")
+        session.start(holder=holder)
+        return session
 
     def live_sessions(self) -> list:
         with self._lock:

@@ -247,6 +247,110 @@ class Snapshots:
         return {"snapshot_id": snap.id, "name": snap.name, "sessions": sorted(snap.holders),
                 "restarted": restarted}
 
+    # -- fork: the state as an archive another sandbox imports ------------------------
+
+    def export(self, ref) -> dict:
+        """A tar archive (in the agent's temp dir) of the python sessions' variables (each
+        pickled by its session) and the home directory: now, or as snapshot ``ref`` has
+        them (its holders fork a temporary worker each)."""
+        snap = None if ref is None else self.find(ref)
+        with self.gate.alone("fork the sandbox"), self._sessions_held() as sessions:
+            folder = os.path.join(self._base(), "export-" + random_id())
+            os.mkdir(folder, 0o700)
+            try:
+                return self._export(folder, snap, sessions)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+    def _export(self, folder: str, snap, sessions) -> dict:
+        import json
+        import tarfile
+
+        if snap is None:
+            home = self.agent.home
+            sources = [(s.name, s, False) for s in sessions if s.language == "python"]
+        else:
+            home = os.path.join(snap.folder, "files")
+            sources = [(name, self.agent.spare_session(h["path"]), True)
+                       for name, h in snap.holders.items()]
+        manifest: dict = {"sessions": {}, "skipped": {}}
+        try:
+            for index, (name, session, _spare) in enumerate(sources):
+                path = os.path.join(folder, f"{index}.pkl")
+                answer = session.ask({"op": "export", "path": path}, FORK_WAIT) or {}
+                if "error" in answer or "size" not in answer:
+                    raise Failure(f"cannot export session {name}: "
+                                  f"{answer.get('error') or 'it did not answer'}")
+                manifest["sessions"][name] = f"{index}.pkl"
+                if answer.get("skipped"):
+                    manifest["skipped"][name] = answer["skipped"]
+        finally:
+            for _name, session, spare in sources:
+                if spare:
+                    session.dead = True
+                    session.kill()
+        archive = os.path.join(folder, "fork.tar")
+        with tarfile.open(archive, "w") as tar:
+            tar.add(home, "home", filter=lambda m: None if m.name == "home/" + os.path.relpath(
+                self._base(), home) else m)
+            for member in manifest["sessions"].values():
+                tar.add(os.path.join(folder, member), "sessions/" + member)
+        with open(os.path.join(folder, "manifest.json"), "w") as f:
+            json.dump(manifest, f)
+        with tarfile.open(archive, "a") as tar:
+            tar.add(os.path.join(folder, "manifest.json"), "manifest.json")
+        return {"archive": archive, "size": os.path.getsize(archive),
+                "sessions": sorted(manifest["sessions"]), "skipped": manifest["skipped"]}
+
+    def drop_export(self, archive) -> dict:
+        folder = os.path.dirname(archive) if isinstance(archive, str) else ""
+        if os.path.dirname(folder) != self._base() or not os.path.basename(
+                folder).startswith("export-"):
+            raise Invalid("archive must be one an export returned")
+        shutil.rmtree(folder, ignore_errors=True)
+        return {}
+
+    def load(self, archive) -> dict:
+        """Import an :meth:`export` archive (a path in this sandbox) into this sandbox: its
+        files into the home directory, its sessions' variables into sessions of the same
+        names; the archive is deleted."""
+        import json
+        import tarfile
+
+        if not isinstance(archive, str) or not os.path.isfile(archive):
+            raise Invalid("archive must be the path of an export archive in this sandbox")
+        with self.gate.alone("import a fork"):
+            folder = os.path.join(self._base(), "import-" + random_id())
+            os.mkdir(folder, 0o700)
+            try:
+                with tarfile.open(archive) as tar:
+                    for member in tar.getmembers():
+                        if member.name.startswith(("/", "..")) or "/../" in member.name or (
+                                not (member.isfile() or member.isdir() or member.issym())):
+                            raise Invalid(f"bad member in the archive: {member.name!r}")
+                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(folder, **safe)  # noqa: S202 - members checked above
+                with open(os.path.join(folder, "manifest.json")) as f:
+                    manifest = json.load(f)
+                sync_tree(os.path.join(folder, "home"), self.agent.home, skip=self._base())
+                failed = {}
+                for name, member in manifest["sessions"].items():
+                    session = self.agent.session(name, "python")
+                    with session.run_lock:
+                        answer = session.ask({"op": "load", "path": os.path.join(
+                            folder, "sessions", member)}, FORK_WAIT) or {}
+                    if "error" in answer:
+                        raise Failure(f"cannot import session {name}: {answer['error']}")
+                    if answer.get("failed"):
+                        failed[name] = answer["failed"]
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(archive)
+        return {"sessions": sorted(manifest["sessions"]), "failed": failed,
+                "skipped": manifest.get("skipped", {})}
+
     @contextlib.contextmanager
     def _sessions_held(self):
         """The live sessions, each with its run lock held (none can start a run)."""

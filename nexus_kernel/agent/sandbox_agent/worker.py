@@ -121,6 +121,8 @@ class PythonWorker:
                 self.answer(cmd)
             elif op == "snapshot":
                 self.snapshot(cmd)
+            elif op in ("export", "load"):
+                self.transfer(cmd)
             # anything else (a late input_reply) has nobody waiting for it: dropped
 
     def _next_command(self) -> dict | None:
@@ -282,6 +284,17 @@ class PythonWorker:
         if found is not None:
             found.update(ev="reply", id=cmd.get("id"))
             self.emit(found)
+
+    def transfer(self, cmd: dict) -> None:
+        """``export`` the namespace to a file, or ``load`` one (a fork, :mod:`.freeze`)."""
+        from . import freeze
+
+        try:
+            found = getattr(freeze, cmd["op"])(self, cmd)
+        except Exception as exc:
+            found = {"error": f"{type(exc).__name__}: {exc}"}
+        found.update(ev="reply", id=cmd.get("id"))
+        self.emit(found)
 
     def finish(self, run_id: str, exit_code: int) -> None:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
