@@ -49,6 +49,9 @@ def test_undo_keeps_numpy_and_pandas_objects_and_files(datascience, nx):
         assert value(nx, sb, "'os' in dir(), [f for f in __import__('os').listdir('.') "
                              "if not f.startswith('.')]") == "(False, ['df.csv'])"
         assert value(nx, sb, "pd.read_csv('df.csv').equals(df)") == "True"
+        # BLAS works in the restored worker (its thread pool starts again when used)
+        assert value(nx, sb, "float((np.ones((400, 400)) @ np.ones((400, 400))).sum())") == \
+            "64000000.0"
 
 
 def test_threads_processes_and_open_files(nx, sandbox):
@@ -247,3 +250,16 @@ def test_fork_copies_files_and_variables_and_diverges(nx, sandbox):
     # each fork has its own agent token
     tokens = {nx.manager.get(s).handle["token"] for s in (sb, first, second)}
     assert len(tokens) == 3
+
+
+def test_snapshots_right_after_restores(nx, sandbox):
+    """A restored worker snapshots again at once (its holder answers the agent, not the
+    process that forked it), and each restore is the snapshot's state."""
+    run(nx, sandbox, "n = 0")
+    for i in range(5):
+        snap = nx.sandbox_snapshot(sandbox, "loop")
+        run(nx, sandbox, "n += 100")
+        nx.sandbox_restore(sandbox, snap["snapshot_id"])
+        run(nx, sandbox, "n += 1")
+        assert value(nx, sandbox, "n") == str(i + 1)
+    assert len(nx.sandbox_snapshots(sandbox)["snapshots"]) == 1  # a name names one

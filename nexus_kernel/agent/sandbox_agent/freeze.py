@@ -45,7 +45,9 @@ def snapshot(worker, cmd: dict) -> dict | None:
     lost_processes = _children()
     offsets = _file_offsets()
     worker._flush_streams()
-    agent_pid = os.getppid()
+    agent_pid = cmd.get("agent")  # the only peer the holder answers
+    if not isinstance(agent_pid, int):
+        return {"error": "snapshot needs the agent's pid"}
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(path)

@@ -222,7 +222,8 @@ class Snapshots:
             snap.not_captured.append(label)
             return
         path = os.path.join(snap.folder, f"{len(snap.holders)}.sock")
-        answer = session.ask({"op": "snapshot", "path": path, "tag": random_id()}, FORK_WAIT)
+        answer = session.ask({"op": "snapshot", "path": path, "tag": random_id(),
+                              "agent": os.getpid()}, FORK_WAIT)
         if not answer or not isinstance(answer.get("pid"), int):
             why = (answer or {}).get("error") or "it did not answer"
             raise Failure(f"cannot snapshot session {label}: {why}")
