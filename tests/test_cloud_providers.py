@@ -763,7 +763,9 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
     assert "modal token new" in rows["modal"]["reason"]
     for row in rows.values():
         assert set(row) == {"name", "installed", "configured", "reason", "capabilities"}
-        assert set(row["capabilities"]) == {"pause", "resume", "network", "gpu", "languages"}
+        assert set(row["capabilities"]) == {"pause", "resume", "network", "gpu", "snapshots",
+                                            "languages"}
+        assert row["capabilities"]["snapshots"] is (row["name"] in ("local", "docker"))
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
