@@ -44,6 +44,7 @@ from .store import DB_NAME, Store, move_aside, process_identity
 from .ttl import Clock, expiry, watchdog_deadline
 from .validation import (
     MAX_CODE_BYTES,
+    MAX_TIMEOUT,
     check_code,
     check_name,
     check_timeout,
@@ -60,6 +61,8 @@ MAX_FORKS = 8
 MAX_FORK_BYTES = 48 * 2**20
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
 GONE_GRACE_SECONDS = 2.0
+#: Seconds an attach waits past the run's own timeout before giving up on the agent.
+RUN_WAIT_GRACE = 30.0
 
 EventCallback = Callable[[OutputEvent], None]
 
@@ -257,6 +260,7 @@ class SandboxManager:
         trusted_output: bool | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        on_run_id: Callable[[str], None] | None = None,
         checkpoint: dict[str, Any] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
@@ -274,8 +278,45 @@ class SandboxManager:
 
         ``input_data``: standard input of a stateless run (``session=None`` only).
         ``execution_count``: the number IPython in a python session gives the cell.
+        ``on_run_id``: called with the run's id (``result.run_id``) as soon as it started:
+        a caller that stops waiting can :meth:`attach` to it later.
         ``checkpoint`` (``{"name", "keep_auto"}``): an automatic snapshot once the run is
         done, taken by the agent after its answer (see :meth:`snapshot`)."""
+        language, code, timeout = self._check_run(language, code, timeout, session, input_data)
+        if checkpoint is not None:
+            self._snapshot_client(sandbox_id)  # raises where the provider has no snapshots
+        record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
+                                                     else 0.0)
+        trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+        try:
+            raw = client.run(
+                language,
+                code,
+                timeout=timeout,
+                session=session,
+                output_limit=self.settings.output_bytes,
+                stdin=stdin,
+                stderr_traceback=stderr_traceback,
+                deadline=deadline,
+                input_data=input_data,
+                execution_count=execution_count,
+                checkpoint=checkpoint,
+                on_event=_forwarder(on_event, trusted),
+                on_run_id=None if on_run_id is None else (
+                    lambda rid: on_run_id(run_id_of(sandbox_id, rid))),
+            )
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        self._touch(record, finished=raw)
+        result = _exec_result(sandbox_id, raw, trusted)
+        if result.timed_out:
+            raise ExecutionTimeoutError(timeout, result)
+        return result
+
+    def _check_run(self, language: str, code: str, timeout: float | None,
+                   session: str | None, input_data: str | None) -> tuple[str, str, float]:
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
@@ -289,63 +330,85 @@ class SandboxManager:
             if not isinstance(input_data, str) or len(input_data) > MAX_CODE_BYTES:
                 raise InvalidArgumentError(
                     f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
+        return language, code, timeout
+
+    def _prepare_run(self, sandbox_id: str, reserve: float,
+                     hold: bool = False) -> tuple[SandboxRecord, float, AgentClient]:
+        """Extend the TTL for a run (``reserve`` seconds more; ``hold``: no touch may bring
+        the expiry before them) and move the provider's timeout along: the record, the
+        watchdog deadline (which travels in the run request) and the agent client."""
         record = self._require_active(sandbox_id)
-        if checkpoint is not None and not self.provider(record.provider).capabilities.snapshots:
-            self._snapshot_client(sandbox_id)  # raises its explanation
-        record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
-        deadline = watchdog_deadline(record.expires_at)  # travels in the run request
+        record = self._touch(record, extra=reserve, hold=hold)
+        deadline = watchdog_deadline(record.expires_at)
         self.provider(record.provider).extend(record.handle, deadline)
-        client = self._client(record)
+        return record, deadline, self._client(record)
 
-        trusted = self.settings.trusted_output if trusted_output is None else trusted_output
-        clean = _keep if trusted else _safe_mime_data
-
-        def forward(event: dict[str, Any]) -> None:
-            if on_event is not None:
-                payload = _event_payload(event)
-                if event["ev"] in ("display", "result") and not trusted:
-                    payload = _safe_bundle(payload)
-                on_event(OutputEvent(event["ev"], payload))
-
+    def start(self, sandbox_id: str, language: str, code: str, timeout: float | None = None,
+              *, session: str | None = None, input_data: str | None = None) -> str:
+        """Start a detached run and return its run id (``sb_…:r…``) at once. It outlives
+        this process; its sandbox does not expire before the run's timeout has passed
+        (plus the TTL). :meth:`attach` replays and follows it, :meth:`runs` lists it."""
+        language, code, timeout = self._check_run(language, code, timeout, session, input_data)
+        _record, deadline, client = self._prepare_run(sandbox_id, timeout, hold=True)
         try:
-            raw = client.run(
-                language,
-                code,
-                timeout=timeout,
-                session=session,
-                output_limit=self.settings.output_bytes,
-                on_event=forward,
-                stdin=stdin,
-                stderr_traceback=stderr_traceback,
-                deadline=deadline,
-                input_data=input_data,
-                execution_count=execution_count,
-                checkpoint=checkpoint,
-            )
+            rid = client.start(language, code, timeout=timeout, session=session,
+                               output_limit=self.settings.output_bytes, deadline=deadline,
+                               input_data=input_data)
         except AgentError as exc:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record, finished=raw)
-        result = ExecResult(
-            stdout=raw["stdout"],
-            stderr=raw["stderr"],
-            exit_code=raw["exit_code"],
-            execution_time=raw["execution_time"],
-            timed_out=raw["timed_out"],
-            interrupted=raw["interrupted"],
-            truncated=raw["truncated"],
-            display=tuple(clean(bundle) for bundle in raw.get("display") or ()),
-            error=raw.get("error"),
-            result=None if raw.get("result") is None else clean(raw["result"]),
-            oom_killed=bool(raw.get("oom_killed")),
-            session_restarted=bool(raw.get("session_restarted")),
-            usage=raw.get("usage"),
-            ended_by=raw.get("ended_by", "exit"),
-        )
-        if result.timed_out:
-            raise ExecutionTimeoutError(timeout, result)
-        return result
+        return run_id_of(sandbox_id, rid)
+
+    def attach(self, run_id: str, *, follow: bool = True,
+               on_event: EventCallback | None = None,
+               trusted_output: bool | None = None) -> tuple[ExecResult, dict[str, Any]]:
+        """Replay a run's output from the start (the agent keeps its last REPLAY_BYTES)
+        and, with ``follow``, the rest live until it ends. Returns the run's result (as
+        :meth:`run` gives it, timeouts included, without raising) and ``{"state",
+        "dropped_bytes"}``: ``running`` when not following a run that goes on;
+        ``dropped_bytes``: output cut from the start of the replay."""
+        sandbox_id, rid = split_run_id(run_id)
+        record = self._require_active(sandbox_id)
+        client = self._client(record)
+        try:
+            known = {r["run_id"]: r for r in client.runs()}
+            if rid not in known:
+                raise InvalidArgumentError(
+                    f"no run {run_id} (sandbox {sandbox_id} keeps its running runs and its "
+                    f"last finished ones: {CLI_COMMAND} runs {sandbox_id} lists them)")
+            limit = known[rid]["timeout"]
+            wait = None if limit is None else min(limit, MAX_TIMEOUT) + RUN_WAIT_GRACE
+            trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+            raw = client.attach(rid, follow=follow, wait=wait if follow else 30.0,
+                                output_limit=self.settings.output_bytes,
+                                on_event=_forwarder(on_event, trusted))
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        return (_exec_result(sandbox_id, raw, trusted),
+                {"state": raw["state"], "dropped_bytes": raw["dropped_bytes"]})
+
+    def runs(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's runs, oldest first: ``run_id``, ``state`` (running, finished,
+        failed), ``language``, ``session``, ``detached``, ``started_at``, ``ended_at``
+        (epoch s), ``exit_code``, ``ended_by``, ``usage`` … (see ``AgentClient.runs``)."""
+        record = self._require_active(sandbox_id)
+        try:
+            found = self._client(record).runs()
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        for run in found:
+            run["run_id"] = run_id_of(sandbox_id, run["run_id"] or "?")
+        return found
+
+    def interrupt_run(self, run_id: str) -> int:
+        """Interrupt one run by id (1 if it was signalled, 0 if it had ended)."""
+        sandbox_id, rid = split_run_id(run_id)
+        return self._client(self._require_active(sandbox_id)).interrupt_run(rid)
 
     def input_reply(self, sandbox_id: str, session: str, value: str | None) -> None:
         """Answer ``input()`` in a run started with ``stdin=True`` (None = end of input)."""
@@ -603,17 +666,21 @@ class SandboxManager:
                                 command=command)
 
     def _touch(self, record: SandboxRecord, extra: float = 0.0,
-               finished: dict[str, Any] | None = None) -> SandboxRecord:
+               finished: dict[str, Any] | None = None, hold: bool = False) -> SandboxRecord:
         """Extend the TTL from now (plus ``extra`` seconds of run time); the ``usage`` of
         the ``finished`` run (the agent client's result) is added to the record's totals in
-        the same update."""
+        the same update. ``hold`` (a detached run): the expiry never comes before now +
+        ``extra`` + the TTL, whatever later touches compute (the record's ``held_until``)."""
         now = self.clock()
 
         def apply(data: dict[str, Any]) -> dict[str, Any] | None:
             if data["status"] != Status.ACTIVE.value:
                 return None
+            if hold:
+                data["held_until"] = max(data.get("held_until") or 0.0, now + extra)
             data["last_active_at"] = now
-            data["expires_at"] = expiry(now, data["ttl_minutes"], extra)
+            data["expires_at"] = max(expiry(now, data["ttl_minutes"], extra),
+                                     expiry(data.get("held_until") or 0.0, data["ttl_minutes"]))
             if finished is not None:
                 data["usage_totals"] = add_usage(data.get("usage_totals"), finished.get("usage"))
             return data
@@ -641,6 +708,65 @@ class SandboxManager:
         """Close agent connections held by this manager."""
         for sandbox_id in list(self._clients):
             self.forget_client(sandbox_id)
+
+
+#: Run ids are ``<sandbox id>:<the agent's run id>``: any process can attach with one.
+RUN_ID_SEP = ":"
+
+
+def run_id_of(sandbox_id: str, agent_run_id: str) -> str:
+    """The run id callers see: it names its sandbox."""
+    return f"{sandbox_id}{RUN_ID_SEP}{agent_run_id}"
+
+
+def split_run_id(run_id: Any) -> tuple[str, str]:
+    """``(sandbox id, the agent's run id)`` of a run id; InvalidArgumentError if malformed."""
+    parts = run_id.rpartition(RUN_ID_SEP) if isinstance(run_id, str) else ("", "", "")
+    if not (parts[0] and parts[1] and parts[2]):
+        raise InvalidArgumentError(
+            f"{run_id!r} is not a run id: a run id looks like sb_0123456789abcdef:r0123456789ab "
+            f"(printed by '{CLI_COMMAND} run ID --detach', listed by '{CLI_COMMAND} runs ID')")
+    return parts[0], parts[2]
+
+
+def _forwarder(on_event: EventCallback | None,
+               trusted: bool) -> Callable[[dict[str, Any]], None] | None:
+    """The agent client's event callback for ``on_event`` (rich bundles made inert unless
+    ``trusted``)."""
+    if on_event is None:
+        return None
+
+    def forward(event: dict[str, Any]) -> None:
+        payload = _event_payload(event)
+        if event["ev"] in ("display", "result") and not trusted:
+            payload = _safe_bundle(payload)
+        on_event(OutputEvent(event["ev"], payload))
+
+    return forward
+
+
+def _exec_result(sandbox_id: str, raw: dict[str, Any], trusted: bool) -> ExecResult:
+    """The agent client's run result as an ExecResult (rich bundles made inert unless
+    ``trusted``)."""
+    clean = _keep if trusted else _safe_mime_data
+    rid = raw.get("run_id")
+    return ExecResult(
+        stdout=raw["stdout"],
+        stderr=raw["stderr"],
+        exit_code=raw["exit_code"],
+        execution_time=raw["execution_time"],
+        timed_out=raw["timed_out"],
+        interrupted=raw["interrupted"],
+        truncated=raw["truncated"],
+        display=tuple(clean(bundle) for bundle in raw.get("display") or ()),
+        error=raw.get("error"),
+        result=None if raw.get("result") is None else clean(raw["result"]),
+        oom_killed=bool(raw.get("oom_killed")),
+        session_restarted=bool(raw.get("session_restarted")),
+        usage=raw.get("usage"),
+        ended_by=raw.get("ended_by", "exit"),
+        run_id=None if rid is None else run_id_of(sandbox_id, rid),
+    )
 
 
 def _snapshot_out(snap: dict[str, Any]) -> dict[str, Any]:

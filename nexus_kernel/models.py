@@ -286,6 +286,8 @@ class ExecResult:
     usage: dict[str, Any] | None = None
     #: Why it ended: one of :data:`ENDED_BY`.
     ended_by: str = "exit"
+    #: The run's id (``sb_…:r…``): ``sandbox_attach`` / ``nexus sandbox logs`` replay it.
+    run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

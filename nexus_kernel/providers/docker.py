@@ -16,7 +16,9 @@ pages count against the memory cap), a host uid of the sandbox's own (below), no
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
 read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
 The image's entrypoint is replaced by the agent; an image without python3 fails create in
-one line. The default image (``nexus-sandbox:latest``) is only the default environment.
+one line. The default image (``nexus-sandbox:latest``) is only the default environment. A
+``template_id`` naming a docker template (``nexus template create NAME --provider docker``,
+:mod:`.docker_template`) runs that template's image.
 
 One host identity per sandbox: each container runs as a uid (and gid) U of its own, and its
 relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for nexus, beside
@@ -80,6 +82,8 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
+from .docker_template import remove_build_leftovers
+from .docker_template import resolve as template_image
 
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
@@ -127,8 +131,10 @@ def _unreachable(host: str) -> ProviderUnavailableError:
 
 def _image_missing(image: str) -> ProviderUnavailableError:
     return ProviderUnavailableError(
-        f"the Docker image {image!r} does not exist: docker pull it, or build the default image "
-        "with 'bash scripts/build-image.sh' (offline) or 'docker build -f docker/Dockerfile .'"
+        f"the Docker image {image!r} does not exist and is no template: docker pull it, build a "
+        "template (nexus template create NAME --provider docker --pip PKG ...), or build the "
+        "default image with 'bash scripts/build-image.sh' (offline) or 'docker build -f "
+        "docker/Dockerfile .'"
     )
 
 
@@ -365,9 +371,10 @@ class DockerProvider(Provider):
         """Start a hardened container running the agent; return once the agent is READY."""
         host = self._host()
         client = self._client(host)
-        image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        with _api_errors(host, "find the template's image"):  # a docker template, or an image
+            image = template_image(client.api, spec.template_id or self.settings.docker_image)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
@@ -546,7 +553,8 @@ class DockerProvider(Provider):
         started (their creator died in between) or exited yet not removed (auto-remove lost
         to an engine restart), older than ``grace`` s. Running and paused ones are never
         touched: they belong to a live sandbox of some store, or end at their TTL. Also the
-        agent volumes of other agent versions that no container uses (older than ``grace``)."""
+        agent volumes of other agent versions that no container uses (older than ``grace``),
+        and template build containers of builds that died."""
         host = self._host()
         client = self._client(host)
         with _api_errors(host, "list sandbox containers"):
@@ -562,6 +570,7 @@ class DockerProvider(Provider):
                 removed.append(f"container {row['Id'][:12]}")
         with _api_errors(host, "remove old agent volumes"):
             removed += remove_old_volumes(client.api, grace)
+            removed += remove_build_leftovers(client.api, grace)
         return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:
