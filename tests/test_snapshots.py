@@ -111,7 +111,13 @@ def test_snapshot_refused_during_a_run_and_restore_after_pause(nx, sandbox):
     assert value(nx, sb, "n") == "1"
     assert [s["snapshot_id"] for s in nx.sandbox_snapshots(sb)["snapshots"]] == \
         [snap["snapshot_id"]]
-    nx.sandbox_snapshot_delete(sb, "one")
+    count = "len([p for p in __import__('os').listdir('/proc') if p.isdigit()])"
+    before = int(value(nx, sb, count))
+    nx.sandbox_snapshot_delete(sb, "one")  # its holder process ends
+    deadline = time.monotonic() + 5
+    while int(value(nx, sb, count)) != before - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(value(nx, sb, count)) == before - 1
     with pytest.raises(InvalidArgumentError, match="no snapshot 'one'"):
         nx.sandbox_restore(sb, "one")
 

@@ -130,7 +130,8 @@ def process_tree(root: int, use_children_files: bool = True) -> dict[int, list[i
     return tree
 
 
-def _has_tag(pid: int, tag: str) -> bool:
+def has_tag(pid: int, tag: str) -> bool:
+    """True when process ``pid`` carries the process tag ``tag``."""
     needle = f"\0{TAG_VAR}={tag}\0".encode()
     return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
 
@@ -159,7 +160,7 @@ class ProcessTable:
         chosen: set[int] = set()
         stack = [pid for pid in tree if pid != self.me] if everything else list(roots)
         if tag and not everything:
-            stack.extend(pid for pid in tree if pid != self.me and _has_tag(pid, tag))
+            stack.extend(pid for pid in tree if pid != self.me and has_tag(pid, tag))
         while stack:
             pid = stack.pop()
             if pid in chosen or pid == self.me or pid not in tree:

@@ -22,6 +22,7 @@ import stat
 import threading
 import time
 
+from .procs import has_tag
 from .runs import random_id
 from .wire import Failure, Invalid, encode
 
@@ -134,8 +135,9 @@ class Snapshot:
 
     def discard(self) -> None:
         for holder in self.holders.values():
-            with contextlib.suppress(OSError):
-                os.kill(holder["pid"], signal.SIGKILL)  # the agent's reaper reaps it
+            if has_tag(holder["pid"], holder["tag"]):  # not a process that took its pid
+                with contextlib.suppress(OSError):
+                    os.kill(holder["pid"], signal.SIGKILL)  # the agent's reaper reaps it
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -222,12 +224,13 @@ class Snapshots:
             snap.not_captured.append(label)
             return
         path = os.path.join(snap.folder, f"{len(snap.holders)}.sock")
-        answer = session.ask({"op": "snapshot", "path": path, "tag": random_id(),
+        tag = random_id()
+        answer = session.ask({"op": "snapshot", "path": path, "tag": tag,
                               "agent": os.getpid()}, FORK_WAIT)
         if not answer or not isinstance(answer.get("pid"), int):
             why = (answer or {}).get("error") or "it did not answer"
             raise Failure(f"cannot snapshot session {label}: {why}")
-        snap.holders[session.name] = {"pid": answer["pid"], "path": path}
+        snap.holders[session.name] = {"pid": answer["pid"], "path": path, "tag": tag}
         snap.memory_bytes += int(answer.get("rss") or 0)
         for key in ("lost_threads", "lost_processes"):
             if answer.get(key):
