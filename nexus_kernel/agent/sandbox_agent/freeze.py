@@ -16,6 +16,7 @@ processes (listed in ``lost_processes``: they stay the current worker's).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -52,13 +53,13 @@ def snapshot(worker, cmd: dict) -> dict | None:
     try:
         listener.bind(path)
         listener.listen(4)
-        holder = _detached_fork()
+        holder = _detached_fork(functools.partial(_become_holder, worker, tag))
     except OSError as exc:
         listener.close()
         return {"error": f"cannot fork the session: {exc.strerror or exc}"}
     if holder == 0:
         try:
-            _hold(worker, listener, tag, agent_pid, offsets)  # returns only in a new worker
+            _hold(worker, listener, agent_pid, offsets)  # returns only in a new worker
         except BaseException:
             os._exit(1)
         return None
@@ -69,6 +70,15 @@ def snapshot(worker, cmd: dict) -> dict | None:
 
 #: Middle processes of double forks not reaped yet (see :func:`_detached_fork`).
 _middles: list = []
+
+
+def reap() -> None:
+    """Wait for the middle processes of the last double forks (done after the reply: they
+    exit at once, but their exit need not delay it)."""
+    while _middles:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(_middles[-1], 0)
+        _middles.pop()
 
 
 #: Names in a session's namespace that are the session's own, never exported.
@@ -147,9 +157,11 @@ def load(worker, cmd: dict) -> dict:
     return {"failed": sorted(failed)}
 
 
-def _detached_fork() -> int:
-    """Fork a grandchild that the agent adopts: 0 in it, its pid in the caller. The middle
-    process exits right after the fork; it is reaped later, not waited for."""
+def _detached_fork(prepare) -> int:
+    """Fork a grandchild that the agent adopts: 0 in it, its pid in the caller, which has
+    it once the grandchild ran ``prepare()`` (its process tag set: killing the session it
+    was forked from never kills it after that). The middle process exits right after the
+    fork; :func:`reap` waits for it later."""
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():  # "fork() in a multi-threaded process": see the docstring
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -161,34 +173,33 @@ def _detached_fork() -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
-            if pid > 0:
-                os.write(write_end, b"%d\n" % pid)
         if pid != 0:
             os._exit(0)
-        os.close(write_end)
+        try:
+            prepare()
+            os.write(write_end, b"%d\n" % os.getpid())
+            os.close(write_end)
+        except BaseException:
+            os._exit(1)
         return 0
     os.close(write_end)
     data = b""
-    while not data.endswith(b"\n"):  # not EOF: the middle's exit is not waited for
+    while not data.endswith(b"\n"):  # EOF: prepare() failed
         chunk = os.read(read_end, 64)
         if not chunk:
             break
         data += chunk
     os.close(read_end)
     _middles.append(middle)
-    for pid in list(_middles):
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                continue
-        _middles.remove(pid)
     if not data.endswith(b"\n"):
         raise OSError("fork failed")
     return int(data)
 
 
-def _hold(worker, listener, tag: str, agent_pid: int, offsets: dict) -> None:
-    """The holder's life: wait for the agent's requests; return only in a new worker."""
+def _become_holder(worker, tag: str) -> None:
+    """The holder's set-up, before the worker learns its pid."""
     os.setsid()  # out of the session's process group: an interrupt never reaches it
+    set_tag(tag)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -197,7 +208,10 @@ def _hold(worker, listener, tag: str, agent_pid: int, offsets: dict) -> None:
     for fd in (worker.cmd_fd, worker.ctl_fd, worker.out_fd, worker.err_fd):
         with contextlib.suppress(OSError):
             os.close(fd)
-    set_tag(tag)
+
+
+def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
+    """The holder's life: wait for the agent's requests; return only in a new worker."""
     while True:
         try:
             conn, _ = listener.accept()
@@ -214,13 +228,14 @@ def _hold(worker, listener, tag: str, agent_pid: int, offsets: dict) -> None:
                 os._exit(0)
             if request.get("op") != "fork" or len(fds) != _FDS:
                 continue
-            pid = _detached_fork()
+            tag = str(request.get("tag", ""))
+            pid = _detached_fork(functools.partial(_become_worker, worker, fds, tag, offsets))
             if pid == 0:
                 listener.close()
                 conn.close()
-                _become_worker(worker, fds, str(request.get("tag", "")), offsets)
                 return
             conn.sendall(b"%d\n" % pid)
+            reap()
         except OSError:
             continue
         finally:

@@ -278,12 +278,13 @@ class PythonWorker:
     def snapshot(self, cmd: dict) -> None:
         """Fork a holder of this session's state (:mod:`.freeze`) and reply with its pid;
         a worker restored from the holder returns here and goes on serving."""
-        from .freeze import snapshot
+        from .freeze import reap, snapshot
 
         found = snapshot(self, cmd)
         if found is not None:
             found.update(ev="reply", id=cmd.get("id"))
             self.emit(found)
+        reap()
 
     def transfer(self, cmd: dict) -> None:
         """``export`` the namespace to a file, or ``load`` one (a fork, :mod:`.freeze`)."""
