@@ -4,7 +4,7 @@
                           [--concurrency 1,10,50,100] [--only GROUPS] [--markdown PATH]
 
 Groups (``--only``): create, run, session, pause, memory, stop, provider (the provider alone,
-without the manager), kernel, cli, mcp, concurrency, store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
+without the manager), kernel, cli, mcp, concurrency, store, pool, snapshot. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
 so the benchmark never touches your own sandboxes.
 """
 
@@ -30,7 +30,7 @@ from .timing import Row, unavailable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GROUPS = ("create", "run", "session", "pause", "memory", "stop", "provider", "kernel", "cli",
-          "mcp", "concurrency", "store", "pool")
+          "mcp", "concurrency", "store", "pool", "snapshot")
 #: The groups of cases.provider_rows (through the manager).
 MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from nexus_kernel.config import Settings
 
     from . import cases
+    from .snapshots import snapshot_rows
 
     settings = Settings.load()
     providers = args.providers.split(",") if args.providers else ["local", "docker"]
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         for group, fn, *extra in (("pool", cases.pool_rows), ("kernel", cases.kernel_rows),
                                   ("cli", cases.cli_rows), ("mcp", cases.mcp_rows),
                                   ("concurrency", cases.concurrency_rows, levels),
-                                  ("store", cases.store_rows)):
+                                  ("store", cases.store_rows),
+                                  ("snapshot", snapshot_rows)):
             if ctx.wants(group):
                 attempt(group, fn, ctx, *extra)
     finally:

@@ -153,6 +153,24 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        ("events", "network requests its allow-list denied (--allow)")]:
         sandbox_id(command(name, text))
 
+    p = command("snapshot", "snapshot a sandbox: its python sessions' variables and its "
+                "home directory's files (refused while it runs code)")
+    sandbox_id(p)
+    p.add_argument("--name", help="a name to restore it by (replaces an older one of that name)")
+    p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
+                "threads, processes, open files and bash/javascript state do not carry)")
+    sandbox_id(p)
+    p.add_argument("--snapshot", metavar="SNAP", help="fork the state of this snapshot (id or "
+                   "name) instead of the current one")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="how many (default 1)")
+    p = command("snapshot-delete", "delete a snapshot of a sandbox")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
+
     p = command("logs", "replay a run's output from its start and its exit code (any "
                 "process may, with the run id alone)", epilog=EXIT_CODES, formatter_class=raw)
     p.add_argument("run_id", help="the run's id (sb_...:r..., from run --detach or runs)")
@@ -309,7 +327,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # detached `python -m nexus_kernel.pool_fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
     nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
-    handler = globals()["_cmd_" + args.command]
+    handler = globals()["_cmd_" + args.command.replace("-", "_")]
     return handler(nx, args)
 
 
@@ -558,6 +576,44 @@ def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
         print(json.dumps(events))
         return 0
     print(events_table(events), end="")
+    return 0
+
+
+def _cmd_snapshot(nx: Any, args: argparse.Namespace) -> int:
+    snap = nx.sandbox_snapshot(args.sandbox_id, args.name)
+    lost = ", ".join(f"{k}: threads {', '.join(v)}" for k, v in snap["lost_threads"].items())
+    human = f"Snapshot: {snap['snapshot_id']} ({snap['size']} bytes of files)"
+    _emit(args, snap, human + (f"; not kept: {lost}" if lost else ""))
+    return 0
+
+
+def _cmd_restore(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_restore(args.sandbox_id, args.snapshot)
+    fresh = f"; started fresh: {', '.join(done['restarted'])}" if done["restarted"] else ""
+    _emit(args, done, f"Restored {done['snapshot_id']} in sandbox {args.sandbox_id}{fresh}")
+    return 0
+
+
+def _cmd_snapshots(nx: Any, args: argparse.Namespace) -> int:
+    data = nx.sandbox_snapshots(args.sandbox_id)
+    rows = [("SNAPSHOT_ID", "NAME", "CREATED", "SIZE", "MEMORY")]
+    rows += [(s["snapshot_id"], s["name"] or "-", s["created"], s["size"], s["memory"])
+             for s in data["snapshots"]]
+    _emit(args, data, _table(rows) if data["snapshots"] else "No snapshots.")
+    return 0
+
+
+def _cmd_fork(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_fork(args.sandbox_id, args.snapshot, args.count)
+    lines = [f"Forked sandbox: {f['sandbox_id']}" for f in done["forks"]]
+    lines += [f"not carried from session {k}: {', '.join(v)}" for k, v in done["skipped"].items()]
+    _emit(args, done, "\n".join(lines))
+    return 0
+
+
+def _cmd_snapshot_delete(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_snapshot_delete(args.sandbox_id, args.snapshot)
+    _emit(args, done, f"Deleted snapshot: {done['deleted']}")
     return 0
 
 

@@ -114,6 +114,9 @@ class Settings:
     #: Kernel: a restarted kernel continues in the sandbox of its previous run instead of
     #: stopping it (NEXUS_KERNEL_REATTACH).
     kernel_reattach: bool = False
+    #: Kernel and magics: automatic checkpoints kept before cells, the undo depth
+    #: (NEXUS_CHECKPOINTS; 0 or off: none).
+    checkpoints: int = 5
 
     @property
     def limits(self) -> Limits:
@@ -181,6 +184,8 @@ def _coerce(name: str, raw: str, source: str) -> Any:
         return _on_off(raw, source)
     if name == "cell_timeout":
         return _seconds(raw, source)
+    if name == "checkpoints" and raw.strip().lower() in _BOOL_FALSE:
+        return 0
     try:
         if name == "home":
             return Path(raw).expanduser()

@@ -59,6 +59,7 @@ class Capabilities:
     #: Can enforce an egress allow-list (``SandboxSpec.allow``).
     egress_allow: bool = False
     gpu: bool = False
+    snapshots: bool = False  # the agent's snapshots (a session's state held by a fork)
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
     def to_dict(self) -> dict[str, Any]:

@@ -331,7 +331,8 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True,
+                                gpu=False, snapshots=True)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):

@@ -160,7 +160,8 @@ class LocalProvider(Provider):
     root), ``agent_dir``, ``ready_timeout``, ``cgroups`` (False forces the rlimit fallback)."""
 
     name = "local"
-    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True,
+                                gpu=False, snapshots=True)
     alive_is_cheap = True
     alive_without_check = True
 

@@ -31,6 +31,7 @@ class Reply:
     def __init__(self, conn, rid) -> None:
         self.conn = conn
         self.rid = rid
+        self.after = None  # called once ``done`` is sent (a run's checkpoint)
 
     def event(self, ev: str, **fields) -> None:
         msg = {"id": self.rid, "ev": ev}
