@@ -140,6 +140,7 @@ class SandboxRecord:
             "ttl_minutes": int(self.ttl_minutes) if float(self.ttl_minutes).is_integer()
             else self.ttl_minutes,
             "network": self.network,
+            "runtime": self.handle.get("runtime"),
             "created_at": iso(self.created_at),
             "last_active_at": iso(self.last_active_at),
             "expires_at": iso(self.expires_at),

@@ -13,6 +13,10 @@ pages count against the memory cap), a host uid of the sandbox's own (below), no
 (only the agent's read-only volume) and no docker socket, plus labels ``nexus.sandbox_id`` /
 ``nexus.owner`` / ``nexus.store`` / ``nexus.expires_at`` for reconcile.
 
+The engine's OCI runtime is runc unless ``NEXUS_DOCKER_RUNTIME`` names another one the engine
+has registered, e.g. gVisor's ``runsc`` (see :mod:`.docker_runtime`); the hardening is the
+same under every runtime, and the handle records the one used (``runtime``).
+
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
 read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
 The image's entrypoint is replaced by the agent; an image without python3 fails create in
@@ -80,6 +84,7 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
+from .docker_runtime import check_runtime, engine_runtimes, is_gvisor, pick_runtime
 
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
@@ -265,10 +270,11 @@ def container_command(deadline: float | None) -> list[str]:
     return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
 
 
-def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
+def hardening(limits: Limits, network: bool, uid: int, runtime: str = "") -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox running as
-    ``uid`` (the container-level ones, its user and working dir /home/user, and the agent's
-    read-only volume are set in create)."""
+    ``uid`` under the engine's OCI ``runtime`` ("" = its default) (the container-level ones,
+    its user and working dir /home/user, and the agent's read-only volume are set in
+    create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
@@ -293,6 +299,8 @@ def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
     }
     if limits.cpus and limits.cpus > 0:
         options["nano_cpus"] = int(limits.cpus * 1e9)
+    if runtime:
+        options["runtime"] = runtime
     return options
 
 
@@ -329,23 +337,50 @@ class DockerProvider(Provider):
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
         self._clients: dict[str, Any] = {}
+        self._infos: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ availability
 
     @classmethod
     def check_available(cls, settings: Settings, **options: Any) -> None:
-        """The SDK is installed, the daemon answers and the default image exists."""
+        """The SDK is installed, the daemon answers, the default image exists and the engine
+        has the configured runtime."""
         docker = import_sdk("docker", "docker")
         client = open_client(settings.docker_host, timeout=10)
         try:
             client.ping()
             client.images.get(settings.docker_image)
+            if settings.docker_runtime:
+                check_runtime(client.info(), settings.docker_runtime)
         except docker.errors.ImageNotFound:
             raise _image_missing(settings.docker_image) from None
         except (docker.errors.DockerException, OSError):
             raise _unreachable(settings.docker_host) from None
         finally:
             client.close()
+
+    @classmethod
+    def runtimes(cls, settings: Settings, **options: Any) -> list[str]:
+        """The OCI runtimes the engine offers (``NEXUS_DOCKER_RUNTIME``); [] when it does not
+        answer."""
+        docker = import_sdk("docker", "docker")
+        try:
+            client = open_client(settings.docker_host, timeout=10)
+        except ProviderUnavailableError:
+            return []
+        try:
+            return sorted(engine_runtimes(client.info()))
+        except (docker.errors.DockerException, OSError):
+            return []
+        finally:
+            client.close()
+
+    def _engine_info(self, host: str) -> dict[str, Any]:
+        """The engine's ``info`` (runtimes), asked once per engine by this provider."""
+        info = self._infos.get(host)
+        if info is None:
+            info = self._infos[host] = self._client(host).info()
+        return info
 
     def _client(self, host: str) -> Any:
         client = self._clients.get(host)
@@ -367,6 +402,9 @@ class DockerProvider(Provider):
         image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        with _api_errors(host, "ask the engine for its runtimes"):
+            info = self._engine_info(host)
+        runtime = pick_runtime(info, self.settings.docker_runtime, spec.network)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
@@ -375,7 +413,8 @@ class DockerProvider(Provider):
         with _api_errors(host, "create the sandbox container"):
             for _ in range(UID_ATTEMPTS):
                 uid = pick_uid(set(labelled_uids(client).values()))
-                container_id = self._create_container(client, spec, image, uid, version)
+                container_id = self._create_container(client, spec, image, uid, version,
+                                                      runtime)
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
                 # a racing create took the same uid: both back off, at most one keeps it
@@ -390,6 +429,8 @@ class DockerProvider(Provider):
             "image": image,
             "docker_host": host,
             "uid": uid,
+            "runtime": runtime,
+            "gvisor": is_gvisor(info, runtime),
         }
         try:
             self._start_agent(client, container_id, token, image)
@@ -400,9 +441,9 @@ class DockerProvider(Provider):
         return handle
 
     def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int,
-                          agent_version: str) -> str:
-        """Create (not start) the sandbox's container, running as ``uid`` with the agent's
-        volume of ``agent_version``; its id."""
+                          agent_version: str, runtime: str) -> str:
+        """Create (not start) the sandbox's container, running as ``uid`` under ``runtime``
+        with the agent's volume of ``agent_version``; its id."""
         docker = import_sdk("docker", "docker")
         host_config = client.api.create_host_config(
             auto_remove=True,
@@ -410,7 +451,7 @@ class DockerProvider(Provider):
                 type="json-file", config={"max-size": "1m", "max-file": "1"}
             ),
             mounts=[agent_mount(agent_version)],
-            **hardening(spec.limits, spec.network, uid),
+            **hardening(spec.limits, spec.network, uid, runtime),
         )
         try:
             return client.api.create_container(
@@ -464,7 +505,9 @@ class DockerProvider(Provider):
         host = self._host(handle)
         client = self._client(host)
         container_id = handle["container_id"]
-        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=AGENT_PID))
+        # gVisor's SO_PEERCRED names the caller, not the listener (see .docker_runtime)
+        peer = None if handle.get("gvisor") else AGENT_PID
+        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=peer))
         uid = handle.get("uid")
         user = LEGACY_RELAY_USER if uid is None else f"{uid + 1}:{uid + 1}"
         with _api_errors(host, "open a stream to the sandbox"):
