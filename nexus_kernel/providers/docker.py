@@ -84,7 +84,13 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
-from .docker_runtime import check_runtime, engine_runtimes, is_gvisor, pick_runtime
+from .docker_runtime import (
+    GVISOR_ENDED,
+    check_runtime,
+    engine_runtimes,
+    is_gvisor,
+    pick_runtime,
+)
 
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
@@ -180,12 +186,17 @@ class DockerStreamChannel:
     """
 
     STDERR_KEEP = 64 * 1024
+    #: Seconds between checks that the container lives, while ``recv`` waits (``alive``).
+    WATCH_SECONDS = 1.0
 
-    def __init__(self, raw: Any, keepalive: Any = None):
+    def __init__(self, raw: Any, keepalive: Any = None, alive: Any = None):
         self._sock = _underlying_socket(raw)
         self._sock.settimeout(None)  # docker-py leaves its API timeout on hijacked sockets
         self._raw = raw
         self._keepalive = keepalive  # the HTTP response owning the socket (TLS needs it alive)
+        # gVisor: an exec stream stays open after its sandbox died; ``alive()`` False ends it
+        self._alive = alive
+        self._timeout: float | None = None
         self._kind = _STDOUT
         self._left = 0
         self.stderr = bytearray()
@@ -201,14 +212,36 @@ class DockerStreamChannel:
             if self._left == 0 and not self._next_header():
                 return b""
             if self._kind == _STDOUT:
-                chunk = self._sock.recv(min(size, self._left))
+                chunk = self._recv(min(size, self._left))
                 self._left -= len(chunk)
                 return chunk
             self._drain_other()
 
     def settimeout(self, timeout: float | None) -> None:
         """Socket timeout for ``recv`` (None = block)."""
+        self._timeout = timeout
         self._sock.settimeout(timeout)
+
+    def _recv(self, size: int) -> bytes:
+        """One socket read; with ``alive``, b"" once the container is gone."""
+        if self._alive is None:
+            return self._sock.recv(size)
+        waited = 0.0
+        while True:
+            step = self.WATCH_SECONDS
+            if self._timeout is not None:
+                step = min(step, self._timeout - waited)
+            self._sock.settimeout(max(step, 0.001))
+            try:
+                return self._sock.recv(size)
+            except TimeoutError:
+                waited += step
+                if self._timeout is not None and waited >= self._timeout:
+                    raise
+                if not self._alive():
+                    return b""
+            finally:
+                self._sock.settimeout(self._timeout)
 
     def shutdown_write(self) -> None:
         """Half-close: the process sees end of input, its output can still be read."""
@@ -236,7 +269,7 @@ class DockerStreamChannel:
         return True
 
     def _drain_other(self) -> None:
-        chunk = self._sock.recv(min(65536, self._left))
+        chunk = self._recv(min(65536, self._left))
         if not chunk:
             self._left = 0
             return
@@ -248,7 +281,7 @@ class DockerStreamChannel:
     def _recv_exactly(self, n: int) -> bytes | None:
         data = b""
         while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
+            chunk = self._recv(n - len(data))
             if not chunk:
                 return None
             data += chunk
@@ -525,7 +558,8 @@ class DockerProvider(Provider):
                 if exc.status_code == 409:
                     raise _not_running(container_id, _explain(exc)) from None
                 raise
-        return DockerStreamChannel(raw)
+        alive = (lambda: self.alive(handle)) if handle.get("gvisor") else None
+        return DockerStreamChannel(raw, alive=alive)
 
     def pause(self, handle: Handle) -> None:
         """Freeze every process of the container (``docker pause``). Idempotent."""
@@ -582,6 +616,10 @@ class DockerProvider(Provider):
         """True while the container exists and has not exited (running or paused).
         Raises ProviderUnavailableError when the daemon cannot be asked."""
         return self.state(handle) in ALIVE_STATES
+
+    def cap_reached(self, handle: Handle) -> str:
+        """Under gVisor, why a sandbox that ended during a run most likely did (a cap)."""
+        return GVISOR_ENDED if handle.get("gvisor") else ""
 
     def remove_leftovers(self, grace: float = LEFTOVER_GRACE_SECONDS) -> list[str]:
         """Containers of any store's sandboxes that can never run again: created but never

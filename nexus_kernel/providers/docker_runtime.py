@@ -18,6 +18,11 @@ listener's, so under it the relay cannot check that the agent (pid 1) is the one
 it connects without that check, and the stream's ``auth`` challenge still authenticates the
 agent before anything is sent (the agent binds its abstract socket before any user code runs,
 so no one else can hold the name while it lives).
+
+Caps under gVisor: the host's pids and memory caps apply to gVisor itself (its sentry and the
+host threads behind the sandbox's tasks), so a sandbox reaching one ends as a whole (the
+sentry cannot start a task, or the host OOM killer picks it) instead of one fork failing or
+one process being killed; the host stays protected either way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ def engine_runtimes(info: dict[str, Any]) -> dict[str, list[str]]:
     """Runtime name -> its runtime arguments, from the engine's ``info``."""
     return {name: list((spec or {}).get("runtimeArgs") or ())
             for name, spec in (info.get("Runtimes") or {}).items()}
+
+
+#: Why a gVisor sandbox ended during a run, most likely (see the module doc).
+GVISOR_ENDED = ("it ended during the run: under gVisor a sandbox that reaches its memory or "
+                "process cap ends as a whole")
 
 
 def is_gvisor(info: dict[str, Any], runtime: str) -> bool:
