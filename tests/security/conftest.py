@@ -2,7 +2,8 @@
 ``tests/reliability``: faults and bad input).
 
 Every test runs on the two real providers: ``local`` (bubblewrap) and ``docker`` (a real
-engine; skipped when it is missing, a failure under NEXUS_REQUIRE_DOCKER=1 as in CI).
+engine; skipped when it is missing, a failure under NEXUS_REQUIRE_DOCKER=1 as in CI); the
+security suite also on ``docker-runsc``: docker under gVisor (NEXUS_DOCKER_RUNTIME=runsc).
 
 - :class:`Env`: one provider's manager (attack limits, a private NEXUS_HOME) with the host-side
   checks: the processes left in a sandbox (cgroup tasks and a /proc scan of its pid namespace
@@ -42,6 +43,10 @@ PROVIDERS = ("local", "docker")
 #: The provider parameter of every test, marked so `-m "not docker"` selects local only.
 PROVIDER_PARAMS = [pytest.param("local", marks=pytest.mark.bwrap),
                    pytest.param("docker", marks=pytest.mark.docker)]
+#: Parameters that are a provider under a runtime: name -> (provider, docker runtime).
+RUNTIMES = {"docker-runsc": ("docker", "runsc")}
+#: The security suite's parameters: the providers, and docker under gVisor.
+SECURITY_PARAMS = [*PROVIDER_PARAMS, pytest.param("docker-runsc", marks=pytest.mark.docker)]
 LANGUAGES = ("python", "bash", "javascript")
 
 #: Caps of every sandbox these suites attack: small, so floods and bombs end fast in CI.
@@ -93,8 +98,9 @@ def provider_ready(name: str) -> None:
     """Skip (or fail under NEXUS_REQUIRE_DOCKER=1) when provider ``name`` cannot run here."""
     if name == "local" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    name, runtime = RUNTIMES.get(name, (name, None))
     if name == "docker":
-        problem = docker_problem(Settings.load())
+        problem = docker_problem(Settings.load(docker_runtime=runtime))
         if problem:
             docker_not_ready(problem)
 
@@ -163,13 +169,15 @@ def local_processes(handle: dict[str, Any]) -> dict[int, str]:
 
 
 class Env:
-    """One provider: a manager on a private NEXUS_HOME with :data:`ATTACK_LIMITS`."""
+    """One provider (a parameter: ``docker-runsc`` is docker, ``runtime`` runsc): a manager
+    on a private NEXUS_HOME with :data:`ATTACK_LIMITS`."""
 
     def __init__(self, name: str, home: Path, **overrides: Any):
-        self.name = name
+        self.name, self.runtime = RUNTIMES.get(name, (name, ""))
         self.home = home
         limits = {**ATTACK_LIMITS, **overrides}
-        self.settings = Settings.load(home=home, user="tester", provider=name, **limits)
+        self.settings = Settings.load(home=home, user="tester", provider=self.name,
+                                      docker_runtime=self.runtime, **limits)
         self.manager = SandboxManager(self.settings, is_admin=True)
 
     @property
@@ -183,7 +191,7 @@ class Env:
         """The environment of a `nexus` CLI or API process working on this store."""
         limits = {f"NEXUS_{key.upper()}": str(value) for key, value in ATTACK_LIMITS.items()}
         return {**os.environ, **limits, "NEXUS_HOME": str(self.home), "NEXUS_USER": "tester",
-                "NEXUS_PROVIDER": self.name}
+                "NEXUS_PROVIDER": self.name, "NEXUS_DOCKER_RUNTIME": self.runtime}
 
     def client(self, record: SandboxRecord) -> AgentClient:
         """A private agent client (its own stream) for ``record``'s sandbox."""
@@ -366,13 +374,16 @@ class Canary:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session", params=PROVIDER_PARAMS)
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def provider_env(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """The provider under test (session-scoped: one manager and one canary per provider)."""
     provider_ready(request.param)
     environment = Env(request.param, tmp_path_factory.mktemp(f"adversarial-{request.param}"))
     yield environment
     environment.close()
+
+
+env = pytest.fixture(scope="session", params=SECURITY_PARAMS, name="env")(provider_env)
 
 
 @pytest.fixture(scope="session")
