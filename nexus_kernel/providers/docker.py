@@ -88,6 +88,7 @@ from .docker_runtime import (
     GVISOR_ENDED,
     check_runtime,
     engine_runtimes,
+    host_pids,
     is_gvisor,
     pick_runtime,
 )
@@ -303,11 +304,12 @@ def container_command(deadline: float | None) -> list[str]:
     return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
 
 
-def hardening(limits: Limits, network: bool, uid: int, runtime: str = "") -> dict[str, Any]:
+def hardening(limits: Limits, network: bool, uid: int, runtime: str = "",
+              gvisor: bool = False) -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox running as
-    ``uid`` under the engine's OCI ``runtime`` ("" = its default) (the container-level ones,
-    its user and working dir /home/user, and the agent's read-only volume are set in
-    create)."""
+    ``uid`` under the engine's OCI ``runtime`` ("" = its default; ``gvisor``: it is gVisor,
+    whose host tasks the pids cap counts) (the container-level ones, its user and working
+    dir /home/user, and the agent's read-only volume are set in create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
@@ -315,7 +317,7 @@ def hardening(limits: Limits, network: bool, uid: int, runtime: str = "") -> dic
         "network_mode": "bridge" if network else "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "pids_limit": limits.pids,
+        "pids_limit": host_pids(limits.pids) if gvisor else limits.pids,
         "mem_limit": memory,
         "memswap_limit": memory,
         "read_only": True,
@@ -438,6 +440,7 @@ class DockerProvider(Provider):
         with _api_errors(host, "ask the engine for its runtimes"):
             info = self._engine_info(host)
         runtime = pick_runtime(info, self.settings.docker_runtime, spec.network)
+        gvisor = is_gvisor(info, runtime)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
@@ -447,7 +450,7 @@ class DockerProvider(Provider):
             for _ in range(UID_ATTEMPTS):
                 uid = pick_uid(set(labelled_uids(client).values()))
                 container_id = self._create_container(client, spec, image, uid, version,
-                                                      runtime)
+                                                      runtime, gvisor)
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
                 # a racing create took the same uid: both back off, at most one keeps it
@@ -463,7 +466,7 @@ class DockerProvider(Provider):
             "docker_host": host,
             "uid": uid,
             "runtime": runtime,
-            "gvisor": is_gvisor(info, runtime),
+            "gvisor": gvisor,
         }
         try:
             self._start_agent(client, container_id, token, image)
@@ -474,9 +477,9 @@ class DockerProvider(Provider):
         return handle
 
     def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int,
-                          agent_version: str, runtime: str) -> str:
+                          agent_version: str, runtime: str, gvisor: bool) -> str:
         """Create (not start) the sandbox's container, running as ``uid`` under ``runtime``
-        with the agent's volume of ``agent_version``; its id."""
+        (``gvisor``: it is gVisor) with the agent's volume of ``agent_version``; its id."""
         docker = import_sdk("docker", "docker")
         host_config = client.api.create_host_config(
             auto_remove=True,
@@ -484,7 +487,7 @@ class DockerProvider(Provider):
                 type="json-file", config={"max-size": "1m", "max-file": "1"}
             ),
             mounts=[agent_mount(agent_version)],
-            **hardening(spec.limits, spec.network, uid, runtime),
+            **hardening(spec.limits, spec.network, uid, runtime, gvisor),
         )
         try:
             return client.api.create_container(

@@ -165,6 +165,26 @@ def local_processes(handle: dict[str, Any]) -> dict[int, str]:
     return found
 
 
+def gvisor_processes(api: Any, container_id: str) -> dict[int, str]:
+    """pid -> command of a gVisor container's processes, in its own pid namespace: `docker
+    top` lists the host's processes of those pids there (gVisor's pids are not the host's),
+    so `ps` runs inside (and is left out)."""
+    import docker
+
+    argv = ["ps", "-ww", "-eo", "pid,stat,args"]
+    try:
+        exec_id = api.exec_create(container_id, argv, user="0:0")["Id"]
+        out = api.exec_start(exec_id).decode(errors="replace")
+    except (docker.errors.NotFound, docker.errors.APIError):
+        return {}
+    found = {}
+    for line in out.splitlines()[1:]:
+        pid, state, command = (line.split(None, 2) + ["", ""])[:3]
+        if pid.isdigit() and command != " ".join(argv):
+            found[int(pid)] = f"{command} <defunct>" if state.startswith("Z") else command
+    return found
+
+
 # ------------------------------------------------------------------ environment per provider
 
 
@@ -207,6 +227,8 @@ class Env:
         import docker
 
         api = self.provider._client(record.handle.get("docker_host", "")).api
+        if record.handle.get("gvisor"):
+            return gvisor_processes(api, record.handle["container_id"])
         try:  # -ww: whole command lines (ps cuts them at 80 columns otherwise)
             top = api.top(record.handle["container_id"], ps_args="-ww -eo pid,stat,args")
         except (docker.errors.NotFound, docker.errors.APIError):
