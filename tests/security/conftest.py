@@ -47,6 +47,27 @@ PROVIDER_PARAMS = [pytest.param("local", marks=pytest.mark.bwrap),
 RUNTIMES = {"docker-runsc": ("docker", "runsc")}
 #: The security suite's parameters: the providers, and docker under gVisor.
 SECURITY_PARAMS = [*PROVIDER_PARAMS, pytest.param("docker-runsc", marks=pytest.mark.docker)]
+#: Modules whose docker-runsc cases are not collected, and why (the CI budget: runsc costs
+#: ~1 s more per sandbox and per session start).
+NOT_ON_RUNSC = {
+    # caps bound gVisor itself: a bomb ends the whole sandbox (test_contract's
+    # docker-runsc limits case shows it), the inode and usage figures are gVisor's
+    "test_resources.py": "caps end the whole gVisor sandbox",
+    # per-sandbox host uids: gVisor's sentry runs as 65534 on the host, its tasks are not
+    # host processes (test_uids keeps its own PROVIDER_PARAMS)
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the docker-runsc cases of :data:`NOT_ON_RUNSC`'s modules."""
+    keep, drop = [], []
+    for item in items:
+        name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        on_runsc = "[docker-runsc" in item.nodeid
+        (drop if on_runsc and name in NOT_ON_RUNSC else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 LANGUAGES = ("python", "bash", "javascript")
 
 #: Caps of every sandbox these suites attack: small, so floods and bombs end fast in CI.

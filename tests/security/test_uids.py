@@ -17,7 +17,7 @@ import pytest
 
 from nexus_kernel.providers import docker, uids
 
-from .conftest import SECURITY_PARAMS, Box, Env, local_processes, provider_ready, wait_until
+from .conftest import PROVIDER_PARAMS, Box, Env, local_processes, provider_ready, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +61,7 @@ except OSError as exc:
 """
 
 
-@pytest.fixture(params=SECURITY_PARAMS)
+@pytest.fixture(params=PROVIDER_PARAMS)
 def env(request: pytest.FixtureRequest, tmp_path: Path):
     provider_ready(request.param)
     if request.param == "local" and os.geteuid() != 0:
