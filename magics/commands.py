@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from nexus_kernel import sandbox_lines
+from nexus_kernel.egress import denial_line, events_table
 from nexus_kernel.errors import UsageError
 from nexus_kernel.manager import describe
 from nexus_kernel.models import HARD_END, cap_warning, usage_table
@@ -42,7 +43,7 @@ def cmd_create(magics: SandboxMagics, args: argparse.Namespace, cell: str | None
         args.ttl if args.ttl is not None else magics.ttl_minutes,
         args.template or magics.template,
         provider=args.provider or magics.provider,
-        network=True if args.network else magics.network,
+        network=args.allow or (True if args.network else magics.network),
     )
     magics.current = record.sandbox_id
     return _card(magics, record, f"created sandbox {record.sandbox_id}")
@@ -116,6 +117,11 @@ def cmd_usage(magics: SandboxMagics, args: argparse.Namespace, cell: str | None)
     print(usage_table(list(magics.usage_log)), end="")
 
 
+def cmd_events(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    """Print the network requests a sandbox's allow-list denied."""
+    print(events_table(magics.manager.network_events(magics.resolve(args.sandbox))), end="")
+
+
 def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
     """Run the cell's body in the sandbox, streaming its output into the cell."""
     sandbox_id = magics.resolve(args.sandbox)
@@ -130,10 +136,17 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
         session=magics.run_session(args.session, args.fresh),
         output=CellOutput(magics.shell),
         trusted_output=magics.trusted_output,
-        on_result=lambda result: magics.log_usage(sandbox_id, result),
+        on_result=lambda result: _finished(magics, sandbox_id, result),
     )
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
+
+
+def _finished(magics: SandboxMagics, sandbox_id: str, result: Any) -> None:
+    """Log the run's usage; say on stderr what its network allow-list denied."""
+    magics.log_usage(sandbox_id, result)
+    for event in result.network_denials:
+        sys.stderr.write(denial_line(event) + "\n")
 
 
 def _warn_of_the_cap(magics: SandboxMagics, sandbox_id: str) -> None:
@@ -159,7 +172,7 @@ HANDLERS: dict[str, Handler] = {
     "create": cmd_create, "list": cmd_list, "status": cmd_status, "pause": cmd_pause,
     "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
     "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
-    "usage": cmd_usage,
+    "usage": cmd_usage, "events": cmd_events,
 }
 
 

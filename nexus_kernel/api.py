@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import Settings, private_dir
 from .errors import InvalidArgumentError
-from .manager import EventCallback, SandboxManager, describe
-from .models import SandboxRecord
+from .manager import EventCallback, SandboxManager, describe, split_run_id
+from .models import SandboxRecord, iso
 
 
 class LocalBackend:
@@ -110,12 +111,21 @@ class NexusFS:
         ttl_minutes: float | None = None,
         template_id: str | None = None,
         provider: str | None = None,
-        network: bool | None = None,
+        network: bool | str | list[str] | None = None,
     ) -> dict[str, Any]:
         """Create a sandbox; returns its description (``sandbox_id``, ``status`` …).
-        ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10)."""
+        ``ttl_minutes=None``: the ``ttl_minutes`` setting (``NEXUS_TTL_MINUTES``, default 10).
+        ``network``: False/"none", True/"all", or an allow-list such as
+        ``["pypi.org", "api.example.com:443"]`` (a bare name allows ports 80 and 443);
+        None: ``NEXUS_NETWORK`` / ``NEXUS_NETWORK_ALLOW``."""
         return self._describe(self.manager.create(name, ttl_minutes, template_id,
                                                   provider=provider, network=network))
+
+    def sandbox_events(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """Network requests the sandbox's allow-list refused, oldest first:
+        ``{time, host, port, reason, run}`` (``port`` None for a DNS lookup, ``run`` the
+        id of the run it happened in)."""
+        return self.manager.network_events(sandbox_id)
 
     def sandbox_run(
         self,
@@ -127,21 +137,66 @@ class NexusFS:
         on_event: EventCallback | None = None,
         trusted_output: bool | None = None,
         input_data: str | None = None,
+        wait: bool = True,
+        on_run_id: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Run code. ``session=None`` runs a fresh process (files persist, variables do
         not); a session name keeps variables between runs. Returns ``stdout``, ``stderr``,
-        ``exit_code``, ``execution_time`` (and ``display``, ``truncated`` …).
+        ``exit_code``, ``execution_time`` (and ``display``, ``truncated``, ``run_id`` …).
         ``timeout=None``: the ``timeout`` setting (``NEXUS_TIMEOUT``, default 30 s).
 
         Rich output (``display``, ``result``) is untrusted and comes back inert (HTML
         sanitised, scripts withheld) unless ``trusted_output=True``. ``input_data`` is the
-        standard input of a stateless run."""
+        standard input of a stateless run.
+
+        ``wait=False``: a detached run, returned at once as ``{"sandbox_id", "run_id",
+        "state": "running"}``; it outlives this process (until its timeout; the sandbox's
+        TTL waits for it) and :meth:`sandbox_attach` gives its result. ``on_run_id`` is
+        called with the run id as soon as a waited-for run started."""
+        if not wait:
+            if on_event is not None or on_run_id is not None:
+                raise InvalidArgumentError(
+                    "on_event and on_run_id are for a run you wait for; with wait=False "
+                    "stream its events with sandbox_attach(run_id, on_event=...)")
+            run_id = self.manager.start(sandbox_id, language, code, timeout, session=session,
+                                        input_data=input_data)
+            return {"sandbox_id": sandbox_id, "run_id": run_id, "state": "running"}
         result = self.manager.run(sandbox_id, language, code, timeout, session=session,
                                   on_event=on_event, trusted_output=trusted_output,
-                                  input_data=input_data)
+                                  input_data=input_data, on_run_id=on_run_id)
         data = result.to_dict()
         data["sandbox_id"] = sandbox_id
         return data
+
+    def sandbox_attach(
+        self,
+        run_id: str,
+        follow: bool = True,
+        on_event: EventCallback | None = None,
+        trusted_output: bool | None = None,
+    ) -> dict[str, Any]:
+        """Replay a run's output from its start and follow it to its end (any process may,
+        with the run id alone). Returns :meth:`sandbox_run`'s keys (a timeout is
+        ``timed_out``/``exit_code`` 124 here, not an exception) plus ``state``
+        (``finished``; ``running`` with ``follow=False`` while it runs) and
+        ``dropped_bytes``: output cut from the start (the sandbox keeps the last 2 MiB of
+        a run's events), 0 when the replay is whole. Events go to ``on_event`` as they
+        are replayed, then live."""
+        result, more = self.manager.attach(run_id, follow=follow, on_event=on_event,
+                                           trusted_output=trusted_output)
+        data = result.to_dict()
+        data.update(more, sandbox_id=split_run_id(run_id)[0])
+        return data
+
+    def sandbox_runs(self, sandbox_id: str) -> dict[str, Any]:
+        """The sandbox's runs (running ones and the last 16 finished), oldest first:
+        ``{"sandbox_id", "runs": [{"run_id", "state", "language", "session", "detached",
+        "started_at", "ended_at", "exit_code", "ended_by", "usage", …}], "count"}``;
+        ``state`` is running, finished or failed; times are ISO-8601 UTC."""
+        runs = self.manager.runs(sandbox_id)
+        for run in runs:
+            run["started_at"], run["ended_at"] = iso(run["started_at"]), iso(run["ended_at"])
+        return {"sandbox_id": sandbox_id, "runs": runs, "count": len(runs)}
 
     def sandbox_pause(self, sandbox_id: str) -> dict[str, Any]:
         return self._describe(self.manager.pause(sandbox_id))
@@ -160,7 +215,12 @@ class NexusFS:
     def sandbox_status(self, sandbox_id: str) -> dict[str, Any]:
         return self._describe(self.manager.status(sandbox_id))
 
-    def sandbox_interrupt(self, sandbox_id: str, session: str | None = None) -> dict[str, Any]:
+    def sandbox_interrupt(self, sandbox_id: str, session: str | None = None,
+                          run_id: str | None = None) -> dict[str, Any]:
+        """Interrupt the code running in ``session`` (None: every run of the sandbox), or
+        only the run ``run_id``."""
+        if run_id is not None:
+            return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt_run(run_id)}
         return {"sandbox_id": sandbox_id, "interrupted": self.manager.interrupt(sandbox_id, session)}
 
     def sandbox_upload(self, sandbox_id: str, path: str, data: bytes | str) -> dict[str, Any]:

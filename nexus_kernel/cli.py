@@ -1,4 +1,4 @@
-"""The ``nexus`` command: ``nexus sandbox create|run|pause|resume|stop|list|status|reap``,
+"""The ``nexus`` command: ``nexus sandbox create|run|logs|runs|pause|resume|stop|list|status|reap``,
 ``nexus template ...``, ``nexus kernel install`` and ``nexus mcp``.
 
 Human output by default, one JSON object with ``--json``. Errors are one line on stderr;
@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import STOPPED_RETENTION_SECONDS, Settings
+from .egress import denial_line, events_table, network_text
 from .errors import ExecutionTimeoutError, SandboxError, UsageError
 from .models import totals_summary, usage_summary
 
@@ -33,9 +34,11 @@ exit codes:
   2    usage errors: bad option or argument, unknown sandbox id
   124  sandbox run: the code ran past its timeout
   130  interrupted (Ctrl-C: the code gets KeyboardInterrupt and a session keeps its
-       state; a second Ctrl-C stops waiting)
+       state; a second Ctrl-C detaches: the run ends in the sandbox, and
+       `nexus sandbox logs RUN_ID --follow` shows the rest)
   141  the reader of the output went away (closed pipe)
-`nexus sandbox run` otherwise exits with the code's own exit code."""
+`nexus sandbox run` otherwise exits with the code's own exit code (`logs`: the
+replayed run's)."""
 EXTENSION_LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript",
                        ".sh": "bash", ".bash": "bash"}
 
@@ -110,7 +113,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--provider", metavar="NAME",
                    help=f"where it runs: local, docker, e2b or modal {provider}")
     p.add_argument("--network", action=argparse.BooleanOptionalAction,
-                   help=f"allow network access {network}")
+                   help=f"allow all network access {network}")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="allow only this host (a bare name: ports 80 and 443; *.example.org: "
+                        "its subdomains); repeat for more. Denied requests are listed by "
+                        "'nexus sandbox events' " + _default(settings, "network_allow",
+                                                              settings.network_allow or "none"))
     p.add_argument("--runtime", metavar="NAME",
                    help="docker only: the engine's OCI runtime, e.g. runsc (gVisor); "
                         "'nexus sandbox providers' lists them "
@@ -139,10 +147,30 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="after the run, print on stderr why it ended and what it cost (wall, "
                         "CPU, peak memory, processes)")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="start the run and print its id at once; it goes on after this "
+                        "command (until its timeout; the sandbox's TTL waits for it): "
+                        "'nexus sandbox logs RUN_ID --follow' shows its output")
 
     for name, text in [("pause", "pause a sandbox"), ("resume", "resume a paused sandbox"),
-                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox")]:
+                       ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox"),
+                       ("events", "network requests its allow-list denied (--allow)")]:
         sandbox_id(command(name, text))
+
+    p = command("logs", "replay a run's output from its start and its exit code (any "
+                "process may, with the run id alone)", epilog=EXIT_CODES, formatter_class=raw)
+    p.add_argument("run_id", help="the run's id (sb_...:r..., from run --detach or runs)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then stream the rest live until the run ends (default: what it has "
+                        "printed so far)")
+    p.add_argument("--raw", action="store_true",
+                   help="write the output to a terminal byte for byte (as run --raw)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print on stderr why the run ended and what it cost")
+
+    p = command("runs", "list a sandbox's runs: running ones and the last 16 finished, "
+                "with state, exit code and usage")
+    sandbox_id(p)
 
     hours = f"{STOPPED_RETENTION_SECONDS / 3600:g} h"
     p = command("list", f"list your sandboxes; stopped ones stay listed for {hours}")
@@ -163,18 +191,28 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    _default(settings, "pool_size", settings.pool_size))
     command("providers", "which providers are installed, configured, and what they support")
 
-    template = commands.add_parser("template", help="prepared environments for local sandboxes")
+    template = commands.add_parser("template", help="prepared package sets (local) and images "
+                                   "(docker) for sandboxes")
     template.set_defaults(show_help=template.print_help)
     tsub = template.add_subparsers(dest="command", parser_class=_Parser)
-    p = tsub.add_parser("list", help="list built templates", description="list built templates")
+    text = "list every provider's built templates (local, docker) with size and contents"
+    p = tsub.add_parser("list", help=text, description=text)
     _add_json(p)
     text = "build a template (network is used at build time only)"
     p = tsub.add_parser("create", help=text, description=text)
     p.add_argument("name", help="template name; 'datascience' (the default environment) has a recipe")
     p.add_argument("--pip", nargs="+", default=[], metavar="PKG", help="packages to install")
+    p.add_argument("--provider", default="local", metavar="NAME",
+                   help="local (a package directory, default) or docker (an image "
+                        "nexus-template/NAME); e2b and modal build their own")
+    p.add_argument("--from", dest="base", default=None, metavar="IMAGE",
+                   help="docker: the base image (any with python3 >= 3.8; default: the "
+                        "provider's image)")
     _add_json(p)
     p = tsub.add_parser("remove", help="delete a template", description="delete a template")
     p.add_argument("name", help="the template to delete")
+    p.add_argument("--provider", default=None, metavar="NAME",
+                   help="only this provider's template (default: every provider's)")
     _add_json(p)
 
     kernel = commands.add_parser("kernel", help="the 'Nexus Sandbox' Jupyter kernel")
@@ -198,6 +236,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "lean local sandboxes (sets NEXUS_TEMPLATE)")
     p.add_argument("--network", action="store_true",
                    help="this kernel's sandboxes have network (sets NEXUS_NETWORK=1)")
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="this kernel's sandboxes reach only this host (bare name: ports 80 and "
+                        "443); repeat for more (sets NEXUS_NETWORK_ALLOW)")
     p.add_argument("--trusted-output", action="store_true",
                    help="a variant that shows sandbox output as it is, scripts and widgets "
                         "included (sets NEXUS_TRUSTED_OUTPUT=1; only for code you trust)")
@@ -301,8 +342,11 @@ def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
     from .validation import check_ttl
 
     ttl = None if args.ttl is None else check_ttl(args.ttl, "--ttl")  # None: from settings
+    if args.allow and args.network:
+        raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+    network = args.allow if args.allow else args.network
     sb = nx.sandbox_create(args.name, ttl_minutes=ttl, template_id=args.template,
-                           provider=args.provider, network=args.network)
+                           provider=args.provider, network=network)
     _emit(args, sb, f"Created sandbox: {sb['sandbox_id']}")
     return 0
 
@@ -334,12 +378,23 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
 
     timeout = None if args.timeout is None else check_timeout(args.timeout, "--timeout")
     code = _read_code(args)
+    if args.detach:
+        data = nx.sandbox_run(args.sandbox_id, _language(args), code, timeout=timeout,
+                              session=args.session, input_data=_piped_input(args), wait=False)
+        _emit(args, data, f"Started run: {data['run_id']}")
+        if not args.json:
+            print(f"nexus: its output: nexus sandbox logs {data['run_id']} --follow",
+                  file=sys.stderr)
+        return 0
     on_event = None if args.json else _Streamer(raw=args.raw)
+    started: dict[str, str] = {}
     try:
         result = _run_interruptibly(
             nx, args, lambda: nx.sandbox_run(args.sandbox_id, _language(args), code,
                                              timeout=timeout, session=args.session,
-                                             on_event=on_event, input_data=_piped_input(args)))
+                                             on_event=on_event, input_data=_piped_input(args),
+                                             on_run_id=lambda rid: started.update(id=rid)),
+            started)
     except ExecutionTimeoutError as exc:
         if args.json:
             data = exc.result.to_dict() if exc.result is not None else {}
@@ -362,6 +417,8 @@ def _cmd_run(nx: Any, args: argparse.Namespace) -> int:
         if result.get("oom_killed"):
             print("nexus: out of memory: the sandbox's memory limit was reached and a "
                   "process was killed (NEXUS_MEMORY_MB raises it)", file=sys.stderr)
+        for event in result.get("network_denials") or ():
+            print(denial_line(event), file=sys.stderr)
         if args.verbose:
             print(f"nexus: {usage_summary(result['ended_by'], result['usage'])}",
                   file=sys.stderr)
@@ -384,10 +441,12 @@ def _piped_input(args: argparse.Namespace) -> str | None:
     return sys.stdin.read()
 
 
-def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any) -> dict[str, Any]:
+def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any,
+                       started: dict[str, str]) -> dict[str, Any]:
     """``run()`` in a worker thread. The first Ctrl-C interrupts the code in the sandbox
     (KeyboardInterrupt; a session keeps its state, and the agent kills code that ignores it
-    after a grace) and goes on waiting for its end; a second one stops waiting."""
+    after a grace) and goes on waiting for its end; a second one detaches, saying how to
+    see the rest (``started["id"]``: the run id, once known)."""
     import threading
 
     outcome: dict[str, Any] = {}
@@ -402,8 +461,13 @@ def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any) -> dict[str,
             done.set()
 
     threading.Thread(target=work, name="nexus-run", daemon=True).start()
-    stop_waiting = (f"nexus: stopped waiting; the code may still be ending in {args.sandbox_id} "
-                    f"('nexus sandbox stop {args.sandbox_id}' ends it)")
+
+    def stop_waiting() -> None:
+        rest = (f"'nexus sandbox logs {started['id']} --follow' shows the rest"
+                if "id" in started else f"'nexus sandbox runs {args.sandbox_id}' lists it")
+        print(f"nexus: detached; the run may still be ending in {args.sandbox_id}: {rest} "
+              f"('nexus sandbox stop {args.sandbox_id}' ends it)", file=sys.stderr)
+
     interrupted = False
     while not done.is_set():
         try:
@@ -411,20 +475,55 @@ def _run_interruptibly(nx: Any, args: argparse.Namespace, run: Any) -> dict[str,
             continue
         except KeyboardInterrupt:
             if interrupted:
-                print(stop_waiting, file=sys.stderr)
+                stop_waiting()
                 raise
         interrupted = True
         try:
-            print("nexus: interrupting the code (Ctrl-C again stops waiting)", file=sys.stderr)
-            nx.sandbox_interrupt(args.sandbox_id, args.session)
+            print("nexus: interrupting the code (Ctrl-C again detaches)", file=sys.stderr)
+            nx.sandbox_interrupt(args.sandbox_id, args.session, run_id=started.get("id"))
         except KeyboardInterrupt:
-            print(stop_waiting, file=sys.stderr)
+            stop_waiting()
             raise
         except SandboxError as exc:
             print(f"nexus: could not interrupt: {exc}", file=sys.stderr)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def _cmd_logs(nx: Any, args: argparse.Namespace) -> int:
+    on_event = None if args.json else _Streamer(raw=args.raw)
+    data = nx.sandbox_attach(args.run_id, follow=args.follow, on_event=on_event)
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        if data["dropped_bytes"]:
+            print(f"nexus: the first {data['dropped_bytes']} bytes of the run's output were "
+                  "dropped (a sandbox keeps the last 2 MiB of a run's output)", file=sys.stderr)
+        if data["state"] == "running":
+            print("nexus: the run is still running (--follow streams it to its end)",
+                  file=sys.stderr)
+        elif args.verbose:
+            print(f"nexus: {usage_summary(data['ended_by'], data['usage'])}", file=sys.stderr)
+    if data["state"] == "running":
+        return 0
+    if data.get("interrupted"):
+        return EXIT_INTERRUPTED
+    code = data["exit_code"]
+    return code if isinstance(code, int) and 0 <= code <= 255 else 1
+
+
+def _cmd_runs(nx: Any, args: argparse.Namespace) -> int:
+    data = nx.sandbox_runs(args.sandbox_id)
+    rows = [("RUN_ID", "STATE", "EXIT", "ENDED_BY", "STARTED_AT", "USAGE")]
+    for r in data["runs"]:
+        usage = usage_summary(r["ended_by"], r["usage"]).split(" · ", 1)[-1] if r[
+            "usage"] else "-"
+        rows.append((r["run_id"], r["state"] or "?",
+                     "-" if r["exit_code"] is None else r["exit_code"], r["ended_by"] or "-",
+                     r["started_at"] or "-", usage))
+    _emit(args, data, _table(rows) if data["runs"] else "No runs.")
+    return 0
 
 
 class _Streamer:
@@ -471,11 +570,21 @@ _cmd_resume = _lifecycle("resume", "Resumed")
 _cmd_stop = _lifecycle("stop", "Stopped")
 
 
+def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
+    events = nx.sandbox_events(args.sandbox_id)
+    if args.json:
+        print(json.dumps(events))
+        return 0
+    print(events_table(events), end="")
+    return 0
+
+
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     sb = nx.sandbox_status(args.sandbox_id)
     keys = ["sandbox_id", "name", "status", "provider", "runtime", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
+    human += f"\nnetwork: {network_text(sb.get('network_allow') or sb['network'])}"
     human += f"\nusage: {totals_summary(sb['usage_totals'])}"
     _emit(args, sb, human)
     return 0
@@ -566,19 +675,34 @@ def _template(args: argparse.Namespace, settings: Settings) -> int:
     from . import templates
 
     if args.command == "list":
-        found = templates.list_templates(settings)
-        rows = [f"{t['name']}  {' '.join(t['packages'])}  ({t['size_mb']} MB)" for t in found]
-        _emit(args, {"templates": found}, "\n".join(rows) or "No templates.")
+        skipped: list[str] = []
+        found = templates.list_templates(settings, skipped)
+        rows = [("NAME", "PROVIDER", "SIZE", "CONTENTS")] + [
+            (t["name"], t["provider"], f"{t.get('size_mb', '?')} MB",
+             " ".join(f"{k}=={v}" for k, v in (t.get("versions") or {}).items())
+             or " ".join(t.get("packages") or []))
+            for t in found]
+        text = _table(rows) if found else "No templates."
+        if sys.stdout.isatty():
+            from .terminal import for_terminal
+
+            text = for_terminal(text)  # image labels are anyone's text
+        _emit(args, {"templates": found, "skipped": skipped}, text)
+        for note in skipped:
+            print(f"nexus: {note}", file=sys.stderr)
     elif args.command == "create":
-        print(f"Building template {args.name!r} (pip output follows; skipped when built "
-              f"already) ...", file=sys.stderr)
-        meta = templates.create_template(settings, args.name, args.pip)
+        print(f"Building {args.provider} template {args.name!r} (pip output follows; skipped "
+              "when built already) ...", file=sys.stderr)
+        meta = templates.create_template(settings, args.name, args.pip, provider=args.provider,
+                                         base=args.base)
         state = "Template already built" if meta.get("cached") else "Created template"
-        _emit(args, meta, f"{state}: {meta['name']} ({meta['size_mb']} MB, "
-                          f"{meta['build_seconds']} s to build)")
+        where = f", image {meta['image']}" if meta.get("image") else ""
+        _emit(args, meta, f"{state}: {meta['name']} ({args.provider}{where}, "
+                          f"{meta['size_mb']} MB, {meta.get('build_seconds', 0)} s to build)")
     else:
-        templates.remove_template(settings, args.name)
-        _emit(args, {"name": args.name, "removed": True}, f"Removed template: {args.name}")
+        removed = templates.remove_template(settings, args.name, args.provider)
+        _emit(args, {"name": args.name, "removed": True, "providers": removed},
+              f"Removed template: {args.name} ({', '.join(removed)})")
     return 0
 
 
@@ -657,10 +781,19 @@ def _kernel_install(args: argparse.Namespace) -> int:
         raise UsageError(f"--template {args.template!r} is not a template or image name")
     name = args.name or KERNEL_NAME + "".join(
         f"-{part}" for part in (args.provider, args.template and _spec_part(args.template),
-                                args.network and "network", args.trusted_output and "trusted")
+                                args.network and "network", args.allow and "allow",
+                                args.trusted_output and "trusted")
         if part)
     spec = kernel_spec(sys.executable, args.provider, args.trusted_output, args.template,
                        args.network)
+    if args.allow:
+        from .egress import parse_allow
+
+        if args.network:
+            raise UsageError("--allow and --network exclude each other: --network allows all hosts")
+        allow = " ".join(parse_allow(args.allow))
+        spec["display_name"] += " (allow-list)"
+        spec["env"]["NEXUS_NETWORK_ALLOW"] = allow
     if args.display_name:
         spec["display_name"] = args.display_name
     prefix = sys.prefix if args.sys_prefix else args.prefix

@@ -53,6 +53,12 @@ class Settings:
     ttl_minutes: float = DEFAULT_TTL_MINUTES
     timeout: float = DEFAULT_TIMEOUT
     network: bool = False
+    #: Egress allow-list of sandboxes created without ``network`` (NEXUS_NETWORK_ALLOW:
+    #: entries separated by commas or spaces; see ``nexus_kernel/egress.py``).
+    network_allow: str = ""
+    #: Test hook of the local egress proxy: ``name=address,...`` it resolves as given, loopback
+    #: included (NEXUS_EGRESS_TEST_HOSTS). Read on the host only; no sandbox can set it.
+    egress_test_hosts: str = ""
     memory_mb: int = 512
     pids: int = 256
     cpus: float = 1.0

@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .egress import denial_line
 from .errors import ExecutionTimeoutError
 from .manager import EventCallback, SandboxManager
 from .models import ExecResult, usage_summary
+
+#: Network denials named one by one in a run's notes; the rest are counted.
+MAX_DENIAL_NOTES = 8
 
 #: Characters of one text part (stdout, stderr, a traceback, one rich output) shown to a model.
 TEXT_LIMIT = 20_000
@@ -108,6 +112,10 @@ def describe(result: ExecResult | None, note: str | None = None) -> Outcome:
         notes.append("output cut: the run reached its output cap")
     if result.oom_killed:
         notes.append("a process was killed: the sandbox's memory limit was reached")
+    notes += [denial_line(event)[len("Nexus: "):] + " (the sandbox's network allow-list)"
+              for event in result.network_denials[:MAX_DENIAL_NOTES]]
+    if len(result.network_denials) > MAX_DENIAL_NOTES:
+        notes.append(f"{len(result.network_denials) - MAX_DENIAL_NOTES} more network denials")
     if result.session_restarted:
         notes.append("the session was restarted: its variables are gone")
     fields = {

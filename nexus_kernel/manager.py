@@ -10,13 +10,14 @@ from the manager's ``clock``.
 from __future__ import annotations
 
 import errno
-import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+from .egress import parse_allow, parse_policy
 from .errors import (
     CLI_COMMAND,
     AgentError,
@@ -27,6 +28,7 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStateError,
     StoreDamagedError,
+    UnsupportedOperationError,
 )
 from .models import (
     ExecResult,
@@ -35,6 +37,7 @@ from .models import (
     SandboxSpec,
     Status,
     add_usage,
+    attribute_runs,
     iso,
 )
 from .providers import Provider, provider_class
@@ -43,6 +46,7 @@ from .store import DB_NAME, Store, move_aside, process_identity
 from .ttl import Clock, expiry, watchdog_deadline
 from .validation import (
     MAX_CODE_BYTES,
+    MAX_TIMEOUT,
     check_code,
     check_name,
     check_timeout,
@@ -56,6 +60,8 @@ if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
 
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
 GONE_GRACE_SECONDS = 2.0
+#: Seconds an attach waits past the run's own timeout before giving up on the agent.
+RUN_WAIT_GRACE = 30.0
 
 EventCallback = Callable[[OutputEvent], None]
 
@@ -83,6 +89,7 @@ class SandboxManager:
         self.store = store or Store(self.settings.store_dir)
         self._provider_options = provider_options or {}
         self._providers: dict[str, Provider] = {}
+        self._checked: set[str] = set()  # providers whose check_available passed
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
         self._pool: WarmPool | None = None
@@ -90,14 +97,17 @@ class SandboxManager:
 
     # ----------------------------------------------------------------- plumbing
 
-    def provider(self, name: str) -> Provider:
-        """The (cached) provider instance called ``name``."""
+    def provider(self, name: str, *, check: bool = True) -> Provider:
+        """The (cached) provider instance called ``name``, its ``check_available`` passed.
+        ``check=False`` skips that check, for a liveness question the provider answers
+        without it (``Provider.alive_without_check``) and the cleanup of a dead sandbox."""
+        options = self._provider_options.get(name, {})
         with self._lock:
+            if check and name not in self._checked:
+                provider_class(name).check_available(self.settings, **options)
+                self._checked.add(name)
             if name not in self._providers:
-                cls = provider_class(name)
-                options = self._provider_options.get(name, {})
-                cls.check_available(self.settings, **options)
-                self._providers[name] = cls(self.settings, **options)
+                self._providers[name] = provider_class(name)(self.settings, **options)
             return self._providers[name]
 
     def loaded_providers(self) -> set[str]:
@@ -181,26 +191,39 @@ class SandboxManager:
         template_id: str | None = None,
         *,
         provider: str | None = None,
-        network: bool | None = None,
+        network: Any = None,
         client_id: str | None = None,
     ) -> SandboxRecord:
-        """Start a sandbox and return its record (status active). ``client_id`` names the
-        long-lived client using it (see :meth:`of_client`)."""
+        """Start a sandbox and return its record (status active). ``network``: the policy,
+        False/"none", True/"all", or an allow-list of host names and host:port (a list, or
+        one string of them; see :mod:`nexus_kernel.egress`); None: the ``network`` and
+        ``network_allow`` settings. ``client_id`` names the long-lived client using it
+        (see :meth:`of_client`)."""
         name = check_name(name)
         ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
         if template_id is not None and (not isinstance(template_id, str) or not template_id):
             raise InvalidArgumentError("template_id must be a non-empty string")
-        network = self.settings.network if network is None else bool(network)
+        if network is None:
+            network = self.settings.network
+            allow = () if network else parse_allow(self.settings.network_allow)
+        else:
+            network, allow = parse_policy(network)
         provider_name = provider or self.settings.provider
         backend = self.provider(provider_name)  # fails here, before anything is stored
         if network and not backend.capabilities.network:
             raise InvalidArgumentError(f"the {provider_name} provider cannot enable network")
+        if allow and not backend.capabilities.egress_allow:
+            raise UnsupportedOperationError(
+                f"the {provider_name} provider cannot enforce a network allow-list; use the "
+                "local provider, or network 'all' / 'none' here")
         self.reap_expired()
-        if self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
+        if not allow and self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
             pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
                                      template_id=template_id, network=network)
             if pooled is not None:
                 return self._save(pooled.sandbox_id, client_id=client_id) if client_id else pooled
+
+        import secrets  # (hashlib, random): not for commands that only read
 
         sandbox_id = "sb_" + secrets.token_hex(8)
         record = SandboxRecord.new(
@@ -213,6 +236,7 @@ class SandboxManager:
             now=self.clock(),
             template_id=template_id,
             network=network,
+            network_allow=list(allow),
             creator=process_identity(),
             client_id=client_id,
         )
@@ -222,6 +246,7 @@ class SandboxManager:
             owner=self.user,
             template_id=template_id,
             network=network,
+            allow=allow,
             limits=self.settings.limits,
             deadline=watchdog_deadline(record.expires_at),
             store_id=self.store.store_id,
@@ -253,6 +278,7 @@ class SandboxManager:
         trusted_output: bool | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        on_run_id: Callable[[str], None] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -268,7 +294,47 @@ class SandboxManager:
         ``trusted_output`` setting, off) says the caller trusts this sandbox.
 
         ``input_data``: standard input of a stateless run (``session=None`` only).
-        ``execution_count``: the number IPython in a python session gives the cell."""
+        ``execution_count``: the number IPython in a python session gives the cell.
+        ``on_run_id``: called with the run's id (``result.run_id``) as soon as it started:
+        a caller that stops waiting can :meth:`attach` to it later."""
+        language, code, timeout = self._check_run(language, code, timeout, session, input_data)
+        record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
+                                                     else 0.0)
+        trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+        started = time.time()  # the egress proxy's clock: wall time, not the manager's
+        try:
+            raw = client.run(
+                language,
+                code,
+                timeout=timeout,
+                session=session,
+                output_limit=self.settings.output_bytes,
+                stdin=stdin,
+                stderr_traceback=stderr_traceback,
+                deadline=deadline,
+                input_data=input_data,
+                execution_count=execution_count,
+                on_event=_forwarder(on_event, trusted),
+                on_run_id=None if on_run_id is None else (
+                    lambda rid: on_run_id(run_id_of(sandbox_id, rid))),
+            )
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        self._touch(record, finished=raw)
+        result = _exec_result(sandbox_id, raw, trusted)
+        if record.network_allow:
+            ended = time.time()
+            result = replace(result, network_denials=tuple(
+                {**event, "run": result.run_id} for event in self.provider(record.provider)
+                .network_events(record.handle, since=started) if event["time"] <= ended))
+        if result.timed_out:
+            raise ExecutionTimeoutError(timeout, result)
+        return result
+
+    def _check_run(self, language: str, code: str, timeout: float | None,
+                   session: str | None, input_data: str | None) -> tuple[str, str, float]:
         language = normalize_language(language)
         code = check_code(code)
         timeout = check_timeout(self.settings.timeout if timeout is None else timeout)
@@ -282,60 +348,85 @@ class SandboxManager:
             if not isinstance(input_data, str) or len(input_data) > MAX_CODE_BYTES:
                 raise InvalidArgumentError(
                     f"input_data must be text (str) of at most {MAX_CODE_BYTES // 2**20} MB")
+        return language, code, timeout
+
+    def _prepare_run(self, sandbox_id: str, reserve: float,
+                     hold: bool = False) -> tuple[SandboxRecord, float, AgentClient]:
+        """Extend the TTL for a run (``reserve`` seconds more; ``hold``: no touch may bring
+        the expiry before them) and move the provider's timeout along: the record, the
+        watchdog deadline (which travels in the run request) and the agent client."""
         record = self._require_active(sandbox_id)
-        record = self._touch(record, extra=timeout if reserve_timeout else 0.0)
-        deadline = watchdog_deadline(record.expires_at)  # travels in the run request
+        record = self._touch(record, extra=reserve, hold=hold)
+        deadline = watchdog_deadline(record.expires_at)
         self.provider(record.provider).extend(record.handle, deadline)
-        client = self._client(record)
+        return record, deadline, self._client(record)
 
-        trusted = self.settings.trusted_output if trusted_output is None else trusted_output
-        clean = _keep if trusted else _safe_mime_data
-
-        def forward(event: dict[str, Any]) -> None:
-            if on_event is not None:
-                payload = _event_payload(event)
-                if event["ev"] in ("display", "result") and not trusted:
-                    payload = _safe_bundle(payload)
-                on_event(OutputEvent(event["ev"], payload))
-
+    def start(self, sandbox_id: str, language: str, code: str, timeout: float | None = None,
+              *, session: str | None = None, input_data: str | None = None) -> str:
+        """Start a detached run and return its run id (``sb_…:r…``) at once. It outlives
+        this process; its sandbox does not expire before the run's timeout has passed
+        (plus the TTL). :meth:`attach` replays and follows it, :meth:`runs` lists it."""
+        language, code, timeout = self._check_run(language, code, timeout, session, input_data)
+        _record, deadline, client = self._prepare_run(sandbox_id, timeout, hold=True)
         try:
-            raw = client.run(
-                language,
-                code,
-                timeout=timeout,
-                session=session,
-                output_limit=self.settings.output_bytes,
-                on_event=forward,
-                stdin=stdin,
-                stderr_traceback=stderr_traceback,
-                deadline=deadline,
-                input_data=input_data,
-                execution_count=execution_count,
-            )
+            rid = client.start(language, code, timeout=timeout, session=session,
+                               output_limit=self.settings.output_bytes, deadline=deadline,
+                               input_data=input_data)
         except AgentError as exc:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record, finished=raw)
-        result = ExecResult(
-            stdout=raw["stdout"],
-            stderr=raw["stderr"],
-            exit_code=raw["exit_code"],
-            execution_time=raw["execution_time"],
-            timed_out=raw["timed_out"],
-            interrupted=raw["interrupted"],
-            truncated=raw["truncated"],
-            display=tuple(clean(bundle) for bundle in raw.get("display") or ()),
-            error=raw.get("error"),
-            result=None if raw.get("result") is None else clean(raw["result"]),
-            oom_killed=bool(raw.get("oom_killed")),
-            session_restarted=bool(raw.get("session_restarted")),
-            usage=raw.get("usage"),
-            ended_by=raw.get("ended_by", "exit"),
-        )
-        if result.timed_out:
-            raise ExecutionTimeoutError(timeout, result)
-        return result
+        return run_id_of(sandbox_id, rid)
+
+    def attach(self, run_id: str, *, follow: bool = True,
+               on_event: EventCallback | None = None,
+               trusted_output: bool | None = None) -> tuple[ExecResult, dict[str, Any]]:
+        """Replay a run's output from the start (the agent keeps its last REPLAY_BYTES)
+        and, with ``follow``, the rest live until it ends. Returns the run's result (as
+        :meth:`run` gives it, timeouts included, without raising) and ``{"state",
+        "dropped_bytes"}``: ``running`` when not following a run that goes on;
+        ``dropped_bytes``: output cut from the start of the replay."""
+        sandbox_id, rid = split_run_id(run_id)
+        record = self._require_active(sandbox_id)
+        client = self._client(record)
+        try:
+            known = {r["run_id"]: r for r in client.runs()}
+            if rid not in known:
+                raise InvalidArgumentError(
+                    f"no run {run_id} (sandbox {sandbox_id} keeps its running runs and its "
+                    f"last finished ones: {CLI_COMMAND} runs {sandbox_id} lists them)")
+            limit = known[rid]["timeout"]
+            wait = None if limit is None else min(limit, MAX_TIMEOUT) + RUN_WAIT_GRACE
+            trusted = self.settings.trusted_output if trusted_output is None else trusted_output
+            raw = client.attach(rid, follow=follow, wait=wait if follow else 30.0,
+                                output_limit=self.settings.output_bytes,
+                                on_event=_forwarder(on_event, trusted))
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        return (_exec_result(sandbox_id, raw, trusted),
+                {"state": raw["state"], "dropped_bytes": raw["dropped_bytes"]})
+
+    def runs(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's runs, oldest first: ``run_id``, ``state`` (running, finished,
+        failed), ``language``, ``session``, ``detached``, ``started_at``, ``ended_at``
+        (epoch s), ``exit_code``, ``ended_by``, ``usage`` … (see ``AgentClient.runs``)."""
+        record = self._require_active(sandbox_id)
+        try:
+            found = self._client(record).runs()
+        except AgentError as exc:
+            self.forget_client(sandbox_id)
+            self._raise_if_gone(sandbox_id, exc)
+            raise
+        for run in found:
+            run["run_id"] = run_id_of(sandbox_id, run["run_id"] or "?")
+        return found
+
+    def interrupt_run(self, run_id: str) -> int:
+        """Interrupt one run by id (1 if it was signalled, 0 if it had ended)."""
+        sandbox_id, rid = split_run_id(run_id)
+        return self._client(self._require_active(sandbox_id)).interrupt_run(rid)
 
     def input_reply(self, sandbox_id: str, session: str, value: str | None) -> None:
         """Answer ``input()`` in a run started with ``stdin=True`` (None = end of input)."""
@@ -448,6 +539,21 @@ class SandboxManager:
         with self.store.lock(sandbox_id):
             return self.reaper.end(self._load(sandbox_id), reason=None)
 
+    def network_events(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's egress denials, oldest first: ``{time, host, port, reason, run}``
+        (``run``: the id of the run it happened in, among the runs the agent still keeps;
+        None between runs)."""
+        record = self._load(sandbox_id)
+        if not record.network_allow or record.status is Status.STOPPED:
+            return []
+        events = self.provider(record.provider).network_events(record.handle)
+        if not events or record.status is not Status.ACTIVE:
+            return attribute_runs(events, [])
+        now = time.time()
+        windows = [(run["started_at"], run.get("ended_at") or now, run["run_id"])
+                   for run in self.runs(sandbox_id) if run.get("started_at")]
+        return attribute_runs(events, windows)
+
     def get(self, sandbox_id: str) -> SandboxRecord:
         """The stored record after the expiry check, without asking the provider whether
         the resource still exists (cheap enough for every kernel cell; :meth:`status` asks)."""
@@ -518,17 +624,21 @@ class SandboxManager:
                                 command=command)
 
     def _touch(self, record: SandboxRecord, extra: float = 0.0,
-               finished: dict[str, Any] | None = None) -> SandboxRecord:
+               finished: dict[str, Any] | None = None, hold: bool = False) -> SandboxRecord:
         """Extend the TTL from now (plus ``extra`` seconds of run time); the ``usage`` of
         the ``finished`` run (the agent client's result) is added to the record's totals in
-        the same update."""
+        the same update. ``hold`` (a detached run): the expiry never comes before now +
+        ``extra`` + the TTL, whatever later touches compute (the record's ``held_until``)."""
         now = self.clock()
 
         def apply(data: dict[str, Any]) -> dict[str, Any] | None:
             if data["status"] != Status.ACTIVE.value:
                 return None
+            if hold:
+                data["held_until"] = max(data.get("held_until") or 0.0, now + extra)
             data["last_active_at"] = now
-            data["expires_at"] = expiry(now, data["ttl_minutes"], extra)
+            data["expires_at"] = max(expiry(now, data["ttl_minutes"], extra),
+                                     expiry(data.get("held_until") or 0.0, data["ttl_minutes"]))
             if finished is not None:
                 data["usage_totals"] = add_usage(data.get("usage_totals"), finished.get("usage"))
             return data
@@ -556,6 +666,65 @@ class SandboxManager:
         """Close agent connections held by this manager."""
         for sandbox_id in list(self._clients):
             self.forget_client(sandbox_id)
+
+
+#: Run ids are ``<sandbox id>:<the agent's run id>``: any process can attach with one.
+RUN_ID_SEP = ":"
+
+
+def run_id_of(sandbox_id: str, agent_run_id: str) -> str:
+    """The run id callers see: it names its sandbox."""
+    return f"{sandbox_id}{RUN_ID_SEP}{agent_run_id}"
+
+
+def split_run_id(run_id: Any) -> tuple[str, str]:
+    """``(sandbox id, the agent's run id)`` of a run id; InvalidArgumentError if malformed."""
+    parts = run_id.rpartition(RUN_ID_SEP) if isinstance(run_id, str) else ("", "", "")
+    if not (parts[0] and parts[1] and parts[2]):
+        raise InvalidArgumentError(
+            f"{run_id!r} is not a run id: a run id looks like sb_0123456789abcdef:r0123456789ab "
+            f"(printed by '{CLI_COMMAND} run ID --detach', listed by '{CLI_COMMAND} runs ID')")
+    return parts[0], parts[2]
+
+
+def _forwarder(on_event: EventCallback | None,
+               trusted: bool) -> Callable[[dict[str, Any]], None] | None:
+    """The agent client's event callback for ``on_event`` (rich bundles made inert unless
+    ``trusted``)."""
+    if on_event is None:
+        return None
+
+    def forward(event: dict[str, Any]) -> None:
+        payload = _event_payload(event)
+        if event["ev"] in ("display", "result") and not trusted:
+            payload = _safe_bundle(payload)
+        on_event(OutputEvent(event["ev"], payload))
+
+    return forward
+
+
+def _exec_result(sandbox_id: str, raw: dict[str, Any], trusted: bool) -> ExecResult:
+    """The agent client's run result as an ExecResult (rich bundles made inert unless
+    ``trusted``)."""
+    clean = _keep if trusted else _safe_mime_data
+    rid = raw.get("run_id")
+    return ExecResult(
+        stdout=raw["stdout"],
+        stderr=raw["stderr"],
+        exit_code=raw["exit_code"],
+        execution_time=raw["execution_time"],
+        timed_out=raw["timed_out"],
+        interrupted=raw["interrupted"],
+        truncated=raw["truncated"],
+        display=tuple(clean(bundle) for bundle in raw.get("display") or ()),
+        error=raw.get("error"),
+        result=None if raw.get("result") is None else clean(raw["result"]),
+        oom_killed=bool(raw.get("oom_killed")),
+        session_restarted=bool(raw.get("session_restarted")),
+        usage=raw.get("usage"),
+        ended_by=raw.get("ended_by", "exit"),
+        run_id=None if rid is None else run_id_of(sandbox_id, rid),
+    )
 
 
 def _keep(bundle: Any) -> Any:

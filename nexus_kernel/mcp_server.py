@@ -188,13 +188,18 @@ def build_server(scopes: Scopes) -> "MCPServer":
         template: Annotated[str | None, Field(
             description="template (local provider) or image to start from; omit for the "
                         "default environment")] = None,
-        network: Annotated[bool, Field(description="allow network access")] = False,
+        network: Annotated[bool, Field(description="allow all network access")] = False,
+        allow: Annotated[list[str] | None, Field(
+            description="instead of all: only these hosts (a bare name: ports 80 and 443; "
+                        "host:port; *.example.org), e.g. [\"pypi.org\", "
+                        "\"files.pythonhosted.org\"]; denied requests appear in run results")] = None,
         keep: Annotated[bool, Field(description="keep it running after this client "
                                                 "disconnects (its TTL still applies)")] = False,
     ) -> dict[str, Any]:
         """Create an isolated sandbox and return its description, including `sandbox_id`."""
         client = client_of(ctx)
-        record = await call(lambda: manager.create(name, ttl_minutes, template, network=network,
+        policy = allow if allow and not network else network
+        record = await call(lambda: manager.create(name, ttl_minutes, template, network=policy,
                                                    client_id=client))
         if keep:
             scopes.keep(record.sandbox_id)

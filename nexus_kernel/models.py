@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from typing import Any
 
 from .ttl import expiry
@@ -47,6 +46,8 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC string (offset-aware, so clients never mix naive/aware)."""
     if ts is None:
         return None
+    from datetime import datetime, timezone  # not for `nexus --help` or an empty list
+
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
@@ -69,6 +70,8 @@ class SandboxSpec:
     owner: str
     template_id: str | None = None
     network: bool = False
+    #: Egress allow-list (``egress.parse_allow`` entries); used only when ``network`` is False.
+    allow: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     #: Epoch seconds after which the agent ends the sandbox on its own (None = no watchdog).
     deadline: float | None = None
@@ -91,6 +94,8 @@ class SandboxRecord:
     expires_at: float | None
     template_id: str | None = None
     network: bool = False
+    #: Hosts (and ports) it may reach through its egress proxy when ``network`` is False.
+    network_allow: list[str] = field(default_factory=list)
     handle: dict[str, Any] = field(default_factory=dict)
     paused_at: float | None = None
     stopped_at: float | None = None
@@ -140,6 +145,7 @@ class SandboxRecord:
             "ttl_minutes": int(self.ttl_minutes) if float(self.ttl_minutes).is_integer()
             else self.ttl_minutes,
             "network": self.network,
+            "network_allow": list(self.network_allow),
             "runtime": self.handle.get("runtime"),
             "created_at": iso(self.created_at),
             "last_active_at": iso(self.last_active_at),
@@ -151,6 +157,20 @@ class SandboxRecord:
             "error": self.error,
             "usage_totals": run_totals(self.usage_totals),
         }
+
+
+def attribute_runs(events: list[dict[str, Any]],
+                   windows: list[tuple[float, float, str]]) -> list[dict[str, Any]]:
+    """``events`` (each with a ``time``) with ``run``: the id of the run whose window
+    ``(start, end, run_id)`` holds it (the latest such run), or None."""
+    out = []
+    for event in events:
+        run = None
+        for start, end, run_id in windows:
+            if start <= event["time"] <= end:
+                run = run_id
+        out.append({**event, "run": run})
+    return out
 
 
 #: Why a run ended (``ExecResult.ended_by``): a cap it hit, how it was ended, or its exit.
@@ -287,10 +307,16 @@ class ExecResult:
     usage: dict[str, Any] | None = None
     #: Why it ended: one of :data:`ENDED_BY`.
     ended_by: str = "exit"
+    #: Connections and DNS lookups the egress policy refused during the run:
+    #: ``{time, host, port, reason, run}`` each (port None for a lookup).
+    network_denials: tuple[dict[str, Any], ...] = ()
+    #: The run's id (``sb_…:r…``): ``sandbox_attach`` / ``nexus sandbox logs`` replay it.
+    run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["display"] = list(self.display)
+        data["network_denials"] = list(self.network_denials)
         return data
 
 

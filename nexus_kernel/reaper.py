@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .config import STOPPED_RETENTION_SECONDS
 from .errors import DiskFullError, SandboxNotFoundError
 from .models import SandboxRecord, Status
+from .providers import provider_class
 from .store import process_alive
 from .ttl import STALE_CREATING_SECONDS
 
@@ -129,7 +130,8 @@ class Reaper:
         if record.status not in (Status.ACTIVE, Status.PAUSED) or not record.handle:
             return record
         try:
-            backend = self.manager.provider(record.provider)
+            check = not provider_class(record.provider).alive_without_check
+            backend = self.manager.provider(record.provider, check=check)
             alive = backend.alive(record.handle)
         except Exception:
             return record  # cannot tell right now; keep the record as it is
@@ -272,8 +274,8 @@ class Reaper:
 
     def _cheap(self, provider: str) -> bool:
         try:
-            return self.manager.provider(provider).alive_is_cheap
-        except Exception:  # not usable here: nothing cheap to ask
+            return provider_class(provider).alive_is_cheap
+        except Exception:  # unknown, or not importable here: nothing cheap to ask
             return False
 
     def _providers_in_use(self) -> list[str]:

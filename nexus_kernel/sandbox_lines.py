@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .errors import UsageError
+from .egress import parse_policy
+from .errors import InvalidArgumentError, UsageError
 
 MAGICS = "magics"
 KERNEL = "kernel"
@@ -85,6 +86,16 @@ def on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 'on', 'off')")
 
 
+def network_policy(text: str) -> bool | tuple[str, ...]:
+    """An argparse type: on/off (all/none), or an allow-list of HOST[:PORT] separated by
+    commas: True, False or the normalised entries."""
+    try:
+        network, allow = parse_policy(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return allow or network
+
+
 def _seconds_or_off(text: str) -> float | None:
     """``off`` / ``none``: no limit (None); else a number of seconds."""
     return None if text.lower() in ("off", "none") else number("seconds", "60 or off")(text)
@@ -136,7 +147,9 @@ def _create(p: LineParser, surface: str) -> None:
     p.add_argument("--template", metavar="ID",
                    help="template (local) or image " + _magics_default("template", "none"))
     p.add_argument("--network", action="store_true", default=None,
-                   help="allow network access " + _magics_default("network", "off"))
+                   help="allow all network access " + _magics_default("network", "off"))
+    p.add_argument("--allow", action="append", metavar="HOST[:PORT]",
+                   help="allow only this host (bare name: ports 80 and 443); repeat for more")
 
 
 def _sandbox_id(p: LineParser, surface: str) -> None:
@@ -200,8 +213,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
                "sandbox.", _KERNEL_ONLY, value=("provider", "NAME", str)),
     Subcommand("template", "Set the template (local) or image of the next sandbox.",
                _KERNEL_ONLY, value=("template", "ID|none", _id_or_none)),
-    Subcommand("network", "Give the next sandbox network access or not.", _KERNEL_ONLY,
-               value=("network", "on|off", on_off)),
+    Subcommand("network", "Give the next sandbox network access (on), none (off), or only "
+               "to an allow-list (pypi.org,api.example.com:443; a bare name: ports 80 and 443).",
+               _KERNEL_ONLY, value=("network", "on|off|HOST[:PORT],...", network_policy)),
+    Subcommand("events", "Show the network requests the sandbox's allow-list denied.", _BOTH,
+               _sandbox_id),
     Subcommand("keep", "Keep the sandbox when the kernel shuts down, or stop it.", _KERNEL_ONLY,
                value=("keep", "on|off", on_off)),
     Subcommand("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.",

@@ -1,19 +1,21 @@
 """State store: diskcache used as a small database shared by every process.
 
 Records are plain versioned dicts under ``sandbox:<id>``. Read-modify-write happens inside
-short ``transact()`` blocks that do no I/O besides the cache itself. Per-sandbox locks
-serialise lifecycle transitions that call a provider; each names its holder process, so a
-waiter frees at once a lock whose holder died on this host (a SIGKILLed CLI), and an expiry
-frees one held elsewhere. Nothing here ever expires a record on its own:
-an evicted record would lose the handle needed to destroy a (possibly paid) sandbox.
+short ``transact()`` blocks that do no I/O besides the cache itself. A process that only
+reads (``nexus sandbox list``, ``status``) reads diskcache's table with sqlite3 and pickle:
+diskcache is imported and opened (its open writes its settings) by the first write only.
+Per-sandbox locks serialise lifecycle transitions that call a provider; each names its
+holder process, so a waiter frees at once a lock whose holder died on this host (a
+SIGKILLed CLI), and an expiry frees one held elsewhere. Nothing here ever expires a record
+on its own: an evicted record would lose the handle needed to destroy a (possibly paid)
+sandbox.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
-import socket
+import pickle
 import sqlite3
 import threading
 import time
@@ -21,8 +23,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import diskcache
 
 from .config import private_dir
 from .errors import DiskFullError, SandboxError, StoreDamagedError, StoreError
@@ -99,54 +99,97 @@ def check_database(directory: Path) -> str | None:
     return None
 
 
-class _ReadOnlyCache:
-    """Enough of ``diskcache.Cache`` to read the records when the database cannot be opened
-    for writing (a full disk): every write raises :class:`DiskFullError`."""
+#: diskcache's value modes (``diskcache.core.MODE_*``): how a value is kept in its table.
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4
+
+
+class _Reader:
+    """Reads diskcache's table with sqlite3 and pickle only, as ``diskcache.Cache.get`` and
+    ``iterkeys`` do (same formats, expired keys unseen), without diskcache's import and open.
+    Each query is its own read transaction of the WAL: a consistent, committed state."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self._disk = diskcache.Disk(str(directory))
         self._lock = threading.Lock()  # one connection, shared by this process's threads
-        db = directory / DB_NAME
-        options = {"uri": True, "isolation_level": None, "check_same_thread": False}
-        try:  # a live writer's WAL is honoured while its -shm exists ...
-            self._con = sqlite3.connect(f"file:{db}?mode=ro", **options)
-            self._con.execute("SELECT count(*) FROM Cache").fetchall()
-        except sqlite3.Error:  # ... else read the database file as it is
-            self._con = sqlite3.connect(f"file:{db}?immutable=1", **options)
+        self._con: sqlite3.Connection | None = None
+
+    def _connect(self, db: Path) -> sqlite3.Connection:
+        """A connection that never creates the file (mode=rw: a database deleted meanwhile
+        stays missing); on a full disk, where reading a WAL database may need space, a
+        read-only one: a live writer's WAL is honoured while its -shm exists, else the
+        database file is read as it is."""
+        options: dict[str, Any] = {"uri": True, "isolation_level": None,
+                                   "check_same_thread": False, "timeout": 60}
+        modes = ["mode=rw", "mode=ro", "immutable=1"]
+        while True:
+            con = sqlite3.connect(f"{db.as_uri()}?{modes.pop(0)}", **options)
+            try:
+                con.execute("SELECT 1 FROM Cache LIMIT 1").fetchall()
+                return con
+            except sqlite3.Error:
+                con.close()
+                if not modes or space_left(self.directory) >= _LOW_SPACE:
+                    raise
+
+    def _rows(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                if self._con is None:
+                    db = self.directory / DB_NAME
+                    if not db.exists():
+                        return []  # a store that never held anything
+                    self._con = self._connect(db)
+                return self._con.execute(query, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):  # diskcache is creating it in another process
+                    return []
+                raise
+
+    def get(self, key: str, default: Any = None, retry: bool = False) -> Any:
+        rows = self._rows("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+                          " AND (expire_time IS NULL OR expire_time > ?)", (key, time.time()))
+        if not rows:
+            return default
+        mode, filename, value = rows[0]
+        try:
+            if mode == _MODE_RAW:
+                return value
+            if mode == _MODE_PICKLE and value is not None:
+                return pickle.loads(value)
+            path = self.directory / filename
+            if mode == _MODE_TEXT:
+                return path.read_text(encoding="utf-8")
+            data = path.read_bytes()
+            return pickle.loads(data) if mode == _MODE_PICKLE else data
+        except OSError:  # replaced or deleted since the query: as diskcache, not there
+            return default
+
+    def iterkeys(self) -> Iterator[Any]:
+        for key, raw in self._rows("SELECT key, raw FROM Cache ORDER BY rowid"):
+            yield key if raw else pickle.loads(key)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+
+
+class _ReadOnlyCache(_Reader):
+    """Enough of ``diskcache.Cache`` to read the records when the database cannot be opened
+    for writing (a full disk): every write raises :class:`DiskFullError`."""
 
     def _full(self, *args: Any, **kwargs: Any) -> Any:
         raise DiskFullError(self.directory)
 
     add = set = delete = _full
 
-    def get(self, key: str, default: Any = None, retry: bool = False) -> Any:
-        db_key, raw = self._disk.put(key)
-        with self._lock:
-            rows = self._con.execute(
-                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)
-            ).fetchall()
-        if not rows:
-            return default
-        mode, filename, value = rows[0]
-        return self._disk.fetch(mode, filename, value, False)
-
-    def iterkeys(self) -> Iterator[Any]:
-        with self._lock:
-            rows = self._con.execute("SELECT key, raw FROM Cache ORDER BY rowid").fetchall()
-        for db_key, raw in rows:
-            yield self._disk.get(db_key, raw)
-
     @contextmanager
     def transact(self, retry: bool = False) -> Iterator[None]:
         yield
 
-    def close(self) -> None:
-        self._con.close()
-
 
 class Store:
-    """Sandbox records in one diskcache directory."""
+    """Sandbox records in one diskcache directory, opened for writing on the first write."""
 
     def __init__(self, directory: Path | str, *, check: bool = True):
         """Open the store in ``directory``. A deleted, emptied, garbage or truncated database
@@ -162,17 +205,36 @@ class Store:
         problem = check_database(self.directory) if check else None
         if problem:
             raise StoreDamagedError(self.directory / DB_NAME, problem)
-        try:
-            self._cache: Any = self._open()
-        except (sqlite3.Error, OSError) as exc:
-            mapped = _classify(self.directory, exc)
-            if not isinstance(mapped, DiskFullError) or not (self.directory / DB_NAME).exists():
-                raise (mapped or exc) from exc
-            self.read_only = mapped
-            self._cache = _ReadOnlyCache(self.directory)
+        self._db: Any = None  # diskcache.Cache (or _ReadOnlyCache), from the first write on
+        self._reader = _Reader(self.directory)
+        self._open_lock = threading.Lock()
         self._store_id: str | None = None
 
-    def _open(self) -> diskcache.Cache:
+    @property
+    def _cache(self) -> Any:
+        """The diskcache, opened on first use (a full disk: read-only, see ``read_only``)."""
+        if self._db is None:
+            with self._open_lock:
+                if self._db is None:
+                    try:
+                        self._db = self._open()
+                    except (sqlite3.Error, OSError) as exc:
+                        mapped = _classify(self.directory, exc)
+                        if not isinstance(mapped, DiskFullError) or not (
+                                self.directory / DB_NAME).exists():
+                            raise (mapped or exc) from exc
+                        self.read_only = mapped
+                        self._db = _ReadOnlyCache(self.directory)
+        return self._db
+
+    def _reads(self) -> Any:
+        """What reads go through: the diskcache once open (a write, a transaction), else the
+        reader."""
+        return self._reader if self._db is None else self._db
+
+    def _open(self) -> Any:
+        import diskcache  # its import and open cost a command that only reads
+
         return diskcache.Cache(
             str(self.directory),
             eviction_policy="none",
@@ -192,7 +254,7 @@ class Store:
         except (sqlite3.Error, OSError):
             return
         # the read-only reader is left to the collector: another thread may be reading
-        self._cache, self.read_only = cache, None
+        self._db, self.read_only = cache, None
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -212,8 +274,10 @@ class Store:
         written beside the database (:data:`MARKER_NAME`), so a lost database is noticed and
         ``nexus doctor`` finds the resources labelled with it."""
         if self._store_id is None:
+            import secrets
+
             with self._guard():
-                stored = self._cache.get(_STORE_ID_KEY)
+                stored = self._reads().get(_STORE_ID_KEY)
                 if stored is None:
                     self._cache.add(_STORE_ID_KEY, read_marker(self.directory)
                                     or "st_" + secrets.token_hex(6))
@@ -229,7 +293,7 @@ class Store:
 
     def get(self, sandbox_id: str) -> dict[str, Any] | None:
         with self._guard():
-            return self._cache.get(_PREFIX + sandbox_id)
+            return self._reads().get(_PREFIX + sandbox_id)
 
     def insert(self, record: dict[str, Any]) -> None:
         """Store a new record; refuses to overwrite an existing id."""
@@ -261,7 +325,7 @@ class Store:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every stored record (any owner), in no particular order."""
         with self._guard():
-            keys = list(self._cache.iterkeys())
+            keys = list(self._reads().iterkeys())
         for key in keys:
             if isinstance(key, str) and key.startswith(_PREFIX):
                 record = self.get(key[len(_PREFIX):])
@@ -270,7 +334,7 @@ class Store:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._guard():
-            return self._cache.get("meta:" + key, default)
+            return self._reads().get("meta:" + key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._guard():
@@ -280,7 +344,7 @@ class Store:
         """Names (without ``meta:``) of the meta values whose name starts with ``prefix``."""
         full = "meta:" + prefix
         with self._guard():
-            keys = list(self._cache.iterkeys())
+            keys = list(self._reads().iterkeys())
         return [k[5:] for k in keys if isinstance(k, str) and k.startswith(full)]
 
     @contextmanager
@@ -296,6 +360,9 @@ class Store:
         if self.read_only is not None:
             return False  # nothing can be recorded: let nobody start the throttled work
         try:
+            with self._guard():  # most calls end here, reading only
+                if now - self._reads().get("meta:" + key, 0.0) < interval:
+                    return False
             with self._guard(), self._cache.transact():
                 last = self._cache.get("meta:" + key, 0.0)
                 if now - last < interval:
@@ -312,6 +379,9 @@ class Store:
         if self.read_only is not None:
             return False
         try:
+            with self._guard():  # most calls end here, reading only
+                if self._reads().get("meta:" + key) == value:
+                    return False
             with self._guard(), self._cache.transact():
                 if self._cache.get("meta:" + key) == value:
                     return False
@@ -324,6 +394,8 @@ class Store:
     def lock(self, sandbox_id: str, expire: float = 120.0) -> Iterator[None]:
         """Per-sandbox lock across processes and threads. A lock whose holder process is
         dead (same host) is taken over at once; any other expires after ``expire`` s."""
+        import secrets
+
         key = "lock:" + sandbox_id
         me = {**process_identity(), "nonce": secrets.token_hex(4)}
         delay = 0.001
@@ -360,7 +432,9 @@ class Store:
             return self._cache.add(key, me, expire=expire, retry=True)
 
     def close(self) -> None:
-        self._cache.close()
+        self._reader.close()
+        if self._db is not None:
+            self._db.close()
 
 
 def move_aside(directory: Path) -> Path | None:
@@ -399,6 +473,8 @@ def _start_time(pid: int) -> int | None:
 
 def process_identity() -> dict[str, Any]:
     """Names this process across the store's users: host, pid and start time."""
+    import socket
+
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
 
@@ -406,6 +482,8 @@ def process_identity() -> dict[str, Any]:
 def process_alive(identity: dict[str, Any]) -> bool:
     """False only when ``identity`` (see :func:`process_identity`) is a process of this host
     that has ended; a process of another host, or one we cannot check, counts as alive."""
+    import socket
+
     if identity.get("host") != socket.gethostname() or identity.get("start") is None:
         return True
     pid = identity.get("pid")

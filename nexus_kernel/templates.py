@@ -1,10 +1,17 @@
-"""Local templates: prepared Python package sets mounted read-only into local sandboxes.
+"""Templates: prepared Python package sets, one concept across providers.
 
-A template is a directory ``NEXUS_HOME/templates/<name>/`` holding ``lib/`` (packages
-installed with ``pip install --target`` by the same python3 the sandboxes use, so binary
-wheels match) and ``template.json``. The network is used only here, at build time; the
-sandbox that mounts the template still has none. Docker, E2B and Modal map ``template_id``
-onto their own images instead.
+``nexus template create NAME --pip PKG... [--provider local|docker] [--from IMAGE]``:
+
+- **local** (default): a directory ``NEXUS_HOME/templates/<name>/`` holding ``lib/``
+  (packages installed with ``pip install --target`` for the same python3 the sandboxes use,
+  so binary wheels match) and ``template.json``, mounted read-only into local sandboxes.
+- **docker**: the image ``nexus-template/<name>:latest``, the base image (``--from``, else
+  the default image) plus the packages, built for the base image's own python3
+  (:mod:`.providers.docker_template`); ``--template NAME`` resolves to it.
+- **e2b** and **modal** build their images with their own tools: ``--template`` takes their
+  template ids and image names (:data:`ELSEWHERE` says how).
+
+The network is used only here, at build time; sandboxes of a template still have none.
 
 pip runs on the host (as root under CI), so it installs wheels only: unpacking a wheel runs
 none of the package's code, while building a source distribution, a directory or a VCS
@@ -20,15 +27,20 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .config import Settings, private_dir
-from .errors import InvalidArgumentError, ProviderError
+from .errors import InvalidArgumentError, ProviderError, ProviderUnavailableError
+from .providers import docker_template
 from .providers.base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES
+from .providers.docker import _api_errors, open_client
 from .providers.local import sandbox_python
 
 #: Recipes shipped with the project: ``nexus template create datascience``. "datascience" is
@@ -37,6 +49,18 @@ from .providers.local import sandbox_python
 RECIPES = {
     "datascience": list(DATASCIENCE_PACKAGES),
 }
+#: Providers whose templates nexus builds.
+BUILDERS = ("local", "docker")
+#: Providers that build their templates with their own tools, and how NAME maps onto them.
+ELSEWHERE = {
+    "e2b": "e2b templates are built by E2B's CLI ('e2b template build', see E2B's docs); "
+           "then create sandboxes with --provider e2b --template <its name or id>",
+    "modal": "modal images are built by Modal from a registry image: push an image with the "
+             "packages (e.g. a docker template, nexus-template/NAME) to a registry, then "
+             "--provider modal --template <registry/image:tag> (or an im-... image id)",
+}
+#: Seconds one engine call of a docker build may take (committing a large layer).
+BUILD_API_TIMEOUT = 900
 #: Template ids meaning "no template": the lean sandbox (the sandbox's python alone).
 LEAN = LEAN_TEMPLATES
 
@@ -82,22 +106,39 @@ def template_dir(settings: Settings, name: str) -> Path:
     return settings.templates_dir / name
 
 
-def list_templates(settings: Settings) -> list[dict[str, Any]]:
-    """Every built template with its packages and size."""
+def list_templates(settings: Settings, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every built template of every provider that builds them (local directories, docker
+    images), with provider, packages, versions and size. A provider that cannot be asked
+    (no SDK, daemon down) is left out, with the reason appended to ``skipped``."""
     found = []
     if settings.templates_dir.is_dir():
         for meta in sorted(settings.templates_dir.glob("*/template.json")):
-            found.append(json.loads(meta.read_text()))
+            found.append({**json.loads(meta.read_text()), "provider": "local"})
+    try:
+        with _docker(settings, "list template images", timeout=10) as api:
+            found += docker_template.list_images(api)
+    except ProviderUnavailableError as exc:
+        if skipped is not None:
+            skipped.append(f"docker: {exc}")
     return found
 
 
 def create_template(
-    settings: Settings, name: str, packages: list[str], *, quiet: bool = False
+    settings: Settings, name: str, packages: list[str], *, provider: str = "local",
+    base: str | None = None, quiet: bool = False,
 ) -> dict[str, Any]:
-    """Build template ``name`` with ``packages`` (or the recipe of that name when empty).
-    A template already built with the same package list is kept as it is (its metadata is
-    returned with ``"cached": True``): building the default environment twice costs nothing.
-    pip's own wheel cache is used, so a rebuild downloads nothing it has seen."""
+    """Build template ``name`` with ``packages`` (or the recipe of that name when empty) for
+    ``provider`` ("local", or "docker" on the image ``base``, default the provider's image).
+    A template already built with the same package list (and base) is kept as it is (its
+    metadata is returned with ``"cached": True``): building the default environment twice
+    costs nothing. pip's own wheel cache is used, so a rebuild downloads nothing it has seen."""
+    if provider in ELSEWHERE:
+        raise InvalidArgumentError(ELSEWHERE[provider])
+    if provider not in BUILDERS:
+        raise InvalidArgumentError(
+            f"--provider {provider!r}: templates are built for {' or '.join(BUILDERS)}")
+    if base is not None and provider != "docker":
+        raise InvalidArgumentError("--from IMAGE is for docker templates: add --provider docker")
     target = template_dir(settings, name)
     packages = list(packages) or RECIPES.get(name, [])
     if not packages:
@@ -105,9 +146,12 @@ def create_template(
             f"give packages to install (--pip PKG ...) or use a recipe: {', '.join(RECIPES)}"
         )
     wheels = [wheel_only(spec) for spec in packages]
+    if provider == "docker":
+        return _create_docker(settings, name, packages, wheels, base or settings.docker_image,
+                              quiet)
     built = _read_meta(target)
     if built is not None and built.get("packages") == packages and (target / "lib").is_dir():
-        return {**built, "cached": True}
+        return {**built, "provider": "local", "cached": True}
     if target.exists():
         raise InvalidArgumentError(
             f"template {name!r} exists; remove it first: nexus template remove {name}"
@@ -117,21 +161,12 @@ def create_template(
     shutil.rmtree(building, ignore_errors=True)
     private_dir(building.parent)
     building.mkdir()
-    command = [*_pip_install(python), "--no-input", "--disable-pip-version-check",
-               "--only-binary=:all:", "--target", str(building / "lib"), *wheels]
-    if quiet:
-        command.insert(command.index("install") + 1, "--quiet")
     started = time.monotonic()
     try:
-        done = subprocess.run(command, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    except OSError as exc:
+        _pip([*_pip_install(python), "--target", str(building / "lib"), *wheels], name, quiet)
+    except BaseException:
         shutil.rmtree(building, ignore_errors=True)
-        raise ProviderError(f"cannot run {python} -m pip: {exc}") from None
-    if done.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise ProviderError(f"building template {name!r} failed: {last}")
+        raise
     meta = {
         "name": name,
         "packages": packages,
@@ -145,14 +180,100 @@ def create_template(
     for path in [building, *building.rglob("*")]:  # readable by the sandbox's uid
         path.chmod(0o755 if path.is_dir() else (path.stat().st_mode | 0o444))
     building.rename(target)
-    return meta
+    return {**meta, "provider": "local"}
 
 
-def remove_template(settings: Settings, name: str) -> None:
+def _create_docker(settings: Settings, name: str, packages: list[str], wheels: list[str],
+                   base: str, quiet: bool) -> dict[str, Any]:
+    """The docker template image (see :mod:`.providers.docker_template`)."""
+    tag = docker_template.image_tag(name)
+
+    def progress(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    with _docker(settings, "build the template image", timeout=BUILD_API_TIMEOUT) as api:
+        built = docker_template.described(api, tag)
+        if built is not None:
+            if built.get("packages") == packages and built.get("base") == base:
+                return {**built, "cached": True}
+            raise InvalidArgumentError(f"docker template {name!r} exists; remove it first: "
+                                       f"nexus template remove {name} --provider docker")
+        started = time.monotonic()
+        progress(f"docker: asking {base}'s python3 for its version and platform")
+        found = docker_template.probe(api, base)
+        with tempfile.TemporaryDirectory(prefix="nexus-template-") as scratch:
+            lib = Path(scratch) / "lib"
+            _pip([sys.executable, "-m", "pip", "install", "--no-compile",
+                  *docker_template.pip_target(found), "--target", str(lib), *wheels], name, quiet)
+            meta = {
+                "packages": packages,
+                "versions": installed_versions(lib),
+                "base": base,
+                "python": "{}.{}".format(*found["version"]),
+                "created_at": time.time(),
+            }
+            docker_template.build(api, name, base, lib, meta, progress)
+        built = docker_template.described(api, tag) or {}
+    return {**built, "build_seconds": round(time.monotonic() - started, 1)}
+
+
+def remove_template(settings: Settings, name: str, provider: str | None = None) -> list[str]:
+    """Remove template ``name`` of ``provider`` (None: of every provider that has one); the
+    providers it was removed from."""
+    if provider is not None and provider not in BUILDERS:
+        raise InvalidArgumentError(
+            ELSEWHERE.get(provider) or f"--provider {provider!r}: templates are built for "
+            f"{' or '.join(BUILDERS)}")
     target = template_dir(settings, name)
-    if not target.exists():
-        raise InvalidArgumentError(f"no template {name!r}; see nexus template list")
-    shutil.rmtree(target)
+    removed = []
+    if provider in (None, "local") and target.exists():
+        shutil.rmtree(target)
+        removed.append("local")
+    if provider == "docker" or (provider is None and _docker_known(settings)):
+        with _docker(settings, "remove the template image") as api:
+            if docker_template.remove(api, name):
+                removed.append("docker")
+    if not removed:
+        where = f"{provider} " if provider else ""
+        raise InvalidArgumentError(f"no {where}template {name!r}; see nexus template list")
+    return removed
+
+
+def _docker_known(settings: Settings) -> bool:
+    """Whether docker can be asked (SDK installed, daemon up): remove without --provider."""
+    try:
+        with _docker(settings, "reach the engine", timeout=10):
+            return True
+    except ProviderUnavailableError:
+        return False
+
+
+@contextmanager
+def _docker(settings: Settings, what: str, timeout: float = 60) -> Iterator[Any]:
+    """A docker-py low-level client of the configured engine (``timeout`` s per API call),
+    errors as nexus errors."""
+    client = open_client(settings.docker_host, timeout=timeout)
+    try:
+        with _api_errors(settings.docker_host, what):
+            yield client.api
+    finally:
+        client.close()
+
+
+def _pip(command: list[str], name: str, quiet: bool) -> None:
+    """Run pip ``install`` (wheels only), its output on stderr unless ``quiet``."""
+    at = command.index("install") + 1
+    command[at:at] = ["--no-input", "--disable-pip-version-check", "--only-binary=:all:",
+                      *(["--quiet"] if quiet else [])]
+    try:
+        done = subprocess.run(command, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        raise ProviderError(f"cannot run {command[0]} -m pip: {exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise ProviderError(f"building template {name!r} failed: {last}")
 
 
 def _pip_install(python: str) -> list[str]:

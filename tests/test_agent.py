@@ -695,8 +695,8 @@ def test_the_python_worker_imports_only_what_it_needs(client):
 
 
 def test_the_host_imports_only_the_wire_format():
-    code = ("import sys, nexus_kernel.agent, nexus_kernel.providers; "
-            "print(sorted(m for m in sys.modules if '.sandbox_agent' in m))")
+    code = ("import sys, nexus_kernel.agent.client, nexus_kernel.agent.deploy, "
+            "nexus_kernel.providers; print(sorted(m for m in sys.modules if '.sandbox_agent' in m))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert out.strip() == str(["nexus_kernel.agent.sandbox_agent",

@@ -137,6 +137,21 @@ def test_e2b_template_and_network_settings(tmp_path: Path) -> None:
     assert e2b_fake.SANDBOXES[lean["sandbox_id"]].template == "base"
 
 
+def test_an_allow_list_maps_onto_the_platforms_egress_filters(e2b: E2BProvider,
+                                                               modal: ModalProvider) -> None:
+    allow = ("pypi.org", "*.example.org", "10.0.0.5", "[fd00::5]")
+    record = e2b_fake.SANDBOXES[e2b.create(spec(allow=allow))["sandbox_id"]]
+    assert record.network == {"allow_out": ["pypi.org", "*.example.org", "10.0.0.5", "fd00::5"],
+                              "deny_out": ["0.0.0.0/0"]}
+    options = modal_fake.SANDBOXES[modal.create(spec(allow=allow))["sandbox_id"]].options
+    assert options["block_network"] is False
+    assert options["outbound_domain_allowlist"] == ["pypi.org", "*.example.org"]
+    assert options["outbound_cidr_allowlist"] == ["10.0.0.5/32", "fd00::5/128"]
+    for provider in (e2b, modal):  # they filter hosts, not ports: said, not widened
+        with pytest.raises(UnsupportedOperationError, match="by host, not port"):
+            provider.create(spec(allow=("api.example.com:443",)))
+
+
 def test_e2b_sessions_in_every_language(e2b: E2BProvider) -> None:
     handle = e2b.create(spec())
     with client_for(e2b, handle) as client:
@@ -765,7 +780,8 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
         assert set(row) == {"name", "installed", "configured", "reason", "capabilities",
                             "runtimes"}
         assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
-        assert set(row["capabilities"]) == {"pause", "resume", "network", "gpu", "languages"}
+        assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
+                                           "languages"}
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False

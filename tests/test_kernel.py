@@ -151,6 +151,19 @@ def test_provider_variant_and_bad_input(tmp_path: Path) -> None:
     assert both.returncode == 2
 
 
+def test_allow_list_variant(tmp_path: Path) -> None:
+    out = nexus("kernel", "install", "--prefix", str(tmp_path), "--allow", "PyPI.org",
+                "--allow", "api.example.com:443", "--json")
+    assert out.returncode == 0, out.stderr
+    installed = json.loads(out.stdout)
+    assert installed["name"] == "nexus-sandbox-allow"
+    spec = json.loads((Path(installed["path"]) / "kernel.json").read_text())
+    assert spec["env"] == {"NEXUS_NETWORK_ALLOW": "pypi.org api.example.com:443"}
+    assert spec["display_name"] == "Nexus Sandbox (allow-list)"
+    bad = nexus("kernel", "install", "--prefix", str(tmp_path), "--allow", "a..b")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
 def test_trusted_output_variant(tmp_path: Path) -> None:
     out = nexus("kernel", "install", "--prefix", str(tmp_path), "--trusted-output", "--json")
     assert out.returncode == 0, out.stderr
@@ -291,6 +304,22 @@ def test_a_cells_usage_is_in_its_reply_metadata_and_in_sandbox_usage(kernel: Ker
     assert rows[0].split()[:3] == ["RUN", "ENDED", "BY"]
     assert [row.split()[:3] for row in rows[1:]] == [["In", "[1]", "exit"],
                                                     ["In", "[2]", "timeout"]]
+
+
+def test_a_cells_network_denials_show_under_it(start_kernel) -> None:
+    kernel = start_kernel(NEXUS_NETWORK_ALLOW="allowed.test:9")
+    reply, out = kernel.execute("import urllib.request\ntry: urllib.request.urlopen("
+                                "'http://unlisted.test/', timeout=5)\nexcept Exception as e: "
+                                "print(type(e).__name__)")
+    assert texts(out) == "HTTPError\n"
+    assert texts(out, "stderr") == ("Nexus: network denied unlisted.test:80: host not in the "
+                                    "allow-list\n")
+    assert [e["host"] for e in reply["metadata"]["nexus"]["network_denials"]] == ["unlisted.test"]
+    _, out = kernel.execute("%sandbox events")
+    run_id = reply["metadata"]["nexus"]["network_denials"][0]["run"]
+    assert f"run {run_id}" in texts(out) and "unlisted.test:80" in texts(out)
+    _, out = kernel.execute("%sandbox status")
+    assert "network allow allowed.test:9" in texts(out)
 
 
 def test_sandbox_lines_take_trailing_comments(kernel: Kernel) -> None:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     # runs inside sandboxes: the standard library only (checked separately below)
     ("nexus_kernel.agent.sandbox_agent",),
     ("nexus_kernel.errors", "nexus_kernel.models", "nexus_kernel.ttl", "nexus_kernel.__version__"),
-    ("nexus_kernel.config", "nexus_kernel.validation", "nexus_kernel.untrusted",
+    ("nexus_kernel.config", "nexus_kernel.validation", "nexus_kernel.egress", "nexus_kernel.untrusted",
      "nexus_kernel.terminal", "nexus_kernel.sandbox_lines"),
     ("nexus_kernel.store", "nexus_kernel.agent"),  # agent = the host-side client
     ("nexus_kernel.providers",),

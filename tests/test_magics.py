@@ -213,6 +213,16 @@ def test_usage_shows_the_last_runs(shell, magics, current):
     assert late.split()[:3] == ["2", current, "timeout"] and late.split()[-1] == "cgroup"
 
 
+def test_an_allow_list_sandbox_shows_its_denials(shell, magics):
+    card, _ = line(shell, "create guarded --allow pypi.org")
+    assert card["network_allow"] == ["pypi.org"] and card["network"] is False
+    out = cell(shell, "-l bash", "curl -s -o /dev/null -w '%{http_code}' http://example.net/")
+    assert out.stdout == "403"
+    assert out.stderr == "Nexus: network denied example.net:80: host not in the allow-list\n"
+    _, shown = line(shell, "events")
+    assert f"run {card['sandbox_id']}:r" in shown.stdout and "example.net:80" in shown.stdout
+
+
 def test_output_streams_into_the_cell_while_the_code_runs(shell, magics, current, monkeypatch):
     class Recorder(io.StringIO):
         def __init__(self):

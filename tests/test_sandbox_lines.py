@@ -102,6 +102,13 @@ def test_cell_headers_and_kernel_only_values() -> None:
     assert _kernel_line("timeout 90").args.seconds == 90.0
     assert _kernel_line("template none").args.template is None
     assert _kernel_line("network on").args.network is True
+    assert _kernel_line("network off").args.network is False
+    assert _kernel_line("network PyPI.org,api.example.com:443").args.network == (
+        "pypi.org", "api.example.com:443")
+    with pytest.raises(UsageError, match="bad network allow entry 'a..org'"):
+        _kernel_line("network a..org")
+    create = parse("create x --allow pypi.org --allow b.org:8080", MAGICS).args
+    assert create.allow == ["pypi.org", "b.org:8080"]
     with pytest.raises(UsageError, match="'abc' is not a number of minutes"):
         _kernel_line("ttl abc")
 

@@ -48,10 +48,12 @@ the archive's signatures with the image's own keyring):
     # noble noble-updates noble-backports (archive) and noble-security, main restricted
     # universe multiverse; then: tar -C ROOTFS -c . | docker import - nexus-setup-test:noble
 
-apt archives and lists and pip's cache persist outside the clone, in $NEXUS_SETUP_TEST_CACHE
-(default ~/.cache/nexus-kernel/setup-test), so later runs, fresh clones included, download
-less. Most of a run is pip resolving and installing (about 30 s per environment on a loaded
-2-core machine; the downloads themselves matter little: a local wheelhouse did not help).
+apt archives and lists (one set per image and user) and pip's cache persist outside the
+clone, in $NEXUS_SETUP_TEST_CACHE (default ~/.cache/nexus-kernel/setup-test), so later runs,
+fresh clones included, download less. A command's two containers (root and the sudo user)
+run at once: each waits mostly on pip, apt and its inner engine. Most of a run is pip
+resolving and installing (about 30 s per environment on a loaded 2-core machine; the
+downloads themselves matter little: a local wheelhouse did not help).
 The host's CA bundle (PIP_CERT, else the system's) is given to pip in the container, so a
 TLS-inspecting egress proxy, as on this project's machines, is trusted there as on the host.
 
@@ -67,6 +69,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -257,15 +260,15 @@ def _report(output: str) -> dict[str, list[str]]:
     return found
 
 
-def _stock_container(image: str, user: str, script: str, tmp_path: Path,
-                     extra: list[str]) -> subprocess.CompletedProcess[str]:
+def _stock_container(image: str, user: str, script: str, tmp_path: Path, extra: list[str],
+                     options: list[str]) -> subprocess.CompletedProcess[str]:
     """Runs SCRIPT-like ``script`` as root in a fresh container of ``image`` holding a copy of
-    the working tree at /src, with apt's and pip's caches mounted."""
-    options = _ready(image)
+    the working tree at /src, with apt's and pip's caches mounted (one set per image and user,
+    so the users' containers can run at once)."""
     src = tmp_path / "src"
     _copy_repository(src)
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", image)
-    apt = CACHE / "apt" / slug
+    apt = CACHE / "apt" / slug / user
     pip = CACHE / ("pip-root" if user == "root" else "pip-user")
     for folder in (apt / "archives" / "partial", apt / "lists" / "partial", pip):
         folder.mkdir(parents=True, exist_ok=True)
@@ -289,10 +292,43 @@ def _stock_container(image: str, user: str, script: str, tmp_path: Path,
     return run
 
 
-@pytest.mark.parametrize("user", ["root", "sudo-user"])
+USERS = ["root", "sudo-user"]
+
+
+class _Runs:
+    """Each command's containers, one per user (and image), started together on first use:
+    they wait mostly on pip, apt and the inner engine, so two at once take far less than two
+    in a row on two cores. Results are kept for the tests of each user."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self._results: dict[tuple[str, str, str], subprocess.CompletedProcess[str]] = {}
+
+    def get(self, kind: str, image: str, user: str, script: str,
+            extra: list[str]) -> subprocess.CompletedProcess[str]:
+        key = (kind, image, user)
+        if key not in self._results:
+            options = _ready(image)  # skips (or fails in CI) before anything starts
+            with ThreadPoolExecutor(len(USERS)) as pool:
+                futures = {
+                    (kind, image, each): pool.submit(
+                        _stock_container, image, each, script,
+                        self._tmp.mktemp(f"{kind}-{each}"), extra, options)
+                    for each in USERS
+                }
+            self._results.update({k: f.result() for k, f in futures.items()})
+        return self._results[key]
+
+
+@pytest.fixture(scope="module")
+def runs(engine, tmp_path_factory: pytest.TempPathFactory) -> _Runs:
+    return _Runs(tmp_path_factory)
+
+
+@pytest.mark.parametrize("user", USERS)
 @pytest.mark.parametrize("image", IMAGES)
-def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path: Path) -> None:
-    run = _stock_container(image, user, SCRIPT, tmp_path, [])
+def test_readme_setup_on_a_stock_machine(runs: _Runs, image: str, user: str) -> None:
+    run = runs.get("command-1", image, user, SCRIPT, [])
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     report = _report(run.stdout)
@@ -340,13 +376,13 @@ def test_readme_setup_on_a_stock_machine(engine, image: str, user: str, tmp_path
     assert report["done"] == [""]
 
 
-@pytest.mark.parametrize("user", ["root", "sudo-user"])
-def test_readme_test_command_on_a_stock_machine(engine, user: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("user", USERS)
+def test_readme_test_command_on_a_stock_machine(runs: _Runs, user: str) -> None:
     extra = [*ENGINE_OPTIONS, "-e", f"COMMAND_2_TESTS={COMMAND_2_TESTS}"]
     cache = Path(os.environ.get("NEXUS_IMAGE_CACHE", "/var/cache/nexus"))
     if cache.is_dir():  # the host's debootstrapped rootfs: the base image without a download
         extra += ["-v", f"{cache}:/var/cache/nexus:ro"]
-    run = _stock_container(BASE_IMAGE, user, SCRIPT_2, tmp_path, extra)
+    run = runs.get("command-2", BASE_IMAGE, user, SCRIPT_2, extra)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     report = _report(run.stdout)

@@ -101,3 +101,27 @@ def test_stores_opened_at_once_agree_on_one_id_and_write_the_marker_safely(tmp_p
         assert errors == [] and len(set(ids)) == 1 and len(ids) == len(stores), (errors, ids)
         assert (directory / "store.id").read_text().strip() == ids[0]
         assert not [p.name for p in directory.iterdir() if p.name.startswith(".store.id")]
+
+
+def test_a_reader_sees_every_record_whole_while_other_processes_write(tmp_path):
+    """A store that only reads (``nexus sandbox list``) reads the table with sqlite3 and
+    pickle, never diskcache: under writers in other processes each read is a committed
+    state, so no record is ever missing or half-written, and each value is one a writer
+    stored."""
+    store = Store(tmp_path)
+    for i in range(20):
+        store.insert(_record(f"sb_{i}", handle={"n": 0}))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_increment, args=(str(tmp_path), 40)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    reader, seen = Store(tmp_path), set()
+    while any(w.is_alive() for w in workers):
+        records = {r["sandbox_id"]: r for r in reader.records()}
+        assert len(records) == 20 and all(r["version"] == 1 for r in records.values())
+        seen.add(reader.get("sb_1")["handle"]["n"])
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert reader.get("sb_1")["handle"]["n"] == 160 and len(seen) > 1
+    assert reader._db is None  # diskcache was never opened by this reader

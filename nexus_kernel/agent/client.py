@@ -18,7 +18,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from ..errors import AgentError, InvalidArgumentError
@@ -27,6 +27,7 @@ from .hints import missing_module_hint
 from .sandbox_agent.wire import (
     AUTH_MAX_LINE,
     NONCE_HEX,
+    REPLAY_BYTES,
     LineBuffer,
     decode,
     encode,
@@ -51,6 +52,14 @@ RUN_SLACK_BYTES = 16 * 1024 * 1024
 FILE_WAIT = 300.0
 #: How long the agent may take to answer the ``auth`` challenge of a new stream.
 AUTH_WAIT = 30.0
+#: Largest ``runs`` answer accepted (the agent keeps a few dozen runs of a few fields).
+MAX_RUNS_BYTES = 1024 * 1024
+#: The keys of a run in :meth:`AgentClient.runs`, with the type each must have.
+RUN_INFO = {"run_id": str, "state": str, "language": str, "session": str, "timeout": float,
+            "detached": bool, "started_at": float, "ended_at": float, "exit_code": int,
+            "ended_by": str, "timed_out": bool, "interrupted": bool, "truncated": bool,
+            "error": str}
+RUN_STATES = ("running", "finished", "failed")
 
 _CLOSED = object()  # queued to pending requests when their channel ends
 
@@ -307,6 +316,7 @@ class AgentClient:
         deadline: float | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        on_run_id: Callable[[str], None] | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
 
@@ -322,74 +332,60 @@ class AgentClient:
         ``deadline`` (epoch s): moves the agent's watchdog first, as :meth:`set_deadline`
         does, in the same round trip (None = leave it). ``input_data``: the standard input
         of a stateless run (read to its end, then EOF). ``execution_count``: the number a
-        python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks)."""
-        stdout: list[str] = []
-        stderr: list[str] = []
-        display: list[dict] = []
-        found: dict[str, Any] = {"result": None, "error": None}
-
-        def collect(event: dict) -> None:
-            kind = event.get("ev")
-            if kind == "stdout":
-                stdout.append(event.get("data", ""))
-            elif kind == "stderr":
-                stderr.append(event.get("data", ""))
-            elif kind == "display":
-                display.append(event.get("data") or {})
-            elif kind == "result":
-                found["result"] = event.get("data")
-            elif kind == "error":
-                traceback = list(event.get("traceback") or [])
-                hint = missing_module_hint(f"{event.get('ename')}: {event.get('evalue')}")
-                if hint is not None:
-                    traceback.append(hint)
-                    event = {**event, "traceback": traceback}
-                found["error"] = {
-                    "ename": event.get("ename", ""),
-                    "evalue": event.get("evalue", ""),
-                    "traceback": traceback,
-                }
-            if on_event is not None:
-                on_event(event)
-
-        args: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
-        args |= {
-            "language": language,
-            "code": code,
-            "timeout": timeout,
-            "session": session,
-            "output_limit": output_limit,
-        }
-        if stdin:
-            args["stdin"] = True
-        if not stderr_traceback:
-            args["stderr_traceback"] = False
-        if input_data is not None:
-            args["input"] = input_data
-        if execution_count is not None:
-            args["execution_count"] = execution_count
+        python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks).
+        ``on_run_id``: called with the run's id (the agent's) as soon as it started, so a
+        caller that stops waiting can :meth:`attach` to it later."""
+        args = _run_args(language, code, timeout, session, output_limit, stdin,
+                         stderr_traceback, deadline, input_data, execution_count)
+        collector = _Collector(on_event, args["run_id"])
+        if on_run_id is not None:
+            on_run_id(args["run_id"])
         wait = None if timeout is None else float(timeout) + RUN_GRACE
         budget = JSON_EXPANSION * output_limit + RUN_SLACK_BYTES
-        done = self._call("run", args, collect, wait, max_bytes=budget)
-        hint = missing_module_hint("".join(stderr)) if done.get("exit_code") != 0 else None
-        if hint is not None:  # the traceback went to stderr: so does the hint
-            collect({"ev": "stderr", "data": hint + "\n"})
-        return {
-            "stdout": "".join(stdout),
-            "stderr": "".join(stderr),
-            "exit_code": done.get("exit_code"),
-            "execution_time": done.get("execution_time"),
-            "timed_out": bool(done.get("timed_out")),
-            "interrupted": bool(done.get("interrupted")),
-            "truncated": bool(done.get("truncated")),
-            "session_restarted": bool(done.get("session_restarted")),
-            "oom_killed": bool(done.get("oom_killed")),
-            "usage": _usage(done.get("usage")),
-            "ended_by": _ended_by(done),
-            "display": display,
-            "result": found["result"],
-            "error": found["error"],
-        }
+        return collector.result(self._call("run", args, collector, wait, max_bytes=budget))
+
+    def start(self, language: str, code: str, *, timeout: float | None = None,
+              session: str | None = None, output_limit: int = DEFAULT_OUTPUT_LIMIT,
+              deadline: float | None = None, input_data: str | None = None) -> str:
+        """Start a detached run (it outlives this connection) and return its run id at
+        once; :meth:`attach` replays and follows it."""
+        args = _run_args(language, code, timeout, session, output_limit, False, True,
+                         deadline, input_data, None)
+        done = self._call("run", {**args, "detach": True}, None, 30.0, max_bytes=MAX_RUNS_BYTES)
+        if done.get("run_id") != args["run_id"]:
+            raise AgentError("the sandbox's agent cannot detach runs (it is older than this "
+                             "nexus-kernel): stop the sandbox and create a new one")
+        return args["run_id"]
+
+    def attach(self, run_id: str, *, follow: bool = True, wait: float | None = None,
+               output_limit: int = DEFAULT_OUTPUT_LIMIT,
+               on_event: Callable[[dict], None] | None = None) -> dict:
+        """Replay a run's buffered output from the start and, with ``follow``, the rest
+        live until it ends: the result of :meth:`run` plus ``state`` (``finished`` or, not
+        following, ``running``) and ``dropped_bytes`` (output the replay misses: the
+        agent's buffer keeps the last few MiB of a run). ``wait``: seconds to wait at most."""
+        collector = _Collector(on_event, run_id)
+        budget = JSON_EXPANSION * (output_limit + REPLAY_BYTES) + RUN_SLACK_BYTES
+        with _older_agent("attach"):
+            done = self._call("attach", {"run_id": run_id, "follow": follow}, collector, wait,
+                              max_bytes=budget)
+        result = collector.result(done)
+        result["state"] = "running" if done.get("state") == "running" else "finished"
+        dropped = done.get("dropped_bytes")
+        result["dropped_bytes"] = dropped if _count(dropped) else 0
+        return result
+
+    def runs(self) -> list[dict]:
+        """The sandbox's runs (running, and the last finished ones), oldest first: see
+        :func:`_run_info` for the keys."""
+        with _older_agent("runs"):
+            done = self._call("runs", {}, None, 30.0, max_bytes=MAX_RUNS_BYTES)
+        raw = done.get("runs")
+        return [_run_info(r) for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+
+    def interrupt_run(self, run_id: str) -> int:
+        """Interrupt one run by id (1 if it was signalled, 0 if it had ended)."""
+        return int(self._call("interrupt", {"run_id": run_id}, None, 30.0)["interrupted"])
 
     def hello(self) -> dict:
         """The agent's version, pid and available languages."""
@@ -457,6 +453,136 @@ class AgentClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _older_agent(op: str) -> Iterator[None]:
+    """An agent that does not know ``op`` (older than this client) as one AgentError."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        if not str(exc).startswith(f"unknown op {op!r}"):
+            raise
+        raise AgentError("this sandbox's agent is older than this nexus-kernel and keeps no "
+                         "runs to list or replay: stop the sandbox and create a new one") from None
+
+
+def _run_args(language: str, code: str, timeout: float | None, session: str | None,
+              output_limit: int, stdin: bool, stderr_traceback: bool, deadline: float | None,
+              input_data: str | None, execution_count: int | None) -> dict[str, Any]:
+    """The fields of a ``run`` request, with a new run id."""
+    args: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
+    args |= {
+        "run_id": "r" + secrets.token_hex(6),
+        "language": language,
+        "code": code,
+        "timeout": timeout,
+        "session": session,
+        "output_limit": output_limit,
+    }
+    if stdin:
+        args["stdin"] = True
+    if not stderr_traceback:
+        args["stderr_traceback"] = False
+    if input_data is not None:
+        args["input"] = input_data
+    if execution_count is not None:
+        args["execution_count"] = execution_count
+    return args
+
+
+class _Collector:
+    """Gathers the events of run ``run_id`` into its result, passing each on to
+    ``on_event``."""
+
+    def __init__(self, on_event: Callable[[dict], None] | None, run_id: str) -> None:
+        self.on_event = on_event
+        self.run_id = run_id
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.display: list[dict] = []
+        self.found: dict[str, Any] = {"result": None, "error": None}
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("ev")
+        if kind == "stdout":
+            self.stdout.append(event.get("data", ""))
+        elif kind == "stderr":
+            self.stderr.append(event.get("data", ""))
+        elif kind == "display":
+            self.display.append(event.get("data") or {})
+        elif kind == "result":
+            self.found["result"] = event.get("data")
+        elif kind == "error":
+            traceback = list(event.get("traceback") or [])
+            hint = missing_module_hint(f"{event.get('ename')}: {event.get('evalue')}")
+            if hint is not None:
+                traceback.append(hint)
+                event = {**event, "traceback": traceback}
+            self.found["error"] = {
+                "ename": event.get("ename", ""),
+                "evalue": event.get("evalue", ""),
+                "traceback": traceback,
+            }
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def result(self, done: dict) -> dict:
+        """The aggregated result of a run whose ``done`` is ``done``."""
+        hint = missing_module_hint("".join(self.stderr)) if done.get("exit_code") != 0 else None
+        if hint is not None and "exit_code" in done:  # the traceback went to stderr: so does the hint
+            self({"ev": "stderr", "data": hint + "\n"})
+        return {
+            "run_id": self.run_id,
+            "stdout": "".join(self.stdout),
+            "stderr": "".join(self.stderr),
+            "exit_code": done.get("exit_code"),
+            "execution_time": done.get("execution_time"),
+            "timed_out": bool(done.get("timed_out")),
+            "interrupted": bool(done.get("interrupted")),
+            "truncated": bool(done.get("truncated")),
+            "session_restarted": bool(done.get("session_restarted")),
+            "oom_killed": bool(done.get("oom_killed")),
+            "usage": _usage(done.get("usage")),
+            "ended_by": _ended_by(done),
+            "display": self.display,
+            "result": self.found["result"],
+            "error": self.found["error"],
+        }
+
+
+def _is_run_id(value: Any) -> bool:
+    """An agent's run id: ``r`` and 12 hex digits."""
+    return (isinstance(value, str) and len(value) == 13 and value[0] == "r"
+            and all(c in "0123456789abcdef" for c in value[1:]))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1e15
+
+
+def _run_info(raw: dict[str, Any]) -> dict[str, Any]:
+    """One run of the agent's ``runs`` answer, kept to RUN_INFO's keys and types (anything
+    else becomes None; strings are cut at 500 characters)."""
+    info: dict[str, Any] = {}
+    for key, kind in RUN_INFO.items():
+        value = raw.get(key)
+        if kind is float:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and 0 <= value < 1e15)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and -1e9 < value < 1e9
+        else:
+            ok = isinstance(value, kind)
+        info[key] = (value[:500] if isinstance(value, str) else value) if ok else None
+    if not _is_run_id(info["run_id"]):
+        info["run_id"] = None
+    if info["state"] not in RUN_STATES:
+        info["state"] = None
+    if info["ended_by"] not in ENDED_BY:
+        info["ended_by"] = None
+    info["usage"] = _usage(raw.get("usage"))
+    return info
 
 
 def _usage(raw: Any) -> dict[str, Any] | None:

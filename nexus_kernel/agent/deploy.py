@@ -14,11 +14,8 @@ Two forms, one program:
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
-import secrets
-import zipapp
 from pathlib import Path
 
 from ..errors import ProviderUnavailableError
@@ -46,6 +43,8 @@ def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 def agent_digest(package_dir: Path = PACKAGE_DIR) -> str:
     """sha256 over the package's files, the same as ``cd DIR; sha256sum *.py | sha256sum``
     with ``LC_ALL=C``."""
+    import hashlib  # (OpenSSL's _hashlib) imported by the first deploy, not with this module
+
     lines = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
         for p in package_files(package_dir)
@@ -60,6 +59,8 @@ def zipapp_bytes(package_dir: Path = PACKAGE_DIR) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _zipapp(package_dir: Path, digest: str) -> bytes:
+    import zipapp  # (zipfile) the cloud providers' form only
+
     buffer = io.BytesIO()
     names = {p.name for p in package_files(package_dir)}
     zipapp.create_archive(
@@ -72,6 +73,9 @@ def _zipapp(package_dir: Path, digest: str) -> bytes:
 def zipapp_file(cache_root: Path, package_dir: Path = PACKAGE_DIR) -> Path:
     """The zipapp as a local file (for SDKs that upload from a path), content-addressed
     under ``cache_root`` and written once."""
+    import hashlib
+    import secrets
+
     data = zipapp_bytes(package_dir)
     target = cache_root / f"{PACKAGE_NAME}-{hashlib.sha256(data).hexdigest()[:16]}.pyz"
     if not target.is_file():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .. import sandbox_lines
+from ..egress import events_table, network_text
 from ..errors import UsageError
 from ..models import Status, usage_table
 from ..untrusted import TRUST_OFF, TRUST_WARNING
@@ -90,7 +91,10 @@ class SandboxCommands:
 
     def cmd_network(self, args: argparse.Namespace) -> str:
         self.sandbox.network = args.network
-        return self._next_sandbox(f"Network is now {'on' if self.sandbox.network else 'off'}")
+        return self._next_sandbox(f"Network is now {network_text(self.sandbox.network)}")
+
+    def cmd_events(self, args: argparse.Namespace) -> str:
+        return events_table(self.sandbox.manager.network_events(self._need()))
 
     def cmd_trust(self, args: argparse.Namespace) -> str:
         self.sandbox.trusted_output = args.trust

@@ -22,6 +22,7 @@ from ipykernel.kernelbase import Kernel
 from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
+from ..egress import denial_line
 from ..errors import ExecutionTimeoutError, SandboxError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
@@ -225,11 +226,11 @@ class NexusKernel(Kernel):
                 return self._abort(silent)
             return self._error("KeyboardInterrupt", "Interrupted by user", silent)
         except ExecutionTimeoutError as exc:
-            self._finished(exc.result)
+            self._finished(exc.result, silent)
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
-        self._finished(result)
+        self._finished(result, silent)
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
         if state.error is not None:
@@ -239,19 +240,24 @@ class NexusKernel(Kernel):
             return self._error(*exit_error(cell.language, result), silent)
         return {**self._ok(), "payload": state.payload}
 
-    def _finished(self, result: ExecResult | None) -> None:
-        """Keep the cell's result for its reply's metadata and ``%sandbox usage``."""
+    def _finished(self, result: ExecResult | None, silent: bool) -> None:
+        """Keep the cell's result for its reply's metadata and ``%sandbox usage``; show
+        under the cell what the network allow-list denied during it."""
         assert self.sandbox is not None
         self._cell_result = result
         if result is not None:
             self.sandbox.log_usage(f"In [{self.execution_count}]", result)
+            denied = "".join(denial_line(event) + "\n" for event in result.network_denials)
+            if denied:
+                self._stream("stderr", denied, silent)
 
     def finish_metadata(self, parent: Any, metadata: dict[str, Any],
                         reply_content: dict[str, Any]) -> dict[str, Any]:
         """The execute reply's metadata: ``nexus: {usage, ended_by}`` of a cell that ran."""
         result, self._cell_result = self._cell_result, None
         if result is not None:
-            metadata["nexus"] = {"usage": result.usage, "ended_by": result.ended_by}
+            metadata["nexus"] = {"usage": result.usage, "ended_by": result.ended_by,
+                                 "network_denials": list(result.network_denials)}
         return metadata
 
     def _forward(self, event: OutputEvent, sandbox_id: str, state: _CellState, silent: bool,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from ..egress import network_text, parse_allow
 from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import USAGE_LOG_SIZE, ExecResult, SandboxRecord, Status
@@ -36,7 +37,9 @@ class KernelSandbox:
         self.name = name
         self.provider = settings.provider
         self.ttl_minutes = settings.ttl_minutes
-        self.network = settings.network
+        #: The next sandbox's network: True (all), False (none) or an allow-list.
+        self.network: bool | tuple[str, ...] = (
+            settings.network or parse_allow(settings.network_allow) or False)
         self.template_id = settings.template or None
         self.cell_timeout = settings.cell_timeout
         self.sandbox_id: str | None = settings.kernel_sandbox or None
@@ -126,7 +129,7 @@ class KernelSandbox:
         """What ``%sandbox status`` prints."""
         settings = (f"provider {self.provider}, TTL {self.ttl_minutes:g} min, "
                     f"template {self.template_id or 'none'}, "
-                    f"network {'on' if self.network else 'off'}")
+                    f"network {network_text(self.network)}")
         if self.sandbox_id is None:
             return f"No sandbox yet: the first cell creates one ({settings}).\n"
         record = self.manager.status(self.sandbox_id)

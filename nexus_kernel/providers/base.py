@@ -56,6 +56,8 @@ class Capabilities:
     pause: bool = True
     resume: bool = True
     network: bool = True
+    #: Can enforce an egress allow-list (``SandboxSpec.allow``).
+    egress_allow: bool = False
     gpu: bool = False
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
@@ -73,6 +75,10 @@ class Provider(ABC):
     #: ``alive()`` asks something on this host (``/proc``, the local Docker engine), so
     #: ``list`` can afford to reconcile this provider's live records every time.
     alive_is_cheap: bool = False
+    #: ``alive()`` needs no ``check_available`` first (local's reads ``/proc``; its check
+    #: starts a bubblewrap jail): ``list`` and ``status`` skip the check for it. Left False
+    #: where the check bounds the wait for an unreachable service (docker's 10 s ping).
+    alive_without_check: bool = False
 
     def __init__(self, settings: Settings, **options: Any):
         self.settings = settings
@@ -124,6 +130,11 @@ class Provider(ABC):
     @abstractmethod
     def alive(self, handle: Handle) -> bool:
         """True while the sandbox's resource exists (running or paused)."""
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """Egress denials of the sandbox (``{time, host, port, reason}``, newest last) from
+        ``since`` (epoch seconds) on. Default: none (providers without an allow-list)."""
+        return []
 
     def cap_reached(self, handle: Handle) -> str:
         """The platform's runtime cap, named, once the sandbox has passed its hard end (it

@@ -6,7 +6,8 @@ ends when the agent ends: the agent's deadline watchdog enforces the TTL inside 
 even when no client is alive, and ``auto_remove`` deletes it then.
 
 Hardening applied to every container (checked by ``tests/test_docker_provider.py``):
-no network unless asked, every capability dropped, ``no-new-privileges``, pids / memory
+no network unless asked (an allow-list: ``network none`` plus the host-side egress proxy of
+:mod:`.docker_egress`), every capability dropped, ``no-new-privileges``, pids / memory
 (swap equal) / CPU / open-files limits, a read-only root with tmpfs ``/tmp``, ``/home/user``
 (the working directory) and ``/dev/shm`` (each ``scratch_mb`` with an inode cap: their
 pages count against the memory cap), a host uid of the sandbox's own (below), no host mounts
@@ -20,7 +21,9 @@ same under every runtime, and the handle records the one used (``runtime``).
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
 read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
 The image's entrypoint is replaced by the agent; an image without python3 fails create in
-one line. The default image (``nexus-sandbox:latest``) is only the default environment.
+one line. The default image (``nexus-sandbox:latest``) is only the default environment. A
+``template_id`` naming a docker template (``nexus template create NAME --provider docker``,
+:mod:`.docker_template`) runs that template's image.
 
 One host identity per sandbox: each container runs as a uid (and gid) U of its own, and its
 relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for nexus, beside
@@ -66,6 +69,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
+from . import docker_egress
 from ._launch import (
     agent_command,
     import_sdk,
@@ -92,6 +96,8 @@ from .docker_runtime import (
     is_gvisor,
     pick_runtime,
 )
+from .docker_template import remove_build_leftovers
+from .docker_template import resolve as template_image
 
 #: The agent's abstract unix socket, and its pid (the container's init).
 SOCKET = "@nexus-agent"
@@ -139,8 +145,10 @@ def _unreachable(host: str) -> ProviderUnavailableError:
 
 def _image_missing(image: str) -> ProviderUnavailableError:
     return ProviderUnavailableError(
-        f"the Docker image {image!r} does not exist: docker pull it, or build the default image "
-        "with 'bash scripts/build-image.sh' (offline) or 'docker build -f docker/Dockerfile .'"
+        f"the Docker image {image!r} does not exist and is no template: docker pull it, build a "
+        "template (nexus template create NAME --provider docker --pip PKG ...), or build the "
+        "default image with 'bash scripts/build-image.sh' (offline) or 'docker build -f "
+        "docker/Dockerfile .'"
     )
 
 
@@ -366,7 +374,7 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):
@@ -434,13 +442,18 @@ class DockerProvider(Provider):
         """Start a hardened container running the agent; return once the agent is READY."""
         host = self._host()
         client = self._client(host)
-        image = spec.template_id or self.settings.docker_image
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
         with _api_errors(host, "ask the engine for its runtimes"):
             info = self._engine_info(host)
-        runtime = pick_runtime(info, self.settings.docker_runtime, spec.network)
+        # an allow-list's proxy listens in the container's network namespace: gVisor reaches
+        # it through its network variant (host sockets in that namespace)
+        runtime = pick_runtime(info, self.settings.docker_runtime, spec.network or bool(spec.allow))
         gvisor = is_gvisor(info, runtime)
+        if spec.allow:
+            docker_egress.check(self.settings)
+        with _api_errors(host, "find the template's image"):  # a docker template, or an image
+            image = template_image(client.api, spec.template_id or self.settings.docker_image)
         with _api_errors(host, "fill the agent volume"):
             try:  # through the default image: a hostile one never touches the shared volume
                 version = ensure_agent_volume(client.api, self.settings.docker_image)
@@ -470,6 +483,9 @@ class DockerProvider(Provider):
         }
         try:
             self._start_agent(client, container_id, token, image)
+            if spec.allow:  # before any user code: the agent has only just said READY
+                pid = client.api.inspect_container(container_id)["State"]["Pid"]
+                handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
@@ -488,6 +504,7 @@ class DockerProvider(Provider):
             ),
             mounts=[agent_mount(agent_version)],
             **hardening(spec.limits, spec.network, uid, runtime, gvisor),
+            **docker_egress.host_options(spec.allow),
         )
         try:
             return client.api.create_container(
@@ -495,7 +512,7 @@ class DockerProvider(Provider):
                 # the agent is the entrypoint: an image's own entrypoint never wraps it
                 entrypoint=container_command(spec.deadline),
                 user=f"{uid}:{uid}",
-                environment=SANDBOX_ENV,
+                environment={**SANDBOX_ENV, **docker_egress.environment(spec.allow)},
                 working_dir=HOME,
                 hostname="sandbox",
                 labels={**resource_labels(spec, "."), UID_LABEL: str(uid)},
@@ -591,6 +608,7 @@ class DockerProvider(Provider):
         """Kill and remove the container at once (SIGKILL, no stop grace). Idempotent."""
         docker = import_sdk("docker", "docker")
         container_id = handle.get("container_id")
+        docker_egress.stop(handle)
         if not container_id:
             return
         host = self._host(handle)
@@ -603,6 +621,10 @@ class DockerProvider(Provider):
                 if exc.status_code == 409 and "in progress" in _explain(exc):
                     return  # auto-remove (agent deadline) got there first
                 raise
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """The egress proxy's denials (see :mod:`.docker_egress`)."""
+        return docker_egress.events(handle, since)
 
     def state(self, handle: Handle) -> str | None:
         """Docker's state of the container ("running", "paused", "exited", …), None if gone."""
@@ -629,7 +651,8 @@ class DockerProvider(Provider):
         started (their creator died in between) or exited yet not removed (auto-remove lost
         to an engine restart), older than ``grace`` s. Running and paused ones are never
         touched: they belong to a live sandbox of some store, or end at their TTL. Also the
-        agent volumes of other agent versions that no container uses (older than ``grace``)."""
+        agent volumes of other agent versions that no container uses (older than ``grace``),
+        and template build containers of builds that died."""
         host = self._host()
         client = self._client(host)
         with _api_errors(host, "list sandbox containers"):
@@ -645,6 +668,7 @@ class DockerProvider(Provider):
                 removed.append(f"container {row['Id'][:12]}")
         with _api_errors(host, "remove old agent volumes"):
             removed += remove_old_volumes(client.api, grace)
+            removed += remove_build_leftovers(client.api, grace)
         return removed
 
     def list_resources(self, store_id: str) -> list[dict[str, Any]]:

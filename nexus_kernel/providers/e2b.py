@@ -72,6 +72,7 @@ from typing import Any
 
 from ..agent.deploy import ZIPAPP_NAME, zipapp_bytes
 from ..config import Settings
+from ..egress import by_host_only
 from ..errors import (
     ProviderError,
     ProviderUnavailableError,
@@ -153,6 +154,16 @@ def _sdk_errors(sdk: Any, what: str):
         raise ProviderError(f"E2B failed to {what}: {one_line(exc)}") from exc
 
 
+def _network(allow: tuple[str, ...]) -> dict[str, Any]:
+    """``Sandbox.create``'s ``network`` for an allow-list: E2B's own egress filter (allowed
+    names and addresses out, everything else denied). E2B filters by host, not port, and
+    reports no denials: ``nexus sandbox events`` has none for E2B sandboxes."""
+    if not allow:
+        return {}
+    names, addresses = by_host_only(allow, "E2B")
+    return {"network": {"allow_out": names + addresses, "deny_out": ["0.0.0.0/0"]}}
+
+
 def _refused(exc: Exception) -> ProviderUnavailableError:
     return ProviderUnavailableError(f"E2B refused the API key ({one_line(exc)}): {FIX_KEY}")
 
@@ -189,7 +200,7 @@ class E2BProvider(CloudProvider):
 
     name = "e2b"
     service = "E2B"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
     missing_credentials = MISSING_KEY
     agent_dir = AGENT_DIR
     grace = TIMEOUT_GRACE
@@ -279,7 +290,8 @@ class E2BProvider(CloudProvider):
                 timeout=timeout,
                 metadata=resource_labels(spec),
                 envs={},
-                allow_internet_access=bool(spec.network),
+                allow_internet_access=bool(spec.network or spec.allow),
+                **_network(spec.allow),
                 **lifecycle,
                 **self._api(),
             )

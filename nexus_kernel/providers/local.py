@@ -20,7 +20,11 @@ slirp4netns (user-mode networking, run as the jail's host uid) gives it a tap de
 the outside and DNS at 10.0.2.3, with no path to the host's loopback
 (``--disable-host-loopback``); abstract unix sockets and loopback servers of the host and of
 other sandboxes live in other namespaces. slirp4netns ends when the jail ends (its exit fd is
-held by the jail's outer bubblewrap), whoever ends it.
+held by the jail's outer bubblewrap), whoever ends it. With an allow-list (``spec.allow``) the
+namespace keeps loopback only, and the egress proxy (``egress_proxy.py``, a host process
+outside the jail's pid namespace, ended by the same exit pipe) listens in it at
+127.0.0.1:3128 (HTTP/CONNECT, in the jail's ``HTTP(S)_PROXY``) and 127.0.0.1:53 (the jail's
+resolver); its refusals go to ``egress.jsonl`` in the sandbox dir (:meth:`network_events`).
 
 Files: /home/user (the working dir; persists between runs), /tmp (= /var/tmp) and /dev/shm
 are private tmpfs mounts of ``scratch_mb(limits)`` each, as in the docker provider: their
@@ -50,10 +54,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import hashlib
 import json
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -82,6 +84,7 @@ from .base import (
     scratch_mb,
 )
 from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
+from .egress import PROXY_ENV, override_hosts, read_events, start_proxy
 from .removal import remove_tree
 from .seccomp import program_fd
 
@@ -97,6 +100,8 @@ SLIRP_HINT = (
 )
 #: The jail's DNS forwarder (slirp4netns's default 10.0.2.0/24 network).
 SLIRP_DNS = "10.0.2.3"
+#: The denials the egress proxy writes (in the sandbox dir, never mounted in the jail).
+EVENTS_FILE = "egress.jsonl"
 #: ioctl: the user namespace owning a namespace (linux/nsfs.h NS_GET_USERNS).
 NS_GET_USERNS = 0xB701
 INNER_UID = 1000
@@ -155,8 +160,9 @@ class LocalProvider(Provider):
     root), ``agent_dir``, ``ready_timeout``, ``cgroups`` (False forces the rlimit fallback)."""
 
     name = "local"
-    capabilities = Capabilities(pause=True, resume=True, network=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
     alive_is_cheap = True
+    alive_without_check = True
 
     _probe_cache: dict[tuple[str, int | None], str | None] = {}
 
@@ -198,7 +204,7 @@ class LocalProvider(Provider):
         root = os.geteuid() == 0
         if root and "uid" in self.options and int(self.options["uid"]) == 0:
             raise ProviderError("refusing to run sandboxes as host root: pick another 'uid' option")
-        if spec.network and _find_tool("slirp4netns") is None:
+        if spec.network and not spec.allow and _find_tool("slirp4netns") is None:
             raise ProviderUnavailableError(SLIRP_HINT)
         package = Path(self.options.get("agent_dir") or PACKAGE_DIR.parent) / PACKAGE_DIR.name
         if not (package / "__main__.py").is_file():
@@ -224,6 +230,8 @@ class LocalProvider(Provider):
             remove_tree(sandbox_dir)
             raise
         gid = uid if root else os.getgid()
+        import secrets  # (OpenSSL's _hashlib) not for a liveness check
+
         token = secrets.token_hex(32)
         cgroup: Cgroup | None = None
         proc: subprocess.Popen[bytes] | None = None
@@ -237,7 +245,8 @@ class LocalProvider(Provider):
             "disk": _scratch_kind(root, spec.limits),
             "uid": uid,
             "uid_reserved": reserved,
-            "network": "slirp4netns" if spec.network else "none",
+            "network": "slirp4netns" if spec.network else "egress-proxy" if spec.allow else "none",
+            "allow": list(spec.allow),
         }
 
         def started(process: subprocess.Popen[bytes], info: dict[str, Any]) -> None:
@@ -249,6 +258,8 @@ class LocalProvider(Provider):
                 pid_ns=info.get("pid-namespace"),
                 slirp_pid=info.get("slirp-pid"),
                 slirp_start=info.get("slirp-start"),
+                egress_pid=info.get("egress-pid"),
+                egress_start=info.get("egress-start"),
             )
             _write_handle(sandbox_dir, spec.store_id, handle)
             if reserved:
@@ -256,7 +267,7 @@ class LocalProvider(Provider):
 
         try:
             _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
-            etc_files = _write_etc(sandbox_dir / "etc", spec.network)
+            etc_files = _write_etc(sandbox_dir / "etc", spec.network, bool(spec.allow))
             if self.options.get("cgroups", True):
                 cgroup = create_cgroup(spec.sandbox_id, spec.limits)
             if cgroup is not None:
@@ -325,7 +336,9 @@ class LocalProvider(Provider):
         info_r, info_w = os.pipe()
         # The outer bubblewrap holds the write end of slirp4netns's exit pipe: the helper
         # ends when the jail does, however it ends.
-        exit_r, exit_w = os.pipe() if spec.network else (-1, -1)
+        # The egress proxy (allow-list) uses the same pipe.
+        linked = bool(spec.network or spec.allow)
+        exit_r, exit_w = os.pipe() if linked else (-1, -1)
         data_fds: list[int] = []
         log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -360,17 +373,17 @@ class LocalProvider(Provider):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log_fd,
-                pass_fds=[info_w, *data_fds, *([exit_w] if spec.network else [])],
+                pass_fds=[info_w, *data_fds, *([exit_w] if linked else [])],
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
         except BaseException:
-            if spec.network:
+            if linked:
                 os.close(exit_r)
             raise
         finally:
             os.close(info_w)
-            if spec.network:
+            if linked:
                 os.close(exit_w)
             os.close(log_fd)
             for fd in data_fds:
@@ -383,6 +396,12 @@ class LocalProvider(Provider):
         ready_r = -1
         try:
             info = _read_info(info_r, deadline)
+            if spec.allow and not spec.network:  # starts while the agent does (~0.1 s saved)
+                egress, ready_r = start_proxy(
+                    python, info["child-pid"], spec.allow, override_hosts(self.settings),
+                    events=sandbox_dir / EVENTS_FILE, log=sandbox_dir / "agent.log",
+                    exit_fd=exit_r, join_userns=not root)
+                info.update({"egress-pid": egress.pid, "egress-start": _start_time(egress.pid)})
             if started is not None:
                 started(proc, info)
             assert proc.stdout is not None
@@ -398,9 +417,13 @@ class LocalProvider(Provider):
                     started(proc, info)
             if spec.network and _read_some(ready_r, deadline, "slirp4netns to set up the network") != b"1":
                 raise ProviderError("slirp4netns could not set up the sandbox's network")
+            if spec.allow and not spec.network and _read_some(
+                    ready_r, deadline, "the egress proxy to start") != b"1":
+                raise ProviderError("the egress proxy could not listen in the sandbox's network")
         except BaseException as exc:
-            if info.get("slirp-pid"):
-                _kill_quietly(info["slirp-pid"])
+            for helper in ("slirp-pid", "egress-pid"):
+                if info.get(helper):
+                    _kill_quietly(info[helper])
             if info.get("child-pid"):  # no --die-with-parent: kill the jail itself first
                 _kill_quietly(info["child-pid"])
                 poll_until(lambda: not _same_process(proc.pid, None), 1.0)
@@ -474,9 +497,12 @@ class LocalProvider(Provider):
             elif os.path.isdir(path):
                 args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        if spec.allow and not spec.network:  # what pip, curl, requests and urllib follow
+            for key, value in PROXY_ENV.items():
+                args += ["--setenv", key, value]
         args += _scratch_args(_scratch_kind(bool(scratch), spec.limits), spec.limits, scratch, sb)
         wanted = list(ETC_ALWAYS) + glob.glob("python3.*", root_dir="/etc")
-        if spec.network:
+        if spec.network or spec.allow:
             wanted += ETC_NETWORK
         for name in wanted:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
@@ -585,10 +611,19 @@ class LocalProvider(Provider):
         # It ends with the jail on its own; this covers a jail that never got that far.
         if slirp and not poll_until(lambda: not _same_process(slirp, slirp_start), 1.0):
             _kill_quietly(slirp)
+        egress, egress_start = handle.get("egress_pid"), handle.get("egress_start")
+        if egress and not poll_until(lambda: not _same_process(egress, egress_start), 1.0):
+            _kill_quietly(egress)
         if handle.get("dir"):
             remove_tree(Path(handle["dir"]))
         if handle.get("uid_reserved"):  # every process of the uid is gone: give it back
             uids.release(handle["uid"], handle["sandbox_id"])
+
+    def network_events(self, handle: Handle, since: float | None = None) -> list[dict[str, Any]]:
+        """The egress proxy's denials (newest last), from ``since`` (epoch seconds) on."""
+        if not handle.get("dir") or handle.get("network") != "egress-proxy":
+            return []
+        return read_events(Path(handle["dir"]) / EVENTS_FILE, since)
 
     def alive(self, handle: Handle) -> bool:
         """The jail's pid 1 still exists (start time checked, so a reused pid does not count)."""
@@ -642,6 +677,9 @@ def _agent_with_bytecode(package: Path, python: str, cache_root: Path) -> Path:
     cached = _AGENT_DIRS.get(memo)
     if cached is not None and cached.is_dir():
         return cached
+    import hashlib
+    import secrets
+
     digest = hashlib.sha256(f"{agent_digest(package)}\0{python}".encode()).hexdigest()[:16]
     target = cache_root / digest
     if not (target / package.name / "__pycache__").is_dir():
@@ -690,6 +728,8 @@ def _scratch_args(kind: str, limits: Limits, staged: dict[str, str] | None, sb: 
 
 def _write_handle(sandbox_dir: Path, store_id: str, handle: Handle) -> None:
     """(Re)write ``handle.json`` atomically: what reconcile finds the sandbox by."""
+    import secrets
+
     record = {"store_id": store_id, "sandbox_id": handle["sandbox_id"], "handle": handle}
     tmp = sandbox_dir / f".handle-{secrets.token_hex(4)}.json"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -785,7 +825,7 @@ def _agent_files(agent_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def _write_etc(etc: Path, network: bool) -> dict[str, Path]:
+def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path]:
     """Small synthetic /etc files for the jail; returns {name inside /etc: host path}."""
     files = {
         "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -799,6 +839,8 @@ def _write_etc(etc: Path, network: bool) -> dict[str, Path]:
     }
     if network:  # slirp4netns forwards it to the host's resolvers
         files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n"
+    elif egress:  # the egress proxy answers allowed names only
+        files["resolv.conf"] = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
     etc.mkdir(mode=0o700)
     paths = {}
     for name, text in files.items():

@@ -64,6 +64,7 @@ from typing import Any
 
 from ..agent.deploy import ZIPAPP_NAME, zipapp_file
 from ..config import Settings
+from ..egress import by_host_only
 from ..errors import (
     AgentError,
     MissingCredentialsError,
@@ -155,6 +156,22 @@ def _unreachable(sdk: Any, why: str) -> str:
     return f"Modal's API at {host} could not be reached ({why}): {FIX_NETWORK}"
 
 
+def _network(allow: tuple[str, ...]) -> dict[str, Any]:
+    """``Sandbox.create``'s outbound allow-lists for an allow-list (Modal 1.x: names in
+    ``outbound_domain_allowlist``, addresses in ``outbound_cidr_allowlist``). Modal filters
+    by host, not port, and reports no denials: ``nexus sandbox events`` has none for Modal
+    sandboxes."""
+    if not allow:
+        return {}
+    names, addresses = by_host_only(allow, "Modal")
+    options: dict[str, Any] = {}
+    if names:
+        options["outbound_domain_allowlist"] = names
+    if addresses:
+        options["outbound_cidr_allowlist"] = [f"{a}/{128 if ':' in a else 32}" for a in addresses]
+    return options
+
+
 @contextmanager
 def _sdk_errors(sdk: Any, what: str):
     """Map Modal SDK failures to nexus errors with one-line messages."""
@@ -221,7 +238,7 @@ class ModalProvider(CloudProvider):
 
     name = "modal"
     service = "Modal"
-    capabilities = Capabilities(pause=False, resume=False, network=True, gpu=True)
+    capabilities = Capabilities(pause=False, resume=False, network=True, egress_allow=True, gpu=True)
     missing_credentials = MISSING_TOKEN
     agent_dir = AGENT_DIR
     grace = IDLE_GRACE
@@ -321,7 +338,8 @@ class ModalProvider(CloudProvider):
                 tags=resource_labels(spec),
                 timeout=self._max_seconds,
                 idle_timeout=self.timeout_for(spec.deadline, now),
-                block_network=not spec.network,
+                block_network=not (spec.network or spec.allow),
+                **_network(spec.allow),
                 client=self._client(),
                 **self._resources(spec),
             )  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 import struct
 
 #: What the filter refuses, by name (the numbers per ABI are in ``_NUMBERS``).
@@ -104,7 +103,7 @@ def _abi_block(arch: int) -> list[bytes]:
 def program(machine: str | None = None) -> bytes | None:
     """The filter (``struct sock_filter`` array) for this host's machine type, or None when
     the project has no syscall table for it."""
-    abis = _HOST_ABIS.get(machine or platform.machine())
+    abis = _HOST_ABIS.get(machine or os.uname().machine)  # platform.machine(), unimported
     if abis is None:
         return None
     code = [_insn(_LD_W_ABS, _OFFSET_ARCH)]

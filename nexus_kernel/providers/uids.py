@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,8 @@ RESERVATIONS = Path("/run/nexus-uids")
 
 def reserve(sandbox_id: str, directory: Path = RESERVATIONS) -> int:
     """A host uid no live sandbox holds, reserved for ``sandbox_id`` (root only)."""
+    import secrets  # (OpenSSL's _hashlib) not for a liveness check
+
     with _locked(directory):
         start = secrets.randbelow(UID_COUNT)
         for offset in range(UID_COUNT):

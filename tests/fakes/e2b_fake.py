@@ -182,6 +182,8 @@ class _Record:
     owners: dict[str, str] = field(default_factory=dict)
     #: What its timeout does, from create's ``lifecycle``: ("kill", "") or ("pause", mode).
     on_timeout: tuple[str, str] = ("kill", "")
+    #: create's ``network`` (egress allow/deny lists), as given.
+    network: Any = None
 
 
 SANDBOXES: dict[str, _Record] = {}
@@ -683,6 +685,7 @@ class Sandbox:
             metadata=dict(metadata or {}),
             envs=dict(envs or {}),
             allow_internet_access=allow_internet_access,
+            network=network,
             end_at=time.time() + (300 if timeout is None else timeout),
             on_timeout=on_timeout,
         )

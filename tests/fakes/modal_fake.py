@@ -438,6 +438,8 @@ class Sandbox:
         cpu: float | tuple[float, float] | None = None,
         memory: int | tuple[int, int] | None = None,
         block_network: bool = False,
+        outbound_cidr_allowlist: Any = None,
+        outbound_domain_allowlist: Any = None,
         client: Client | None = None,
     ) -> Sandbox:
         _check_token(client)
@@ -457,7 +459,8 @@ class Sandbox:
             options={
                 "timeout": timeout, "idle_timeout": idle_timeout, "gpu": gpu, "cpu": cpu,
                 "memory": memory, "block_network": block_network, "workdir": workdir,
-                "env": env, "name": name,
+                "env": env, "name": name, "outbound_cidr_allowlist": outbound_cidr_allowlist,
+                "outbound_domain_allowlist": outbound_domain_allowlist,
             },
         )  # fmt: skip
         for remote, local in image.files.items():  # Modal mounts these at container start

@@ -52,3 +52,13 @@ def test_a_timeout_is_an_outcome_with_the_partial_output() -> None:
                               note="Code execution exceeded 2 second timeout")
     assert out.is_error and out.fields["stdout"] == "started\n"
     assert out.fields["notes"] == ["Code execution exceeded 2 second timeout"]
+
+
+def test_network_denials_are_named_to_the_model_and_bounded() -> None:
+    denials = tuple({"time": 1.0, "host": f"h{i}.test", "port": 443, "reason": "host not in "
+                     "the allow-list", "run": "sb_1:r1"} for i in range(10))
+    out = llm_output.describe(result(network_denials=denials))
+    assert out.fields["notes"][0] == ("network denied h0.test:443: host not in the allow-list "
+                                      "(the sandbox's network allow-list)")
+    assert out.fields["notes"][-1] == "2 more network denials"
+    assert "note: network denied h7.test:443" in out.text

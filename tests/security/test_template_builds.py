@@ -3,7 +3,8 @@
 `nexus template create` runs pip on the host (as root under CI), so every package must come
 as a wheel: installing a wheel unpacks files, while a source distribution, a directory, a VCS
 URL or a pip option smuggled in as a package would run (or enable) the package's own setup
-code here. Each case plants a setup.py that writes a marker file on the host."""
+code here. Each case plants a setup.py that writes a marker file on the host. Docker templates
+(`--provider docker`) run the same pip on the host and keep the same rule."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import nexus
+from nexus_kernel.config import Settings
+
+from ..conftest import docker_not_ready, docker_problem, nexus
 
 
 def _hostile_sdist(where: Path, marker: Path, name: str = "evilpkg") -> Path:
@@ -37,9 +40,10 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "RAN-ON-HOST"
 
 
+@pytest.mark.parametrize("provider", ["local", "docker"])
 @pytest.mark.parametrize("form", ["sdist-path", "directory", "direct-url", "pip-option"])
 def test_a_package_that_is_not_a_wheel_is_refused_before_pip_runs(nexus_home, tmp_path, marker,
-                                                                    form):
+                                                                    form, provider):
     archive = _hostile_sdist(tmp_path / "src", marker)
     spec = {
         "sdist-path": str(archive),
@@ -47,7 +51,8 @@ def test_a_package_that_is_not_a_wheel_is_refused_before_pip_runs(nexus_home, tm
         "direct-url": f"evilpkg @ {archive.as_uri()}",
         "pip-option": "--no-binary=:all:",
     }[form]
-    out = nexus("template", "create", "evil", f"--pip={spec}", timeout=120)
+    out = nexus("template", "create", "evil", f"--pip={spec}", "--provider", provider,
+                timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     assert not marker.exists(), "the package's setup code ran on the host"
     error = out.stderr.strip().splitlines()[-1]
@@ -55,10 +60,14 @@ def test_a_package_that_is_not_a_wheel_is_refused_before_pip_runs(nexus_home, tm
     assert not (nexus_home / "templates" / "evil").exists()
 
 
-def test_an_index_offering_only_an_sdist_builds_nothing_on_the_host(nexus_home, tmp_path, marker):
+@pytest.mark.parametrize("provider", ["local", "docker"])
+def test_an_index_offering_only_an_sdist_builds_nothing_on_the_host(nexus_home, tmp_path, marker,
+                                                                    provider):
+    if provider == "docker" and (problem := docker_problem(Settings.load())):
+        docker_not_ready(problem)
     index = tmp_path / "index"
     _hostile_sdist(index, marker)
-    out = nexus("template", "create", "evil", "--pip", "evilpkg",
+    out = nexus("template", "create", "evil", "--pip", "evilpkg", "--provider", provider,
                 env={"PIP_FIND_LINKS": str(index), "PIP_NO_INDEX": "1"}, timeout=120)
     assert out.returncode != 0, out.stdout + out.stderr
     assert not marker.exists(), "pip built the index's sdist on the host"

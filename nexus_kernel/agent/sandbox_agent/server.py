@@ -15,6 +15,7 @@ import time
 
 from .files import read_file, write_file
 from .procs import TAG_VAR, ProcessTable, Reaper, harden
+from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
 from .usage import Meter
@@ -126,7 +127,7 @@ class Agent:
     """The server: sessions, runs, files, the deadline watchdog."""
 
     #: ops answered on the connection's reader thread (they never block).
-    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply")
+    INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply", "runs")
 
     def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
         self.token = token
@@ -137,6 +138,7 @@ class Agent:
         self._lock = threading.Lock()
         self._sessions: dict = {}
         self._runs: set = set()
+        self.registry = Registry()
         self._interpreters: dict = {}
         self._env = dict(os.environ)
         self._env["PWD"] = home
@@ -157,6 +159,8 @@ class Agent:
             "input_reply": self.op_input_reply,
             "complete": self.op_complete,
             "inspect": self.op_inspect,
+            "attach": self.op_attach,
+            "runs": self.op_runs,
         }
 
     # -- helpers ----------------------------------------------------------------------
@@ -309,18 +313,53 @@ class Agent:
         deadline = msg.get("deadline")  # the `deadline` op folded into the run: one round trip
         if deadline is not None and not _is_number(deadline):
             raise Invalid("deadline must be an epoch time in seconds or null")
+        detach = msg.get("detach", False)
+        if not isinstance(detach, bool):
+            raise Invalid("detach must be true or false")
+        run_id = msg.get("run_id")  # the client's choice, so it knows it before any event
+        if run_id is not None and not is_run_id(run_id):
+            raise Invalid("run_id must be 'r' and 12 lowercase hex digits, or null")
         self.interpreter(language)
         if deadline is not None:
             self.set_deadline(deadline)
+        entry = self.registry.start(run_id, language, session, timeout, detach)
+        if entry is None:
+            raise Invalid(f"run_id {run_id!r} is in use in this sandbox")
+        args = (entry, language, code, timeout, session, limit, input_data, options)
+        if not detach:
+            return self._execute(Tee(entry, reply), *args)
+        try:
+            threading.Thread(target=self._detached, args=args, daemon=True).start()
+        except RuntimeError as exc:  # e.g. the sandbox's pids limit
+            entry.finish(error=f"the agent cannot start a thread: {exc}")
+            raise Failure(entry.error) from None
+        return {"run_id": entry.id}
+
+    def _execute(self, sink, entry, language, code, timeout, session, limit, input_data,
+                 options) -> dict:
+        """Do one run, its events going to ``sink``; its entry records how it ended."""
         meter = Meter()  # the run starts it
-        if session is None:
-            result = self._run_stateless(reply, language, code, timeout, limit, meter,
-                                         input_data)
-        else:
-            result = self._run_session(reply, session, language, code, timeout, limit, meter,
-                                       options)
-        meter.finish(result)
+        try:
+            if session is None:
+                result = self._run_stateless(sink, entry, language, code, timeout, limit,
+                                             meter, input_data)
+            else:
+                result = self._run_session(sink, entry, session, language, code, timeout,
+                                           limit, meter, options)
+            meter.finish(result)
+        except (Invalid, Failure) as exc:
+            entry.finish(error=str(exc))
+            raise
+        except Exception as exc:
+            entry.finish(error=f"{type(exc).__name__}: {exc}")
+            raise
+        entry.finish(result)
         return result
+
+    def _detached(self, entry, *args) -> None:
+        """A detached run, in a thread of its own: nobody waits for it, its entry tells."""
+        with contextlib.suppress(Exception):
+            self._execute(Tee(entry), entry, *args)
 
     def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
         exe = self.interpreter(language)
@@ -338,10 +377,11 @@ class Agent:
             return [exe, script] if script else [exe, "-e", code], script
         return [exe, script] if script else [exe, "-c", code], script
 
-    def _run_stateless(self, reply, language, code, timeout, limit, meter,
+    def _run_stateless(self, reply, entry, language, code, timeout, limit, meter,
                        input_data=None) -> dict:
         argv, script = self._stateless_argv(language, code)
         run = StatelessRun(self, reply, argv, timeout, limit, input_data)
+        entry.interrupter = run.interrupt
         with self._lock:
             self._runs.add(run)
         try:
@@ -354,12 +394,13 @@ class Agent:
                 with contextlib.suppress(OSError):
                     os.unlink(script)
 
-    def _run_session(self, reply, name, language, code, timeout, limit, meter,
+    def _run_session(self, reply, entry, name, language, code, timeout, limit, meter,
                      options=None) -> dict:
         gone = None
         for _attempt in range(3):
             session = self._session(name, language)
             with session.run_lock:
+                entry.interrupter = session.interrupt
                 try:
                     return session.run(reply, code, timeout, limit, meter, options)
                 except SessionGone as exc:
@@ -382,6 +423,8 @@ class Agent:
             return session
 
     def op_interrupt(self, reply, msg) -> dict:
+        if msg.get("run_id") is not None:
+            return {"interrupted": int(self._entry(msg).interrupt())}
         name = msg.get("session")
         if name is not None and not isinstance(name, str):
             raise Invalid("session must be a string or null")
@@ -434,6 +477,26 @@ class Agent:
 
     def op_inspect(self, reply, msg) -> dict:
         return self._query(msg, "inspect")
+
+    def _entry(self, msg):
+        entry = self.registry.get(msg.get("run_id"))
+        if entry is None:
+            raise Invalid("no run {!r} in this sandbox (it keeps its runs while they run and "
+                          "the last {} finished ones)".format(msg.get("run_id"), KEEP_FINISHED))
+        return entry
+
+    def op_attach(self, reply, msg) -> dict:
+        entry = self._entry(msg)
+        follow = msg.get("follow", True)
+        if not isinstance(follow, bool):
+            raise Invalid("follow must be true or false")
+        try:
+            return entry.replay(reply, follow)
+        except RunFailed as exc:
+            raise Failure(str(exc)) from None
+
+    def op_runs(self, reply, msg) -> dict:
+        return {"runs": self.registry.list()}
 
     def op_deadline(self, reply, msg) -> dict:
         at = msg.get("at")

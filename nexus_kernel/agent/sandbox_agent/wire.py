@@ -30,6 +30,9 @@ MARKER_PREFIX = b"\x00nexus-end:"
 #: Session workers send their events (result, display, error, ...) in-band on stdout as
 #: ``\0nexus-ev:<json>\n``, so they keep their order with what the cell printed.
 EVENT_PREFIX = b"\x00nexus-ev:"
+#: Bytes of a run's events the agent keeps for replay (``attach``); the oldest are dropped
+#: past it, and a replay says how many bytes it misses.
+REPLAY_BYTES = 2 * 1024 * 1024
 #: Bytes read from a pipe or socket at a time.
 CHUNK = 65536
 #: Longest line a connection may send before it has authenticated (``auth`` messages are
