@@ -278,8 +278,11 @@ def _gvisor_caps_end_the_sandbox(mgr):
     for cap, code in bombs.items():
         record = mgr.create(f"limits-{cap}")
         try:
+            started = time.monotonic()
             with pytest.raises(SandboxStateError, match="under gVisor .* ends as a whole"):
                 mgr.run(record.sandbox_id, "python", code, timeout=20)
+            # at once, not at the run's timeout + grace (runsc leaves the exec stream open)
+            assert time.monotonic() - started < 15, cap
             assert not mgr.provider("docker").alive(record.handle), cap
         finally:
             mgr.stop(record.sandbox_id)
