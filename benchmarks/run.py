@@ -38,7 +38,8 @@ MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--providers", default=None,
-                   help="comma-separated providers (default: local, plus docker when it answers)")
+                   help="comma-separated providers (default: local, plus docker when it "
+                        "answers); docker-runsc: docker under gVisor")
     p.add_argument("--quick", action="store_true", help="fewer repetitions, concurrency 1,10")
     p.add_argument("--json", default=str(RESULTS / "latest.json"), metavar="PATH",
                    help="where to write the JSON results (default benchmarks/results/latest.json)")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for provider in providers:
-            if provider == "docker" and (why := docker_available(settings)):
+            if provider.startswith("docker") and (why := docker_available(settings)):
                 rows.append(unavailable("docker", "every docker row", why))
                 continue
             if any(ctx.wants(group) for group in MANAGER_GROUPS):

@@ -119,6 +119,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "its subdomains); repeat for more. Denied requests are listed by "
                         "'nexus sandbox events' " + _default(settings, "network_allow",
                                                               settings.network_allow or "none"))
+    p.add_argument("--runtime", metavar="NAME",
+                   help="docker only: the engine's OCI runtime, e.g. runsc (gVisor); "
+                        "'nexus sandbox providers' lists them "
+                        f"{_default(settings, 'docker_runtime', settings.docker_runtime or 'the engine default')}")
 
     p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
     sandbox_id(p)
@@ -326,7 +330,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # This process exits right away: a hand-out from the warm pool is refilled by a
     # detached `python -m nexus_kernel.pool_fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
-    nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
+    overrides = {"docker_runtime": _runtime(args, settings)} if args.command == "create" else {}
+    nx = NexusFS(pool_refill=refill, **overrides)  # admin: NEXUS_ADMIN=1, never implied
     handler = globals()["_cmd_" + args.command.replace("-", "_")]
     return handler(nx, args)
 
@@ -336,6 +341,19 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
         print(json.dumps(data, default=str))
     else:
         print(human)
+
+
+def _runtime(args: argparse.Namespace, settings: Settings) -> str | None:
+    """``create --runtime``: docker's setting for this create (None: from the settings)."""
+    if args.runtime is None:
+        return None
+    provider = args.provider or settings.provider
+    if provider != "docker":
+        raise UsageError(f"--runtime is for the docker provider only, not {provider}: "
+                         "add --provider docker, or drop --runtime")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.runtime):
+        raise UsageError(f"--runtime {args.runtime!r} is not a runtime name (e.g. runsc)")
+    return args.runtime
 
 
 def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
@@ -619,7 +637,7 @@ def _cmd_snapshot_delete(nx: Any, args: argparse.Namespace) -> int:
 
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     sb = nx.sandbox_status(args.sandbox_id)
-    keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
+    keys = ["sandbox_id", "name", "status", "provider", "runtime", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
     human += f"\nnetwork: {network_text(sb.get('network_allow') or sb['network'])}"
@@ -690,13 +708,14 @@ def _providers(args: argparse.Namespace, settings: Settings) -> int:
     from .providers import capability_matrix
 
     rows = capability_matrix(settings)
-    table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES")]
+    table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES",
+              "RUNTIMES")]
     yes = {True: "yes", False: "no"}
     for row in rows:
         caps = row["capabilities"]
         table.append((row["name"], yes[row["installed"]], yes[row["configured"]],
                       yes[caps["pause"]], yes[caps["network"]], yes[caps["gpu"]],
-                      ",".join(caps["languages"])))
+                      ",".join(caps["languages"]), ",".join(row["runtimes"]) or "-"))
     notes = [f"{r['name']}: {r['reason']}" for r in rows if r["reason"]]
     _emit(args, {"providers": rows}, "\n".join([_table(table), *notes]))
     return 0

@@ -85,6 +85,9 @@ class Settings:
     local_python: str = ""
     docker_image: str = "nexus-sandbox:latest"
     docker_host: str = ""
+    #: Docker: the engine's OCI runtime for sandboxes (NEXUS_DOCKER_RUNTIME; "" = its default,
+    #: runc; "runsc" = gVisor, registered by scripts/start-dockerd.sh).
+    docker_runtime: str = ""
     e2b_api_key: str = ""
     e2b_template_id: str = ""
     #: E2B: the deployment's domain (E2B_DOMAIN, the SDK's own variable; default e2b.app):

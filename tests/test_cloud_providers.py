@@ -777,7 +777,9 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
     assert rows["modal"]["configured"] is False
     assert "modal token new" in rows["modal"]["reason"]
     for row in rows.values():
-        assert set(row) == {"name", "installed", "configured", "reason", "capabilities"}
+        assert set(row) == {"name", "installed", "configured", "reason", "capabilities",
+                            "runtimes"}
+        assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
                                             "snapshots", "languages"}
         assert row["capabilities"]["snapshots"] is (row["name"] in ("local", "docker"))

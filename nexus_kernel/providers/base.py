@@ -91,6 +91,12 @@ class Provider(ABC):
         with a one-line fix when this provider cannot work here. Cheap; no side effects."""
         return None
 
+    @classmethod
+    def runtimes(cls, settings: Settings, **options: Any) -> list[str]:
+        """The isolation runtimes a sandbox of this provider can choose (docker: the engine's
+        OCI runtimes); [] when there is no choice."""
+        return []
+
     @abstractmethod
     def create(self, spec: SandboxSpec) -> Handle:
         """Start the sandbox with the agent running and ready to accept a connection."""
