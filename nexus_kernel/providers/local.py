@@ -518,7 +518,8 @@ class LocalProvider(Provider):
         for name, path in etc_files.items():
             fd = os.open(path, os.O_RDONLY)
             data_fds.append(fd)
-            args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
+            # Written into the jail's root tmpfs (read-only by --remount-ro / below): no mount.
+            args += ["--perms", "0644", "--file", str(fd), f"/etc/{name}"]
         # The agent, copied into a tmpfs of its own made read-only: no host path shows.
         args += ["--perms", "0755", "--tmpfs", AGENT_DIR]
         files = _agent_files(agent_dir)
