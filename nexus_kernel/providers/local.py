@@ -45,6 +45,15 @@ an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent p
 copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
 host path of the sandbox's state.
 
+Start: one process, exec'ed along ``[unshare --mount -> sh -> setpriv ->] bwrap -> agent``
+(the bracket when root). The wrapper ``sh`` waits on a pipe until the host has put it in the
+cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid that has
+forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
+scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
+only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
+extra_groups=[])``, not a ``setpriv`` exec. The synthesised /etc files are written into
+bubblewrap's root tmpfs (``--file``, read-only with the root), not bind-mounted.
+
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
 """
