@@ -51,8 +51,10 @@ cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid t
 forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
 scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
 only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
-extra_groups=[])``, not a ``setpriv`` exec. The synthesised /etc files are written into
-bubblewrap's root tmpfs (``--file``, read-only with the root), not bind-mounted.
+extra_groups=[])``, not a ``setpriv`` exec. Each bubblewrap bind costs a mount, a remount
+and a read of the mount table, so the synthesised /etc files and the host's world-readable
+whitelisted ones are written into bubblewrap's root tmpfs (``--file``, read-only with the
+root) and links into /usr recreated (:func:`_etc_entry`); only directories are bound.
 
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
