@@ -684,3 +684,26 @@ def test_one_mount_stages_sources_whose_paths_need_escaping(tmp_path: Path) -> N
          "nexus-wrapper", table, "cat", str(target / "f")],
         input=b"go\n", capture_output=True, timeout=10)
     assert shown.returncode == 0 and shown.stdout == b"staged", shown.stderr
+
+
+def test_etc_entries_are_copied_only_when_the_jail_could_read_them(tmp_path: Path) -> None:
+    """A world-readable file is copied (no mount), a link into /usr stays a link, and a file
+    the jail uid could not read is bound, so the host's permissions still refuse it."""
+    public, private = tmp_path / "public", tmp_path / "private"
+    public.write_text("x")
+    private.write_text("secret")
+    os.chmod(public, 0o644)
+    os.chmod(private, 0o600)
+    (tmp_path / "zone").symlink_to("/usr/share/zoneinfo/Etc/UTC")
+    (tmp_path / "away").symlink_to(str(private))
+    fds: list[int] = []
+    try:
+        assert local._etc_entry(str(public), fds)[:4] == ["--perms", "0644", "--file", str(fds[0])]
+        assert local._etc_entry(str(private), fds) == ["--ro-bind-try", str(private), str(private)]
+        assert local._etc_entry(str(tmp_path / "zone"), fds)[:2] == ["--symlink", "/usr/share/zoneinfo/Etc/UTC"]
+        away = str(tmp_path / "away")
+        assert local._etc_entry(away, fds) == ["--ro-bind-try", away, away]
+        assert local._etc_entry(str(tmp_path / "missing"), fds) == [] and len(fds) == 1
+    finally:
+        for fd in fds:
+            os.close(fd)
