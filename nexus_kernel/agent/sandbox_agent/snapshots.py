@@ -329,10 +329,7 @@ class Snapshots:
             os.mkdir(folder, 0o700)
             try:
                 with tarfile.open(archive) as tar:
-                    for member in tar.getmembers():
-                        if member.name.startswith(("/", "..")) or "/../" in member.name or (
-                                not (member.isfile() or member.isdir() or member.issym())):
-                            raise Invalid(f"bad member in the archive: {member.name!r}")
+                    _check_members(tar.getmembers())
                     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                     tar.extractall(folder, **safe)  # noqa: S202 - members checked above
                 with open(os.path.join(folder, "manifest.json")) as f:
@@ -480,3 +477,17 @@ def _first_error(exc: BaseException) -> str:
         src, _dst, why = exc.args[0][0]
         return f"{src}: {why}"
     return str(exc)
+
+
+def _check_members(members) -> None:
+    """An export archive unpacks only inside its folder: relative names without ``..``,
+    files, directories and symlinks, and nothing written through a symlink of the archive
+    (the sandbox's python may predate tarfile's ``data`` filter)."""
+    links = {os.path.normpath(m.name) for m in members if m.issym()}
+    for member in members:
+        name = os.path.normpath(member.name)
+        parts = name.split(os.sep)
+        if (member.name.startswith("/") or ".." in parts
+                or not (member.isfile() or member.isdir() or member.issym())
+                or any(os.sep.join(parts[:i]) in links for i in range(1, len(parts)))):
+            raise Invalid(f"bad member in the archive: {member.name!r}")
