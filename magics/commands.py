@@ -183,10 +183,14 @@ def cmd_restore(magics: SandboxMagics, args: argparse.Namespace, cell: str | Non
     print(magics.checkpoints.restore(magics.resolve(None), args.name), end="")
 
 
-def cmd_fork(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
-    print(magics.checkpoints.fork(magics.resolve(None), "%sandbox use {0} makes it the current "
-                                  "sandbox here; the Nexus Sandbox kernel: %sandbox attach {0}"),
-          end="")
+def cmd_fork(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> str:
+    """Fork the current sandbox; its id is the value (``fork = %sandbox fork``, then
+    ``%%sandbox run {fork}``)."""
+    text, new = magics.checkpoints.fork(
+        magics.resolve(None), "%sandbox use {0} makes it the current sandbox here, "
+        "%%sandbox run {0} runs one cell in it; the Nexus Sandbox kernel: %sandbox attach {0}")
+    print(text, end="")
+    return new
 
 
 def cmd_checkpoints(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:

@@ -145,13 +145,14 @@ class CellCheckpoints:
                  if done.get("restarted") else "")
         return f"Restored checkpoint {name!r}{when}{fresh}\n"
 
-    def fork(self, sandbox_id: str, attach: str) -> str:
-        """``%sandbox fork``: a new sandbox with this one's state; says how to use it."""
+    def fork(self, sandbox_id: str, attach: str) -> tuple[str, str]:
+        """``%sandbox fork``: a new sandbox with this one's state; what to say about it (how
+        to use it) and its id."""
         forks, report = self.manager.fork(sandbox_id)
         new = forks[0].sandbox_id
         lost = "".join(f"; not carried from session {k}: {', '.join(v)}"
                        for k, v in report["skipped"].items())
-        return f"Forked sandbox {new}{lost}. {attach.format(new)}\n"
+        return f"Forked sandbox {new}{lost}. {attach.format(new)}\n", new
 
     def describe(self, sandbox_id: str | None) -> str:
         """What ``%sandbox checkpoints`` prints."""

@@ -110,9 +110,10 @@ class SandboxCommands:
         return self.sandbox.checkpoints.restore(self._need(), args.name)
 
     def cmd_fork(self, args: argparse.Namespace) -> str:
-        return self.sandbox.checkpoints.fork(
+        text, _ = self.sandbox.checkpoints.fork(
             self._need(), "A second notebook on the Nexus Sandbox kernel works in it after "
             "%sandbox attach {0} (nexus sandbox run {0} --session kernel from a shell)")
+        return text
 
     def cmd_checkpoints(self, args: argparse.Namespace) -> str:
         if args.keep is not None:
