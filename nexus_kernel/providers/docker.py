@@ -69,7 +69,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_egress
+from . import docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -306,10 +306,13 @@ def _underlying_socket(raw: Any) -> Any:
     return raw
 
 
-def container_command(deadline: float | None) -> list[str]:
+def container_command(deadline: float | None, machine: str | None) -> list[str]:
     """The container's command: the agent (so the container lives exactly as long as the
-    agent), which reads its token from stdin."""
-    return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
+    agent), which reads its token from stdin and first installs the seccomp filter of the
+    local jails (io_uring, keyring, bpf, ... refused: Docker's default profile lets some of
+    them through) for the engine's ``machine`` type, when there is a table for it."""
+    return agent_command(PYTHON, AGENT_DIR, *serve_args(
+        HOME, deadline, socket=SOCKET, seccomp_filter=seccomp.program(machine or "unknown")))
 
 
 def hardening(limits: Limits, network: bool, uid: int, runtime: str = "",
@@ -464,7 +467,7 @@ class DockerProvider(Provider):
             for _ in range(UID_ATTEMPTS):
                 uid = pick_uid(set(labelled_uids(client).values()))
                 container_id = self._create_container(client, spec, image, uid, version,
-                                                      runtime, gvisor)
+                                                      runtime, gvisor, info.get("Architecture"))
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
                 # a racing create took the same uid: both back off, at most one keeps it
@@ -494,7 +497,8 @@ class DockerProvider(Provider):
         return handle
 
     def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int,
-                          agent_version: str, runtime: str, gvisor: bool) -> str:
+                          agent_version: str, runtime: str, gvisor: bool,
+                          machine: str | None) -> str:
         """Create (not start) the sandbox's container, running as ``uid`` under ``runtime``
         (``gvisor``: it is gVisor) with the agent's volume of ``agent_version``; its id."""
         docker = import_sdk("docker", "docker")
@@ -511,7 +515,7 @@ class DockerProvider(Provider):
             return client.api.create_container(
                 image,
                 # the agent is the entrypoint: an image's own entrypoint never wraps it
-                entrypoint=container_command(spec.deadline),
+                entrypoint=container_command(spec.deadline, machine),
                 user=f"{uid}:{uid}",
                 environment={**SANDBOX_ENV, **docker_egress.environment(spec.allow)},
                 working_dir=HOME,
