@@ -111,23 +111,25 @@ def proxy_kernel_argv() -> tuple[list[str] | None, str]:
 class DockerBaseline:
     """Plain docker-py containers of the sandbox image: what the docker provider wraps."""
 
-    def __init__(self, image: str, host: str = ""):
+    def __init__(self, image: str, host: str = "", runtime: str | None = None):
         import docker
 
         self.image = image
+        self.runtime = runtime  # the engine's OCI runtime (None: its default)
         self.client = docker.DockerClient(base_url=host) if host else docker.from_env()
         self._made: list[Any] = []
 
     def run_to_exit(self) -> None:
         """``containers.run(image, python3 -c pass)``: create, start, wait, logs."""
         self.client.containers.run(self.image, ["python3", "-c", "pass"], user="1000:1000",
-                                   network_mode="none", labels={"nexus.bench": "1"})
+                                   network_mode="none", labels={"nexus.bench": "1"},
+                                   runtime=self.runtime)
 
     def running(self) -> Any:
         """A detached idle container (``sleep infinity``) of the image."""
         container = self.client.containers.run(
             self.image, ["sleep", "infinity"], detach=True, user="1000:1000",
-            network_mode="none", labels={"nexus.bench": "1"},
+            network_mode="none", labels={"nexus.bench": "1"}, runtime=self.runtime,
         )
         self._made.append(container)
         return container

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ TARGETS = {
     ("cli", "list"): 3.0,  # issue 18
 }
 IDLE_RSS_LIMIT_MB = 15.0
+#: Benchmark "providers" that are a provider under a docker runtime: name -> (provider,
+#: runtime); their baselines run under the same runtime.
+RUNTIME_GROUPS = {"docker-runsc": ("docker", "runsc")}
 #: An image with python3 and no project code (scripts/build-image.sh's base) for the docker
 #: row "create -> ready (foreign image)"; NEXUS_BENCH_FOREIGN_IMAGE picks another.
 FOREIGN_IMAGE = os.environ.get("NEXUS_BENCH_FOREIGN_IMAGE") or "nexus-base:bookworm"
@@ -86,8 +89,9 @@ class Context:
     def wants(self, group: str) -> bool:
         return self.only is None or group in self.only
 
-    def manager(self) -> SandboxManager:
-        return SandboxManager(self.settings, user=self.user)
+    def manager(self, runtime: str = "") -> SandboxManager:
+        settings = replace(self.settings, docker_runtime=runtime) if runtime else self.settings
+        return SandboxManager(settings, user=self.user)
 
     def ipy(self) -> JupyterKernel:
         """The plain ipykernel every round-trip baseline is measured on (started once)."""
@@ -101,9 +105,14 @@ class Context:
 
 
 def provider_rows(ctx: Context, provider: str) -> list[Row]:
-    """create, stateless runs, session round trip, pause+resume, idle memory, stop."""
-    mgr = ctx.manager()
-    docker = DockerBaseline(ctx.settings.docker_image, ctx.settings.docker_host) if provider == "docker" else None
+    """create, stateless runs, session round trip, pause+resume, idle memory, stop.
+    ``provider`` may be a :data:`RUNTIME_GROUPS` name (no idle memory rows: its host
+    processes are gVisor's)."""
+    group = provider
+    provider, runtime = RUNTIME_GROUPS.get(group, (provider, ""))
+    mgr = ctx.manager(runtime)
+    docker = DockerBaseline(ctx.settings.docker_image, ctx.settings.docker_host,
+                            runtime or None) if provider == "docker" else None
     created: list[str] = []
     rows: list[Row] = []
 
@@ -113,14 +122,14 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
     try:
         reps = ctx.create_reps
         if ctx.wants("create") or ctx.wants("stop") or ctx.wants("memory"):
-            ctx.log(f"[{provider}] create -> ready x{reps}")
+            ctx.log(f"[{group}] create -> ready x{reps}")
             if docker is None:
                 base_name, base = "bare `python3 -c pass`", spawn([ctx.python, "-c", "pass"])
             else:
                 base_name, base = "docker-py containers.run(python3 -c pass)", docker.run_to_exit
             a, b = compare(make, base, reps, warmup=1)
-            rows.append(Row(provider, "create -> ready", a, base_name, b,
-                            target=TARGETS.get((provider, "create"))))
+            rows.append(Row(group, "create -> ready", a, base_name, b,
+                            target=TARGETS.get((group, "create"))))
             if provider == "local":  # the lean sandbox beside the default environment
                 ctx.log(f"[{provider}] create -> ready (--template minimal) x{reps}")
                 lean: list[str] = []
@@ -132,22 +141,22 @@ def provider_rows(ctx: Context, provider: str) -> list[Row]:
                     _clean_up(ctx, lean, mgr.stop, str)
                 rows.append(Row(provider, "create -> ready (--template minimal)", a, base_name, b,
                                 target=TARGETS.get((provider, "create"))))
-            if docker is not None:
+            if docker is not None and not runtime:
                 rows.append(_foreign_create_row(ctx, mgr, reps))
         else:
             make()
         sid = created[-1]
 
         if ctx.wants("run"):
-            rows += _stateless_rows(ctx, mgr, provider, sid, docker)
+            rows += _stateless_rows(ctx, mgr, group, sid, docker)
         if ctx.wants("session"):
-            rows += _session_rows(ctx, mgr, provider, sid)
+            rows += _session_rows(ctx, mgr, group, sid)
         if ctx.wants("pause"):
-            rows.append(_pause_row(ctx, mgr, provider, created, docker))
-        if ctx.wants("memory"):
+            rows.append(_pause_row(ctx, mgr, group, created, docker))
+        if ctx.wants("memory") and not runtime:
             rows += _memory_rows(ctx, mgr, provider, created[:-1] or created)
         if ctx.wants("stop"):
-            rows.append(_stop_row(ctx, mgr, provider, created, docker))
+            rows.append(_stop_row(ctx, mgr, group, created, docker))
     finally:
         _clean_up(ctx, created, mgr.stop, str)
         mgr.close()

@@ -4,7 +4,7 @@
                           [--concurrency 1,10,50,100] [--only GROUPS] [--markdown PATH]
 
 Groups (``--only``): create, run, session, pause, memory, stop, provider (the provider alone,
-without the manager), kernel, cli, mcp, concurrency, store, pool. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
+without the manager), kernel, cli, mcp, concurrency, store, pool, snapshot. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
 so the benchmark never touches your own sandboxes.
 """
 
@@ -30,7 +30,7 @@ from .timing import Row, unavailable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GROUPS = ("create", "run", "session", "pause", "memory", "stop", "provider", "kernel", "cli",
-          "mcp", "concurrency", "store", "pool")
+          "mcp", "concurrency", "store", "pool", "snapshot")
 #: The groups of cases.provider_rows (through the manager).
 MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 
@@ -38,7 +38,8 @@ MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--providers", default=None,
-                   help="comma-separated providers (default: local, plus docker when it answers)")
+                   help="comma-separated providers (default: local, plus docker when it "
+                        "answers); docker-runsc: docker under gVisor")
     p.add_argument("--quick", action="store_true", help="fewer repetitions, concurrency 1,10")
     p.add_argument("--json", default=str(RESULTS / "latest.json"), metavar="PATH",
                    help="where to write the JSON results (default benchmarks/results/latest.json)")
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from nexus_kernel.config import Settings
 
     from . import cases
+    from .snapshots import snapshot_rows
 
     settings = Settings.load()
     providers = args.providers.split(",") if args.providers else ["local", "docker"]
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for provider in providers:
-            if provider == "docker" and (why := docker_available(settings)):
+            if provider.startswith("docker") and (why := docker_available(settings)):
                 rows.append(unavailable("docker", "every docker row", why))
                 continue
             if any(ctx.wants(group) for group in MANAGER_GROUPS):
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         for group, fn, *extra in (("pool", cases.pool_rows), ("kernel", cases.kernel_rows),
                                   ("cli", cases.cli_rows), ("mcp", cases.mcp_rows),
                                   ("concurrency", cases.concurrency_rows, levels),
-                                  ("store", cases.store_rows)):
+                                  ("store", cases.store_rows),
+                                  ("snapshot", snapshot_rows)):
             if ctx.wants(group):
                 attempt(group, fn, ctx, *extra)
     finally:

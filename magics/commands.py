@@ -127,17 +127,22 @@ def cmd_run(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -
     sandbox_id = magics.resolve(args.sandbox)
     language = normalize_language(args.language or magics.language)
     _warn_of_the_cap(magics, sandbox_id)
-    result = run_in_cell(
-        magics.manager,
-        sandbox_id,
-        language,
-        cell or "",
-        timeout=args.timeout if args.timeout is not None else magics.timeout,
-        session=magics.run_session(args.session, args.fresh),
-        output=CellOutput(magics.shell),
-        trusted_output=magics.trusted_output,
-        on_result=lambda result: _finished(magics, sandbox_id, result),
-    )
+    magics.last_cell = label = f"In [{magics.shell.execution_count}]" if magics.shell else "a cell"
+    note, checkpoint = magics.checkpoints.before_cell(sandbox_id, label)
+    if note:
+        sys.stderr.write(note)
+    try:
+        result = run_in_cell(
+            magics.manager, sandbox_id, language, cell or "",
+            timeout=args.timeout if args.timeout is not None else magics.timeout,
+            session=magics.run_session(args.session, args.fresh),
+            output=CellOutput(magics.shell),
+            trusted_output=magics.trusted_output,
+            on_result=lambda result: _finished(magics, sandbox_id, result),
+            checkpoint=checkpoint,
+        )
+    finally:
+        magics.checkpoints.after_cell(sandbox_id, checkpoint)
     if result.exit_code != 0 and (args.raise_error or magics.raise_error):
         raise SandboxCodeError(sandbox_id, result)
 
@@ -165,6 +170,35 @@ def cmd_trust(magics: SandboxMagics, args: argparse.Namespace, cell: str | None)
     print(TRUST_WARNING if magics.trusted_output else TRUST_OFF, end="")
 
 
+def cmd_undo(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    """Put the current sandbox back as it was before the last ``%%sandbox`` cell."""
+    print(magics.checkpoints.undo(magics.resolve(None)), end="")
+
+
+def cmd_checkpoint(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    print(magics.checkpoints.save(magics.resolve(None), args.name, magics.last_cell), end="")
+
+
+def cmd_restore(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    print(magics.checkpoints.restore(magics.resolve(None), args.name), end="")
+
+
+def cmd_fork(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> str:
+    """Fork the current sandbox; its id is the value (``fork = %sandbox fork``, then
+    ``%%sandbox run {fork}``)."""
+    text, new = magics.checkpoints.fork(
+        magics.resolve(None), "%sandbox use {0} makes it the current sandbox here, "
+        "%%sandbox run {0} runs one cell in it; the Nexus Sandbox kernel: %sandbox attach {0}")
+    print(text, end="")
+    return new
+
+
+def cmd_checkpoints(magics: SandboxMagics, args: argparse.Namespace, cell: str | None) -> None:
+    if args.keep is not None:
+        magics.checkpoints.set_keep(args.keep, magics.current)
+    print(magics.checkpoints.describe(magics.current), end="")
+
+
 Handler = Callable[["SandboxMagics", argparse.Namespace, "str | None"], Any]
 
 #: The magics' handler of each subcommand the grammar gives them.
@@ -172,7 +206,8 @@ HANDLERS: dict[str, Handler] = {
     "create": cmd_create, "list": cmd_list, "status": cmd_status, "pause": cmd_pause,
     "resume": cmd_resume, "stop": cmd_stop, "use": cmd_use, "upload": cmd_upload,
     "download": cmd_download, "interrupt": cmd_interrupt, "run": cmd_run, "trust": cmd_trust,
-    "usage": cmd_usage, "events": cmd_events,
+    "usage": cmd_usage, "events": cmd_events, "undo": cmd_undo, "checkpoint": cmd_checkpoint,
+    "restore": cmd_restore, "checkpoints": cmd_checkpoints, "fork": cmd_fork,
 }
 
 

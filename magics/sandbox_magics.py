@@ -16,6 +16,7 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Float, TraitError, Unicode, validate
 
+from nexus_kernel.checkpoints import CellCheckpoints
 from nexus_kernel.errors import SandboxError, SandboxNotFoundError, UsageError
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import USAGE_LOG_SIZE, ExecResult
@@ -79,6 +80,9 @@ class SandboxMagics(Magics):
         self.usage_log: deque[tuple[str, str, dict[str, Any] | None]] = deque(
             maxlen=USAGE_LOG_SIZE)
         self._runs = 0
+        self._checkpoints: CellCheckpoints | None = None
+        #: The label of the last cell that ran a ``%%sandbox`` body ("In [N]").
+        self.last_cell = "no cell"
 
     @validate("language")
     def _check_language(self, proposal: dict[str, Any]) -> str:
@@ -94,6 +98,13 @@ class SandboxMagics(Magics):
             self._manager = SandboxManager()
         return self._manager
 
+    @property
+    def checkpoints(self) -> CellCheckpoints:
+        """Automatic checkpoints before ``%%sandbox`` cells (NEXUS_CHECKPOINTS), undo."""
+        if self._checkpoints is None:
+            self._checkpoints = CellCheckpoints(self.manager, self.manager.settings.checkpoints)
+        return self._checkpoints
+
     def close(self) -> None:
         """Close agent connections (sandboxes keep running until stopped or expired)."""
         if self._manager is not None:
@@ -107,7 +118,8 @@ class SandboxMagics(Magics):
         """Run code in nexus sandboxes and manage them.
 
         Line magic: ``%sandbox SUBCOMMAND ...`` with SUBCOMMAND one of create, list,
-        status, pause, resume, stop, use, upload, download, interrupt, trust, help.
+        status, pause, resume, stop, use, upload, download, interrupt, trust, undo,
+        checkpoint, restore, checkpoints, help.
         Cell magic: ``%%sandbox run [ID] [-l LANG] [--timeout S] [--session S]
         [--fresh] [--raise-error]`` runs the cell's body; ``%%sandbox`` alone is ``run``.
         ``%sandbox help`` prints the usage of every subcommand.

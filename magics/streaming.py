@@ -138,12 +138,14 @@ def run_in_cell(
     output: CellOutput,
     trusted_output: bool | None = None,
     on_result: Callable[[ExecResult], None] | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> ExecResult:
     """Run ``code`` in the sandbox, rendering its events into the cell while it runs.
 
     Re-raises whatever the run raised (SandboxError …); raises SandboxInterrupted after a
     KeyboardInterrupt has been forwarded to the sandbox. ``on_result`` gets the run's
-    result whenever there is one (a timeout's and an interrupted run's too)."""
+    result whenever there is one (a timeout's and an interrupted run's too). ``checkpoint``:
+    the agent's snapshot after the run (see :mod:`nexus_kernel.checkpoints`)."""
     events: queue.SimpleQueue = queue.SimpleQueue()
     outcome: dict[str, Any] = {}
     stdin = session is not None and language == "python"
@@ -155,7 +157,7 @@ def run_in_cell(
             outcome["result"] = manager.run(
                 sandbox_id, language, code, timeout,
                 session=session, on_event=events.put, stdin=stdin,
-                trusted_output=trusted_output,
+                trusted_output=trusted_output, checkpoint=checkpoint,
             )
         except BaseException as exc:  # handed to the cell's thread
             outcome["error"] = exc

@@ -231,6 +231,39 @@ class NexusFS:
     def sandbox_download(self, sandbox_id: str, path: str) -> bytes:
         return self.manager.get_file(sandbox_id, path)
 
+    def sandbox_snapshot(self, sandbox_id: str, name: str | None = None) -> dict[str, Any]:
+        """Snapshot the sandbox: every python session's variables and the home directory's
+        files. Returns ``snapshot_id``, ``size`` (bytes of files), ``memory`` (the most its
+        held sessions can pin), ``lost_threads`` / ``lost_processes`` (not in a snapshot)
+        and ``not_captured`` (bash/javascript sessions: restarted fresh on restore).
+        Refused while the sandbox runs code; snapshots end with the sandbox."""
+        return {"sandbox_id": sandbox_id, **self.manager.snapshot(sandbox_id, name)}
+
+    def sandbox_restore(self, sandbox_id: str, snapshot_id: str) -> dict[str, Any]:
+        """Put sessions and files back as the snapshot (id or name) had them; the snapshot
+        stays, so it can be restored again. ``restarted``: sessions that start fresh."""
+        return {"sandbox_id": sandbox_id, **self.manager.restore(sandbox_id, snapshot_id)}
+
+    def sandbox_snapshots(self, sandbox_id: str) -> dict[str, Any]:
+        """The sandbox's snapshots (``snapshot_id``, ``name``, ``created``, ``size`` …)."""
+        snapshots = self.manager.snapshots(sandbox_id)
+        return {"sandbox_id": sandbox_id, "snapshots": snapshots, "count": len(snapshots)}
+
+    def sandbox_fork(self, sandbox_id: str, snapshot_id: str | None = None,
+                     count: int = 1) -> dict[str, Any]:
+        """``count`` new sandboxes with the sandbox's files and python variables (now, or
+        as snapshot ``snapshot_id`` had them), each with a fresh agent token and its own
+        TTL. Process memory does not cross sandboxes: variables are pickled (cloudpickle or
+        dill when the sandbox has them); ``skipped`` lists what could not be, ``failed``
+        what a fork could not load; threads, processes, open files and bash/javascript
+        state do not carry."""
+        forks, report = self.manager.fork(sandbox_id, snapshot_id, count)
+        return {"sandbox_id": sandbox_id, "forks": [self._describe(r) for r in forks], **report}
+
+    def sandbox_snapshot_delete(self, sandbox_id: str, snapshot_id: str) -> dict[str, Any]:
+        return {"sandbox_id": sandbox_id,
+                "deleted": self.manager.delete_snapshot(sandbox_id, snapshot_id)}
+
     def sandbox_reap(self) -> dict[str, Any]:
         return self.manager.reap()
 

@@ -119,6 +119,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "its subdomains); repeat for more. Denied requests are listed by "
                         "'nexus sandbox events' " + _default(settings, "network_allow",
                                                               settings.network_allow or "none"))
+    p.add_argument("--runtime", metavar="NAME",
+                   help="docker only: the engine's OCI runtime, e.g. runsc (gVisor); "
+                        "'nexus sandbox providers' lists them "
+                        f"{_default(settings, 'docker_runtime', settings.docker_runtime or 'the engine default')}")
 
     p = command("run", "run code in a sandbox", epilog=EXIT_CODES, formatter_class=raw)
     sandbox_id(p)
@@ -152,6 +156,24 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        ("stop", "stop and destroy a sandbox"), ("status", "show a sandbox"),
                        ("events", "network requests its allow-list denied (--allow)")]:
         sandbox_id(command(name, text))
+
+    p = command("snapshot", "snapshot a sandbox: its python sessions' variables and its "
+                "home directory's files (refused while it runs code)")
+    sandbox_id(p)
+    p.add_argument("--name", help="a name to restore it by (replaces an older one of that name)")
+    p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
+                "threads, processes, open files and bash/javascript state do not carry)")
+    sandbox_id(p)
+    p.add_argument("--snapshot", metavar="SNAP", help="fork the state of this snapshot (id or "
+                   "name) instead of the current one")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="how many (default 1)")
+    p = command("snapshot-delete", "delete a snapshot of a sandbox")
+    sandbox_id(p)
+    p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
 
     p = command("logs", "replay a run's output from its start and its exit code (any "
                 "process may, with the run id alone)", epilog=EXIT_CODES, formatter_class=raw)
@@ -308,8 +330,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # This process exits right away: a hand-out from the warm pool is refilled by a
     # detached `python -m nexus_kernel.pool_fill`, not by a thread that would die with it.
     refill = os.environ.get("NEXUS_POOL_REFILL") or "process"
-    nx = NexusFS(pool_refill=refill)  # admin: NEXUS_ADMIN=1, never implied by an option
-    handler = globals()["_cmd_" + args.command]
+    overrides = {"docker_runtime": _runtime(args, settings)} if args.command == "create" else {}
+    nx = NexusFS(pool_refill=refill, **overrides)  # admin: NEXUS_ADMIN=1, never implied
+    handler = globals()["_cmd_" + args.command.replace("-", "_")]
     return handler(nx, args)
 
 
@@ -318,6 +341,19 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
         print(json.dumps(data, default=str))
     else:
         print(human)
+
+
+def _runtime(args: argparse.Namespace, settings: Settings) -> str | None:
+    """``create --runtime``: docker's setting for this create (None: from the settings)."""
+    if args.runtime is None:
+        return None
+    provider = args.provider or settings.provider
+    if provider != "docker":
+        raise UsageError(f"--runtime is for the docker provider only, not {provider}: "
+                         "add --provider docker, or drop --runtime")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.runtime):
+        raise UsageError(f"--runtime {args.runtime!r} is not a runtime name (e.g. runsc)")
+    return args.runtime
 
 
 def _cmd_create(nx: Any, args: argparse.Namespace) -> int:
@@ -561,9 +597,47 @@ def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_snapshot(nx: Any, args: argparse.Namespace) -> int:
+    snap = nx.sandbox_snapshot(args.sandbox_id, args.name)
+    lost = ", ".join(f"{k}: threads {', '.join(v)}" for k, v in snap["lost_threads"].items())
+    human = f"Snapshot: {snap['snapshot_id']} ({snap['size']} bytes of files)"
+    _emit(args, snap, human + (f"; not kept: {lost}" if lost else ""))
+    return 0
+
+
+def _cmd_restore(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_restore(args.sandbox_id, args.snapshot)
+    fresh = f"; started fresh: {', '.join(done['restarted'])}" if done["restarted"] else ""
+    _emit(args, done, f"Restored {done['snapshot_id']} in sandbox {args.sandbox_id}{fresh}")
+    return 0
+
+
+def _cmd_snapshots(nx: Any, args: argparse.Namespace) -> int:
+    data = nx.sandbox_snapshots(args.sandbox_id)
+    rows = [("SNAPSHOT_ID", "NAME", "CREATED", "SIZE", "MEMORY")]
+    rows += [(s["snapshot_id"], s["name"] or "-", s["created"], s["size"], s["memory"])
+             for s in data["snapshots"]]
+    _emit(args, data, _table(rows) if data["snapshots"] else "No snapshots.")
+    return 0
+
+
+def _cmd_fork(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_fork(args.sandbox_id, args.snapshot, args.count)
+    lines = [f"Forked sandbox: {f['sandbox_id']}" for f in done["forks"]]
+    lines += [f"not carried from session {k}: {', '.join(v)}" for k, v in done["skipped"].items()]
+    _emit(args, done, "\n".join(lines))
+    return 0
+
+
+def _cmd_snapshot_delete(nx: Any, args: argparse.Namespace) -> int:
+    done = nx.sandbox_snapshot_delete(args.sandbox_id, args.snapshot)
+    _emit(args, done, f"Deleted snapshot: {done['deleted']}")
+    return 0
+
+
 def _cmd_status(nx: Any, args: argparse.Namespace) -> int:
     sb = nx.sandbox_status(args.sandbox_id)
-    keys = ["sandbox_id", "name", "status", "provider", "created_at", "last_active_at",
+    keys = ["sandbox_id", "name", "status", "provider", "runtime", "created_at", "last_active_at",
             "expires_at", "hard_end_at", "uptime_seconds", "error"]
     human = "\n".join(f"{k}: {sb[k]}" for k in keys if sb.get(k) is not None)
     human += f"\nnetwork: {network_text(sb.get('network_allow') or sb['network'])}"
@@ -634,13 +708,14 @@ def _providers(args: argparse.Namespace, settings: Settings) -> int:
     from .providers import capability_matrix
 
     rows = capability_matrix(settings)
-    table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES")]
+    table = [("PROVIDER", "INSTALLED", "CONFIGURED", "PAUSE", "NETWORK", "GPU", "LANGUAGES",
+              "RUNTIMES")]
     yes = {True: "yes", False: "no"}
     for row in rows:
         caps = row["capabilities"]
         table.append((row["name"], yes[row["installed"]], yes[row["configured"]],
                       yes[caps["pause"]], yes[caps["network"]], yes[caps["gpu"]],
-                      ",".join(caps["languages"])))
+                      ",".join(caps["languages"]), ",".join(row["runtimes"]) or "-"))
     notes = [f"{r['name']}: {r['reason']}" for r in rows if r["reason"]]
     _emit(args, {"providers": rows}, "\n".join([_table(table), *notes]))
     return 0

@@ -85,6 +85,9 @@ class Settings:
     local_python: str = ""
     docker_image: str = "nexus-sandbox:latest"
     docker_host: str = ""
+    #: Docker: the engine's OCI runtime for sandboxes (NEXUS_DOCKER_RUNTIME; "" = its default,
+    #: runc; "runsc" = gVisor, registered by scripts/start-dockerd.sh).
+    docker_runtime: str = ""
     e2b_api_key: str = ""
     e2b_template_id: str = ""
     #: E2B: the deployment's domain (E2B_DOMAIN, the SDK's own variable; default e2b.app):
@@ -114,6 +117,9 @@ class Settings:
     #: Kernel: a restarted kernel continues in the sandbox of its previous run instead of
     #: stopping it (NEXUS_KERNEL_REATTACH).
     kernel_reattach: bool = False
+    #: Kernel and magics: automatic checkpoints kept before cells, the undo depth
+    #: (NEXUS_CHECKPOINTS; 0 or off: none).
+    checkpoints: int = 5
 
     @property
     def limits(self) -> Limits:
@@ -181,6 +187,8 @@ def _coerce(name: str, raw: str, source: str) -> Any:
         return _on_off(raw, source)
     if name == "cell_timeout":
         return _seconds(raw, source)
+    if name == "checkpoints" and raw.strip().lower() in _BOOL_FALSE:
+        return 0
     try:
         if name == "home":
             return Path(raw).expanduser()

@@ -58,6 +58,9 @@ if TYPE_CHECKING:  # imported where used: `nexus sandbox list` needs neither
     from .agent.client import AgentClient, Channel
     from .pool import WarmPool
 
+#: Most sandboxes one fork call makes, and the most state (bytes of the archive) it carries.
+MAX_FORKS = 8
+MAX_FORK_BYTES = 48 * 2**20
 #: How long a run whose stream broke waits for the provider to tell whether the sandbox died.
 GONE_GRACE_SECONDS = 2.0
 #: Seconds an attach waits past the run's own timeout before giving up on the agent.
@@ -279,6 +282,7 @@ class SandboxManager:
         input_data: str | None = None,
         execution_count: int | None = None,
         on_run_id: Callable[[str], None] | None = None,
+        checkpoint: dict[str, Any] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -296,8 +300,12 @@ class SandboxManager:
         ``input_data``: standard input of a stateless run (``session=None`` only).
         ``execution_count``: the number IPython in a python session gives the cell.
         ``on_run_id``: called with the run's id (``result.run_id``) as soon as it started:
-        a caller that stops waiting can :meth:`attach` to it later."""
+        a caller that stops waiting can :meth:`attach` to it later.
+        ``checkpoint`` (``{"name", "keep_auto"}``): an automatic snapshot once the run is
+        done, taken by the agent after its answer (see :meth:`snapshot`)."""
         language, code, timeout = self._check_run(language, code, timeout, session, input_data)
+        if checkpoint is not None:
+            self._snapshot_client(sandbox_id)  # raises where the provider has no snapshots
         record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
                                                      else 0.0)
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
@@ -314,6 +322,7 @@ class SandboxManager:
                 deadline=deadline,
                 input_data=input_data,
                 execution_count=execution_count,
+                checkpoint=checkpoint,
                 on_event=_forwarder(on_event, trusted),
                 on_run_id=None if on_run_id is None else (
                     lambda rid: on_run_id(run_id_of(sandbox_id, rid))),
@@ -591,6 +600,83 @@ class SandboxManager:
         """Read ``path`` from inside the sandbox."""
         return self._client(self._require_active(sandbox_id)).read_file(path)
 
+    # ---------------------------------------------------------------- snapshots
+
+    def _snapshot_client(self, sandbox_id: str) -> AgentClient:
+        record = self._require_active(sandbox_id)
+        if not self.provider(record.provider).capabilities.snapshots:
+            raise UnsupportedOperationError(
+                f"the {record.provider} provider has no snapshots yet: use a local or docker "
+                "sandbox (--provider local|docker)")
+        return self._client(record)
+
+    def snapshot(self, sandbox_id: str, name: str | None = None, *,
+                 keep_auto: int | None = None) -> dict[str, Any]:
+        """Snapshot every python session's state and the sandbox's home directory (see
+        ``sandbox_agent/snapshots.py``); refused while the sandbox runs code. ``keep_auto``:
+        an automatic checkpoint; the sandbox keeps the newest ``keep_auto`` of them."""
+        client = self._snapshot_client(sandbox_id)
+        return _snapshot_out(client.snapshot(name, keep_auto))
+
+    def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
+        """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""
+        return self._snapshot_client(sandbox_id).restore(snapshot)
+
+    def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandbox's snapshots, oldest first (they end with the sandbox)."""
+        return [_snapshot_out(s) for s in self._snapshot_client(sandbox_id).snapshots()]
+
+    def fork(self, sandbox_id: str, snapshot: str | None = None,
+             count: int = 1) -> tuple[list[SandboxRecord], dict[str, Any]]:
+        """``count`` new sandboxes (this user's, each with its own agent token and TTL) with
+        the sandbox's state now, or snapshot ``snapshot``'s: its home directory and its
+        python sessions' variables, pickled in the sandbox (cloudpickle, else dill, else
+        pickle) and loaded in each fork. What does not carry (open files, threads,
+        processes, unpicklable values, bash/javascript state) is reported: ``skipped``
+        (per session), ``failed`` (per fork and session)."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
+            raise InvalidArgumentError(f"count must be 1 .. {MAX_FORKS}")
+        import secrets
+
+        client = self._snapshot_client(sandbox_id)
+        source = self._load(sandbox_id)
+        if source.owner != self.user:  # a fork is the caller's: never another user's state
+            raise PermissionDeniedError(
+                f"sandbox {sandbox_id} belongs to {source.owner!r}: only its owner can fork it")
+        exported = client.request("export", timeout=300.0, snapshot=snapshot)
+        try:
+            if exported["size"] > MAX_FORK_BYTES:
+                raise InvalidArgumentError(
+                    f"the sandbox's state is {exported['size'] // 2**20} MB, more than a fork "
+                    f"carries ({MAX_FORK_BYTES // 2**20} MB): delete files or variables first")
+            archive = client.read_file(exported["archive"])
+        finally:
+            client.request("drop_export", timeout=60.0, archive=exported["archive"])
+        forks: list[SandboxRecord] = []
+        failed: dict[str, Any] = {}
+        try:
+            for _ in range(count):
+                record = self.create(f"{source.name}-fork", source.ttl_minutes,
+                                     source.template_id, provider=source.provider,
+                                     network=source.network)
+                forks.append(record)
+                fork = self._client(record)
+                path = f"/tmp/nexus-fork-{secrets.token_hex(8)}.tar"
+                fork.write_file(path, archive)
+                loaded = fork.request("import", timeout=300.0, archive=path)
+                if loaded.get("failed"):
+                    failed[record.sandbox_id] = loaded["failed"]
+        except BaseException:
+            for record in forks:
+                self.stop(record.sandbox_id)
+            raise
+        return forks, {"sessions": exported["sessions"], "skipped": exported["skipped"],
+                       "failed": failed, "size": exported["size"]}
+
+    def delete_snapshot(self, sandbox_id: str, snapshot: str) -> str:
+        """Delete snapshot ``snapshot`` (id or name) of the sandbox; its id."""
+        return self._snapshot_client(sandbox_id).delete_snapshot(snapshot)
+
     # ---------------------------------------------------------------- reaping
 
     def reap_expired(self, *, force: bool = False) -> list[str]:
@@ -725,6 +811,12 @@ def _exec_result(sandbox_id: str, raw: dict[str, Any], trusted: bool) -> ExecRes
         ended_by=raw.get("ended_by", "exit"),
         run_id=None if rid is None else run_id_of(sandbox_id, rid),
     )
+
+
+def _snapshot_out(snap: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's description with its ``created`` time as ISO-8601 UTC."""
+    created = snap.get("created")
+    return {**snap, "created": iso(created) if isinstance(created, (int, float)) else None}
 
 
 def _keep(bundle: Any) -> Any:

@@ -146,6 +146,7 @@ class SandboxRecord:
             else self.ttl_minutes,
             "network": self.network,
             "network_allow": list(self.network_allow),
+            "runtime": self.handle.get("runtime"),
             "created_at": iso(self.created_at),
             "last_active_at": iso(self.last_active_at),
             "expires_at": iso(self.expires_at),

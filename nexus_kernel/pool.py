@@ -100,6 +100,8 @@ class WarmPool:
     def key(self, provider: str, template_id: str | None, network: bool) -> str:
         """The pool a sandbox belongs to: sandboxes are interchangeable only within one key."""
         lim = self.settings.limits
+        if provider == "docker" and self.settings.docker_runtime:
+            provider += "+" + self.settings.docker_runtime
         return (f"{provider}|{template_id or ''}|{'net' if network else 'nonet'}|"
                 f"{lim.memory_mb}m|{lim.pids}p|{lim.cpus:g}c|{lim.disk_mb}d")
 
@@ -270,7 +272,8 @@ class WarmPool:
         if template_id:
             argv += ["--template", template_id]
         argv.append("--network" if network else "--no-network")
-        env = dict(os.environ, NEXUS_HOME=str(self.settings.home), NEXUS_POOL_REFILL="off")
+        env = dict(os.environ, NEXUS_HOME=str(self.settings.home), NEXUS_POOL_REFILL="off",
+                   NEXUS_DOCKER_RUNTIME=self.settings.docker_runtime)
         with contextlib.suppress(OSError):
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True, env=env)

@@ -101,6 +101,22 @@ def _seconds_or_off(text: str) -> float | None:
     return None if text.lower() in ("off", "none") else number("seconds", "60 or off")(text)
 
 
+def _count_or_off(text: str) -> int:
+    """``off``: 0; else a whole number."""
+    if text.lower() in _OFF:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of cells (e.g. 5 or off)") from None
+
+
+def _checkpoints(p: LineParser, surface: str) -> None:
+    p.add_argument("keep", nargs="?", metavar="N|off", type=_count_or_off,
+                   help="keep automatic checkpoints of the last N cells (off: none; default: "
+                        "NEXUS_CHECKPOINTS, else 5)")
+
+
 def _id_or_none(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
@@ -222,6 +238,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {s.name: s for s in (
                value=("keep", "on|off", on_off)),
     Subcommand("trust", "Trust this notebook's sandbox output (scripts, widgets) or not.",
                value=("trust", "on|off", on_off)),
+    Subcommand("undo", "Put variables and files back as they were before the last cell "
+               "(repeatable).", _BOTH),
+    Subcommand("checkpoint", "Save the sandbox's state (variables and files) under a name.",
+               _BOTH, value=("name", "NAME", str)),
+    Subcommand("restore", "Put the sandbox back as checkpoint NAME had it.", _BOTH,
+               value=("name", "NAME", str)),
+    Subcommand("fork", "Start a new sandbox with this one's files and variables (pickled).",
+               _BOTH),
+    Subcommand("checkpoints", "List the checkpoints; with N, keep the last N cells' "
+               "automatic ones (off: none).", _BOTH, _checkpoints),
     Subcommand("usage", "Show why the last runs ended and what they cost (wall, CPU, peak "
                "memory, processes).", _BOTH),
     Subcommand("help", "Show this help."),

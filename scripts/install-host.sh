@@ -4,7 +4,9 @@
 # scripts/install-venv.sh), bubblewrap for the local provider (and slirp4netns for its
 # sandboxes with network on) and nodejs for its JavaScript
 # sandboxes (they run the host's node, as Python ones run /usr/bin/python3); with --docker, the Docker
-# engine, debootstrap and jq for the offline sandbox image and the tests; with --browser,
+# engine, debootstrap and jq for the offline sandbox image and the tests, and gVisor's runsc
+# where apt has it (Debian >= 12: the docker provider's runtime runsc, registered with dockerd
+# by scripts/start-dockerd.sh); with --browser,
 # headless Chromium and its driver for the browser tests of sandbox output.
 # Installs only what is missing; prints what it installs.
 set -euo pipefail
@@ -44,6 +46,15 @@ if ((want_docker)); then
   command -v dockerd >/dev/null || packages+=(docker.io)
   command -v debootstrap >/dev/null || packages+=(debootstrap)
   command -v jq >/dev/null || packages+=(jq)
+  if ! command -v runsc >/dev/null; then
+    # a fresh machine may have no package lists yet
+    apt-cache show runsc >/dev/null 2>&1 || $sudo apt-get update -qq
+    if apt-cache show runsc >/dev/null 2>&1; then
+      packages+=(runsc)
+    else
+      echo "install-host.sh: apt has no runsc here: install gVisor by hand for the docker runtime runsc (gvisor.dev/docs/user_guide/install)" >&2
+    fi
+  fi
 fi
 if ((want_browser)); then
   if ! grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then

@@ -9,6 +9,12 @@
 # overlayfs on /var/lib/docker, else vfs), and waits up to $NEXUS_DOCKERD_WAIT seconds
 # (default 60). Exits non-zero with one clear line when the engine cannot be started.
 # Override the driver with NEXUS_DOCKER_STORAGE_DRIVER=overlay2|vfs|...
+#
+# When gVisor's runsc is installed it registers two runtimes in $NEXUS_DOCKER_CONFIG (default
+# /etc/docker/daemon.json, other keys kept) before dockerd starts: runsc (--network=none) and
+# its network variant runsc-net (--network=host, in the container's own network namespace:
+# gVisor's own stack cannot start on recent kernels); see nexus_kernel/providers/docker_runtime.py.
+# An engine already running reloads them on SIGHUP (its containers keep running).
 set -euo pipefail
 
 WAIT="${NEXUS_DOCKERD_WAIT:-60}"
@@ -20,7 +26,44 @@ die() { say "error: $*"; exit 1; }
 
 engine_up() { docker info >/dev/null 2>&1; }
 
+CONFIG="${NEXUS_DOCKER_CONFIG:-/etc/docker/daemon.json}"
+# Add runsc and runsc-net to the daemon's runtimes; prints "changed" when the file changed.
+register_runsc() {
+    local runsc
+    runsc="$(command -v runsc 2>/dev/null)" || return 0
+    mkdir -p "$(dirname "$CONFIG")"
+    python3 - "$CONFIG" "$runsc" <<'PY'
+import json, os, sys
+path, runsc = sys.argv[1], sys.argv[2]
+config = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+wanted = {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]},
+          "runsc-net": {"path": runsc, "runtimeArgs": ["--network=host"]}}
+runtimes = config.setdefault("runtimes", {})
+if any(runtimes.get(name) != spec for name, spec in wanted.items()):
+    runtimes.update(wanted)
+    with open(path + ".tmp", "w") as out:
+        json.dump(config, out, indent=2)
+        out.write("\n")
+    os.replace(path + ".tmp", path)
+    print("changed")
+PY
+}
+runtimes_changed="$(register_runsc)" || die "cannot register runsc in $CONFIG (is it valid JSON?)"
+[ -n "$runtimes_changed" ] && say "registered the gVisor runtimes runsc and runsc-net in $CONFIG"
+
 if engine_up; then
+    if [ -n "$runtimes_changed" ]; then
+        pid="$(cat /var/run/docker.pid 2>/dev/null || pidof dockerd || true)"
+        [ -n "$pid" ] || die "the Docker engine runs but its pid is unknown: reload it (systemctl reload docker)"
+        kill -HUP $pid
+        for _ in $(seq 1 10); do
+            docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc-net"' && break
+            sleep 1
+        done
+        docker info --format '{{json .Runtimes}}' | grep -q '"runsc-net"' \
+            || die "dockerd did not load the runsc runtimes from $CONFIG; see its log"
+        say "the Docker engine reloaded its runtimes"
+    fi
     say "the Docker engine is already running"
     exit 0
 fi

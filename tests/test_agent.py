@@ -714,3 +714,16 @@ def test_a_python3_older_than_the_agent_needs_exits_with_one_line(monkeypatch, t
                           capture_output=True, text=True, timeout=30)
     version = sys.version.split()[0]
     assert (done.returncode, done.stderr) == (1, f"{deploy.TOO_OLD}{version}\n")
+
+
+@pytest.mark.parametrize("bad", ["zz", "00", "", "00" * 8 * 4097, "00" * 8])
+def test_an_agent_with_a_bad_seccomp_filter_does_not_serve(bad):
+    """The filter is installed before anything runs; one that is not a BPF program ends the
+    agent with one line (it never serves unfiltered)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox_agent", "serve", "--socket", "@nexus-test-none",
+         "--seccomp-filter", bad],
+        cwd=ROOT / "nexus_kernel" / "agent", capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode != 0 and "seccomp" in done.stderr and "--seccomp-filter" not in done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -777,9 +777,12 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
     assert rows["modal"]["configured"] is False
     assert "modal token new" in rows["modal"]["reason"]
     for row in rows.values():
-        assert set(row) == {"name", "installed", "configured", "reason", "capabilities"}
+        assert set(row) == {"name", "installed", "configured", "reason", "capabilities",
+                            "runtimes"}
+        assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
-                                           "languages"}
+                                            "snapshots", "languages"}
+        assert row["capabilities"]["snapshots"] is (row["name"] in ("local", "docker"))
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
@@ -1033,3 +1036,26 @@ def test_e2b_user_paused_sandbox_is_never_resumed_behind_the_user(tmp_path: Path
     assert later.resume(record.sandbox_id).status is Status.ACTIVE  # the user's own resume
     assert later.run(record.sandbox_id, "python", "print(n)", session="s").stdout == "6\n"
     later.close()
+
+
+def test_snapshots_and_checkpoints_are_unsupported_on_e2b_and_modal(settings: Settings) -> None:
+    """The snapshot mechanism is the agent's on local and docker; the cloud providers say
+    so in one line (their own snapshot APIs are not wired yet)."""
+    from nexus_kernel.checkpoints import CellCheckpoints
+
+    manager = manager_for(settings)
+    for provider in ("e2b", "modal"):
+        record = manager.create("cloud", provider=provider)
+        sid = record.sandbox_id
+        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
+            manager.snapshot(sid)
+        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
+            manager.fork(sid)
+        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
+            manager.run(sid, "python", "1", session="s", checkpoint={"name": "c", "keep_auto": 2})
+        checkpoints = CellCheckpoints(manager, 5)
+        note, checkpoint = checkpoints.before_cell(record.sandbox_id, "In [1]")
+        assert note.startswith("Nexus: no undo in this sandbox") and checkpoint is None
+        assert checkpoints.keep == 0
+        manager.stop(record.sandbox_id)
+    manager.close()

@@ -33,8 +33,9 @@ from nexus_kernel.models import Limits, Status
 from .conftest import ROOT, docker_not_ready, docker_problem
 from .fakes import e2b_fake, memory, modal_fake
 
-#: "docker-foreign": docker on an image with no project code (tests/conftest.py FOREIGN_IMAGE).
-PROVIDERS = ["local", "docker", "docker-foreign", "e2b", "modal", "memory"]
+#: "docker-foreign": docker on an image with no project code (tests/conftest.py FOREIGN_IMAGE);
+#: "docker-runsc": docker under gVisor (NEXUS_DOCKER_RUNTIME=runsc).
+PROVIDERS = ["local", "docker", "docker-foreign", "docker-runsc", "e2b", "modal", "memory"]
 FAKE_OPTIONS = {
     "e2b": {"sdk": e2b_fake},
     "modal": {"sdk": modal_fake, "token_id": "ak-test", "token_secret": "as-test"},
@@ -48,6 +49,9 @@ def provider_name(request, tmp_path, monkeypatch):
     name = request.param
     if name == "docker-foreign":
         monkeypatch.setenv("NEXUS_DOCKER_IMAGE", request.getfixturevalue("foreign_image"))
+        name = "docker"
+    if name == "docker-runsc":
+        monkeypatch.setenv("NEXUS_DOCKER_RUNTIME", "runsc")
         name = "docker"
     if name == "local" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
@@ -249,6 +253,9 @@ def test_limits_reach_the_sandbox(provider_name, tmp_path):
     mgr = SandboxManager(settings)
     assert settings.limits == Limits(memory_mb=128, pids=64, cpus=1.0, disk_mb=1024,
                                      output_bytes=settings.output_bytes)
+    if settings.docker_runtime == "runsc":
+        _gvisor_caps_end_the_sandbox(mgr)
+        return
     sb = mgr.create("limits").sandbox_id
     try:
         code = "import os\nfor i in range(200):\n    if os.fork() == 0:\n        import time; time.sleep(5); os._exit(0)\n"
@@ -260,3 +267,23 @@ def test_limits_reach_the_sandbox(provider_name, tmp_path):
     finally:
         mgr.stop(sb)
         mgr.close()
+
+
+def _gvisor_caps_end_the_sandbox(mgr):
+    """Under gVisor the host's caps bound gVisor itself: reaching the process or the memory
+    cap ends the whole sandbox, in one line that says so (providers/docker_runtime.py)."""
+    bombs = {"pids": "import os\nfor i in range(200):\n    if os.fork() == 0:\n"
+                     "        import time; time.sleep(5); os._exit(0)\n",
+             "memory": "b = bytearray(400 * 1024 * 1024); print('allocated')"}
+    for cap, code in bombs.items():
+        record = mgr.create(f"limits-{cap}")
+        try:
+            started = time.monotonic()
+            with pytest.raises(SandboxStateError, match="under gVisor .* ends as a whole"):
+                mgr.run(record.sandbox_id, "python", code, timeout=20)
+            # at once, not at the run's timeout + grace (runsc leaves the exec stream open)
+            assert time.monotonic() - started < 15, cap
+            assert not mgr.provider("docker").alive(record.handle), cap
+        finally:
+            mgr.stop(record.sandbox_id)
+    mgr.close()

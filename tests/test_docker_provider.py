@@ -85,6 +85,28 @@ def any_handle(request, provider, store_id: str):
     provider.destroy(h)
 
 
+@pytest.fixture(params=["default image", "foreign image", "gvisor"])
+def hardened(request, provider, store_id: str):
+    """(provider, handle): the two sandboxes of ``any_handle``, then one under gVisor (runsc)."""
+    from dataclasses import replace
+
+    from nexus_kernel.providers.docker import DockerProvider
+
+    image = request.getfixturevalue("foreign_image") if "foreign" in request.param else None
+    backend = provider
+    if request.param == "gvisor":
+        settings = replace(provider.settings, docker_runtime="runsc")
+        problem = docker_problem(settings)
+        if problem:
+            docker_not_ready(problem)
+        backend = DockerProvider(settings)
+    h = backend.create(make_spec(store_id, template_id=image))
+    yield backend, h
+    backend.destroy(h)
+    if backend is not provider:
+        backend.close()
+
+
 def agent_client(provider, handle: dict[str, Any], token: str | None = None):
     from nexus_kernel.agent.client import AgentClient
 
@@ -107,15 +129,19 @@ def docker_exec(provider, handle: dict[str, Any], *cmd: str) -> str:
 # ------------------------------------------------------------------ hardening
 
 
-def test_docker_inspect_shows_the_hardening(provider, any_handle):
-    handle = any_handle
+def test_docker_inspect_shows_the_hardening(hardened):
+    from nexus_kernel.providers.docker_runtime import host_pids
+
+    provider, handle = hardened
     info = inspect(provider, handle)
     host = info["HostConfig"]
+    assert host["Runtime"] == handle["runtime"] == (provider.settings.docker_runtime or "runc")
+    pids = provider.settings.pids
+    assert host["PidsLimit"] == (host_pids(pids) if handle["gvisor"] else pids)
     assert host["NetworkMode"] == "none"
     assert host["CapDrop"] == ["ALL"]
     assert not host.get("CapAdd")
     assert "no-new-privileges" in host["SecurityOpt"]
-    assert host["PidsLimit"] == provider.settings.pids
     assert host["Memory"] == provider.settings.memory_mb * 1024 * 1024
     assert host["MemorySwap"] == host["Memory"]
     assert host["NanoCpus"] == int(provider.settings.cpus * 1e9)

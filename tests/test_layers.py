@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nexus_kernel.providers",),
     ("nexus_kernel.pool", "nexus_kernel.templates"),
     ("nexus_kernel.manager", "nexus_kernel.reaper"),  # the reaper is the manager's delegate
-    ("nexus_kernel.api", "nexus_kernel.llm_output"),  # llm_output: a run described for a model
+    ("nexus_kernel.api", "nexus_kernel.llm_output", "nexus_kernel.checkpoints"),  # llm_output: a run described for a model
     # agent-facing services on the API: the MCP server (launched by the CLI), framework tools
     ("nexus_kernel.mcp_server", "nexus_kernel.integrations"),
     # the surfaces: each its own island (see SURFACES)

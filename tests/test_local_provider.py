@@ -656,3 +656,54 @@ def test_sandbox_outlives_its_creator(settings: Settings, provider: LocalProvide
     finally:
         provider.destroy(handle)
     assert not provider.alive(handle)
+
+
+def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
+    """The wrapper before bubblewrap waits until the host has capped it: should the host
+    die first (its pipe end closes), it exits and nothing of the jail starts."""
+    marker = tmp_path / "started"
+    command = ["/bin/sh", "-c", local._WRAPPER_SCRIPT, "nexus-wrapper", "-", "touch", str(marker)]
+    closed = subprocess.run(command, stdin=subprocess.DEVNULL, timeout=10)
+    assert closed.returncode == 125 and not marker.exists()
+    told = subprocess.run(command, input=b"go\n", timeout=10)
+    assert told.returncode == 0 and marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="root only")
+def test_one_mount_stages_sources_whose_paths_need_escaping(tmp_path: Path) -> None:
+    """The root wrapper's single ``mount -a`` reads back every path _write_fstab wrote,
+    spaces, tabs and backslashes included (fstab's octal escapes)."""
+    source = tmp_path / "a b\tc\\d"
+    source.mkdir()
+    (source / "f").write_text("staged")
+    target = tmp_path / "mount point"
+    target.mkdir()
+    table = local._write_fstab(tmp_path, [(str(source), str(target), "none", "bind")])
+    shown = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", local._WRAPPER_SCRIPT,
+         "nexus-wrapper", table, "cat", str(target / "f")],
+        input=b"go\n", capture_output=True, timeout=10)
+    assert shown.returncode == 0 and shown.stdout == b"staged", shown.stderr
+
+
+def test_etc_entries_are_copied_only_when_the_jail_could_read_them(tmp_path: Path) -> None:
+    """A world-readable file is copied (no mount), a link into /usr stays a link, and a file
+    the jail uid could not read is bound, so the host's permissions still refuse it."""
+    public, private = tmp_path / "public", tmp_path / "private"
+    public.write_text("x")
+    private.write_text("secret")
+    os.chmod(public, 0o644)
+    os.chmod(private, 0o600)
+    (tmp_path / "zone").symlink_to("/usr/share/zoneinfo/Etc/UTC")
+    (tmp_path / "away").symlink_to(str(private))
+    fds: list[int] = []
+    try:
+        assert local._etc_entry(str(public), fds)[:4] == ["--perms", "0644", "--file", str(fds[0])]
+        assert local._etc_entry(str(private), fds) == ["--ro-bind-try", str(private), str(private)]
+        assert local._etc_entry(str(tmp_path / "zone"), fds)[:2] == ["--symlink", "/usr/share/zoneinfo/Etc/UTC"]
+        away = str(tmp_path / "away")
+        assert local._etc_entry(away, fds) == ["--ro-bind-try", away, away]
+        assert local._etc_entry(str(tmp_path / "missing"), fds) == [] and len(fds) == 1
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -204,3 +204,31 @@ def test_pasted_magic_lines_and_lost_state_in_a_real_notebook(nexus_home: Path, 
     said = stream(nb, "timeout", "stderr")  # a UsageError: one line, no host traceback
     assert "exceeded 1 second timeout" in said and "its variables are gone" in said
     assert stream(nb, "after") == "False\n"
+
+
+def test_undo_notebook(datascience, nexus_kernelspec, tmp_path):
+    nb = execute("04-undo.ipynb", KERNEL_NAME, tmp_path)
+    assert stream(nb, "build") == "(3, 2) 545\n"
+    assert stream(nb, "destroy") == "0 False\n"
+    assert stream(nb, "undo") == ("Undone: variables and files are as they were before In [2] "
+                                  "ran (1 more undo step(s) available)\n")
+    assert stream(nb, "intact") == "(3, 2) 545 True\n"
+    assert stream(nb, "save") == "Checkpoint 'clean' saved (the state after In [4])\n"
+    assert stream(nb, "change") == "0\n"
+    assert stream(nb, "restore") == "Restored checkpoint 'clean' (the state after In [4])\n"
+    assert stream(nb, "check") == "545\n"
+    assert "Automatic checkpoints: keeping the last 5 cells" in stream(nb, "list")
+    assert_no_sandbox_active(wait=10)
+
+
+def test_fork_notebook(datascience, nexus_home, tmp_path):
+    """Issue 16: a fork has the parent's variables and files, then each goes its own way."""
+    nb = execute("05-fork.ipynb", "python3", tmp_path)
+    assert stream(nb, "build") == "(3, 2) 545\n"
+    forked = stream(nb, "fork")
+    assert forked.startswith("Forked sandbox sb_") and "%%sandbox run sb_" in forked, forked
+    assert stream(nb, "same") == "(3, 2) 545 4\n"  # the frame and the file (header + 3 rows)
+    assert stream(nb, "diverge") == "1090\n"
+    assert stream(nb, "parent") == "545 545\n"  # the parent is unchanged
+    assert stream(nb, "child") == "1090 1090\n"
+    assert_no_sandbox_active(wait=10)

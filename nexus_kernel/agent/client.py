@@ -316,6 +316,7 @@ class AgentClient:
         deadline: float | None = None,
         input_data: str | None = None,
         execution_count: int | None = None,
+        checkpoint: dict[str, Any] | None = None,
         on_run_id: Callable[[str], None] | None = None,
     ) -> dict:
         """Run code and return the aggregated result.
@@ -333,11 +334,15 @@ class AgentClient:
         does, in the same round trip (None = leave it). ``input_data``: the standard input
         of a stateless run (read to its end, then EOF). ``execution_count``: the number a
         python session's IPython gives the cell (``In[N]``, ``Out[N]``, tracebacks).
+        ``checkpoint`` (``{"name", "keep_auto"}``): the agent snapshots the sandbox once the
+        run is done, after its answer (unless another run is under way then).
         ``on_run_id``: called with the run's id (the agent's) as soon as it started, so a
         caller that stops waiting can :meth:`attach` to it later."""
         args = _run_args(language, code, timeout, session, output_limit, stdin,
                          stderr_traceback, deadline, input_data, execution_count)
         collector = _Collector(on_event, args["run_id"])
+        if checkpoint is not None:
+            args["checkpoint"] = checkpoint
         if on_run_id is not None:
             on_run_id(args["run_id"])
         wait = None if timeout is None else float(timeout) + RUN_GRACE
@@ -435,6 +440,29 @@ class AgentClient:
     def read_file(self, path: str) -> bytes:
         """The content of ``path`` (relative to the sandbox home)."""
         return base64.b64decode(self._call("read_file", {"path": path}, None, FILE_WAIT)["data"])
+
+    def snapshot(self, name: str | None = None, keep_auto: int | None = None) -> dict:
+        """Snapshot every python session's state and the home directory's files:
+        ``{"snapshot_id", "name", "auto", "created", "size", "memory", "sessions",
+        "not_captured", "lost_threads", "lost_processes", "dropped"}``; ``keep_auto``: an
+        automatic checkpoint, of which the agent keeps the newest ``keep_auto``."""
+        args: dict[str, Any] = {"name": name}
+        if keep_auto is not None:
+            args["keep_auto"] = keep_auto
+        return self._call("snapshot", args, None, FILE_WAIT)
+
+    def restore(self, snapshot: str) -> dict:
+        """Put the sandbox back as snapshot ``snapshot`` (id or name) was:
+        ``{"snapshot_id", "name", "sessions", "restarted"}``."""
+        return self._call("restore", {"snapshot": snapshot}, None, FILE_WAIT)
+
+    def snapshots(self) -> list[dict]:
+        """The sandbox's snapshots, oldest first."""
+        return list(self._call("snapshots", {}, None, 30.0)["snapshots"])
+
+    def delete_snapshot(self, snapshot: str) -> str:
+        """Delete a snapshot (id or name); its id."""
+        return str(self._call("delete_snapshot", {"snapshot": snapshot}, None, 60.0)["deleted"])
 
     def shutdown(self) -> None:
         """Make the agent kill everything in the sandbox and exit."""

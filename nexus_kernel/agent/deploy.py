@@ -59,7 +59,7 @@ def zipapp_bytes(package_dir: Path = PACKAGE_DIR) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _zipapp(package_dir: Path, digest: str) -> bytes:
-    import zipapp  # (zipfile) the cloud providers' form only
+    import zipapp  # the cloud providers' form only
 
     buffer = io.BytesIO()
     names = {p.name for p in package_files(package_dir)}

@@ -100,6 +100,26 @@ class SandboxCommands:
         self.sandbox.trusted_output = args.trust
         return TRUST_WARNING if args.trust else TRUST_OFF
 
+    def cmd_undo(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.undo(self._need())
+
+    def cmd_checkpoint(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.save(self._need(), args.name, self.sandbox.last_cell)
+
+    def cmd_restore(self, args: argparse.Namespace) -> str:
+        return self.sandbox.checkpoints.restore(self._need(), args.name)
+
+    def cmd_fork(self, args: argparse.Namespace) -> str:
+        text, _ = self.sandbox.checkpoints.fork(
+            self._need(), "A second notebook on the Nexus Sandbox kernel works in it after "
+            "%sandbox attach {0} (nexus sandbox run {0} --session kernel from a shell)")
+        return text
+
+    def cmd_checkpoints(self, args: argparse.Namespace) -> str:
+        if args.keep is not None:
+            self.sandbox.checkpoints.set_keep(args.keep, self.sandbox.sandbox_id)
+        return self.sandbox.checkpoints.describe(self.sandbox.sandbox_id)
+
     def cmd_keep(self, args: argparse.Namespace) -> str:
         self.sandbox.keep = args.keep
         if self.sandbox.keep:

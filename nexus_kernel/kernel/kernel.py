@@ -208,6 +208,9 @@ class NexusKernel(Kernel):
         if self.sandbox.trusted_output and not self._trust_warned:
             self._trust_warned = True
             note = TRUST_WARNING + note
+        self.sandbox.last_cell = label = f"In [{self.execution_count}]"
+        more, checkpoint = self.sandbox.checkpoints.before_cell(sandbox_id, label)
+        note += more
         if note:
             self._stream("stderr", note, silent)
         guard = InterruptGuard(lambda: self._interrupt(sandbox_id))
@@ -218,7 +221,7 @@ class NexusKernel(Kernel):
                     sandbox_id, cell.language, cell.code, self.sandbox.cell_timeout,
                     session=SESSION, stdin=allow_stdin, stderr_traceback=False,
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
-                    execution_count=self.execution_count,
+                    execution_count=self.execution_count, checkpoint=checkpoint,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
                 )
         except KeyboardInterrupt:
@@ -230,6 +233,7 @@ class NexusKernel(Kernel):
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
+            self.sandbox.checkpoints.after_cell(sandbox_id, checkpoint)
         self._finished(result, silent)
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)

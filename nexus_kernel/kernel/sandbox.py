@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from ..checkpoints import CellCheckpoints
 from ..egress import network_text, parse_allow
 from ..errors import SandboxError
 from ..manager import SandboxManager
@@ -52,6 +53,10 @@ class KernelSandbox:
         self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
         self.busy = False
+        #: Automatic checkpoints before cells, undo, named checkpoints.
+        self.checkpoints = CellCheckpoints(manager, settings.checkpoints)
+        #: The label of the last cell that ran in the sandbox ("In [N]").
+        self.last_cell = "no cell"
         #: The last cells' (``In [N]``, ended_by, usage), for ``%sandbox usage``.
         self.usage_log: deque[tuple[str, str, dict[str, Any] | None]] = deque(
             maxlen=USAGE_LOG_SIZE)

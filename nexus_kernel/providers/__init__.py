@@ -72,7 +72,8 @@ def capability_matrix(
 ) -> list[dict[str, Any]]:
     """One row per registered provider: ``name``, ``installed`` (its SDK is importable),
     ``configured`` (``check_available`` passes: credentials, daemon or bubblewrap present),
-    ``reason`` (the one-line fix when not configured, else None) and ``capabilities``.
+    ``reason`` (the one-line fix when not configured, else None), ``capabilities`` and
+    ``runtimes`` (the isolation runtimes a sandbox may choose: docker's OCI runtimes).
 
     Providers whose SDK is missing are reported without importing anything heavy.
     """
@@ -96,6 +97,8 @@ def capability_matrix(
                 "configured": configured,
                 "reason": reason,
                 "capabilities": cls.capabilities.to_dict(),
+                "runtimes": cls.runtimes(settings, **(provider_options or {}).get(name, {}))
+                if configured else [],
             }
         )
     return rows

@@ -47,17 +47,21 @@ def serve_args(
     socket: str | None = None,
     listen_fd: int | None = None,
     token_fd: int | None = None,
+    seccomp_filter: bytes | None = None,
 ) -> list[str]:
     """Arguments of ``agent serve``: where it listens (``socket``: a path or ``@name``, an
     abstract socket; or ``listen_fd``, a listening socket the host made), where it reads
     its token (``token_fd``; default stdin: never a file, a command line or the
-    environment), the sandbox's home, and the watchdog deadline (epoch s) when there is one."""
+    environment), the sandbox's home, the watchdog deadline (epoch s) when there is one, and
+    a seccomp filter the agent installs before anything else (``seccomp_filter``)."""
     args = ["serve", *(["--socket", socket] if listen_fd is None else ["--listen-fd", str(listen_fd)])]
     if token_fd is not None:
         args += ["--token-fd", str(token_fd)]
     args += ["--home", home]
     if deadline is not None:
         args += ["--deadline", f"{deadline:.3f}"]
+    if seccomp_filter is not None:
+        args += ["--seccomp-filter", seccomp_filter.hex()]
     return args
 
 

@@ -59,6 +59,7 @@ class Capabilities:
     #: Can enforce an egress allow-list (``SandboxSpec.allow``).
     egress_allow: bool = False
     gpu: bool = False
+    snapshots: bool = False  # the agent's snapshots (a session's state held by a fork)
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +90,12 @@ class Provider(ABC):
         """Raise ProviderUnavailableError / MissingDependencyError / MissingCredentialsError
         with a one-line fix when this provider cannot work here. Cheap; no side effects."""
         return None
+
+    @classmethod
+    def runtimes(cls, settings: Settings, **options: Any) -> list[str]:
+        """The isolation runtimes a sandbox of this provider can choose (docker: the engine's
+        OCI runtimes); [] when there is no choice."""
+        return []
 
     @abstractmethod
     def create(self, spec: SandboxSpec) -> Handle:

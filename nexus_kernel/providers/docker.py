@@ -14,6 +14,10 @@ pages count against the memory cap), a host uid of the sandbox's own (below), no
 (only the agent's read-only volume) and no docker socket, plus labels ``nexus.sandbox_id`` /
 ``nexus.owner`` / ``nexus.store`` / ``nexus.expires_at`` for reconcile.
 
+The engine's OCI runtime is runc unless ``NEXUS_DOCKER_RUNTIME`` names another one the engine
+has registered, e.g. gVisor's ``runsc`` (see :mod:`.docker_runtime`); the hardening is the
+same under every runtime, and the handle records the one used (``runtime``).
+
 Any image with python3 >= 3.8 is a template: the agent is not in the image but in a
 read-only docker volume per agent version, mounted at AGENT_DIR (see :mod:`.docker_agent`).
 The image's entrypoint is replaced by the agent; an image without python3 fails create in
@@ -65,7 +69,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_egress
+from . import docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -84,6 +88,14 @@ from .base import (
 )
 from .cgroups import LEFTOVER_GRACE_SECONDS
 from .docker_agent import AGENT_DIR, agent_mount, ensure_agent_volume, remove_old_volumes
+from .docker_runtime import (
+    GVISOR_ENDED,
+    check_runtime,
+    engine_runtimes,
+    host_pids,
+    is_gvisor,
+    pick_runtime,
+)
 from .docker_template import remove_build_leftovers
 from .docker_template import resolve as template_image
 
@@ -183,12 +195,17 @@ class DockerStreamChannel:
     """
 
     STDERR_KEEP = 64 * 1024
+    #: Seconds between checks that the container lives, while ``recv`` waits (``alive``).
+    WATCH_SECONDS = 1.0
 
-    def __init__(self, raw: Any, keepalive: Any = None):
+    def __init__(self, raw: Any, keepalive: Any = None, alive: Any = None):
         self._sock = _underlying_socket(raw)
         self._sock.settimeout(None)  # docker-py leaves its API timeout on hijacked sockets
         self._raw = raw
         self._keepalive = keepalive  # the HTTP response owning the socket (TLS needs it alive)
+        # gVisor: an exec stream stays open after its sandbox died; ``alive()`` False ends it
+        self._alive = alive
+        self._timeout: float | None = None
         self._kind = _STDOUT
         self._left = 0
         self.stderr = bytearray()
@@ -204,14 +221,36 @@ class DockerStreamChannel:
             if self._left == 0 and not self._next_header():
                 return b""
             if self._kind == _STDOUT:
-                chunk = self._sock.recv(min(size, self._left))
+                chunk = self._recv(min(size, self._left))
                 self._left -= len(chunk)
                 return chunk
             self._drain_other()
 
     def settimeout(self, timeout: float | None) -> None:
         """Socket timeout for ``recv`` (None = block)."""
+        self._timeout = timeout
         self._sock.settimeout(timeout)
+
+    def _recv(self, size: int) -> bytes:
+        """One socket read; with ``alive``, b"" once the container is gone."""
+        if self._alive is None:
+            return self._sock.recv(size)
+        waited = 0.0
+        while True:
+            step = self.WATCH_SECONDS
+            if self._timeout is not None:
+                step = min(step, self._timeout - waited)
+            self._sock.settimeout(max(step, 0.001))
+            try:
+                return self._sock.recv(size)
+            except TimeoutError:
+                waited += step
+                if self._timeout is not None and waited >= self._timeout:
+                    raise
+                if not self._alive():
+                    return b""
+            finally:
+                self._sock.settimeout(self._timeout)
 
     def shutdown_write(self) -> None:
         """Half-close: the process sees end of input, its output can still be read."""
@@ -239,7 +278,7 @@ class DockerStreamChannel:
         return True
 
     def _drain_other(self) -> None:
-        chunk = self._sock.recv(min(65536, self._left))
+        chunk = self._recv(min(65536, self._left))
         if not chunk:
             self._left = 0
             return
@@ -251,7 +290,7 @@ class DockerStreamChannel:
     def _recv_exactly(self, n: int) -> bytes | None:
         data = b""
         while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
+            chunk = self._recv(n - len(data))
             if not chunk:
                 return None
             data += chunk
@@ -267,16 +306,21 @@ def _underlying_socket(raw: Any) -> Any:
     return raw
 
 
-def container_command(deadline: float | None) -> list[str]:
+def container_command(deadline: float | None, machine: str | None) -> list[str]:
     """The container's command: the agent (so the container lives exactly as long as the
-    agent), which reads its token from stdin."""
-    return agent_command(PYTHON, AGENT_DIR, *serve_args(HOME, deadline, socket=SOCKET))
+    agent), which reads its token from stdin and first installs the seccomp filter of the
+    local jails (io_uring, keyring, bpf, ... refused: Docker's default profile lets some of
+    them through) for the engine's ``machine`` type, when there is a table for it."""
+    return agent_command(PYTHON, AGENT_DIR, *serve_args(
+        HOME, deadline, socket=SOCKET, seccomp_filter=seccomp.program(machine or "unknown")))
 
 
-def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
+def hardening(limits: Limits, network: bool, uid: int, runtime: str = "",
+              gvisor: bool = False) -> dict[str, Any]:
     """docker-py ``create_host_config`` keyword arguments that confine one sandbox running as
-    ``uid`` (the container-level ones, its user and working dir /home/user, and the agent's
-    read-only volume are set in create)."""
+    ``uid`` under the engine's OCI ``runtime`` ("" = its default; ``gvisor``: it is gVisor,
+    whose host tasks the pids cap counts) (the container-level ones, its user and working
+    dir /home/user, and the agent's read-only volume are set in create)."""
     memory = f"{limits.memory_mb}m"
     size = scratch_mb(limits)
     scratch = f"rw,nosuid,nodev,exec,size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB}"
@@ -284,7 +328,7 @@ def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
         "network_mode": "bridge" if network else "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "pids_limit": limits.pids,
+        "pids_limit": host_pids(limits.pids) if gvisor else limits.pids,
         "mem_limit": memory,
         "memswap_limit": memory,
         "read_only": True,
@@ -301,6 +345,8 @@ def hardening(limits: Limits, network: bool, uid: int) -> dict[str, Any]:
     }
     if limits.cpus and limits.cpus > 0:
         options["nano_cpus"] = int(limits.cpus * 1e9)
+    if runtime:
+        options["runtime"] = runtime
     return options
 
 
@@ -331,29 +377,57 @@ class DockerProvider(Provider):
     """Sandboxes as hardened Docker containers running the agent (see the module doc)."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True,
+                                gpu=False, snapshots=True)
     alive_is_cheap = True
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
         self._clients: dict[str, Any] = {}
+        self._infos: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ availability
 
     @classmethod
     def check_available(cls, settings: Settings, **options: Any) -> None:
-        """The SDK is installed, the daemon answers and the default image exists."""
+        """The SDK is installed, the daemon answers, the default image exists and the engine
+        has the configured runtime."""
         docker = import_sdk("docker", "docker")
         client = open_client(settings.docker_host, timeout=10)
         try:
             client.ping()
             client.images.get(settings.docker_image)
+            if settings.docker_runtime:
+                check_runtime(client.info(), settings.docker_runtime)
         except docker.errors.ImageNotFound:
             raise _image_missing(settings.docker_image) from None
         except (docker.errors.DockerException, OSError):
             raise _unreachable(settings.docker_host) from None
         finally:
             client.close()
+
+    @classmethod
+    def runtimes(cls, settings: Settings, **options: Any) -> list[str]:
+        """The OCI runtimes the engine offers (``NEXUS_DOCKER_RUNTIME``); [] when it does not
+        answer."""
+        docker = import_sdk("docker", "docker")
+        try:
+            client = open_client(settings.docker_host, timeout=10)
+        except ProviderUnavailableError:
+            return []
+        try:
+            return sorted(engine_runtimes(client.info()))
+        except (docker.errors.DockerException, OSError):
+            return []
+        finally:
+            client.close()
+
+    def _engine_info(self, host: str) -> dict[str, Any]:
+        """The engine's ``info`` (runtimes), asked once per engine by this provider."""
+        info = self._infos.get(host)
+        if info is None:
+            info = self._infos[host] = self._client(host).info()
+        return info
 
     def _client(self, host: str) -> Any:
         client = self._clients.get(host)
@@ -374,6 +448,12 @@ class DockerProvider(Provider):
         client = self._client(host)
         token = secrets.token_urlsafe(32)
         docker = import_sdk("docker", "docker")
+        with _api_errors(host, "ask the engine for its runtimes"):
+            info = self._engine_info(host)
+        # an allow-list's proxy listens in the container's network namespace: gVisor reaches
+        # it through its network variant (host sockets in that namespace)
+        runtime = pick_runtime(info, self.settings.docker_runtime, spec.network or bool(spec.allow))
+        gvisor = is_gvisor(info, runtime)
         if spec.allow:
             docker_egress.check(self.settings)
         with _api_errors(host, "find the template's image"):  # a docker template, or an image
@@ -386,7 +466,8 @@ class DockerProvider(Provider):
         with _api_errors(host, "create the sandbox container"):
             for _ in range(UID_ATTEMPTS):
                 uid = pick_uid(set(labelled_uids(client).values()))
-                container_id = self._create_container(client, spec, image, uid, version)
+                container_id = self._create_container(client, spec, image, uid, version,
+                                                      runtime, gvisor, info.get("Architecture"))
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
                 # a racing create took the same uid: both back off, at most one keeps it
@@ -401,6 +482,8 @@ class DockerProvider(Provider):
             "image": image,
             "docker_host": host,
             "uid": uid,
+            "runtime": runtime,
+            "gvisor": gvisor,
         }
         try:
             self._start_agent(client, container_id, token, image)
@@ -414,9 +497,10 @@ class DockerProvider(Provider):
         return handle
 
     def _create_container(self, client: Any, spec: SandboxSpec, image: str, uid: int,
-                          agent_version: str) -> str:
-        """Create (not start) the sandbox's container, running as ``uid`` with the agent's
-        volume of ``agent_version``; its id."""
+                          agent_version: str, runtime: str, gvisor: bool,
+                          machine: str | None) -> str:
+        """Create (not start) the sandbox's container, running as ``uid`` under ``runtime``
+        (``gvisor``: it is gVisor) with the agent's volume of ``agent_version``; its id."""
         docker = import_sdk("docker", "docker")
         host_config = client.api.create_host_config(
             auto_remove=True,
@@ -424,14 +508,14 @@ class DockerProvider(Provider):
                 type="json-file", config={"max-size": "1m", "max-file": "1"}
             ),
             mounts=[agent_mount(agent_version)],
-            **hardening(spec.limits, spec.network, uid),
+            **hardening(spec.limits, spec.network, uid, runtime, gvisor),
             **docker_egress.host_options(spec.allow),
         )
         try:
             return client.api.create_container(
                 image,
                 # the agent is the entrypoint: an image's own entrypoint never wraps it
-                entrypoint=container_command(spec.deadline),
+                entrypoint=container_command(spec.deadline, machine),
                 user=f"{uid}:{uid}",
                 environment={**SANDBOX_ENV, **docker_egress.environment(spec.allow)},
                 working_dir=HOME,
@@ -479,7 +563,9 @@ class DockerProvider(Provider):
         host = self._host(handle)
         client = self._client(host)
         container_id = handle["container_id"]
-        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=AGENT_PID))
+        # gVisor's SO_PEERCRED names the caller, not the listener (see .docker_runtime)
+        peer = None if handle.get("gvisor") else AGENT_PID
+        relay = agent_command(PYTHON, AGENT_DIR, *relay_args(SOCKET, peer_pid=peer))
         uid = handle.get("uid")
         user = LEGACY_RELAY_USER if uid is None else f"{uid + 1}:{uid + 1}"
         with _api_errors(host, "open a stream to the sandbox"):
@@ -497,7 +583,8 @@ class DockerProvider(Provider):
                 if exc.status_code == 409:
                     raise _not_running(container_id, _explain(exc)) from None
                 raise
-        return DockerStreamChannel(raw)
+        alive = (lambda: self.alive(handle)) if handle.get("gvisor") else None
+        return DockerStreamChannel(raw, alive=alive)
 
     def pause(self, handle: Handle) -> None:
         """Freeze every process of the container (``docker pause``). Idempotent."""
@@ -559,6 +646,10 @@ class DockerProvider(Provider):
         """True while the container exists and has not exited (running or paused).
         Raises ProviderUnavailableError when the daemon cannot be asked."""
         return self.state(handle) in ALIVE_STATES
+
+    def cap_reached(self, handle: Handle) -> str:
+        """Under gVisor, why a sandbox that ended during a run most likely did (a cap)."""
+        return GVISOR_ENDED if handle.get("gvisor") else ""
 
     def remove_leftovers(self, grace: float = LEFTOVER_GRACE_SECONDS) -> list[str]:
         """Containers of any store's sandboxes that can never run again: created but never

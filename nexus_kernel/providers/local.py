@@ -45,6 +45,17 @@ an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent p
 copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
 host path of the sandbox's state.
 
+Start: one process, exec'ed along ``[unshare --mount -> sh -> setpriv ->] bwrap -> agent``
+(the bracket when root). The wrapper ``sh`` waits on a pipe until the host has put it in the
+cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid that has
+forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
+scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
+only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
+extra_groups=[])``, not a ``setpriv`` exec. Each bubblewrap bind costs a mount, a remount
+and a read of the mount table, so the synthesised /etc files and the host's world-readable
+whitelisted ones are written into bubblewrap's root tmpfs (``--file``, read-only with the
+root) and links into /usr recreated (:func:`_etc_entry`); only directories are bound.
+
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
 """
@@ -135,23 +146,18 @@ ETC_ALWAYS = (
 ETC_NETWORK = ("ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies")
 ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
-# Runs (only when needed) in the wrapper process before it execs bubblewrap: joins the
-# cgroups first, so every later process is capped; then, root only, in a private mount
-# namespace, binds dirs the unprivileged jail uid cannot reach (e.g. under /root, or a 0700
-# pytest tmp) onto empty root-owned dirs under STAGE_DIR, and mounts the scratch tmpfs there.
-# Args: "cg FILE", "bind SRC MOUNTPOINT" and "tmpfs MOUNTPOINT OPTIONS" items, then "--" and
-# the command.
+# The one process before bubblewrap (when root: inside ``unshare --mount``): it waits on its
+# stdin for "go", which the host sends once it has put this process in the sandbox's cgroups
+# and set its rlimits (no process of the jail exists before: race-free); then, root only,
+# one ``mount -a`` with the fstab in $1 ("-" for none) binds dirs the unprivileged jail uid
+# cannot reach (e.g. under /root, or a 0700 pytest tmp) onto empty root-owned dirs under
+# STAGE_DIR and mounts the scratch tmpfs there, in that private mount namespace; then it
+# execs the rest of its arguments.
 _WRAPPER_SCRIPT = r"""
-while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
-  case $1 in
-    cg) echo $$ > "$2" || exit 125; shift 2 ;;
-    bind) mount --bind "$2" "$3" || exit 125; shift 3 ;;
-    tmpfs) mount -t tmpfs -o "$3" nexus-scratch "$2" || exit 125; shift 3 ;;
-    *) echo "nexus wrapper: bad argument $1" >&2; exit 125 ;;
-  esac
-done
+read -r gate && [ "$gate" = go ] || exit 125
+[ "$1" = - ] || mount -a -T "$1" || exit 125
 shift
-exec "$@"
+exec "$@" </dev/null
 """
 
 
@@ -160,7 +166,8 @@ class LocalProvider(Provider):
     root), ``agent_dir``, ``ready_timeout``, ``cgroups`` (False forces the rlimit fallback)."""
 
     name = "local"
-    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True,
+                                gpu=False, snapshots=True)
     alive_is_cheap = True
     alive_without_check = True
 
@@ -300,8 +307,9 @@ class LocalProvider(Provider):
         token: str,
         started: Any = None,
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        """Spawn [unshare ->] [sh wrapper ->] [prlimit ->] [setpriv ->] bwrap -> agent (all
-        exec'ed in one process, whose pid is the handle's "pid"); wait for READY. Calls
+        """Spawn [unshare ->] sh wrapper -> [mount -a,] [setpriv ->] bwrap -> agent (all
+        exec'ed in one process, whose pid is the handle's "pid", but ``mount``); put it in
+        the cgroup and set its rlimits before it goes on; wait for READY. Calls
         ``started(proc, info)`` as soon as bubblewrap reports the jail's pid."""
         python = sandbox_python(self.settings)
         extra_ro: list[tuple[str, str]] = []  # (host source, path in the jail)
@@ -313,13 +321,13 @@ class LocalProvider(Provider):
             extra_ro.append((str(template), TEMPLATE_DIR))
 
         # Where bubblewrap finds our dirs: staged copies of the mounts when root.
-        stage_items: list[str] = []
+        fstab: list[tuple[str, str, str, str]] = []  # (source, mount point, type, options)
         sb = str(sandbox_dir)  # its home/ and tmp/ are mounted only when not root (host-dir)
         if root:
             sources = {f"ro{i}": src for i, (src, _) in enumerate(extra_ro)}
             staged = {name: _stage_dir(name) for name in sources}
             for name, src in sources.items():
-                stage_items += ["bind", src, staged[name]]
+                fstab.append((src, staged[name], "none", "bind"))
             extra = [(staged[f"ro{i}"], dest) for i, (_, dest) in enumerate(extra_ro)]
             # The scratch tmpfs, with byte and inode caps bubblewrap cannot set.
             size = scratch_mb(spec.limits)
@@ -328,7 +336,7 @@ class LocalProvider(Provider):
                 scratch[dest] = _stage_dir("scratch" + dest.replace("/", "-"))
                 options = (f"size={size}m,nr_inodes={size * SCRATCH_INODES_PER_MB},"
                            f"mode={mode},uid={uid},gid={uid},nosuid,nodev")
-                stage_items += ["tmpfs", scratch[dest], options]
+                fstab.append(("nexus-scratch", scratch[dest], "tmpfs", options))
         else:
             extra = list(extra_ro)
             scratch = {}
@@ -340,6 +348,7 @@ class LocalProvider(Provider):
         linked = bool(spec.network or spec.allow)
         exit_r, exit_w = os.pipe() if linked else (-1, -1)
         data_fds: list[int] = []
+        gate_r, gate_w = os.pipe()
         log_fd = os.open(sandbox_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             # The channel: a listening socket where the jail cannot reach, and the token
@@ -361,16 +370,13 @@ class LocalProvider(Provider):
             command = bwrap + ["--", *agent_cmd]
             if root:
                 command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
-            command = _rlimit_prefix(spec.limits, cgroup, uid) + command
-            items = [x for f in (cgroup.procs_files() if cgroup else []) for x in ("cg", f)]
-            items += stage_items
-            if items:
-                command = ["/bin/sh", "-c", _WRAPPER_SCRIPT, "nexus-wrapper", *items, "--", *command]
-                if root:
-                    command = [_which("unshare"), "--mount", "--propagation", "private", *command]
+            table = _write_fstab(sandbox_dir, fstab) if fstab else "-"
+            command = ["/bin/sh", "-c", _WRAPPER_SCRIPT, "nexus-wrapper", table, *command]
+            if root:
+                command = [_which("unshare"), "--mount", "--propagation", "private", *command]
             proc = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=gate_r,
                 stdout=subprocess.PIPE,
                 stderr=log_fd,
                 pass_fds=[info_w, *data_fds, *([exit_w] if linked else [])],
@@ -380,8 +386,10 @@ class LocalProvider(Provider):
         except BaseException:
             if linked:
                 os.close(exit_r)
+            os.close(gate_w)
             raise
         finally:
+            os.close(gate_r)
             os.close(info_w)
             if linked:
                 os.close(exit_w)
@@ -390,6 +398,19 @@ class LocalProvider(Provider):
                 os.close(fd)
         # Reap the outer bwrap when it ends, so long-lived callers collect no zombies.
         threading.Thread(target=proc.wait, name=f"nexus-reap-{proc.pid}", daemon=True).start()
+        try:  # the wrapper waits for "go": nothing of the jail runs yet
+            _cap(proc.pid, spec.limits, cgroup, uid)
+            os.write(gate_w, b"go\n")
+        except BaseException as exc:
+            _kill_quietly(proc.pid)
+            os.close(info_r)
+            if linked:
+                os.close(exit_r)
+            if isinstance(exc, OSError):
+                raise ProviderError(f"could not cap the local sandbox's processes: {exc}") from None
+            raise
+        finally:
+            os.close(gate_w)
         timeout = float(self.options.get("ready_timeout", READY_TIMEOUT))
         deadline = time.monotonic() + timeout
         info: dict[str, Any] = {}
@@ -505,11 +526,12 @@ class LocalProvider(Provider):
         if spec.network or spec.allow:
             wanted += ETC_NETWORK
         for name in wanted:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+            args += _etc_entry(f"/etc/{name}", data_fds)
         for name, path in etc_files.items():
             fd = os.open(path, os.O_RDONLY)
             data_fds.append(fd)
-            args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
+            # Written into the jail's root tmpfs (read-only by --remount-ro / below): no mount.
+            args += ["--perms", "0644", "--file", str(fd), f"/etc/{name}"]
         # The agent, copied into a tmpfs of its own made read-only: no host path shows.
         args += ["--perms", "0755", "--tmpfs", AGENT_DIR]
         files = _agent_files(agent_dir)
@@ -776,15 +798,40 @@ def _probe_userns(bwrap: str, uid: int | None) -> str | None:
     # --as-pid-1: without it bwrap leaves its namespace init to be reaped by the host's init.
     cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--as-pid-1",
            "--ro-bind", "/", "/", "true"]  # fmt: skip
-    if uid is not None:
-        cmd = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                                stdin=subprocess.DEVNULL, **_as_uid(uid))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if result.returncode != 0:
         return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
     return None
+
+
+def _etc_entry(path: str, data_fds: list[int]) -> list[str]:
+    """bubblewrap arguments that show the host's ``path`` (under /etc) read-only in the jail.
+    Each bind costs bubblewrap a mount, a remount and a read of its mount table (~0.7 ms,
+    growing with the number of mounts), so a link into /usr is recreated as a link and a
+    world-readable file is copied into the jail's root tmpfs (read-only with the root);
+    only directories and files the jail uid could not read are bound (host permissions kept)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return []
+    if stat.S_ISLNK(st.st_mode) and os.path.realpath(path).startswith("/usr/"):
+        return ["--symlink", os.readlink(path), path]
+    if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IROTH:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            data_fds.append(fd)
+            return ["--perms", "0644", "--file", str(fd), path]
+    return ["--ro-bind-try", path, path]
+
+
+def _as_uid(uid: int | None) -> dict[str, Any]:
+    """Popen arguments that run the child as ``uid`` (and gid ``uid``) with no supplementary
+    groups: what ``setpriv --reuid --regid --clear-groups`` does, without its exec."""
+    return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
 
 
 def _make_dirs(sandbox_dir: Path, uid: int, gid: int, scratch_on_disk: bool) -> None:
@@ -850,23 +897,39 @@ def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path
     return paths
 
 
-def _rlimit_prefix(limits: Limits, cgroup: Cgroup | None, uid: int) -> list[str]:
-    """prlimit: per-file size and open-files caps always; memory and process caps when no
-    cgroup."""
-    prlimit = shutil.which("prlimit")
-    file_bytes = limits.disk_mb * 1024 * 1024
-    if cgroup is not None:
-        return [prlimit, f"--fsize={file_bytes}", f"--nofile={OPEN_FILES}"] if prlimit else []
-    if prlimit is None:
-        raise ProviderUnavailableError(
-            "no writable cgroup and no 'prlimit' to cap the sandbox: apt-get install util-linux"
-        )
-    # RLIMIT_NPROC counts every process of the uid on the host, so allow for those already
-    # running. RLIMIT_DATA rather than RLIMIT_AS: V8 (node) reserves GBs of address space.
-    nproc = limits.pids + _count_tasks(uid)
-    data = limits.memory_mb * 1024 * 1024
-    return [prlimit, f"--fsize={file_bytes}", f"--nproc={nproc}", f"--data={data}",
-            f"--nofile={OPEN_FILES}"]
+def _cap(pid: int, limits: Limits, cgroup: Cgroup | None, uid: int) -> None:
+    """Put the (waiting) wrapper ``pid`` in ``cgroup`` and set its rlimits, which every
+    later process of the jail inherits: per-file size and open files always; memory and
+    processes too when there is no cgroup."""
+    import resource
+
+    for procs in cgroup.procs_files() if cgroup else ():
+        with open(procs, "w") as f:
+            f.write(str(pid))
+    caps = {resource.RLIMIT_FSIZE: limits.disk_mb * 1024 * 1024, resource.RLIMIT_NOFILE: OPEN_FILES}
+    if cgroup is None:
+        # RLIMIT_NPROC counts every process of the uid on the host, so allow for those
+        # already running. RLIMIT_DATA rather than RLIMIT_AS: V8 (node) reserves GBs of
+        # address space.
+        caps[resource.RLIMIT_NPROC] = limits.pids + _count_tasks(uid)
+        caps[resource.RLIMIT_DATA] = limits.memory_mb * 1024 * 1024
+    for which, value in caps.items():
+        resource.prlimit(pid, which, (value, value))
+
+
+def _write_fstab(sandbox_dir: Path, entries: list[tuple[str, str, str, str]]) -> str:
+    """``entries`` as an fstab (root's, in the sandbox dir) for the wrapper's ``mount -a``."""
+
+    def field(text: str) -> str:  # fstab's octal escapes
+        for char in "\\ \t\n":
+            text = text.replace(char, f"\\{ord(char):03o}")
+        return text
+
+    path = sandbox_dir / "fstab"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(" ".join(map(field, entry)) + " 0 0\n" for entry in entries)
+    return str(path)
 
 
 def _count_tasks(uid: int) -> int:
@@ -910,12 +973,11 @@ def _start_slirp(
                    "--enable-seccomp", f"--exit-fd={exit_fd}", f"--ready-fd={ready_w}",
                    f"--userns-path=/proc/self/fd/{user_fd}", "--netns-type=path",
                    f"/proc/self/fd/{net_fd}", "tap0"]  # fmt: skip
-        if uid is not None:
-            command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                     pass_fds=[exit_fd, ready_w, net_fd, user_fd], start_new_session=True,
+                                    **_as_uid(uid),
                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         except BaseException:
             os.close(ready_r)

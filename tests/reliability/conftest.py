@@ -16,8 +16,10 @@ from ..conftest import ROOT
 from ..security import conftest as security
 from ..security.conftest import Env, wait_until  # noqa: F401  (re-exported for the tests)
 
-# The security suite's fixtures (one manager and one canary per provider) serve here too.
-env = security.env
+# The security suite's fixtures (one manager and one canary per provider) serve here too,
+# on the providers alone (faults of the store and the client do not depend on the runtime).
+env = pytest.fixture(scope="session", params=security.PROVIDER_PARAMS,
+                     name="env")(security.provider_env)
 canary = security.canary
 box = security.box
 shared_box = security.shared_box

@@ -2,7 +2,8 @@
 ``tests/reliability``: faults and bad input).
 
 Every test runs on the two real providers: ``local`` (bubblewrap) and ``docker`` (a real
-engine; skipped when it is missing, a failure under NEXUS_REQUIRE_DOCKER=1 as in CI).
+engine; skipped when it is missing, a failure under NEXUS_REQUIRE_DOCKER=1 as in CI); the
+security suite also on ``docker-runsc``: docker under gVisor (NEXUS_DOCKER_RUNTIME=runsc).
 
 - :class:`Env`: one provider's manager (attack limits, a private NEXUS_HOME) with the host-side
   checks: the processes left in a sandbox (cgroup tasks and a /proc scan of its pid namespace
@@ -43,6 +44,31 @@ PROVIDERS = ("local", "docker")
 #: The provider parameter of every test, marked so `-m "not docker"` selects local only.
 PROVIDER_PARAMS = [pytest.param("local", marks=pytest.mark.bwrap),
                    pytest.param("docker", marks=pytest.mark.docker)]
+#: Parameters that are a provider under a runtime: name -> (provider, docker runtime).
+RUNTIMES = {"docker-runsc": ("docker", "runsc")}
+#: The security suite's parameters: the providers, and docker under gVisor.
+SECURITY_PARAMS = [*PROVIDER_PARAMS, pytest.param("docker-runsc", marks=pytest.mark.docker)]
+#: Modules whose docker-runsc cases are not collected, and why (the CI budget: runsc costs
+#: ~1 s more per sandbox and per session start).
+NOT_ON_RUNSC = {
+    # caps bound gVisor itself: a bomb ends the whole sandbox (test_contract's
+    # docker-runsc limits case shows it), the inode and usage figures are gVisor's
+    "test_resources.py": "caps end the whole gVisor sandbox",
+    # per-sandbox host uids: gVisor's sentry runs as 65534 on the host, its tasks are not
+    # host processes (test_uids keeps its own PROVIDER_PARAMS)
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the docker-runsc cases of :data:`NOT_ON_RUNSC`'s modules."""
+    keep, drop = [], []
+    for item in items:
+        name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        on_runsc = "[docker-runsc" in item.nodeid
+        (drop if on_runsc and name in NOT_ON_RUNSC else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 LANGUAGES = ("python", "bash", "javascript")
 
 #: Caps of every sandbox these suites attack: small, so floods and bombs end fast in CI.
@@ -94,8 +120,9 @@ def provider_ready(name: str) -> None:
     """Skip (or fail under NEXUS_REQUIRE_DOCKER=1) when provider ``name`` cannot run here."""
     if name == "local" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    name, runtime = RUNTIMES.get(name, (name, None))
     if name == "docker":
-        problem = docker_problem(Settings.load())
+        problem = docker_problem(Settings.load(docker_runtime=runtime))
         if problem:
             docker_not_ready(problem)
 
@@ -163,17 +190,39 @@ def local_processes(handle: dict[str, Any]) -> dict[int, str]:
     return found
 
 
+def gvisor_processes(api: Any, container_id: str) -> dict[int, str]:
+    """pid -> command of a gVisor container's processes, in its own pid namespace: `docker
+    top` lists the host's processes of those pids there (gVisor's pids are not the host's),
+    so `ps` runs inside (and is left out)."""
+    import docker
+
+    argv = ["ps", "-ww", "-eo", "pid,stat,args"]
+    try:
+        exec_id = api.exec_create(container_id, argv, user="0:0")["Id"]
+        out = api.exec_start(exec_id).decode(errors="replace")
+    except (docker.errors.NotFound, docker.errors.APIError):
+        return {}
+    found = {}
+    for line in out.splitlines()[1:]:
+        pid, state, command = (line.split(None, 2) + ["", ""])[:3]
+        if pid.isdigit() and command != " ".join(argv):
+            found[int(pid)] = f"{command} <defunct>" if state.startswith("Z") else command
+    return found
+
+
 # ------------------------------------------------------------------ environment per provider
 
 
 class Env:
-    """One provider: a manager on a private NEXUS_HOME with :data:`ATTACK_LIMITS`."""
+    """One provider (a parameter: ``docker-runsc`` is docker, ``runtime`` runsc): a manager
+    on a private NEXUS_HOME with :data:`ATTACK_LIMITS`."""
 
     def __init__(self, name: str, home: Path, **overrides: Any):
-        self.name = name
+        self.name, self.runtime = RUNTIMES.get(name, (name, ""))
         self.home = home
         limits = {**ATTACK_LIMITS, **overrides}
-        self.settings = Settings.load(home=home, user="tester", provider=name, **limits)
+        self.settings = Settings.load(home=home, user="tester", provider=self.name,
+                                      docker_runtime=self.runtime, **limits)
         self.manager = SandboxManager(self.settings, is_admin=True)
 
     @property
@@ -187,7 +236,7 @@ class Env:
         """The environment of a `nexus` CLI or API process working on this store."""
         limits = {f"NEXUS_{key.upper()}": str(value) for key, value in ATTACK_LIMITS.items()}
         return {**os.environ, **limits, "NEXUS_HOME": str(self.home), "NEXUS_USER": "tester",
-                "NEXUS_PROVIDER": self.name}
+                "NEXUS_PROVIDER": self.name, "NEXUS_DOCKER_RUNTIME": self.runtime}
 
     def client(self, record: SandboxRecord) -> AgentClient:
         """A private agent client (its own stream) for ``record``'s sandbox."""
@@ -203,6 +252,8 @@ class Env:
         import docker
 
         api = self.provider._client(record.handle.get("docker_host", "")).api
+        if record.handle.get("gvisor"):
+            return gvisor_processes(api, record.handle["container_id"])
         try:  # -ww: whole command lines (ps cuts them at 80 columns otherwise)
             top = api.top(record.handle["container_id"], ps_args="-ww -eo pid,stat,args")
         except (docker.errors.NotFound, docker.errors.APIError):
@@ -370,13 +421,16 @@ class Canary:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session", params=PROVIDER_PARAMS)
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def provider_env(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """The provider under test (session-scoped: one manager and one canary per provider)."""
     provider_ready(request.param)
     environment = Env(request.param, tmp_path_factory.mktemp(f"adversarial-{request.param}"))
     yield environment
     environment.close()
+
+
+env = pytest.fixture(scope="session", params=SECURITY_PARAMS, name="env")(provider_env)
 
 
 @pytest.fixture(scope="session")

@@ -251,17 +251,23 @@ def test_a_symlink_swapped_during_downloads_never_yields_a_host_file(env, shared
     shared_box.assert_settles()
 
 
-#: Where an archive is allowed, and why it cannot slip: the docker agent volume's tar is built
-#: by the host from the agent package's own files and only ever written into the engine
-#: (``put_archive``), never read back or unpacked by the host (checked below).
-ARCHIVE_WRITERS = {"nexus_kernel/providers/docker_agent.py"}
+#: Where an archive is allowed, and why it cannot slip: the docker agent volume's tar and a
+#: docker template's package tar are built by the host from files it made (the agent package;
+#: wheels pip unpacked) and only ever written into the engine (``put_archive``), never read
+#: back or unpacked by the host (checked below).
+ARCHIVE_WRITERS = {"nexus_kernel/providers/docker_agent.py",
+                   "nexus_kernel/providers/docker_template.py"}
+#: Code that runs inside a sandbox (the agent): what it unpacks stays in that sandbox; its
+#: fork import checks its members itself (test_a_fork_archive_cannot_write_through_a_symlink).
+IN_SANDBOX = ROOT / "nexus_kernel" / "agent" / "sandbox_agent"
 
 
 def test_no_archive_is_extracted_on_the_file_path():
     """Tar-slip applies where archives are unpacked; files move one by one through the agent.
     Should an archive path appear (``put_archive``, ``tarfile``, ``extractall``...), this test
     fails so that a tar-slip test is written with it."""
-    sources = [*(ROOT / "nexus_kernel").rglob("*.py"), *(ROOT / "magics").rglob("*.py")]
+    sources = [p for p in [*(ROOT / "nexus_kernel").rglob("*.py"), *(ROOT / "magics").rglob("*.py")]
+               if IN_SANDBOX not in p.parents]
     pattern = re.compile(r"\b(tarfile|zipfile|put_archive|get_archive|extractall|unpack_archive)\b")
     hits = {f"{p.relative_to(ROOT)}" for p in sources if pattern.search(p.read_text())}
     assert hits <= ARCHIVE_WRITERS, hits - ARCHIVE_WRITERS
@@ -286,3 +292,39 @@ def test_the_agent_volume_archive_holds_only_the_agent_package():
         parts = Path(member.name).parts
         assert parts[0] == PACKAGE_NAME and ".." not in parts and not member.name.startswith("/")
         assert (member.uid, member.gid) == (0, 0) and member.mode in (0o644, 0o755)
+
+
+def test_a_fork_archive_cannot_write_through_a_symlink(tmp_path: Path):
+    """A fork's archive comes out of a sandbox: a symlink to anywhere and then a file under
+    it would write where the link points (the sandbox's python 3.11.2 has no tarfile data
+    filter). The agent refuses such an archive, and ``..`` names, before unpacking."""
+    import io
+    import tarfile
+
+    from nexus_kernel.agent.sandbox_agent.snapshots import _check_members
+    from nexus_kernel.agent.sandbox_agent.wire import Invalid
+
+    def members(*entries: tuple[str, bytes | str | None]) -> list[tarfile.TarInfo]:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, content in entries:
+                info = tarfile.TarInfo(name)
+                if isinstance(content, str):  # a symlink to content
+                    info.type, info.linkname = tarfile.SYMTYPE, content
+                    tar.addfile(info)
+                else:
+                    info.size = len(content or b"")
+                    tar.addfile(info, io.BytesIO(content or b""))
+        buffer.seek(0)
+        with tarfile.open(fileobj=buffer) as tar:
+            return tar.getmembers()
+
+    _check_members(members(("home/a.txt", b"x"), ("home/venv/python", "/usr/bin/python3")))
+    for bad in (
+        members(("home/link", str(tmp_path)), ("home/link/owned", b"x")),
+        members(("home/./link", "/"), ("home/link/etc/x", b"x")),
+        members(("home/../../escape", b"x")),
+        members(("/abs", b"x")),
+    ):
+        with pytest.raises(Invalid, match="bad member"):
+            _check_members(bad)

@@ -2,12 +2,14 @@
 sandbox_agent.pyz ARGS`` for the zipapp)::
 
     serve (--socket ADDRESS | --listen-fd FD) [--token-fd FD] [--home DIR] [--deadline EPOCH]
+          [--seccomp-filter HEX]
     relay --socket ADDRESS [--peer-pid PID]
     worker-python
 
 ADDRESS is a path or ``@name`` (an abstract unix socket). ``--listen-fd``: a listening socket
 the host made (local provider). ``--token-fd``: where the token's line is read (default 0,
-stdin). ``--peer-pid``: the relay talks only to a socket whose listener is that pid.
+stdin). ``--seccomp-filter``: a BPF program (hex) installed before anything else runs
+(docker; the local jail gets the same filter from bubblewrap). ``--peer-pid``: the relay talks only to a socket whose listener is that pid.
 
 Each command imports only its own part of the package.
 """
@@ -18,7 +20,7 @@ import sys
 
 _USAGE = """usage:
   sandbox_agent serve (--socket ADDRESS | --listen-fd FD) [--token-fd FD] [--home DIR]
-                      [--deadline EPOCH]
+                      [--deadline EPOCH] [--seccomp-filter HEX]
   sandbox_agent relay --socket ADDRESS [--peer-pid PID]"""
 
 
@@ -67,8 +69,17 @@ def main(argv: list[str] | None = None) -> int:
                 "--token-fd": "token_fd",
                 "--home": "home",
                 "--deadline": "deadline",
+                "--seccomp-filter": "seccomp",
             },
         )
+        if "seccomp" in options:  # first: before any thread, child or user code exists
+            from .seccomp import install
+
+            try:
+                program = bytes.fromhex(options["seccomp"])
+            except ValueError:
+                raise SystemExit("sandbox_agent: --seccomp-filter must be hex") from None
+            install(program)
         if ("socket" in options) == ("listen_fd" in options):
             raise SystemExit(_USAGE)
         deadline = options.get("deadline")

@@ -130,7 +130,8 @@ def process_tree(root: int, use_children_files: bool = True) -> dict[int, list[i
     return tree
 
 
-def _has_tag(pid: int, tag: str) -> bool:
+def has_tag(pid: int, tag: str) -> bool:
+    """True when process ``pid`` carries the process tag ``tag``."""
     needle = f"\0{TAG_VAR}={tag}\0".encode()
     return needle in b"\0" + _read_proc(f"/proc/{pid}/environ") + b"\0"
 
@@ -159,7 +160,7 @@ class ProcessTable:
         chosen: set[int] = set()
         stack = [pid for pid in tree if pid != self.me] if everything else list(roots)
         if tag and not everything:
-            stack.extend(pid for pid in tree if pid != self.me and _has_tag(pid, tag))
+            stack.extend(pid for pid in tree if pid != self.me and has_tag(pid, tag))
         while stack:
             pid = stack.pop()
             if pid in chosen or pid == self.me or pid not in tree:
@@ -250,13 +251,20 @@ class Reaper:
         return pid
 
     def adopt(self, pid: int, on_exit, tally=None) -> None:
-        """Like :meth:`spawn` for ``pid``, a process that has not exited yet and becomes our
-        child when its parent exits (we are a subreaper): its exit goes to ``on_exit``."""
+        """Give ``on_exit`` the exit of ``pid``, an orphan the agent adopted or will adopt
+        when its parent exits (a session worker forked by a snapshot's holder, a stateless
+        run forked by the python zygote); ``tally``: tracked for its process group (see
+        :meth:`track`)."""
         with self._lock:
             self._waiters[pid] = on_exit
             if tally is not None:
                 self._groups[pid] = tally
         self._have_children.set()
+        if not os.path.exists(f"/proc/{pid}"):  # reaped before it was known: it died
+            with self._lock:
+                early = self._waiters.pop(pid, None)
+            if early is not None:
+                early(1, None)
 
     def track(self, pgid: int, tally) -> None:
         """Add the rusage of orphans of process group ``pgid`` reaped from now on to ``tally``

@@ -32,6 +32,7 @@ class Reply:
     def __init__(self, conn, rid) -> None:
         self.conn = conn
         self.rid = rid
+        self.after = None  # called once ``done`` is sent (a run's checkpoint)
 
     def event(self, ev: str, **fields) -> None:
         msg = {"id": self.rid, "ev": ev}
@@ -148,7 +149,7 @@ class StatelessRun:
         """CPU and peak memory of the root process (with all it waited for) and its orphans."""
         tally = self._orphans
         user, system, peak = tally.user, tally.system, tally.peak
-        for rusage in self._rusage:
+        for rusage in filter(None, self._rusage):  # None: it died before it was adopted
             user += rusage.ru_utime
             system += rusage.ru_stime
             peak = max(peak, rusage.ru_maxrss * 1024)

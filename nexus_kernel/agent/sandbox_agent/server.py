@@ -18,6 +18,7 @@ from .procs import TAG_VAR, ProcessTable, Reaper, harden
 from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
+from .snapshots import Snapshots, check_request
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
@@ -161,9 +162,17 @@ class Agent:
             "input_reply": self.op_input_reply,
             "complete": self.op_complete,
             "inspect": self.op_inspect,
+            "snapshot": self.op_snapshot,
+            "restore": self.op_restore,
+            "snapshots": self.op_snapshots,
+            "delete_snapshot": self.op_delete_snapshot,
+            "export": self.op_export,
+            "drop_export": self.op_drop_export,
+            "import": self.op_import,
             "attach": self.op_attach,
             "runs": self.op_runs,
         }
+        self.snapshots = Snapshots(self)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -264,6 +273,9 @@ class Agent:
         except Exception as exc:
             reply.event("fail", error=f"{type(exc).__name__}: {exc}", kind="error")
         finally:
+            if reply.after is not None:  # after ``done`` (a run's checkpoint): nobody waits
+                with contextlib.suppress(Exception):
+                    reply.after()
             reply.conn.end()
 
     # -- ops --------------------------------------------------------------------------
@@ -315,9 +327,16 @@ class Agent:
         deadline = msg.get("deadline")  # the `deadline` op folded into the run: one round trip
         if deadline is not None and not _is_number(deadline):
             raise Invalid("deadline must be an epoch time in seconds or null")
+        checkpoint = msg.get("checkpoint")  # {"name", "keep_auto"}: a snapshot after the run
+        if checkpoint is not None:
+            if not isinstance(checkpoint, dict):
+                raise Invalid("checkpoint must be an object {name, keep_auto} or null")
+            check_request(checkpoint.get("name"), checkpoint.get("keep_auto"))
         detach = msg.get("detach", False)
         if not isinstance(detach, bool):
             raise Invalid("detach must be true or false")
+        if detach and checkpoint is not None:
+            raise Invalid("a detached run takes no checkpoint: snapshot once it has ended")
         run_id = msg.get("run_id")  # the client's choice, so it knows it before any event
         if run_id is not None and not is_run_id(run_id):
             raise Invalid("run_id must be 'r' and 12 lowercase hex digits, or null")
@@ -329,7 +348,11 @@ class Agent:
             raise Invalid(f"run_id {run_id!r} is in use in this sandbox")
         args = (entry, language, code, timeout, session, limit, input_data, options)
         if not detach:
-            return self._execute(Tee(entry, reply), *args)
+            result, reserved = self._execute(Tee(entry, reply), *args, checkpoint=checkpoint)
+            if reserved:  # taken once ``done`` is sent: off the run's round trip
+                reply.after = lambda: self.snapshots.take(
+                    checkpoint.get("name"), checkpoint.get("keep_auto"), reserved=True)
+            return result
         try:
             threading.Thread(target=self._detached, args=args, daemon=True).start()
         except RuntimeError as exc:  # e.g. the sandbox's pids limit
@@ -338,9 +361,14 @@ class Agent:
         return {"run_id": entry.id}
 
     def _execute(self, sink, entry, language, code, timeout, session, limit, input_data,
-                 options) -> dict:
-        """Do one run, its events going to ``sink``; its entry records how it ended."""
+                 options, checkpoint=None) -> tuple:
+        """Do one run, its events going to ``sink``; its entry records how it ended.
+        Returns its result, and True when it handed the snapshot gate over to ``checkpoint``
+        (see :meth:`.snapshots.Gate.leave`: the caller then takes the checkpoint)."""
         meter = Meter()  # the run starts it
+        gate = self.snapshots.gate
+        gate.enter()
+        ok = False
         try:
             if session is None:
                 result = self._run_stateless(sink, entry, language, code, timeout, limit,
@@ -349,19 +377,22 @@ class Agent:
                 result = self._run_session(sink, entry, session, language, code, timeout,
                                            limit, meter, options)
             meter.finish(result)
+            ok = True
         except (Invalid, Failure) as exc:
             entry.finish(error=str(exc))
             raise
         except Exception as exc:
             entry.finish(error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            reserved = gate.leave(reserve=ok and checkpoint is not None)
         entry.finish(result)
-        return result
+        return result, reserved
 
     def _detached(self, entry, *args) -> None:
         """A detached run, in a thread of its own: nobody waits for it, its entry tells."""
         with contextlib.suppress(Exception):
-            self._execute(Tee(entry), entry, *args)
+            self._execute(Tee(entry), entry, *args)  # no checkpoint: the gate is not handed
 
     def _stateless_argv(self, language: str, code: str) -> tuple[list, str | None]:
         exe = self.interpreter(language)
@@ -537,6 +568,59 @@ class Agent:
             s.dead = True
             s.kill()
         return {"closed": len(doomed)}
+
+    def op_snapshot(self, reply, msg) -> dict:
+        return self.snapshots.take(msg.get("name"), msg.get("keep_auto"))
+
+    def op_restore(self, reply, msg) -> dict:
+        return self.snapshots.restore(msg.get("snapshot"))
+
+    def op_snapshots(self, reply, msg) -> dict:
+        return {"snapshots": self.snapshots.list()}
+
+    def op_delete_snapshot(self, reply, msg) -> dict:
+        return self.snapshots.delete(msg.get("snapshot"))
+
+    def op_export(self, reply, msg) -> dict:
+        return self.snapshots.export(msg.get("snapshot"))
+
+    def op_drop_export(self, reply, msg) -> dict:
+        return self.snapshots.drop_export(msg.get("archive"))
+
+    def op_import(self, reply, msg) -> dict:
+        return self.snapshots.load(msg.get("archive"))
+
+    def session(self, name: str, language: str) -> Session:
+        """The live session (name, language), started if needed."""
+        return self._session(name, language)
+
+    def spare_session(self, holder: str) -> Session:
+        """A python worker forked from a snapshot's holder, in no session's place (the
+        caller kills it)."""
+        session = Session(self, "spare-" + random_id(), "python")
+        session.start(holder=holder)
+        return session
+
+    def live_sessions(self) -> list:
+        with self._lock:
+            return [s for s in self._sessions.values() if not s.dead]
+
+    def end_sessions(self, sessions) -> None:
+        """Kill ``sessions`` (a restore replaces them)."""
+        with self._lock:
+            for s in sessions:
+                if self._sessions.get((s.name, s.language)) is s:
+                    del self._sessions[(s.name, s.language)]
+        for s in sessions:
+            s.dead = True
+            s.kill()
+
+    def thaw_session(self, name: str, holder: str) -> None:
+        """Python session ``name`` from a snapshot's holder (see :mod:`.snapshots`)."""
+        session = Session(self, name, "python")
+        session.start(holder=holder)
+        with self._lock:
+            self._sessions[(name, "python")] = session
 
     def op_shutdown(self, reply, msg) -> dict:
         reply.event("done")

@@ -13,6 +13,7 @@ import time
 from .drivers import session_argv
 from .output import EventScanner, MarkerScanner, RunOutput, read_burst
 from .runs import Reply, after_grace, random_id, run_result
+from .snapshots import thaw
 from .usage import Tally, measured, peak_memory, proc_stat, reset_peak
 from .wire import (
     CHUNK,
@@ -81,10 +82,9 @@ class Session:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Spawn the worker and its reader thread."""
-        exe = self.agent.interpreter(self.language)
-        argv = session_argv(self.language, exe)
+    def start(self, holder: str | None = None) -> None:
+        """Spawn the worker and its reader thread; ``holder``: the socket of a snapshot's
+        holder (:mod:`.freeze`), which forks the worker with the state it keeps."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         cmd_r, self._cmd_w = os.pipe()
@@ -92,17 +92,24 @@ class Session:
         self._wake_r, self._wake_w = os.pipe()
         self._fds = {out_r: "stdout", err_r: "stderr", ctl_r: "ctl"}
         try:
-            self.pid = self.agent.reaper.spawn(
-                argv,
-                self.agent.child_env(self.tag),
-                out_w,
-                err_w,
-                extra=(cmd_r, ctl_w),
-                on_exit=self._on_exit,
-            )
+            if holder is None:
+                exe = self.agent.interpreter(self.language)
+                self.pid = self.agent.reaper.spawn(
+                    session_argv(self.language, exe),
+                    self.agent.child_env(self.tag),
+                    out_w,
+                    err_w,
+                    extra=(cmd_r, ctl_w),
+                    on_exit=self._on_exit,
+                )
+            else:
+                self.pid = thaw(holder, self.tag, (cmd_r, ctl_w, out_w, err_w))
+                self.agent.reaper.adopt(self.pid, self._on_exit)
+                self._ran = True
         except OSError as exc:
             close_fds(out_r, err_r, ctl_r, self._cmd_w, self._wake_r, self._wake_w)
-            raise Failure(f"cannot start {exe}: {exc.strerror}") from None
+            what = self.language if holder is None else "the snapshot's session"
+            raise Failure(f"cannot start {what}: {exc.strerror or exc}") from None
         finally:
             close_fds(out_w, err_w, cmd_r, ctl_w)
         threading.Thread(target=self._read_loop, name="session-" + self.name, daemon=True).start()
@@ -345,6 +352,14 @@ class Session:
         is busy running code, dead, or does not answer within ``wait`` seconds."""
         if self.language != "python" or not self.run_lock.acquire(timeout=QUERY_BUSY_WAIT):
             return None
+        try:
+            return self.ask(request, wait)
+        finally:
+            self.run_lock.release()
+
+    def ask(self, request: dict, wait: float) -> dict | None:
+        """Send ``request`` to the python worker (the caller holds ``run_lock``); its
+        answer, or None when the session is dead or does not answer within ``wait`` s."""
         qid = random_id()
         box: dict = {"event": threading.Event()}
         try:
@@ -362,7 +377,6 @@ class Session:
             return None
         finally:
             self._queries.pop(qid, None)
-            self.run_lock.release()
 
     def _on_death(self, poller, control: LineBuffer) -> None:
         """The worker exited: kill what is left, forward the rest, complete the run."""

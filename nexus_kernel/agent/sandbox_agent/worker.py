@@ -3,7 +3,7 @@ Jupyter-style, in its own interpreter. When that interpreter has IPython, cells 
 one IPython shell (:mod:`.ishell`: magics, ``!cmd``, IPython's display and tracebacks);
 without it, through the plain exec loop here, where a magic line says how to get IPython.
 It imports only this module, the wire format, rich-output capture and ``ishell``
-(introspection on the first query), never the server.
+(introspection on the first query, :mod:`.freeze` on the first snapshot), never the server.
 """
 
 from __future__ import annotations
@@ -119,6 +119,10 @@ class PythonWorker:
                 self.run(cmd)
             elif op in ("complete", "inspect"):
                 self.answer(cmd)
+            elif op == "snapshot":
+                self.snapshot(cmd)
+            elif op in ("export", "load"):
+                self.transfer(cmd)
             # anything else (a late input_reply) has nobody waiting for it: dropped
 
     def _next_command(self) -> dict | None:
@@ -268,6 +272,28 @@ class PythonWorker:
                 found = inspect_code(self.namespace, code, pos, cmd.get("detail_level") or 0)
         except Exception:
             found = {}
+        found.update(ev="reply", id=cmd.get("id"))
+        self.emit(found)
+
+    def snapshot(self, cmd: dict) -> None:
+        """Fork a holder of this session's state (:mod:`.freeze`) and reply with its pid;
+        a worker restored from the holder returns here and goes on serving."""
+        from .freeze import reap, snapshot
+
+        found = snapshot(self, cmd)
+        if found is not None:
+            found.update(ev="reply", id=cmd.get("id"))
+            self.emit(found)
+        reap()
+
+    def transfer(self, cmd: dict) -> None:
+        """``export`` the namespace to a file, or ``load`` one (a fork, :mod:`.freeze`)."""
+        from . import freeze
+
+        try:
+            found = getattr(freeze, cmd["op"])(self, cmd)
+        except Exception as exc:
+            found = {"error": f"{type(exc).__name__}: {exc}"}
         found.update(ev="reply", id=cmd.get("id"))
         self.emit(found)
 
