@@ -65,6 +65,7 @@ class _AgentRunner:
     def __init__(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="nxz-"))
         self.agent = AgentProcess(self.home)
+        self.agent_pid = self.agent.proc.pid
 
     def run(self, code: str, **kw) -> dict:
         return self.agent.client.run("python", code, **kw)
@@ -85,6 +86,7 @@ class _SandboxRunner:
         self.mgr = SandboxManager(settings)
         template = "minimal" if provider == "local" else None
         self.sid = self.mgr.create("zygote", template_id=template).sandbox_id
+        self.agent_pid = 1  # in its pid namespace
 
     def run(self, code: str, **kw) -> dict:
         try:
@@ -211,14 +213,16 @@ def test_interrupt_a_forked_run(runner):
 
 
 def test_a_dead_zygote_means_a_fresh_interpreter_then_a_new_zygote(runner):
-    kill = (
+    kill = (  # this agent's zygote only: the host agent sees every process of the host
         "import os, signal\n"
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try:\n"
         "        line = open('/proc/%s/cmdline' % pid).read()\n"
+        "        stat = open('/proc/%s/stat' % pid).read()\n"
         "    except OSError:\n"
         "        continue\n"
-        "    if '-c\\0#nexus-zygote' in line:\n"
+        f"    if '-c\\0#nexus-zygote' in line and stat.split(') ')[1].split()[1] == "
+        f"'{runner.agent_pid}':\n"
         "        os.kill(int(pid), signal.SIGKILL)\n"
         "        print('killed')\n"
     )
