@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from nexus_kernel.agent.client import AgentClient
+from nexus_kernel.agent.sandbox_agent.zygote import ZYGOTE_MARK
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import ExecutionTimeoutError
 from nexus_kernel.manager import SandboxManager
@@ -156,8 +157,11 @@ def _state(pid: int) -> str:
 
 
 def _is_infrastructure(command: str) -> bool:
-    """The agent server, its exec relays and Docker's init: the sandbox's own machinery."""
+    """The agent server, its exec relays, its python zygote and Docker's init: the sandbox's
+    own machinery."""
     if "sandbox_agent" in command and (" serve " in command or " relay " in command):
+        return True
+    if f"-c {ZYGOTE_MARK}" in command:
         return True
     return command.startswith("/sbin/docker-init") or command.startswith("docker-init")
 

@@ -250,11 +250,15 @@ class Reaper:
         self._have_children.set()
         return pid
 
-    def adopt(self, pid: int, on_exit) -> None:
-        """Give ``on_exit`` the exit of ``pid``, an orphan the agent adopted (a session
-        worker forked by a snapshot's holder)."""
+    def adopt(self, pid: int, on_exit, tally=None) -> None:
+        """Give ``on_exit`` the exit of ``pid``, an orphan the agent adopted or will adopt
+        when its parent exits (a session worker forked by a snapshot's holder, a stateless
+        run forked by the python zygote); ``tally``: tracked for its process group (see
+        :meth:`track`)."""
         with self._lock:
             self._waiters[pid] = on_exit
+            if tally is not None:
+                self._groups[pid] = tally
         self._have_children.set()
         if not os.path.exists(f"/proc/{pid}"):  # reaped before it was known: it died
             with self._lock:

@@ -1,6 +1,7 @@
 """Runs: the reply channel of one request, the fields of a finished run, and the stateless
-run (one fresh interpreter process whose end is its exit plus EOF on its output pipes;
-tagged leftovers are killed as soon as the main process exits).
+run (one fresh interpreter process, forked by the python zygote where it can (:mod:`.zygote`),
+whose end is its exit plus EOF on its output pipes; tagged leftovers are killed as soon as
+the main process exits).
 
 Exit codes: timeout -> 124 (``timed_out: true``); interrupt -> 130 (``interrupted: true``);
 a process killed by signal N -> 128 + N.
@@ -119,9 +120,11 @@ class StatelessRun:
             in_r, in_w = os.pipe()
         started = time.monotonic()
         try:
-            self.pid = self.agent.reaper.spawn(
-                self.argv, self.agent.child_env(self.tag), out_w, err_w, on_exit=on_exit,
-                stdin=in_r, tally=self._orphans,
+            env = self.agent.child_env(self.tag)
+            self.pid = self.agent.zygotes.fork(
+                self.argv, env, self.tag, in_r, out_w, err_w, on_exit, self._orphans,
+            ) or self.agent.reaper.spawn(
+                self.argv, env, out_w, err_w, on_exit=on_exit, stdin=in_r, tally=self._orphans,
             )
         except OSError as exc:
             close_fds(out_r, out_w, err_r, err_w, wake_r, wake_w, *filter(None, (in_r, in_w)))
@@ -146,7 +149,7 @@ class StatelessRun:
         """CPU and peak memory of the root process (with all it waited for) and its orphans."""
         tally = self._orphans
         user, system, peak = tally.user, tally.system, tally.peak
-        for rusage in self._rusage:
+        for rusage in filter(None, self._rusage):  # None: it died before it was adopted
             user += rusage.ru_utime
             system += rusage.ru_stime
             peak = max(peak, rusage.ru_maxrss * 1024)

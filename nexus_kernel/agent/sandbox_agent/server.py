@@ -37,6 +37,7 @@ from .wire import (
     same_secret,
     unix_address,
 )
+from .zygote import Zygotes
 
 #: language -> interpreter program looked up on PATH.
 INTERPRETERS = {"python": "python3", "javascript": "node", "bash": "bash"}
@@ -136,6 +137,7 @@ class Agent:
         self.socket_path = socket_path
         self.procs = ProcessTable()
         self.reaper = Reaper()
+        self.zygotes = Zygotes(self.reaper)
         self._lock = threading.Lock()
         self._sessions: dict = {}
         self._runs: set = set()
