@@ -638,7 +638,8 @@ class SandboxManager:
             if name is not None and any(s["name"] == name for s in snaps):
                 raise InvalidArgumentError(f"snapshot {name!r} exists: choose another name")
             snap = {"snapshot_id": platform.snapshot(record.handle), "name": name,
-                    "created": self.clock(), "persists": True}
+                    "created": self.clock(), "persists": True, "size": None, "memory": None,
+                    "lost_threads": {}}
             self._save(sandbox_id, handle={**record.handle, "snapshots": [*snaps, snap]})
             return _snapshot_out(snap)
         client = self._snapshot_client(sandbox_id)

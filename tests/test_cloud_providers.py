@@ -783,8 +783,9 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
                             "runtimes"}
         assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
-                                            "snapshots", "languages"}
-        assert row["capabilities"]["snapshots"] is (row["name"] in ("local", "docker"))
+                                            "snapshots", "platform_snapshots", "languages"}
+        assert row["capabilities"]["snapshots"] is (row["name"] != "modal")
+        assert row["capabilities"]["platform_snapshots"] is (row["name"] == "e2b")
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
