@@ -1115,4 +1115,11 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
     with pytest.raises((PermissionDeniedError, SandboxNotFoundError)):
         other.fork(sid)
     other.close()
+    # E2B's forks carry their source's labels: reaping the stopped source's leftovers
+    # leaves the forks running
+    assert e2b_fake.SANDBOXES[forks[1].handle["sandbox_id"]].metadata["nexus_sandbox_id"] == sid
+    manager.stop(sid)
+    manager.reap()
+    assert forks[1].handle["sandbox_id"] in e2b_fake.SANDBOXES
+    assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
     manager.close()
