@@ -730,6 +730,7 @@ class SandboxManager:
                 self._client(record).rekey(token)
                 forks[-1] = self._save(record.sandbox_id,
                                        handle={**record.handle, "token": token})
+                self.push_deadline(forks[-1])  # its watchdog still has the source's deadline
         except BaseException:
             for record in forks:
                 self.stop(record.sandbox_id)

@@ -1085,6 +1085,9 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
         assert fork.ttl_minutes == 7 and fork.sandbox_id != sid
         assert fork.handle["sandbox_id"] in e2b_fake.SANDBOXES
         tokens.add(fork.handle["token"])
+        sent = b"".join(data for kind, _pid, data in
+                        e2b_fake.SANDBOXES[fork.handle["sandbox_id"]].daemon_log if kind == "stdin")
+        assert b'"op":"rekey"' in sent and b'"op":"deadline"' in sent  # the fork's own
         assert manager.get_file(fork.sandbox_id, "state.txt") == b"before"
         # the source's token no longer opens the fork's agent
         stale = AgentClient(lambda f=fork: manager.provider("e2b").connect(f.handle),
