@@ -618,6 +618,14 @@ class SandboxManager:
                 "sandbox (--provider local|docker)")
         return self._client(record)
 
+    def _quiet(self, record: SandboxRecord) -> None:
+        """Refuse a platform snapshot or fork while code runs (the platform pauses the
+        sandbox for it, which breaks every stream to it), as the agent refuses its own."""
+        if any(run["state"] == "running" for run in self._client(record).runs()):
+            raise SandboxStateError(
+                f"sandbox {record.sandbox_id} is running code: snapshot or fork it between "
+                "runs (nexus sandbox runs lists them)")
+
     def _platform(self, sandbox_id: str) -> tuple[SandboxRecord, Provider | None]:
         """The active sandbox's record, and its provider when snapshots are the platform's."""
         record = self._require_active(sandbox_id)
@@ -637,10 +645,12 @@ class SandboxManager:
             snaps = list(record.handle.get("snapshots") or ())
             if name is not None and any(s["name"] == name for s in snaps):
                 raise InvalidArgumentError(f"snapshot {name!r} exists: choose another name")
+            self._quiet(record)
             snap = {"snapshot_id": platform.snapshot(record.handle), "name": name,
                     "created": self.clock(), "persists": True, "size": None, "memory": None,
                     "lost_threads": {}}
             self._save(sandbox_id, handle={**record.handle, "snapshots": [*snaps, snap]})
+            self.forget_client(sandbox_id)  # its client saves the handle it holds
             return _snapshot_out(snap)
         client = self._snapshot_client(sandbox_id)
         return _snapshot_out(client.snapshot(name, keep_auto))
@@ -719,6 +729,8 @@ class SandboxManager:
         origin = {"handle": source.handle,
                   "snapshot": None if snapshot is None else self._platform_snapshot(
                       source, snapshot)["snapshot_id"]}
+        if snapshot is None:
+            self._quiet(source)
         forks: list[SandboxRecord] = []
         try:
             for _ in range(count):
@@ -730,6 +742,7 @@ class SandboxManager:
                 self._client(record).rekey(token)
                 forks[-1] = self._save(record.sandbox_id,
                                        handle={**record.handle, "token": token})
+                self.forget_client(record.sandbox_id)  # its client saves the handle it holds
                 self.push_deadline(forks[-1])  # its watchdog still has the source's deadline
         except BaseException:
             for record in forks:
@@ -754,6 +767,7 @@ class SandboxManager:
             platform.delete_snapshot(snap["snapshot_id"])
             left = [s for s in record.handle["snapshots"] if s is not snap]
             self._save(sandbox_id, handle={**record.handle, "snapshots": left})
+            self.forget_client(sandbox_id)
             return str(snap["snapshot_id"])
         return self._snapshot_client(sandbox_id).delete_snapshot(snapshot)
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import types
@@ -1099,6 +1100,18 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
     manager.put_file(forks[0].sandbox_id, "state.txt", b"fork")
     assert manager.get_file(sid, "state.txt") == b"before"
 
+    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
+                               "time.sleep(1)"))
+    running.start()
+    deadline = time.time() + 5
+    while (not any(r["state"] == "running" for r in manager._client(source).runs())
+           and time.time() < deadline):
+        time.sleep(0.05)
+    with pytest.raises(SandboxStateError, match="running code"):
+        manager.snapshot(sid)
+    with pytest.raises(SandboxStateError, match="running code"):
+        manager.fork(sid)
+    running.join()
     snap = manager.snapshot(sid, "first")
     assert snap["persists"] and snap["name"] == "first" and snap["snapshot_id"] in e2b_fake.SNAPSHOTS
     assert [s["snapshot_id"] for s in manager.snapshots(sid)] == [snap["snapshot_id"]]
