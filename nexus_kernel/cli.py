@@ -164,7 +164,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
     sandbox_id(p)
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
-    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox; e2b's persist)"))
     p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
                 "threads, processes, open files and bash/javascript state do not carry)")
     sandbox_id(p)
