@@ -236,7 +236,8 @@ class NexusFS:
         files. Returns ``snapshot_id``, ``size`` (bytes of files), ``memory`` (the most its
         held sessions can pin), ``lost_threads`` / ``lost_processes`` (not in a snapshot)
         and ``not_captured`` (bash/javascript sessions: restarted fresh on restore).
-        Refused while the sandbox runs code; snapshots end with the sandbox."""
+        Refused while the sandbox runs code; snapshots end with the sandbox. On e2b: E2B's
+        snapshot (memory and files), ``persists: true`` (kept until deleted)."""
         return {"sandbox_id": sandbox_id, **self.manager.snapshot(sandbox_id, name)}
 
     def sandbox_restore(self, sandbox_id: str, snapshot_id: str) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class NexusFS:
         TTL. Process memory does not cross sandboxes: variables are pickled (cloudpickle or
         dill when the sandbox has them); ``skipped`` lists what could not be, ``failed``
         what a fork could not load; threads, processes, open files and bash/javascript
-        state do not carry."""
+        state do not carry. On e2b, E2B forks the whole memory: everything carries."""
         forks, report = self.manager.fork(sandbox_id, snapshot_id, count)
         return {"sandbox_id": sandbox_id, "forks": [self._describe(r) for r in forks], **report}
 

@@ -164,7 +164,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
     sandbox_id(p)
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
-    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox)"))
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox; e2b's persist)"))
     p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
                 "threads, processes, open files and bash/javascript state do not carry)")
     sandbox_id(p)
@@ -600,7 +600,9 @@ def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_snapshot(nx: Any, args: argparse.Namespace) -> int:
     snap = nx.sandbox_snapshot(args.sandbox_id, args.name)
     lost = ", ".join(f"{k}: threads {', '.join(v)}" for k, v in snap["lost_threads"].items())
-    human = f"Snapshot: {snap['snapshot_id']} ({snap['size']} bytes of files)"
+    kept = ("memory and files, kept by the provider until deleted" if snap.get("persists")
+            else f"{snap['size']} bytes of files")
+    human = f"Snapshot: {snap['snapshot_id']} ({kept})"
     _emit(args, snap, human + (f"; not kept: {lost}" if lost else ""))
     return 0
 
@@ -615,7 +617,8 @@ def _cmd_restore(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_snapshots(nx: Any, args: argparse.Namespace) -> int:
     data = nx.sandbox_snapshots(args.sandbox_id)
     rows = [("SNAPSHOT_ID", "NAME", "CREATED", "SIZE", "MEMORY")]
-    rows += [(s["snapshot_id"], s["name"] or "-", s["created"], s["size"], s["memory"])
+    rows += [(s["snapshot_id"], s["name"] or "-", s["created"],
+              *("-" if s[k] is None else s[k] for k in ("size", "memory")))
              for s in data["snapshots"]]
     _emit(args, data, _table(rows) if data["snapshots"] else "No snapshots.")
     return 0

@@ -196,12 +196,13 @@ class SandboxManager:
         provider: str | None = None,
         network: Any = None,
         client_id: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> SandboxRecord:
         """Start a sandbox and return its record (status active). ``network``: the policy,
         False/"none", True/"all", or an allow-list of host names and host:port (a list, or
         one string of them; see :mod:`nexus_kernel.egress`); None: the ``network`` and
         ``network_allow`` settings. ``client_id`` names the long-lived client using it
-        (see :meth:`of_client`)."""
+        (see :meth:`of_client`). ``origin``: a platform fork's source (see :meth:`fork`)."""
         name = check_name(name)
         ttl = check_ttl(self.settings.ttl_minutes if ttl_minutes is None else ttl_minutes)
         if template_id is not None and (not isinstance(template_id, str) or not template_id):
@@ -220,7 +221,7 @@ class SandboxManager:
                 f"the {provider_name} provider cannot enforce a network allow-list; use the "
                 "local provider, or network 'all' / 'none' here")
         self.reap_expired()
-        if not allow and self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
+        if not allow and origin is None and self.pool.serves(provider_name):  # a pre-started sandbox, handed out in ms
             pooled = self.pool.claim(name=name, ttl_minutes=ttl, provider=provider_name,
                                      template_id=template_id, network=network)
             if pooled is not None:
@@ -253,6 +254,7 @@ class SandboxManager:
             limits=self.settings.limits,
             deadline=watchdog_deadline(record.expires_at),
             store_id=self.store.store_id,
+            origin=origin,
         )
         try:
             handle = backend.create(spec)
@@ -604,26 +606,69 @@ class SandboxManager:
 
     def _snapshot_client(self, sandbox_id: str) -> AgentClient:
         record = self._require_active(sandbox_id)
-        if not self.provider(record.provider).capabilities.snapshots:
+        capabilities = self.provider(record.provider).capabilities
+        if capabilities.platform_snapshots:
+            raise UnsupportedOperationError(
+                f"{record.provider} sandboxes have snapshots and forks of the platform's, not "
+                "automatic checkpoints: use `nexus sandbox snapshot` / `fork`, or a local or "
+                "docker sandbox for undo")
+        if not capabilities.snapshots:
             raise UnsupportedOperationError(
                 f"the {record.provider} provider has no snapshots yet: use a local or docker "
                 "sandbox (--provider local|docker)")
         return self._client(record)
 
+    def _quiet(self, record: SandboxRecord) -> None:
+        """Refuse a platform snapshot or fork while code runs (the platform pauses the
+        sandbox for it, which breaks every stream to it), as the agent refuses its own."""
+        if any(run["state"] == "running" for run in self._client(record).runs()):
+            raise SandboxStateError(
+                f"sandbox {record.sandbox_id} is running code: snapshot or fork it between "
+                "runs (nexus sandbox runs lists them)")
+
+    def _platform(self, sandbox_id: str) -> tuple[SandboxRecord, Provider | None]:
+        """The active sandbox's record, and its provider when snapshots are the platform's."""
+        record = self._require_active(sandbox_id)
+        provider = self.provider(record.provider)
+        return record, provider if provider.capabilities.platform_snapshots else None
+
     def snapshot(self, sandbox_id: str, name: str | None = None, *,
                  keep_auto: int | None = None) -> dict[str, Any]:
         """Snapshot every python session's state and the sandbox's home directory (see
         ``sandbox_agent/snapshots.py``); refused while the sandbox runs code. ``keep_auto``:
-        an automatic checkpoint; the sandbox keeps the newest ``keep_auto`` of them."""
+        an automatic checkpoint; the sandbox keeps the newest ``keep_auto`` of them.
+        Where snapshots are the platform's (E2B): memory and files, kept by the platform
+        after the sandbox ends (``persists``) until deleted."""
+        record, platform = self._platform(sandbox_id)
+        if platform is not None and keep_auto is None:
+            name = None if name is None else check_name(name)
+            snaps = list(record.handle.get("snapshots") or ())
+            if name is not None and any(s["name"] == name for s in snaps):
+                raise InvalidArgumentError(f"snapshot {name!r} exists: choose another name")
+            self._quiet(record)
+            snap = {"snapshot_id": platform.snapshot(record.handle), "name": name,
+                    "created": self.clock(), "persists": True, "size": None, "memory": None,
+                    "lost_threads": {}}
+            self._save(sandbox_id, handle={**record.handle, "snapshots": [*snaps, snap]})
+            self.forget_client(sandbox_id)  # its client saves the handle it holds
+            return _snapshot_out(snap)
         client = self._snapshot_client(sandbox_id)
         return _snapshot_out(client.snapshot(name, keep_auto))
 
     def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
         """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""
+        if self._platform(sandbox_id)[1] is not None:
+            raise UnsupportedOperationError(
+                "E2B cannot restore a sandbox in place: fork from the snapshot instead "
+                f"(nexus sandbox fork {sandbox_id} --snapshot {snapshot})")
         return self._snapshot_client(sandbox_id).restore(snapshot)
 
     def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
-        """The sandbox's snapshots, oldest first (they end with the sandbox)."""
+        """The sandbox's snapshots, oldest first (they end with the sandbox, unless
+        ``persists``)."""
+        record, platform = self._platform(sandbox_id)
+        if platform is not None:
+            return [_snapshot_out(s) for s in record.handle.get("snapshots") or ()]
         return [_snapshot_out(s) for s in self._snapshot_client(sandbox_id).snapshots()]
 
     def fork(self, sandbox_id: str, snapshot: str | None = None,
@@ -638,11 +683,13 @@ class SandboxManager:
             raise InvalidArgumentError(f"count must be 1 .. {MAX_FORKS}")
         import secrets
 
-        client = self._snapshot_client(sandbox_id)
-        source = self._load(sandbox_id)
+        source, platform = self._platform(sandbox_id)
         if source.owner != self.user:  # a fork is the caller's: never another user's state
             raise PermissionDeniedError(
                 f"sandbox {sandbox_id} belongs to {source.owner!r}: only its owner can fork it")
+        if platform is not None:
+            return self._platform_fork(source, snapshot, count)
+        client = self._snapshot_client(sandbox_id)
         exported = client.request("export", timeout=300.0, snapshot=snapshot)
         try:
             if exported["size"] > MAX_FORK_BYTES:
@@ -673,8 +720,55 @@ class SandboxManager:
         return forks, {"sessions": exported["sessions"], "skipped": exported["skipped"],
                        "failed": failed, "size": exported["size"]}
 
+    def _platform_fork(self, source: SandboxRecord, snapshot: str | None,
+                       count: int) -> tuple[list[SandboxRecord], dict[str, Any]]:
+        """Forks made by the platform from the source's memory (every session carries over
+        exactly), each given a fresh agent token at once: a memory copy has the source's."""
+        import secrets
+
+        origin = {"handle": source.handle,
+                  "snapshot": None if snapshot is None else self._platform_snapshot(
+                      source, snapshot)["snapshot_id"]}
+        if snapshot is None:
+            self._quiet(source)
+        forks: list[SandboxRecord] = []
+        try:
+            for _ in range(count):
+                record = self.create(f"{source.name}-fork", source.ttl_minutes,
+                                     source.template_id, provider=source.provider,
+                                     network=source.network, origin=origin)
+                forks.append(record)
+                token = secrets.token_urlsafe(32)
+                self._client(record).rekey(token)
+                forks[-1] = self._save(record.sandbox_id,
+                                       handle={**record.handle, "token": token})
+                self.forget_client(record.sandbox_id)  # its client saves the handle it holds
+                self.push_deadline(forks[-1])  # its watchdog still has the source's deadline
+        except BaseException:
+            for record in forks:
+                self.stop(record.sandbox_id)
+            raise
+        return forks, {"sessions": "all", "skipped": {}, "failed": {}, "size": None}
+
+    def _platform_snapshot(self, record: SandboxRecord, snapshot: str) -> dict[str, Any]:
+        """The record's platform snapshot named or numbered ``snapshot``: only the
+        sandbox's own (a platform id of another sandbox or user is never taken)."""
+        for snap in record.handle.get("snapshots") or ():
+            if snapshot in (snap["snapshot_id"], snap["name"]):
+                return snap
+        raise InvalidArgumentError(f"sandbox {record.sandbox_id} has no snapshot {snapshot!r}: "
+                            f"see `nexus sandbox snapshots {record.sandbox_id}`")
+
     def delete_snapshot(self, sandbox_id: str, snapshot: str) -> str:
         """Delete snapshot ``snapshot`` (id or name) of the sandbox; its id."""
+        record, platform = self._platform(sandbox_id)
+        if platform is not None:
+            snap = self._platform_snapshot(record, snapshot)
+            platform.delete_snapshot(snap["snapshot_id"])
+            left = [s for s in record.handle["snapshots"] if s is not snap]
+            self._save(sandbox_id, handle={**record.handle, "snapshots": left})
+            self.forget_client(sandbox_id)
+            return str(snap["snapshot_id"])
         return self._snapshot_client(sandbox_id).delete_snapshot(snapshot)
 
     # ---------------------------------------------------------------- reaping

@@ -77,6 +77,10 @@ class SandboxSpec:
     deadline: float | None = None
     #: Identifies the state store; providers label resources with it for reconcile.
     store_id: str = ""
+    #: A fork (providers whose snapshots are the platform's): ``{"handle": the source's
+    #: handle, "snapshot": a platform snapshot id or None (the source now)}``. The new
+    #: sandbox's handle keeps the source's agent token; the manager rotates it.
+    origin: dict[str, Any] | None = None
 
 
 @dataclass

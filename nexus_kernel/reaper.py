@@ -233,6 +233,11 @@ class Reaper:
         """(provider name, provider, resource) for every resource the providers run for this
         store, pooled ones left out (they wait for a user)."""
         pooled = self.manager.pool.pooled_ids()
+        # a platform fork (E2B) may carry its source's labels: the record whose handle names
+        # the resource claims it, whatever its labels say
+        claims = {(d.get("provider"), d["handle"].get("sandbox_id")): d["sandbox_id"]
+                  for d in self.store.records()
+                  if isinstance(d.get("handle"), dict) and d["handle"].get("sandbox_id")}
         for name in self._providers_in_use():
             try:
                 backend = self.manager.provider(name)
@@ -242,6 +247,10 @@ class Reaper:
                     unreachable.append(f"{name}: {exc}")
                 continue
             for resource in resources:
+                platform_id = resource["handle"].get("sandbox_id")
+                if platform_id:
+                    resource["sandbox_id"] = claims.get((name, platform_id),
+                                                        resource["sandbox_id"])
                 if resource["sandbox_id"] not in pooled:
                     yield name, backend, resource
 

@@ -226,6 +226,22 @@ def test_a_wrong_token_or_no_auth_gets_nothing(agent):
     assert reply["ev"] == "fail" and reply["kind"] == "auth"
 
 
+def test_rekey_replaces_the_token_for_every_new_connection(agent, client):
+    """A memory fork (E2B) starts with its parent's token: ``rekey`` replaces it."""
+    client.hello()
+    with pytest.raises(InvalidArgumentError, match="token must be"):
+        client.request("rekey", token="short")
+    new = "n" * 43
+    client.rekey(new)
+    assert client.hello()["pid"] == agent.proc.pid  # the live channel keeps going
+    with pytest.raises(AgentError, match="did not prove it is the agent"):
+        AgentClient(unix_connector(agent.socket), TOKEN).hello()  # the old token: refused
+    fresh = AgentClient(unix_connector(agent.socket), new)
+    assert fresh.hello()["pid"] == agent.proc.pid
+    fresh.shutdown()  # the fixture's teardown would try the old token
+    fresh.close()
+
+
 def test_a_wrong_proof_ends_the_connection(agent):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(agent.socket)

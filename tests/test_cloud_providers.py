@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import types
@@ -28,7 +29,9 @@ from nexus_kernel.errors import (
     InvalidArgumentError,
     MissingCredentialsError,
     MissingDependencyError,
+    PermissionDeniedError,
     SandboxError,
+    SandboxNotFoundError,
     SandboxStateError,
     UnsupportedOperationError,
 )
@@ -781,8 +784,9 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
                             "runtimes"}
         assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
-                                            "snapshots", "languages"}
-        assert row["capabilities"]["snapshots"] is (row["name"] in ("local", "docker"))
+                                            "snapshots", "platform_snapshots", "languages"}
+        assert row["capabilities"]["snapshots"] is (row["name"] != "modal")
+        assert row["capabilities"]["platform_snapshots"] is (row["name"] == "e2b")
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
@@ -1038,24 +1042,100 @@ def test_e2b_user_paused_sandbox_is_never_resumed_behind_the_user(tmp_path: Path
     later.close()
 
 
-def test_snapshots_and_checkpoints_are_unsupported_on_e2b_and_modal(settings: Settings) -> None:
-    """The snapshot mechanism is the agent's on local and docker; the cloud providers say
-    so in one line (their own snapshot APIs are not wired yet)."""
+def test_snapshots_and_checkpoints_are_unsupported_on_modal(settings: Settings) -> None:
+    """The snapshot mechanism is the agent's on local and docker, E2B's own on e2b; modal
+    says so in one line (its own snapshot APIs are not wired yet), and so does e2b for
+    automatic checkpoints."""
     from nexus_kernel.checkpoints import CellCheckpoints
 
     manager = manager_for(settings)
-    for provider in ("e2b", "modal"):
+    for provider, refused in (("e2b", "not automatic checkpoints"),
+                              ("modal", "use a local or docker sandbox")):
         record = manager.create("cloud", provider=provider)
         sid = record.sandbox_id
-        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
-            manager.snapshot(sid)
-        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
-            manager.fork(sid)
-        with pytest.raises(UnsupportedOperationError, match="use a local or docker sandbox"):
+        if provider == "modal":
+            with pytest.raises(UnsupportedOperationError, match=refused):
+                manager.snapshot(sid)
+            with pytest.raises(UnsupportedOperationError, match=refused):
+                manager.fork(sid)
+        with pytest.raises(UnsupportedOperationError, match=refused):
             manager.run(sid, "python", "1", session="s", checkpoint={"name": "c", "keep_auto": 2})
         checkpoints = CellCheckpoints(manager, 5)
         note, checkpoint = checkpoints.before_cell(record.sandbox_id, "In [1]")
         assert note.startswith("Nexus: no undo in this sandbox") and checkpoint is None
         assert checkpoints.keep == 0
         manager.stop(record.sandbox_id)
+    manager.close()
+
+
+def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Settings) -> None:
+    """Forks are E2B's (``Sandbox.fork``, ``create`` from a snapshot): new records of the
+    caller with their own TTL and a token of their own (the fake restarts the agent in a
+    copy of the files: it checks the wiring, not memory semantics). Snapshots are E2B's,
+    recorded on the sandbox, deleted through the SDK; restore in place is refused."""
+    manager = manager_for(settings)
+    source = manager.create("cloud", ttl_minutes=7, provider="e2b")
+    sid = source.sandbox_id
+    manager.put_file(sid, "state.txt", b"before")
+    assert manager.provider("e2b").capabilities.snapshots
+    forks, report = manager.fork(sid, count=2)
+    assert report["sessions"] == "all" and len(forks) == 2
+    tokens = {source.handle["token"]}
+    for fork in forks:
+        assert fork.owner == "tester" and fork.status is Status.ACTIVE
+        assert fork.ttl_minutes == 7 and fork.sandbox_id != sid
+        assert fork.handle["sandbox_id"] in e2b_fake.SANDBOXES
+        tokens.add(fork.handle["token"])
+        sent = b"".join(data for kind, _pid, data in
+                        e2b_fake.SANDBOXES[fork.handle["sandbox_id"]].daemon_log if kind == "stdin")
+        assert b'"op":"rekey"' in sent and b'"op":"deadline"' in sent  # the fork's own
+        assert manager.get_file(fork.sandbox_id, "state.txt") == b"before"
+        # the source's token no longer opens the fork's agent
+        stale = AgentClient(lambda f=fork: manager.provider("e2b").connect(f.handle),
+                            source.handle["token"])
+        with pytest.raises(AgentError):
+            stale.hello()
+        stale.close()
+    assert len(tokens) == 3
+    manager.put_file(forks[0].sandbox_id, "state.txt", b"fork")
+    assert manager.get_file(sid, "state.txt") == b"before"
+
+    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
+                               "time.sleep(1)"))
+    running.start()
+    deadline = time.time() + 5
+    while (not any(r["state"] == "running" for r in manager._client(source).runs())
+           and time.time() < deadline):
+        time.sleep(0.05)
+    with pytest.raises(SandboxStateError, match="running code"):
+        manager.snapshot(sid)
+    with pytest.raises(SandboxStateError, match="running code"):
+        manager.fork(sid)
+    running.join()
+    snap = manager.snapshot(sid, "first")
+    assert snap["persists"] and snap["name"] == "first" and snap["snapshot_id"] in e2b_fake.SNAPSHOTS
+    assert [s["snapshot_id"] for s in manager.snapshots(sid)] == [snap["snapshot_id"]]
+    manager.put_file(sid, "state.txt", b"after")
+    with pytest.raises(UnsupportedOperationError, match="fork from the snapshot"):
+        manager.restore(sid, "first")
+    [again], _ = manager.fork(sid, "first")
+    assert manager.get_file(again.sandbox_id, "state.txt") == b"before"
+    assert e2b_fake.SANDBOXES[again.handle["sandbox_id"]].metadata["nexus_sandbox_id"] == (
+        again.sandbox_id)
+    with pytest.raises(InvalidArgumentError, match="no snapshot"):
+        manager.fork(sid, "nope")
+    assert manager.delete_snapshot(sid, "first") == snap["snapshot_id"]
+    assert snap["snapshot_id"] not in e2b_fake.SNAPSHOTS and manager.snapshots(sid) == []
+
+    other = SandboxManager(settings, user="mallory", provider_options=manager._provider_options)
+    with pytest.raises((PermissionDeniedError, SandboxNotFoundError)):
+        other.fork(sid)
+    other.close()
+    # E2B's forks carry their source's labels: reaping the stopped source's leftovers
+    # leaves the forks running
+    assert e2b_fake.SANDBOXES[forks[1].handle["sandbox_id"]].metadata["nexus_sandbox_id"] == sid
+    manager.stop(sid)
+    manager.reap()
+    assert forks[1].handle["sandbox_id"] in e2b_fake.SANDBOXES
+    assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
     manager.close()

@@ -107,6 +107,11 @@ def test_e2b_api_params_carry_the_key() -> None:
         ("pause", set()),
         ("set_timeout", {"timeout"}),
         ("get_info", set()),
+        ("_cls_fork_sandbox", {"sandbox_id", "timeout", "count", "api_key"}),
+        ("_cls_create_snapshot", {"sandbox_id", "api_key"}),
+        ("delete_snapshot", {"snapshot_id", "api_key"}),
+        ("fork", {"timeout", "count"}),
+        ("create_snapshot", set()),
     ],
 )
 def test_e2b_sandbox_methods(name: str, used: set[str]) -> None:
@@ -121,6 +126,8 @@ def test_e2b_sandbox_methods(name: str, used: set[str]) -> None:
         ("pause", "_cls_pause"),
         ("set_timeout", "_cls_set_timeout"),
         ("get_info", "_cls_get_info"),
+        ("fork", "_cls_fork_sandbox"),
+        ("create_snapshot", "_cls_create_snapshot"),
     ],
 )
 def test_e2b_class_calls_dispatch_like_the_sdk(public: str, target: str) -> None:
@@ -181,6 +188,9 @@ def test_e2b_data_shapes_and_errors() -> None:
     real_query = {f.name for f in dataclasses.fields(e2b.SandboxQuery)}
     assert {f.name for f in dataclasses.fields(e2b_fake.SandboxQuery)} == real_query
     assert {s.value for s in e2b.SandboxState} == {s.value for s in e2b_fake.SandboxState}
+    from e2b.sandbox.sandbox_api import SnapshotInfo  # what create_snapshot returns
+    assert ({f.name for f in dataclasses.fields(e2b_fake.SnapshotInfo)}
+            == {f.name for f in dataclasses.fields(SnapshotInfo)})
     paginator = e2b.SandboxPaginator
     assert isinstance(inspect.getattr_static(paginator, "has_next"), property)
     assert_same_call(paginator.next_items, e2b_fake.SandboxPaginator.next_items, set())

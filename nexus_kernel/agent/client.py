@@ -464,6 +464,12 @@ class AgentClient:
         """Delete a snapshot (id or name); its id."""
         return str(self._call("delete_snapshot", {"snapshot": snapshot}, None, 60.0)["deleted"])
 
+    def rekey(self, token: str) -> None:
+        """Make the agent take ``token`` instead of the current one (a memory fork starts
+        with its parent's); this client proves the new one from now on."""
+        self._call("rekey", {"token": token}, None, 30.0)
+        self._token = token
+
     def shutdown(self) -> None:
         """Make the agent kill everything in the sandbox and exit."""
         self._call("shutdown", {}, None, 30.0)

@@ -60,6 +60,10 @@ class Capabilities:
     egress_allow: bool = False
     gpu: bool = False
     snapshots: bool = False  # the agent's snapshots (a session's state held by a fork)
+    #: Snapshots and forks are the platform's own (memory included: E2B): through
+    #: ``create`` with ``SandboxSpec.origin``, :meth:`Provider.snapshot` and
+    #: :meth:`Provider.delete_snapshot`, not the agent's.
+    platform_snapshots: bool = False
     languages: tuple[str, ...] = ("python", "javascript", "bash")
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +127,15 @@ class Provider(ABC):
         agent's watchdog still ends the sandbox on time). Default: nothing to do (providers
         whose sandboxes live exactly as long as their agent)."""
         return None
+
+    def snapshot(self, handle: Handle) -> str:
+        """A platform snapshot of the sandbox (memory and files); its id. Only where
+        ``capabilities.platform_snapshots``."""
+        raise UnsupportedOperationError(f"the {self.name} provider has no platform snapshots")
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """Delete a platform snapshot; False when it was already gone."""
+        raise UnsupportedOperationError(f"the {self.name} provider has no platform snapshots")
 
     @abstractmethod
     def destroy(self, handle: Handle) -> None:

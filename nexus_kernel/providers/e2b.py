@@ -200,7 +200,8 @@ class E2BProvider(CloudProvider):
 
     name = "e2b"
     service = "E2B"
-    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False)
+    capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True, gpu=False,
+                                snapshots=True, platform_snapshots=True)
     missing_credentials = MISSING_KEY
     agent_dir = AGENT_DIR
     grace = TIMEOUT_GRACE
@@ -375,6 +376,51 @@ class E2BProvider(CloudProvider):
         while pages.has_next:
             for info in pages.next_items():
                 yield info.sandbox_id, info.metadata or {}
+
+    # ------------------------------------------------------------------ snapshots
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """As :meth:`CloudProvider.create`; a fork (``spec.origin``) is made by E2B from the
+        source's memory: ``Sandbox.fork`` (the source now) or ``Sandbox.create`` from a
+        snapshot. Its agent runs already: same socket, pid and token as the source's."""
+        if spec.origin is None:
+            return super().create(spec)
+        source, snapshot = spec.origin["handle"], spec.origin.get("snapshot")
+        sdk, now = self._reach(), time.time()
+        timeout = self.timeout_for(spec.deadline, now)
+        if snapshot is None:
+            self.close_relays(source)  # E2B pauses the source for the checkpoint
+            with _sdk_errors(sdk, "fork the sandbox"):
+                [sandbox] = sdk.Sandbox.fork(source["sandbox_id"], timeout=timeout, count=1,
+                                             **self._api())
+            if isinstance(sandbox, Exception):
+                raise ProviderError(f"E2B could not fork the sandbox: {one_line(sandbox)}")
+        else:
+            at_cap = self.at_cap
+            with _sdk_errors(sdk, "create the sandbox from the snapshot"):
+                sandbox = sdk.Sandbox.create(
+                    template=snapshot, timeout=timeout, metadata=resource_labels(spec), envs={},
+                    allow_internet_access=bool(spec.network or spec.allow), **_network(spec.allow),
+                    **({"lifecycle": LIFECYCLE} if at_cap == "pause" else {}), **self._api())
+        handle = {key: source[key] for key in ("token", "socket", "agent_pid", "template")}
+        handle.update({"sandbox_id": sandbox.sandbox_id, "timeout": timeout, AT_CAP: self.at_cap,
+                       HARD_END: round(now + self._max_seconds, 3)})
+        self._remember(sandbox.sandbox_id, sandbox, now + timeout)
+        return handle
+
+    def snapshot(self, handle: Handle) -> str:
+        """``Sandbox.create_snapshot``: memory and files, kept by E2B after the sandbox ends
+        (no name is passed: E2B's snapshot names are the team's, shared across users)."""
+        sdk = self._reach()
+        self.close_relays(handle)  # E2B pauses the sandbox while it snapshots
+        with _sdk_errors(sdk, "snapshot the sandbox"):
+            return str(sdk.Sandbox.create_snapshot(handle["sandbox_id"], **self._api()).snapshot_id)
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """``Sandbox.delete_snapshot``; False when E2B no longer has it."""
+        sdk = self._reach()
+        with _sdk_errors(sdk, "delete the snapshot"):
+            return bool(sdk.Sandbox.delete_snapshot(snapshot_id, **self._api()))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -51,7 +51,10 @@ import functools
 import io
 import itertools
 import os
+import re
 import select
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -184,9 +187,36 @@ class _Record:
     on_timeout: tuple[str, str] = ("kill", "")
     #: create's ``network`` (egress allow/deny lists), as given.
     network: Any = None
+    #: Every ``files.write`` (path, bytes, user) and every background command of the
+    #: sandbox user (user, command line as given, handle, the pid it shows: a clone's is
+    #: its source's): what a fork replays (see ``_clone``).
+    writes: list[tuple[str, bytes, str]] = field(default_factory=list)
+    boots: list[list[Any]] = field(default_factory=list)
+    #: A fork's: the source's pid -> the pid of the process restarted here.
+    pid_alias: dict[int, int] = field(default_factory=dict)
+    forked: bool = False
+
+
+@dataclass
+class SnapshotInfo:
+    snapshot_id: str
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Snapshot:
+    """A snapshot: a copy of the sandbox's files and what restarts its processes."""
+
+    root: Any
+    template: str
+    metadata: dict[str, str]
+    writes: list[tuple[str, bytes, str]]
+    boots: list[tuple[str, str, int]]
 
 
 SANDBOXES: dict[str, _Record] = {}
+#: snapshot id -> what ``create_snapshot`` kept (it outlives the sandbox, as at E2B).
+SNAPSHOTS: dict[str, _Snapshot] = {}
 #: envd's default user (``e2b.connection_config.default_username``) and its home.
 DEFAULT_USER = "user"
 HOME = "/home/user"
@@ -226,8 +256,49 @@ def reset() -> None:
     with _lock:
         records = list(SANDBOXES.values())
         SANDBOXES.clear()
+        snapshots = list(SNAPSHOTS.values())
+        SNAPSHOTS.clear()
     for record in records:
         record.vm.kill()
+    for snap in snapshots:
+        shutil.rmtree(snap.root, ignore_errors=True)
+
+
+def _freeze(record: _Record) -> _Snapshot:
+    """What a memory snapshot keeps, as far as the fake can: the files, and the sandbox
+    user's background commands still running (they restart in a clone: the fake cannot copy
+    process memory, so it checks the wiring of forks and snapshots, not memory semantics)."""
+    root = tempfile.mkdtemp(prefix="e2b-snap-", dir="/tmp")
+    shutil.copytree(record.vm.root, root, dirs_exist_ok=True, symlinks=True)
+    boots = [(user, cmd, pid) for user, cmd, handle, pid in record.boots
+             if handle._proc.poll() is None]
+    return _Snapshot(root, record.template, dict(record.metadata), list(record.writes), boots)
+
+
+def _clone(snap: _Snapshot, record: _Record) -> None:
+    """Make ``record`` the snapshot's: its files, its writes replayed, its processes
+    restarted, with the source's abstract socket names and pids kept (``_rewrite``), as a
+    memory copy keeps them, each waited for until it prints its first line."""
+    record.forked = True
+    shutil.copytree(snap.root, record.vm.root, dirs_exist_ok=True, symlinks=True)
+    files = Filesystem(record)
+    for path, data, user in snap.writes:
+        files.write(path, data, user=user)
+    for user, cmd, pid in snap.boots:
+        handle = Commands(record).run(cmd, background=True, user=user, timeout=0)
+        record.pid_alias[pid] = handle.pid
+        record.boots[-1][3] = pid
+        next(iter(handle), None)
+
+
+def _rewrite(record: _Record, cmd: str) -> str:
+    """A fork's command line: the source's abstract sockets are this VM's own (a VM has its
+    own network namespace; the fake's share the host's), the source's pids its clones'."""
+    if not record.forked:
+        return cmd
+    cmd = cmd.replace("@nexus-", f"@nexus-{record.sandbox_id}-")
+    return re.sub(r"--peer-pid (\d+)",
+                  lambda m: f"--peer-pid {record.pid_alias.get(int(m[1]), m[1])}", cmd)
 
 
 def _check_key(opts: dict[str, Any]) -> None:
@@ -505,6 +576,7 @@ class Commands:
         record = _record(self._record.sandbox_id)
         user = user or DEFAULT_USER
         record.daemon_log.append(("run", user, cmd))
+        given, cmd = cmd, _rewrite(record, cmd)
         home = record.vm.root / "root" if user == "root" else record.vm.host_path(HOME)
         home.mkdir(mode=0o700, exist_ok=True)
         proc = record.vm.spawn(
@@ -512,6 +584,8 @@ class Commands:
         )
         handle = CommandHandle(proc, record, retain_output, user)
         record.handles.append(handle)
+        if background and user == DEFAULT_USER:
+            record.boots.append([user, given, handle, handle.pid])
         if timeout:  # the stream, and with it the process, ends after `timeout` (0: never)
             timer = threading.Timer(timeout * COMMAND_SECONDS, handle._time_out)
             timer.daemon = True
@@ -564,6 +638,7 @@ class Filesystem:
         elif not isinstance(data, (bytes, bytearray)):
             data = data.read()
         target.write_bytes(bytes(data))
+        record.writes.append((path, bytes(data), user))
         return WriteInfo(name=target.name, type="file", path=path)
 
 
@@ -678,6 +753,7 @@ class Sandbox:
         _check_key(opts)
         on_timeout = _on_timeout(lifecycle)
         sandbox_id = f"fake{next(_ids):04d}{os.getpid() % 1000:03d}"
+        snap = SNAPSHOTS.get(template or "")
         record = _Record(
             sandbox_id=sandbox_id,
             vm=FakeVM(prefix="e2b-"),
@@ -691,7 +767,74 @@ class Sandbox:
         )
         with _lock:
             SANDBOXES[sandbox_id] = record
+        if snap is not None:  # a sandbox from a snapshot: the snapshot's memory and files
+            _clone(snap, record)
         return cls(record)
+
+    @class_method_variant("_cls_fork_sandbox")
+    def fork(self, timeout: int | None = None, count: int | None = None, **opts: Any):
+        return type(self)._cls_fork_sandbox(self.sandbox_id, timeout=timeout, count=count,
+                                            **opts)
+
+    @classmethod
+    def _cls_fork_sandbox(
+        cls,
+        sandbox_id: str,
+        timeout: int | None = None,
+        count: int | None = None,
+        logger: Any = None,
+        **opts: Any,
+    ) -> list:
+        """``count`` (default 1) sandboxes from one checkpoint of the source; the source's
+        metadata and template carry over, its id and timeout stay."""
+        _check_key(opts)
+        source = _record(sandbox_id)
+        if count is not None and not 1 <= count <= 20:
+            raise InvalidArgumentException("count must be between 1 and 20")
+        snap = _freeze(source)
+        try:
+            forks = []
+            for _ in range(count or 1):
+                fork_id = f"fake{next(_ids):04d}{os.getpid() % 1000:03d}"
+                record = _Record(
+                    sandbox_id=fork_id, vm=FakeVM(prefix="e2b-"), template=source.template,
+                    metadata=dict(source.metadata), envs=dict(source.envs),
+                    allow_internet_access=source.allow_internet_access, network=source.network,
+                    end_at=time.time() + (300 if timeout is None else timeout),
+                    on_timeout=source.on_timeout,
+                )
+                with _lock:
+                    SANDBOXES[fork_id] = record
+                _clone(snap, record)
+                forks.append(cls(record))
+            return forks
+        finally:
+            shutil.rmtree(snap.root, ignore_errors=True)
+
+    @class_method_variant("_cls_create_snapshot")
+    def create_snapshot(self, name: str | None = None, *, mode: str | None = None, **opts: Any):
+        return type(self)._cls_create_snapshot(self.sandbox_id, name, mode=mode, **opts)
+
+    @classmethod
+    def _cls_create_snapshot(
+        cls, sandbox_id: str, name: str | None = None, *, mode: str | None = None, **opts: Any
+    ) -> SnapshotInfo:
+        _check_key(opts)
+        snap = _freeze(_record(sandbox_id))
+        snapshot_id = f"snap{next(_ids):04d}:default"
+        with _lock:
+            SNAPSHOTS[snapshot_id] = snap
+        return SnapshotInfo(snapshot_id=snapshot_id, names=[name] if name else [])
+
+    @classmethod
+    def delete_snapshot(cls, snapshot_id: str, **opts: Any) -> bool:
+        _check_key(opts)
+        with _lock:
+            snap = SNAPSHOTS.pop(snapshot_id, None)
+        if snap is None:
+            return False
+        shutil.rmtree(snap.root, ignore_errors=True)
+        return True
 
     @class_method_variant("_cls_connect_sandbox")
     def connect(self, timeout: int | None = None, *, on_resume: str = "restore", **opts: Any):
@@ -816,6 +959,8 @@ __all__ = [
     "SandboxPaginator",
     "SandboxQuery",
     "SandboxState",
+    "SNAPSHOTS",
+    "SnapshotInfo",
     "TimeoutException",
     "reset",
 ]

@@ -46,6 +46,8 @@ MAX_ARGV_CODE = 100 * 1024
 #: How long ``complete``/``inspect`` wait for the session's answer (the first query may
 #: start the session).
 QUERY_TIMEOUT = 10.0
+#: Bounds of a token given to ``rekey`` (the host makes ``secrets.token_urlsafe(32)``).
+MIN_TOKEN, MAX_TOKEN = 32, 256
 
 
 def _which(program: str) -> str | None:
@@ -171,6 +173,7 @@ class Agent:
             "import": self.op_import,
             "attach": self.op_attach,
             "runs": self.op_runs,
+            "rekey": self.op_rekey,
         }
         self.snapshots = Snapshots(self)
 
@@ -621,6 +624,16 @@ class Agent:
         session.start(holder=holder)
         with self._lock:
             self._sessions[(name, "python")] = session
+
+    def op_rekey(self, reply, msg) -> dict:
+        """Replace the token (a memory fork of the sandbox starts with its parent's): new
+        connections must prove the new one; connections already authenticated keep going."""
+        token = msg.get("token")
+        if not (isinstance(token, str) and MIN_TOKEN <= len(token) <= MAX_TOKEN
+                and token.isascii() and token.isprintable() and " " not in token):
+            raise Invalid(f"token must be {MIN_TOKEN}..{MAX_TOKEN} printable ASCII characters")
+        self.token = token
+        return {}
 
     def op_shutdown(self, reply, msg) -> dict:
         reply.event("done")
