@@ -497,13 +497,16 @@ def test_usage_of_a_busy_loop_and_of_a_sleep(box, language, session):
     """A busy loop's CPU is the CPU the code measured itself (at most its wall time: 1 CPU);
     a sleep costs next to no CPU. (The host is shared: CPU vs wall depends on its load, so
     the loop's own clock is the reference; the ratio is in the assertion's message.)"""
-    if session:  # a session's first run also pays for its interpreter's start
-        box.run(language, "true" if language == "bash" else "1", timeout=20, session=session)
+    # a session's first run pays for its interpreter's start; a stateless run pays for it
+    # every time (node's start is ~0.1-0.2 s of CPU, more under load): measured, not guessed
+    empty = box.run(language, "true" if language == "bash" else "1", timeout=20, session=session)
+    startup = 0.0 if session else _cpu(empty)
     busy = box.run(language, SELF_TIMED_BUSY_LOOP[language], timeout=20, session=session)
     assert busy.exit_code == 0 and busy.ended_by == "exit", busy
     own = float(busy.stdout)
-    ratio = f"cpu/wall {_cpu(busy) / busy.usage['wall_s']:.2f}, usage {busy.usage}, own {own}"
-    assert abs(_cpu(busy) - own) <= 0.1 * own + 0.05, ratio  # + startup (stateless)
+    ratio = (f"cpu/wall {_cpu(busy) / busy.usage['wall_s']:.2f}, usage {busy.usage}, own {own}, "
+             f"startup {startup}")
+    assert abs(_cpu(busy) - own) <= 0.1 * own + 1.5 * startup + 0.05, ratio
     assert _cpu(busy) <= busy.usage["wall_s"] * 1.05, ratio
     assert busy.usage["processes"] >= (0 if session else 1)
     idle = box.run(language, SLEEP_ONE_SECOND[language], timeout=20, session=session)
