@@ -146,3 +146,42 @@ def test_wheel_tags_and_labels_are_read_defensively():
     hostile = {"nexus.template": "x", "nexus.template.meta": '{"versions": [1], "size_mb": "9"}'}
     meta = dt._meta(hostile, 2**20, "nexus-template/x:latest")
     assert meta["versions"] == {} and meta["packages"] == [] and meta["size_mb"] == 1.0
+
+
+def test_a_flooding_base_image_is_read_bounded(engine, monkeypatch):
+    """A base image's python3 may print without end: the engine keeps a capped log of the
+    probe and the host reads at most PROBE_MAX bytes of it, then fails in one line."""
+    from nexus_kernel.errors import ProviderError
+    from nexus_kernel.providers import docker_template as dt
+
+    monkeypatch.setattr(dt, "_PROBE", "import sys\nfor _ in range(32):\n"
+                                      "    sys.stdout.write('x' * 2**20 + '\\n')\n")
+    read: list[int] = []
+
+    class Counting:  # the engine's API, counting the log bytes the host receives
+        def __getattr__(self, attr):
+            return getattr(engine, attr)
+
+        def logs(self, *args, **kwargs):
+            out = engine.logs(*args, **kwargs)
+            if isinstance(out, bytes):
+                read.append(len(out))
+                return out
+
+            class Stream:
+                def __iter__(self):
+                    for chunk in out:
+                        read.append(len(chunk))
+                        yield chunk
+
+                def close(self):
+                    out.close()
+
+            return Stream()
+
+    with pytest.raises(ProviderError, match="did not report its version") as info:
+        dt.probe(Counting(), "nexus-sandbox:latest")
+    assert "\n" not in str(info.value)
+    assert sum(read) <= dt.PROBE_MAX + 2**20, sum(read)  # a chunk at most past the limit
+    config = dt._confined(engine)["LogConfig"]
+    assert config["Config"]["max-size"] == dt.BUILD_LOG_CAP

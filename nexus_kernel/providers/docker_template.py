@@ -55,6 +55,9 @@ COMPILE_TIMEOUT = 600
 BUILD_STALE_SECONDS = 900.0
 #: Bytes of the probe's output read (it prints one short JSON line).
 PROBE_MAX = 4096
+#: The engine keeps at most this much of a build container's log (its image may be hostile
+#: and print without end): the engine's disk and what the host reads stay bounded.
+BUILD_LOG_CAP = "64k"
 
 #: Runs in the base image (python3 >= 3.8, stdlib only): what pip must target.
 _PROBE = r"""
@@ -100,11 +103,28 @@ def resolve(api: Any, template_id: str) -> str:
 
 
 def _confined(api: Any, **extra: Any) -> Any:
-    """Host config of the build's throwaway containers: no network, no capabilities."""
+    """Host config of the build's throwaway containers: no network, no capabilities, a
+    capped log."""
     return api.create_host_config(
         network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"],
-        pids_limit=256, mem_limit="1g", **extra,
+        pids_limit=256, mem_limit="1g",
+        log_config={"Type": "json-file", "Config": {"max-size": BUILD_LOG_CAP, "max-file": "1"}},
+        **extra,
     )  # fmt: skip
+
+
+def _bounded_logs(api: Any, container: str, limit: int, **options: Any) -> bytes:
+    """At most ``limit`` bytes of a build container's log, read as a stream (never whole)."""
+    out = bytearray()
+    stream = api.logs(container, stream=True, follow=False, **options)
+    try:
+        for chunk in stream:
+            out += chunk[: limit - len(out)]
+            if len(out) >= limit:
+                break
+    finally:
+        stream.close()
+    return bytes(out)
 
 
 def probe(api: Any, image: str) -> dict[str, Any]:
@@ -131,7 +151,7 @@ def probe(api: Any, image: str) -> dict[str, Any]:
                 ) from None
             raise
         status = api.wait(helper, timeout=PROBE_TIMEOUT).get("StatusCode")
-        out = api.logs(helper, stdout=True, stderr=False)[:PROBE_MAX]
+        out = _bounded_logs(api, helper, PROBE_MAX, stdout=True, stderr=False)
     finally:
         api.remove_container(helper, force=True)
     try:
@@ -222,7 +242,7 @@ def build(api: Any, name: str, base: str, lib: Path, meta: dict[str, Any],
         api.start(helper)
         status = api.wait(helper, timeout=COMPILE_TIMEOUT).get("StatusCode")
         if status != 0:
-            tail = api.logs(helper, tail=1).decode("utf-8", "replace").strip()[:300]
+            tail = _bounded_logs(api, helper, 300, tail=1).decode("utf-8", "replace").strip()
             raise ProviderError(f"compiling the template's packages failed ({status}): {tail}")
         progress(f"docker: committing {tag}")
         api.commit(helper, repository=tag.rsplit(":", 1)[0], tag="latest", conf={
