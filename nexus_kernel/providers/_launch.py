@@ -6,6 +6,8 @@
   reads its token from stdin or from a file it opens and deletes first.
 - :func:`wait_for_ready`: the one wait (bounded) for the agent's ``READY`` line.
 - :func:`resource_labels`: the labels (tags, metadata) reconcile finds our sandboxes by.
+- :func:`spawn_helper`: a host-side helper process of a sandbox (slirp4netns, the egress
+  proxy), in a session of its own, reaped by a thread.
 - :func:`import_sdk` / :func:`require_sdk`: the lazy import of a provider's SDK, with
   MissingDependencyError naming the extra to install.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shlex
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -175,6 +179,27 @@ def resource_labels(spec: SandboxSpec, separator: str = "_") -> dict[str, str]:
         f"nexus{separator}store": spec.store_id,
         f"nexus{separator}expires_at": "" if spec.deadline is None else f"{spec.deadline:.3f}",
     }
+
+
+def spawn_helper(command: list[str], log: Any, pass_fds: Sequence[int], ready_r: int,
+                 name: str, **popen: Any) -> subprocess.Popen:
+    """Start ``command`` as a host-side helper of a sandbox: its own session, a minimal env,
+    stdout and stderr appended to ``log`` (never through a symlink), reaped by a daemon
+    thread. On failure, closes ``ready_r`` (the read end of the helper's ready pipe)."""
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+            pass_fds=[fd for fd in pass_fds if fd >= 0], start_new_session=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}, **popen,
+        )  # fmt: skip
+    except BaseException:
+        os.close(ready_r)
+        raise
+    finally:
+        os.close(log_fd)
+    threading.Thread(target=proc.wait, name=f"nexus-{name}-{proc.pid}", daemon=True).start()
+    return proc
 
 
 def sdk_installed(module: str) -> bool:

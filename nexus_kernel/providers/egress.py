@@ -9,12 +9,12 @@ import fcntl
 import json
 import os
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..egress import MAX_EVENTS
+from ._launch import spawn_helper
 
 EGRESS_PROXY = Path(__file__).with_name("egress_proxy.py")
 #: ioctl: the user namespace owning a namespace (linux/nsfs.h NS_GET_USERNS).
@@ -58,22 +58,13 @@ def start_proxy(python: str, pid: int, allow: tuple[str, ...], hosts: dict[str, 
         config = {"allow": list(allow), "hosts": hosts, "net_fd": net_fd, "user_fd": user_fd,
                   "exit_fd": exit_fd, "ready_fd": ready_w, "events_fd": events_fd,
                   "watch": list(watch) if watch else None}
-        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        try:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", str(EGRESS_PROXY), json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                pass_fds=[fd for fd in (exit_fd, *fds) if fd >= 0], start_new_session=True,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(log_fd)
+        proc = spawn_helper(
+            [python, "-I", "-S", str(EGRESS_PROXY), json.dumps(config)], log,
+            [exit_fd, *fds], ready_r, "egress",
+        )  # fmt: skip
     finally:
         for fd in fds:
             os.close(fd)
-    threading.Thread(target=proc.wait, name=f"nexus-egress-{proc.pid}", daemon=True).start()
     return proc, ready_r
 
 

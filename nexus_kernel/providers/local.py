@@ -84,7 +84,7 @@ from ..config import Settings, private_dir
 from ..errors import AgentError, InvalidArgumentError, ProviderError, ProviderUnavailableError
 from ..models import Limits, SandboxSpec
 from . import uids
-from ._launch import agent_command, serve_args, wait_for_ready
+from ._launch import agent_command, serve_args, spawn_helper, wait_for_ready
 from .base import (
     LEAN_TEMPLATES,
     OPEN_FILES,
@@ -973,21 +973,11 @@ def _start_slirp(
                    "--enable-seccomp", f"--exit-fd={exit_fd}", f"--ready-fd={ready_w}",
                    f"--userns-path=/proc/self/fd/{user_fd}", "--netns-type=path",
                    f"/proc/self/fd/{net_fd}", "tap0"]  # fmt: skip
-        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                    pass_fds=[exit_fd, ready_w, net_fd, user_fd], start_new_session=True,
-                                    **_as_uid(uid),
-                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(log_fd)
+        proc = spawn_helper(command, log, [exit_fd, ready_w, net_fd, user_fd], ready_r, "slirp",
+                            **_as_uid(uid))
     finally:
         for fd in fds:
             os.close(fd)
-    threading.Thread(target=proc.wait, name=f"nexus-slirp-{proc.pid}", daemon=True).start()
     return proc, ready_r
 
 
