@@ -785,8 +785,8 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
         assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
                                             "snapshots", "platform_snapshots", "languages"}
-        assert row["capabilities"]["snapshots"] is (row["name"] != "modal")
-        assert row["capabilities"]["platform_snapshots"] is (row["name"] == "e2b")
+        assert row["capabilities"]["snapshots"] is True  # every provider has snapshots
+        assert row["capabilities"]["platform_snapshots"] is (row["name"] in ("e2b", "modal"))
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
