@@ -1165,6 +1165,8 @@ def test_modal_fork_and_snapshots_go_through_modal_with_fresh_tokens(settings: S
         record = modal_fake.SANDBOXES[fork.handle["sandbox_id"]]
         assert record.restored and record.tags["nexus_sandbox_id"] == fork.sandbox_id
         assert fork.handle["agent_pid"] == source.handle["agent_pid"]  # the memory copy's
+        assert fork.handle[HARD_END] == source.handle[HARD_END]  # the earliest it can be
+        assert b'"op":"rekey"' in record.exec_sent and b'"op":"deadline"' in record.exec_sent
         tokens.add(fork.handle["token"])
         assert manager.get_file(fork.sandbox_id, "state.txt") == b"before"
         _stale_token_refused(manager, "modal", fork, source.handle["token"])

@@ -405,8 +405,9 @@ class _Record:
     entry: ContainerProcess | None = None
     execs: list[ContainerProcess] = field(default_factory=list)
     terminated: bool = False
-    #: What the entrypoint's stdin was sent (a restore replays it).
+    #: What the entrypoint's stdin was sent (a restore replays it), and every exec's.
     sent: bytearray = field(default_factory=bytearray)
+    exec_sent: bytearray = field(default_factory=bytearray)
     #: A restored sandbox's: the source's entrypoint pid -> the pid of its restart here.
     pid_alias: dict[int, int] = field(default_factory=dict)
     restored: bool = False
@@ -683,7 +684,8 @@ class Sandbox:
         if self.returncode is not None:
             raise SandboxTerminatedError("Sandbox has already finished")
         argv = _rewrite(self._record, args)
-        process = ContainerProcess(self._record.vm.spawn(argv, stdin=True, cwd=workdir), text)
+        process = ContainerProcess(self._record.vm.spawn(argv, stdin=True, cwd=workdir), text,
+                                   sent=self._record.exec_sent)
         self._record.execs.append(process)
         return process
 
