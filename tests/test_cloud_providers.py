@@ -566,6 +566,24 @@ def test_modal_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None
     assert all(r.terminated for r in modal_fake.SANDBOXES.values())
 
 
+def test_modal_entrypoint_that_ends_before_its_token_is_reported_by_its_exit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token write finding the entrypoint gone (a broken pipe: under load it may end
+    before the write) is not the error: its exit and stderr are. Deterministic: the write
+    waits for the entrypoint's end."""
+    drain = modal_fake.StreamWriter.drain
+
+    def late_drain(self: modal_fake.StreamWriter) -> None:
+        entries = [r.entry for r in modal_fake.SANDBOXES.values() if r.entry is not None]
+        if entries and self is entries[-1].stdin:
+            entries[-1].wait()
+        drain(self)
+
+    monkeypatch.setattr(modal_fake.StreamWriter, "drain", late_drain)
+    test_modal_agent_that_cannot_start_is_cleaned_up(settings)
+
+
 def test_modal_missing_credentials(settings: Settings) -> None:
     with pytest.raises(MissingCredentialsError) as info:
         ModalProvider.check_available(settings, sdk=modal_fake)

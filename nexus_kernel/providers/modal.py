@@ -406,7 +406,9 @@ class ModalProvider(CloudProvider):
             sandbox.stdin.write((handle["token"] + "\n").encode())
             sandbox.stdin.drain()
 
-        _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
+        # ended before reading its token: the READY wait reports its exit, not the write
+        with suppress(self.sdk.exception.SandboxTerminatedError):
+            _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
         before = wait_for_ready(
             iter(sandbox.stdout),
             max(1.0, budget - (time.monotonic() - start)),
