@@ -158,7 +158,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         sandbox_id(command(name, text))
 
     p = command("snapshot", "snapshot a sandbox: its python sessions' variables and its "
-                "home directory's files (refused while it runs code)")
+                "home directory's files (e2b, modal: its whole memory and files; refused while "
+                "it runs code)")
     sandbox_id(p)
     p.add_argument("--name", help="a name to restore it by (replaces an older one of that name)")
     p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
@@ -166,7 +167,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
     sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox; e2b's and modal's persist)"))
     p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
-                "threads, processes, open files and bash/javascript state do not carry)")
+                "threads, processes, open files and bash/javascript state do not carry; e2b, "
+                "modal: everything carries)")
     sandbox_id(p)
     p.add_argument("--snapshot", metavar="SNAP", help="fork the state of this snapshot (id or "
                    "name) instead of the current one")
