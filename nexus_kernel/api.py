@@ -236,8 +236,10 @@ class NexusFS:
         files. Returns ``snapshot_id``, ``size`` (bytes of files), ``memory`` (the most its
         held sessions can pin), ``lost_threads`` / ``lost_processes`` (not in a snapshot)
         and ``not_captured`` (bash/javascript sessions: restarted fresh on restore).
-        Refused while the sandbox runs code; snapshots end with the sandbox. On e2b: E2B's
-        snapshot (memory and files), ``persists: true`` (kept until deleted)."""
+        Refused while the sandbox runs code; snapshots end with the sandbox. On e2b and
+        modal: the platform's snapshot, ``persists: true`` (kept after the sandbox until
+        deleted, or until ``expires``: Modal's memory snapshots, 7 days), ``keeps``: "memory
+        and files", or "files only; interpreters restart" (a Modal sandbox with a GPU)."""
         return {"sandbox_id": sandbox_id, **self.manager.snapshot(sandbox_id, name)}
 
     def sandbox_restore(self, sandbox_id: str, snapshot_id: str) -> dict[str, Any]:
@@ -257,7 +259,8 @@ class NexusFS:
         TTL. Process memory does not cross sandboxes: variables are pickled (cloudpickle or
         dill when the sandbox has them); ``skipped`` lists what could not be, ``failed``
         what a fork could not load; threads, processes, open files and bash/javascript
-        state do not carry. On e2b, E2B forks the whole memory: everything carries."""
+        state do not carry. On e2b and modal the platform forks the whole memory:
+        everything carries (``keeps``; a Modal sandbox with a GPU: files only)."""
         forks, report = self.manager.fork(sandbox_id, snapshot_id, count)
         return {"sandbox_id": sandbox_id, "forks": [self._describe(r) for r in forks], **report}
 

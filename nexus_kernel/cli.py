@@ -158,15 +158,17 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         sandbox_id(command(name, text))
 
     p = command("snapshot", "snapshot a sandbox: its python sessions' variables and its "
-                "home directory's files (refused while it runs code)")
+                "home directory's files (e2b, modal: its whole memory and files; refused while "
+                "it runs code)")
     sandbox_id(p)
     p.add_argument("--name", help="a name to restore it by (replaces an older one of that name)")
     p = command("restore", "put a sandbox back as a snapshot had it (the snapshot stays)")
     sandbox_id(p)
     p.add_argument("snapshot", help="the snapshot's id (snap-...) or name")
-    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox; e2b's persist)"))
+    sandbox_id(command("snapshots", "list a sandbox's snapshots (they end with the sandbox; e2b's and modal's persist)"))
     p = command("fork", "new sandboxes with a sandbox's files and python variables (pickled: "
-                "threads, processes, open files and bash/javascript state do not carry)")
+                "threads, processes, open files and bash/javascript state do not carry; e2b, "
+                "modal: everything carries)")
     sandbox_id(p)
     p.add_argument("--snapshot", metavar="SNAP", help="fork the state of this snapshot (id or "
                    "name) instead of the current one")
@@ -600,8 +602,9 @@ def _cmd_events(nx: Any, args: argparse.Namespace) -> int:
 def _cmd_snapshot(nx: Any, args: argparse.Namespace) -> int:
     snap = nx.sandbox_snapshot(args.sandbox_id, args.name)
     lost = ", ".join(f"{k}: threads {', '.join(v)}" for k, v in snap["lost_threads"].items())
-    kept = ("memory and files, kept by the provider until deleted" if snap.get("persists")
-            else f"{snap['size']} bytes of files")
+    until = f"until {snap['expires']}" if snap.get("expires") else "until deleted"
+    kept = (f"{snap.get('keeps', 'memory and files')}, kept by the provider {until}"
+            if snap.get("persists") else f"{snap['size']} bytes of files")
     human = f"Snapshot: {snap['snapshot_id']} ({kept})"
     _emit(args, snap, human + (f"; not kept: {lost}" if lost else ""))
     return 0
@@ -628,6 +631,7 @@ def _cmd_fork(nx: Any, args: argparse.Namespace) -> int:
     done = nx.sandbox_fork(args.sandbox_id, args.snapshot, args.count)
     lines = [f"Forked sandbox: {f['sandbox_id']}" for f in done["forks"]]
     lines += [f"not carried from session {k}: {', '.join(v)}" for k, v in done["skipped"].items()]
+    lines += [f"carried: {done['keeps']}"] if done.get("keeps", "").startswith("files") else []
     _emit(args, done, "\n".join(lines))
     return 0
 

@@ -41,6 +41,7 @@ from .models import (
     iso,
 )
 from .providers import Provider, provider_class
+from .providers.base import KEEPS_MEMORY
 from .reaper import Reaper
 from .store import DB_NAME, Store, move_aside, process_identity
 from .ttl import Clock, expiry, watchdog_deadline
@@ -637,8 +638,9 @@ class SandboxManager:
         """Snapshot every python session's state and the sandbox's home directory (see
         ``sandbox_agent/snapshots.py``); refused while the sandbox runs code. ``keep_auto``:
         an automatic checkpoint; the sandbox keeps the newest ``keep_auto`` of them.
-        Where snapshots are the platform's (E2B): memory and files, kept by the platform
-        after the sandbox ends (``persists``) until deleted."""
+        Where snapshots are the platform's (E2B, Modal): kept by the platform after the
+        sandbox ends (``persists``) until deleted or ``expires``; ``keeps`` says whether
+        memory is in it (Modal: files only for a sandbox made without memory snapshots)."""
         record, platform = self._platform(sandbox_id)
         if platform is not None and keep_auto is None:
             name = None if name is None else check_name(name)
@@ -646,9 +648,8 @@ class SandboxManager:
             if name is not None and any(s["name"] == name for s in snaps):
                 raise InvalidArgumentError(f"snapshot {name!r} exists: choose another name")
             self._quiet(record)
-            snap = {"snapshot_id": platform.snapshot(record.handle), "name": name,
-                    "created": self.clock(), "persists": True, "size": None, "memory": None,
-                    "lost_threads": {}}
+            snap = {"name": name, "created": self.clock(), "persists": True, "size": None,
+                    "memory": None, "lost_threads": {}, **platform.snapshot(record.handle)}
             self._save(sandbox_id, handle={**record.handle, "snapshots": [*snaps, snap]})
             self.forget_client(sandbox_id)  # its client saves the handle it holds
             return _snapshot_out(snap)
@@ -657,10 +658,11 @@ class SandboxManager:
 
     def restore(self, sandbox_id: str, snapshot: str) -> dict[str, Any]:
         """Put sessions and files back as snapshot ``snapshot`` (id or name) had them."""
-        if self._platform(sandbox_id)[1] is not None:
+        record, platform = self._platform(sandbox_id)
+        if platform is not None:  # E2B and Modal restore a snapshot into a new sandbox only
             raise UnsupportedOperationError(
-                "E2B cannot restore a sandbox in place: fork from the snapshot instead "
-                f"(nexus sandbox fork {sandbox_id} --snapshot {snapshot})")
+                f"{record.provider} cannot restore a sandbox in place: fork from the snapshot "
+                f"instead (nexus sandbox fork {sandbox_id} --snapshot {snapshot})")
         return self._snapshot_client(sandbox_id).restore(snapshot)
 
     def snapshots(self, sandbox_id: str) -> list[dict[str, Any]]:
@@ -688,7 +690,7 @@ class SandboxManager:
             raise PermissionDeniedError(
                 f"sandbox {sandbox_id} belongs to {source.owner!r}: only its owner can fork it")
         if platform is not None:
-            return self._platform_fork(source, snapshot, count)
+            return self._platform_fork(source, platform, snapshot, count)
         client = self._snapshot_client(sandbox_id)
         exported = client.request("export", timeout=300.0, snapshot=snapshot)
         try:
@@ -720,17 +722,20 @@ class SandboxManager:
         return forks, {"sessions": exported["sessions"], "skipped": exported["skipped"],
                        "failed": failed, "size": exported["size"]}
 
-    def _platform_fork(self, source: SandboxRecord, snapshot: str | None,
+    def _platform_fork(self, source: SandboxRecord, platform: Provider, snapshot: str | None,
                        count: int) -> tuple[list[SandboxRecord], dict[str, Any]]:
         """Forks made by the platform from the source's memory (every session carries over
-        exactly), each given a fresh agent token at once: a memory copy has the source's."""
+        exactly; from a files-only snapshot, none does), each given a fresh agent token at
+        once: a memory copy has the source's."""
         import secrets
 
-        origin = {"handle": source.handle,
-                  "snapshot": None if snapshot is None else self._platform_snapshot(
-                      source, snapshot)["snapshot_id"]}
         if snapshot is None:
             self._quiet(source)
+            point = platform.fork_point(source.handle)  # None: the platform forks it live
+        else:
+            point = self._platform_snapshot(source, snapshot)
+        origin = {"handle": source.handle, "snapshot": point and point["snapshot_id"]}
+        keeps = (point or {}).get("keeps", KEEPS_MEMORY)
         forks: list[SandboxRecord] = []
         try:
             for _ in range(count):
@@ -748,7 +753,8 @@ class SandboxManager:
             for record in forks:
                 self.stop(record.sandbox_id)
             raise
-        return forks, {"sessions": "all", "skipped": {}, "failed": {}, "size": None}
+        return forks, {"sessions": "all" if keeps == KEEPS_MEMORY else [], "keeps": keeps,
+                       "skipped": {}, "failed": {}, "size": None}
 
     def _platform_snapshot(self, record: SandboxRecord, snapshot: str) -> dict[str, Any]:
         """The record's platform snapshot named or numbered ``snapshot``: only the
@@ -908,9 +914,9 @@ def _exec_result(sandbox_id: str, raw: dict[str, Any], trusted: bool) -> ExecRes
 
 
 def _snapshot_out(snap: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot's description with its ``created`` time as ISO-8601 UTC."""
-    created = snap.get("created")
-    return {**snap, "created": iso(created) if isinstance(created, (int, float)) else None}
+    """A snapshot's description with its ``created`` (and ``expires``) time as ISO-8601 UTC."""
+    return {**snap, **{key: iso(snap[key]) if isinstance(snap[key], (int, float)) else None
+                       for key in ("created", "expires") if key in snap}}
 
 
 def _keep(bundle: Any) -> Any:

@@ -21,6 +21,7 @@ import pytest
 from nexus_kernel.config import Settings
 from nexus_kernel.errors import UnsupportedOperationError
 from nexus_kernel.models import SandboxSpec
+from nexus_kernel.providers.base import KEEPS_MEMORY
 
 from .cloud_contract import (
     check_all_languages,
@@ -245,3 +246,29 @@ def test_live_modal_agent_deadline_ends_the_sandbox(modal, store_id: str) -> Non
 
 def test_live_modal_destroy(modal, store_id: str) -> None:
     check_destroy(modal, modal.create(_spec(store_id)))
+
+
+def test_live_modal_memory_snapshot_forks_with_sessions(modal, modal_handle: dict,
+                                                        store_id: str) -> None:
+    """Modal's memory snapshot carries every session into a fork: a new sandbox, tagged
+    with the fork's own ids, whose state then diverges from its source's."""
+    assert modal_handle["snapshot_kind"] == "memory"
+    with client_for(modal, modal_handle) as client:
+        assert client.run("python", "x = 41", session="py", timeout=30)["exit_code"] == 0
+        client.write_file("live.txt", b"before")
+    snap = modal.snapshot(modal_handle)
+    assert snap["snapshot_id"].startswith("sn-") and snap["keeps"] == KEEPS_MEMORY
+    fork_spec = _spec(store_id, origin={"handle": modal_handle, "snapshot": snap["snapshot_id"]})
+    fork = modal.create(fork_spec)
+    try:
+        assert fork["sandbox_id"] != modal_handle["sandbox_id"]
+        assert modal._sandbox(fork).get_tags()["nexus_sandbox_id"] == fork_spec.sandbox_id
+        with client_for(modal, fork) as client:
+            result = client.run("python", "x + 1", session="py", timeout=30)
+            assert result["result"] == {"text/plain": "42"}
+            assert client.read_file("live.txt") == b"before"
+            client.write_file("live.txt", b"fork")
+        with client_for(modal, modal_handle) as client:
+            assert client.read_file("live.txt") == b"before"
+    finally:
+        modal.destroy(fork)

@@ -36,12 +36,12 @@ from nexus_kernel.errors import (
     UnsupportedOperationError,
 )
 from nexus_kernel.manager import SandboxManager
-from nexus_kernel.models import AT_CAP, HARD_END, Limits, SandboxSpec, Status, iso
+from nexus_kernel.models import AT_CAP, HARD_END, Limits, SandboxRecord, SandboxSpec, Status, iso
 from nexus_kernel.providers import capability_matrix
 from nexus_kernel.providers import e2b as e2b_provider
 from nexus_kernel.providers import modal as modal_provider
 from nexus_kernel.providers._stream import QUEUED_CHUNKS, PumpChannel
-from nexus_kernel.providers.base import DATASCIENCE_PACKAGES
+from nexus_kernel.providers.base import DATASCIENCE_PACKAGES, KEEPS_FILES, KEEPS_MEMORY
 from nexus_kernel.providers.e2b import E2BProvider
 from nexus_kernel.providers.modal import ModalProvider
 
@@ -566,6 +566,24 @@ def test_modal_agent_that_cannot_start_is_cleaned_up(settings: Settings) -> None
     assert all(r.terminated for r in modal_fake.SANDBOXES.values())
 
 
+def test_modal_entrypoint_that_ends_before_its_token_is_reported_by_its_exit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token write finding the entrypoint gone (a broken pipe: under load it may end
+    before the write) is not the error: its exit and stderr are. Deterministic: the write
+    waits for the entrypoint's end."""
+    drain = modal_fake.StreamWriter.drain
+
+    def late_drain(self: modal_fake.StreamWriter) -> None:
+        entries = [r.entry for r in modal_fake.SANDBOXES.values() if r.entry is not None]
+        if entries and self is entries[-1].stdin:
+            entries[-1].wait()
+        drain(self)
+
+    monkeypatch.setattr(modal_fake.StreamWriter, "drain", late_drain)
+    test_modal_agent_that_cannot_start_is_cleaned_up(settings)
+
+
 def test_modal_missing_credentials(settings: Settings) -> None:
     with pytest.raises(MissingCredentialsError) as info:
         ModalProvider.check_available(settings, sdk=modal_fake)
@@ -785,8 +803,8 @@ def test_capability_matrix(settings: Settings, monkeypatch: pytest.MonkeyPatch) 
         assert row["runtimes"] == [] or row["name"] == "docker"  # docker: the engine's
         assert set(row["capabilities"]) == {"pause", "resume", "network", "egress_allow", "gpu",
                                             "snapshots", "platform_snapshots", "languages"}
-        assert row["capabilities"]["snapshots"] is (row["name"] != "modal")
-        assert row["capabilities"]["platform_snapshots"] is (row["name"] == "e2b")
+        assert row["capabilities"]["snapshots"] is True  # every provider has snapshots
+        assert row["capabilities"]["platform_snapshots"] is (row["name"] in ("e2b", "modal"))
     monkeypatch.setitem(sys.modules, "e2b", None)
     row = {r["name"]: r for r in capability_matrix(settings)}["e2b"]
     assert row["installed"] is False and row["configured"] is False
@@ -1042,23 +1060,16 @@ def test_e2b_user_paused_sandbox_is_never_resumed_behind_the_user(tmp_path: Path
     later.close()
 
 
-def test_snapshots_and_checkpoints_are_unsupported_on_modal(settings: Settings) -> None:
-    """The snapshot mechanism is the agent's on local and docker, E2B's own on e2b; modal
-    says so in one line (its own snapshot APIs are not wired yet), and so does e2b for
-    automatic checkpoints."""
+def test_automatic_checkpoints_are_off_on_platform_snapshots(settings: Settings) -> None:
+    """The snapshot mechanism is the agent's on local and docker, the platform's own on e2b
+    and modal: no automatic checkpoints there, said in one line."""
     from nexus_kernel.checkpoints import CellCheckpoints
 
     manager = manager_for(settings)
-    for provider, refused in (("e2b", "not automatic checkpoints"),
-                              ("modal", "use a local or docker sandbox")):
+    for provider in ("e2b", "modal"):
         record = manager.create("cloud", provider=provider)
         sid = record.sandbox_id
-        if provider == "modal":
-            with pytest.raises(UnsupportedOperationError, match=refused):
-                manager.snapshot(sid)
-            with pytest.raises(UnsupportedOperationError, match=refused):
-                manager.fork(sid)
-        with pytest.raises(UnsupportedOperationError, match=refused):
+        with pytest.raises(UnsupportedOperationError, match="not automatic checkpoints"):
             manager.run(sid, "python", "1", session="s", checkpoint={"name": "c", "keep_auto": 2})
         checkpoints = CellCheckpoints(manager, 5)
         note, checkpoint = checkpoints.before_cell(record.sandbox_id, "In [1]")
@@ -1138,4 +1149,101 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
     manager.reap()
     assert forks[1].handle["sandbox_id"] in e2b_fake.SANDBOXES
     assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
+    manager.close()
+
+
+def _stale_token_refused(manager: SandboxManager, provider: str, fork: SandboxRecord,
+                         token: str) -> None:
+    """The source's token no longer opens the fork's agent (rotated by ``rekey``)."""
+    stale = AgentClient(lambda: manager.provider(provider).connect(fork.handle), token)
+    with pytest.raises(AgentError):
+        stale.hello()
+    stale.close()
+
+
+def test_modal_fork_and_snapshots_go_through_modal_with_fresh_tokens(settings: Settings) -> None:
+    """Modal's memory snapshots: sandboxes made for them, forks restored from one
+    (``_experimental_from_snapshot``; one snapshot for all forks of "now") as records of the
+    caller with their own TTL, tags and token (the fake restarts the entrypoint in a copy
+    of the files: it checks the wiring, not memory semantics). Restore in place is refused,
+    deletion is refused (they expire at Modal)."""
+    manager = manager_for(settings)
+    source = manager.create("cloud", ttl_minutes=7, provider="modal")
+    sid = source.sandbox_id
+    assert source.handle["snapshot_kind"] == "memory"
+    assert modal_fake.SANDBOXES[source.handle["sandbox_id"]].options["enable_snapshot"] is True
+    manager.put_file(sid, "state.txt", b"before")
+    forks, report = manager.fork(sid, count=2)
+    assert report["sessions"] == "all" and report["keeps"] == KEEPS_MEMORY and len(forks) == 2
+    assert len(modal_fake.SNAPSHOTS) == 1  # one fork point for both
+    tokens = {source.handle["token"]}
+    for fork in forks:
+        assert fork.owner == "tester" and fork.status is Status.ACTIVE
+        assert fork.ttl_minutes == 7 and fork.sandbox_id != sid
+        record = modal_fake.SANDBOXES[fork.handle["sandbox_id"]]
+        assert record.restored and record.tags["nexus_sandbox_id"] == fork.sandbox_id
+        assert fork.handle["agent_pid"] == source.handle["agent_pid"]  # the memory copy's
+        assert fork.handle[HARD_END] == source.handle[HARD_END]  # the earliest it can be
+        assert b'"op":"rekey"' in record.exec_sent and b'"op":"deadline"' in record.exec_sent
+        tokens.add(fork.handle["token"])
+        assert manager.get_file(fork.sandbox_id, "state.txt") == b"before"
+        _stale_token_refused(manager, "modal", fork, source.handle["token"])
+    assert len(tokens) == 3
+    manager.put_file(forks[0].sandbox_id, "state.txt", b"fork")
+    assert manager.get_file(sid, "state.txt") == b"before"
+    assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
+
+    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
+                               "time.sleep(1)"))
+    running.start()
+    deadline = time.time() + 5
+    while (not any(r["state"] == "running" for r in manager._client(source).runs())
+           and time.time() < deadline):
+        time.sleep(0.05)
+    with pytest.raises(SandboxStateError, match="running code"):
+        manager.snapshot(sid)
+    running.join()
+    snap = manager.snapshot(sid, "first")
+    assert snap["persists"] and snap["keeps"] == KEEPS_MEMORY and snap["name"] == "first"
+    assert snap["snapshot_id"] in modal_fake.SNAPSHOTS and snap["expires"] > snap["created"]
+    manager.put_file(sid, "state.txt", b"after")
+    with pytest.raises(UnsupportedOperationError, match="fork from the snapshot"):
+        manager.restore(sid, "first")
+    [again], _ = manager.fork(sid, "first")
+    assert manager.get_file(again.sandbox_id, "state.txt") == b"before"
+    with pytest.raises(UnsupportedOperationError, match="expires at Modal 7 days"):
+        manager.delete_snapshot(sid, "first")
+    assert [s["snapshot_id"] for s in manager.snapshots(sid)] == [snap["snapshot_id"]]
+    other = SandboxManager(settings, user="mallory", provider_options=manager._provider_options)
+    with pytest.raises((PermissionDeniedError, SandboxNotFoundError)):
+        other.fork(sid, "first")
+    other.close()
+    manager.stop(sid)
+    manager.reap()  # the forks carry their own tags: reaping leaves them running
+    assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
+    manager.close()
+
+
+def test_modal_without_memory_snapshots_forks_files_only(settings: Settings) -> None:
+    """A sandbox made without memory snapshots (a GPU, or ``memory_snapshots=False``):
+    ``snapshot_filesystem``, said "files only"; its forks boot a new agent on the image
+    (new token); the image is deleted through the SDK."""
+    manager = SandboxManager(settings, provider_options={"modal": {
+        "sdk": modal_fake, "token_id": "a", "token_secret": "b", "memory_snapshots": False}})
+    source = manager.create("cloud", provider="modal")
+    sid = source.sandbox_id
+    assert modal_fake.SANDBOXES[source.handle["sandbox_id"]].options["enable_snapshot"] is False
+    manager.put_file(sid, "state.txt", b"files")
+    snap = manager.snapshot(sid, "disk")
+    assert snap["keeps"] == KEEPS_FILES and snap["expires"] is None
+    assert snap["snapshot_id"].startswith("im-") and snap["snapshot_id"] in modal_fake.IMAGES
+    [fork], report = manager.fork(sid, "disk")
+    assert report["keeps"] == KEEPS_FILES and report["sessions"] == []
+    assert not modal_fake.SANDBOXES[fork.handle["sandbox_id"]].restored
+    assert manager.get_file(fork.sandbox_id, "state.txt") == b"files"
+    assert fork.handle["token"] != source.handle["token"]
+    assert manager.delete_snapshot(sid, "disk") == snap["snapshot_id"]
+    assert snap["snapshot_id"] not in modal_fake.IMAGES and manager.snapshots(sid) == []
+    [now], report = manager.fork(sid)  # from an image taken for it, kept as long as a fork lives
+    assert report["keeps"] == KEEPS_FILES and manager.get_file(now.sandbox_id, "state.txt") == b"files"
     manager.close()

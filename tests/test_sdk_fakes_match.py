@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from nexus_kernel.providers import modal as modal_provider
 from nexus_kernel.providers.e2b import LIFECYCLE
 
 from .fakes import e2b_fake, modal_fake
@@ -308,6 +309,7 @@ modal = pytest.importorskip(
                 "cpu",
                 "memory",
                 "gpu",
+                "_experimental_enable_snapshot",
             },
         ),
         ("from_id", {"sandbox_id", "client"}),
@@ -318,6 +320,9 @@ modal = pytest.importorskip(
         ("get_tags", set()),
         ("set_tags", {"tags"}),
         ("wait", set()),
+        ("_experimental_snapshot", set()),
+        ("_experimental_from_snapshot", {"snapshot", "client"}),
+        ("snapshot_filesystem", {"ttl"}),
     ],
 )
 def test_modal_sandbox_methods(name: str, used: set[str]) -> None:
@@ -327,6 +332,24 @@ def test_modal_sandbox_methods(name: str, used: set[str]) -> None:
 def test_modal_sandbox_attributes() -> None:
     for name in ("object_id", "stdin", "stdout", "stderr", "returncode"):
         assert hasattr(modal.Sandbox, name) and hasattr(modal_fake.Sandbox, name), name
+
+
+def test_modal_snapshot_objects() -> None:
+    """Memory snapshots (``SandboxSnapshot``, ids ``sn-``), filesystem snapshots (an
+    ``Image``, ids ``im-``) and their deletion, as the provider uses them."""
+    import modal.experimental
+
+    assert_same_call(modal.SandboxSnapshot.from_id, modal_fake.SandboxSnapshot.from_id,
+                     {"sandbox_snapshot_id", "client"})
+    assert_same_call(modal.experimental.image_delete, modal_fake.experimental.image_delete,
+                     {"image_id", "client"})
+    for cls in (modal.SandboxSnapshot, modal.Image):
+        assert isinstance(inspect.getattr_static(cls, "object_id"), property)
+    assert "object_id" in vars(modal_fake.SandboxSnapshot("sn-probe"))
+    assert "object_id" in vars(modal_fake.Image([], {}))
+    from modal.sandbox._snapshot import _SandboxSnapshot
+
+    assert "sn" in _SandboxSnapshot._type_prefixes and modal_provider.MEMORY_SNAPSHOT_PREFIX == "sn-"
 
 
 def test_modal_app_image_client() -> None:

@@ -34,6 +34,10 @@ DATASCIENCE_PACKAGES = ("ipython", "numpy", "pandas", "matplotlib", "matplotlib-
                         "seaborn", "scipy", "scikit-learn")
 #: Template ids that ask for the lean sandbox instead (no data-science stack).
 LEAN_TEMPLATES = ("minimal", "none")
+#: What a platform snapshot holds (its ``keeps``): every process carries over, or only
+#: the files (a fork's agent and interpreters start afresh).
+KEEPS_MEMORY = "memory and files"
+KEEPS_FILES = "files only; interpreters restart"
 
 #: Open files per process in every sandbox (RLIMIT_NOFILE, soft = hard): the same on every
 #: host, whatever limit the host or the Docker daemon would pass down.
@@ -128,10 +132,18 @@ class Provider(ABC):
         whose sandboxes live exactly as long as their agent)."""
         return None
 
-    def snapshot(self, handle: Handle) -> str:
-        """A platform snapshot of the sandbox (memory and files); its id. Only where
+    def snapshot(self, handle: Handle) -> dict[str, Any]:
+        """A platform snapshot of the sandbox: ``snapshot_id``, ``keeps`` (what it holds:
+        "memory and files", or "files only; interpreters restart") and ``expires`` (epoch
+        seconds the platform drops it at, None: kept until deleted). Only where
         ``capabilities.platform_snapshots``."""
         raise UnsupportedOperationError(f"the {self.name} provider has no platform snapshots")
+
+    def fork_point(self, handle: Handle) -> dict[str, Any] | None:
+        """Where forks of the sandbox as it is now start: a platform snapshot taken for
+        them (as :meth:`snapshot`'s), or None where ``create`` with ``SandboxSpec.origin``
+        forks the running sandbox itself (E2B's ``Sandbox.fork``)."""
+        return None
 
     def delete_snapshot(self, snapshot_id: str) -> bool:
         """Delete a platform snapshot; False when it was already gone."""

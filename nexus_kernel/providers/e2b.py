@@ -82,7 +82,7 @@ from ..errors import (
 from ..models import AT_CAP, HARD_END, SandboxSpec
 from ._cloud import CAP_SLACK, HOME, REACH_SECONDS, CloudProvider, new_socket, one_line
 from ._launch import resource_labels, wait_for_ready
-from .base import LEAN_TEMPLATES, Capabilities, Handle
+from .base import KEEPS_MEMORY, LEAN_TEMPLATES, Capabilities, Handle
 
 #: E2B's code-interpreter template (IPython and the PyData stack): the default environment,
 #: as a local sandbox's "datascience" template. ``--template minimal`` gives E2B's "base".
@@ -408,13 +408,15 @@ class E2BProvider(CloudProvider):
         self._remember(sandbox.sandbox_id, sandbox, now + timeout)
         return handle
 
-    def snapshot(self, handle: Handle) -> str:
+    def snapshot(self, handle: Handle) -> dict[str, Any]:
         """``Sandbox.create_snapshot``: memory and files, kept by E2B after the sandbox ends
-        (no name is passed: E2B's snapshot names are the team's, shared across users)."""
+        until deleted (no name is passed: E2B's snapshot names are the team's, shared
+        across users)."""
         sdk = self._reach()
         self.close_relays(handle)  # E2B pauses the sandbox while it snapshots
         with _sdk_errors(sdk, "snapshot the sandbox"):
-            return str(sdk.Sandbox.create_snapshot(handle["sandbox_id"], **self._api()).snapshot_id)
+            info = sdk.Sandbox.create_snapshot(handle["sandbox_id"], **self._api())
+        return {"snapshot_id": str(info.snapshot_id), "keeps": KEEPS_MEMORY, "expires": None}
 
     def delete_snapshot(self, snapshot_id: str) -> bool:
         """``Sandbox.delete_snapshot``; False when E2B no longer has it."""

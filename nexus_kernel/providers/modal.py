@@ -41,8 +41,23 @@ neither timeout can be moved on a running sandbox, so ``extend`` has nothing to 
 Pause/resume: not offered (:class:`UnsupportedOperationError`). The stable SDK has no pause
 for a running sandbox; ``_experimental_pause`` exists only for ``_experimental_persistent``
 sandboxes, which resume from a filesystem snapshot in a new container (every process, so
-every session, is lost) and reject tags; memory snapshots (``_experimental_snapshot``) are an
-early preview that restores into a new sandbox id, which the stored handle cannot follow.
+every session, is lost) and reject tags; a memory snapshot restores into a new sandbox id,
+which the stored handle cannot follow: it is a fork.
+
+Snapshots and forks (``Capabilities.platform_snapshots``, as E2B's): a sandbox is created
+with ``_experimental_enable_snapshot`` (Modal's memory snapshots, an early preview; Modal
+documents no cost for it, but not with a GPU, which they do not support; provider option
+``memory_snapshots=False`` turns it off), recorded in the handle (``snapshot_kind``).
+``snapshot`` is ``Sandbox._experimental_snapshot`` (memory and files, the provider's relays
+ended first: a copy of one would hold a connection to every fork's agent); Modal keeps it
+7 days from then and has no call to delete it. A fork is
+``Sandbox._experimental_from_snapshot``: a new sandbox whose processes run on where they
+were, the agent included (its socket, pid and token are the source's: the manager rotates
+the token at once, then sets the fork's deadline), tagged with the fork's own ids; Modal
+restores no snapshot in place. A fork of the sandbox as it is now starts from a snapshot
+taken for it (:meth:`ModalProvider.fork_point`). A sandbox made without memory snapshots
+gets ``snapshot_filesystem`` instead: an image (files only; a fork boots a new agent on it,
+interpreters restart), kept until deleted (``modal.experimental.image_delete``).
 
 Reaching Modal: the SDK connects when a client is made (``Client.from_credentials``) and, when
 nothing answers, retries for about a minute. The provider makes its one client in a helper
@@ -60,6 +75,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 from ..agent.deploy import ZIPAPP_NAME, zipapp_file
@@ -74,7 +90,7 @@ from ..errors import (
     SandboxStateError,
     UnsupportedOperationError,
 )
-from ..models import SandboxSpec
+from ..models import AT_CAP, HARD_END, SandboxSpec
 from ._cloud import REACH_SECONDS, CloudProvider, new_socket, one_line
 from ._launch import (
     announced_pid,
@@ -82,7 +98,14 @@ from ._launch import (
     resource_labels,
     wait_for_ready,
 )
-from .base import DATASCIENCE_PACKAGES, LEAN_TEMPLATES, Capabilities, Handle
+from .base import (
+    DATASCIENCE_PACKAGES,
+    KEEPS_FILES,
+    KEEPS_MEMORY,
+    LEAN_TEMPLATES,
+    Capabilities,
+    Handle,
+)
 
 APP_NAME = "nexus-kernel"
 AGENT_DIR = "/opt/nexus-agent"
@@ -96,6 +119,10 @@ IDLE_GRACE = 120
 READY_TIMEOUT = 300.0  # a first create may build the default image
 #: Largest piece written before a ``drain`` (the SDK refuses buffers over 2 MiB).
 STDIN_CHUNK = 1024 * 1024
+#: Seconds Modal keeps a memory snapshot, from its creation (it cannot be extended).
+MEMORY_SNAPSHOT_SECONDS = 7 * 24 * 3600
+#: Id prefix of Modal's memory snapshots (a filesystem snapshot is an image: "im-").
+MEMORY_SNAPSHOT_PREFIX = "sn-"
 
 MISSING_TOKEN = (
     "Modal needs a token: run 'modal token new' or export MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
@@ -111,6 +138,10 @@ NOT_SCHEDULED = (
 NO_PAUSE = (
     "the modal provider cannot pause or resume sandboxes (Modal has no pause for a running "
     "sandbox that keeps its processes); stop it and create a new one instead"
+)
+NO_DELETE = (
+    "Modal has no call to delete a memory snapshot: {snapshot_id} expires at Modal 7 days "
+    "after it was taken (`expires` in nexus sandbox snapshots)"
 )
 
 
@@ -233,12 +264,14 @@ class ModalProvider(CloudProvider):
     Options (``provider_options={"modal": {...}}``): ``app_name`` (default
     ``nexus-kernel``), ``token_id`` / ``token_secret`` (else the environment or
     ~/.modal.toml), ``gpu`` (e.g. ``"T4"``), ``python`` (in the image, default ``python3``),
-    ``max_lifetime`` (seconds, default 86400), ``ready_timeout``, ``sdk`` (tests).
+    ``max_lifetime`` (seconds, default 86400), ``memory_snapshots`` (default True: sandboxes
+    are made for memory snapshots, except with a GPU), ``ready_timeout``, ``sdk`` (tests).
     """
 
     name = "modal"
     service = "Modal"
-    capabilities = Capabilities(pause=False, resume=False, network=True, egress_allow=True, gpu=True)
+    capabilities = Capabilities(pause=False, resume=False, network=True, egress_allow=True, gpu=True,
+                                snapshots=True, platform_snapshots=True)
     missing_credentials = MISSING_TOKEN
     agent_dir = AGENT_DIR
     grace = IDLE_GRACE
@@ -325,11 +358,19 @@ class ModalProvider(CloudProvider):
     def _errors(self, what: str) -> Any:
         return _sdk_errors(self.sdk, what)
 
+    def _snapshot_kind(self, resources: dict[str, Any]) -> str:
+        """"memory" when the sandbox is made for memory snapshots (the option, and no GPU:
+        Modal's memory snapshots do not support one), else "files"."""
+        wanted = self.options.get("memory_snapshots")
+        return "memory" if (wanted is None or wanted) and not resources.get("gpu") else "files"
+
     # ------------------------------------------------------------------ SDK steps
 
     def _new_sandbox(self, spec: SandboxSpec, now: float) -> tuple[Any, Handle]:
         """The sandbox with the agent as its entrypoint (it lives as long as the agent)."""
         socket = new_socket()
+        resources = self._resources(spec)
+        kind = self._snapshot_kind(resources)
         with _sdk_errors(self.sdk, "create the sandbox"):
             sandbox = self.sdk.Sandbox.create(
                 "/bin/sh", "-c", self.boot_script(spec.deadline, socket, announce_pid=True),
@@ -341,13 +382,15 @@ class ModalProvider(CloudProvider):
                 block_network=not (spec.network or spec.allow),
                 **_network(spec.allow),
                 client=self._client(),
-                **self._resources(spec),
+                _experimental_enable_snapshot=kind == "memory",
+                **resources,
             )  # fmt: skip
         handle = {
             "token": secrets.token_urlsafe(32),
             "sandbox_id": sandbox.object_id,
             "app": self.options.get("app_name") or APP_NAME,
             "socket": socket,
+            "snapshot_kind": kind,
         }
         self._remember(sandbox.object_id, sandbox)
         return sandbox, handle
@@ -363,7 +406,9 @@ class ModalProvider(CloudProvider):
             sandbox.stdin.write((handle["token"] + "\n").encode())
             sandbox.stdin.drain()
 
-        _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
+        # ended before reading its token: the READY wait reports its exit, not the write
+        with suppress(self.sdk.exception.SandboxTerminatedError):
+            _within(hand_over, budget, NOT_SCHEDULED.format(seconds=budget))
         before = wait_for_ready(
             iter(sandbox.stdout),
             max(1.0, budget - (time.monotonic() - start)),
@@ -405,6 +450,74 @@ class ModalProvider(CloudProvider):
         )
         for sandbox in found:
             yield sandbox.object_id, sandbox.get_tags()
+
+    # ------------------------------------------------------------------ snapshots
+
+    def create(self, spec: SandboxSpec) -> Handle:
+        """As :meth:`CloudProvider.create`; a fork (``spec.origin``) starts from a snapshot:
+        a memory one restores into a new sandbox whose agent runs already (the source's
+        socket, pid and token), an image (files only) boots a new agent on it."""
+        if spec.origin is None:
+            return super().create(spec)
+        source, snapshot_id = spec.origin["handle"], spec.origin["snapshot"]
+        if not snapshot_id.startswith(MEMORY_SNAPSHOT_PREFIX):
+            return super().create(replace(spec, template_id=snapshot_id, origin=None))
+        sdk = self.sdk
+        with _sdk_errors(sdk, "restore the memory snapshot"):
+            snapshot = sdk.SandboxSnapshot.from_id(snapshot_id, client=self._client())
+            sandbox = sdk.Sandbox._experimental_from_snapshot(snapshot, client=self._client())
+        handle = {key: source[key] for key in ("token", "socket", "agent_pid", "app", "snapshot_kind")}
+        # the lifetime Modal counts for a restored sandbox is not documented: the source's
+        # hard end is the earliest it can be
+        handle.update({"sandbox_id": sandbox.object_id, AT_CAP: self.at_cap,
+                       HARD_END: source.get(HARD_END) or round(time.time() + self._max_seconds, 3)})
+        self._remember(sandbox.object_id, sandbox)
+        try:
+            with _sdk_errors(sdk, "tag the forked sandbox"):
+                sandbox.set_tags(resource_labels(spec))  # its own ids, not the source's
+        except BaseException:
+            with suppress(Exception):  # keep the original error
+                self.destroy(handle)
+            raise
+        return handle
+
+    def snapshot(self, handle: Handle) -> dict[str, Any]:
+        """A memory snapshot where the sandbox was made for them, else a filesystem one
+        kept until deleted (see the module doc)."""
+        return self._snapshot(handle, ttl=None)
+
+    def fork_point(self, handle: Handle) -> dict[str, Any]:
+        """A snapshot for forks of the sandbox as it is now (Modal has no live fork); a
+        filesystem one is kept as long as a fork may live."""
+        return self._snapshot(handle, ttl=self._max_seconds)
+
+    def _snapshot(self, handle: Handle, ttl: int | None) -> dict[str, Any]:
+        sdk, sandbox, now = self.sdk, self._sandbox(handle), time.time()
+        if handle.get("snapshot_kind") == "memory":
+            self.close_relays(handle)  # a relay copied into the snapshot would outlive it
+            with _sdk_errors(sdk, "snapshot the sandbox's memory"):
+                snapshot_id = sandbox._experimental_snapshot().object_id
+            return {"snapshot_id": snapshot_id, "keeps": KEEPS_MEMORY,
+                    "expires": round(now + MEMORY_SNAPSHOT_SECONDS, 3)}
+        with _sdk_errors(sdk, "snapshot the sandbox's files"):
+            image = sandbox.snapshot_filesystem(ttl=ttl)
+        return {"snapshot_id": image.object_id, "keeps": KEEPS_FILES,
+                "expires": None if ttl is None else round(now + ttl, 3)}
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """A filesystem snapshot: ``modal.experimental.image_delete``; False when Modal
+        no longer has it. A memory snapshot cannot be deleted (it expires at Modal)."""
+        if snapshot_id.startswith(MEMORY_SNAPSHOT_PREFIX):
+            raise UnsupportedOperationError(NO_DELETE.format(snapshot_id=snapshot_id))
+        sdk = self.sdk
+        experimental = getattr(sdk, "experimental", None) or importlib.import_module(
+            "modal.experimental")
+        with _sdk_errors(sdk, "delete the snapshot"):
+            try:
+                experimental.image_delete(snapshot_id, client=self._client())
+            except sdk.exception.NotFoundError:
+                return False
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 

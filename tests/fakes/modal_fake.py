@@ -9,7 +9,18 @@ idle_timeout=, block_network=, cpu=, memory=, gpu=, client=)`` whose ``stdin`` /
 generator of sandboxes), ``exec(*args, text=)`` returning a ``ContainerProcess`` (``stdin``:
 a ``StreamWriter`` with ``write`` / ``drain`` / ``write_eof`` and the SDK's 2 MiB buffer cap,
 ``stdout``: a ``StreamReader`` yielding str or bytes), ``poll``, ``terminate``, ``get_tags``,
-``exception.NotFoundError / AuthError`` and ``config.config.get``.
+``exception.NotFoundError / AuthError`` and ``config.config.get``; snapshots:
+``Sandbox.create(_experimental_enable_snapshot=)``, ``_experimental_snapshot`` (a
+``SandboxSnapshot``, ``sn-`` id, refused for a sandbox created without the flag),
+``SandboxSnapshot.from_id``, ``Sandbox._experimental_from_snapshot`` (a new sandbox),
+``snapshot_filesystem(ttl=)`` (an ``Image`` with an ``im-`` id that ``Image.from_id`` starts
+from) and ``experimental.image_delete``.
+
+A memory snapshot here is a copy of the sandbox's files plus its entrypoint, which a
+restore starts again in the copy with the bytes its stdin was sent, keeping the source's
+abstract socket names and entrypoint pid as a memory copy keeps them (see ``_rewrite``); exec'd
+processes are not carried. The fake cannot copy process memory: it checks the wiring of
+snapshots and forks, not memory semantics.
 
 A sandbox is a :class:`~fakes._vm.FakeVM`: the entrypoint and every exec really run, so the
 real agent serves real protocol traffic; files added with ``add_local_file`` are copied in
@@ -32,7 +43,9 @@ import codecs
 import enum
 import itertools
 import os
+import re
 import shutil
+import tempfile
 import threading
 import types
 from dataclasses import dataclass, field
@@ -172,11 +185,13 @@ class App:
 
 
 class Image:
-    """Records how it was built; ``files`` maps sandbox paths to local files."""
+    """Records how it was built; ``files`` maps sandbox paths to local files; ``object_id``
+    for an image by id (a filesystem snapshot's: its files are in :data:`IMAGES`)."""
 
-    def __init__(self, steps: list[tuple], files: dict[str, str]):
+    def __init__(self, steps: list[tuple], files: dict[str, str], object_id: str | None = None):
         self.steps = steps
         self.files = files
+        self.object_id = object_id
 
     @staticmethod
     def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
@@ -196,7 +211,7 @@ class Image:
 
     @classmethod
     def from_id(cls, image_id: str, client: Client | None = None) -> Image:
-        return cls([("from_id", image_id)], {})
+        return cls([("from_id", image_id)], {}, image_id)
 
     def apt_install(
         self,
@@ -234,6 +249,23 @@ class Image:
         )
 
 
+#: Image id -> the directory holding a filesystem snapshot's files (kept after its sandbox).
+IMAGES: dict[str, str] = {}
+
+
+def image_delete(image_id: str, *, client: Client | None = None) -> None:
+    """As modal.experimental.image_delete."""
+    _check_token(client)
+    with _lock:
+        root = IMAGES.pop(image_id, None)
+    if root is None:
+        raise NotFoundError(f"Image {image_id} not found")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+experimental = types.SimpleNamespace(image_delete=image_delete)
+
+
 # --------------------------------------------------------------------------- streams
 
 
@@ -244,11 +276,13 @@ class StreamWriter:
     """As modal.io_streams.StreamWriter over a process's stdin pipe. ``scheduled``: set once
     the sandbox runs on a machine (before that, ``drain`` waits, without a deadline)."""
 
-    def __init__(self, pipe, scheduled: threading.Event | None = None):
+    def __init__(self, pipe, scheduled: threading.Event | None = None,
+                 sent: bytearray | None = None):
         self._pipe = pipe
         self._buffer = bytearray()
         self._eof = False
         self._scheduled = scheduled
+        self._sent = sent  # an entrypoint's: what a restore from a snapshot replays
 
     def write(self, data: bytes | bytearray | memoryview | str) -> None:
         if self._eof:
@@ -269,6 +303,8 @@ class StreamWriter:
             if data:
                 self._pipe.write(data)
                 self._pipe.flush()
+                if self._sent is not None:
+                    self._sent.extend(data)
             if self._eof:
                 self._pipe.close()
         except (BrokenPipeError, ValueError) as exc:
@@ -311,9 +347,10 @@ class StreamReader:
 class ContainerProcess:
     """As modal.container_process.ContainerProcess."""
 
-    def __init__(self, proc, text: bool, scheduled: threading.Event | None = None):
+    def __init__(self, proc, text: bool, scheduled: threading.Event | None = None,
+                 sent: bytearray | None = None):
         self._proc = proc
-        self._stdin = StreamWriter(proc.stdin, scheduled)
+        self._stdin = StreamWriter(proc.stdin, scheduled, sent)
         self._stdout = StreamReader(proc.stdout, text)
         self._stderr = StreamReader(proc.stderr, text)
 
@@ -343,6 +380,17 @@ class ContainerProcess:
 # --------------------------------------------------------------------------- sandbox
 
 
+class SandboxSnapshot:
+    """As modal.SandboxSnapshot: a memory snapshot by id."""
+
+    def __init__(self, object_id: str):
+        self.object_id = object_id
+
+    @classmethod
+    def from_id(cls, sandbox_snapshot_id: str, client: Client | None = None) -> SandboxSnapshot:
+        return cls(sandbox_snapshot_id)
+
+
 @dataclass
 class _Record:
     """What the fake control plane knows about one sandbox (tests inspect it)."""
@@ -357,9 +405,27 @@ class _Record:
     entry: ContainerProcess | None = None
     execs: list[ContainerProcess] = field(default_factory=list)
     terminated: bool = False
+    #: What the entrypoint's stdin was sent (a restore replays it), and every exec's.
+    sent: bytearray = field(default_factory=bytearray)
+    exec_sent: bytearray = field(default_factory=bytearray)
+    #: A restored sandbox's: the source's entrypoint pid -> the pid of its restart here.
+    pid_alias: dict[int, int] = field(default_factory=dict)
+    restored: bool = False
+
+
+@dataclass
+class _Snapshot:
+    """A memory snapshot: a copy of the files and what restarts the entrypoint."""
+
+    root: str
+    source: _Record
+    pid: int
+    sent: bytes
 
 
 SANDBOXES: dict[str, _Record] = {}
+#: Memory snapshot id -> what ``_experimental_snapshot`` kept (it outlives the sandbox).
+SNAPSHOTS: dict[str, _Snapshot] = {}
 _ids = itertools.count(1)
 _lock = threading.Lock()
 
@@ -374,8 +440,47 @@ def reset() -> None:
     with _lock:
         records = list(SANDBOXES.values())
         SANDBOXES.clear()
+        roots = [snap.root for snap in SNAPSHOTS.values()] + list(IMAGES.values())
+        SNAPSHOTS.clear()
+        IMAGES.clear()
     for record in records:
         record.vm.kill()
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _copy_files(vm: FakeVM) -> str:
+    root = tempfile.mkdtemp(prefix="modal-snap-", dir="/tmp")
+    shutil.copytree(vm.root, root, dirs_exist_ok=True, symlinks=True)
+    return root
+
+
+def _rewrite(record: _Record, args: tuple[str, ...]) -> list[str]:
+    """A restored sandbox's command line: the source's abstract sockets are this one's own
+    (a sandbox has its own network namespace; the fake's share the host's), the source's
+    entrypoint pid its restart's."""
+    if not record.restored:
+        return list(args)
+    out = [arg.replace("@nexus-", f"@nexus-{record.object_id}-") for arg in args]
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--peer-pid" and out[i + 1].isdigit():
+            out[i + 1] = str(record.pid_alias.get(int(out[i + 1]), out[i + 1]))
+    return out
+
+
+def _restart_entry(record: _Record, snap: _Snapshot) -> None:
+    """Start the snapshot's entrypoint in ``record``, send it what the source's stdin got,
+    and wait (bounded by its exit) for its READY line."""
+    proc = record.vm.spawn(_rewrite(record, record.entrypoint), stdin=True)
+    record.entry = ContainerProcess(proc, text=True, sent=record.sent)
+    record.pid_alias[snap.pid] = proc.pid
+    record.entry.stdin.write(snap.sent)
+    record.entry.stdin.drain()
+    seen = ""
+    for chunk in record.entry.stdout:
+        seen += chunk
+        if re.search(r"^READY", seen, re.M):
+            break
 
 
 def _scheduled(record: _Record) -> threading.Event:
@@ -440,6 +545,7 @@ class Sandbox:
         block_network: bool = False,
         outbound_cidr_allowlist: Any = None,
         outbound_domain_allowlist: Any = None,
+        _experimental_enable_snapshot: bool = False,
         client: Client | None = None,
     ) -> Sandbox:
         _check_token(client)
@@ -461,15 +567,20 @@ class Sandbox:
                 "memory": memory, "block_network": block_network, "workdir": workdir,
                 "env": env, "name": name, "outbound_cidr_allowlist": outbound_cidr_allowlist,
                 "outbound_domain_allowlist": outbound_domain_allowlist,
+                "enable_snapshot": _experimental_enable_snapshot,
             },
         )  # fmt: skip
+        base = image.steps[0]
+        if base[0] == "from_id" and base[1] in IMAGES:  # built on a filesystem snapshot
+            shutil.copytree(IMAGES[base[1]], record.vm.root, dirs_exist_ok=True, symlinks=True)
         for remote, local in image.files.items():  # Modal mounts these at container start
             target = record.vm.host_path(remote)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, target)
         if args:
             record.entry = ContainerProcess(
-                record.vm.spawn(list(args), stdin=True), text=True, scheduled=_scheduled(record)
+                record.vm.spawn(list(args), stdin=True), text=True, scheduled=_scheduled(record),
+                sent=record.sent,
             )
         with _lock:
             SANDBOXES[record.object_id] = record
@@ -517,6 +628,44 @@ class Sandbox:
     def set_tags(self, tags: dict[str, str], *, client: Client | None = None) -> None:
         self._record.tags = dict(tags)
 
+    def _experimental_snapshot(self) -> SandboxSnapshot:
+        record = self._record
+        if self.returncode is not None:
+            raise SandboxTerminatedError("Sandbox has already finished")
+        if not record.options["enable_snapshot"]:
+            raise InvalidError("Sandbox was not created with _experimental_enable_snapshot=True")
+        snapshot_id = f"sn-fake{next(_ids):04d}"
+        snap = _Snapshot(_copy_files(record.vm), record, record.entry._proc.pid, bytes(record.sent))
+        with _lock:
+            SNAPSHOTS[snapshot_id] = snap
+        return SandboxSnapshot(snapshot_id)
+
+    @staticmethod
+    def _experimental_from_snapshot(snapshot: SandboxSnapshot, client: Client | None = None):
+        _check_token(client)
+        snap = SNAPSHOTS.get(snapshot.object_id)
+        if snap is None:
+            raise NotFoundError(f"Sandbox snapshot {snapshot.object_id} not found")
+        source = snap.source
+        record = _Record(
+            object_id=f"sb-fake{next(_ids):04d}", vm=FakeVM(prefix="modal-"), app=source.app,
+            image=source.image, entrypoint=source.entrypoint, tags=dict(source.tags),
+            options=dict(source.options), restored=True,
+        )
+        shutil.copytree(snap.root, record.vm.root, dirs_exist_ok=True, symlinks=True)
+        with _lock:
+            SANDBOXES[record.object_id] = record
+        _restart_entry(record, snap)
+        return Sandbox(record)
+
+    def snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = 2592000) -> Image:
+        if self.returncode is not None:
+            raise SandboxTerminatedError("Sandbox has already finished")
+        image_id = f"im-fake{next(_ids):04d}"
+        with _lock:
+            IMAGES[image_id] = _copy_files(self._record.vm)
+        return Image([("from_id", image_id)], {}, image_id)
+
     def exec(
         self,
         *args: str,
@@ -534,7 +683,9 @@ class Sandbox:
     ) -> ContainerProcess:
         if self.returncode is not None:
             raise SandboxTerminatedError("Sandbox has already finished")
-        process = ContainerProcess(self._record.vm.spawn(list(args), stdin=True, cwd=workdir), text)
+        argv = _rewrite(self._record, args)
+        process = ContainerProcess(self._record.vm.spawn(argv, stdin=True, cwd=workdir), text,
+                                   sent=self._record.exec_sent)
         self._record.execs.append(process)
         return process
 
@@ -544,13 +695,17 @@ __all__ = [
     "App",
     "Client",
     "ContainerProcess",
+    "IMAGES",
     "Image",
     "SANDBOXES",
+    "SNAPSHOTS",
     "Sandbox",
+    "SandboxSnapshot",
     "StreamReader",
     "StreamType",
     "StreamWriter",
     "config",
     "exception",
+    "experimental",
     "reset",
 ]
