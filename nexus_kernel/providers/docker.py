@@ -69,7 +69,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_egress, seccomp
+from . import docker_direct, docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -487,8 +487,9 @@ class DockerProvider(Provider):
         }
         try:
             self._start_agent(client, container_id, token, image)
+            # the container's init as the host sees it (the direct stream, the egress proxy)
+            handle["pid"] = pid = client.api.inspect_container(container_id)["State"]["Pid"]
             if spec.allow:  # before any user code: the agent has only just said READY
-                pid = client.api.inspect_container(container_id)["State"]["Pid"]
                 handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
             with suppress(Exception):  # keep the original error
@@ -557,8 +558,13 @@ class DockerProvider(Provider):
             finally:
                 stream.close()
 
-    def connect(self, handle: Handle) -> DockerStreamChannel:
-        """A new stream to the agent: ``docker exec -i`` of the agent's relay."""
+    def connect(self, handle: Handle) -> DockerStreamChannel | socket.socket:
+        """A new stream to the agent: a socket in the container's network namespace where
+        this process may join it (:mod:`.docker_direct`), else ``docker exec -i`` of the
+        agent's relay."""
+        direct = self._connect_direct(handle)
+        if direct is not None:
+            return direct
         docker = import_sdk("docker", "docker")
         host = self._host(handle)
         client = self._client(host)
@@ -585,6 +591,24 @@ class DockerProvider(Provider):
                 raise
         alive = (lambda: self.alive(handle)) if handle.get("gvisor") else None
         return DockerStreamChannel(raw, alive=alive)
+
+    def _connect_direct(self, handle: Handle) -> socket.socket | None:
+        """The direct stream (see :mod:`.docker_direct`), or None where it is not available.
+        A handle made before it recorded the init's pid gets it (the manager saves it)."""
+        host = self._host(handle)
+        if not (self.settings.docker_direct and docker_direct.eligible(handle, _where(host))):
+            return None
+        if not handle.get("pid"):
+            docker = import_sdk("docker", "docker")
+            with _api_errors(host, "inspect the sandbox container"):
+                try:
+                    state = self._client(host).api.inspect_container(handle["container_id"])["State"]
+                except docker.errors.NotFound:
+                    return None  # the relay's path says it in one line
+            if not state.get("Running") or not state.get("Pid"):
+                return None
+            handle["pid"] = state["Pid"]
+        return docker_direct.connect(handle["container_id"], handle["pid"], SOCKET)
 
     def pause(self, handle: Handle) -> None:
         """Freeze every process of the container (``docker pause``). Idempotent."""
