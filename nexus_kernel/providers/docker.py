@@ -422,6 +422,12 @@ class DockerProvider(Provider):
         finally:
             client.close()
 
+    @classmethod
+    def connect_needs_check(cls, settings: Settings, handle: Handle) -> bool:
+        """Not where the direct stream may serve: it needs neither the engine nor its SDK
+        (a new CLI process then imports neither); its fallback reports what fails."""
+        return not (handle.get("pid") and _direct_eligible(settings, handle))
+
     def _engine_info(self, host: str) -> dict[str, Any]:
         """The engine's ``info`` (runtimes), asked once per engine by this provider."""
         info = self._infos.get(host)
@@ -595,9 +601,9 @@ class DockerProvider(Provider):
     def _connect_direct(self, handle: Handle) -> socket.socket | None:
         """The direct stream (see :mod:`.docker_direct`), or None where it is not available.
         A handle made before it recorded the init's pid gets it (the manager saves it)."""
-        host = self._host(handle)
-        if not (self.settings.docker_direct and docker_direct.eligible(handle, _where(host))):
+        if not _direct_eligible(self.settings, handle):
             return None
+        host = self._host(handle)
         if not handle.get("pid"):
             docker = import_sdk("docker", "docker")
             with _api_errors(host, "inspect the sandbox container"):
@@ -726,6 +732,12 @@ class DockerProvider(Provider):
             with suppress(Exception):
                 client.close()
         self._clients.clear()
+
+
+def _direct_eligible(settings: Settings, handle: Handle) -> bool:
+    """Whether the direct stream may be tried for ``handle`` (see :mod:`.docker_direct`)."""
+    engine = _where(handle.get("docker_host") or settings.docker_host)
+    return settings.docker_direct and docker_direct.eligible(handle, engine)
 
 
 def _not_running(container_id: str, explanation: str) -> SandboxStateError:
