@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -201,6 +202,26 @@ def test_pause_and_resume_reopen_the_stream_directly(settings, tmp_path, provide
         result = manager.run(record.sandbox_id, "python", "print(2)")
         assert result.stdout == "2\n"
         assert exec_ids(provider, record.handle) == []
+    finally:
+        manager.stop(record.sandbox_id)
+        manager.close()
+
+
+def test_a_new_process_runs_in_a_docker_sandbox_without_the_docker_sdk(tmp_path):
+    """Neither docker-py nor an engine round trip in a new process's run (1 s)."""
+    home = tmp_path / "home"
+    manager = SandboxManager(Settings.load(home=home, provider="docker"))
+    record = manager.create("fresh-process")
+    try:
+        script = ("import sys; from nexus_kernel.config import Settings; "
+                  "from nexus_kernel.manager import SandboxManager; "
+                  f"m = SandboxManager(Settings.load(home={str(home)!r})); "
+                  f"print(m.run({record.sandbox_id!r}, 'python', 'print(1)').stdout, end=''); "
+                  "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+                  "('docker', 'requests', 'urllib3')))")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "NEXUS_HOME": str(home)})
+        assert out.stdout.splitlines() == ["1", "[]"], out.stderr[-2000:]
     finally:
         manager.stop(record.sandbox_id)
         manager.close()

@@ -43,12 +43,15 @@ agent's ``READY`` line on the same stream.
 
 The agent listens on the abstract unix socket SOCKET (in the container's network namespace):
 no file sandbox code could rename, replace or point elsewhere, and bound before any user
-code runs, so no one else can hold the name. The stream to the agent is a ``docker exec -i``
-of the agent's ``relay`` (it works against remote engines too), which talks only to a socket
-whose listener is pid 1, the agent (SO_PEERCRED), run as the sandbox's uid + 1: another uid,
-so sandbox code can neither kill it nor read its memory. Each stream then authenticates the
-agent (the ``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes
-Docker's stream framing.
+code runs, so no one else can hold the name. Where this process may join the container's
+network namespace (root, a local engine, runc), the stream is a unix socket it connects there
+itself, to a listener that must be the container's init (:mod:`.docker_direct`: no exec, no
+engine call, no docker SDK). Elsewhere it is a ``docker exec -i`` of the agent's ``relay``
+(it works against remote engines and gVisor too), which talks only to a socket whose listener
+is pid 1, the agent (SO_PEERCRED), run as the sandbox's uid + 1: another uid, so sandbox code
+can neither kill it nor read its memory. Each stream then authenticates the agent (the
+``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes Docker's
+stream framing.
 """
 
 from __future__ import annotations
