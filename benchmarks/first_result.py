@@ -6,7 +6,8 @@ and docker-py, interleaved in one run.
 
 - create + first result: ``create`` then a stateless ``print(1)`` through the manager, vs
   docker-py ``containers.run(detach)`` + ``exec_run(python3 -c print(1))`` of the same image;
-- a new CLI process's ``nexus sandbox run ID -c 'print(1)'`` on docker vs the same on local;
+- a new CLI process's ``nexus sandbox run ID -c 'print(1)'`` on docker vs the same on local
+  (with bytecode caches: the warm-up round writes them);
 - pause + resume through the manager vs docker-py ``pause()`` + ``unpause()``.
 """
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "docker-py containers.run + exec_run": base},
                                args.reps, after=clean), "docker-py containers.run + exec_run")
         if "cli" in only:
-            env = {**os.environ, "NEXUS_HOME": str(home), "NEXUS_DEFAULT_TEMPLATE": "minimal",
-                   "PYTHONPATH": str(ROOT)}
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            env.update(NEXUS_HOME=str(home), NEXUS_DEFAULT_TEMPLATE="minimal",
+                       PYTHONPATH=str(ROOT))  # bytecode caches, as an installed package has
             ids = {"docker": managers["direct"].create("cli-docker", provider="docker").sandbox_id,
                    "local": managers["direct"].create("cli-local", provider="local").sandbox_id}
             made += [(managers["direct"], sid) for sid in ids.values()]
