@@ -88,6 +88,10 @@ class Settings:
     #: Docker: the engine's OCI runtime for sandboxes (NEXUS_DOCKER_RUNTIME; "" = its default,
     #: runc; "runsc" = gVisor, registered by scripts/start-dockerd.sh).
     docker_runtime: str = ""
+    #: Docker: reach the agent through the container's network namespace where this process
+    #: may (root, a local engine, runc; ``providers/docker_direct.py``) instead of a ``docker
+    #: exec`` relay (NEXUS_DOCKER_DIRECT; off: always the relay).
+    docker_direct: bool = True
     e2b_api_key: str = ""
     e2b_template_id: str = ""
     #: E2B: the deployment's domain (E2B_DOMAIN, the SDK's own variable; default e2b.app):

@@ -104,7 +104,8 @@ class SandboxManager:
     def provider(self, name: str, *, check: bool = True) -> Provider:
         """The (cached) provider instance called ``name``, its ``check_available`` passed.
         ``check=False`` skips that check, for a liveness question the provider answers
-        without it (``Provider.alive_without_check``) and the cleanup of a dead sandbox."""
+        without it (``Provider.alive_without_check``), a stream it opens without it
+        (``Provider.connect_needs_check``) and the cleanup of a dead sandbox."""
         options = self._provider_options.get(name, {})
         with self._lock:
             if check and name not in self._checked:
@@ -125,8 +126,9 @@ class SandboxManager:
             client = self._clients.get(record.sandbox_id)
         if client is not None:
             return client
-        provider = self.provider(record.provider)
         handle = record.handle
+        check = provider_class(record.provider).connect_needs_check(self.settings, handle)
+        provider = self.provider(record.provider, check=check)
         from .agent.client import AgentClient
 
         def connect() -> Channel:
@@ -370,8 +372,9 @@ class SandboxManager:
         record = self._require_active(sandbox_id)
         record = self._touch(record, extra=reserve, hold=hold)
         deadline = watchdog_deadline(record.expires_at)
-        self.provider(record.provider).extend(record.handle, deadline)
-        return record, deadline, self._client(record)
+        client = self._client(record)  # checks the provider where its streams need it
+        self.provider(record.provider, check=False).extend(record.handle, deadline)
+        return record, deadline, client
 
     def start(self, sandbox_id: str, language: str, code: str, timeout: float | None = None,
               *, session: str | None = None, input_data: str | None = None) -> str:

@@ -102,3 +102,11 @@ def test_list_asks_a_local_sandbox_liveness_without_probing_bubblewrap(nx):
         assert "nexus_kernel.agent.client" not in report["loaded"]  # no connection is made
         assert "hashlib" not in report["loaded"]  # nor a token, a digest or a deploy
     assert nx.sandbox_status(sandbox_id)["status"] == "active"
+
+
+@needs_bwrap
+def test_a_run_in_a_local_sandbox_does_not_probe_bubblewrap(nx):
+    """A stream to a local sandbox is a socket the host made: ``run`` in a new process starts
+    no probe jail (``Provider.connect_needs_check``) (1 s)."""
+    sandbox_id = nx.sandbox_create("live")["sandbox_id"]
+    assert probe("sandbox", "run", sandbox_id, "-c", "print(1)")["probes"] == 0

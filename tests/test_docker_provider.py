@@ -192,7 +192,8 @@ def test_inside_the_container(provider, any_handle):
 # ------------------------------------------------------------------ the agent
 
 
-def test_hello_and_runs_over_the_exec_relay(provider, handle):
+def test_hello_and_runs_over_the_agent_stream(provider, handle):
+    """Direct as root on runc, else the exec relay (tests/test_docker_direct.py forces each)."""
     client = agent_client(provider, handle)
     try:
         hello = client.hello()

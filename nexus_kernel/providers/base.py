@@ -94,6 +94,12 @@ class Provider(ABC):
         self.options = options
 
     @classmethod
+    def connect_needs_check(cls, settings: Settings, handle: Handle) -> bool:
+        """Whether ``connect(handle)`` needs ``check_available`` first (docker's direct
+        stream asks neither the engine nor its SDK)."""
+        return True
+
+    @classmethod
     def check_available(cls, settings: Settings, **options: Any) -> None:
         """Raise ProviderUnavailableError / MissingDependencyError / MissingCredentialsError
         with a one-line fix when this provider cannot work here. Cheap; no side effects."""

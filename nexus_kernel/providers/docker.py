@@ -43,12 +43,15 @@ agent's ``READY`` line on the same stream.
 
 The agent listens on the abstract unix socket SOCKET (in the container's network namespace):
 no file sandbox code could rename, replace or point elsewhere, and bound before any user
-code runs, so no one else can hold the name. The stream to the agent is a ``docker exec -i``
-of the agent's ``relay`` (it works against remote engines too), which talks only to a socket
-whose listener is pid 1, the agent (SO_PEERCRED), run as the sandbox's uid + 1: another uid,
-so sandbox code can neither kill it nor read its memory. Each stream then authenticates the
-agent (the ``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes
-Docker's stream framing.
+code runs, so no one else can hold the name. Where this process may join the container's
+network namespace (root, a local engine, runc), the stream is a unix socket it connects there
+itself, to a listener that must be the container's init (:mod:`.docker_direct`: no exec, no
+engine call, no docker SDK). Elsewhere it is a ``docker exec -i`` of the agent's ``relay``
+(it works against remote engines and gVisor too), which talks only to a socket whose listener
+is pid 1, the agent (SO_PEERCRED), run as the sandbox's uid + 1: another uid, so sandbox code
+can neither kill it nor read its memory. Each stream then authenticates the agent (the
+``auth`` challenge) before anything is sent. :class:`DockerStreamChannel` removes Docker's
+stream framing.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_egress, seccomp
+from . import docker_direct, docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -422,6 +425,12 @@ class DockerProvider(Provider):
         finally:
             client.close()
 
+    @classmethod
+    def connect_needs_check(cls, settings: Settings, handle: Handle) -> bool:
+        """Not where the direct stream may serve: it needs neither the engine nor its SDK
+        (a new CLI process then imports neither); its fallback reports what fails."""
+        return not (handle.get("pid") and _direct_eligible(settings, handle))
+
     def _engine_info(self, host: str) -> dict[str, Any]:
         """The engine's ``info`` (runtimes), asked once per engine by this provider."""
         info = self._infos.get(host)
@@ -487,8 +496,9 @@ class DockerProvider(Provider):
         }
         try:
             self._start_agent(client, container_id, token, image)
+            # the container's init as the host sees it (the direct stream, the egress proxy)
+            handle["pid"] = pid = client.api.inspect_container(container_id)["State"]["Pid"]
             if spec.allow:  # before any user code: the agent has only just said READY
-                pid = client.api.inspect_container(container_id)["State"]["Pid"]
                 handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
             with suppress(Exception):  # keep the original error
@@ -557,8 +567,13 @@ class DockerProvider(Provider):
             finally:
                 stream.close()
 
-    def connect(self, handle: Handle) -> DockerStreamChannel:
-        """A new stream to the agent: ``docker exec -i`` of the agent's relay."""
+    def connect(self, handle: Handle) -> DockerStreamChannel | socket.socket:
+        """A new stream to the agent: a socket in the container's network namespace where
+        this process may join it (:mod:`.docker_direct`), else ``docker exec -i`` of the
+        agent's relay."""
+        direct = self._connect_direct(handle)
+        if direct is not None:
+            return direct
         docker = import_sdk("docker", "docker")
         host = self._host(handle)
         client = self._client(host)
@@ -585,6 +600,24 @@ class DockerProvider(Provider):
                 raise
         alive = (lambda: self.alive(handle)) if handle.get("gvisor") else None
         return DockerStreamChannel(raw, alive=alive)
+
+    def _connect_direct(self, handle: Handle) -> socket.socket | None:
+        """The direct stream (see :mod:`.docker_direct`), or None where it is not available.
+        A handle made before it recorded the init's pid gets it (the manager saves it)."""
+        if not _direct_eligible(self.settings, handle):
+            return None
+        host = self._host(handle)
+        if not handle.get("pid"):
+            docker = import_sdk("docker", "docker")
+            with _api_errors(host, "inspect the sandbox container"):
+                try:
+                    state = self._client(host).api.inspect_container(handle["container_id"])["State"]
+                except docker.errors.NotFound:
+                    return None  # the relay's path says it in one line
+            if not state.get("Running") or not state.get("Pid"):
+                return None
+            handle["pid"] = state["Pid"]
+        return docker_direct.connect(handle["container_id"], handle["pid"], SOCKET)
 
     def pause(self, handle: Handle) -> None:
         """Freeze every process of the container (``docker pause``). Idempotent."""
@@ -702,6 +735,12 @@ class DockerProvider(Provider):
             with suppress(Exception):
                 client.close()
         self._clients.clear()
+
+
+def _direct_eligible(settings: Settings, handle: Handle) -> bool:
+    """Whether the direct stream may be tried for ``handle`` (see :mod:`.docker_direct`)."""
+    engine = _where(handle.get("docker_host") or settings.docker_host)
+    return settings.docker_direct and docker_direct.eligible(handle, engine)
 
 
 def _not_running(container_id: str, explanation: str) -> SandboxStateError:

@@ -562,6 +562,11 @@ class LocalProvider(Provider):
 
     # ---------------------------------------------------------------- lifecycle
 
+    @classmethod
+    def connect_needs_check(cls, settings: Settings, handle: Handle) -> bool:
+        """Never: a stream is a unix socket the host made (the check probes bubblewrap)."""
+        return False
+
     def connect(self, handle: Handle) -> socket.socket:
         """A unix socket connected to the agent: through an ``O_NOFOLLOW`` handle on the
         socket's directory, and only to a socket this host uid made (never a link)."""

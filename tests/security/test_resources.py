@@ -487,8 +487,11 @@ def _cpu(result) -> float:
 
 
 def _assert_peak_near_the_cap(result) -> None:
+    """A peak is a VmHWM: it counts file pages too (node's binary and libraries, ~35 MB, in
+    the page cache, charged to whichever cgroup read them first), and on docker no exec relay
+    (~7 MB) takes a share of the cap where the host reaches the agent directly."""
     cap = ATTACK_LIMITS["memory_mb"] * 2**20
-    assert 0.75 * cap <= result.usage["peak_memory_bytes"] <= 1.1 * cap, result.usage
+    assert 0.75 * cap <= result.usage["peak_memory_bytes"] <= 1.2 * cap, result.usage
 
 
 @pytest.mark.parametrize("session", [None, "s"], ids=["stateless", "session"])

@@ -109,14 +109,20 @@ def test_every_sandbox_has_a_host_uid_of_its_own_that_no_account_has(env: Env):
     assert len(seen) == 2
 
 
-def test_docker_relays_run_as_another_uid_than_the_sandbox(env: Env):
+def test_docker_relays_run_as_another_uid_than_the_sandbox(env: Env, tmp_path: Path):
+    """Where the exec relay serves (a caller that cannot join the container's network
+    namespace; forced here: NEXUS_DOCKER_DIRECT=0)."""
     if env.name != "docker":
         pytest.skip("local has no relay: the host connects to a socket it made")
-    box = env.create("relayed")
-    box.ok("bash", "true")
-    uid = box.record.handle["uid"]
-    relays = {uid for uid, command in host_uids(box).values() if is_relay(command)}
-    assert relays == {uid + 1}, host_uids(box)
+    relayed = Env(env.name, tmp_path / "relayed", docker_direct=False)
+    try:
+        box = relayed.create("relayed")
+        box.ok("bash", "true")
+        uid = box.record.handle["uid"]
+        relays = {uid for uid, command in host_uids(box).values() if is_relay(command)}
+        assert relays == {uid + 1}, host_uids(box)
+    finally:
+        relayed.close()
 
 
 def test_a_per_uid_quota_exhausted_in_one_sandbox_does_not_reach_another(env: Env):
