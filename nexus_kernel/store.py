@@ -208,6 +208,10 @@ class Store:
         self._db: Any = None  # diskcache.Cache (or _ReadOnlyCache), from the first write on
         self._reader = _Reader(self.directory)
         self._open_lock = threading.Lock()
+        # This process's writers queue here rather than in sqlite's busy handler, which
+        # polls with sleeps of up to 100 ms: with many threads writing (a run's TTL
+        # extension in each of 100 sandboxes) those sleeps made the tail of every run.
+        self._writers = threading.RLock()
         self._store_id: str | None = None
 
     @property
@@ -268,6 +272,12 @@ class Store:
                 raise
             raise mapped from exc
 
+    @contextmanager
+    def _transact(self, retry: bool = False) -> Iterator[None]:
+        """A diskcache transaction, queued behind this process's other writers."""
+        with self._writers, self._cache.transact(retry=retry):
+            yield
+
     @property
     def store_id(self) -> str:
         """A random id naming this store; providers label resources with it. It is also
@@ -308,7 +318,7 @@ class Store:
         """Apply ``change`` to the stored record atomically. ``change`` gets a copy and
         returns the new record, or None to leave it as is. Returns the stored record."""
         key = _PREFIX + sandbox_id
-        with self._guard(), self._cache.transact():
+        with self._guard(), self._transact():
             current = self._cache.get(key)
             if current is None:
                 return None
@@ -350,7 +360,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic read-modify-write across keys (re-entrant; keep it short, no I/O)."""
-        with self._guard(), self._cache.transact():
+        with self._guard(), self._transact():
             yield
 
     def claim(self, key: str, interval: float) -> bool:
@@ -363,7 +373,7 @@ class Store:
             with self._guard():  # most calls end here, reading only
                 if now - self._reads().get("meta:" + key, 0.0) < interval:
                     return False
-            with self._guard(), self._cache.transact():
+            with self._guard(), self._transact():
                 last = self._cache.get("meta:" + key, 0.0)
                 if now - last < interval:
                     return False
@@ -382,7 +392,7 @@ class Store:
             with self._guard():  # most calls end here, reading only
                 if self._reads().get("meta:" + key) == value:
                     return False
-            with self._guard(), self._cache.transact():
+            with self._guard(), self._transact():
                 if self._cache.get("meta:" + key) == value:
                     return False
                 self._cache.set("meta:" + key, value)
@@ -411,7 +421,7 @@ class Store:
                 return
             holder = self._cache.get(key, retry=True)
             if isinstance(holder, dict) and not process_alive(holder):
-                with self._cache.transact(retry=True):
+                with self._transact(retry=True):
                     if self._cache.get(key) == holder:
                         self._cache.delete(key)
                 continue
@@ -420,7 +430,7 @@ class Store:
         try:
             yield
         finally:
-            with self._cache.transact(retry=True):  # ours only: never a successor's
+            with self._transact(retry=True):  # ours only: never a successor's
                 if self._cache.get(key) == me:
                     self._cache.delete(key)
 
