@@ -484,7 +484,8 @@ class Store:
     def close(self) -> None:
         self._reader.close()
         if self._db is not None:
-            self._db.close()
+            with self._writers:  # the threads' shared connection: never under a transaction
+                self._db.close()
 
 
 def move_aside(directory: Path) -> Path | None:
