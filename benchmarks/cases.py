@@ -521,11 +521,13 @@ def _concurrency_level(ctx: Context, n: int, idle: Sample) -> list[Row]:
         probe = responsiveness_probe()
         first, first_ok, _ = _burst(mgr, ids)  # starts every session worker
         latencies, ok, walls = Sample(), 0, []
+        cpu = sum(os.times()[:2])  # this process's: the manager's work per cell
         for _ in range(rounds):
             lat, done, wall = _burst(mgr, ids)
             latencies.values += lat.values
             ok += done
             walls.append(wall)
+        cpu = sum(os.times()[:2]) - cpu
         spawn_lat = finish_probe(probe)
     finally:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -542,7 +544,8 @@ def _concurrency_level(ctx: Context, n: int, idle: Sample) -> list[Row]:
                  f"(first cell p95 {first.p95:.0f} ms: starts the session)",
             extra={"first_cell": first.to_dict(), "completed": ok, "cells": cells,
                    "all_complete": complete}),
-        Row("concurrency", f"{n} sandboxes: throughput", throughput),
+        Row("concurrency", f"{n} sandboxes: throughput", throughput,
+            note=f"host CPU {cpu / cells * 1000:.2f} ms per cell (the benchmark process)"),
         Row("concurrency", f"{n} sandboxes: host `true` spawn", Sample(spawn_lat),
             "idle host `true` spawn", idle,
             note="a separate process spawning `true` every 20 ms during the load"),

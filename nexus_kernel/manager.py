@@ -44,7 +44,7 @@ from .providers import Provider, provider_class
 from .providers.base import KEEPS_MEMORY
 from .reaper import Reaper
 from .store import DB_NAME, Store, move_aside, process_identity
-from .ttl import Clock, expiry, watchdog_deadline
+from .ttl import Clock, expiry, run_needs_write, watchdog_deadline
 from .validation import (
     MAX_CODE_BYTES,
     MAX_TIMEOUT,
@@ -368,10 +368,17 @@ class SandboxManager:
                      hold: bool = False) -> tuple[SandboxRecord, float, AgentClient]:
         """Extend the TTL for a run (``reserve`` seconds more; ``hold``: no touch may bring
         the expiry before them) and move the provider's timeout along: the record, the
-        watchdog deadline (which travels in the run request) and the agent client."""
+        watchdog deadline (which travels in the run request) and the agent client. A run
+        soon after the last one leaves the store as it is (``ttl.run_needs_write``)."""
         record = self._require_active(sandbox_id)
-        record = self._touch(record, extra=reserve, hold=hold)
-        deadline = watchdog_deadline(record.expires_at)
+        now = self.clock()
+        if hold or record.expires_at is None or run_needs_write(
+                record.expires_at, now, record.ttl_minutes, reserve):
+            record = self._touch(record, extra=reserve, hold=hold)
+            expires_at = record.expires_at
+        else:  # the store is not written; the watchdog still gets the exact deadline
+            expires_at = max(record.expires_at, expiry(now, record.ttl_minutes, reserve))
+        deadline = watchdog_deadline(expires_at)
         client = self._client(record)  # checks the provider where its streams need it
         self.provider(record.provider, check=False).extend(record.handle, deadline)
         return record, deadline, client

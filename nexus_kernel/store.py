@@ -14,6 +14,7 @@ sandbox.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import pickle
 import sqlite3
@@ -188,6 +189,39 @@ class _ReadOnlyCache(_Reader):
         yield
 
 
+@functools.cache
+def _shared_cache_class() -> Any:
+    """``diskcache.Cache`` on one connection shared by the process's threads (diskcache opens
+    one per thread: a thread's first store access cost 0.5 ms of CPU and three descriptors,
+    a run from a new thread paid it). The :class:`Store` serialises every use of it."""
+    import diskcache  # its import and open cost a command that only reads
+
+    class SharedCache(diskcache.Cache):  # type: ignore[misc]
+        @property
+        def _con(self) -> sqlite3.Connection:
+            pid, con = self.__dict__.get("_shared", (None, None))
+            if pid != os.getpid():  # first use, or a forked child: its own connection
+                con = sqlite3.connect(os.path.join(self.directory, DB_NAME),
+                                      timeout=self.timeout, isolation_level=None,
+                                      check_same_thread=False)
+                self.__dict__["_shared"] = (os.getpid(), con)
+                try:  # per-connection pragmas, as diskcache sets them
+                    settings = con.execute("SELECT key, value FROM Settings").fetchall()
+                except sqlite3.OperationalError:
+                    settings = []
+                for key, value in settings:
+                    if key.startswith("sqlite_"):
+                        self.reset(key, value, update=False)
+            return con
+
+        def close(self) -> None:
+            pid, con = self.__dict__.pop("_shared", (None, None))
+            if con is not None and pid == os.getpid():
+                con.close()
+
+    return SharedCache
+
+
 class Store:
     """Sandbox records in one diskcache directory, opened for writing on the first write."""
 
@@ -208,6 +242,12 @@ class Store:
         self._db: Any = None  # diskcache.Cache (or _ReadOnlyCache), from the first write on
         self._reader = _Reader(self.directory)
         self._open_lock = threading.Lock()
+        # This process's writers queue here rather than in sqlite's busy handler, which
+        # polls with sleeps of up to 100 ms: with many threads writing (a run's TTL
+        # extension in each of 100 sandboxes) those sleeps made the tail of every run. It
+        # also guards the diskcache's one connection, which every thread shares.
+        self._writers = threading.RLock()
+        self._in_transaction = threading.local()
         self._store_id: str | None = None
 
     @property
@@ -228,14 +268,12 @@ class Store:
         return self._db
 
     def _reads(self) -> Any:
-        """What reads go through: the diskcache once open (a write, a transaction), else the
-        reader."""
-        return self._reader if self._db is None else self._db
+        """What reads go through: inside this thread's transaction the diskcache, else the
+        reader (its own connection: a read never waits for this process's writers)."""
+        return self._cache if getattr(self._in_transaction, "depth", 0) else self._reader
 
     def _open(self) -> Any:
-        import diskcache  # its import and open cost a command that only reads
-
-        return diskcache.Cache(
+        return _shared_cache_class()(
             str(self.directory),
             eviction_policy="none",
             size_limit=2**40,
@@ -268,6 +306,17 @@ class Store:
                 raise
             raise mapped from exc
 
+    @contextmanager
+    def _transact(self, retry: bool = False) -> Iterator[None]:
+        """A diskcache transaction, queued behind this process's other writers."""
+        with self._writers, self._cache.transact(retry=retry):
+            depth = getattr(self._in_transaction, "depth", 0)
+            self._in_transaction.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._in_transaction.depth = depth
+
     @property
     def store_id(self) -> str:
         """A random id naming this store; providers label resources with it. It is also
@@ -276,7 +325,7 @@ class Store:
         if self._store_id is None:
             import secrets
 
-            with self._guard():
+            with self._guard(), self._writers:
                 stored = self._reads().get(_STORE_ID_KEY)
                 if stored is None:
                     self._cache.add(_STORE_ID_KEY, read_marker(self.directory)
@@ -297,7 +346,7 @@ class Store:
 
     def insert(self, record: dict[str, Any]) -> None:
         """Store a new record; refuses to overwrite an existing id."""
-        with self._guard():
+        with self._guard(), self._writers:
             added = self._cache.add(_PREFIX + record["sandbox_id"], record)
         if not added:
             raise SandboxError(f"sandbox id {record['sandbox_id']!r} already exists")
@@ -308,7 +357,7 @@ class Store:
         """Apply ``change`` to the stored record atomically. ``change`` gets a copy and
         returns the new record, or None to leave it as is. Returns the stored record."""
         key = _PREFIX + sandbox_id
-        with self._guard(), self._cache.transact():
+        with self._guard(), self._transact():
             current = self._cache.get(key)
             if current is None:
                 return None
@@ -319,7 +368,7 @@ class Store:
             return new
 
     def delete(self, sandbox_id: str) -> bool:
-        with self._guard():
+        with self._guard(), self._writers:
             return self._cache.delete(_PREFIX + sandbox_id)
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -337,7 +386,7 @@ class Store:
             return self._reads().get("meta:" + key, default)
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self._guard():
+        with self._guard(), self._writers:
             self._cache.set("meta:" + key, value)
 
     def meta_keys(self, prefix: str) -> list[str]:
@@ -350,7 +399,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic read-modify-write across keys (re-entrant; keep it short, no I/O)."""
-        with self._guard(), self._cache.transact():
+        with self._guard(), self._transact():
             yield
 
     def claim(self, key: str, interval: float) -> bool:
@@ -363,7 +412,7 @@ class Store:
             with self._guard():  # most calls end here, reading only
                 if now - self._reads().get("meta:" + key, 0.0) < interval:
                     return False
-            with self._guard(), self._cache.transact():
+            with self._guard(), self._transact():
                 last = self._cache.get("meta:" + key, 0.0)
                 if now - last < interval:
                     return False
@@ -382,7 +431,7 @@ class Store:
             with self._guard():  # most calls end here, reading only
                 if self._reads().get("meta:" + key) == value:
                     return False
-            with self._guard(), self._cache.transact():
+            with self._guard(), self._transact():
                 if self._cache.get("meta:" + key) == value:
                     return False
                 self._cache.set("meta:" + key, value)
@@ -409,9 +458,10 @@ class Store:
                 # reconciled once space is freed.
                 yield
                 return
-            holder = self._cache.get(key, retry=True)
+            with self._writers:
+                holder = self._cache.get(key, retry=True)
             if isinstance(holder, dict) and not process_alive(holder):
-                with self._cache.transact(retry=True):
+                with self._transact(retry=True):
                     if self._cache.get(key) == holder:
                         self._cache.delete(key)
                 continue
@@ -420,7 +470,7 @@ class Store:
         try:
             yield
         finally:
-            with self._cache.transact(retry=True):  # ours only: never a successor's
+            with self._transact(retry=True):  # ours only: never a successor's
                 if self._cache.get(key) == me:
                     self._cache.delete(key)
 
@@ -428,13 +478,14 @@ class Store:
         self._reopen_when_space_is_back()
         if self.read_only is not None:
             raise self.read_only
-        with self._guard():
+        with self._guard(), self._writers:
             return self._cache.add(key, me, expire=expire, retry=True)
 
     def close(self) -> None:
         self._reader.close()
         if self._db is not None:
-            self._db.close()
+            with self._writers:  # the threads' shared connection: never under a transaction
+                self._db.close()
 
 
 def move_aside(directory: Path) -> Path | None:

@@ -10,6 +10,10 @@ Clock = Callable[[], float]
 
 #: Grace the agent's own watchdog adds past the store's expiry (the host reaper is exact).
 WATCHDOG_SLACK_SECONDS = 5.0
+#: A run leaves the stored expiry as it is when that already outlives the run by this much
+#: and lags the TTL from the run's start by less: the run's end writes the exact expiry
+#: anyway. Cells seconds apart then cost one store write each, not two.
+COALESCE_SECONDS = 5.0
 #: A record (or reserved pool slot) still creating after this many seconds was abandoned.
 STALE_CREATING_SECONDS = 300.0
 
@@ -22,3 +26,10 @@ def expiry(now: float, minutes: float, extra: float = 0.0) -> float:
 def watchdog_deadline(expires_at: float) -> float:
     """The deadline given to the agent's watchdog and the provider for a store expiry."""
     return expires_at + WATCHDOG_SLACK_SECONDS
+
+
+def run_needs_write(stored: float, now: float, minutes: float, reserve: float) -> bool:
+    """Whether a run starting at ``now`` (lasting up to ``reserve`` s) must write its expiry
+    before it starts, the stored one being ``stored`` (see :data:`COALESCE_SECONDS`)."""
+    return stored < max(expiry(now, minutes) - COALESCE_SECONDS,
+                        now + reserve + COALESCE_SECONDS)

@@ -18,7 +18,7 @@ from nexus_kernel.kernel.keeper import TtlKeeper
 from nexus_kernel.kernel.sandbox import KernelSandbox
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import AT_CAP, HARD_END, SandboxRecord, Status, iso
-from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
+from nexus_kernel.ttl import COALESCE_SECONDS, WATCHDOG_SLACK_SECONDS, expiry, watchdog_deadline
 from nexus_kernel.validation import MAX_TIMEOUT
 
 from ..fakes import memory
@@ -142,6 +142,30 @@ def test_extend_gets_the_deadline_the_agent_gets(manager: SandboxManager, clock:
     clock.advance(10)
     resumed = manager.resume(record.sandbox_id)
     assert deadlines(record)[count:] == [watchdog_deadline(resumed.expires_at)]
+
+
+def test_runs_seconds_apart_write_the_store_once_each_with_the_exact_ttl(
+        manager: SandboxManager, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = manager.create("busy", ttl_minutes=2)
+    sid = record.sandbox_id
+    manager.run(sid, "bash", "true", timeout=20)
+    writes: list[str] = []
+    update = manager.store.update
+    monkeypatch.setattr(manager.store, "update", lambda *a: writes.append(a[0]) or update(*a))
+
+    clock.advance(COALESCE_SECONDS - 1)
+    manager.run(sid, "bash", "true", timeout=20)
+    assert writes == [sid]  # the run's end only: the stored expiry already outlived the run
+    assert deadlines(record)[-1] == clock() + 120 + 20 + WATCHDOG_SLACK_SECONDS  # exact
+    after = manager.get(sid)
+    assert (after.last_active_at, after.expires_at) == (clock(), clock() + 120)
+
+    clock.advance(COALESCE_SECONDS + 1)  # the stored expiry would lag the TTL by more
+    manager.run(sid, "bash", "true", timeout=20)
+    clock.advance(1)
+    manager.run(sid, "bash", "true", timeout=118)  # would outlive the stored expiry
+    assert writes == [sid] * 5
+    assert deadlines(record)[-1] == clock() + 120 + 118 + WATCHDOG_SLACK_SECONDS
 
 
 def test_pool_hand_out_moves_the_deadline_to_the_users(

@@ -50,11 +50,12 @@ def mounted(mount: Path, size: str = "16m"):
 def fill(directory: Path) -> Path:
     """Fill the filesystem holding ``directory`` to the last byte; the filler file."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    # unbuffered: a buffered file kept the part of a write the disk refused, and raised
+    # ENOSPC again when closed, whenever the free space was not a multiple of 64 KiB
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler
