@@ -284,7 +284,11 @@ class RawDockerSubject(Subject):
             h.remove(force=True)
 
     def close(self) -> None:
-        self.base.cleanup()
+        # only its own containers (DockerBaseline.cleanup takes every benchmark's, also
+        # those of a benchmark running beside this one)
+        for container in self.base._made:
+            self.discard(container)
+        self.base.client.close()
 
 
 # --------------------------------------------------------------------------- measurement
@@ -398,8 +402,17 @@ def side_by_side(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 def _median(sample: Sample | None) -> str:
-    return f"{sample.median:.1f}" if sample is not None and sample.median is not None else "-"
+    if sample is None or sample.median is None:
+        return "-"
+    return f"{sample.median:.{1 if sample.median < 100 else 0}f}"
 
 
 # --------------------------------------------------------------------------- the group
@@ -413,6 +426,7 @@ def peer_rows(ctx: Any) -> list[Row]:
     subjects: list[Subject] = [NexusSubject(ctx.manager()), RawDockerSubject(raw)]
     rows: list[Row] = []
     peers: list[Subject] = []
+    load = _loadavg()
     try:
         for peer in PEERS:
             try:
@@ -429,7 +443,7 @@ def peer_rows(ctx: Any) -> list[Row]:
                 s.close()
     note = (f"peers on {image} ({settings.docker_image} + a `python` symlink: both peers "
             f"run `python`), network none; llm-sandbox without its environment setup (a venv "
-            f"+ pip upgrade, needs the network)")
+            f"+ pip upgrade, needs the network); load average {load} -> {_loadavg()}")
     out = rows_from(samples, subjects[0].label, subjects[1].label, peers) + rows
     out[0].note = note
     return out
