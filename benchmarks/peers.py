@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .baselines import DockerBaseline
 from .timing import Row, Sample, unavailable
 
 DRIVER = Path(__file__).resolve().parent / "peer_driver.py"
@@ -244,17 +243,27 @@ class NexusSubject(Subject):
 
 
 class RawDockerSubject(Subject):
-    """Plain docker-py: a detached ``sleep infinity`` container, ``exec_run`` of python3."""
+    """Plain docker-py: a detached ``sleep infinity`` container (as DockerBaseline.running
+    makes, but labelled for this group alone: another benchmark's DockerBaseline.cleanup
+    removes every ``nexus.bench`` container), ``exec_run`` of python3."""
 
     label = "docker-py"
     why: dict[str, str] = {}
 
-    def __init__(self, base: DockerBaseline):
-        self.base = base
+    def __init__(self, client: Any, image: str):
+        self.client, self.image = client, image
+        self.made: list[Any] = []
+
+    def _start(self) -> Any:
+        container = self.client.containers.run(
+            self.image, ["sleep", "infinity"], detach=True, user="1000:1000",
+            network_mode="none", labels={"nexus.bench.peers": "1"})
+        self.made.append(container)
+        return container
 
     def create(self) -> tuple[Any, float]:
         start = time.perf_counter()
-        container = self.base.running()
+        container = self._start()
         return container, _ms(start)
 
     def run(self, h: Any) -> tuple[float, str]:
@@ -264,7 +273,7 @@ class RawDockerSubject(Subject):
 
     def create_run(self) -> tuple[Any, float, str]:
         start = time.perf_counter()
-        container = self.base.running()
+        container = self._start()
         out = container.exec_run(["python3", "-c", CODE], user="1000:1000").output.decode()
         return container, _ms(start), out
 
@@ -277,18 +286,19 @@ class RawDockerSubject(Subject):
     def stop(self, h: Any) -> float:
         start = time.perf_counter()
         h.remove(force=True)
+        self.made.remove(h)
         return _ms(start)
 
     def discard(self, h: Any) -> None:
         with contextlib.suppress(Exception):
             h.remove(force=True)
+        if h in self.made:
+            self.made.remove(h)
 
     def close(self) -> None:
-        # only its own containers (DockerBaseline.cleanup takes every benchmark's, also
-        # those of a benchmark running beside this one)
-        for container in self.base._made:
+        for container in list(self.made):
             self.discard(container)
-        self.base.client.close()
+        self.client.close()
 
 
 # --------------------------------------------------------------------------- measurement
@@ -421,9 +431,13 @@ def _median(sample: Sample | None) -> str:
 def peer_rows(ctx: Any) -> list[Row]:
     """The "peers" group: install (once), build the peer image (once), measure, tabulate."""
     settings = ctx.settings
-    raw = DockerBaseline(settings.docker_image, settings.docker_host)
-    image = ensure_peer_image(settings.docker_image, raw.client)
-    subjects: list[Subject] = [NexusSubject(ctx.manager()), RawDockerSubject(raw)]
+    import docker
+
+    client = (docker.DockerClient(base_url=settings.docker_host) if settings.docker_host
+              else docker.from_env())
+    image = ensure_peer_image(settings.docker_image, client)
+    subjects: list[Subject] = [NexusSubject(ctx.manager()),
+                               RawDockerSubject(client, settings.docker_image)]
     rows: list[Row] = []
     peers: list[Subject] = []
     load = _loadavg()
