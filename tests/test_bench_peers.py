@@ -76,6 +76,7 @@ def test_driver_protocol_measurement_and_tables(fake, tmp_path: Path):
     assert len(samples["stateless print(1)"]["slow 0.0-fake"].values) == 4
     assert "nopause 0.0-fake" not in samples["pause + resume"]
     assert len(samples["stop"]["ours 0.0-fake"].values) == 2
+    nopause.create()  # measure_all stops or discards what it made; the driver, the rest:
     for s in (ours, raw, slow, nopause):
         s.close()  # quit: whatever was not stopped is discarded by the driver
     for name in ("ours", "raw", "slow", "nopause"):
