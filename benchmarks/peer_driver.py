@@ -9,7 +9,7 @@ peer's own output goes to stderr. Times are measured here, around the peer's cal
     {"op": "hello"}                    -> {"name", "version", "unsupported": {op: why}}
     {"op": "create"}                   -> {"id", "ms"}
     {"op": "run", "id", "code"}        -> {"ms", "stdout"}
-    {"op": "create_run", "code"}       -> {"id", "ms", "stdout"}
+    {"op": "create_run", "code"}       -> {"id", "ms", "stdout", "run_ms"}
     {"op": "pause_resume", "id"}       -> {"ms"}
     {"op": "stop", "id"}               -> {"ms"}
     {"op": "discard", "id"}            -> {}   (stopped untimed, in the background)
@@ -146,9 +146,9 @@ class Driver:
         if op == "create_run":
             start = time.perf_counter()
             handle = a.create()
-            out = a.run(handle, req["code"])
+            out, run_ms = _timed(a.run, handle, req["code"])
             return {"id": self._new(handle), "ms": (time.perf_counter() - start) * 1000.0,
-                    "stdout": out}
+                    "stdout": out, "run_ms": run_ms}
         if op == "run":
             out, ms = _timed(a.run, self.handles[req["id"]], req["code"])
             return {"ms": ms, "stdout": out}

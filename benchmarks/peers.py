@@ -28,6 +28,8 @@ from .timing import Row, Sample, unavailable
 
 DRIVER = Path(__file__).resolve().parent / "peer_driver.py"
 CODE = "print(1)"
+#: The run's share of "create + first result" (the first run in a new sandbox).
+FIRST = "  of which the first run"
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ PEERS = (
 #: Both peers run ``python`` (not ``python3``): the sandbox image plus that one symlink.
 PEER_IMAGE = "nexus-bench-peers:latest"
 #: Targets of issue 18, ratio us / peer (or us / docker-py) of medians.
-OPS = ("create -> ready", "stateless print(1)", "create + first result", "pause + resume", "stop")
+OPS = ("create -> ready", "stateless print(1)", "create + first result", FIRST, "pause + resume",
+       "stop")
 RAW_TARGETS = {"stateless print(1)": 0.2, "create + first result": 1.0, "pause + resume": 1.5}
 PEER_TARGETS = {
     ("stateless print(1)", "nexus-ai-fs"): 0.1,
@@ -58,6 +61,7 @@ RAW_NAMES = {
     "create -> ready": "docker-py containers.run(detach)",
     "stateless print(1)": "docker-py exec_run(python3)",
     "create + first result": "docker-py containers.run + exec_run",
+    FIRST: "docker-py exec_run(python3), new container",
     "pause + resume": "docker-py pause()+unpause()",
     "stop": "docker-py remove(force=True)",
 }
@@ -150,15 +154,15 @@ class PeerProcess:
 
 
 class Subject:
-    """What is measured: every operation returns (handle, ms, stdout); ``None`` methods are
-    operations the subject lacks (``why`` says why)."""
+    """What is measured; ``why`` names the operations the subject lacks and says why.
+    ``create_run`` returns (handle, total ms, stdout, ms of the run alone)."""
 
     label: str
     why: dict[str, str]
 
     def create(self) -> tuple[Any, float]: ...
     def run(self, h: Any) -> tuple[float, str]: ...
-    def create_run(self) -> tuple[Any, float, str]: ...
+    def create_run(self) -> tuple[Any, float, str, float]: ...
     def pause_resume(self, h: Any) -> float: ...
     def stop(self, h: Any) -> float: ...
     def discard(self, h: Any) -> None: ...
@@ -182,9 +186,9 @@ class PeerSubject(Subject):
         ans = self.proc.ask({"op": "run", "id": h, "code": CODE})
         return ans["ms"], ans["stdout"]
 
-    def create_run(self) -> tuple[Any, float, str]:
+    def create_run(self) -> tuple[Any, float, str, float]:
         ans = self.proc.ask({"op": "create_run", "code": CODE})
-        return ans["id"], ans["ms"], ans["stdout"]
+        return ans["id"], ans["ms"], ans["stdout"], ans["run_ms"]
 
     def pause_resume(self, h: Any) -> float:
         return self.proc.ask({"op": "pause_resume", "id": h})["ms"]
@@ -218,11 +222,12 @@ class NexusSubject(Subject):
         out = self.mgr.run(h, "python", CODE).stdout
         return _ms(start), out
 
-    def create_run(self) -> tuple[Any, float, str]:
+    def create_run(self) -> tuple[Any, float, str, float]:
         start = time.perf_counter()
         sid = self.mgr.create("bench-peers", provider="docker").sandbox_id
+        ran = time.perf_counter()
         out = self.mgr.run(sid, "python", CODE).stdout
-        return sid, _ms(start), out
+        return sid, _ms(start), out, _ms(ran)
 
     def pause_resume(self, h: Any) -> float:
         start = time.perf_counter()
@@ -271,11 +276,12 @@ class RawDockerSubject(Subject):
         out = h.exec_run(["python3", "-c", CODE], user="1000:1000").output.decode()
         return _ms(start), out
 
-    def create_run(self) -> tuple[Any, float, str]:
+    def create_run(self) -> tuple[Any, float, str, float]:
         start = time.perf_counter()
         container = self._start()
+        ran = time.perf_counter()
         out = container.exec_run(["python3", "-c", CODE], user="1000:1000").output.decode()
-        return container, _ms(start), out
+        return container, _ms(start), out, _ms(ran)
 
     def pause_resume(self, h: Any) -> float:
         start = time.perf_counter()
@@ -333,11 +339,13 @@ def measure_all(subjects: list[Subject], creates: int, runs: int, stops: int, wa
             raise RuntimeError(f"{s.label}: print(1) gave {out!r}")
         return ms
 
-    def create_run(s: Subject, _i: int) -> float:
-        h, ms, out = s.create_run()
+    def create_run(s: Subject, i: int) -> float:
+        h, ms, out, run_ms = s.create_run()
         s.discard(h)
         if out.strip() != "1":
             raise RuntimeError(f"{s.label}: print(1) in a new sandbox gave {out!r}")
+        if i >= warmup:
+            samples[FIRST].setdefault(s.label, Sample()).add(run_ms)
         return ms
 
     def stop(s: Subject, i: int) -> float | None:
@@ -361,7 +369,8 @@ def measure_all(subjects: list[Subject], creates: int, runs: int, stops: int, wa
 def op_key(op: str) -> str:
     """The driver's name of a table operation."""
     return {"create -> ready": "create", "stateless print(1)": "run",
-            "create + first result": "create_run", "pause + resume": "pause_resume",
+            "create + first result": "create_run", FIRST: "create_run",
+            "pause + resume": "pause_resume",
             "stop": "stop"}[op]
 
 

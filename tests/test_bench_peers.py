@@ -75,6 +75,8 @@ def test_driver_protocol_measurement_and_tables(fake, tmp_path: Path):
     samples = peers.measure_all([ours, raw, slow, nopause], creates=3, runs=4, stops=2)
     assert len(samples["stateless print(1)"]["slow 0.0-fake"].values) == 4
     assert "nopause 0.0-fake" not in samples["pause + resume"]
+    first = samples[peers.FIRST]["slow 0.0-fake"].median  # the run's share of create + run
+    assert 20 <= first < samples["create + first result"]["slow 0.0-fake"].median - 15
     assert len(samples["stop"]["ours 0.0-fake"].values) == 2
     nopause.create()  # measure_all stops or discards what it made; the driver, the rest:
     for s in (ours, raw, slow, nopause):
