@@ -34,7 +34,7 @@ FIRST = "  of which the first run"
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer library: its driver adapter and the pinned requirements of its environment."""
+    """A peer library: its adapter's name in peer_driver.py, its environment's pins."""
 
     name: str
     requirements: tuple[str, ...]
@@ -46,9 +46,9 @@ PEERS = (
 )
 #: Both peers run ``python`` (not ``python3``): the sandbox image plus that one symlink.
 PEER_IMAGE = "nexus-bench-peers:latest"
-#: Targets of issue 18, ratio us / peer (or us / docker-py) of medians.
 OPS = ("create -> ready", "stateless print(1)", "create + first result", FIRST, "pause + resume",
        "stop")
+#: Targets of issue 18, ratio us / docker-py and us / peer of medians.
 RAW_TARGETS = {"stateless print(1)": 0.2, "create + first result": 1.0, "pause + resume": 1.5}
 PEER_TARGETS = {
     ("stateless print(1)", "nexus-ai-fs"): 0.1,
@@ -350,14 +350,14 @@ def measure_all(subjects: list[Subject], creates: int, runs: int, stops: int, wa
 
     def stop(s: Subject, i: int) -> float | None:
         victims = made[s.label]
-        return s.stop(victims.pop()) if len(victims) > 1 else None  # the first one stays
+        return s.stop(victims.pop()) if len(victims) > 1 else None
 
     try:
         rounds("create -> ready", creates, create)
         rounds("stateless print(1)", runs, run)
         rounds("create + first result", creates, create_run)
         rounds("pause + resume", max(5, runs // 2), lambda s, _i: s.pause_resume(made[s.label][0]))
-        rounds("stop", min(stops, creates), stop)
+        rounds("stop", min(stops, creates - 1), stop)  # the first sandbox stays to the end
     finally:
         for s in subjects:
             for h in made[s.label]:
