@@ -155,10 +155,12 @@ class PeerProcess:
 
 class Subject:
     """What is measured; ``why`` names the operations the subject lacks and says why.
-    ``create_run`` returns (handle, total ms, stdout, ms of the run alone)."""
+    ``create_run`` returns (handle, total ms, stdout, ms of the run alone). A subject that
+    ``may_fail`` gets "failed: ..." for an operation that raised, instead of ending the run."""
 
     label: str
     why: dict[str, str]
+    may_fail = False
 
     def create(self) -> tuple[Any, float]: ...
     def run(self, h: Any) -> tuple[float, str]: ...
@@ -174,6 +176,8 @@ def _ms(start: float) -> float:
 
 
 class PeerSubject(Subject):
+    may_fail = True
+
     def __init__(self, proc: PeerProcess):
         self.proc, self.label = proc, proc.label
         self.why = dict(proc.unsupported)
@@ -324,7 +328,18 @@ def measure_all(subjects: list[Subject], creates: int, runs: int, stops: int, wa
         for i in range(warmup + n):
             shift = i % len(able)
             for s in able[shift:] + able[:shift]:
-                ms = fn(s, i)
+                if op_key(op) in s.why:  # failed in an earlier round
+                    continue
+                try:
+                    ms = fn(s, i)
+                except Exception as exc:
+                    if not s.may_fail:
+                        raise
+                    log(f"[peers] {s.label}: {op} failed: {exc}")
+                    s.why[op_key(op)] = f"failed: {exc}"[:200]
+                    for same in (o for o in OPS if op_key(o) == op_key(op)):
+                        samples[same].pop(s.label, None)
+                    continue
                 if i >= warmup and ms is not None:
                     samples[op].setdefault(s.label, Sample()).add(ms)
 

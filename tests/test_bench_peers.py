@@ -102,8 +102,19 @@ def test_driver_protocol_measurement_and_tables(fake, tmp_path: Path):
     assert len(lines) == 2 + len(peers.OPS)
 
 
-def test_wrong_output_and_peer_errors_are_reported(fake):
+def test_a_failing_peer_is_na_and_a_failure_of_ours_ends_the_run(fake):
     ours, raw, broken = fake("ours:0"), fake("raw:0"), fake("broken:0")
+    samples = peers.measure_all([ours, raw, broken], creates=2, runs=2, stops=1, warmup=0)
+    assert "broken 0.0-fake" in samples["create -> ready"]
+    assert "broken 0.0-fake" not in samples["stateless print(1)"]
+    assert "broken 0.0-fake" not in samples[peers.FIRST]
+    rows = {r.name: r for r in peers.rows_from(samples, ours.label, raw.label, [broken])}
+    row = rows["stateless print(1): nexus docker vs broken"]
+    assert not row.available and row.note.endswith("print(1) gave '2\\n'")
+    assert rows["pause + resume: nexus docker vs broken"].available
+
+    broken.why.clear()
+    broken.may_fail = False  # as our own subjects: a wrong answer ends the run
     with pytest.raises(RuntimeError, match=r"broken 0.0-fake: print\(1\) gave '2\\n'"):
         peers.measure_all([ours, raw, broken], creates=1, runs=1, stops=1, warmup=0)
     with pytest.raises(RuntimeError, match="run: KeyError: 999"):
