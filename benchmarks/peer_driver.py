@@ -146,8 +146,9 @@ class Driver:
         if op == "create_run":
             start = time.perf_counter()
             handle = a.create()
+            key = self._new(handle)  # stopped at quit even when the run fails
             out, run_ms = _timed(a.run, handle, req["code"])
-            return {"id": self._new(handle), "ms": (time.perf_counter() - start) * 1000.0,
+            return {"id": key, "ms": (time.perf_counter() - start) * 1000.0,
                     "stdout": out, "run_ms": run_ms}
         if op == "run":
             out, ms = _timed(a.run, self.handles[req["id"]], req["code"])

@@ -6,7 +6,7 @@ pause + resume, stop.
 
 The environments live in ``$NEXUS_BENCH_PEERS_DIR`` (default
 ``~/.cache/nexus-kernel/bench-peers``), reused while the pins match; ``--peers-clean``
-removes them.
+removes them and the peers' image.
 """
 
 from __future__ import annotations
@@ -72,9 +72,14 @@ def peers_dir() -> Path:
                 or Path.home() / ".cache" / "nexus-kernel" / "bench-peers")
 
 
-def clean() -> None:
-    """Remove every peer environment."""
+def clean(docker_host: str = "") -> None:
+    """Remove every peer environment and the peers' image."""
     shutil.rmtree(peers_dir(), ignore_errors=True)
+    with contextlib.suppress(Exception):  # no engine, or no image: nothing to remove
+        import docker
+
+        client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+        client.images.remove(PEER_IMAGE)
 
 
 def ensure_venv(peer: Peer, log: Callable[[str], None]) -> Path:

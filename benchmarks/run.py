@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure llm-sandbox and nexus-ai-fs side by side on docker "
                         "(installs them, pinned, into throwaway venvs once)")
     p.add_argument("--peers-clean", action="store_true",
-                   help="remove the peers' virtual environments and exit")
+                   help="remove the peers' virtual environments and image, and exit")
     args = p.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(GROUPS)
@@ -191,10 +191,12 @@ def _default_environment(user_home: Path, home: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.peers_clean:
-        from .peers import clean, peers_dir
+        from nexus_kernel.config import Settings
 
-        clean()
-        print(f"removed {peers_dir()}", file=sys.stderr)
+        from .peers import PEER_IMAGE, clean, peers_dir
+
+        clean(Settings.load().docker_host)
+        print(f"removed {peers_dir()} and the image {PEER_IMAGE}", file=sys.stderr)
         return 0
     user_home = os.environ.get("NEXUS_HOME") or str(Path.home() / ".nexus")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="nexus-bench-"))
