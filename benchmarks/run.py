@@ -2,9 +2,11 @@
 
     python3 -m benchmarks [--providers local,docker] [--quick] [--json PATH]
                           [--concurrency 1,10,50,100] [--only GROUPS] [--markdown PATH]
+                          [--peers] [--peers-clean]
 
 Groups (``--only``): create, run, session, pause, memory, stop, provider (the provider alone,
-without the manager), kernel, cli, mcp, concurrency, store, pool, snapshot. Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
+without the manager), kernel, cli, mcp, concurrency, store, pool, snapshot, peers (only with
+``--peers``: llm-sandbox and nexus-ai-fs side by side, see benchmarks/peers.py). Sandboxes live in a private temporary NEXUS_HOME (``--home`` to choose one),
 so the benchmark never touches your own sandboxes.
 """
 
@@ -30,7 +32,7 @@ from .timing import Row, unavailable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GROUPS = ("create", "run", "session", "pause", "memory", "stop", "provider", "kernel", "cli",
-          "mcp", "concurrency", "store", "pool", "snapshot")
+          "mcp", "concurrency", "store", "pool", "snapshot", "peers")
 #: The groups of cases.provider_rows (through the manager).
 MANAGER_GROUPS = ("create", "run", "session", "pause", "memory", "stop")
 
@@ -50,11 +52,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="repetitions of fast operations")
     p.add_argument("--only", default=None, help=f"comma-separated groups: {','.join(GROUPS)}")
     p.add_argument("--home", default=None, help="NEXUS_HOME to use (default: a fresh temp dir)")
+    p.add_argument("--peers", action="store_true",
+                   help="also measure llm-sandbox and nexus-ai-fs side by side on docker "
+                        "(installs them, pinned, into throwaway venvs once)")
+    p.add_argument("--peers-clean", action="store_true",
+                   help="remove the peers' virtual environments and image, and exit")
     args = p.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(GROUPS)
         if unknown:
             p.error(f"unknown group(s): {', '.join(sorted(unknown))}")
+        if "peers" in args.only.split(",") and not args.peers:
+            p.error("the peers group needs --peers")
     return args
 
 
@@ -149,6 +158,15 @@ def render_markdown(rows: list[Row], machine: dict[str, Any], started: str) -> s
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def _peers_table(rows: list[Row]) -> str:
+    """The side-by-side table of the peers group, "" without one."""
+    if not any(r.group == "peers" for r in rows):
+        return ""
+    from .peers import side_by_side
+
+    return side_by_side(rows)
+
+
 def _default_environment(user_home: Path, home: Path) -> str:
     """Give the benchmark's NEXUS_HOME the default local environment (template
     "datascience") of the user's NEXUS_HOME, building it there when missing (what
@@ -172,6 +190,14 @@ def _default_environment(user_home: Path, home: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peers_clean:
+        from nexus_kernel.config import Settings
+
+        from .peers import PEER_IMAGE, clean, peers_dir
+
+        clean(Settings.load().docker_host)
+        print(f"removed {peers_dir()} and the image {PEER_IMAGE}", file=sys.stderr)
+        return 0
     user_home = os.environ.get("NEXUS_HOME") or str(Path.home() / ".nexus")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="nexus-bench-"))
     os.environ["NEXUS_HOME"] = str(home)
@@ -228,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                                   ("snapshot", snapshot_rows)):
             if ctx.wants(group):
                 attempt(group, fn, ctx, *extra)
+        if args.peers and ctx.wants("peers"):
+            from .peers import peer_rows
+
+            attempt("peers", peer_rows, ctx)
     finally:
         if ctx.ipykernel is not None:
             ctx.ipykernel.close()
@@ -235,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(home, ignore_errors=True)
 
     print(render_text(rows))
+    side = _peers_table(rows)
+    if side:
+        print("\n" + side)
     result = {"started": started, "machine": machine, "options": vars(args),
               "rows": [r.to_dict() for r in rows]}
     out = Path(args.json)
@@ -242,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2))
     print(f"\nJSON: {out}", file=sys.stderr)
     if args.markdown:
-        Path(args.markdown).write_text(render_markdown(rows, machine, started))
+        Path(args.markdown).write_text(render_markdown(rows, machine, started)
+                                       + (f"\n{side}" if side else ""))
         print(f"markdown: {args.markdown}", file=sys.stderr)
     return 0
 
