@@ -269,3 +269,29 @@ def test_snapshots_right_after_restores(nx, sandbox):
         run(nx, sandbox, "n += 1")
         assert value(nx, sandbox, "n") == str(i + 1)
     assert len(nx.sandbox_snapshots(sandbox)["snapshots"]) == 1  # a name names one
+
+
+def test_checkpoint_holders_survive_the_next_cell_being_interrupted_or_killed(nx, sandbox):
+    """A cell's checkpoint is answered before its holder has left the session's process
+    group (``freeze.py``): an interrupt of the next cell (SIGINT to that group) and the
+    death of the session's worker right after it must leave the holder alone."""
+    manager = nx.manager
+    for i in range(2):
+        manager.run(sandbox, "python", f"n = {10 * i + 1}", 30, session="kernel",
+                    checkpoint={"name": f"interrupted{i}", "keep_auto": 8})
+        cell = threading.Thread(target=manager.run, args=(
+            sandbox, "python", "import time; time.sleep(10)", 30), kwargs={"session": "kernel"})
+        cell.start()
+        deadline = time.monotonic() + 10
+        while not manager.interrupt(sandbox, "kernel") and time.monotonic() < deadline:
+            pass  # as soon as the next cell runs
+        cell.join()
+        manager.run(sandbox, "python", f"n = {10 * i + 2}", 30, session="kernel",
+                    checkpoint={"name": f"killed{i}", "keep_auto": 8})
+        died = manager.run(sandbox, "python", "import os; os.kill(os.getpid(), 9)", 30,
+                           session="kernel")
+        assert died.exit_code != 0
+    for i in range(2):
+        for name, n in ((f"interrupted{i}", 10 * i + 1), (f"killed{i}", 10 * i + 2)):
+            nx.sandbox_restore(sandbox, name)
+            assert value(nx, sandbox, "n") == str(n), name

@@ -8,6 +8,13 @@ the agent passes, so the holder stays unchanged and can be restored any number o
 or to ``exit``. Both forks are double forks: the holder and the workers it makes are
 reparented to the agent (a child subreaper), which reaps them.
 
+The worker does not wait for its holder: it answers right after its own fork (the state is
+the holder's from then on) and goes on with the next command, while the holder sets itself
+up and writes its pid to ``<socket path>.pid``; the agent reads it
+before it needs the holder out of the session's reach (see ``snapshots.Snapshot.settle``).
+SIGINT stays blocked in the holder (an interrupt of the session's next cell reaches its
+process group before the holder leaves it); the workers it makes unblock it.
+
 What a fork does not copy: threads (only the forking thread survives; BLAS pools start
 again when next used, user threads are gone and listed in ``lost_threads``) and child
 processes (listed in ``lost_processes``: they stay the current worker's).
@@ -19,6 +26,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -33,6 +41,9 @@ from .wire import LineBuffer
 _TAG_VAR = "NEXUS_RUN_TAG"
 #: How many fds a ``fork`` request passes: commands, control, stdout, stderr.
 _FDS = 4
+#: Appended to a holder's socket path: the file where the holder writes its pid when ready,
+#: 0 if it could not set itself up (``snapshots.PID_SUFFIX``).
+_PID_SUFFIX = ".pid"
 
 
 def snapshot(worker, cmd: dict) -> dict | None:
@@ -43,28 +54,31 @@ def snapshot(worker, cmd: dict) -> dict | None:
         return {"error": "snapshot needs a socket path and a tag"}
     lost_threads = sorted(t.name for t in threading.enumerate()
                           if t is not threading.main_thread() and t.is_alive())
-    lost_processes = _children()
+    reap(block=True)  # the middle processes of earlier snapshots (long gone by now)
+    lost_processes = [pid for pid in _children() if pid not in _middles]
     offsets = _file_offsets()
     worker._flush_streams()
     agent_pid = cmd.get("agent")  # the only peer the holder answers
     if not isinstance(agent_pid, int):
         return {"error": "snapshot needs the agent's pid"}
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
         listener.bind(path)
         listener.listen(4)
-        holder = _detached_fork(functools.partial(_become_holder, worker, tag))
+        in_holder = _background_fork(functools.partial(
+            _become_holder, worker, tag, path + _PID_SUFFIX))
     except OSError as exc:
         listener.close()
         return {"error": f"cannot fork the session: {exc.strerror or exc}"}
-    if holder == 0:
+    if in_holder:
         try:
-            _hold(worker, listener, agent_pid, offsets)  # returns only in a new worker
+            _hold(worker, listener, agent_pid, offsets, mask)  # returns only in a new worker
         except BaseException:
             os._exit(1)
         return None
     listener.close()
-    return {"pid": holder, "lost_threads": lost_threads, "lost_processes": lost_processes,
+    return {"pid": None, "lost_threads": lost_threads, "lost_processes": lost_processes,
             "rss": _rss()}
 
 
@@ -72,13 +86,16 @@ def snapshot(worker, cmd: dict) -> dict | None:
 _middles: list = []
 
 
-def reap() -> None:
-    """Wait for the middle processes of the last double forks (done after the reply: they
-    exit at once, but their exit need not delay it)."""
-    while _middles:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(_middles[-1], 0)
-        _middles.pop()
+def reap(block: bool = False) -> None:
+    """Reap the middle processes of the last double forks (done after the reply: they exit
+    at once, but their exit need not delay it); ``block``: wait for those still running."""
+    for middle in list(_middles):
+        try:
+            done, _status = os.waitpid(middle, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped already (user code's os.wait())
+            done = middle
+        if done:
+            _middles.remove(middle)
 
 
 #: Names in a session's namespace that are the session's own, never exported.
@@ -196,21 +213,61 @@ def _detached_fork(prepare) -> int:
     return int(data)
 
 
-def _become_holder(worker, tag: str) -> None:
-    """The holder's set-up, before the worker learns its pid."""
-    os.setsid()  # out of the session's process group: an interrupt never reaches it
-    set_tag(tag)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    # The session's pipes are the worker's alone: the agent sees them close when it dies.
-    for fd in (worker.cmd_fd, worker.ctl_fd, worker.out_fd, worker.err_fd):
-        with contextlib.suppress(OSError):
+def _background_fork(prepare) -> bool:
+    """Fork a grandchild that the agent adopts, without waiting for it: True in the
+    grandchild once it ran ``prepare()``, False in the caller right after the first fork.
+    SIGINT is blocked in both children (see the module's docstring); the middle process
+    exits after its fork, :func:`reap` reaps it."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings():  # "fork() in a multi-threaded process": see above
+            warnings.simplefilter("ignore", DeprecationWarning)
+            middle = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    if middle == 0:
+        pid = -1
+        with contextlib.suppress(BaseException), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid != 0:
+            os._exit(0)
+        try:
+            prepare()
+        except BaseException:
+            os._exit(1)
+        return True
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _middles.append(middle)
+    return False
+
+
+def _become_holder(worker, tag: str, pid_file: str) -> None:
+    """The holder's set-up; it ends by writing the holder's pid (0: failed) to ``pid_file``."""
+    ready = False
+    try:
+        os.setsid()  # out of the session's process group: an interrupt never reaches it
+        set_tag(tag)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        # The session's pipes are the worker's alone: the agent sees them close when it dies.
+        for fd in (worker.cmd_fd, worker.ctl_fd, worker.out_fd, worker.err_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        ready = True
+    finally:
+        fd = os.open(pid_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"%d\n" % (os.getpid() if ready else 0))
+        finally:
             os.close(fd)
+        os.rename(pid_file + ".tmp", pid_file)  # whole or absent for the agent
 
 
-def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
+def _hold(worker, listener, agent_pid: int, offsets: dict, mask) -> None:
     """The holder's life: wait for the agent's requests; return only in a new worker."""
     while True:
         try:
@@ -229,13 +286,14 @@ def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
             if request.get("op") != "fork" or len(fds) != _FDS:
                 continue
             tag = str(request.get("tag", ""))
-            pid = _detached_fork(functools.partial(_become_worker, worker, fds, tag, offsets))
+            pid = _detached_fork(functools.partial(_become_worker, worker, fds, tag, offsets,
+                                                   mask))
             if pid == 0:
                 listener.close()
                 conn.close()
                 return
             conn.sendall(b"%d\n" % pid)
-            reap()
+            reap(block=True)
         except OSError:
             continue
         finally:
@@ -245,10 +303,10 @@ def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
             conn.close()
 
 
-def _become_worker(worker, fds: list, tag: str, offsets: dict) -> None:
+def _become_worker(worker, fds: list, tag: str, offsets: dict, mask) -> None:
     """Take over the session's new pipes as its worker (stdout and stderr included), with
     its open files at the offsets they had at the snapshot (a forked process shares
-    them with the holder and every worker before it)."""
+    them with the holder and every worker before it), and the worker's signal mask."""
     for fd, pos in offsets.items():
         with contextlib.suppress(OSError):
             os.lseek(fd, pos, os.SEEK_SET)
@@ -263,6 +321,7 @@ def _become_worker(worker, fds: list, tag: str, offsets: dict) -> None:
     worker._lines = LineBuffer()
     worker._pending = []
     set_tag(tag)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

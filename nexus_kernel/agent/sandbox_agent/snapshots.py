@@ -34,6 +34,9 @@ FORK_WAIT = 30.0
 SESSION_WAIT = 12.0
 #: Free space a snapshot's files leave on the file system that holds them.
 SPACE_MARGIN = 1024 * 1024
+#: Appended to a holder's socket path: the file where the holder writes its pid once set
+#: up, 0 if it could not (see :mod:`.freeze`).
+PID_SUFFIX = ".pid"
 
 
 class Gate:
@@ -133,9 +136,18 @@ class Snapshot:
                 "sessions": sorted(self.holders), "not_captured": self.not_captured,
                 "lost_threads": self.lost_threads, "lost_processes": self.lost_processes}
 
-    def discard(self) -> None:
+    def settle(self) -> None:
+        """Learn the pid of each holder still setting itself up (see :mod:`.freeze`): until
+        then it may be in the session's process tree and carry its tag, so this comes
+        before anything kills the session's processes or the holder itself."""
         for holder in self.holders.values():
-            if has_tag(holder["pid"], holder["tag"]):  # not a process that took its pid
+            if holder["pid"] is None:
+                holder["pid"] = _holder_pid(holder["path"], holder["tag"])
+
+    def discard(self) -> None:
+        self.settle()
+        for holder in self.holders.values():
+            if holder["pid"] and has_tag(holder["pid"], holder["tag"]):  # not a process that took its pid
                 with contextlib.suppress(OSError):
                     os.kill(holder["pid"], signal.SIGKILL)  # the agent's reaper reaps it
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -170,6 +182,13 @@ class Snapshots:
     def list(self) -> list:
         with self._lock:
             return [s.info() for s in self._all.values()]
+
+    def settle(self) -> None:
+        """:meth:`Snapshot.settle` every snapshot (before a session's processes are killed)."""
+        with self._lock:
+            snaps = list(self._all.values())
+        for snap in snaps:
+            snap.settle()
 
     def delete(self, ref) -> dict:
         snap = self.find(ref)
@@ -227,7 +246,7 @@ class Snapshots:
         tag = random_id()
         answer = session.ask({"op": "snapshot", "path": path, "tag": tag,
                               "agent": os.getpid()}, FORK_WAIT)
-        if not answer or not isinstance(answer.get("pid"), int):
+        if not answer or "error" in answer or "pid" not in answer:
             why = (answer or {}).get("error") or "it did not answer"
             raise Failure(f"cannot snapshot session {label}: {why}")
         snap.holders[session.name] = {"pid": answer["pid"], "path": path, "tag": tag}
@@ -365,6 +384,23 @@ class Snapshots:
         finally:
             for session in held:
                 session.run_lock.release()
+
+
+def _holder_pid(path: str, tag: str) -> int:
+    """The pid a holder wrote next to its socket once set up (0: it never did, or is gone)."""
+    until = time.monotonic() + FORK_WAIT
+    pause = 0.0005
+    while True:
+        try:
+            with open(path + PID_SUFFIX, "rb") as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            if time.monotonic() >= until or not os.path.exists(path):
+                return 0
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+            continue
+        return pid if pid and has_tag(pid, tag) else 0
 
 
 def check_request(name, keep_auto) -> None:
