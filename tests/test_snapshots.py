@@ -295,3 +295,27 @@ def test_checkpoint_holders_survive_the_next_cell_being_interrupted_or_killed(nx
         for name, n in ((f"interrupted{i}", 10 * i + 1), (f"killed{i}", 10 * i + 2)):
             nx.sandbox_restore(sandbox, name)
             assert value(nx, sandbox, "n") == str(n), name
+
+
+def test_snapshots_share_an_unchanged_home_copy_and_see_every_change(nx, sandbox):
+    """Snapshots taken while no file changed share one copy of the home directory; a
+    same-size rewrite right after a snapshot (within the file system's clock tick) is
+    still seen by the next one, and a file changed just before a snapshot is not trusted."""
+    sb = sandbox
+    copies = ("sorted(n for d in __import__('glob').glob('/tmp/nexus-agent-*/snapshots') "
+              "for n in __import__('os').listdir(d) if n.startswith('files-'))")
+    run(nx, sb, "open('data.txt', 'w').write('A' * 1000); import time; time.sleep(0.2)")
+    first = [nx.sandbox_snapshot(sb)["snapshot_id"] for _ in range(3)]
+    assert len(eval(value(nx, sb, copies))) == 1  # noqa: S307 - a list of names we printed
+    run(nx, sb, "open('data.txt', 'r+').write('B' * 1000)")  # at once, the same size
+    changed = nx.sandbox_snapshot(sb)["snapshot_id"]  # right after a change: not shared
+    again = nx.sandbox_snapshot(sb)["snapshot_id"]
+    assert len(eval(value(nx, sb, copies))) == 3  # noqa: S307
+    for snap, text in [*((s, "A") for s in first), (changed, "B"), (again, "B")]:
+        nx.sandbox_restore(sb, snap)
+        assert value(nx, sb, "open('data.txt').read()") == text * 1000, snap
+    for snap in first:
+        nx.sandbox_snapshot_delete(sb, snap)
+    nx.sandbox_restore(sb, changed)  # its copy outlives the shared one's deletion
+    assert value(nx, sb, "open('data.txt').read()") == "B" * 1000
+    assert len(eval(value(nx, sb, copies))) == 2  # noqa: S307

@@ -32,6 +32,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 import warnings
 
 from .wire import LineBuffer
@@ -215,7 +216,8 @@ def _detached_fork(prepare) -> int:
 
 def _background_fork(prepare) -> bool:
     """Fork a grandchild that the agent adopts, without waiting for it: True in the
-    grandchild once it ran ``prepare()``, False in the caller right after the first fork.
+    grandchild once it left the caller's process tree (its parent exited) and ran
+    ``prepare()``, False in the caller right after the first fork.
     SIGINT is blocked in both children (see the module's docstring); the middle process
     exits after its fork, :func:`reap` reaps it."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -227,13 +229,15 @@ def _background_fork(prepare) -> bool:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     if middle == 0:
-        pid = -1
+        pid, me = -1, os.getpid()
         with contextlib.suppress(BaseException), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid != 0:
             os._exit(0)
         try:
+            while os.getppid() == me:  # out of the session's process tree before it is ready
+                time.sleep(0.0002)
             prepare()
         except BaseException:
             os._exit(1)
