@@ -10,6 +10,11 @@ def main() -> None:
     sent on IOPub explicitly, so the kernel process's own stdout and stderr (its log) stay
     the real ones, and each message no longer waits for the IOPub thread to flush two
     empty capture streams (four thread round trips a cell)."""
+    import os
+
+    # The kernel has no debugger (its kernelspec says so); without this, debugpy's import
+    # warns about frozen modules on the kernel's real stderr (the notebook server's log).
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     from ipykernel.kernelapp import IPKernelApp
 
     from .kernel import NexusKernel

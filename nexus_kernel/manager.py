@@ -65,6 +65,10 @@ MAX_FORK_BYTES = 48 * 2**20
 GONE_GRACE_SECONDS = 2.0
 #: Seconds an attach waits past the run's own timeout before giving up on the agent.
 RUN_WAIT_GRACE = 30.0
+#: A run that reserves no time (a kernel's cell) does not write the TTL extension of its
+#: start when the sandbox was active this recently (the end of the last run wrote one, and
+#: this run's end writes the next): its expiry is then at most this much earlier.
+TOUCH_COALESCE_SECONDS = 1.0
 
 EventCallback = Callable[[OutputEvent], None]
 
@@ -367,7 +371,8 @@ class SandboxManager:
         the expiry before them) and move the provider's timeout along: the record, the
         watchdog deadline (which travels in the run request) and the agent client."""
         record = self._require_active(sandbox_id)
-        record = self._touch(record, extra=reserve, hold=hold)
+        if reserve or hold or self.clock() - record.last_active_at >= TOUCH_COALESCE_SECONDS:
+            record = self._touch(record, extra=reserve, hold=hold)
         deadline = watchdog_deadline(record.expires_at)
         self.provider(record.provider).extend(record.handle, deadline)
         return record, deadline, self._client(record)

@@ -32,7 +32,6 @@ import stat
 import struct
 import sys
 import threading
-import time
 import warnings
 
 from .wire import LineBuffer
@@ -55,7 +54,7 @@ def snapshot(worker, cmd: dict) -> dict | None:
         return {"error": "snapshot needs a socket path and a tag"}
     lost_threads = sorted(t.name for t in threading.enumerate()
                           if t is not threading.main_thread() and t.is_alive())
-    reap(block=True)  # the middle processes of earlier snapshots (long gone by now)
+    reap()  # the middle processes of earlier snapshots (not waited for: see _middles)
     lost_processes = [pid for pid in _children() if pid not in _middles]
     offsets = _file_offsets()
     worker._flush_streams()
@@ -229,15 +228,18 @@ def _background_fork(prepare) -> bool:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     if middle == 0:
-        pid, me = -1, os.getpid()
+        pid = -1
         with contextlib.suppress(BaseException), warnings.catch_warnings():
+            gone, alive = os.pipe()  # EOF once the middle process has exited
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid != 0:
             os._exit(0)
         try:
-            while os.getppid() == me:  # out of the session's process tree before it is ready
-                time.sleep(0.0002)
+            os.close(alive)
+            while os.read(gone, 1):  # out of the session's process tree before it is ready
+                pass
+            os.close(gone)
             prepare()
         except BaseException:
             os._exit(1)
