@@ -10,8 +10,9 @@ reparented to the agent (a child subreaper), which reaps them.
 
 The worker does not wait for its holder: it answers right after its own fork (the state is
 the holder's from then on) and goes on with the next command, while the holder sets itself
-up and writes its pid to ``<socket path>.pid``; the agent reads it
-before it needs the holder out of the session's reach (see ``snapshots.Snapshot.settle``).
+up and, once out of the session's process tree and retagged, writes its pid to
+``<socket path>.pid`` (0 if it could not); the agent reads it before it kills the session
+or the holder (see ``snapshots.Snapshot.settle``).
 SIGINT stays blocked in the holder (an interrupt of the session's next cell reaches its
 process group before the holder leaves it); the workers it makes unblock it.
 
@@ -66,8 +67,8 @@ def snapshot(worker, cmd: dict) -> dict | None:
     try:
         listener.bind(path)
         listener.listen(4)
-        in_holder = _background_fork(functools.partial(
-            _become_holder, worker, tag, path + _PID_SUFFIX))
+        in_holder = _background_fork(functools.partial(_become_holder, worker, tag),
+                                     path + _PID_SUFFIX)
     except OSError as exc:
         listener.close()
         return {"error": f"cannot fork the session: {exc.strerror or exc}"}
@@ -213,15 +214,16 @@ def _detached_fork(prepare) -> int:
     return int(data)
 
 
-def _background_fork(prepare) -> bool:
+def _background_fork(prepare, pid_file: str) -> bool:
     """Fork a grandchild that the agent adopts, without waiting for it: True in the
     grandchild once it left the caller's process tree (its parent exited) and ran
-    ``prepare()``, False in the caller right after the first fork.
-    SIGINT is blocked in both children (see the module's docstring); the middle process
-    exits after its fork, :func:`reap` reaps it."""
+    ``prepare()``, False in the caller right after the first fork. The grandchild's pid
+    then goes to ``pid_file`` (0 when it could not be made or set up). SIGINT is blocked
+    in both children (see the module's docstring); the middle process exits after its
+    fork, :func:`reap` reaps it."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with warnings.catch_warnings():  # "fork() in a multi-threaded process": see above
+        with warnings.catch_warnings():  # "fork() in a multi-threaded process": see _detached_fork
             warnings.simplefilter("ignore", DeprecationWarning)
             middle = os.fork()
     except BaseException:
@@ -234,43 +236,50 @@ def _background_fork(prepare) -> bool:
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid != 0:
+            if pid < 0:
+                with contextlib.suppress(BaseException):
+                    _write_pid(pid_file, 0)
             os._exit(0)
+        ready = False
         try:
             os.close(alive)
             while os.read(gone, 1):  # out of the session's process tree before it is ready
                 pass
             os.close(gone)
             prepare()
-        except BaseException:
-            os._exit(1)
+            ready = True
+        finally:
+            with contextlib.suppress(BaseException):
+                _write_pid(pid_file, os.getpid() if ready else 0)
+            if not ready:
+                os._exit(1)
         return True
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _middles.append(middle)
     return False
 
 
-def _become_holder(worker, tag: str, pid_file: str) -> None:
-    """The holder's set-up; it ends by writing the holder's pid (0: failed) to ``pid_file``."""
-    ready = False
+def _write_pid(pid_file: str, pid: int) -> None:
+    fd = os.open(pid_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.setsid()  # out of the session's process group: an interrupt never reaches it
-        set_tag(tag)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-        # The session's pipes are the worker's alone: the agent sees them close when it dies.
-        for fd in (worker.cmd_fd, worker.ctl_fd, worker.out_fd, worker.err_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        ready = True
+        os.write(fd, b"%d\n" % pid)
     finally:
-        fd = os.open(pid_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"%d\n" % (os.getpid() if ready else 0))
-        finally:
+        os.close(fd)
+    os.rename(pid_file + ".tmp", pid_file)  # whole or absent for the agent
+
+
+def _become_holder(worker, tag: str) -> None:
+    """The holder's set-up, before the agent learns its pid."""
+    os.setsid()  # out of the session's process group: an interrupt never reaches it
+    set_tag(tag)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    # The session's pipes are the worker's alone: the agent sees them close when it dies.
+    for fd in (worker.cmd_fd, worker.ctl_fd, worker.out_fd, worker.err_fd):
+        with contextlib.suppress(OSError):
             os.close(fd)
-        os.rename(pid_file + ".tmp", pid_file)  # whole or absent for the agent
 
 
 def _hold(worker, listener, agent_pid: int, offsets: dict, mask) -> None:
