@@ -319,3 +319,14 @@ def test_snapshots_share_an_unchanged_home_copy_and_see_every_change(nx, sandbox
     nx.sandbox_restore(sb, changed)  # its copy outlives the shared one's deletion
     assert value(nx, sb, "open('data.txt').read()") == "B" * 1000
     assert len(eval(value(nx, sb, copies))) == 2  # noqa: S307
+
+
+def test_restore_right_after_a_snapshot_finds_its_holder(nx, sandbox):
+    """A restore at once after a snapshot kills the session's process tree: the holder
+    must have left it (its middle process exiting is not enough: its children go to the
+    agent a moment later) and must not be left stopped by that kill."""
+    run(nx, sandbox, "data = [bytearray(1000) for _ in range(20000)]; n = 7")
+    for _ in range(50):
+        nx.sandbox_snapshot(sandbox, "now")
+        nx.sandbox_restore(sandbox, "now")
+    assert value(nx, sandbox, "n, len(data)") == "(7, 20000)"

@@ -33,6 +33,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 import warnings
 
 from .wire import LineBuffer
@@ -230,7 +231,7 @@ def _background_fork(prepare, pid_file: str) -> bool:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
     if middle == 0:
-        pid = -1
+        pid, me = -1, os.getpid()
         with contextlib.suppress(BaseException), warnings.catch_warnings():
             gone, alive = os.pipe()  # EOF once the middle process has exited
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -243,9 +244,11 @@ def _background_fork(prepare, pid_file: str) -> bool:
         ready = False
         try:
             os.close(alive)
-            while os.read(gone, 1):  # out of the session's process tree before it is ready
-                pass
+            while os.read(gone, 1):  # out of the session's process tree before it is ready:
+                pass  # the middle process closed its files (it is exiting), then
             os.close(gone)
+            while os.getppid() == me:  # its children went to the agent (a moment later)
+                time.sleep(0.0001)
             prepare()
             ready = True
         finally:
