@@ -305,13 +305,16 @@ class Snapshots:
     def restore(self, ref) -> dict:
         snap = self.find(ref)
         with self.gate.alone("restore a snapshot"), self._sessions_held() as sessions:
-            if not os.path.isdir(snap.files.path):
+            files = snap.files
+            if files is None:
+                raise Invalid(f"no snapshot {ref!r} in this sandbox (it was just deleted)")
+            if not os.path.isdir(files.path):
                 raise Failure(f"snapshot {snap.id}'s files are gone (deleted from inside "
                               "the sandbox): delete the snapshot")
             restarted = sorted(f"{s.name} ({s.language})" for s in sessions
                                if s.language != "python" or s.name not in snap.holders)
             self.agent.end_sessions(sessions)
-            sync_tree(snap.files.path, self.agent.home, skip=self._base())
+            sync_tree(files.path, self.agent.home, skip=self._base())
             for name, holder in snap.holders.items():
                 self.agent.thaw_session(name, holder["path"])
         return {"snapshot_id": snap.id, "name": snap.name, "sessions": sorted(snap.holders),
@@ -340,6 +343,8 @@ class Snapshots:
         if snap is None:
             home = self.agent.home
             sources = [(s.name, s, False) for s in sessions if s.language == "python"]
+        elif snap.files is None:
+            raise Invalid(f"no snapshot {snap.id!r} in this sandbox (it was just deleted)")
         else:
             home = snap.files.path
             sources = [(name, self.agent.spare_session(h["path"]), True)
