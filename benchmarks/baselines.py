@@ -81,9 +81,11 @@ class JupyterKernel:
         return {**reply, "_stdout": "".join(stdout)}
 
     def close(self) -> None:
+        """Shut the kernel down with a shutdown request (the proxy kernel stops its
+        sandbox then; killing it would leave the sandbox running until its TTL)."""
         try:
             self.kc.stop_channels()
-            self.km.shutdown_kernel(now=True)
+            self.km.shutdown_kernel()
         finally:
             if self._tmp is not None:
                 self._tmp.cleanup()

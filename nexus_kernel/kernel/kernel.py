@@ -128,6 +128,9 @@ class NexusKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        #: ipykernel sleeps this long before each execute reply so that output captured in
+        #: the kernel process gets out first; a cell's output here was sent before its reply.
+        self._execute_sleep = 0.0
         self.history = History()
         self.sandbox: KernelSandbox | None = None
         self.keeper: TtlKeeper | None = None

@@ -8,6 +8,14 @@ the agent passes, so the holder stays unchanged and can be restored any number o
 or to ``exit``. Both forks are double forks: the holder and the workers it makes are
 reparented to the agent (a child subreaper), which reaps them.
 
+The worker does not wait for its holder: it answers right after its own fork (the state is
+the holder's from then on) and goes on with the next command, while the holder sets itself
+up and, once out of the session's process tree and retagged, writes its pid to
+``<socket path>.pid`` (0 if it could not); the agent reads it before it kills the session
+or the holder (see ``snapshots.Snapshot.settle``).
+SIGINT stays blocked in the holder (an interrupt of the session's next cell reaches its
+process group before the holder leaves it); the workers it makes unblock it.
+
 What a fork does not copy: threads (only the forking thread survives; BLAS pools start
 again when next used, user threads are gone and listed in ``lost_threads``) and child
 processes (listed in ``lost_processes``: they stay the current worker's).
@@ -19,11 +27,13 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import socket
 import stat
 import struct
 import sys
 import threading
+import time
 import warnings
 
 from .wire import LineBuffer
@@ -33,6 +43,9 @@ from .wire import LineBuffer
 _TAG_VAR = "NEXUS_RUN_TAG"
 #: How many fds a ``fork`` request passes: commands, control, stdout, stderr.
 _FDS = 4
+#: Appended to a holder's socket path: the file where the holder writes its pid when ready,
+#: 0 if it could not set itself up (``snapshots.PID_SUFFIX``).
+_PID_SUFFIX = ".pid"
 
 
 def snapshot(worker, cmd: dict) -> dict | None:
@@ -43,28 +56,31 @@ def snapshot(worker, cmd: dict) -> dict | None:
         return {"error": "snapshot needs a socket path and a tag"}
     lost_threads = sorted(t.name for t in threading.enumerate()
                           if t is not threading.main_thread() and t.is_alive())
-    lost_processes = _children()
+    reap()  # the middle processes of earlier snapshots (not waited for: see _middles)
+    lost_processes = [pid for pid in _children() if pid not in _middles]
     offsets = _file_offsets()
     worker._flush_streams()
     agent_pid = cmd.get("agent")  # the only peer the holder answers
     if not isinstance(agent_pid, int):
         return {"error": "snapshot needs the agent's pid"}
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
         listener.bind(path)
         listener.listen(4)
-        holder = _detached_fork(functools.partial(_become_holder, worker, tag))
+        in_holder = _background_fork(functools.partial(_become_holder, worker, tag),
+                                     path + _PID_SUFFIX)
     except OSError as exc:
         listener.close()
         return {"error": f"cannot fork the session: {exc.strerror or exc}"}
-    if holder == 0:
+    if in_holder:
         try:
-            _hold(worker, listener, agent_pid, offsets)  # returns only in a new worker
+            _hold(worker, listener, agent_pid, offsets, mask)  # returns only in a new worker
         except BaseException:
             os._exit(1)
         return None
     listener.close()
-    return {"pid": holder, "lost_threads": lost_threads, "lost_processes": lost_processes,
+    return {"pid": None, "lost_threads": lost_threads, "lost_processes": lost_processes,
             "rss": _rss()}
 
 
@@ -72,13 +88,16 @@ def snapshot(worker, cmd: dict) -> dict | None:
 _middles: list = []
 
 
-def reap() -> None:
-    """Wait for the middle processes of the last double forks (done after the reply: they
-    exit at once, but their exit need not delay it)."""
-    while _middles:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(_middles[-1], 0)
-        _middles.pop()
+def reap(block: bool = False) -> None:
+    """Reap the middle processes of the last double forks (done after the reply: they exit
+    at once, but their exit need not delay it); ``block``: wait for those still running."""
+    for middle in list(_middles):
+        try:
+            done, _status = os.waitpid(middle, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped already (user code's os.wait())
+            done = middle
+        if done:
+            _middles.remove(middle)
 
 
 #: Names in a session's namespace that are the session's own, never exported.
@@ -196,8 +215,64 @@ def _detached_fork(prepare) -> int:
     return int(data)
 
 
+def _background_fork(prepare, pid_file: str) -> bool:
+    """Fork a grandchild that the agent adopts, without waiting for it: True in the
+    grandchild once it left the caller's process tree (its parent exited) and ran
+    ``prepare()``, False in the caller right after the first fork. The grandchild's pid
+    then goes to ``pid_file`` (0 when it could not be made or set up). SIGINT is blocked
+    in both children (see the module's docstring); the middle process exits after its
+    fork, :func:`reap` reaps it."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings():  # "fork() in a multi-threaded process": see _detached_fork
+            warnings.simplefilter("ignore", DeprecationWarning)
+            middle = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    if middle == 0:
+        pid, me = -1, os.getpid()
+        with contextlib.suppress(BaseException), warnings.catch_warnings():
+            gone, alive = os.pipe()  # EOF once the middle process has exited
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid != 0:
+            if pid < 0:
+                with contextlib.suppress(BaseException):
+                    _write_pid(pid_file, 0)
+            os._exit(0)
+        ready = False
+        try:
+            os.close(alive)
+            while os.read(gone, 1):  # out of the session's process tree before it is ready:
+                pass  # the middle process closed its files (it is exiting), then
+            os.close(gone)
+            while os.getppid() == me:  # its children went to the agent (a moment later)
+                time.sleep(0.0001)
+            prepare()
+            ready = True
+        finally:
+            with contextlib.suppress(BaseException):
+                _write_pid(pid_file, os.getpid() if ready else 0)
+            if not ready:
+                os._exit(1)
+        return True
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _middles.append(middle)
+    return False
+
+
+def _write_pid(pid_file: str, pid: int) -> None:
+    fd = os.open(pid_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"%d\n" % pid)
+    finally:
+        os.close(fd)
+    os.rename(pid_file + ".tmp", pid_file)  # whole or absent for the agent
+
+
 def _become_holder(worker, tag: str) -> None:
-    """The holder's set-up, before the worker learns its pid."""
+    """The holder's set-up, before the agent learns its pid."""
     os.setsid()  # out of the session's process group: an interrupt never reaches it
     set_tag(tag)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -210,7 +285,7 @@ def _become_holder(worker, tag: str) -> None:
             os.close(fd)
 
 
-def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
+def _hold(worker, listener, agent_pid: int, offsets: dict, mask) -> None:
     """The holder's life: wait for the agent's requests; return only in a new worker."""
     while True:
         try:
@@ -229,13 +304,14 @@ def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
             if request.get("op") != "fork" or len(fds) != _FDS:
                 continue
             tag = str(request.get("tag", ""))
-            pid = _detached_fork(functools.partial(_become_worker, worker, fds, tag, offsets))
+            pid = _detached_fork(functools.partial(_become_worker, worker, fds, tag, offsets,
+                                                   mask))
             if pid == 0:
                 listener.close()
                 conn.close()
                 return
             conn.sendall(b"%d\n" % pid)
-            reap()
+            reap(block=True)
         except OSError:
             continue
         finally:
@@ -245,10 +321,10 @@ def _hold(worker, listener, agent_pid: int, offsets: dict) -> None:
             conn.close()
 
 
-def _become_worker(worker, fds: list, tag: str, offsets: dict) -> None:
+def _become_worker(worker, fds: list, tag: str, offsets: dict, mask) -> None:
     """Take over the session's new pipes as its worker (stdout and stderr included), with
     its open files at the offsets they had at the snapshot (a forked process shares
-    them with the holder and every worker before it)."""
+    them with the holder and every worker before it), and the worker's signal mask."""
     for fd, pos in offsets.items():
         with contextlib.suppress(OSError):
             os.lseek(fd, pos, os.SEEK_SET)
@@ -263,6 +339,7 @@ def _become_worker(worker, fds: list, tag: str, offsets: dict) -> None:
     worker._lines = LineBuffer()
     worker._pending = []
     set_tag(tag)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -120,7 +120,9 @@ class Session:
         os.write(self._wake_w, b"x")
 
     def kill(self) -> None:
-        """Kill the worker and everything the session started."""
+        """Kill the worker and everything the session started (not the holders of its
+        snapshots: they are waited for until out of its reach)."""
+        self.agent.snapshots.settle()
         self.agent.procs.kill(roots=(self.pid,), tag=self.tag)
 
     def info(self) -> dict:

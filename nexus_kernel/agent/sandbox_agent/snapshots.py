@@ -8,6 +8,10 @@ a run, and runs that arrive meanwhile wait until it is done. Bash and JavaScript
 are not captured: a restore ends them (their next run starts a fresh interpreter, and the
 restore result lists them in ``restarted``), as it ends python sessions the snapshot does
 not have. Files outside the home directory (/tmp) are not part of a snapshot.
+
+A copy of the home directory is shared by the snapshots taken while nothing in it changed
+(same entries, sizes, inodes and change times, see :func:`tree_state`): a notebook's cells
+that write no files do not copy its data files again at each automatic checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ FORK_WAIT = 30.0
 SESSION_WAIT = 12.0
 #: Free space a snapshot's files leave on the file system that holds them.
 SPACE_MARGIN = 1024 * 1024
+#: Entries changed this recently when a copy of the home directory is made are not trusted
+#: to show a later change in their change time (file systems stamp a coarse clock): such a
+#: copy is never shared with the next snapshot.
+RECENT_NS = 50_000_000
+#: Appended to a holder's socket path: the file where the holder writes its pid once set
+#: up, 0 if it could not (see :mod:`.freeze`).
+PID_SUFFIX = ".pid"
 
 
 class Gate:
@@ -112,6 +123,17 @@ def thaw(path: str, tag: str, fds: tuple) -> int:
         raise OSError("the snapshot's holder did not answer") from None
 
 
+class Files:
+    """A copy of the home directory, shared by the snapshots taken while it did not change
+    (``signature``: see :func:`tree_state`; None: never shared)."""
+
+    def __init__(self, path: str, size: int, signature) -> None:
+        self.path = path
+        self.size = size
+        self.signature = signature
+        self.users = 1  # snapshots holding it (changed under ``Snapshots._lock``)
+
+
 class Snapshot:
     def __init__(self, snap_id: str, name: str | None, folder: str) -> None:
         self.id = snap_id
@@ -119,7 +141,7 @@ class Snapshot:
         self.folder = folder
         self.created = time.time()
         self.holders: dict = {}  # python session name -> {"pid", "path"}
-        self.files_bytes = 0
+        self.files: Files | None = None
         self.memory_bytes = 0
         self.not_captured: list = []  # "name (language)" of bash/javascript sessions
         self.lost_threads: dict = {}
@@ -129,13 +151,22 @@ class Snapshot:
     def info(self) -> dict:
         return {"snapshot_id": self.id, "name": self.name, "auto": self.auto,
                 "created": self.created,
-                "size": self.files_bytes, "memory": self.memory_bytes,
+                "size": self.files.size if self.files else 0, "memory": self.memory_bytes,
                 "sessions": sorted(self.holders), "not_captured": self.not_captured,
                 "lost_threads": self.lost_threads, "lost_processes": self.lost_processes}
 
-    def discard(self) -> None:
+    def settle(self) -> None:
+        """Learn the pid of each holder still setting itself up (see :mod:`.freeze`): until
+        then it may be in the session's process tree and carry its tag, so this comes
+        before anything kills the session's processes or the holder itself."""
         for holder in self.holders.values():
-            if has_tag(holder["pid"], holder["tag"]):  # not a process that took its pid
+            if holder["pid"] is None:
+                holder["pid"] = _holder_pid(holder["path"], holder["tag"])
+
+    def discard(self) -> None:
+        self.settle()
+        for holder in self.holders.values():
+            if holder["pid"] and has_tag(holder["pid"], holder["tag"]):  # not a process that took its pid
                 with contextlib.suppress(OSError):
                     os.kill(holder["pid"], signal.SIGKILL)  # the agent's reaper reaps it
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -149,6 +180,7 @@ class Snapshots:
         self.gate = Gate()
         self._lock = threading.Lock()
         self._all: dict = {}  # id -> Snapshot, oldest first
+        self._last_files: Files | None = None  # the newest copy of the home directory
 
     def _base(self) -> str:
         base = self.agent.temp_path("snapshots")
@@ -171,12 +203,46 @@ class Snapshots:
         with self._lock:
             return [s.info() for s in self._all.values()]
 
+    def settle(self) -> None:
+        """:meth:`Snapshot.settle` every snapshot (before a session's processes are killed)."""
+        with self._lock:
+            snaps = list(self._all.values())
+        for snap in snaps:
+            snap.settle()
+
     def delete(self, ref) -> dict:
         snap = self.find(ref)
         with self._lock:
-            self._all.pop(snap.id, None)
-        snap.discard()
+            if self._all.pop(snap.id, None) is None:
+                return {"deleted": snap.id}  # deleted meanwhile
+        self._discard(snap)
         return {"deleted": snap.id}
+
+    def _discard(self, snap: Snapshot) -> None:
+        """End a snapshot's holders; delete its files unless another snapshot shares them."""
+        snap.discard()
+        files, snap.files = snap.files, None
+        if files is None:
+            return
+        with self._lock:
+            files.users -= 1
+            if files.users:
+                return
+            if self._last_files is files:
+                self._last_files = None
+        shutil.rmtree(files.path, ignore_errors=True)
+
+    def _home_copy(self, base: str) -> Files:
+        """A copy of the home directory: the newest one when nothing changed since."""
+        size, signature = tree_state(self.agent.home, base)
+        with self._lock:
+            last = self._last_files
+            if signature is not None and last is not None and last.signature == signature:
+                last.users += 1
+                return last
+        path = os.path.join(base, "files-" + random_id())
+        copy_tree(self.agent.home, path, base, size)
+        return Files(path, size, signature)
 
     def take(self, name, keep_auto=None, reserved: bool = False) -> dict:
         """A new snapshot; ``keep_auto``: it is an automatic one, and only the newest
@@ -191,7 +257,7 @@ class Snapshots:
                                   "keeps: delete some first")
             snap, old = self._take(name, keep_auto)
         for s in old:  # after the gate: the next run need not wait for it
-            s.discard()
+            self._discard(s)
         return dict(snap.info(), dropped=[s.id for s in old])
 
     def _take(self, name, keep_auto) -> tuple:
@@ -200,15 +266,15 @@ class Snapshots:
             snap = Snapshot("snap-" + random_id()[:12], name, os.path.join(base, random_id()))
             os.mkdir(snap.folder, 0o700)
             try:
-                snap.files_bytes = copy_tree(self.agent.home, os.path.join(snap.folder, "files"),
-                                             skip=base)
+                snap.files = self._home_copy(base)
                 for session in sessions:
                     self._capture(snap, session)
             except BaseException:
-                snap.discard()
+                self._discard(snap)
                 raise
         snap.auto = keep_auto is not None
         with self._lock:
+            self._last_files = snap.files
             old = [s for s in self._all.values() if name is not None and s.name == name]
             if snap.auto:
                 autos = [s for s in self._all.values() if s.auto and s not in old]
@@ -227,7 +293,7 @@ class Snapshots:
         tag = random_id()
         answer = session.ask({"op": "snapshot", "path": path, "tag": tag,
                               "agent": os.getpid()}, FORK_WAIT)
-        if not answer or not isinstance(answer.get("pid"), int):
+        if not answer or "error" in answer or "pid" not in answer:
             why = (answer or {}).get("error") or "it did not answer"
             raise Failure(f"cannot snapshot session {label}: {why}")
         snap.holders[session.name] = {"pid": answer["pid"], "path": path, "tag": tag}
@@ -239,13 +305,16 @@ class Snapshots:
     def restore(self, ref) -> dict:
         snap = self.find(ref)
         with self.gate.alone("restore a snapshot"), self._sessions_held() as sessions:
-            if not os.path.isdir(os.path.join(snap.folder, "files")):
+            files = snap.files
+            if files is None:
+                raise Invalid(f"no snapshot {ref!r} in this sandbox (it was just deleted)")
+            if not os.path.isdir(files.path):
                 raise Failure(f"snapshot {snap.id}'s files are gone (deleted from inside "
                               "the sandbox): delete the snapshot")
             restarted = sorted(f"{s.name} ({s.language})" for s in sessions
                                if s.language != "python" or s.name not in snap.holders)
             self.agent.end_sessions(sessions)
-            sync_tree(os.path.join(snap.folder, "files"), self.agent.home, skip=self._base())
+            sync_tree(files.path, self.agent.home, skip=self._base())
             for name, holder in snap.holders.items():
                 self.agent.thaw_session(name, holder["path"])
         return {"snapshot_id": snap.id, "name": snap.name, "sessions": sorted(snap.holders),
@@ -274,8 +343,10 @@ class Snapshots:
         if snap is None:
             home = self.agent.home
             sources = [(s.name, s, False) for s in sessions if s.language == "python"]
+        elif snap.files is None:
+            raise Invalid(f"no snapshot {snap.id!r} in this sandbox (it was just deleted)")
         else:
-            home = os.path.join(snap.folder, "files")
+            home = snap.files.path
             sources = [(name, self.agent.spare_session(h["path"]), True)
                        for name, h in snap.holders.items()]
         manifest: dict = {"sessions": {}, "skipped": {}}
@@ -367,6 +438,23 @@ class Snapshots:
                 session.run_lock.release()
 
 
+def _holder_pid(path: str, tag: str) -> int:
+    """The pid a holder wrote next to its socket once set up (0: it never did, or is gone)."""
+    until = time.monotonic() + FORK_WAIT
+    pause = 0.0005
+    while True:
+        try:
+            with open(path + PID_SUFFIX, "rb") as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            if time.monotonic() >= until or not os.path.exists(path):
+                return 0
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+            continue
+        return pid if pid and has_tag(pid, tag) else 0
+
+
 def check_request(name, keep_auto) -> None:
     """A snapshot's name (or None) and ``keep_auto`` (or None), checked."""
     if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
@@ -382,22 +470,39 @@ def _copy_regular(src: str, dst: str) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _tree_bytes(root: str, skip: str) -> int:
-    total = 0
+def tree_state(root: str, skip: str) -> tuple:
+    """The bytes of the regular files under ``root`` (``skip`` left out), and its signature:
+    every entry's path, mode, inode, size, modification and change time (a write, rename,
+    chmod or utime changes the change time, which no user can set), or None when an entry
+    changed too recently for a later change to show (see RECENT_NS)."""
+    since = time.time_ns() - RECENT_NS
+    total, entries, recent = 0, [], False
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if os.path.join(folder, d) != skip]
-        for name in files:
-            with contextlib.suppress(OSError):
-                info = os.lstat(os.path.join(folder, name))
-                if stat.S_ISREG(info.st_mode):
-                    total += info.st_size
-    return total
+        dirs[:] = sorted(d for d in dirs if os.path.join(folder, d) != skip)
+        for name in dirs + sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                recent = True  # gone while walking: changing now
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+            recent = recent or max(info.st_mtime_ns, info.st_ctime_ns) >= since
+            entries.append((path, info.st_mode, info.st_ino, info.st_size, info.st_mtime_ns,
+                            info.st_ctime_ns))
+    try:
+        top = os.lstat(root)
+    except OSError:
+        return total, None
+    recent = recent or max(top.st_mtime_ns, top.st_ctime_ns) >= since
+    entries.append((root, top.st_mode, top.st_ino, top.st_mtime_ns, top.st_ctime_ns))
+    return total, None if recent else tuple(entries)
 
 
-def copy_tree(src: str, dst: str, skip: str) -> int:
-    """Copy ``src`` to the new directory ``dst`` (symlinks as links, ``skip`` left out);
-    its size in bytes. Refused when it would not fit in the free space where ``dst`` is."""
-    size = _tree_bytes(src, skip)
+def copy_tree(src: str, dst: str, skip: str, size: int) -> None:
+    """Copy ``src`` (``size`` bytes of files) to the new directory ``dst`` (symlinks as
+    links, ``skip`` left out). Refused when it would not fit in the free space there."""
     fs = os.statvfs(os.path.dirname(dst))
     free = fs.f_bavail * fs.f_frsize
     if size + SPACE_MARGIN > free:
@@ -413,7 +518,6 @@ def copy_tree(src: str, dst: str, skip: str) -> int:
     except (OSError, shutil.Error) as exc:
         shutil.rmtree(dst, ignore_errors=True)
         raise Failure(f"cannot copy the sandbox's files: {_first_error(exc)}") from None
-    return size
 
 
 def sync_tree(src: str, dst: str, skip: str) -> None:
