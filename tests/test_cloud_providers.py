@@ -17,7 +17,9 @@ import threading
 import time
 import tracemalloc
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1111,18 +1113,7 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
     manager.put_file(forks[0].sandbox_id, "state.txt", b"fork")
     assert manager.get_file(sid, "state.txt") == b"before"
 
-    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
-                               "time.sleep(1)"))
-    running.start()
-    deadline = time.time() + 5
-    while (not any(r["state"] == "running" for r in manager._client(source).runs())
-           and time.time() < deadline):
-        time.sleep(0.05)
-    with pytest.raises(SandboxStateError, match="running code"):
-        manager.snapshot(sid)
-    with pytest.raises(SandboxStateError, match="running code"):
-        manager.fork(sid)
-    running.join()
+    _refused_while_running(manager, source, manager.snapshot, manager.fork)
     snap = manager.snapshot(sid, "first")
     assert snap["persists"] and snap["name"] == "first" and snap["snapshot_id"] in e2b_fake.SNAPSHOTS
     assert [s["snapshot_id"] for s in manager.snapshots(sid)] == [snap["snapshot_id"]]
@@ -1150,6 +1141,23 @@ def test_e2b_fork_and_snapshots_go_through_e2b_with_fresh_tokens(settings: Setti
     assert forks[1].handle["sandbox_id"] in e2b_fake.SANDBOXES
     assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
     manager.close()
+
+
+def _refused_while_running(manager: SandboxManager, source: SandboxRecord,
+                           *operations: Callable[[str], Any]) -> None:
+    """Each of ``operations`` on ``source`` is refused while a run goes on in it."""
+    sid = source.sandbox_id
+    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
+                               "time.sleep(1)"))
+    running.start()
+    deadline = time.time() + 5
+    while (not any(r["state"] == "running" for r in manager._client(source).runs())
+           and time.time() < deadline):
+        time.sleep(0.05)
+    for operation in operations:
+        with pytest.raises(SandboxStateError, match="running code"):
+            operation(sid)
+    running.join()
 
 
 def _stale_token_refused(manager: SandboxManager, provider: str, fork: SandboxRecord,
@@ -1193,16 +1201,7 @@ def test_modal_fork_and_snapshots_go_through_modal_with_fresh_tokens(settings: S
     assert manager.get_file(sid, "state.txt") == b"before"
     assert manager.get_file(forks[1].sandbox_id, "state.txt") == b"before"
 
-    running = threading.Thread(target=manager.run, args=(sid, "python", "import time; "
-                               "time.sleep(1)"))
-    running.start()
-    deadline = time.time() + 5
-    while (not any(r["state"] == "running" for r in manager._client(source).runs())
-           and time.time() < deadline):
-        time.sleep(0.05)
-    with pytest.raises(SandboxStateError, match="running code"):
-        manager.snapshot(sid)
-    running.join()
+    _refused_while_running(manager, source, manager.snapshot)
     snap = manager.snapshot(sid, "first")
     assert snap["persists"] and snap["keeps"] == KEEPS_MEMORY and snap["name"] == "first"
     assert snap["snapshot_id"] in modal_fake.SNAPSHOTS and snap["expires"] > snap["created"]
