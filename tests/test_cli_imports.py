@@ -110,3 +110,31 @@ def test_a_run_in_a_local_sandbox_does_not_probe_bubblewrap(nx):
     no probe jail (``Provider.connect_needs_check``) (1 s)."""
     sandbox_id = nx.sandbox_create("live")["sandbox_id"]
     assert probe("sandbox", "run", sandbox_id, "-c", "print(1)")["probes"] == 0
+
+
+#: Command lines whose parse must not change when only their own command's options are built.
+ARGVS = [["sandbox", "list", "--json"], ["sandbox", "list", "--all"], ["sandbox", "status", "sb_x"],
+         ["sandbox", "run", "sb_x", "-c", "print(1)", "--timeout", "5", "--session", "s"],
+         ["sandbox", "create", "demo", "--no-network", "--allow", "pypi.org"],
+         ["sandbox", "fork", "sb_x", "--count", "2"], ["sandbox", "pool", "fill", "--size", "3"],
+         ["template", "create", "t", "--pip", "numpy"], ["kernel", "install", "--user"]]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=" ".join)
+def test_a_command_builds_only_its_own_options(nexus_home, argv):
+    """``nexus sandbox list`` builds no other sandbox command's options (most of argparse's
+    cold start), and parses exactly as the whole parser does."""
+    from nexus_kernel.cli import build_parser
+    from nexus_kernel.config import Settings
+
+    settings = Settings.load()
+    lean, full = build_parser(settings, argv), build_parser(settings)
+    sandbox = lean._subparsers._group_actions[0].choices["sandbox"]
+    built = [n for n, p in sandbox._subparsers._group_actions[0].choices.items() if p]
+    if argv[0] == "sandbox":
+        assert built == [argv[1]]
+    ignore = {"show_help"}  # bound methods of different parser objects
+    parsed = {k: v for k, v in vars(lean.parse_args(argv)).items() if k not in ignore}
+    assert parsed == {k: v for k, v in vars(full.parse_args(argv)).items() if k not in ignore}
+    assert sandbox.format_help() == full._subparsers._group_actions[0].choices[
+        "sandbox"].format_help()
