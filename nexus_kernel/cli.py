@@ -89,9 +89,11 @@ class _Unbuilt:
 
 
 def _sandbox_command(argv: list[str] | None) -> str | None:
-    """The ``sandbox`` command ``argv`` runs, if it names one (None: build them all)."""
+    """The ``sandbox`` command ``argv`` runs, when its second word names it (None, e.g. for
+    ``sandbox --json list``: build them all, and argparse reports what it does now)."""
     argv = sys.argv[1:] if argv is None else argv
-    return argv[1] if len(argv) > 1 and argv[0] == "sandbox" else None
+    named = len(argv) > 1 and argv[0] == "sandbox" and not argv[1].startswith("-")
+    return argv[1] if named else None
 
 
 def build_parser(settings: Settings | None = None,
