@@ -77,10 +77,33 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+class _Unbuilt:
+    """The options of a ``sandbox`` command this process does not run: not built (each
+    parser and option costs argparse a formatter and gettext look-ups at every cold start)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _Unbuilt:
+        return self
+
+
+def _sandbox_command(argv: list[str] | None) -> str | None:
+    """The ``sandbox`` command ``argv`` runs, when its second word names it (None, e.g. for
+    ``sandbox --json list``: build them all, and argparse reports what it does now)."""
+    argv = sys.argv[1:] if argv is None else argv
+    named = len(argv) > 1 and argv[0] == "sandbox" and not argv[1].startswith("-")
+    return argv[1] if named else None
+
+
+def build_parser(settings: Settings | None = None,
+                 argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``nexus`` parser; option defaults are None ("from settings") and their help
-    shows the value ``settings`` (default: ``Settings.load()``) gives them."""
+    shows the value ``settings`` (default: ``Settings.load()``) gives them. Given the
+    command line ``argv``, the options of the other ``sandbox`` commands are left out
+    (their names and help still list)."""
     settings = settings or Settings.load()
+    only = _sandbox_command(argv)
     ttl = _default(settings, "ttl_minutes", f"{settings.ttl_minutes:g} min")
     timeout = _default(settings, "timeout", f"{settings.timeout:g} s")
     provider = _default(settings, "provider", settings.provider)
@@ -96,7 +119,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     sandbox.set_defaults(show_help=sandbox.print_help)
     sub = sandbox.add_subparsers(dest="command", parser_class=_Parser)
 
-    def command(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, **kwargs: Any) -> Any:
+        if only is not None and name != only:
+            sub._choices_actions.append(sub._ChoicesPseudoAction(name, (), help_text))
+            sub._name_parser_map[name] = None  # listed in help and choices; never parsed
+            return _Unbuilt()
         p = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
         _add_json(p)
         return p
@@ -300,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         settings = Settings.load()
-        args = build_parser(settings).parse_args(argv)
+        args = build_parser(settings, argv).parse_args(argv)
         if args.command is None:  # `nexus`, `nexus sandbox`: their help, as gh and docker
             args.show_help()
             return 0

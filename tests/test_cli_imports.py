@@ -5,6 +5,8 @@ diskcache nor the module that makes ids: each command runs in a fresh process th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus_kernel.errors import UsageError
 from nexus_kernel.models import SandboxRecord, Status
 from nexus_kernel.reaper import host_boot_id
 from nexus_kernel.store import Store
@@ -110,3 +113,39 @@ def test_a_run_in_a_local_sandbox_does_not_probe_bubblewrap(nx):
     no probe jail (``Provider.connect_needs_check``) (1 s)."""
     sandbox_id = nx.sandbox_create("live")["sandbox_id"]
     assert probe("sandbox", "run", sandbox_id, "-c", "print(1)")["probes"] == 0
+
+
+#: Command lines whose parse must not change when only their own command's options are built.
+ARGVS = [["sandbox", "list", "--json"], ["sandbox", "list", "--all"], ["sandbox", "status", "sb_x"],
+         ["sandbox", "run", "sb_x", "-c", "print(1)", "--timeout", "5", "--session", "s"],
+         ["sandbox", "create", "demo", "--no-network", "--allow", "pypi.org"],
+         ["sandbox", "fork", "sb_x", "--count", "2"], ["sandbox", "pool", "fill", "--size", "3"],
+         ["template", "create", "t", "--pip", "numpy"], ["kernel", "install", "--user"],
+         ["sandbox", "--json", "list"], ["sandbox", "-h"], ["sandbox", "nope"]]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=" ".join)
+def test_a_command_builds_only_its_own_options(nexus_home, argv):
+    """``nexus sandbox list`` builds no other sandbox command's options (most of argparse's
+    cold start), and parses exactly as the whole parser does."""
+    from nexus_kernel.cli import build_parser
+    from nexus_kernel.config import Settings
+
+    settings = Settings.load()
+    lean, full = build_parser(settings, argv), build_parser(settings)
+    sandbox = lean._subparsers._group_actions[0].choices["sandbox"]
+    choices = sandbox._subparsers._group_actions[0].choices
+    if argv[0] == "sandbox" and not argv[1].startswith("-"):
+        assert [n for n, p in choices.items() if p] == ([argv[1]] if argv[1] in choices else [])
+
+    def parsed(parser) -> object:  # the namespace, or the error or exit it ends with
+        try:
+            return {k: v for k, v in vars(parser.parse_known_args(argv)[0]).items()
+                    if k != "show_help"}  # bound methods of different parser objects
+        except (UsageError, SystemExit) as exc:
+            return repr(exc)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert parsed(lean) == parsed(full)
+    assert sandbox.format_help() == full._subparsers._group_actions[0].choices[
+        "sandbox"].format_help()

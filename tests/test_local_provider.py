@@ -669,6 +669,21 @@ def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
     assert told.returncode == 0 and marker.exists()
 
 
+def test_wrapper_mounts_before_the_gate(tmp_path: Path) -> None:
+    """The root wrapper's ``mount -a`` (a host tool) runs while the host caps the wrapper,
+    not after "go": a failing one ends the wrapper before the host says anything."""
+    marker = tmp_path / "started"
+    gate_r, gate_w = os.pipe()  # held open, never written: the host is still capping
+    try:
+        done = subprocess.run(["/bin/sh", "-c", local._WRAPPER_SCRIPT, "nexus-wrapper",
+                               str(tmp_path / "no-fstab"), "touch", str(marker)],
+                              stdin=gate_r, stderr=subprocess.DEVNULL, timeout=10)
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)
+    assert done.returncode == 125 and not marker.exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="root only")
 def test_one_mount_stages_sources_whose_paths_need_escaping(tmp_path: Path) -> None:
     """The root wrapper's single ``mount -a`` reads back every path _write_fstab wrote,

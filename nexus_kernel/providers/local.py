@@ -146,16 +146,18 @@ ETC_ALWAYS = (
 ETC_NETWORK = ("ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies")
 ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
-# The one process before bubblewrap (when root: inside ``unshare --mount``): it waits on its
-# stdin for "go", which the host sends once it has put this process in the sandbox's cgroups
-# and set its rlimits (no process of the jail exists before: race-free); then, root only,
-# one ``mount -a`` with the fstab in $1 ("-" for none) binds dirs the unprivileged jail uid
+# The one process before bubblewrap (when root: inside ``unshare --mount``). Root only, one
+# ``mount -a`` with the fstab in $1 ("-" for none) binds dirs the unprivileged jail uid
 # cannot reach (e.g. under /root, or a 0700 pytest tmp) onto empty root-owned dirs under
-# STAGE_DIR and mounts the scratch tmpfs there, in that private mount namespace; then it
-# execs the rest of its arguments.
+# STAGE_DIR and mounts the scratch tmpfs there, in that private mount namespace: a host
+# tool that has exited before the gate, so it runs while the host caps this process (the
+# first write into a new cgroup v1 waits ~10 ms for an RCU grace period). Then it waits on
+# its stdin for "go", which the host sends once it has put this process in the sandbox's
+# cgroups and set its rlimits (no process of the jail exists before: race-free), and execs
+# the rest of its arguments.
 _WRAPPER_SCRIPT = r"""
-read -r gate && [ "$gate" = go ] || exit 125
 [ "$1" = - ] || mount -a -T "$1" || exit 125
+read -r gate && [ "$gate" = go ] || exit 125
 shift
 exec "$@" </dev/null
 """
@@ -398,7 +400,7 @@ class LocalProvider(Provider):
                 os.close(fd)
         # Reap the outer bwrap when it ends, so long-lived callers collect no zombies.
         threading.Thread(target=proc.wait, name=f"nexus-reap-{proc.pid}", daemon=True).start()
-        try:  # the wrapper waits for "go": nothing of the jail runs yet
+        try:  # the wrapper waits for "go" (after its mount -a): nothing of the jail runs yet
             _cap(proc.pid, spec.limits, cgroup, uid)
             os.write(gate_w, b"go\n")
         except BaseException as exc:
@@ -407,7 +409,8 @@ class LocalProvider(Provider):
             if linked:
                 os.close(exit_r)
             if isinstance(exc, OSError):
-                raise ProviderError(f"could not cap the local sandbox's processes: {exc}") from None
+                raise ProviderError(f"could not cap the local sandbox's processes: {exc}; "
+                                    f"agent log: {_tail(sandbox_dir / 'agent.log')}") from None
             raise
         finally:
             os.close(gate_w)
