@@ -37,16 +37,18 @@ from .baselines import (
 )
 from .timing import Row, Sample, compare, measure, timed_ms, unavailable
 
-#: Targets from issue 7 (ratio of medians, subject / baseline).
+#: Targets from issues 7, 16 and 18 (ratio of medians, subject / baseline).
 TARGETS = {
-    ("local", "create"): 3.0,
+    ("local", "create"): 2.0,  # issue 18
     ("local", "run python"): 0.5,  # issue 18: the python zygote
     ("local", "session"): 0.5,
     ("docker", "create"): 1.3,
     ("docker", "run python"): 0.2,  # issue 18
     ("docker", "session"): 1.0,
     ("docker", "stop"): 2.0,
-    ("kernel", "cell"): 1.5,
+    ("kernel", "cell"): 1.5,  # issue 16: automatic checkpoints on (the default)
+    ("kernel", "cell, checkpoints off"): 1.0,  # issue 18
+    ("docker", "pause"): 1.5,  # issue 18
     ("pool", "create"): 0.2,
     ("cli", "list"): 3.0,  # issue 18
 }
@@ -322,7 +324,8 @@ def _pause_row(ctx: Context, mgr: SandboxManager, provider: str, created: list[s
         plain.unpause()
 
     a, b = compare(cycle, base, reps, 1)
-    return Row(provider, "pause + resume", a, "docker-py pause()+unpause()", b)
+    return Row(provider, "pause + resume", a, "docker-py pause()+unpause()", b,
+               target=TARGETS.get((provider, "pause")))
 
 
 def _stop_row(ctx: Context, mgr: SandboxManager, provider: str, created: list[str],

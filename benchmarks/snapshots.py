@@ -70,6 +70,7 @@ def _kernel_rows(ctx: Context) -> list[Row]:
     argv, why = proxy_kernel_argv()
     if argv is None:
         return [unavailable("snapshot", "kernel cell with checkpoints", why, base_name, target)]
+    off_target = TARGETS[("kernel", "cell, checkpoints off")]
     ipy = ctx.ipy()
     rows = []
     for keep in (str(ctx.settings.checkpoints or 5), "0"):
@@ -85,7 +86,8 @@ def _kernel_rows(ctx: Context) -> list[Row]:
                            ctx.reps * 3, ctx.warmup + 3)
             state = f"checkpoints on (last {keep})" if keep != "0" else "checkpoints off"
             rows.append(Row("snapshot", f"proxy kernel cell round trip, {state}", a, base_name, b,
-                            target=target, note=f"first cell {first:.0f} ms"))
+                            target=target if keep != "0" else off_target,
+                            note=f"first cell {first:.0f} ms"))
         finally:
             kernel.close()
         time.sleep(0.5)
