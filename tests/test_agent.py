@@ -732,7 +732,7 @@ def test_the_agent_says_ready_before_importing_the_server(tmp_path):
         assert proc.stdout.readline() == b"READY\n"
         log = proc.stderr.read().decode()  # ends when the agent's stderr is /dev/null
         imported = {line.rsplit("|", 1)[-1].strip() for line in log.splitlines()}
-        heavy = {"json", "re", "shutil", "bz2", "lzma"} | {
+        heavy = {"json", "re", "socket", "selectors", "shutil", "bz2", "lzma"} | {
             f"sandbox_agent.{m}" for m in ("wire", "server", "runs", "registry", "usage",
                                            "sessions", "snapshots", "files", "zygote")}
         assert sorted(imported & heavy) == []

@@ -106,18 +106,20 @@ def _read_token(fd: int) -> str:
 def _listen(address: str | None, listen_fd: int | None):
     """The listening socket: ``listen_fd``, one the host made and listens on (its path is
     where sandbox code cannot reach), else a new one bound to ``address`` (``@name``: an
-    abstract socket, nothing in the file system to rename or replace)."""
-    import socket
+    abstract socket, nothing in the file system to rename or replace). A ``_socket.socket``,
+    the C type ``socket.socket`` extends: the ``socket`` module (enums, selectors: ~3 ms) is
+    imported after READY, where :meth:`.server.Agent.accept_forever` wraps it."""
+    import _socket
 
     if listen_fd is not None:
-        listener = socket.socket(fileno=listen_fd)
+        listener = _socket.socket(fileno=listen_fd)
         os.set_inheritable(listen_fd, False)  # never passed on to sandbox code
-        if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
+        if listener.family != _socket.AF_UNIX or listener.type != _socket.SOCK_STREAM:
             raise OSError(f"fd {listen_fd} is not a unix stream socket")
         return listener
     from .wire import unix_address
 
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     if not address.startswith("@"):
         with contextlib.suppress(OSError):
             os.unlink(address)

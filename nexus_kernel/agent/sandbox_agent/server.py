@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 
 from .gate import Gate
@@ -655,7 +656,9 @@ class Agent:
         return {}  # not reached
 
     def accept_forever(self, listener) -> None:
-        """Serve each connection to ``listener`` in a thread of its own (never returns)."""
+        """Serve each connection to ``listener`` (a ``_socket.socket``, see
+        :func:`.boot._listen`) in a thread of its own (never returns)."""
+        listener = socket.socket(fileno=listener.detach())
         while True:
             try:
                 sock, _ = listener.accept()
