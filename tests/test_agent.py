@@ -710,6 +710,43 @@ def test_the_python_worker_imports_only_what_it_needs(client):
                       "sandbox_agent.wire", "sandbox_agent.worker"]
 
 
+def test_the_agent_says_ready_before_importing_the_server(tmp_path):
+    """READY needs the token, the home, the hardening, the signal block, the listening
+    socket and the watchdog only (:mod:`.boot`): json, the server, runs, sessions and
+    snapshots are imported after it. ``-X importtime`` logs each import to stderr, which
+    the agent points at /dev/null right after READY: the log is what came before. Started
+    as the local provider starts it (a listening fd, ``-I -S``)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "sock"))
+    listener.listen(8)
+    argv = dir_argv(AGENT_PYTHON, str(PACKAGE_DIR.parent), "serve", "--listen-fd",
+                    str(listener.fileno()), "--home", str(tmp_path),
+                    flags=("-I", "-S", "-X", "importtime"))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(listener.fileno(),),
+                            start_new_session=True)
+    listener.close()
+    try:
+        proc.stdin.write(TOKEN.encode() + b"\n")
+        proc.stdin.close()
+        assert proc.stdout.readline() == b"READY\n"
+        log = proc.stderr.read().decode()  # ends when the agent's stderr is /dev/null
+        imported = {line.rsplit("|", 1)[-1].strip() for line in log.splitlines()}
+        heavy = {"json", "re", "socket", "selectors", "shutil", "bz2", "lzma"} | {
+            f"sandbox_agent.{m}" for m in ("wire", "server", "runs", "registry", "usage",
+                                           "sessions", "snapshots", "files", "zygote")}
+        assert sorted(imported & heavy) == []
+        assert "sandbox_agent.boot" in imported  # the log is the agent's
+        client = AgentClient(unix_connector(str(tmp_path / "sock")), TOKEN)
+        assert client.run("python", "print(1)")["stdout"] == "1\n"  # and it serves
+        client.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def test_the_host_imports_only_the_wire_format():
     code = ("import sys, nexus_kernel.agent.client, nexus_kernel.agent.deploy, "
             "nexus_kernel.providers; print(sorted(m for m in sys.modules if '.sandbox_agent' in m))")

@@ -11,7 +11,9 @@ It is deployed as this directory (mounted, then started with ``python3 -c`` impo
 - :mod:`.output`: per-run byte cap, end-marker and in-band event scanners
 - :mod:`.runs`, :mod:`.sessions`, :mod:`.drivers`: stateless runs, persistent sessions
 - :mod:`.files`: the file transfer ops
-- :mod:`.server`: the server and its deadline watchdog; :mod:`.relay`: the stdio bridge
+- :mod:`.boot`: the start up to READY (only what READY needs) and the deadline watchdog
+- :mod:`.server`: the server (imported after READY); :mod:`.relay`: the stdio bridge
+- :mod:`.gate`, :mod:`.snapshots`: runs vs snapshots, the snapshots (imported on first use)
 - :mod:`.worker`, :mod:`.rich`, :mod:`.introspect`: the python session worker
 
 Importing the package does nothing; ``__main__`` imports only the part a command needs.

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             at = float(deadline) if deadline is not None else None
         except ValueError:
             raise SystemExit("sandbox_agent: --deadline must be epoch seconds") from None
-        from .server import serve
+        from .boot import serve
 
         token_fd = _int(options.get("token_fd"), "--token-fd")
         return serve(options.get("socket"), _int(options.get("listen_fd"), "--listen-fd"),

@@ -17,10 +17,11 @@ import signal
 import threading
 import time
 
-from .wire import CHUNK
-
 #: The environment variable that tags every process of a run or session.
 TAG_VAR = "NEXUS_RUN_TAG"
+#: Bytes read from a /proc file at a time (this module is imported before READY: not
+#: ``wire``, which imports json).
+_PROC_CHUNK = 65536
 
 
 def _exit_code(status: int) -> int:
@@ -40,7 +41,7 @@ def _read_proc(path: str) -> bytes:
     try:
         chunks = []
         while True:
-            data = os.read(fd, CHUNK)
+            data = os.read(fd, _PROC_CHUNK)
             if not data:
                 return b"".join(chunks)
             chunks.append(data)
@@ -84,7 +85,7 @@ def _has_children_files() -> bool:
     except OSError:
         return False
     try:
-        os.read(fd, CHUNK)
+        os.read(fd, _PROC_CHUNK)
         return True
     except OSError:
         return False

@@ -1,31 +1,26 @@
 """The agent server, the sandbox's long-lived process (pid 1 of local and docker sandboxes):
-it listens on a unix socket (a listening fd the host made, an abstract name or a path),
-authenticates each connection with a challenge on its token (``auth``: the token never
-travels), and serves runs, sessions, files and the deadline watchdog (``serve``, see
-``docs/agent-protocol.md``)."""
+it accepts connections on the socket :mod:`.boot` listens on, authenticates each one with
+a challenge on its token (``auth``: the token never travels), and serves runs, sessions,
+files and snapshots (see ``docs/agent-protocol.md``). Imported after ``READY``; sessions,
+snapshots and files are imported on first use."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
+import socket
 import threading
-import time
 
-from .files import read_file, write_file
-from .procs import TAG_VAR, ProcessTable, Reaper, harden
+from .gate import Gate
+from .procs import TAG_VAR, Reaper
 from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
-from .sessions import Session, SessionGone
-from .snapshots import Snapshots, check_request
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
     AUTH_MAX_LINE,
     CHUNK,
     DEFAULT_OUTPUT_LIMIT,
-    MAX_TOKEN_BYTES,
     NONCE_HEX,
     PROTOCOL_VERSION,
     Failure,
@@ -35,7 +30,6 @@ from .wire import (
     encode,
     proof,
     same_secret,
-    unix_address,
 )
 from .zygote import Zygotes
 
@@ -128,16 +122,17 @@ class Connection:
 
 
 class Agent:
-    """The server: sessions, runs, files, the deadline watchdog."""
+    """The server: sessions, runs, files, snapshots; ``lifetime`` (:mod:`.boot`) ends the
+    sandbox."""
 
     #: ops answered on the connection's reader thread (they never block).
     INLINE_OPS = ("hello", "deadline", "sessions", "interrupt", "input_reply", "runs")
 
-    def __init__(self, token: str, home: str, socket_path: str | None = None) -> None:
+    def __init__(self, token: str, home: str, lifetime) -> None:
         self.token = token
         self.home = home
-        self.socket_path = socket_path
-        self.procs = ProcessTable()
+        self.lifetime = lifetime
+        self.procs = lifetime.procs
         self.reaper = Reaper()
         self.zygotes = Zygotes(self.reaper)
         self._lock = threading.Lock()
@@ -147,10 +142,9 @@ class Agent:
         self._interpreters: dict = {}
         self._env = dict(os.environ)
         self._env["PWD"] = home
-        self._tmpdir: str | None = None
-        self._deadline: float | None = None
-        self._deadline_cond = threading.Condition()
-        self._terminating = threading.Lock()
+        self.gate = Gate()  # runs vs a snapshot or restore (see :mod:`.gate`)
+        self._snapshots = None
+        self._snapshots_lock = threading.Lock()
         self._ops = {
             "hello": self.op_hello,
             "run": self.op_run,
@@ -175,7 +169,16 @@ class Agent:
             "runs": self.op_runs,
             "rekey": self.op_rekey,
         }
-        self.snapshots = Snapshots(self)
+
+    @property
+    def snapshots(self):
+        """The sandbox's :class:`.snapshots.Snapshots` (the module imported on first use)."""
+        with self._snapshots_lock:
+            if self._snapshots is None:
+                from .snapshots import Snapshots
+
+                self._snapshots = Snapshots(self)
+            return self._snapshots
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -196,14 +199,14 @@ class Agent:
         return path
 
     def temp_path(self, name: str) -> str:
-        if self._tmpdir is None:
+        if self.lifetime.tmpdir is None:
             base = os.environ.get("TMPDIR") or "/tmp"
             path = os.path.join(base, f"nexus-agent-{os.getpid()}-{random_id()}")
             os.mkdir(path, 0o700)
-            self._tmpdir = path
-        return os.path.join(self._tmpdir, name)
+            self.lifetime.tmpdir = path
+        return os.path.join(self.lifetime.tmpdir, name)
 
-    def forget_session(self, session: Session) -> None:
+    def forget_session(self, session) -> None:
         with self._lock:
             key = (session.name, session.language)
             if self._sessions.get(key) is session:
@@ -334,6 +337,8 @@ class Agent:
         if checkpoint is not None:
             if not isinstance(checkpoint, dict):
                 raise Invalid("checkpoint must be an object {name, keep_auto} or null")
+            from .snapshots import check_request
+
             check_request(checkpoint.get("name"), checkpoint.get("keep_auto"))
         detach = msg.get("detach", False)
         if not isinstance(detach, bool):
@@ -345,7 +350,7 @@ class Agent:
             raise Invalid("run_id must be 'r' and 12 lowercase hex digits, or null")
         self.interpreter(language)
         if deadline is not None:
-            self.set_deadline(deadline)
+            self.lifetime.set_deadline(deadline)
         entry = self.registry.start(run_id, language, session, timeout, detach)
         if entry is None:
             raise Invalid(f"run_id {run_id!r} is in use in this sandbox")
@@ -367,9 +372,9 @@ class Agent:
                  options, checkpoint=None) -> tuple:
         """Do one run, its events going to ``sink``; its entry records how it ended.
         Returns its result, and True when it handed the snapshot gate over to ``checkpoint``
-        (see :meth:`.snapshots.Gate.leave`: the caller then takes the checkpoint)."""
+        (see :meth:`.gate.Gate.leave`: the caller then takes the checkpoint)."""
         meter = Meter()  # the run starts it
-        gate = self.snapshots.gate
+        gate = self.gate
         gate.enter()
         ok = False
         try:
@@ -432,6 +437,8 @@ class Agent:
 
     def _run_session(self, reply, entry, name, language, code, timeout, limit, meter,
                      options=None) -> dict:
+        from .sessions import SessionGone
+
         gone = None
         for _attempt in range(3):
             session = self._session(name, language)
@@ -448,15 +455,22 @@ class Agent:
             )
         )
 
-    def _session(self, name: str, language: str) -> Session:
+    def _session(self, name: str, language: str):
         """The live session for (name, language), started on first use."""
         with self._lock:
             session = self._sessions.get((name, language))
             if session is None or session.dead:
-                session = Session(self, name, language)
-                session.start()
+                session = self._start_session(name, language)
                 self._sessions[(name, language)] = session
             return session
+
+    def _start_session(self, name: str, language: str, holder: str | None = None):
+        """A new :class:`.sessions.Session`, started (the module imported on first use)."""
+        from .sessions import Session
+
+        session = Session(self, name, language)
+        session.start(holder=holder)
+        return session
 
     def op_interrupt(self, reply, msg) -> dict:
         if msg.get("run_id") is not None:
@@ -538,13 +552,17 @@ class Agent:
         at = msg.get("at")
         if at is not None and not _is_number(at):
             raise Invalid("at must be an epoch time in seconds or null")
-        self.set_deadline(at)
+        self.lifetime.set_deadline(at)
         return {}
 
     def op_write_file(self, reply, msg) -> dict:
+        from .files import write_file
+
         return write_file(self.home, msg)
 
     def op_read_file(self, reply, msg) -> dict:
+        from .files import read_file
+
         return read_file(self.home, msg)
 
     def op_sessions(self, reply, msg) -> dict:
@@ -593,16 +611,14 @@ class Agent:
     def op_import(self, reply, msg) -> dict:
         return self.snapshots.load(msg.get("archive"))
 
-    def session(self, name: str, language: str) -> Session:
+    def session(self, name: str, language: str):
         """The live session (name, language), started if needed."""
         return self._session(name, language)
 
-    def spare_session(self, holder: str) -> Session:
+    def spare_session(self, holder: str):
         """A python worker forked from a snapshot's holder, in no session's place (the
         caller kills it)."""
-        session = Session(self, "spare-" + random_id(), "python")
-        session.start(holder=holder)
-        return session
+        return self._start_session("spare-" + random_id(), "python", holder)
 
     def live_sessions(self) -> list:
         with self._lock:
@@ -620,8 +636,7 @@ class Agent:
 
     def thaw_session(self, name: str, holder: str) -> None:
         """Python session ``name`` from a snapshot's holder (see :mod:`.snapshots`)."""
-        session = Session(self, name, "python")
-        session.start(holder=holder)
+        session = self._start_session(name, "python", holder)
         with self._lock:
             self._sessions[(name, "python")] = session
 
@@ -637,156 +652,22 @@ class Agent:
 
     def op_shutdown(self, reply, msg) -> dict:
         reply.event("done")
-        self.terminate()
+        self.lifetime.terminate()
         return {}  # not reached
 
-    # -- deadline and termination -----------------------------------------------------
-
-    def set_deadline(self, at: float | None) -> None:
-        with self._deadline_cond:
-            self._deadline = at
-            self._deadline_cond.notify_all()
-
-    def watchdog(self) -> None:
-        """End the sandbox when the deadline passes."""
-        with self._deadline_cond:
-            while True:
-                at = self._deadline
-                if at is None:
-                    self._deadline_cond.wait()
-                    continue
-                left = at - time.time()
-                if left <= 0:
-                    break
-                self._deadline_cond.wait(min(left, 3600))
-        self.terminate()
-
-    def terminate(self) -> None:
-        """Kill every process of the sandbox and exit with status 0."""
-        if not self._terminating.acquire(blocking=False):
-            return
-        try:
-            if self.socket_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.socket_path)
-            self.procs.kill(everything=True)
-            if self._tmpdir:
-                for name in os.listdir(self._tmpdir):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self._tmpdir, name))
-                with contextlib.suppress(OSError):
-                    os.rmdir(self._tmpdir)
-        finally:
-            os._exit(0)
+    def accept_forever(self, listener) -> None:
+        """Serve each connection to ``listener`` (a ``_socket.socket``, see
+        :func:`.boot._listen`) in a thread of its own (never returns)."""
+        listener = socket.socket(fileno=listener.detach())
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (InterruptedError, ConnectionAbortedError):
+                continue
+            conn = Connection(self, sock)
+            threading.Thread(target=conn.serve, name="conn", daemon=True).start()
 
 
 def _is_nonce(value) -> bool:
     return (isinstance(value, str) and len(value) == NONCE_HEX
             and all(c in "0123456789abcdef" for c in value))
-
-
-#: Signals that shut the agent down (``docker stop`` sends SIGTERM).
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-#: siginfo codes the kernel sets itself: kill() (SI_USER) and the kernel (SI_KERNEL). Any
-#: process may queue a signal with a code below 0 and a sender pid of its choosing.
-_KERNEL_SET_CODES = frozenset({0, 0x80})
-
-
-def _stop_on_signals(agent) -> None:
-    """Shut down on a STOP_SIGNALS signal. They are blocked in every thread and taken here,
-    so a signal never waits on whichever thread the kernel picked. As the sandbox's pid 1 the
-    agent takes them only from outside its pid namespace (si_pid 0, in a siginfo the kernel
-    filled): sandbox code cannot stop it (``pkill python3``, or a queued signal with a forged
-    sender), as it cannot SIGKILL it."""
-    while True:
-        info = signal.sigwaitinfo(STOP_SIGNALS)
-        if os.getpid() != 1 or (info.si_pid == 0 and info.si_code in _KERNEL_SET_CODES):
-            agent.terminate()
-
-
-def _read_token(fd: int) -> str:
-    """The token: the first line read from ``fd`` (a pipe or the process's stdin, which
-    the host writes it to), at most MAX_TOKEN_BYTES; ``fd`` is closed after."""
-    data = b""
-    try:
-        while b"\n" not in data and len(data) <= MAX_TOKEN_BYTES:
-            chunk = os.read(fd, 256)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        if fd > 2:
-            os.close(fd)
-    return data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-
-
-def _listen(address: str | None, listen_fd: int | None):
-    """The listening socket: ``listen_fd``, one the host made and listens on (its path is
-    where sandbox code cannot reach), else a new one bound to ``address`` (``@name``: an
-    abstract socket, nothing in the file system to rename or replace)."""
-    import socket
-
-    if listen_fd is not None:
-        listener = socket.socket(fileno=listen_fd)
-        os.set_inheritable(listen_fd, False)  # never passed on to sandbox code
-        if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
-            raise OSError(f"fd {listen_fd} is not a unix stream socket")
-        return listener
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if not address.startswith("@"):
-        with contextlib.suppress(OSError):
-            os.unlink(address)
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(unix_address(address))
-        listener.listen(64)
-    finally:
-        os.umask(old_umask)
-    return listener
-
-
-def serve(address: str | None, listen_fd: int | None, token_fd: int, home: str | None,
-          deadline: float | None) -> int:
-    """Run the agent server: print ``READY`` once listening, then serve until terminated."""
-    try:
-        token = _read_token(token_fd)
-    except OSError as exc:
-        sys.stderr.write(f"sandbox_agent: cannot read the token: {exc}\n")
-        return 2
-    if not token:
-        sys.stderr.write("sandbox_agent: no token on the token fd\n")
-        return 2
-    home = os.path.abspath(home or os.getcwd())
-    try:
-        os.chdir(home)
-    except OSError as exc:
-        sys.stderr.write(f"sandbox_agent: cannot use {home!r} as home: {exc.strerror}\n")
-        return 2
-    harden()
-    # Before any thread starts: every thread inherits the block (see _stop_on_signals).
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    owned = address if listen_fd is None and not address.startswith("@") else None
-    agent = Agent(token, home, owned)
-    try:
-        listener = _listen(address, listen_fd)
-    except OSError as exc:
-        where = f"fd {listen_fd}" if listen_fd is not None else repr(address)
-        sys.stderr.write(f"sandbox_agent: cannot listen on {where}: {exc}\n")
-        return 2
-    threading.Thread(target=_stop_on_signals, args=(agent,), name="signals", daemon=True).start()
-    agent.set_deadline(deadline)
-    threading.Thread(target=agent.watchdog, name="watchdog", daemon=True).start()
-    sys.stdout.write("READY\n")
-    sys.stdout.flush()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except (InterruptedError, ConnectionAbortedError):
-            continue
-        conn = Connection(agent, sock)
-        threading.Thread(target=conn.serve, name="conn", daemon=True).start()

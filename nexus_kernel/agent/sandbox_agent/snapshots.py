@@ -3,7 +3,7 @@ per session, see :mod:`.freeze`) plus a copy of the home directory's files, kept
 agent's temp directory (on the sandbox's capped /tmp: it counts against the sandbox's
 caps) until deleted or the sandbox ends.
 
-A snapshot is taken and restored only while nothing runs: :class:`Gate` refuses it during
+A snapshot is taken and restored only while nothing runs: :class:`.gate.Gate` refuses it during
 a run, and runs that arrive meanwhile wait until it is done. Bash and JavaScript sessions
 are not captured: a restore ends them (their next run starts a fresh interpreter, and the
 restore result lists them in ``restarted``), as it ends python sessions the snapshot does
@@ -45,62 +45,6 @@ RECENT_NS = 50_000_000
 #: Appended to a holder's socket path: the file where the holder writes its pid once set
 #: up, 0 if it could not (see :mod:`.freeze`).
 PID_SUFFIX = ".pid"
-
-
-class Gate:
-    """Runs pass together; a snapshot or restore passes alone and only when no run is
-    under way (it is refused then, not queued); runs arriving meanwhile wait for it. A run
-    that ends with a checkpoint hands the gate straight to it (:meth:`leave`)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._runs = 0
-        self._closed = False
-
-    def enter(self) -> None:
-        with self._cond:
-            while self._closed:
-                self._cond.wait()
-            self._runs += 1
-
-    def leave(self, reserve: bool = False) -> bool:
-        """A run ends; ``reserve``: close the gate for a snapshot if no other run is under
-        way (True: the caller takes it, then calls :meth:`release`)."""
-        with self._cond:
-            self._runs -= 1
-            if reserve and not self._runs and not self._closed:
-                self._closed = True
-                return True
-            self._cond.notify_all()
-            return False
-
-    def release(self) -> None:
-        with self._cond:
-            self._closed = False
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def alone(self, what: str):
-        """Pass alone: after another snapshot or restore (waited for), never during a run."""
-        with self._cond:
-            while self._closed:
-                self._cond.wait()
-            if self._runs:
-                raise Invalid(f"cannot {what} while the sandbox runs code: wait until the "
-                              "run ends, or interrupt it")
-            self._closed = True
-        try:
-            yield
-        finally:
-            self.release()
-
-    @contextlib.contextmanager
-    def reserved(self):
-        """The gate a run reserved (:meth:`leave`): released at the end."""
-        try:
-            yield
-        finally:
-            self.release()
 
 
 def thaw(path: str, tag: str, fds: tuple) -> int:
@@ -177,7 +121,7 @@ class Snapshots:
 
     def __init__(self, agent) -> None:
         self.agent = agent
-        self.gate = Gate()
+        self.gate = agent.gate
         self._lock = threading.Lock()
         self._all: dict = {}  # id -> Snapshot, oldest first
         self._last_files: Files | None = None  # the newest copy of the home directory
@@ -247,7 +191,7 @@ class Snapshots:
     def take(self, name, keep_auto=None, reserved: bool = False) -> dict:
         """A new snapshot; ``keep_auto``: it is an automatic one, and only the newest
         ``keep_auto`` automatic ones are kept (the others' ids are in ``dropped``).
-        ``reserved``: the gate was handed over by a run (see :meth:`Gate.leave`)."""
+        ``reserved``: the gate was handed over by a run (see :meth:`.gate.Gate.leave`)."""
         gate = self.gate.reserved() if reserved else self.gate.alone("take a snapshot")
         with gate:
             check_request(name, keep_auto)

@@ -40,8 +40,6 @@ CHUNK = 65536
 AUTH_MAX_LINE = 4096
 #: Length (hex characters) of each side's nonce in the ``auth`` handshake.
 NONCE_HEX = 32
-#: Longest token the agent reads from its token fd (bytes).
-MAX_TOKEN_BYTES = 1024
 
 
 def proof(token: str, role: str, host_nonce: str, agent_nonce: str) -> str:
