@@ -94,7 +94,7 @@ from .base import (
     Provider,
     scratch_mb,
 )
-from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
+from .cgroups import Cgroup, create_cgroup, poll_until, prepay_attach, remove_leftovers
 from .egress import PROXY_ENV, override_hosts, read_events, start_proxy
 from .removal import remove_tree
 from .seccomp import program_fd
@@ -243,6 +243,7 @@ class LocalProvider(Provider):
 
         token = secrets.token_hex(32)
         cgroup: Cgroup | None = None
+        primer: int | None = None
         proc: subprocess.Popen[bytes] | None = None
         handle: Handle = {
             "sandbox_id": spec.sandbox_id,
@@ -275,12 +276,13 @@ class LocalProvider(Provider):
                 uids.bind(uid, spec.sandbox_id, handle["child_pid"], handle["child_start"])
 
         try:
-            _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
-            etc_files = _write_etc(sandbox_dir / "etc", spec.network, bool(spec.allow))
             if self.options.get("cgroups", True):
                 cgroup = create_cgroup(spec.sandbox_id, spec.limits)
             if cgroup is not None:
                 handle.update(cgroup=cgroup.to_dict(), limits=f"cgroup-{cgroup.version}")
+                primer = prepay_attach(cgroup)  # the kernel waits while the host makes the files
+            _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
+            etc_files = _write_etc(sandbox_dir / "etc", spec.network, bool(spec.allow))
             # From here on a creator killed mid-create leaves a sandbox the reaper can find.
             _write_handle(sandbox_dir, spec.store_id, handle)
             proc, _ = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid,
@@ -295,6 +297,10 @@ class LocalProvider(Provider):
             if reserved:
                 uids.release(uid, spec.sandbox_id)
             raise
+        finally:
+            if primer is not None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(primer, 0)
         return handle
 
     def _launch(
