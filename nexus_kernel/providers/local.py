@@ -45,13 +45,13 @@ an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent p
 copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
 host path of the sandbox's state.
 
-Start: one process, exec'ed along ``[unshare --mount -> sh -> setpriv ->] bwrap -> agent``
+Start: one process, exec'ed along ``[unshare --mount -> sh -> unshare --setuid ->] bwrap -> agent``
 (the bracket when root). The wrapper ``sh`` waits on a pipe until the host has put it in the
 cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid that has
 forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
 scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
 only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
-extra_groups=[])``, not a ``setpriv`` exec. Each bubblewrap bind costs a mount, a remount
+extra_groups=[])``, not an exec. Each bubblewrap bind costs a mount, a remount
 and a read of the mount table, so the synthesised /etc files and the host's world-readable
 whitelisted ones are written into bubblewrap's root tmpfs (``--file``, read-only with the
 root) and links into /usr recreated (:func:`_etc_entry`); only directories are bound.
@@ -184,7 +184,7 @@ class LocalProvider(Provider):
         if bwrap is None:
             raise ProviderUnavailableError(BWRAP_HINT)
         root = os.geteuid() == 0
-        needed = ["setpriv", "unshare", "mount"] if root else []
+        needed = ["unshare", "mount"] if root else []
         for tool in needed:
             if shutil.which(tool) is None:
                 raise ProviderUnavailableError(
@@ -201,6 +201,10 @@ class LocalProvider(Provider):
         if key not in cls._probe_cache:
             cls._probe_cache[key] = _probe_userns(bwrap, uid)
         error = cls._probe_cache[key]
+        if error is not None and error.startswith("unshare:"):
+            raise ProviderUnavailableError(
+                f"the local provider needs util-linux >= 2.32 (unshare --setuid) when run as "
+                f"root: {error}")
         if error is not None:
             raise ProviderUnavailableError(USERNS_HINT.format(detail=error))
 
@@ -315,7 +319,7 @@ class LocalProvider(Provider):
         token: str,
         started: Any = None,
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        """Spawn [unshare ->] sh wrapper -> [mount -a,] [setpriv ->] bwrap -> agent (all
+        """Spawn [unshare ->] sh wrapper -> [mount -a,] [unshare --setuid ->] bwrap -> agent (all
         exec'ed in one process, whose pid is the handle's "pid", but ``mount``); put it in
         the cgroup and set its rlimits before it goes on; wait for READY. Calls
         ``started(proc, info)`` as soon as bubblewrap reports the jail's pid."""
@@ -377,7 +381,7 @@ class LocalProvider(Provider):
                 flags=("-I", "-S", "-B"))
             command = bwrap + ["--", *agent_cmd]
             if root:
-                command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+                command = [*_drop_to(uid), *command]
             table = _write_fstab(sandbox_dir, fstab) if fstab else "-"
             command = ["/bin/sh", "-c", _WRAPPER_SCRIPT, "nexus-wrapper", table, *command]
             if root:
@@ -389,7 +393,7 @@ class LocalProvider(Provider):
                 stderr=log_fd,
                 pass_fds=[info_w, *data_fds, *([exit_w] if linked else [])],
                 start_new_session=True,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # no LANG: no locale loads
             )
         except BaseException:
             if linked:
@@ -808,13 +812,14 @@ def _bwrap_version() -> tuple[int, ...]:
 
 
 def _probe_userns(bwrap: str, uid: int | None) -> str | None:
-    """None when an unprivileged bwrap can build a jail, else bwrap's error."""
+    """None when an unprivileged bwrap can build a jail (as root: through the ``unshare``
+    that drops to ``uid`` in ``create``), else the error."""
     # --as-pid-1: without it bwrap leaves its namespace init to be reaped by the host's init.
     cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--as-pid-1",
            "--ro-bind", "/", "/", "true"]  # fmt: skip
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                                stdin=subprocess.DEVNULL, **_as_uid(uid))
+        result = subprocess.run(cmd if uid is None else [*_drop_to(uid), *cmd], capture_output=True,
+                                text=True, timeout=10, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if result.returncode != 0:
@@ -842,9 +847,17 @@ def _etc_entry(path: str, data_fds: list[int]) -> list[str]:
     return ["--ro-bind-try", path, path]
 
 
+def _drop_to(uid: int) -> list[str]:
+    """The command prefix that execs the rest as ``uid`` (and gid ``uid``) with no
+    supplementary groups and no capabilities: util-linux ``unshare`` with no namespace,
+    whose ``--setuid`` takes a number (``setpriv --reuid`` first looks the uid up as a user
+    name, through NSS: ~1-3 ms more)."""
+    return [_which("unshare"), f"--setgid={uid}", f"--setuid={uid}"]
+
+
 def _as_uid(uid: int | None) -> dict[str, Any]:
     """Popen arguments that run the child as ``uid`` (and gid ``uid``) with no supplementary
-    groups: what ``setpriv --reuid --regid --clear-groups`` does, without its exec."""
+    groups: what :func:`_drop_to` does, without its exec."""
     return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
 
 
