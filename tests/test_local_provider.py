@@ -250,6 +250,16 @@ def test_writes_only_in_home_and_tmp(shared: tuple[dict[str, Any], Agent]) -> No
     assert "WROTE" in r["stdout"], r
 
 
+def test_small_etc_dirs_show_the_hosts_files_read_only(shared: tuple[dict[str, Any], Agent]) -> None:
+    """A whitelisted /etc directory recreated in the root tmpfs (not bound) shows the
+    host's files and links, and cannot be written."""
+    _, agent = shared
+    host = sorted(p.name for p in Path("/etc/ld.so.conf.d").iterdir())
+    r = agent.run("ls /etc/ld.so.conf.d; cat /etc/ld.so.conf.d/*; touch /etc/ld.so.conf.d/x && echo WROTE")
+    expected = "".join(Path("/etc/ld.so.conf.d", name).read_text() for name in host)
+    assert r["stdout"] == "\n".join(host) + "\n" + expected, r
+
+
 def test_languages(shared: tuple[dict[str, Any], Agent]) -> None:
     _, agent = shared
     assert agent.run("print(6 * 7)", language="python")["stdout"].strip() == "42"
@@ -699,6 +709,45 @@ def test_one_mount_stages_sources_whose_paths_need_escaping(tmp_path: Path) -> N
          "nexus-wrapper", table, "cat", str(target / "f")],
         input=b"go\n", capture_output=True, timeout=10)
     assert shown.returncode == 0 and shown.stdout == b"staged", shown.stderr
+
+
+def test_small_etc_dirs_are_copied_and_others_bound(tmp_path: Path) -> None:
+    """A small directory the jail uid could list and read is recreated (no bind: ~0.7 ms of
+    bubblewrap each); one holding a file it could not read, one it could not list, or a
+    large one is bound, so the host's permissions and contents apply."""
+    small = tmp_path / "small"
+    (small / "sub").mkdir(parents=True)
+    (small / "a.conf").write_text("a")
+    (small / "sub" / "b").write_text("b")
+    (small / "link").symlink_to("/usr/share/x")
+    for path in (small, small / "sub"):
+        os.chmod(path, 0o755)
+    for path in (small / "a.conf", small / "sub" / "b"):
+        os.chmod(path, 0o644)
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o755)
+    (secret / "key").write_text("k")
+    os.chmod(secret / "key", 0o600)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    big = tmp_path / "big"
+    big.mkdir(mode=0o755)
+    for i in range(local.ETC_TREE_MAX + 1):
+        (big / str(i)).symlink_to("/usr")
+    fds: list[int] = []
+    try:
+        args = local._etc_entry(str(small), fds)
+        assert "--ro-bind-try" not in args and len(fds) == 2
+        assert ["--perms", "0755", "--dir", str(small / "sub")] == args[args.index(str(small / "sub")) - 3:][:4]
+        assert ["--symlink", "/usr/share/x", str(small / "link")] == args[args.index("--symlink"):][:3]
+        for fd, name in zip(fds, ("a", "b"), strict=True):
+            assert os.read(fd, 10) == name.encode()
+        for tree in (secret, closed, big):
+            assert local._etc_entry(str(tree), fds) == ["--ro-bind-try", str(tree), str(tree)]
+        assert len(fds) == 2
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_etc_entries_are_copied_only_when_the_jail_could_read_them(tmp_path: Path) -> None:
