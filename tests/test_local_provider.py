@@ -740,8 +740,7 @@ def test_small_etc_dirs_are_copied_and_others_bound(tmp_path: Path) -> None:
         assert "--ro-bind-try" not in args and len(fds) == 2
         assert ["--perms", "0755", "--dir", str(small / "sub")] == args[args.index(str(small / "sub")) - 3:][:4]
         assert ["--symlink", "/usr/share/x", str(small / "link")] == args[args.index("--symlink"):][:3]
-        for fd, name in zip(fds, ("a", "b"), strict=True):
-            assert os.read(fd, 10) == name.encode()
+        assert sorted(os.read(fd, 10) for fd in fds) == [b"a", b"b"]
         for tree in (secret, closed, big):
             assert local._etc_entry(str(tree), fds) == ["--ro-bind-try", str(tree), str(tree)]
         assert len(fds) == 2

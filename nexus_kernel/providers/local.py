@@ -148,7 +148,7 @@ ETC_NETWORK = ("ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificat
 ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #: A whitelisted /etc directory of at most this many entries is recreated in the jail's
 #: root tmpfs (each entry ~10 us of bubblewrap), not bound (a bind costs it ~0.7 ms).
-ETC_TREE_MAX = 64
+ETC_TREE_MAX = 16
 
 # The one process before bubblewrap (when root: inside ``unshare --mount``). Root only, one
 # ``mount -a`` with the fstab in $1 ("-" for none) binds dirs the unprivileged jail uid
@@ -870,10 +870,13 @@ def _etc_tree(path: str, mode: int, data_fds: list[int]) -> list[str] | None:
         if mode & 0o005 != 0o005:
             return False
         args.extend(["--perms", f"{stat.S_IMODE(mode) & 0o755:04o}", "--dir", folder])
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        count += len(entries)
-        if count > ETC_TREE_MAX:
-            return False
+        entries = []
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                count += 1
+                if count > ETC_TREE_MAX:
+                    return False
+                entries.append(entry)
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
