@@ -45,17 +45,22 @@ an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent p
 copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
 host path of the sandbox's state.
 
-Start: one process, exec'ed along ``[unshare --mount -> sh -> unshare --setuid ->] bwrap -> agent``
-(the bracket when root). The wrapper ``sh`` waits on a pipe until the host has put it in the
-cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid that has
-forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
-scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
-only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
-extra_groups=[])``, not an exec. Each bubblewrap bind costs a mount, a remount
-and a read of the mount table, so the synthesised /etc files and the host's world-readable
-whitelisted ones are written into bubblewrap's root tmpfs (``--file``, read-only with the
-root) and links into /usr recreated (:func:`_etc_entry`), and so are small directories of
-them; only large directories and what the jail uid could not read are bound.
+Start: one process, exec'ed along
+``[unshare --mount -> sh -> unshare --setuid ->] bwrap -> agent`` (the bracket when root).
+The wrapper ``sh`` waits on a pipe until the host has put it in the cgroups and set its
+rlimits (``prlimit(2)`` on a process of the host's own uid that has forked nothing yet:
+race-free, no ``preexec_fn``); when root it stages every bind and scratch tmpfs with a
+single ``mount -a`` from an fstab in the sandbox dir meanwhile. The kernel's wait before the
+first cgroup write (an RCU grace period) starts as soon as the cgroup exists
+(:func:`~.cgroups.prepay_attach`), so it runs while the host writes the files and the
+arguments. ``unshare --setuid`` (also the userns probe's) takes a number where ``setpriv``
+looks the uid up through NSS; helpers that only change uid (slirp4netns) get it from
+``Popen(user=, group=, extra_groups=[])``, with no exec. Each bubblewrap bind costs a
+mount, a remount and a read of the mount table, so the synthesised /etc files and the
+host's world-readable whitelisted ones are written into bubblewrap's root tmpfs
+(``--file``, read-only with the root), links into /usr recreated and small directories
+rebuilt (:func:`_etc_entry`); only larger directories and what the jail uid could not
+read are bound.
 
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
