@@ -23,7 +23,7 @@ from nexus_kernel.config import Settings
 from nexus_kernel.errors import AgentError, ProviderError, ProviderUnavailableError
 from nexus_kernel.models import Limits, SandboxSpec
 from nexus_kernel.providers import local
-from nexus_kernel.providers.cgroups import Cgroup
+from nexus_kernel.providers.cgroups import Cgroup, create_cgroup, prepay_attach
 from nexus_kernel.providers.local import LocalProvider
 
 pytestmark = [
@@ -666,6 +666,30 @@ def test_sandbox_outlives_its_creator(settings: Settings, provider: LocalProvide
     finally:
         provider.destroy(handle)
     assert not provider.alive(handle)
+
+
+def test_the_prepaid_attach_moves_nothing_of_ours_and_the_jail_is_capped(
+        shared: tuple[dict[str, Any], Agent]) -> None:
+    """The child that pays the kernel's first-attach wait ahead joins the new cgroup (its
+    write succeeds), exits and leaves it empty; and the jail's pid 1 still ends up in every
+    hierarchy of its sandbox's cgroup (the host's own write, after it, took effect)."""
+    handle, _ = shared
+    if handle["cgroup"] is None:
+        pytest.skip("no writable cgroup on this host")
+    jail = Cgroup.from_dict(handle["cgroup"])
+    assert jail is not None
+    for procs in jail.procs_files():
+        assert str(handle["child_pid"]) in Path(procs).read_text().split(), procs
+    cgroup = create_cgroup("sb_prepay_" + uuid.uuid4().hex[:8], Limits())
+    assert cgroup is not None
+    try:
+        pid = prepay_attach(cgroup)
+        assert pid is not None
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # its write into cgroup.procs worked
+        assert not cgroup.pids()
+    finally:
+        assert cgroup.remove()
 
 
 def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
