@@ -160,7 +160,7 @@ def prepay_attach(cgroup: Cgroup) -> int | None:
         return None
     procs = os.path.join(cgroup.paths.get("freezer", os.path.dirname(files[-1])), "cgroup.procs")
     try:
-        return os.posix_spawn("/bin/sh", ["sh", "-c", 'echo $$ > "$1"', "sh", procs], {})
+        return os.posix_spawn("/bin/sh", ["sh", "-c", 'exec 2>/dev/null; echo $$ > "$1"', "sh", procs], {})
     except OSError:  # only a lost head start
         return None
 
