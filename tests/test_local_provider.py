@@ -252,8 +252,10 @@ def test_writes_only_in_home_and_tmp(shared: tuple[dict[str, Any], Agent]) -> No
 
 def test_small_etc_dirs_show_the_hosts_files_read_only(shared: tuple[dict[str, Any], Agent]) -> None:
     """A whitelisted /etc directory recreated in the root tmpfs (not bound) shows the
-    host's files and links, and cannot be written."""
-    _, agent = shared
+    host's files and links, and cannot be written; the synthesised files came through
+    pipes (nothing of them on the host's disk)."""
+    handle, agent = shared
+    assert not (Path(handle["dir"]) / "etc").exists()
     host = sorted(p.name for p in Path("/etc/ld.so.conf.d").iterdir())
     r = agent.run("ls /etc/ld.so.conf.d; cat /etc/ld.so.conf.d/*; touch /etc/ld.so.conf.d/x && echo WROTE")
     expected = "".join(Path("/etc/ld.so.conf.d", name).read_text() for name in host)

@@ -3,7 +3,6 @@
 Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
 
     sock/   the agent's socket (0700, the caller's; never mounted in the jail)
-    etc/    synthesised passwd, group, hosts ... (copied into the jail, never bound)
     agent.log   the agent's (and bubblewrap's) stderr
     handle.json the handle plus store_id, for reconcile
 
@@ -295,7 +294,7 @@ class LocalProvider(Provider):
                 handle.update(cgroup=cgroup.to_dict(), limits=f"cgroup-{cgroup.version}")
                 primer = prepay_attach(cgroup)  # the kernel waits while the host makes the files
             _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
-            etc_files = _write_etc(sandbox_dir / "etc", spec.network, bool(spec.allow))
+            etc_files = _etc_files(spec.network, bool(spec.allow))
             # From here on a creator killed mid-create leaves a sandbox the reaper can find.
             _write_handle(sandbox_dir, spec.store_id, handle)
             proc, _ = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid,
@@ -321,7 +320,7 @@ class LocalProvider(Provider):
         spec: SandboxSpec,
         sandbox_dir: Path,
         agent_dir: Path,
-        etc_files: dict[str, Path],
+        etc_files: dict[str, str],
         cgroup: Cgroup | None,
         root: bool,
         uid: int,
@@ -511,7 +510,7 @@ class LocalProvider(Provider):
         sb: str,
         agent_dir: Path,
         extra: list[tuple[str, str]],
-        etc_files: dict[str, Path],
+        etc_files: dict[str, str],
         data_fds: list[int],
         info_fd: int,
         scratch: dict[str, str] | None = None,
@@ -549,8 +548,8 @@ class LocalProvider(Provider):
             wanted += ETC_NETWORK
         for name in wanted:
             args += _etc_entry(f"/etc/{name}", data_fds)
-        for name, path in etc_files.items():
-            fd = os.open(path, os.O_RDONLY)
+        for name, text in etc_files.items():
+            fd = _pipe_with(text.encode())
             data_fds.append(fd)
             # Written into the jail's root tmpfs (read-only by --remount-ro / below): no mount.
             args += ["--perms", "0644", "--file", str(fd), f"/etc/{name}"]
@@ -961,8 +960,9 @@ def _agent_files(agent_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path]:
-    """Small synthetic /etc files for the jail; returns {name inside /etc: host path}."""
+def _etc_files(network: bool, egress: bool = False) -> dict[str, str]:
+    """Small synthetic /etc files for the jail: {name inside /etc: text}. bubblewrap reads
+    each from a pipe (:func:`_pipe_with`): nothing of them is written on the host's disk."""
     files = {
         "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"user:x:{INNER_UID}:{INNER_UID}:user:{HOME}:/bin/bash\n"
@@ -977,13 +977,20 @@ def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path
         files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n"
     elif egress:  # the egress proxy answers allowed names only
         files["resolv.conf"] = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
-    etc.mkdir(mode=0o700)
-    paths = {}
-    for name, text in files.items():
-        path = etc / name
-        path.write_text(text)
-        paths[name] = path
-    return paths
+    return files
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` (at most a pipe's buffer, 64 KiB), closed."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _cap(pid: int, limits: Limits, cgroup: Cgroup | None, uid: int) -> None:
