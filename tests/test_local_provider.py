@@ -694,6 +694,26 @@ def test_the_prepaid_attach_moves_nothing_of_ours_and_the_jail_is_capped(
         assert cgroup.remove()
 
 
+def test_the_handle_is_on_disk_before_the_wrapper_may_go_on(
+        provider: LocalProvider, created: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """handle.json (with the cgroup and the uid the reaper needs) is written while the
+    wrapper starts, before the host caps it and says "go": a creator killed any later
+    leaves a sandbox the reaper can find."""
+    spec = make_spec()
+    seen: dict[str, Any] = {}
+    real_cap = local._cap
+
+    def cap(pid: int, *args: Any) -> None:
+        path = provider.settings.sandboxes_dir / spec.sandbox_id / "handle.json"
+        seen.update(json.loads(path.read_text())["handle"])
+        real_cap(pid, *args)
+
+    monkeypatch.setattr(local, "_cap", cap)
+    handle = provider.create(spec)
+    created.append(handle)
+    assert seen["uid"] == handle["uid"] and seen["cgroup"] == handle["cgroup"]
+
+
 def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
     """The wrapper before bubblewrap waits until the host has capped it: should the host
     die first (its pipe end closes), it exits and nothing of the jail starts."""

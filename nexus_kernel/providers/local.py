@@ -295,10 +295,11 @@ class LocalProvider(Provider):
                 primer = prepay_attach(cgroup)  # the kernel waits while the host makes the files
             _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
             etc_files = _etc_files(spec.network, bool(spec.allow))
-            # From here on a creator killed mid-create leaves a sandbox the reaper can find.
-            _write_handle(sandbox_dir, spec.store_id, handle)
+            # Written while the wrapper starts, before it may go on: from then on a creator
+            # killed mid-create leaves a sandbox the reaper can find.
             proc, _ = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid,
-                                   token, started=started)
+                                   token, started=started,
+                                   spawned=partial(_write_handle, sandbox_dir, spec.store_id, handle))
         except BaseException:
             if proc is not None:
                 _kill_quietly(proc.pid)
@@ -326,11 +327,13 @@ class LocalProvider(Provider):
         uid: int,
         token: str,
         started: Any = None,
+        spawned: Any = None,
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         """Spawn [unshare ->] sh wrapper -> [mount -a,] [unshare --setuid ->] bwrap -> agent (all
         exec'ed in one process, whose pid is the handle's "pid", but ``mount``); put it in
         the cgroup and set its rlimits before it goes on; wait for READY. Calls
-        ``started(proc, info)`` as soon as bubblewrap reports the jail's pid."""
+        ``spawned()`` while the wrapper starts, before it may go on, and ``started(proc,
+        info)`` as soon as bubblewrap reports the jail's pid."""
         python = sandbox_python(self.settings)
         extra_ro: list[tuple[str, str]] = []  # (host source, path in the jail)
         prefix = _python_prefix(python)
@@ -419,6 +422,8 @@ class LocalProvider(Provider):
         # Reap the outer bwrap when it ends, so long-lived callers collect no zombies.
         threading.Thread(target=proc.wait, name=f"nexus-reap-{proc.pid}", daemon=True).start()
         try:  # the wrapper waits for "go" (after its mount -a): nothing of the jail runs yet
+            if spawned is not None:
+                spawned()
             _cap(proc.pid, spec.limits, cgroup, uid)
             os.write(gate_w, b"go\n")
         except BaseException as exc:
@@ -427,7 +432,7 @@ class LocalProvider(Provider):
             if linked:
                 os.close(exit_r)
             if isinstance(exc, OSError):
-                raise ProviderError(f"could not cap the local sandbox's processes: {exc}; "
+                raise ProviderError(f"could not record or cap the local sandbox: {exc}; "
                                     f"agent log: {_tail(sandbox_dir / 'agent.log')}") from None
             raise
         finally:
