@@ -23,7 +23,7 @@ from nexus_kernel.config import Settings
 from nexus_kernel.errors import AgentError, ProviderError, ProviderUnavailableError
 from nexus_kernel.models import Limits, SandboxSpec
 from nexus_kernel.providers import local
-from nexus_kernel.providers.cgroups import Cgroup
+from nexus_kernel.providers.cgroups import Cgroup, create_cgroup, prepay_attach
 from nexus_kernel.providers.local import LocalProvider
 
 pytestmark = [
@@ -248,6 +248,18 @@ def test_writes_only_in_home_and_tmp(shared: tuple[dict[str, Any], Agent]) -> No
         assert "WROTE" not in r["stdout"], path
     r = agent.run("touch /home/user/ok /tmp/ok /var/tmp/ok2 /dev/shm/ok && echo WROTE")
     assert "WROTE" in r["stdout"], r
+
+
+def test_small_etc_dirs_show_the_hosts_files_read_only(shared: tuple[dict[str, Any], Agent]) -> None:
+    """A whitelisted /etc directory recreated in the root tmpfs (not bound) shows the
+    host's files and links, and cannot be written; the synthesised files came through
+    pipes (nothing of them on the host's disk)."""
+    handle, agent = shared
+    assert not (Path(handle["dir"]) / "etc").exists()
+    host = sorted(p.name for p in Path("/etc/ld.so.conf.d").iterdir())
+    r = agent.run("ls /etc/ld.so.conf.d; cat /etc/ld.so.conf.d/*; touch /etc/ld.so.conf.d/x && echo WROTE")
+    expected = "".join(Path("/etc/ld.so.conf.d", name).read_text() for name in host)
+    assert r["stdout"] == "\n".join(host) + "\n" + expected, r
 
 
 def test_languages(shared: tuple[dict[str, Any], Agent]) -> None:
@@ -658,6 +670,50 @@ def test_sandbox_outlives_its_creator(settings: Settings, provider: LocalProvide
     assert not provider.alive(handle)
 
 
+def test_the_prepaid_attach_moves_nothing_of_ours_and_the_jail_is_capped(
+        shared: tuple[dict[str, Any], Agent]) -> None:
+    """The child that pays the kernel's first-attach wait ahead joins the new cgroup (its
+    write succeeds), exits and leaves it empty; and the jail's pid 1 still ends up in every
+    hierarchy of its sandbox's cgroup (the host's own write, after it, took effect)."""
+    handle, _ = shared
+    if handle["cgroup"] is None:
+        pytest.skip("no writable cgroup on this host")
+    jail = Cgroup.from_dict(handle["cgroup"])
+    assert jail is not None
+    for procs in jail.procs_files():
+        assert str(handle["child_pid"]) in Path(procs).read_text().split(), procs
+    cgroup = create_cgroup("sb_prepay_" + uuid.uuid4().hex[:8], Limits())
+    assert cgroup is not None
+    try:
+        pid = prepay_attach(cgroup)
+        assert pid is not None
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # its write into cgroup.procs worked
+        assert not cgroup.pids()
+    finally:
+        assert cgroup.remove()
+
+
+def test_the_handle_is_on_disk_before_the_wrapper_may_go_on(
+        provider: LocalProvider, created: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """handle.json (with the cgroup and the uid the reaper needs) is written while the
+    wrapper starts, before the host caps it and says "go": a creator killed any later
+    leaves a sandbox the reaper can find."""
+    spec = make_spec()
+    seen: dict[str, Any] = {}
+    real_cap = local._cap
+
+    def cap(pid: int, *args: Any) -> None:
+        path = provider.settings.sandboxes_dir / spec.sandbox_id / "handle.json"
+        seen.update(json.loads(path.read_text())["handle"])
+        real_cap(pid, *args)
+
+    monkeypatch.setattr(local, "_cap", cap)
+    handle = provider.create(spec)
+    created.append(handle)
+    assert seen["uid"] == handle["uid"] and seen["cgroup"] == handle["cgroup"]
+
+
 def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
     """The wrapper before bubblewrap waits until the host has capped it: should the host
     die first (its pipe end closes), it exits and nothing of the jail starts."""
@@ -699,6 +755,44 @@ def test_one_mount_stages_sources_whose_paths_need_escaping(tmp_path: Path) -> N
          "nexus-wrapper", table, "cat", str(target / "f")],
         input=b"go\n", capture_output=True, timeout=10)
     assert shown.returncode == 0 and shown.stdout == b"staged", shown.stderr
+
+
+def test_small_etc_dirs_are_copied_and_others_bound(tmp_path: Path) -> None:
+    """A small directory the jail uid could list and read is recreated (no bind: ~0.7 ms of
+    bubblewrap each); one holding a file it could not read, one it could not list, or a
+    large one is bound, so the host's permissions and contents apply."""
+    small = tmp_path / "small"
+    (small / "sub").mkdir(parents=True)
+    (small / "a.conf").write_text("a")
+    (small / "sub" / "b").write_text("b")
+    (small / "link").symlink_to("/usr/share/x")
+    for path in (small, small / "sub"):
+        os.chmod(path, 0o755)
+    for path in (small / "a.conf", small / "sub" / "b"):
+        os.chmod(path, 0o644)
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o755)
+    (secret / "key").write_text("k")
+    os.chmod(secret / "key", 0o600)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    big = tmp_path / "big"
+    big.mkdir(mode=0o755)
+    for i in range(local.ETC_TREE_MAX + 1):
+        (big / str(i)).symlink_to("/usr")
+    fds: list[int] = []
+    try:
+        args = local._etc_entry(str(small), fds)
+        assert "--ro-bind-try" not in args and len(fds) == 2
+        assert ["--perms", "0755", "--dir", str(small / "sub")] == args[args.index(str(small / "sub")) - 3:][:4]
+        assert ["--symlink", "/usr/share/x", str(small / "link")] == args[args.index("--symlink"):][:3]
+        assert sorted(os.read(fd, 10) for fd in fds) == [b"a", b"b"]
+        for tree in (secret, closed, big):
+            assert local._etc_entry(str(tree), fds) == ["--ro-bind-try", str(tree), str(tree)]
+        assert len(fds) == 2
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_etc_entries_are_copied_only_when_the_jail_could_read_them(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 Layout of a sandbox dir (``settings.sandboxes_dir / sandbox_id``)::
 
     sock/   the agent's socket (0700, the caller's; never mounted in the jail)
-    etc/    synthesised passwd, group, hosts ... (copied into the jail, never bound)
     agent.log   the agent's (and bubblewrap's) stderr
     handle.json the handle plus store_id, for reconcile
 
@@ -45,16 +44,22 @@ an ``O_NOFOLLOW`` handle on ``sock/`` and only to a socket it owns). The agent p
 copied into a tmpfs at /opt/nexus-agent, remounted read-only: no mount of the jail names a
 host path of the sandbox's state.
 
-Start: one process, exec'ed along ``[unshare --mount -> sh -> setpriv ->] bwrap -> agent``
-(the bracket when root). The wrapper ``sh`` waits on a pipe until the host has put it in the
-cgroups and set its rlimits (``prlimit(2)`` on a process of the host's own uid that has
-forked nothing yet: race-free, no ``preexec_fn``); when root it then stages every bind and
-scratch tmpfs with a single ``mount -a`` from an fstab in the sandbox dir. Helpers that
-only change uid (slirp4netns, the userns probe) get it from ``Popen(user=, group=,
-extra_groups=[])``, not a ``setpriv`` exec. Each bubblewrap bind costs a mount, a remount
-and a read of the mount table, so the synthesised /etc files and the host's world-readable
-whitelisted ones are written into bubblewrap's root tmpfs (``--file``, read-only with the
-root) and links into /usr recreated (:func:`_etc_entry`); only directories are bound.
+Start: one process, exec'ed along
+``[unshare --mount -> sh -> unshare --setuid ->] bwrap -> agent`` (the bracket when root).
+The wrapper ``sh`` waits on a pipe until the host has put it in the cgroups and set its
+rlimits (``prlimit(2)`` on a process of the host's own uid that has forked nothing yet:
+race-free, no ``preexec_fn``); when root it stages every bind and scratch tmpfs with a
+single ``mount -a`` from an fstab in the sandbox dir meanwhile. The kernel's wait before the
+first cgroup write (an RCU grace period) starts as soon as the cgroup exists
+(:func:`~.cgroups.prepay_attach`), so it runs while the host writes the files and the
+arguments. ``unshare --setuid`` (also the userns probe's) takes a number where ``setpriv``
+looks the uid up through NSS; helpers that only change uid (slirp4netns) get it from
+``Popen(user=, group=, extra_groups=[])``, with no exec. Each bubblewrap bind costs a
+mount, a remount and a read of the mount table, so the synthesised /etc files and the
+host's world-readable whitelisted ones are written into bubblewrap's root tmpfs
+(``--file``, read-only with the root), links into /usr recreated and small directories
+rebuilt (:func:`_etc_entry`); only larger directories and what the jail uid could not
+read are bound.
 
 ``handle.json`` is written before the jail starts and again once its pids are known, so a
 creator killed in the middle of ``create`` leaves a sandbox the reaper can find and destroy.
@@ -94,7 +99,7 @@ from .base import (
     Provider,
     scratch_mb,
 )
-from .cgroups import Cgroup, create_cgroup, poll_until, remove_leftovers
+from .cgroups import Cgroup, create_cgroup, poll_until, prepay_attach, remove_leftovers
 from .egress import PROXY_ENV, override_hosts, read_events, start_proxy
 from .removal import remove_tree
 from .seccomp import program_fd
@@ -145,6 +150,9 @@ ETC_ALWAYS = (
 )  # fmt: skip
 ETC_NETWORK = ("ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies")
 ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: A whitelisted /etc directory of at most this many entries is recreated in the jail's
+#: root tmpfs (each entry ~10 us of bubblewrap), not bound (a bind costs it ~0.7 ms).
+ETC_TREE_MAX = 16
 
 # The one process before bubblewrap (when root: inside ``unshare --mount``). Root only, one
 # ``mount -a`` with the fstab in $1 ("-" for none) binds dirs the unprivileged jail uid
@@ -184,7 +192,7 @@ class LocalProvider(Provider):
         if bwrap is None:
             raise ProviderUnavailableError(BWRAP_HINT)
         root = os.geteuid() == 0
-        needed = ["setpriv", "unshare", "mount"] if root else []
+        needed = ["unshare", "mount"] if root else []
         for tool in needed:
             if shutil.which(tool) is None:
                 raise ProviderUnavailableError(
@@ -201,6 +209,10 @@ class LocalProvider(Provider):
         if key not in cls._probe_cache:
             cls._probe_cache[key] = _probe_userns(bwrap, uid)
         error = cls._probe_cache[key]
+        if error is not None and error.startswith("unshare:"):
+            raise ProviderUnavailableError(
+                f"the local provider needs util-linux >= 2.32 (unshare --setuid) when run as "
+                f"root: {error}")
         if error is not None:
             raise ProviderUnavailableError(USERNS_HINT.format(detail=error))
 
@@ -243,6 +255,7 @@ class LocalProvider(Provider):
 
         token = secrets.token_hex(32)
         cgroup: Cgroup | None = None
+        primer: int | None = None
         proc: subprocess.Popen[bytes] | None = None
         handle: Handle = {
             "sandbox_id": spec.sandbox_id,
@@ -275,16 +288,18 @@ class LocalProvider(Provider):
                 uids.bind(uid, spec.sandbox_id, handle["child_pid"], handle["child_start"])
 
         try:
-            _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
-            etc_files = _write_etc(sandbox_dir / "etc", spec.network, bool(spec.allow))
             if self.options.get("cgroups", True):
                 cgroup = create_cgroup(spec.sandbox_id, spec.limits)
             if cgroup is not None:
                 handle.update(cgroup=cgroup.to_dict(), limits=f"cgroup-{cgroup.version}")
-            # From here on a creator killed mid-create leaves a sandbox the reaper can find.
-            _write_handle(sandbox_dir, spec.store_id, handle)
+                primer = prepay_attach(cgroup)  # the kernel waits while the host makes the files
+            _make_dirs(sandbox_dir, uid, gid, scratch_on_disk=handle["disk"] == "host-dir")
+            etc_files = _etc_files(spec.network, bool(spec.allow))
+            # Written while the wrapper starts, before it may go on: from then on a creator
+            # killed mid-create leaves a sandbox the reaper can find.
             proc, _ = self._launch(spec, sandbox_dir, agent_dir, etc_files, cgroup, root, uid,
-                                   token, started=started)
+                                   token, started=started,
+                                   spawned=partial(_write_handle, sandbox_dir, spec.store_id, handle))
         except BaseException:
             if proc is not None:
                 _kill_quietly(proc.pid)
@@ -295,6 +310,10 @@ class LocalProvider(Provider):
             if reserved:
                 uids.release(uid, spec.sandbox_id)
             raise
+        finally:
+            if primer is not None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(primer, 0)
         return handle
 
     def _launch(
@@ -302,17 +321,19 @@ class LocalProvider(Provider):
         spec: SandboxSpec,
         sandbox_dir: Path,
         agent_dir: Path,
-        etc_files: dict[str, Path],
+        etc_files: dict[str, str],
         cgroup: Cgroup | None,
         root: bool,
         uid: int,
         token: str,
         started: Any = None,
+        spawned: Any = None,
     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-        """Spawn [unshare ->] sh wrapper -> [mount -a,] [setpriv ->] bwrap -> agent (all
+        """Spawn [unshare ->] sh wrapper -> [mount -a,] [unshare --setuid ->] bwrap -> agent (all
         exec'ed in one process, whose pid is the handle's "pid", but ``mount``); put it in
         the cgroup and set its rlimits before it goes on; wait for READY. Calls
-        ``started(proc, info)`` as soon as bubblewrap reports the jail's pid."""
+        ``spawned()`` while the wrapper starts, before it may go on, and ``started(proc,
+        info)`` as soon as bubblewrap reports the jail's pid."""
         python = sandbox_python(self.settings)
         extra_ro: list[tuple[str, str]] = []  # (host source, path in the jail)
         prefix = _python_prefix(python)
@@ -371,7 +392,7 @@ class LocalProvider(Provider):
                 flags=("-I", "-S", "-B"))
             command = bwrap + ["--", *agent_cmd]
             if root:
-                command = [_which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+                command = [*_drop_to(uid), *command]
             table = _write_fstab(sandbox_dir, fstab) if fstab else "-"
             command = ["/bin/sh", "-c", _WRAPPER_SCRIPT, "nexus-wrapper", table, *command]
             if root:
@@ -383,7 +404,7 @@ class LocalProvider(Provider):
                 stderr=log_fd,
                 pass_fds=[info_w, *data_fds, *([exit_w] if linked else [])],
                 start_new_session=True,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # no LANG: no locale loads
             )
         except BaseException:
             if linked:
@@ -401,6 +422,8 @@ class LocalProvider(Provider):
         # Reap the outer bwrap when it ends, so long-lived callers collect no zombies.
         threading.Thread(target=proc.wait, name=f"nexus-reap-{proc.pid}", daemon=True).start()
         try:  # the wrapper waits for "go" (after its mount -a): nothing of the jail runs yet
+            if spawned is not None:
+                spawned()
             _cap(proc.pid, spec.limits, cgroup, uid)
             os.write(gate_w, b"go\n")
         except BaseException as exc:
@@ -409,7 +432,7 @@ class LocalProvider(Provider):
             if linked:
                 os.close(exit_r)
             if isinstance(exc, OSError):
-                raise ProviderError(f"could not cap the local sandbox's processes: {exc}; "
+                raise ProviderError(f"could not record or cap the local sandbox: {exc}; "
                                     f"agent log: {_tail(sandbox_dir / 'agent.log')}") from None
             raise
         finally:
@@ -492,7 +515,7 @@ class LocalProvider(Provider):
         sb: str,
         agent_dir: Path,
         extra: list[tuple[str, str]],
-        etc_files: dict[str, Path],
+        etc_files: dict[str, str],
         data_fds: list[int],
         info_fd: int,
         scratch: dict[str, str] | None = None,
@@ -530,8 +553,8 @@ class LocalProvider(Provider):
             wanted += ETC_NETWORK
         for name in wanted:
             args += _etc_entry(f"/etc/{name}", data_fds)
-        for name, path in etc_files.items():
-            fd = os.open(path, os.O_RDONLY)
+        for name, text in etc_files.items():
+            fd = _pipe_with(text.encode())
             data_fds.append(fd)
             # Written into the jail's root tmpfs (read-only by --remount-ro / below): no mount.
             args += ["--perms", "0644", "--file", str(fd), f"/etc/{name}"]
@@ -802,13 +825,14 @@ def _bwrap_version() -> tuple[int, ...]:
 
 
 def _probe_userns(bwrap: str, uid: int | None) -> str | None:
-    """None when an unprivileged bwrap can build a jail, else bwrap's error."""
+    """None when an unprivileged bwrap can build a jail (as root: through the ``unshare``
+    that drops to ``uid`` in ``create``), else the error."""
     # --as-pid-1: without it bwrap leaves its namespace init to be reaped by the host's init.
     cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--as-pid-1",
            "--ro-bind", "/", "/", "true"]  # fmt: skip
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                                stdin=subprocess.DEVNULL, **_as_uid(uid))
+        result = subprocess.run(cmd if uid is None else [*_drop_to(uid), *cmd], capture_output=True,
+                                text=True, timeout=10, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if result.returncode != 0:
@@ -833,12 +857,73 @@ def _etc_entry(path: str, data_fds: list[int]) -> list[str]:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             data_fds.append(fd)
             return ["--perms", "0644", "--file", str(fd), path]
+    if stat.S_ISDIR(st.st_mode):
+        copied = _etc_tree(path, st.st_mode, data_fds)
+        if copied is not None:
+            return copied
     return ["--ro-bind-try", path, path]
+
+
+def _etc_tree(path: str, mode: int, data_fds: list[int]) -> list[str] | None:
+    """bubblewrap arguments that recreate the directory ``path`` in the jail's root tmpfs,
+    as :func:`_etc_entry` does a file: its directories, its files and its links as they
+    are (a link resolves in the jail, as through a bind); None when it holds more than
+    ETC_TREE_MAX entries or anything the jail uid could not read or list (then it is
+    bound, so the host's permissions still refuse it)."""
+    args: list[str] = []
+    opened: list[int] = []
+    count = 0
+
+    def walk(folder: str, mode: int) -> bool:
+        nonlocal count
+        if mode & 0o005 != 0o005:
+            return False
+        args.extend(["--perms", f"{stat.S_IMODE(mode) & 0o755:04o}", "--dir", folder])
+        entries = []
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                count += 1
+                if count > ETC_TREE_MAX:
+                    return False
+                entries.append(entry)
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                args.extend(["--symlink", os.readlink(entry.path), entry.path])
+            elif stat.S_ISDIR(st.st_mode):
+                if not walk(entry.path, st.st_mode):
+                    return False
+            elif stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IROTH:
+                opened.append(os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
+                args.extend(["--perms", f"{stat.S_IMODE(st.st_mode) & 0o755:04o}", "--file",
+                             str(opened[-1]), entry.path])
+            else:
+                return False
+        return True
+
+    try:
+        copied = walk(path, mode)
+    except OSError:
+        copied = False
+    if copied:
+        data_fds.extend(opened)
+        return args
+    for fd in opened:
+        os.close(fd)
+    return None
+
+
+def _drop_to(uid: int) -> list[str]:
+    """The command prefix that execs the rest as ``uid`` (and gid ``uid``) with no
+    supplementary groups and no capabilities: util-linux ``unshare`` with no namespace,
+    whose ``--setuid`` takes a number (``setpriv --reuid`` first looks the uid up as a user
+    name, through NSS: ~1-3 ms more)."""
+    return [_which("unshare"), f"--setgid={uid}", f"--setuid={uid}"]
 
 
 def _as_uid(uid: int | None) -> dict[str, Any]:
     """Popen arguments that run the child as ``uid`` (and gid ``uid``) with no supplementary
-    groups: what ``setpriv --reuid --regid --clear-groups`` does, without its exec."""
+    groups: what :func:`_drop_to` does, without its exec."""
     return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
 
 
@@ -880,8 +965,9 @@ def _agent_files(agent_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path]:
-    """Small synthetic /etc files for the jail; returns {name inside /etc: host path}."""
+def _etc_files(network: bool, egress: bool = False) -> dict[str, str]:
+    """Small synthetic /etc files for the jail: {name inside /etc: text}. bubblewrap reads
+    each from a pipe (:func:`_pipe_with`): nothing of them is written on the host's disk."""
     files = {
         "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"user:x:{INNER_UID}:{INNER_UID}:user:{HOME}:/bin/bash\n"
@@ -896,13 +982,20 @@ def _write_etc(etc: Path, network: bool, egress: bool = False) -> dict[str, Path
         files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n"
     elif egress:  # the egress proxy answers allowed names only
         files["resolv.conf"] = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
-    etc.mkdir(mode=0o700)
-    paths = {}
-    for name, text in files.items():
-        path = etc / name
-        path.write_text(text)
-        paths[name] = path
-    return paths
+    return files
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` (at most a pipe's buffer, 64 KiB), closed."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _cap(pid: int, limits: Limits, cgroup: Cgroup | None, uid: int) -> None:
