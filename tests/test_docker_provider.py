@@ -471,6 +471,37 @@ def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store
             api.remove_image(image, force=True)
 
 
+def test_an_agent_that_exits_at_once_fails_create_in_one_line_at_once(provider, store_id):
+    """The agent is attached to once started: one that ended before (its python3 exits at
+    once) is seen ended, not waited for (READY_TIMEOUT) (2 s)."""
+    import io
+    import tarfile
+
+    api = provider._client(provider.settings.docker_host).api
+    script = b"#!/bin/sh\nexit 3\n"
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("python3")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    base = api.create_container(provider.settings.docker_image, command=["true"])["Id"]
+    image = "nexus-exits-at-once:test"
+    try:
+        api.put_archive(base, "/usr/local/bin", data.getvalue())
+        api.commit(base, repository="nexus-exits-at-once", tag="test")
+        started = time.monotonic()
+        with pytest.raises(SandboxError) as info:
+            provider.create(make_spec(store_id, template_id=image))
+        assert time.monotonic() - started < 20
+        message = str(info.value)
+        assert "\n" not in message and "python3 >= 3.8" in message
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_container(base, force=True)
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
+
+
 def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_image):
     """Two processes create the first sandbox of an agent version (its volume absent) at the
     same moment: both sandboxes run (neither saw a half-filled volume), one of them filled it,
