@@ -592,6 +592,30 @@ def test_a_dead_fillers_lock_is_taken_over(provider, store_id, monkeypatch):
         _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
 
 
+def test_an_agent_volume_removed_under_a_provider_is_filled_again(provider, store_id,
+                                                                   monkeypatch):
+    """A provider checks the volume once (per engine and version): removed behind its back
+    (with its marker), the next create fails in one line and the one after fills it (4 s)."""
+    from nexus_kernel.providers import docker_agent
+
+    version = "gone" + secrets.token_hex(4)
+    monkeypatch.setattr(docker_agent, "agent_version", lambda: version)
+    api = provider._client(provider.settings.docker_host).api
+    try:
+        provider.destroy(provider.create(make_spec(store_id)))
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
+        with pytest.raises(SandboxError) as info:  # the engine made an empty volume
+            provider.create(make_spec(store_id))
+        assert "\n" not in str(info.value)
+        h = provider.create(make_spec(store_id))
+        client = agent_client(provider, h)
+        assert client.run("python", "print(6 * 7)")["stdout"] == "42\n"
+        client.close()
+        provider.destroy(h)
+    finally:
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
+
+
 def test_old_agent_volumes_go_when_no_container_uses_them(provider):
     from nexus_kernel.providers.docker_agent import LABEL, agent_mount, ready_name, volume_name
 

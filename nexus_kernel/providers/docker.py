@@ -73,7 +73,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_direct, docker_egress, seccomp
+from . import docker_agent, docker_direct, docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -392,6 +392,8 @@ class DockerProvider(Provider):
         super().__init__(settings, **options)
         self._clients: dict[str, Any] = {}
         self._infos: dict[str, dict[str, Any]] = {}
+        #: (engine, agent version) whose agent volume this provider saw complete.
+        self._volumes: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ availability
 
@@ -471,11 +473,14 @@ class DockerProvider(Provider):
             docker_egress.check(self.settings)
         with _api_errors(host, "find the template's image"):  # a docker template, or an image
             image = template_image(client.api, spec.template_id or self.settings.docker_image)
-        with _api_errors(host, "fill the agent volume"):
-            try:  # through the default image: a hostile one never touches the shared volume
-                version = ensure_agent_volume(client.api, self.settings.docker_image)
-            except docker.errors.ImageNotFound:
-                raise _image_missing(self.settings.docker_image) from None
+        version = docker_agent.agent_version()
+        if (host, version) not in self._volumes:  # seen complete: volumes never empty again
+            with _api_errors(host, "fill the agent volume"):
+                try:  # through the default image: a hostile one never touches the shared volume
+                    version = ensure_agent_volume(client.api, self.settings.docker_image)
+                except docker.errors.ImageNotFound:
+                    raise _image_missing(self.settings.docker_image) from None
+            self._volumes.add((host, version))
         with _api_errors(host, "create the sandbox container"):
             in_use: set[int] = set()  # first a random pick: the check below sees a taken one
             for _ in range(UID_ATTEMPTS):
@@ -506,6 +511,7 @@ class DockerProvider(Provider):
             if spec.allow:  # before any user code: the agent has only just said READY
                 handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
+            self._volumes.discard((host, version))  # someone removed it? checked again next
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
             raise
