@@ -210,7 +210,7 @@ def test_pause_and_resume_reopen_the_stream_directly(settings, tmp_path, provide
 
 def test_resume_sends_the_deadline_on_the_stream_kept_over_the_pause(tmp_path, provider):
     """No new stream on resume: the new deadline goes on the kept one, read first by the
-    thawed agent, whose watchdog then ends the sandbox at it (4 s)."""
+    thawed agent, whose watchdog then ends the sandbox at it (3 s)."""
     shift = [0.0]
     manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"),
                              clock=lambda: time.time() + shift[0])
@@ -237,7 +237,7 @@ def test_resume_sends_the_deadline_on_the_stream_kept_over_the_pause(tmp_path, p
 
 def test_resume_opens_a_new_stream_when_the_kept_one_broke(tmp_path, provider):
     """The kept stream closed during the pause: the deadline goes on a new stream opened
-    after the thaw (1.5 s)."""
+    after the thaw (1 s)."""
     manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"))
     record = manager.create("broken")
     try:

@@ -473,7 +473,7 @@ def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store
 
 def test_an_agent_that_exits_at_once_fails_create_in_one_line_at_once(provider, store_id):
     """The agent is attached to once started: one that ended before (its python3 exits at
-    once) is seen ended, not waited for (READY_TIMEOUT) (2 s)."""
+    once) is seen ended, not waited for (READY_TIMEOUT) (1 s)."""
     import io
     import tarfile
 
@@ -595,7 +595,7 @@ def test_a_dead_fillers_lock_is_taken_over(provider, store_id, monkeypatch):
 def test_an_agent_volume_removed_under_a_provider_is_filled_again(provider, store_id,
                                                                    monkeypatch):
     """A provider checks the volume once (per engine and version): removed behind its back
-    (with its marker), the next create fails in one line and the one after fills it (4 s)."""
+    (with its marker), the next create fails in one line and the one after fills it (2 s)."""
     from nexus_kernel.providers import docker_agent
 
     version = "gone" + secrets.token_hex(4)
