@@ -554,8 +554,10 @@ class SandboxManager:
             try:
                 backend.resume(record.handle)  # may move the handle's hard end (E2B)
             except BaseException:
-                if answer is not None:  # the agent reads it when thawed: a deadline earlier
-                    self.forget_client(sandbox_id)  # than any later resume's, never later
+                # still frozen? it reads the deadline sent at its next thaw (never later than
+                # the host's): a resume after that deadline ends the sandbox (fails closed)
+                if answer is not None:
+                    self.forget_client(sandbox_id)
                 raise
             record = self._activate(
                 sandbox_id, record.ttl_minutes, now, paused_at=None, handle=record.handle
