@@ -7,6 +7,7 @@ Skipped when the engine or the image is missing (a failure under NEXUS_REQUIRE_D
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -20,7 +21,7 @@ import pytest
 
 from nexus_kernel.agent.client import AgentClient
 from nexus_kernel.config import Settings
-from nexus_kernel.errors import AgentError, SandboxStateError
+from nexus_kernel.errors import AgentError, ProviderUnavailableError, SandboxStateError
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import SandboxSpec
 from nexus_kernel.providers import docker_direct
@@ -230,6 +231,41 @@ def test_resume_sends_the_deadline_on_the_stream_kept_over_the_pause(tmp_path, p
         while provider.alive(record.handle) and time.monotonic() < end:
             time.sleep(0.2)
         assert not provider.alive(record.handle), "the agent never got the resume's deadline"
+    finally:
+        manager.stop(record.sandbox_id)
+        manager.close()
+
+
+def test_a_failed_thaw_leaves_its_deadline_for_the_next_one(tmp_path, provider):
+    """The unpause fails (the container stays frozen) after the deadline was sent: the agent
+    reads it at the next thaw and, it having passed, ends the sandbox: never later than the
+    host's (2 s)."""
+    shift = [0.0]
+    manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"),
+                             clock=lambda: time.time() + shift[0])
+    record = manager.create("failed-thaw", ttl_minutes=1)
+    try:
+        assert manager.run(record.sandbox_id, "python", "x = 1").exit_code == 0
+        manager.pause(record.sandbox_id)
+        backend = manager.provider("docker")
+        shift[0] = 0.5 - 60 - WATCHDOG_SLACK_SECONDS  # the deadline sent: 0.5 s from now
+
+        def fails(handle):
+            raise ProviderUnavailableError("the engine went away")
+
+        backend.resume = fails
+        with pytest.raises(ProviderUnavailableError):
+            manager.resume(record.sandbox_id)
+        del backend.resume
+        assert provider.state(record.handle) == "paused"
+        time.sleep(1.0)
+        shift[0] = 0.0  # this resume's own deadline: a minute away
+        with contextlib.suppress(AgentError):  # the agent may end before the new deadline
+            manager.resume(record.sandbox_id)
+        end = time.monotonic() + 30
+        while provider.alive(record.handle) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not provider.alive(record.handle), "the thawed agent outlived the deadline sent"
     finally:
         manager.stop(record.sandbox_id)
         manager.close()
