@@ -472,8 +472,8 @@ def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store
 
 
 def test_an_agent_that_exits_at_once_fails_create_in_one_line_at_once(provider, store_id):
-    """The agent is attached to once started: one that ended before (its python3 exits at
-    once) is seen ended, not waited for (READY_TIMEOUT) (1 s)."""
+    """An agent that ends at once (its python3 exits) is seen ended, not waited for until
+    READY_TIMEOUT (1 s)."""
     import io
     import tarfile
 

@@ -38,9 +38,8 @@ USER and LOGNAME are set in the environment (``whoami`` finds no name).
 
 The agent's token never touches the image, the container config or any file: the agent
 (the container's command) reads it as one line from its stdin before any user code runs;
-the host writes it over a ``docker attach`` stream opened once the container started (the
-agent imports meanwhile, then waits for it), and reads the agent's ``READY`` line on the same
-stream.
+the host writes it over a ``docker attach`` stream opened before start, and reads the
+agent's ``READY`` line on the same stream.
 
 The agent listens on the abstract unix socket SOCKET (in the container's network namespace):
 no file sandbox code could rename, replace or point elsewhere, and bound before any user
@@ -555,41 +554,34 @@ class DockerProvider(Provider):
         asked while the agent starts."""
         docker = import_sdk("docker", "docker")
         host = self._host()
-        hint = (f"the image {image!r} needs a python3 >= 3.8 that runs the agent (mounted at "
-                f"{AGENT_DIR})")
         with _api_errors(host, "start the sandbox container"):
-            try:
-                client.api.start(container_id)
-            except docker.errors.APIError as exc:
-                if "executable file not found" in _explain(exc):
-                    raise _needs_python(image) from None
-                raise
-            # attached once started: the agent imports meanwhile, and waits for its token
-            try:
-                raw = client.api.attach_socket(
-                    container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            except docker.errors.APIError as exc:  # it ended already (auto-removed)
-                raise ProviderError(f"the sandbox's agent ended at once ({_explain(exc)}): "
-                                    f"{hint}") from None
+            raw = client.api.attach_socket(
+                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
             stream = DockerStreamChannel(raw)
             try:
+                try:
+                    client.api.start(container_id)
+                except docker.errors.APIError as exc:
+                    if "executable file not found" in _explain(exc):
+                        raise _needs_python(image) from None
+                    raise
                 stream.sendall(token.encode() + b"\n")
                 stream.shutdown_write()
-                state: dict[str, Any] = {}
+                pid = 0  # 0 (its State.Pid once ended), or gone: the wait below says why
                 with suppress(docker.errors.NotFound):
-                    state = client.api.inspect_container(container_id)["State"]
-                # ended (auto-removed) maybe before the attach, whose stream never ends then
-                output = iter(lambda: stream.recv(4096), b"") if state.get("Running") else ()
+                    pid = client.api.inspect_container(container_id)["State"]["Pid"]
                 wait_for_ready(
-                    output,
+                    iter(lambda: stream.recv(4096), b""),
                     READY_TIMEOUT,
                     stop=stream.close,
                     detail=lambda: bytes(stream.stderr).decode("utf-8", "replace"),
-                    hint=hint,
+                    hint=f"the image {image!r} needs a python3 >= 3.8 that runs the agent "
+                    f"(mounted at {AGENT_DIR})",
                 )
             finally:
                 stream.close()
-        return state["Pid"]
+        return pid
 
     def connect(self, handle: Handle) -> DockerStreamChannel | socket.socket:
         """A new stream to the agent: a socket in the container's network namespace where
