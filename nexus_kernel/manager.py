@@ -182,9 +182,11 @@ class SandboxManager:
             raise SandboxNotFoundError(sandbox_id)
         return SandboxRecord.from_dict(data)
 
-    def _activate(self, sandbox_id: str, ttl_minutes: float, **changes: Any) -> SandboxRecord:
-        """Mark the sandbox active from now, its TTL running again."""
-        now = self.clock()
+    def _activate(self, sandbox_id: str, ttl_minutes: float, now: float | None = None,
+                  **changes: Any) -> SandboxRecord:
+        """Mark the sandbox active from ``now`` (None: the clock's now), its TTL running
+        again."""
+        now = self.clock() if now is None else now
         return self._save(sandbox_id, status=Status.ACTIVE, last_active_at=now,
                           expires_at=expiry(now, ttl_minutes), **changes)
 
@@ -525,7 +527,8 @@ class SandboxManager:
                 backend.pause(record.handle)  # raises the provider's own explanation
             self._client(record).set_deadline(None)
             backend.pause(record.handle)
-            self.forget_client(sandbox_id)
+            if not backend.streams_survive_pause:
+                self.forget_client(sandbox_id)
             now = self.clock()
             return self._save(
                 sandbox_id,
@@ -546,12 +549,43 @@ class SandboxManager:
                     "can be resumed (create a new one)"
                 )
             backend = self.provider(record.provider)
-            backend.resume(record.handle)  # may move the handle's hard end (E2B)
+            now = self.clock()
+            answer = self._deadline_before_thaw(record, backend, now)
+            try:
+                backend.resume(record.handle)  # may move the handle's hard end (E2B)
+            except BaseException:
+                # still frozen? it reads the deadline sent at its next thaw (never later than
+                # the host's): a resume after that deadline ends the sandbox (fails closed)
+                if answer is not None:
+                    self.forget_client(sandbox_id)
+                raise
             record = self._activate(
-                sandbox_id, record.ttl_minutes, paused_at=None, handle=record.handle
+                sandbox_id, record.ttl_minutes, now, paused_at=None, handle=record.handle
             )
+            if answer is not None:
+                try:
+                    answer()
+                    return record
+                except AgentError:
+                    self.forget_client(sandbox_id)  # a new stream below, to the thawed agent
             self.push_deadline(record)
             return record
+
+    def _deadline_before_thaw(self, record: SandboxRecord, backend: Provider,
+                              now: float) -> Callable[[], None] | None:
+        """Where the stream kept over the pause is open, send the agent the deadline of a
+        resume at ``now`` on it before the thaw (the first thing the agent reads then: it
+        never runs thawed without one) and return the wait for its answer; None otherwise
+        (``push_deadline`` after the thaw)."""
+        if not backend.streams_survive_pause:
+            return None
+        with self._lock:
+            client = self._clients.get(record.sandbox_id)
+        if client is None:
+            return None
+        deadline = watchdog_deadline(expiry(now, record.ttl_minutes))
+        backend.extend(record.handle, deadline)
+        return client.deadline_ahead(deadline)
 
     def stop(self, sandbox_id: str) -> SandboxRecord:
         """Destroy the sandbox (every process, every file). Idempotent."""

@@ -7,6 +7,7 @@ Skipped when the engine or the image is missing (a failure under NEXUS_REQUIRE_D
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -20,10 +21,11 @@ import pytest
 
 from nexus_kernel.agent.client import AgentClient
 from nexus_kernel.config import Settings
-from nexus_kernel.errors import AgentError, SandboxStateError
+from nexus_kernel.errors import AgentError, ProviderUnavailableError, SandboxStateError
 from nexus_kernel.manager import SandboxManager
 from nexus_kernel.models import SandboxSpec
 from nexus_kernel.providers import docker_direct
+from nexus_kernel.ttl import WATCHDOG_SLACK_SECONDS
 
 from .conftest import docker_not_ready, docker_problem
 
@@ -202,6 +204,88 @@ def test_pause_and_resume_reopen_the_stream_directly(settings, tmp_path, provide
         result = manager.run(record.sandbox_id, "python", "print(2)")
         assert result.stdout == "2\n"
         assert exec_ids(provider, record.handle) == []
+    finally:
+        manager.stop(record.sandbox_id)
+        manager.close()
+
+
+def test_resume_sends_the_deadline_on_the_stream_kept_over_the_pause(tmp_path, provider):
+    """No new stream on resume: the new deadline goes on the kept one, read first by the
+    thawed agent, whose watchdog then ends the sandbox at it (3 s)."""
+    shift = [0.0]
+    manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"),
+                             clock=lambda: time.time() + shift[0])
+    record = manager.create("kept", ttl_minutes=1)
+    try:
+        assert manager.run(record.sandbox_id, "python", "x = 1").exit_code == 0
+        manager.pause(record.sandbox_id)
+        backend = manager.provider("docker")
+        opened = []
+        connect = backend.connect
+        backend.connect = lambda handle: opened.append(handle) or connect(handle)
+        # the resume's clock puts its deadline (expiry + slack) 2 s from now
+        shift[0] = 2.0 - 60 - WATCHDOG_SLACK_SECONDS
+        manager.resume(record.sandbox_id)
+        assert opened == []
+        end = time.monotonic() + 30
+        while provider.alive(record.handle) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not provider.alive(record.handle), "the agent never got the resume's deadline"
+    finally:
+        manager.stop(record.sandbox_id)
+        manager.close()
+
+
+def test_a_failed_thaw_leaves_its_deadline_for_the_next_one(tmp_path, provider):
+    """The unpause fails (the container stays frozen) after the deadline was sent: the agent
+    reads it at the next thaw and, it having passed, ends the sandbox: never later than the
+    host's (2 s)."""
+    shift = [0.0]
+    manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"),
+                             clock=lambda: time.time() + shift[0])
+    record = manager.create("failed-thaw", ttl_minutes=1)
+    try:
+        assert manager.run(record.sandbox_id, "python", "x = 1").exit_code == 0
+        manager.pause(record.sandbox_id)
+        backend = manager.provider("docker")
+        shift[0] = 0.5 - 60 - WATCHDOG_SLACK_SECONDS  # the deadline sent: 0.5 s from now
+
+        def fails(handle):
+            raise ProviderUnavailableError("the engine went away")
+
+        backend.resume = fails
+        with pytest.raises(ProviderUnavailableError):
+            manager.resume(record.sandbox_id)
+        del backend.resume
+        assert provider.state(record.handle) == "paused"
+        time.sleep(1.0)
+        shift[0] = 0.0  # this resume's own deadline: a minute away
+        with contextlib.suppress(AgentError):  # the agent may end before the new deadline
+            manager.resume(record.sandbox_id)
+        end = time.monotonic() + 30
+        while provider.alive(record.handle) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not provider.alive(record.handle), "the thawed agent outlived the deadline sent"
+    finally:
+        manager.stop(record.sandbox_id)
+        manager.close()
+
+
+def test_resume_opens_a_new_stream_when_the_kept_one_broke(tmp_path, provider):
+    """The kept stream closed during the pause: the deadline goes on a new stream opened
+    after the thaw (1 s)."""
+    manager = SandboxManager(Settings.load(home=tmp_path / "home", provider="docker"))
+    record = manager.create("broken")
+    try:
+        assert manager.run(record.sandbox_id, "python", "x = 1").exit_code == 0
+        manager.pause(record.sandbox_id)
+        client = manager._clients[record.sandbox_id]
+        client._channel.shutdown(socket.SHUT_RDWR)
+        end = time.monotonic() + 5
+        while client._channel is not None and time.monotonic() < end:
+            time.sleep(0.01)  # its reader sees the end and drops it
+        manager.resume(record.sandbox_id)
+        assert manager.run(record.sandbox_id, "python", "print(3)").stdout == "3\n"
     finally:
         manager.stop(record.sandbox_id)
         manager.close()

@@ -471,6 +471,37 @@ def test_an_image_without_python3_is_one_line_and_leaves_nothing(provider, store
             api.remove_image(image, force=True)
 
 
+def test_an_agent_that_exits_at_once_fails_create_in_one_line_at_once(provider, store_id):
+    """An agent that ends at once (its python3 exits) is seen ended, not waited for until
+    READY_TIMEOUT (1 s)."""
+    import io
+    import tarfile
+
+    api = provider._client(provider.settings.docker_host).api
+    script = b"#!/bin/sh\nexit 3\n"
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("python3")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    base = api.create_container(provider.settings.docker_image, command=["true"])["Id"]
+    image = "nexus-exits-at-once:test"
+    try:
+        api.put_archive(base, "/usr/local/bin", data.getvalue())
+        api.commit(base, repository="nexus-exits-at-once", tag="test")
+        started = time.monotonic()
+        with pytest.raises(SandboxError) as info:
+            provider.create(make_spec(store_id, template_id=image))
+        assert time.monotonic() - started < 20
+        message = str(info.value)
+        assert "\n" not in message and "python3 >= 3.8" in message
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_container(base, force=True)
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
+
+
 def test_two_first_creates_at_once_share_one_fill(provider, store_id, foreign_image):
     """Two processes create the first sandbox of an agent version (its volume absent) at the
     same moment: both sandboxes run (neither saw a half-filled volume), one of them filled it,
@@ -558,6 +589,30 @@ def test_a_dead_fillers_lock_is_taken_over(provider, store_id, monkeypatch):
             provider.destroy(h)
         with contextlib.suppress(Exception):
             api.remove_container(dead, force=True)
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
+
+
+def test_an_agent_volume_removed_under_a_provider_is_filled_again(provider, store_id,
+                                                                   monkeypatch):
+    """A provider checks the volume once (per engine and version): removed behind its back
+    (with its marker), the next create fails in one line and the one after fills it (2 s)."""
+    from nexus_kernel.providers import docker_agent
+
+    version = "gone" + secrets.token_hex(4)
+    monkeypatch.setattr(docker_agent, "agent_version", lambda: version)
+    api = provider._client(provider.settings.docker_host).api
+    try:
+        provider.destroy(provider.create(make_spec(store_id)))
+        _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
+        with pytest.raises(SandboxError) as info:  # the engine made an empty volume
+            provider.create(make_spec(store_id))
+        assert "\n" not in str(info.value)
+        h = provider.create(make_spec(store_id))
+        client = agent_client(provider, h)
+        assert client.run("python", "print(6 * 7)")["stdout"] == "42\n"
+        client.close()
+        provider.destroy(h)
+    finally:
         _remove_volumes(api, docker_agent.volume_name(version), docker_agent.ready_name(version))
 
 

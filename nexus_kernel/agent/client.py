@@ -246,6 +246,12 @@ class AgentClient:
         msg.update(args)
         q: queue.SimpleQueue = queue.SimpleQueue()
         self._send(rid, encode(msg), q)
+        return self._answer(rid, op, q, on_event, wait, max_bytes)
+
+    def _answer(self, rid: str, op: str, q: queue.SimpleQueue,
+                on_event: Callable[[dict], None] | None, wait: float | None,
+                max_bytes: int | None = None) -> dict:
+        """Wait for the ``done`` of the request ``rid`` sent (see ``_call``)."""
         deadline = None if wait is None else time.monotonic() + wait
         received = 0
         try:
@@ -422,6 +428,33 @@ class AgentClient:
     def set_deadline(self, at: float | None) -> None:
         """Make the agent end the sandbox at epoch time ``at`` (None = no deadline)."""
         self._call("deadline", {"at": at}, None, 30.0)
+
+    def deadline_ahead(self, at: float | None) -> Callable[[], None] | None:
+        """Send the deadline ``at`` on the stream already open, not waiting for the answer:
+        to a frozen agent it waits in the stream, the first thing the agent reads once
+        thawed. The returned function waits for the answer (AgentError as ``set_deadline``);
+        None when no stream is open or it broke (nothing was sent: use ``set_deadline``)."""
+        with self._lock:
+            channel = self._channel
+        if channel is None:
+            return None
+        rid = f"c{next(self._ids)}"
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            self._pending[rid] = (q, channel)
+        try:
+            with self._send_lock:
+                channel.sendall(encode({"id": rid, "op": "deadline", "at": at}))
+        except OSError:
+            with self._lock:
+                self._pending.pop(rid, None)
+            self._drop(channel)
+            return None
+
+        def answer() -> None:
+            self._answer(rid, "deadline", q, None, 30.0)
+
+        return answer
 
     def sessions(self) -> list[dict]:
         """The live sessions: ``[{"session", "language", "pid", "busy"}]``."""

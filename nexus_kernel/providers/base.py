@@ -88,6 +88,10 @@ class Provider(ABC):
     #: starts a bubblewrap jail): ``list`` and ``status`` skip the check for it. Left False
     #: where the check bounds the wait for an unreachable service (docker's 10 s ping).
     alive_without_check: bool = False
+    #: An open agent stream outlives ``pause`` and ``resume`` (the agent is frozen, its
+    #: stream kept): the manager keeps its client over a pause and sends the new deadline
+    #: on it before the thaw, instead of a new stream (and its ``auth``) after it.
+    streams_survive_pause: bool = False
 
     def __init__(self, settings: Settings, **options: Any):
         self.settings = settings

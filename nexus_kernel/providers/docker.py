@@ -30,10 +30,10 @@ relays as U+1, a pair from ``[UID_BASE, UID_BASE + UID_COUNT)``: reserved for ne
 the local provider's range (``providers/uids.py``), no account's. So kernel per-uid quotas
 (inotify instances, keys, ``RLIMIT_NPROC``), keyrings and ptrace-by-uid never cross
 sandboxes or reach a real account. The pair lives in the engine, so a remote engine works
-too: the container's label ``nexus.uid``, picked at random among the pairs no container of
-the engine is labelled with, and checked after create: a creator that then sees another
-container with its uid removes its own and picks again (of two racing creates at most one
-keeps the uid). No /etc/passwd entry names U (the root is the image's, read-only): HOME,
+too: the container's label ``nexus.uid``, picked at random, and checked after create: a
+creator that then sees another container with its uid removes its own and picks again,
+among the pairs no container of the engine is labelled with (of two racing creates at most
+one keeps the uid). No /etc/passwd entry names U (the root is the image's, read-only): HOME,
 USER and LOGNAME are set in the environment (``whoami`` finds no name).
 
 The agent's token never touches the image, the container config or any file: the agent
@@ -72,7 +72,7 @@ from ..errors import (
     SandboxStateError,
 )
 from ..models import Limits, SandboxSpec
-from . import docker_direct, docker_egress, seccomp
+from . import docker_agent, docker_direct, docker_egress, seccomp
 from ._launch import (
     agent_command,
     import_sdk,
@@ -383,11 +383,16 @@ class DockerProvider(Provider):
     capabilities = Capabilities(pause=True, resume=True, network=True, egress_allow=True,
                                 gpu=False, snapshots=True)
     alive_is_cheap = True
+    #: ``docker pause`` freezes the agent and any relay of the stream (runc's cgroup
+    #: freezer, runsc's pause); the socket and the engine's exec stream stay open.
+    streams_survive_pause = True
 
     def __init__(self, settings: Settings, **options: Any):
         super().__init__(settings, **options)
         self._clients: dict[str, Any] = {}
         self._infos: dict[str, dict[str, Any]] = {}
+        #: (engine, agent version) whose agent volume this provider saw complete.
+        self._volumes: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ availability
 
@@ -467,20 +472,26 @@ class DockerProvider(Provider):
             docker_egress.check(self.settings)
         with _api_errors(host, "find the template's image"):  # a docker template, or an image
             image = template_image(client.api, spec.template_id or self.settings.docker_image)
-        with _api_errors(host, "fill the agent volume"):
-            try:  # through the default image: a hostile one never touches the shared volume
-                version = ensure_agent_volume(client.api, self.settings.docker_image)
-            except docker.errors.ImageNotFound:
-                raise _image_missing(self.settings.docker_image) from None
+        version = docker_agent.agent_version()
+        if (host, version) not in self._volumes:  # seen complete: volumes never empty again
+            with _api_errors(host, "fill the agent volume"):
+                try:  # through the default image: a hostile one never touches the shared volume
+                    version = ensure_agent_volume(client.api, self.settings.docker_image)
+                except docker.errors.ImageNotFound:
+                    raise _image_missing(self.settings.docker_image) from None
+            self._volumes.add((host, version))
         with _api_errors(host, "create the sandbox container"):
+            in_use: set[int] = set()  # first a random pick: the check below sees a taken one
             for _ in range(UID_ATTEMPTS):
-                uid = pick_uid(set(labelled_uids(client).values()))
+                uid = pick_uid(in_use)
                 container_id = self._create_container(client, spec, image, uid, version,
                                                       runtime, gvisor, info.get("Architecture"))
                 if set(labelled_uids(client, uid)) == {container_id}:
                     break
-                # a racing create took the same uid: both back off, at most one keeps it
+                # taken, or a racing create took the same uid: both back off, at most one
+                # keeps it; the next pick avoids every uid in use
                 client.api.remove_container(container_id, force=True)
+                in_use = set(labelled_uids(client).values())
             else:
                 raise ProviderError(
                     f"no free docker sandbox uid after {UID_ATTEMPTS} attempts (too many "
@@ -495,12 +506,11 @@ class DockerProvider(Provider):
             "gvisor": gvisor,
         }
         try:
-            self._start_agent(client, container_id, token, image)
-            # the container's init as the host sees it (the direct stream, the egress proxy)
-            handle["pid"] = pid = client.api.inspect_container(container_id)["State"]["Pid"]
+            handle["pid"] = pid = self._start_agent(client, container_id, token, image)
             if spec.allow:  # before any user code: the agent has only just said READY
                 handle.update(docker_egress.start(self.settings, spec.sandbox_id, pid, spec.allow))
         except BaseException:
+            self._volumes.discard((host, version))  # someone removed it? checked again next
             with suppress(Exception):  # keep the original error
                 self.destroy(handle)
             raise
@@ -538,8 +548,10 @@ class DockerProvider(Provider):
         except docker.errors.ImageNotFound:
             raise _image_missing(image) from None
 
-    def _start_agent(self, client: Any, container_id: str, token: str, image: str) -> None:
-        """Start the container, hand the agent its token on stdin, wait for READY."""
+    def _start_agent(self, client: Any, container_id: str, token: str, image: str) -> int:
+        """Start the container, hand the agent its token on stdin, wait for READY; the
+        container's init as the host sees it (its pid: the direct stream, the egress proxy),
+        asked while the agent starts."""
         docker = import_sdk("docker", "docker")
         host = self._host()
         with _api_errors(host, "start the sandbox container"):
@@ -556,6 +568,9 @@ class DockerProvider(Provider):
                     raise
                 stream.sendall(token.encode() + b"\n")
                 stream.shutdown_write()
+                pid = 0  # 0 (its State.Pid once ended), or gone: the wait below says why
+                with suppress(docker.errors.NotFound):
+                    pid = client.api.inspect_container(container_id)["State"]["Pid"]
                 wait_for_ready(
                     iter(lambda: stream.recv(4096), b""),
                     READY_TIMEOUT,
@@ -566,6 +581,7 @@ class DockerProvider(Provider):
                 )
             finally:
                 stream.close()
+        return pid
 
     def connect(self, handle: Handle) -> DockerStreamChannel | socket.socket:
         """A new stream to the agent: a socket in the container's network namespace where

@@ -13,7 +13,8 @@ Concurrent first creates: the helper's name, ``nexus-agent-fill-<version>``, is 
 engine refuses a second container of one name); the one holding it fills, the others wait for
 the marker. The marker is a second, empty volume ``nexus-agent-<version>.ready`` created
 only after the fill succeeded: no container references it, so only that create makes it,
-and checking it is one cheap ``inspect``. A filler that died leaves its helper behind: after
+and checking it is one cheap ``inspect``, made once per engine and version by a provider
+(again after a create of it failed: the volume may have been removed). A filler that died leaves its helper behind: after
 FILL_STALE_SECONDS it is removed and the volume filled again (same bytes).
 
 Bytecode: the volume holds the sources and their bytecode compiled by this host's python
