@@ -288,6 +288,7 @@ class SandboxManager:
         execution_count: int | None = None,
         on_run_id: Callable[[str], None] | None = None,
         checkpoint: dict[str, Any] | None = None,
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -307,7 +308,10 @@ class SandboxManager:
         ``on_run_id``: called with the run's id (``result.run_id``) as soon as it started:
         a caller that stops waiting can :meth:`attach` to it later.
         ``checkpoint`` (``{"name", "keep_auto"}``): an automatic snapshot once the run is
-        done, taken by the agent after its answer (see :meth:`snapshot`)."""
+        done, taken by the agent after its answer (see :meth:`snapshot`).
+        ``defer``: called with the run's record update (TTL from its end, usage totals) for
+        the caller to do once it has answered its own client (the kernel: after its reply);
+        default: done before ``run`` returns."""
         language, code, timeout = self._check_run(language, code, timeout, session, input_data)
         if checkpoint is not None:
             self._snapshot_client(sandbox_id)  # raises where the provider has no snapshots
@@ -336,7 +340,10 @@ class SandboxManager:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record, finished=raw)
+        if defer is None:
+            self._touch(record, finished=raw)
+        else:
+            defer(lambda: self._touch(record, finished=raw))
         result = _exec_result(sandbox_id, raw, trusted)
         if record.network_allow:
             ended = time.time()

@@ -9,6 +9,7 @@ interrupt of the sandbox session while the cell keeps streaming (see :class:`Int
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import re
 import signal
@@ -226,6 +227,7 @@ class NexusKernel(Kernel):
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
                     execution_count=self.execution_count, checkpoint=checkpoint,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
+                    defer=self._after_reply,
                 )
         except KeyboardInterrupt:
             if guard.abandoned:
@@ -257,6 +259,18 @@ class NexusKernel(Kernel):
             denied = "".join(denial_line(event) + "\n" for event in result.network_denials)
             if denied:
                 self._stream("stderr", denied, silent)
+
+    def _after_reply(self, update: Callable[[], None]) -> None:
+        """Update the sandbox's record (TTL, usage totals) once the cell's reply and idle
+        status are out: the store write is off the cell's round trip; the next request
+        is handled after it."""
+        asyncio.get_running_loop().call_soon(self._update_record, update)
+
+    def _update_record(self, update: Callable[[], None]) -> None:
+        try:
+            update()
+        except SandboxError as exc:
+            self.log.warning("cannot update the sandbox's record: %s", exc)
 
     def finish_metadata(self, parent: Any, metadata: dict[str, Any],
                         reply_content: dict[str, Any]) -> dict[str, Any]:
