@@ -433,6 +433,25 @@ def test_pause_resume_and_stop_lines(kernel: Kernel) -> None:
     assert kernel.sandbox_id() != first
 
 
+def test_a_sandbox_paused_elsewhere_between_cells_is_resumed_and_the_cell_runs_once(
+        kernel: Kernel) -> None:
+    """The cell after a cell that ran skips the kernel's own record check (its run checks):
+    when the run finds the sandbox paused, the cell starts over through the resume."""
+    kernel.execute("n = 1")
+    sandbox_id = kernel.sandbox_id()
+    kernel.execute("n += 1")
+    manager = SandboxManager()
+    try:
+        manager.pause(sandbox_id)
+        reply, out = kernel.execute("n += 1\nn")
+        assert f"resumed paused sandbox {sandbox_id}" in texts(out, "stderr")
+        assert reply["content"]["status"] == "ok"
+        assert out[-1]["content"]["data"]["text/plain"] == "3"  # ran once, not twice
+        assert manager.get(sandbox_id).status.value == "active"
+    finally:
+        manager.close()
+
+
 def test_completion_inspection_and_is_complete(kernel: Kernel) -> None:
     before = kernel.shell("complete", "pri")  # no sandbox yet: builtins
     assert before["matches"] == ["print"] and before["status"] == "ok"

@@ -24,7 +24,7 @@ from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
 from ..egress import denial_line
-from ..errors import ExecutionTimeoutError, SandboxError
+from ..errors import ExecutionTimeoutError, SandboxError, SandboxStateError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
 from ..untrusted import TRUST_WARNING
@@ -205,9 +205,14 @@ class NexusKernel(Kernel):
     def _run_cell(self, cell: Cell, silent: bool, allow_stdin: bool,
                   state: _CellState) -> dict[str, Any]:
         """Run the code in the kernel's session, forwarding events from ``on_event`` (no
-        thread hop: this is the round trip a cell pays)."""
+        thread hop: this is the round trip a cell pays). After a cell that ran, the next
+        one goes straight to its run, which reads the sandbox's record itself; when that
+        says the sandbox is no longer active (paused, stopped, expired meanwhile), the cell
+        starts over with ``ensure`` (resume, or a new sandbox and a note)."""
         assert self.sandbox is not None
-        sandbox_id, note = self.sandbox.ensure()
+        checked = self.sandbox.reached is None or self.sandbox.reached != self.sandbox.sandbox_id
+        sandbox_id, note = self.sandbox.ensure() if checked else (self.sandbox.reached, "")
+        self.sandbox.reached = None
         note, self._first_note = self._first_note + note, ""
         if self.sandbox.trusted_output and not self._trust_warned:
             self._trust_warned = True
@@ -219,6 +224,7 @@ class NexusKernel(Kernel):
             self._stream("stderr", note, silent)
         guard = InterruptGuard(lambda: self._interrupt(sandbox_id))
         self.sandbox.busy = True
+        started: list[str] = []  # the run's id once it is sent to the sandbox
         try:
             with guard:
                 result = self.sandbox.manager.run(
@@ -227,18 +233,25 @@ class NexusKernel(Kernel):
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
                     execution_count=self.execution_count, checkpoint=checkpoint,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
-                    defer=self._after_reply,
+                    defer=self._after_reply, on_run_id=started.append,
                 )
+        except SandboxStateError:
+            if started or checked:
+                raise
+            return self._run_cell(cell, silent, allow_stdin, state)  # through ensure()
         except KeyboardInterrupt:
             if guard.abandoned:
                 return self._abort(silent)
             return self._error("KeyboardInterrupt", "Interrupted by user", silent)
         except ExecutionTimeoutError as exc:
+            self.sandbox.reached = sandbox_id
             self._finished(exc.result, silent)
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
-            self.sandbox.checkpoints.after_cell(sandbox_id, checkpoint)
+            if started:
+                self.sandbox.checkpoints.after_cell(sandbox_id, checkpoint)
+        self.sandbox.reached = sandbox_id
         self._finished(result, silent)
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
