@@ -313,10 +313,10 @@ class SandboxManager:
         the caller to do once it has answered its own client (the kernel: after its reply);
         default: done before ``run`` returns."""
         language, code, timeout = self._check_run(language, code, timeout, session, input_data)
-        if checkpoint is not None:
-            self._snapshot_client(sandbox_id)  # raises where the provider has no snapshots
         record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
                                                      else 0.0)
+        if checkpoint is not None:
+            self._check_snapshots(record)  # raises where the provider has no snapshots
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
         started = time.time()  # the egress proxy's clock: wall time, not the manager's
         try:
@@ -624,6 +624,10 @@ class SandboxManager:
 
     def _snapshot_client(self, sandbox_id: str) -> AgentClient:
         record = self._require_active(sandbox_id)
+        self._check_snapshots(record)
+        return self._client(record)
+
+    def _check_snapshots(self, record: SandboxRecord) -> None:
         capabilities = self.provider(record.provider).capabilities
         if capabilities.platform_snapshots:
             raise UnsupportedOperationError(
@@ -634,7 +638,6 @@ class SandboxManager:
             raise UnsupportedOperationError(
                 f"the {record.provider} provider has no snapshots yet: use a local or docker "
                 "sandbox (--provider local|docker)")
-        return self._client(record)
 
     def _quiet(self, record: SandboxRecord) -> None:
         """Refuse a platform snapshot or fork while code runs (the platform pauses the
