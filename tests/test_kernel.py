@@ -306,6 +306,18 @@ def test_a_cells_usage_is_in_its_reply_metadata_and_in_sandbox_usage(kernel: Ker
                                                     ["In", "[2]", "timeout"]]
 
 
+def test_each_cells_record_update_lands_after_its_reply(kernel: Kernel) -> None:
+    """The kernel writes a cell's usage totals and TTL after its reply, before the next
+    request: none is lost, and the next request already sees it."""
+    kernel.execute("x = bytearray(30 * 2**20)")
+    kernel.execute("y = 1")
+    sandbox_id = kernel.sandbox_id()  # a third request: the second cell's update is done
+    record = SandboxManager().get(sandbox_id)
+    assert record.usage_totals.get("runs") == 2
+    assert record.usage_totals["max_peak_memory_bytes"] > 30 * 2**20
+    assert record.last_active_at is not None and record.expires_at > record.last_active_at
+
+
 def test_a_cells_network_denials_show_under_it(start_kernel) -> None:
     kernel = start_kernel(NEXUS_NETWORK_ALLOW="allowed.test:9")
     reply, out = kernel.execute("import urllib.request\ntry: urllib.request.urlopen("
