@@ -290,6 +290,7 @@ class SandboxManager:
         execution_count: int | None = None,
         on_run_id: Callable[[str], None] | None = None,
         checkpoint: dict[str, Any] | None = None,
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> ExecResult:
         """Run code; stream events to ``on_event``; extend the TTL. Raises
         ExecutionTimeoutError (carrying the partial result) when the timeout passes.
@@ -309,12 +310,15 @@ class SandboxManager:
         ``on_run_id``: called with the run's id (``result.run_id``) as soon as it started:
         a caller that stops waiting can :meth:`attach` to it later.
         ``checkpoint`` (``{"name", "keep_auto"}``): an automatic snapshot once the run is
-        done, taken by the agent after its answer (see :meth:`snapshot`)."""
+        done, taken by the agent after its answer (see :meth:`snapshot`).
+        ``defer``: called with the run's record update (TTL from its end, usage totals) for
+        the caller to do once it has answered its own client (the kernel: after its reply);
+        default: done before ``run`` returns."""
         language, code, timeout = self._check_run(language, code, timeout, session, input_data)
-        if checkpoint is not None:
-            self._snapshot_client(sandbox_id)  # raises where the provider has no snapshots
         record, deadline, client = self._prepare_run(sandbox_id, timeout if reserve_timeout
                                                      else 0.0)
+        if checkpoint is not None:
+            self._check_snapshots(record)  # raises where the provider has no snapshots
         trusted = self.settings.trusted_output if trusted_output is None else trusted_output
         started = time.time()  # the egress proxy's clock: wall time, not the manager's
         try:
@@ -338,7 +342,10 @@ class SandboxManager:
             self.forget_client(sandbox_id)
             self._raise_if_gone(sandbox_id, exc)
             raise
-        self._touch(record, finished=raw)
+        if defer is None:
+            self._touch(record, finished=raw)
+        else:
+            defer(lambda: self._touch(record, finished=raw))
         result = _exec_result(sandbox_id, raw, trusted)
         if record.network_allow:
             ended = time.time()
@@ -651,6 +658,10 @@ class SandboxManager:
 
     def _snapshot_client(self, sandbox_id: str) -> AgentClient:
         record = self._require_active(sandbox_id)
+        self._check_snapshots(record)
+        return self._client(record)
+
+    def _check_snapshots(self, record: SandboxRecord) -> None:
         capabilities = self.provider(record.provider).capabilities
         if capabilities.platform_snapshots:
             raise UnsupportedOperationError(
@@ -661,7 +672,6 @@ class SandboxManager:
             raise UnsupportedOperationError(
                 f"the {record.provider} provider has no snapshots yet: use a local or docker "
                 "sandbox (--provider local|docker)")
-        return self._client(record)
 
     def _quiet(self, record: SandboxRecord) -> None:
         """Refuse a platform snapshot or fork while code runs (the platform pauses the

@@ -306,6 +306,18 @@ def test_a_cells_usage_is_in_its_reply_metadata_and_in_sandbox_usage(kernel: Ker
                                                     ["In", "[2]", "timeout"]]
 
 
+def test_each_cells_record_update_lands_after_its_reply(kernel: Kernel) -> None:
+    """The kernel writes a cell's usage totals and TTL after its reply, before the next
+    request: none is lost, and the next request already sees it."""
+    kernel.execute("x = bytearray(30 * 2**20)")
+    kernel.execute("y = 1")
+    sandbox_id = kernel.sandbox_id()  # a third request: the second cell's update is done
+    record = SandboxManager().get(sandbox_id)
+    assert record.usage_totals.get("runs") == 2
+    assert record.usage_totals["max_peak_memory_bytes"] > 30 * 2**20
+    assert record.last_active_at is not None and record.expires_at > record.last_active_at
+
+
 def test_a_cells_network_denials_show_under_it(start_kernel) -> None:
     kernel = start_kernel(NEXUS_NETWORK_ALLOW="allowed.test:9")
     reply, out = kernel.execute("import urllib.request\ntry: urllib.request.urlopen("
@@ -431,6 +443,25 @@ def test_pause_resume_and_stop_lines(kernel: Kernel) -> None:
     reply, _ = kernel.execute("n")
     assert reply["content"]["ename"] == "NameError"  # a new sandbox, silently
     assert kernel.sandbox_id() != first
+
+
+def test_a_sandbox_paused_elsewhere_between_cells_is_resumed_and_the_cell_runs_once(
+        kernel: Kernel) -> None:
+    """The cell after a cell that ran skips the kernel's own record check (its run checks):
+    when the run finds the sandbox paused, the cell starts over through the resume."""
+    kernel.execute("n = 1")
+    sandbox_id = kernel.sandbox_id()
+    kernel.execute("n += 1")
+    manager = SandboxManager()
+    try:
+        manager.pause(sandbox_id)
+        reply, out = kernel.execute("n += 1\nn")
+        assert f"resumed paused sandbox {sandbox_id}" in texts(out, "stderr")
+        assert reply["content"]["status"] == "ok"
+        assert out[-1]["content"]["data"]["text/plain"] == "3"  # ran once, not twice
+        assert manager.get(sandbox_id).status.value == "active"
+    finally:
+        manager.close()
 
 
 def test_completion_inspection_and_is_complete(kernel: Kernel) -> None:

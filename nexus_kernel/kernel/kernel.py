@@ -9,6 +9,7 @@ interrupt of the sandbox session while the cell keeps streaming (see :class:`Int
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import re
 import signal
@@ -23,7 +24,7 @@ from IPython.core.error import StdinNotImplementedError
 
 from .. import __version__
 from ..egress import denial_line
-from ..errors import ExecutionTimeoutError, SandboxError
+from ..errors import ExecutionTimeoutError, SandboxError, SandboxStateError
 from ..manager import SandboxManager
 from ..models import ExecResult, OutputEvent
 from ..untrusted import TRUST_WARNING
@@ -204,9 +205,14 @@ class NexusKernel(Kernel):
     def _run_cell(self, cell: Cell, silent: bool, allow_stdin: bool,
                   state: _CellState) -> dict[str, Any]:
         """Run the code in the kernel's session, forwarding events from ``on_event`` (no
-        thread hop: this is the round trip a cell pays)."""
+        thread hop: this is the round trip a cell pays). After a cell that ran, the next
+        one goes straight to its run, which reads the sandbox's record itself; when that
+        says the sandbox is no longer active (paused, stopped, expired meanwhile), the cell
+        starts over with ``ensure`` (resume, or a new sandbox and a note)."""
         assert self.sandbox is not None
-        sandbox_id, note = self.sandbox.ensure()
+        checked = self.sandbox.reached is None or self.sandbox.reached != self.sandbox.sandbox_id
+        sandbox_id, note = self.sandbox.ensure() if checked else (self.sandbox.reached, "")
+        self.sandbox.reached = None
         note, self._first_note = self._first_note + note, ""
         if self.sandbox.trusted_output and not self._trust_warned:
             self._trust_warned = True
@@ -218,6 +224,7 @@ class NexusKernel(Kernel):
             self._stream("stderr", note, silent)
         guard = InterruptGuard(lambda: self._interrupt(sandbox_id))
         self.sandbox.busy = True
+        started: list[str] = []  # the run's id once it is sent to the sandbox
         try:
             with guard:
                 result = self.sandbox.manager.run(
@@ -226,17 +233,25 @@ class NexusKernel(Kernel):
                     reserve_timeout=False, trusted_output=self.sandbox.trusted_output,
                     execution_count=self.execution_count, checkpoint=checkpoint,
                     on_event=lambda event: self._forward(event, sandbox_id, state, silent, guard),
+                    defer=self._after_reply, on_run_id=started.append,
                 )
+        except SandboxStateError:
+            if started or checked:
+                raise
+            return self._run_cell(cell, silent, allow_stdin, state)  # through ensure()
         except KeyboardInterrupt:
             if guard.abandoned:
                 return self._abort(silent)
             return self._error("KeyboardInterrupt", "Interrupted by user", silent)
         except ExecutionTimeoutError as exc:
+            self.sandbox.reached = sandbox_id
             self._finished(exc.result, silent)
             return self._error("TimeoutError", str(exc), silent)
         finally:
             self.sandbox.busy = False
-            self.sandbox.checkpoints.after_cell(sandbox_id, checkpoint)
+            if started:
+                self.sandbox.checkpoints.after_cell(sandbox_id, checkpoint)
+        self.sandbox.reached = sandbox_id
         self._finished(result, silent)
         if result.session_restarted:
             self._stream("stderr", SESSION_LOST, silent)
@@ -257,6 +272,18 @@ class NexusKernel(Kernel):
             denied = "".join(denial_line(event) + "\n" for event in result.network_denials)
             if denied:
                 self._stream("stderr", denied, silent)
+
+    def _after_reply(self, update: Callable[[], None]) -> None:
+        """Update the sandbox's record (TTL, usage totals) once the cell's reply and idle
+        status are out: the store write is off the cell's round trip; the next request
+        is handled after it."""
+        asyncio.get_running_loop().call_soon(self._update_record, update)
+
+    def _update_record(self, update: Callable[[], None]) -> None:
+        try:
+            update()
+        except SandboxError as exc:
+            self.log.warning("cannot update the sandbox's record: %s", exc)
 
     def finish_metadata(self, parent: Any, metadata: dict[str, Any],
                         reply_content: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class KernelSandbox:
         self.trusted_output = settings.trusted_output
         #: True while a cell runs (the TTL keeper extends the TTL then).
         self.busy = False
+        #: The sandbox the last cell ran in: the next cell's run checks its record itself.
+        self.reached: str | None = None
         #: Automatic checkpoints before cells, undo, named checkpoints.
         self.checkpoints = CellCheckpoints(manager, settings.checkpoints)
         #: The label of the last cell that ran in the sandbox ("In [N]").

@@ -12,6 +12,7 @@ import socket
 import threading
 
 from .gate import Gate
+from .handlers import HandlerThreads
 from .procs import TAG_VAR, Reaper
 from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
@@ -139,6 +140,7 @@ class Agent:
         self._sessions: dict = {}
         self._runs: set = set()
         self.registry = Registry()
+        self.handlers = HandlerThreads()
         self._interpreters: dict = {}
         self._env = dict(os.environ)
         self._env["PWD"] = home
@@ -239,7 +241,7 @@ class Agent:
             self._handle(reply, handler, msg)
             return
         try:
-            threading.Thread(target=self._handle, args=(reply, handler, msg), daemon=True).start()
+            self.handlers.submit(lambda: self._handle(reply, handler, msg))
         except RuntimeError as exc:  # e.g. the sandbox's pids limit
             reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
             conn.end()
