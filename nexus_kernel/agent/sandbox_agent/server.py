@@ -19,6 +19,7 @@ from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
 from .sessions import Session, SessionGone
 from .snapshots import Snapshots, check_request
+from .threads import Threads
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
@@ -140,6 +141,7 @@ class Agent:
         self.procs = ProcessTable()
         self.reaper = Reaper()
         self.zygotes = Zygotes(self.reaper)
+        self.threads = Threads()  # the threads of requests that may block
         self._lock = threading.Lock()
         self._sessions: dict = {}
         self._runs: set = set()
@@ -236,7 +238,7 @@ class Agent:
             self._handle(reply, handler, msg)
             return
         try:
-            threading.Thread(target=self._handle, args=(reply, handler, msg), daemon=True).start()
+            self.threads.submit(self._handle, reply, handler, msg)
         except RuntimeError as exc:  # e.g. the sandbox's pids limit
             reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
             conn.end()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 #: The sandbox's OOM-kill and "fork refused at the pids cap" counters, cgroup v2 and v1
 #: files, each as (path, the line's name).
@@ -32,8 +33,8 @@ _found: dict = {}
 
 
 def _read_small(path: str) -> bytes:
-    """A small /proc or /sys file in one read (they fit in a page): the accounting reads a
-    few around every run, so each costs one open, one read and one close."""
+    """A small /proc or /sys file in one read (they fit in a page): one open, one read and
+    one close."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -46,11 +47,36 @@ def _read_small(path: str) -> bytes:
         os.close(fd)
 
 
+#: The sandbox-wide counter files read around every run, kept open: path -> fd.
+_kept: dict = {}
+_kept_lock = threading.Lock()
+
+
+def _read_kept(path: str) -> bytes:
+    """A sandbox-wide counter file (cgroup, ``ns_last_pid``) read afresh with ``pread`` at
+    offset 0 on an fd opened once (these files regenerate their text on a read from the
+    start): no path walk, open or close per read."""
+    fd = _kept.get(path)
+    if fd is None:
+        with _kept_lock:
+            fd = _kept.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    return b""
+                _kept[path] = fd
+    try:
+        return os.pread(fd, 4096, 0)
+    except OSError:
+        return b""
+
+
 def _count(candidates) -> int | None:
     """The value of a cgroup counter line (None when the sandbox shows no such file)."""
     path = _found.get(candidates)
     for file, name in candidates if path is None else [p for p in candidates if p[0] == path]:
-        data = b"\n" + _read_small(file)
+        data = b"\n" + _read_kept(file)
         at = data.find(b"\n" + name + b" ")
         if at >= 0:
             value = data[at + len(name) + 2 :].split(b"\n", 1)[0].strip()
@@ -74,7 +100,7 @@ def pids_cap_hits():
 
 
 def _last_pid():
-    value = _read_small(LAST_PID).strip()
+    value = _read_kept(LAST_PID).strip()
     return int(value) if value.isdigit() else None
 
 
