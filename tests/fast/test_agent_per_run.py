@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -62,3 +63,27 @@ def test_a_kept_counter_file_is_read_afresh() -> None:
     assert second != first and (second >= child.pid or second < first)  # or pids wrapped
     assert usage.LAST_PID in usage._kept  # one fd, kept
     assert os.pread(usage._kept[usage.LAST_PID], 64, 0).strip().isdigit()
+
+
+def test_a_processs_kept_proc_files_are_read_afresh_and_die_with_it() -> None:
+    code = ("import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.readline()\n"
+            "x = b'x' * (64 << 20)\nsys.stdout.write('grown\\n'); sys.stdout.flush()\n"
+            "sys.stdin.readline()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        files = usage.ProcFiles(child.pid)
+        before = usage.proc_stat(files)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "grown\n"
+        after = usage.proc_stat(files)
+        assert after[3] - before[3] >= 60 << 20  # resident size, read again on the same fd
+        assert after[2] > before[2]  # page faults
+        assert usage.peak_memory(files) >= after[3]
+    finally:
+        child.kill()
+        child.wait()
+    assert usage.proc_stat(files) is None  # the fd is the dead process's, not a new one's
+    files.close()
