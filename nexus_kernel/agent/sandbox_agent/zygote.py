@@ -9,11 +9,11 @@ child, ``clone(CLONE_PARENT | CLONE_CHILD_SETTID)`` through ctypes wrapped in CP
 fork hooks (``PyOS_BeforeFork``/``PyOS_AfterFork_*``, as ``os.fork`` does; the child TID goes
 where libc keeps the thread's id, found once at boot as the field a probe ``os.fork`` changed
 from the parent's pid to the child's): one fork per run, reaped by the agent like a spawned
-process. Where that cannot work (no ctypes, another architecture, the field not found, the
-clone refused) it forks twice instead: a middle process forks the run's process, makes it a
-process group of its own, reports its pid and exits, so the run's process is reparented to
-the agent (a child subreaper). ``ctypes`` and what it imported leave the run's
-``sys.modules``.
+process. Where that cannot work (a libc other than glibc, no ctypes, another architecture,
+the field not found, the clone refused) it forks twice instead: a middle process forks the
+run's process, makes it a process group of its own, reports its pid and exits, so the run's
+process is reparented to the agent (a child subreaper). ``ctypes`` and what it imported
+leave the run's ``sys.modules``.
 The run's process then does what a fresh interpreter's start would: stdio on the run's
 pipes, every other fd closed, ``__main__`` back to a fresh one, the run tag in its
 environment (and in the block ``/proc/PID/environ`` shows, so the kill by tag finds it),
@@ -80,6 +80,8 @@ def _nx(main):
 
     cloning, added = False, ()
     try:  # fork a run as the agent's child, without a middle process: clone(CLONE_PARENT)
+        if not (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc'):
+            raise OSError('not glibc')  # whose thread descriptor the probe below may read
         loaded = set(sys.modules)
         import ctypes
         added = set(sys.modules) - loaded
