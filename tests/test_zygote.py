@@ -214,6 +214,29 @@ def test_a_run_is_forked_as_one_process_that_libc_knows_by_its_own_thread_id(run
         assert runner.run("pass")["usage"]["processes"] == 1
 
 
+def test_a_run_cannot_write_the_zygotes_memory(runner):
+    """The zygote is not dumpable: a run of the same uid cannot open its memory to change what
+    later runs start from (the runs themselves are dumpable, as a fresh interpreter)."""
+    if not isinstance(runner, _SandboxRunner):
+        pytest.skip("the host agent's runs are root here: ptrace-capable")
+    code = (
+        "import os\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        line = open('/proc/%s/cmdline' % pid).read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if '-c\\0#nexus-zygote' in line:\n"
+        "        try:\n"
+        "            open('/proc/%s/mem' % pid, 'r+b').close()\n"
+        "            print('writable')\n"
+        "        except PermissionError:\n"
+        "            print('refused')\n"
+        "open('/proc/self/mem', 'rb').close()\n"
+    )
+    assert runner.run(code)["stdout"] == "refused\n"
+
+
 def test_interrupt_a_forked_run(runner):
     results = []
     printed = threading.Event()

@@ -13,7 +13,9 @@ process. Where that cannot work (a libc other than glibc, no ctypes, another arc
 the field not found, the clone refused) it forks twice instead: a middle process forks the
 run's process, makes it a process group of its own, reports its pid and exits, so the run's
 process is reparented to the agent (a child subreaper). ``ctypes`` and what it imported
-leave the run's ``sys.modules``.
+leave the run's ``sys.modules``. With ctypes the zygote makes itself not dumpable once it
+is ready, so a run (same uid) can neither ptrace it nor open its memory to change what later
+runs start from; each run makes itself dumpable again, as a fresh interpreter is.
 The run's process then does what a fresh interpreter's start would: stdio on the run's
 pipes, every other fd closed, ``__main__`` back to a fresh one, the run tag in its
 environment (and in the block ``/proc/PID/environ`` shows, so the kill by tag finds it),
@@ -127,6 +129,11 @@ def _nx(main):
         pass
     sock = _socket.socket(fileno=3)
     set_tag(os.environ['NEXUS_RUN_TAG'].encode())
+    guarded = False
+    try:  # not dumpable: a run (same uid) can neither ptrace it nor write its memory
+        guarded = api.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except Exception:
+        pass
     sock.sendall(b'ready\n')
     while True:
         data, anc, _, _ = sock.recvmsg(65536, 256)
@@ -172,6 +179,8 @@ def _nx(main):
             os.close(fd)
         if middle > 0:
             os.waitpid(middle, 0)
+    if guarded:  # a run is dumpable, as a fresh interpreter (and its /proc/self/mem ours)
+        api.prctl(4, 1, 0, 0, 0)
     os.setpgid(0, 0)
     stdin, out, err, go = fds
     os.dup2(stdin, 0)
