@@ -94,7 +94,7 @@ class _SandboxRunner:
         except ExecutionTimeoutError as exc:
             r = exc.result
         return {"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code,
-                "timed_out": r.timed_out, "interrupted": r.interrupted}
+                "timed_out": r.timed_out, "interrupted": r.interrupted, "usage": r.usage}
 
     def interrupt(self) -> None:
         assert self.mgr.interrupt(self.sid) == 1
@@ -195,6 +195,46 @@ def test_a_timeout_kills_a_detached_fork_found_only_by_its_tag(runner):
     check = "import os, time; pid = open('orphan.pid').read(); time.sleep(0.5); " \
             "print(os.path.exists('/proc/' + pid))"
     assert runner.run(check)["stdout"] == "False\n"
+
+
+def test_a_run_is_forked_as_one_process_that_libc_knows_by_its_own_thread_id(runner):
+    """No middle process: a run takes one pid of its sandbox; and libc records the run's own
+    thread id (a signal another thread sends to the main thread arrives)."""
+    code = (
+        "import signal, threading\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: print('signalled'))\n"
+        "main = threading.main_thread().ident\n"
+        "t = threading.Thread(target=signal.pthread_kill, args=(main, signal.SIGUSR1))\n"
+        "t.start()\n"
+        "t.join()\n"
+    )
+    result = runner.run(code)
+    assert (result["exit_code"], result["stdout"], result["stderr"]) == (0, "signalled\n", "")
+    if isinstance(runner, _SandboxRunner):  # its pid counter is the sandbox's own
+        assert runner.run("pass")["usage"]["processes"] == 1
+
+
+def test_a_run_cannot_write_the_zygotes_memory(runner):
+    """The zygote is not dumpable: a run of the same uid cannot open its memory to change what
+    later runs start from (the runs themselves are dumpable, as a fresh interpreter)."""
+    if not isinstance(runner, _SandboxRunner):
+        pytest.skip("the host agent's runs are root here: ptrace-capable")
+    code = (
+        "import os\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        line = open('/proc/%s/cmdline' % pid).read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if '-c\\0#nexus-zygote' in line:\n"
+        "        try:\n"
+        "            open('/proc/%s/mem' % pid, 'r+b').close()\n"
+        "            print('writable')\n"
+        "        except PermissionError:\n"
+        "            print('refused')\n"
+        "open('/proc/self/mem', 'rb').close()\n"
+    )
+    assert runner.run(code)["stdout"] == "refused\n"
 
 
 def test_interrupt_a_forked_run(runner):

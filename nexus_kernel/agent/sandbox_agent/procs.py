@@ -179,6 +179,8 @@ class ProcessTable:
         while time.monotonic() < end:
             fresh = self.select(roots, tag, everything) - stopped
             if not fresh:
+                if not stopped:  # nothing to kill (most ends of a run): no second walk
+                    return
                 break
             for pid in fresh:
                 with contextlib.suppress(OSError):

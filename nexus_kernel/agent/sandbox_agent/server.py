@@ -12,10 +12,10 @@ import socket
 import threading
 
 from .gate import Gate
-from .handlers import HandlerThreads
 from .procs import TAG_VAR, Reaper
 from .registry import KEEP_FINISHED, Registry, RunFailed, Tee, is_run_id
 from .runs import Reply, StatelessRun, random_id
+from .threads import Threads
 from .usage import Meter
 from .wire import (
     AGENT_VERSION,
@@ -136,11 +136,11 @@ class Agent:
         self.procs = lifetime.procs
         self.reaper = Reaper()
         self.zygotes = Zygotes(self.reaper)
+        self.threads = Threads()  # the threads of requests that may block
         self._lock = threading.Lock()
         self._sessions: dict = {}
         self._runs: set = set()
         self.registry = Registry()
-        self.handlers = HandlerThreads()
         self._interpreters: dict = {}
         self._env = dict(os.environ)
         self._env["PWD"] = home
@@ -241,7 +241,7 @@ class Agent:
             self._handle(reply, handler, msg)
             return
         try:
-            self.handlers.submit(lambda: self._handle(reply, handler, msg))
+            self.threads.submit(self._handle, reply, handler, msg)
         except RuntimeError as exc:  # e.g. the sandbox's pids limit
             reply.event("fail", error=f"the agent cannot start a thread: {exc}", kind="error")
             conn.end()

@@ -14,7 +14,7 @@ from .drivers import session_argv
 from .output import EventScanner, MarkerScanner, RunOutput, read_burst
 from .runs import Reply, after_grace, random_id, run_result
 from .snapshots import thaw
-from .usage import Tally, measured, peak_memory, proc_stat, reset_peak
+from .usage import ProcFiles, Tally, measured, peak_memory, proc_stat, reset_peak
 from .wire import (
     CHUNK,
     INTERRUPT_GRACE_SECONDS,
@@ -79,6 +79,7 @@ class Session:
         self._startup_err = b""
         self._ran = False
         self._queries: dict = {}  # query id -> {"event", "answer"} (complete, inspect)
+        self._proc: ProcFiles | None = None  # the worker's /proc files, opened by its first run
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -154,8 +155,10 @@ class Session:
                 write_all(self._cmd_w, self._command(cur, code))
         # The baselines are read while the worker decodes and compiles the command, off the
         # round trip's path (its code starts later; CPU is counted in clock ticks anyway).
-        before = proc_stat(self.pid)
-        reset_peak(self.pid)
+        if self._proc is None:
+            self._proc = ProcFiles(self.pid)
+        before = proc_stat(self._proc)
+        reset_peak(self._proc)
         meter.start()
         if not cur.done.wait(timeout):
             cur.timed_out = True  # interrupt first: the session keeps its state if it stops
@@ -178,11 +181,11 @@ class Session:
         if rusage is not None:
             now, peak = (rusage.ru_utime, rusage.ru_stime), rusage.ru_maxrss * 1024
         else:
-            now = proc_stat(self.pid)
+            now = proc_stat(self._proc)
             if now is not None and before is not None and now[2] == before[2]:
                 peak = before[3]  # no page fault: its resident size did not grow
             else:
-                peak = peak_memory(self.pid)
+                peak = peak_memory(self._proc)
         if now is not None and before is not None:
             user += max(0.0, now[0] - before[0])
             system += max(0.0, now[1] - before[1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 #: The sandbox's OOM-kill and "fork refused at the pids cap" counters, cgroup v2 and v1
 #: files, each as (path, the line's name).
@@ -31,26 +32,36 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _found: dict = {}
 
 
-def _read_small(path: str) -> bytes:
-    """A small /proc or /sys file in one read (they fit in a page): the accounting reads a
-    few around every run, so each costs one open, one read and one close."""
+#: The sandbox-wide counter files read around every run, kept open: path -> fd.
+_kept: dict = {}
+_kept_lock = threading.Lock()
+
+
+def _read_kept(path: str) -> bytes:
+    """A sandbox-wide counter file (cgroup, ``ns_last_pid``) read afresh with ``pread`` at
+    offset 0 on an fd opened once (these files regenerate their text on a read from the
+    start): no path walk, open or close per read."""
+    fd = _kept.get(path)
+    if fd is None:
+        with _kept_lock:
+            fd = _kept.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    return b""
+                _kept[path] = fd
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.pread(fd, 4096, 0)
     except OSError:
         return b""
-    try:
-        return os.read(fd, 4096)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
 
 
 def _count(candidates) -> int | None:
     """The value of a cgroup counter line (None when the sandbox shows no such file)."""
     path = _found.get(candidates)
     for file, name in candidates if path is None else [p for p in candidates if p[0] == path]:
-        data = b"\n" + _read_small(file)
+        data = b"\n" + _read_kept(file)
         at = data.find(b"\n" + name + b" ")
         if at >= 0:
             value = data[at + len(name) + 2 :].split(b"\n", 1)[0].strip()
@@ -74,7 +85,7 @@ def pids_cap_hits():
 
 
 def _last_pid():
-    value = _read_small(LAST_PID).strip()
+    value = _read_kept(LAST_PID).strip()
     return int(value) if value.isdigit() else None
 
 
@@ -92,10 +103,44 @@ class Tally:
         self.peak = max(self.peak, rusage.ru_maxrss * 1024)
 
 
-def proc_stat(pid: int):
+class ProcFiles:
+    """The /proc files of one process read (or written) around each of its runs, each opened
+    once and then read with ``pread`` at offset 0: pinned to that process (a pid reused after
+    it died is never read for it), closed with this object."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fds: dict = {}
+
+    def _fd(self, name: str, flags: int) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = self._fds[name] = os.open(f"/proc/{self.pid}/{name}", flags)
+        return fd
+
+    def read(self, name: str) -> bytes:
+        try:
+            return os.pread(self._fd(name, os.O_RDONLY), 4096, 0)
+        except OSError:
+            return b""
+
+    def write(self, name: str, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd(name, os.O_WRONLY), data)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    __del__ = close
+
+
+def proc_stat(files: ProcFiles):
     """(user s, system s, page faults, resident bytes) of a live process, its CPU including
     its waited-for children; None when it is gone."""
-    data = _read_small(f"/proc/{pid}/stat")
+    data = files.read("stat")
     fields = data[data.rfind(b")") + 2 :].split()
     try:
         minflt, majflt = int(fields[7]), int(fields[9])
@@ -107,19 +152,14 @@ def proc_stat(pid: int):
             rss * _PAGE)
 
 
-def reset_peak(pid: int) -> None:
-    """Start ``pid``'s VmHWM afresh (best effort: a process we may not write keeps its own)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
-        try:
-            os.write(fd, b"5")
-        finally:
-            os.close(fd)
+def reset_peak(files: ProcFiles) -> None:
+    """Start the process's VmHWM afresh (best effort: one we may not write keeps its own)."""
+    files.write("clear_refs", b"5")
 
 
-def peak_memory(pid: int):
+def peak_memory(files: ProcFiles):
     """``VmHWM`` of a live process in bytes, or None."""
-    data = _read_small(f"/proc/{pid}/status")
+    data = files.read("status")
     at = data.find(b"\nVmHWM:")
     if at < 0:
         return None

@@ -4,9 +4,18 @@ python run, so a run does not pay for starting python.
 The zygote is started exactly as a run's interpreter would be (``python3 -u -c``, the run
 environment with a tag of its own, the agent's cwd, limits and uid, the usual site imports)
 and runs nothing of user code: per run it receives the run's stdin/stdout/stderr and a
-"go" pipe over a socket pair (SCM_RIGHTS), forks, and the middle process forks the run's
-process, makes it a process group of its own, reports its pid and exits, so the run's
-process is reparented to the agent (a child subreaper) and reaped there like a spawned one.
+"go" pipe over a socket pair (SCM_RIGHTS) and forks the run's process as the agent's
+child, ``clone(CLONE_PARENT | CLONE_CHILD_SETTID)`` through ctypes wrapped in CPython's own
+fork hooks (``PyOS_BeforeFork``/``PyOS_AfterFork_*``, as ``os.fork`` does; the child TID goes
+where libc keeps the thread's id, found once at boot as the field a probe ``os.fork`` changed
+from the parent's pid to the child's): one fork per run, reaped by the agent like a spawned
+process. Where that cannot work (a libc other than glibc, no ctypes, another architecture,
+the field not found, the clone refused) it forks twice instead: a middle process forks the
+run's process, makes it a process group of its own, reports its pid and exits, so the run's
+process is reparented to the agent (a child subreaper). ``ctypes`` and what it imported
+leave the run's ``sys.modules``. With ctypes the zygote makes itself not dumpable once it
+is ready, so a run (same uid) can neither ptrace it nor open its memory to change what later
+runs start from; each run makes itself dumpable again, as a fresh interpreter is.
 The run's process then does what a fresh interpreter's start would: stdio on the run's
 pipes, every other fd closed, ``__main__`` back to a fresh one, the run tag in its
 environment (and in the block ``/proc/PID/environ`` shows, so the kill by tag finds it),
@@ -71,8 +80,60 @@ def _nx(main):
             pass
         return 1
 
+    cloning, added = False, ()
+    try:  # fork a run as the agent's child, without a middle process: clone(CLONE_PARENT)
+        if not (os.confstr('CS_GNU_LIBC_VERSION') or '').startswith('glibc'):
+            raise OSError('not glibc')  # whose thread descriptor the probe below may read
+        loaded = set(sys.modules)
+        import ctypes
+        added = set(sys.modules) - loaded
+        api = ctypes.pythonapi  # its calls keep the GIL, as os.fork's do
+        api.pthread_self.restype = ctypes.c_void_p
+        me = api.pthread_self()
+        # Where libc keeps this thread's TID (clone sets the child's there, as fork does):
+        # the 4 bytes that held the parent's pid and hold the child's in a forked child.
+        before = ctypes.string_at(me, 1024)
+        r, w = os.pipe()
+        probe = os.fork()
+        if probe == 0:
+            after = ctypes.string_at(me, 1024)
+            mine, theirs = (x.to_bytes(4, sys.byteorder) for x in (os.getpid(), os.getppid()))
+            at = [i for i in range(0, 1024, 4) if after[i:i + 4] == mine
+                  and before[i:i + 4] == theirs]
+            os.write(w, b'%d' % (at[0] if len(at) == 1 else -1))
+            os._exit(0)
+        os.close(w)
+        at = int(os.read(r, 16) or b'-1')
+        os.close(r)
+        os.waitpid(probe, 0)
+        # (number, where the child TID pointer goes among clone's 5 arguments)
+        nr, slot = {'x86_64': (56, 3), 'aarch64': (220, 4)}[os.uname().machine]
+        if at < 0:
+            raise OSError('no TID field')
+        clone_args = [0x8000 | 0x01000000 | 17, 0, 0, 0, 0]  # PARENT | CHILD_SETTID | SIGCHLD
+        clone_args[slot] = me + at
+        clone = api.syscall
+        clone.restype = ctypes.c_long
+        clone.argtypes = (ctypes.c_long,) * 6
+
+        def sibling():
+            api.PyOS_BeforeFork()
+            pid = clone(nr, *clone_args)
+            if pid == 0:
+                api.PyOS_AfterFork_Child()
+            else:
+                api.PyOS_AfterFork_Parent()
+            return pid
+        cloning = True
+    except Exception:
+        pass
     sock = _socket.socket(fileno=3)
     set_tag(os.environ['NEXUS_RUN_TAG'].encode())
+    guarded = False
+    try:  # not dumpable: a run (same uid) can neither ptrace it nor write its memory
+        guarded = api.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except Exception:
+        pass
     sock.sendall(b'ready\n')
     while True:
         data, anc, _, _ = sock.recvmsg(65536, 256)
@@ -91,11 +152,18 @@ def _nx(main):
             if not more:
                 os._exit(0)
             body += more
-        try:
-            middle = os.fork()
-        except OSError:
-            middle = -1
-            sock.sendall(b'-1\n')
+        pid = sibling() if cloning else -1
+        if pid == 0:
+            break
+        middle = -1
+        if pid > 0:
+            sock.sendall(b'%d\n' % pid)
+        else:
+            cloning = False  # refused here (a seccomp filter, gVisor): the middle from now on
+            try:
+                middle = os.fork()
+            except OSError:
+                sock.sendall(b'-1\n')
         if middle == 0:
             try:
                 pid = os.fork()
@@ -111,6 +179,8 @@ def _nx(main):
             os.close(fd)
         if middle > 0:
             os.waitpid(middle, 0)
+    if guarded:  # a run is dumpable, as a fresh interpreter (and its /proc/self/mem ours)
+        api.prctl(4, 1, 0, 0, 0)
     os.setpgid(0, 0)
     stdin, out, err, go = fds
     os.dup2(stdin, 0)
@@ -126,6 +196,8 @@ def _nx(main):
     os.closerange(3, 1 << 20)
     if not had_socket:
         del sys.modules['_socket']
+    for name in added:
+        del sys.modules[name]
     if hasattr(sys, 'orig_argv'):
         sys.orig_argv[-1] = code
     globs = sys.modules['__main__'].__dict__
