@@ -714,6 +714,24 @@ def test_the_handle_is_on_disk_before_the_wrapper_may_go_on(
     assert seen["uid"] == handle["uid"] and seen["cgroup"] == handle["cgroup"]
 
 
+def test_a_full_disk_at_the_first_handle_write_stays_a_disk_error(
+        provider: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk filling up just as handle.json is first written (while the wrapper starts)
+    is an OSError with its errno, as anywhere else in create (the manager says
+    DiskFullError: free space, retry), not a generic provider error; nothing is left."""
+    import errno
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "_write_handle", full)
+    spec = make_spec()
+    with pytest.raises(OSError) as caught:
+        provider.create(spec)
+    assert caught.type is not ProviderError and caught.value.errno == errno.ENOSPC
+    assert not (provider.settings.sandboxes_dir / spec.sandbox_id).exists()
+
+
 def test_wrapper_goes_on_only_when_the_host_says_go(tmp_path: Path) -> None:
     """The wrapper before bubblewrap waits until the host has capped it: should the host
     die first (its pipe end closes), it exits and nothing of the jail starts."""

@@ -431,7 +431,8 @@ class LocalProvider(Provider):
             os.close(info_r)
             if linked:
                 os.close(exit_r)
-            if isinstance(exc, OSError):
+            # a full disk stays an OSError with its errno: the manager says DiskFullError
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise ProviderError(f"could not record or cap the local sandbox: {exc}; "
                                     f"agent log: {_tail(sandbox_dir / 'agent.log')}") from None
             raise
